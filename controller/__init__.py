@@ -1,0 +1,1 @@
+"""curtaild: keeps a mining farm's grid draw inside what the grid allows."""

@@ -1,0 +1,1 @@
+"""The edges: signal transports and the operator-facing surfaces."""

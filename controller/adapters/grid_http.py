@@ -1,0 +1,88 @@
+"""The signed grid-signal endpoint: POST /grid/v1/signals (and GET /healthz).
+
+Answers per the contract: 202 received, 200 duplicate, 400 invalid, 401 bad signature or
+timestamp, 409 stale revision, 413 oversized body; errors as application/problem+json.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from controller.inbox import Inbox
+from controller.wire import MAX_BODY_BYTES, SIGNATURE_HEADER, TIMESTAMP_HEADER
+
+log = structlog.get_logger("curtaild.grid_http")
+
+PROBLEM_TITLES = {
+    400: "invalid signal",
+    401: "unauthenticated signal",
+    409: "conflicting revision",
+    413: "body too large",
+    503: "journal unavailable",
+}
+SHUTDOWN_TIMEOUT_S = 5.0
+
+
+def problem(status: int, detail: str) -> web.Response:
+    """An RFC 9457 problem document."""
+    title = PROBLEM_TITLES.get(status, "error")
+    body = {"type": f"urn:curtaild:problem:{title.replace(' ', '-')}", "title": title,
+            "status": status, "detail": detail}
+    return web.Response(status=status, text=json.dumps(body),
+                        content_type="application/problem+json")
+
+
+class GridHttp:
+    """Serves the grid endpoint on its own listener."""
+
+    def __init__(self, inbox: Inbox, host: str, port: int) -> None:
+        self._inbox = inbox
+        self._host = host
+        self._port = port
+        self.port: int | None = None  # the bound port (config may say 0)
+        self.started = asyncio.Event()
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=MAX_BODY_BYTES)
+        app.router.add_post("/grid/v1/signals", self._post_signal)
+        app.router.add_get("/healthz", self._healthz)
+        return app
+
+    async def run(self) -> None:
+        runner = web.AppRunner(self.app(), access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, self._host, self._port)
+            await site.start()
+            server = site._server  # noqa: SLF001 - aiohttp exposes no public bound address
+            sockets = getattr(server, "sockets", None) or []
+            self.port = sockets[0].getsockname()[1] if sockets else self._port
+            log.info("grid endpoint listening", host=self._host, port=self.port)
+            self.started.set()
+            await asyncio.Event().wait()
+        finally:
+            await runner.cleanup()
+
+    async def _post_signal(self, request: web.Request) -> web.Response:
+        if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+            return problem(413, f"body is {request.content_length} bytes; "
+                                f"the limit is {MAX_BODY_BYTES}")
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return problem(413, f"body exceeds {MAX_BODY_BYTES} bytes")
+        outcome = self._inbox.submit_http(body, request.headers.get(TIMESTAMP_HEADER),
+                                          request.headers.get(SIGNATURE_HEADER))
+        if outcome.http_status >= 400:  # noqa: PLR2004
+            return problem(outcome.http_status, outcome.detail)
+        reply: dict[str, Any] = {"id": outcome.signal_id, "revision": outcome.revision,
+                                 "status": outcome.status, "detail": outcome.detail}
+        return web.json_response(reply, status=outcome.http_status)
+
+    async def _healthz(self, _: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})

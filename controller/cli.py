@@ -1,0 +1,140 @@
+"""curtaild run | sim | demo | check-config."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+from collections import Counter
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from pathlib import Path
+from typing import Any
+
+from controller import logs
+from controller.clock import SystemClock
+from controller.config import ConfigError, Loaded, load
+
+EXIT_CONFIG = 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="curtaild", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the controller (the systemd service)")
+    run.add_argument("-c", "--config", type=Path, required=True)
+    sim = sub.add_parser("sim", help="run a simulated farm on loopback until stopped")
+    sim.add_argument("-c", "--config", type=Path, required=True)
+    check = sub.add_parser("check-config", help="validate a site config and exit")
+    check.add_argument("-c", "--config", type=Path, required=True)
+    demo = sub.add_parser("demo", help="simulated farm + broker + daemon + scripted grid")
+    demo.add_argument("-c", "--config", type=Path, default=None,
+                      help="the simulated farm (default: the bundled demo farm)")
+    demo.add_argument("--json", action="store_true", help="print one JSON summary")
+    demo.add_argument("--mqtt-url", default=None,
+                      help="use this broker instead of an embedded one")
+    args = parser.parse_args(argv)
+    handlers: dict[str, Callable[[argparse.Namespace], int]] = {
+        "run": _run, "sim": _sim, "check-config": _check, "demo": _demo}
+    return handlers[args.command](args)
+
+
+def _load(path: Path, *, resolve_secrets: bool = True) -> Loaded | None:
+    try:
+        return load(path, resolve_secrets=resolve_secrets)
+    except ConfigError as err:
+        print(f"{err.source}: {len(err.problems)} problem(s)", file=sys.stderr)
+        for problem in err.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return None
+
+
+def _check(args: argparse.Namespace) -> int:
+    loaded = _load(args.config)
+    if loaded is None:
+        return EXIT_CONFIG
+    config = loaded.config
+    drivers = Counter(m.driver for m in loaded.miners)
+    containers = Counter(m.container for m in loaded.miners)
+    rated_kw = sum(m.rated_power_w for m in loaded.miners) / 1000
+    print(f"{loaded.origin}: ok")
+    print(f"  site {config.site.id}: {config.grid.mode.value}, cap {config.grid.cap_kw:g} kW, "
+          f"base allowance {config.grid.base_allowance_kw:g} kW, "
+          f"margin {config.grid.margin_kw:g} kW")
+    print(f"  {len(loaded.miners)} miners, {rated_kw:g} kW rated: "
+          + ", ".join(f"{n} {d}" for d, n in sorted(drivers.items())))
+    print("  containers: " + ", ".join(f"{c} ({n})" for c, n in sorted(containers.items())))
+    print("  signal sources: " + ", ".join(s.id for s in config.signals.sources))
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    loaded = _load(args.config)
+    if loaded is None:
+        return EXIT_CONFIG
+    logs.configure(loaded.config.logging.level, loaded.config.logging.format)
+    from controller.app import Daemon  # noqa: PLC0415 - keep check-config fast
+
+    async def daemon() -> None:
+        await Daemon(loaded, SystemClock()).run()
+
+    return run_until_signalled(daemon)
+
+
+def _sim(args: argparse.Namespace) -> int:
+    loaded = _load(args.config, resolve_secrets=False)
+    if loaded is None:
+        return EXIT_CONFIG
+    logs.configure(loaded.config.logging.level, "console")
+    from controller.simfarm import farm_from_config  # noqa: PLC0415
+
+    async def simulate() -> None:
+        clock = SystemClock()
+        farm = farm_from_config(loaded, clock.time)
+        async with farm:
+            print(f"simulating {len(farm.miners)} miners; stop with Ctrl-C", flush=True)
+            await asyncio.Event().wait()
+
+    return run_until_signalled(simulate)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from controller.demo import run_demo  # noqa: PLC0415
+
+    return run_loop(run_demo(config=args.config, as_json=args.json, mqtt_url=args.mqtt_url))
+
+
+def run_until_signalled(main: Callable[[], Awaitable[None]]) -> int:
+    """Run `main` until it ends or SIGTERM/SIGINT arrives; a signal is a clean exit."""
+
+    async def guarded() -> int:
+        task = asyncio.ensure_future(main())
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, task.cancel)
+        try:
+            await task
+        except asyncio.CancelledError:
+            return 0
+        return 0
+
+    return run_loop(guarded())
+
+
+def run_loop(coro: Coroutine[Any, Any, int]) -> int:
+    """Run on uvloop where available: the fan-out is loop-bound."""
+    try:
+        import uvloop  # noqa: PLC0415
+
+        factory: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        factory = None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        with contextlib.suppress(KeyboardInterrupt):
+            return runner.run(coro)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

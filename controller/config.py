@@ -1,0 +1,527 @@
+"""The site config: pydantic models, loading, and every problem reported with its location.
+
+Loading fails closed: unknown keys, wrong types, missing secrets, unknown drivers and
+duplicate miners are all errors, and all of them are reported at once, each with the
+path into the file (`miners[12].host: ...`), before any hardware is touched.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import os
+import re
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal, Self
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from controller.core.model import PlanRules
+from controller.core.signals import GridMode, GridPolicy, SourcePolicy, StalePolicy
+from drivers.registry import MinerRegistry, UnknownDriverError, default_registry
+from drivers.sim.faults import Fault
+from drivers.types import Mode
+
+_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)"
+                       r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+MAX_RANGE = 65_536
+
+Ident = Annotated[str, Field(pattern=_ID)]
+Kilowatts = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+
+
+class ConfigError(Exception):
+    """The config is wrong; `problems` lists every problem with its location."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        super().__init__(f"{source}: {len(problems)} problem(s)\n" + "\n".join(problems))
+        self.source = source
+        self.problems = problems
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SiteCfg(_Model):
+    id: Ident
+    name: str | None = None
+
+
+class GridCfg(_Model):
+    mode: GridMode
+    cap_kw: Annotated[float, Field(gt=0, allow_inf_nan=False)]
+    base_allowance_kw: Kilowatts = 0.0
+    margin_kw: Kilowatts = 0.0
+    grant_end_lead_s: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 15.0
+    response_deadline_s: Seconds = 10.0
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.base_allowance_kw > self.cap_kw:
+            raise ValueError("base_allowance_kw must not exceed cap_kw")
+        if self.margin_kw >= self.cap_kw:
+            raise ValueError("margin_kw must be below cap_kw")
+        return self
+
+
+class SecretRef(_Model):
+    """A secret named by reference: an environment variable or a file, never inline."""
+
+    env: str | None = None
+    file: Path | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> Self:
+        if (self.env is None) == (self.file is None):
+            raise ValueError("give exactly one of env or file")
+        return self
+
+    def resolve(self) -> str:
+        """The secret's value; ValueError naming what is missing."""
+        if self.env is not None:
+            value = os.environ.get(self.env)
+            if not value:
+                raise ValueError(f"environment variable {self.env} is not set")
+            return value
+        assert self.file is not None
+        try:
+            value = self.file.read_text().strip()
+        except OSError as err:
+            raise ValueError(f"cannot read {self.file}: {err.strerror}") from None
+        if not value:
+            raise ValueError(f"{self.file} is empty")
+        return value
+
+
+class SourceCfg(_Model):
+    id: Ident
+    key: SecretRef
+    heartbeat_timeout_s: Seconds | None = None
+    on_stale: StalePolicy = StalePolicy.HOLD
+    stale_limit_kw: Kilowatts | None = None
+
+    @model_validator(mode="after")
+    def _fallback(self) -> Self:
+        if self.on_stale is StalePolicy.LIMIT and self.stale_limit_kw is None:
+            raise ValueError("on_stale: limit needs stale_limit_kw")
+        if self.on_stale is not StalePolicy.HOLD and self.heartbeat_timeout_s is None:
+            raise ValueError(f"on_stale: {self.on_stale.value} needs heartbeat_timeout_s")
+        return self
+
+
+class MqttCfg(_Model):
+    url: Annotated[str, Field(pattern=r"^mqtts?://[^/\s:]+(:\d{1,5})?/?$")]
+    topic_prefix: Annotated[str, Field(pattern=r"^[^#+\s]+$")] = "curtaild"
+    client_id: str | None = None
+    username: str | None = None
+    password: SecretRef | None = None
+    keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
+    reconnect_max_s: Seconds = 30.0
+
+    @property
+    def host(self) -> str:
+        return self.url.split("://", 1)[1].rstrip("/").rsplit(":", 1)[0]
+
+    @property
+    def port(self) -> int:
+        rest = self.url.split("://", 1)[1].rstrip("/")
+        if ":" in rest:
+            return int(rest.rsplit(":", 1)[1])
+        return 8883 if self.tls else 1883
+
+    @property
+    def tls(self) -> bool:
+        return self.url.startswith("mqtts://")
+
+
+class HttpCfg(_Model):
+    listen: str = "127.0.0.1:8480"
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:  # noqa: PLR2004
+            raise ValueError("give host:port, e.g. 127.0.0.1:8480")
+        _check_host(host.strip("[]"))
+        return value
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+
+class SignalsCfg(_Model):
+    sources: Annotated[list[SourceCfg], Field(min_length=1)]
+    mqtt: MqttCfg | None = None
+    http: HttpCfg | None = None
+    replay_window_s: Seconds = 30.0  # the contract's window; configurable for lab clocks
+
+    @field_validator("sources")
+    @classmethod
+    def _unique(cls, sources: list[SourceCfg]) -> list[SourceCfg]:
+        ids = [s.id for s in sources]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ValueError(f"source ids must be unique: {', '.join(dupes)}")
+        return sources
+
+
+class CredentialsCfg(_Model):
+    username: str | None = None
+    password: SecretRef | None = None
+
+
+class MinerEntry(_Model):
+    """One miner (`id` + `host`) or a range of them (`id_pattern` + `hosts`)."""
+
+    driver: str
+    rated_power_w: Annotated[int, Field(gt=0, le=100_000)]
+    efficiency_j_th: Annotated[float, Field(gt=0, le=1000, allow_inf_nan=False)]
+    container: Ident
+    id: Ident | None = None
+    host: str | None = None
+    id_pattern: str | None = None
+    hosts: str | None = None
+    first_index: Annotated[int, Field(ge=0)] = 1
+    port: Annotated[int, Field(ge=1, le=65535)] | None = None
+    credentials: CredentialsCfg | None = None
+    timeout_s: Seconds = 3.0
+
+    @field_validator("driver")
+    @classmethod
+    def _driver(cls, value: str) -> str:
+        default_registry().get(value)  # raises a LookupError naming the valid drivers
+        return value.lower()
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str | None) -> str | None:
+        if value is not None:
+            _check_host(value)
+        return value
+
+    @field_validator("hosts")
+    @classmethod
+    def _hosts(cls, value: str | None) -> str | None:
+        if value is not None:
+            expand_hosts(value)
+        return value
+
+    @field_validator("id_pattern")
+    @classmethod
+    def _pattern(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                sample = value.format(n=1)
+            except (KeyError, IndexError, ValueError) as err:
+                raise ValueError(f"use {{n}} for the index, e.g. c1-{{n:03d}}: {err}") from None
+            if sample == value.format(n=2):
+                raise ValueError("must contain {n}, e.g. c1-{n:03d}")
+            if not re.match(_ID, sample):
+                raise ValueError(f"yields an invalid id {sample!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _form(self) -> Self:
+        single = self.id is not None or self.host is not None
+        ranged = self.id_pattern is not None or self.hosts is not None
+        if single and ranged:
+            raise ValueError("give either id + host, or id_pattern + hosts, not both")
+        if single and (self.id is None or self.host is None):
+            raise ValueError("a single miner needs both id and host")
+        if ranged and (self.id_pattern is None or self.hosts is None):
+            raise ValueError("a range needs both id_pattern and hosts")
+        if not single and not ranged:
+            raise ValueError("give id + host, or id_pattern + hosts")
+        return self
+
+
+class TelemetryCfg(_Model):
+    interval_s: Seconds = 5.0
+    fast_interval_s: Seconds = 1.0  # while a deadline is pending
+    stale_after_s: Seconds = 15.0
+    concurrency: Annotated[int, Field(ge=1, le=10_000)] = 128
+
+
+class ControlCfg(_Model):
+    tick_s: Seconds = 1.0
+    fast_tick_s: Seconds = 0.25  # while commands or deadlines are pending
+    command_concurrency: Annotated[int, Field(ge=1, le=100_000)] = 4096
+    retry_backoff_s: Seconds = 2.0
+    retry_backoff_max_s: Seconds = 60.0
+    wake_max_per_s: Annotated[int, Field(ge=1)] = 10
+    wake_max_kw_per_s: Kilowatts = 50.0
+    wake_headroom_kw: Kilowatts = 5.0
+    wake_hold_after_shed_s: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 30.0
+
+
+class JournalCfg(_Model):
+    path: Path
+
+
+class LoggingCfg(_Model):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["json", "console"] = "json"
+
+
+class SimulationCfg(_Model):
+    """Only for `curtaild sim` and `curtaild demo`: how the simulated farm behaves."""
+
+    default_ambient_c: Annotated[float, Field(ge=-60, le=60)] = 15.0
+    ambient_c: dict[str, Annotated[float, Field(ge=-60, le=60)]] = Field(default_factory=dict)
+    start_mode: Mode = Mode.MINING
+    faults: dict[str, Fault] = Field(default_factory=dict)
+    seed: int = 1
+
+
+class SiteConfig(BaseSettings):
+    """The whole site. Environment variables CURTAILD_<SECTION>__<KEY> override the file."""
+
+    model_config = SettingsConfigDict(env_prefix="CURTAILD_", env_nested_delimiter="__",
+                                      extra="forbid", frozen=True)
+
+    site: SiteCfg
+    grid: GridCfg
+    signals: SignalsCfg
+    miners: Annotated[list[MinerEntry], Field(min_length=1)]
+    journal: JournalCfg
+    telemetry: TelemetryCfg = TelemetryCfg()
+    control: ControlCfg = ControlCfg()
+    logging: LoggingCfg = LoggingCfg()
+    simulation: SimulationCfg | None = None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        del dotenv_settings, file_secret_settings  # secrets are named explicitly instead
+        return (env_settings, init_settings)
+
+
+@dataclass(frozen=True, slots=True)
+class MinerConfig:
+    """One miner after ranges are expanded and secrets resolved."""
+
+    id: str
+    driver: str
+    host: str
+    port: int
+    container: str
+    rated_power_w: int
+    efficiency_j_th: float
+    timeout_s: float
+    username: str | None
+    password: str | None
+    entry: int  # index into `miners` where it was declared
+
+
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    """A validated config with everything derived from it."""
+
+    config: SiteConfig
+    miners: tuple[MinerConfig, ...]
+    source_keys: dict[str, bytes]
+    mqtt_password: str | None
+    origin: str
+
+    def grid_policy(self) -> GridPolicy:
+        grid = self.config.grid
+        return GridPolicy(
+            mode=grid.mode,
+            cap_w=_watts(grid.cap_kw),
+            base_allowance_w=_watts(grid.base_allowance_kw),
+            grant_end_lead=timedelta(seconds=grid.grant_end_lead_s),
+            response_deadline=timedelta(seconds=grid.response_deadline_s),
+            sources=tuple(
+                SourcePolicy(
+                    id=s.id,
+                    heartbeat_timeout=(timedelta(seconds=s.heartbeat_timeout_s)
+                                       if s.heartbeat_timeout_s else None),
+                    on_stale=s.on_stale,
+                    stale_limit_w=_watts(s.stale_limit_kw) if s.stale_limit_kw is not None
+                    else None,
+                )
+                for s in self.config.signals.sources
+            ),
+        )
+
+    def plan_rules(self) -> PlanRules:
+        control = self.config.control
+        return PlanRules(
+            margin_w=_watts(self.config.grid.margin_kw),
+            stale_after=timedelta(seconds=self.config.telemetry.stale_after_s),
+            wake_headroom_w=_watts(control.wake_headroom_kw),
+            wake_window=timedelta(seconds=1),
+            wake_max_per_window=control.wake_max_per_s,
+            wake_max_w_per_window=_watts(control.wake_max_kw_per_s),
+            wake_hold_after_shed=timedelta(seconds=control.wake_hold_after_shed_s),
+        )
+
+
+def load(path: Path, *, resolve_secrets: bool = True) -> Loaded:
+    """Read, validate and expand a site config; ConfigError lists every problem."""
+    origin = str(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ConfigError(origin, [f"cannot read the file: {err.strerror}"]) from None
+    return parse(text, origin=origin, resolve_secrets=resolve_secrets)
+
+
+def parse(text: str, *, origin: str = "<config>", resolve_secrets: bool = True) -> Loaded:
+    """Validate config text (YAML or JSON)."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(err, "problem", None) or str(err)
+        raise ConfigError(origin, [f"{where}not valid YAML: {problem}"]) from None
+    if not isinstance(data, dict):
+        raise ConfigError(origin, ["the file must be a mapping of sections (site, grid, ...)"])
+    try:
+        config = SiteConfig(**data)
+    except ValidationError as err:
+        raise ConfigError(origin, [_describe(e) for e in err.errors()]) from None
+    problems: list[str] = []
+    miners = _expand(config, default_registry(), problems, resolve_secrets=resolve_secrets)
+    keys: dict[str, bytes] = {}
+    for i, source in enumerate(config.signals.sources):
+        if resolve_secrets:
+            try:
+                keys[source.id] = source.key.resolve().encode()
+            except ValueError as err:
+                problems.append(f"signals.sources[{i}].key: {err}")
+    mqtt_password = None
+    mqtt = config.signals.mqtt
+    if mqtt is not None and mqtt.password is not None and resolve_secrets:
+        try:
+            mqtt_password = mqtt.password.resolve()
+        except ValueError as err:
+            problems.append(f"signals.mqtt.password: {err}")
+    if config.signals.mqtt is None and config.signals.http is None:
+        problems.append("signals: configure mqtt, http or both; otherwise no signal can arrive")
+    if config.simulation is not None:
+        ids = {m.id for m in miners}
+        problems.extend(f"simulation.faults.{name}: no such miner"
+                        for name in config.simulation.faults if name not in ids)
+    if problems:
+        raise ConfigError(origin, problems)
+    return Loaded(config, tuple(miners), keys, mqtt_password, origin)
+
+
+def expand_hosts(spec: str) -> list[str]:
+    """'10.0.1.10-10.0.1.59' -> every IPv4 address in the inclusive range."""
+    first, sep, last = spec.partition("-")
+    if not sep:
+        raise ValueError("give a range first-last, e.g. 10.0.1.10-10.0.1.59")
+    try:
+        lo = ipaddress.IPv4Address(first.strip())
+        hi = ipaddress.IPv4Address(last.strip())
+    except ValueError as err:
+        raise ValueError(f"not an IPv4 range: {err}") from None
+    count = int(hi) - int(lo) + 1
+    if count < 1:
+        raise ValueError(f"{hi} comes before {lo}")
+    if count > MAX_RANGE:
+        raise ValueError(f"{count} addresses; at most {MAX_RANGE} per range")
+    return [str(ipaddress.IPv4Address(int(lo) + i)) for i in range(count)]
+
+
+def _expand(config: SiteConfig, registry: MinerRegistry, problems: list[str], *,
+            resolve_secrets: bool) -> list[MinerConfig]:
+    miners: list[MinerConfig] = []
+    by_id: dict[str, str] = {}
+    by_addr: dict[tuple[str, int], str] = {}
+    for i, entry in enumerate(config.miners):
+        where = f"miners[{i}]"
+        try:
+            port = entry.port or registry.get(entry.driver).default_port
+        except UnknownDriverError as err:  # already reported by validation; be safe
+            problems.append(f"{where}.driver: {err}")
+            continue
+        username = password = None
+        if entry.credentials is not None:
+            username = entry.credentials.username
+            if entry.credentials.password is not None and resolve_secrets:
+                try:
+                    password = entry.credentials.password.resolve()
+                except ValueError as err:
+                    problems.append(f"{where}.credentials.password: {err}")
+        if entry.hosts is not None and entry.id_pattern is not None:
+            pairs = [(entry.id_pattern.format(n=entry.first_index + k), host)
+                     for k, host in enumerate(expand_hosts(entry.hosts))]
+        else:
+            assert entry.id is not None and entry.host is not None
+            pairs = [(entry.id, entry.host)]
+        for miner_id, host in pairs:
+            if miner_id in by_id:
+                problems.append(f"{where}: miner id {miner_id!r} is also used by {by_id[miner_id]}")
+                continue
+            if (host, port) in by_addr:
+                problems.append(f"{where}: {host}:{port} ({miner_id}) is also used by "
+                                f"{by_addr[host, port]}")
+                continue
+            by_id[miner_id] = where
+            by_addr[host, port] = f"{where} ({miner_id})"
+            miners.append(MinerConfig(miner_id, entry.driver, host, port, entry.container,
+                                      entry.rated_power_w, entry.efficiency_j_th,
+                                      entry.timeout_s, username, password, i))
+    return miners
+
+
+def _describe(error: Any) -> str:
+    loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error["loc"]).lstrip(".")
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        message = "unknown key (typo?)"
+    return f"{loc or '<top>'}: {message}"
+
+
+def _check_host(host: str) -> None:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if not _HOSTNAME.match(host):
+            raise ValueError(f"{host!r} is neither an IP address nor a host name") from None
+
+
+def _watts(kw: float) -> int:
+    # Round limits down: a fraction of a watt must never round a limit up.
+    return math.floor(kw * 1000 + 1e-6)
+
+
+__all__ = [
+    "ConfigError",
+    "Loaded",
+    "MinerConfig",
+    "SiteConfig",
+    "expand_hosts",
+    "load",
+    "parse",
+]

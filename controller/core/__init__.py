@@ -1,0 +1,1 @@
+"""The pure core: decisions from frozen data and `now`. No I/O, no clock."""

@@ -1,0 +1,137 @@
+"""The frozen data the core decides on: miners, their latest readings, limits and plans."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from drivers.types import DriverTraits, MinerReading, Mode
+
+
+@dataclass(frozen=True, slots=True)
+class MinerSpec:
+    """What the config says about a miner; fixed for the daemon's lifetime."""
+
+    id: str
+    driver: str
+    container: str
+    rated_power_w: int
+    efficiency_j_th: float
+    traits: DriverTraits
+
+
+class ActionKind(enum.StrEnum):
+    SLEEP = "sleep"
+    WAKE = "wake"
+
+
+@dataclass(frozen=True, slots=True)
+class MinerView:
+    """One miner as the supervisor last saw it. Ages are judged by the planner against `now`."""
+
+    spec: MinerSpec
+    reading: MinerReading | None = None
+    read_at: datetime | None = None
+    healthy: bool = True
+    health_reason: str | None = None
+    mode_since: datetime | None = None  # when the reported mode last changed
+    pending: ActionKind | None = None  # a command is in flight
+    retry_after: datetime | None = None  # back off after a failed command
+
+    def fresh(self, now: datetime, stale_after: timedelta) -> bool:
+        return (self.reading is not None and self.read_at is not None
+                and now - self.read_at <= stale_after)
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Everything the planner sees, frozen at `taken_at`."""
+
+    taken_at: datetime
+    miners: tuple[MinerView, ...]
+    recent_wakes: tuple[tuple[datetime, int], ...] = ()  # (sent at, rated W) of wakes
+    last_shed_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """The allowed grid draw at one instant and the reasons that produced it."""
+
+    limit_w: int
+    reasons: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PlanRules:
+    """Site rules the planner applies. Each value is a safety or wear trade-off."""
+
+    margin_w: int = 0  # keep this far below the limit: meters and firmware disagree
+    stale_after: timedelta = timedelta(seconds=15)  # older readings count as unknown
+    wake_headroom_w: int = 0  # wake only with this much spare, so noise cannot flap
+    wake_window: timedelta = timedelta(seconds=1)
+    wake_max_per_window: int = 10  # inrush and pool reconnect storms
+    wake_max_w_per_window: int = 50_000
+    wake_hold_after_shed: timedelta = timedelta(seconds=30)  # let the draw settle first
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    """One command for one miner, with the reason the planner chose it."""
+
+    miner_id: str
+    kind: ActionKind
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What to do now, what the fleet should draw after it, and why."""
+
+    actions: tuple[Action, ...]
+    budget_w: int
+    expected_w: int  # estimated fleet draw once the actions have landed
+    feasible: bool  # False when even sleeping everything cannot meet the budget
+    notes: tuple[str, ...] = field(default=())
+
+
+def estimate_w(view: MinerView, now: datetime, stale_after: timedelta) -> int:
+    """Planning estimate of one miner's draw: worst case where unknown, settled otherwise.
+
+    A command in flight counts as landed (verification and retries catch failures); a
+    miner mid-ramp counts at where the ramp ends, not where it is, so a falling draw is
+    not shed twice and a rising one is not counted low.
+    """
+    spec = view.spec
+    if view.pending is ActionKind.SLEEP:
+        return spec.traits.sleep_power_w if view.fresh(now, stale_after) else spec.rated_power_w
+    if view.pending is ActionKind.WAKE or not view.fresh(now, stale_after):
+        return spec.rated_power_w
+    reading = view.reading
+    assert reading is not None  # fresh() checked it
+    since = (now - view.mode_since).total_seconds() if view.mode_since else float("inf")
+    if reading.mode is Mode.SLEEPING:
+        if since < spec.traits.ramp_down_s:
+            return spec.traits.sleep_power_w
+        return reading.power_w
+    if since < spec.traits.ramp_up_s:
+        return max(reading.power_w, spec.rated_power_w)
+    return reading.power_w
+
+
+def measured_w(views: tuple[MinerView, ...], now: datetime, stale_after: timedelta) -> int:
+    """Fleet draw as measured: fresh readings as they are, unknown miners at rated power."""
+    total = 0
+    for view in views:
+        if view.reading is not None and view.fresh(now, stale_after):
+            total += view.reading.power_w
+        else:
+            total += view.spec.rated_power_w
+    return total
+
+
+def is_running(view: MinerView) -> bool:
+    """Whether the planner should treat the miner as drawing mining power."""
+    if view.pending is not None:
+        return view.pending is ActionKind.WAKE
+    return view.reading is None or view.reading.mode is Mode.MINING

@@ -1,0 +1,154 @@
+"""The inbox: adapters hand signals in here; it never touches hardware.
+
+It authenticates, validates, decides duplicate / stale / new against the signal book,
+journals the outcome durably, acknowledges, and wakes the supervisor. The book changes
+only after the journal write succeeded, so a failed write changes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import structlog
+
+from controller.clock import Clock
+from controller.core.signals import (
+    Admission,
+    Cancel,
+    Curtailment,
+    Grant,
+    Heartbeat,
+    Override,
+    SignalBook,
+    Verdict,
+)
+from controller.journal import Journal, JournalError
+from controller.publish import Ack, Publisher
+from controller.wire import WireError, authenticate, open_envelope, parse_signal
+
+log = structlog.get_logger("curtaild.inbox")
+
+HTTP_STATUS = {
+    Verdict.RECEIVED: 202,
+    Verdict.DUPLICATE: 200,
+    Verdict.STALE: 409,
+    Verdict.REJECTED: 409,  # conflicts with what is held (e.g. a type change)
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What happened to one submitted signal."""
+
+    status: str  # received | duplicate | stale | rejected | unavailable
+    detail: str
+    http_status: int
+    signal_id: str | None = None
+    revision: int | None = None
+    kind: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    """A signal that changed the book, for the supervisor to turn into deadlines."""
+
+    signal: Curtailment | Grant | Cancel
+    admission: Admission
+    source: str
+    received_at: datetime
+
+
+class Inbox:
+    """The single door for grid signals, whatever transport carried them."""
+
+    def __init__(self, *, journal: Journal, clock: Clock, keys: Mapping[str, bytes],
+                 replay_window_s: float, book: SignalBook, publisher: Publisher) -> None:
+        self._journal = journal
+        self._clock = clock
+        self._keys = dict(keys)
+        self._window_s = replay_window_s
+        self._publisher = publisher
+        self.book = book
+        started = clock.now()
+        self.last_heard: dict[str, datetime] = dict.fromkeys(keys, started)
+        self.overrides: Sequence[Override] = ()
+        self.admitted: list[Admitted] = []
+        self.wake = asyncio.Event()
+
+    def submit_http(self, body: bytes, ts: str | None, signature: str | None) -> Outcome:
+        """POST /grid/v1/signals: headers carry the signature."""
+        try:
+            source = authenticate(self._keys, ts, signature, body, now=self._clock.time(),
+                                  window_s=self._window_s)
+        except WireError as err:
+            return self._refuse("http", None, body, err)
+        return self._accept("http", source, body)
+
+    def submit_mqtt(self, payload: bytes) -> Outcome:
+        """A message on the signals topic: an envelope carries the signature."""
+        try:
+            source, body = open_envelope(payload, self._keys, now=self._clock.time(),
+                                         window_s=self._window_s)
+        except WireError as err:
+            return self._refuse("mqtt", None, payload, err)
+        return self._accept("mqtt", source, body)
+
+    def prune(self, now: datetime) -> None:
+        """Forget signals that ended a while ago (their revisions stay known)."""
+        pruned = self.book.prune(now)
+        if pruned is not self.book:
+            gone = [k for k in self.book.held if k not in pruned.held]
+            self._journal.prune_held(gone)
+            self.book = pruned
+
+    def _accept(self, transport: str, source: str, body: bytes) -> Outcome:
+        now = self._clock.now()
+        self.last_heard[source] = now
+        try:
+            signal = parse_signal(body)
+        except WireError as err:
+            return self._refuse(transport, source, body, err)
+        if isinstance(signal, Heartbeat):
+            return Outcome("received", "heartbeat", 202, kind="heartbeat")
+        admission = self.book.admit(signal, source, now)
+        verdict = admission.verdict
+        change = None
+        if verdict is Verdict.RECEIVED:
+            change = (admission.book.revisions[signal.id][1], admission.book.held.get(signal.id))
+        try:
+            self._journal.record_signal(
+                at=now, transport=transport, source=source, signal_id=signal.id,
+                revision=signal.revision, kind=signal.kind, verdict=verdict.value,
+                detail=admission.detail, body=body, book_change=change)
+        except JournalError as err:
+            log.error("journal write failed; signal not accepted", error=str(err))
+            return Outcome("unavailable", "journal unavailable; retry", 503, signal.id,
+                           signal.revision, signal.kind)
+        if verdict is Verdict.RECEIVED:
+            self.book = admission.book
+            self.admitted.append(Admitted(signal, admission, source, now))
+            self.wake.set()
+            log.info("signal received", signal=signal.id, revision=signal.revision,
+                     kind=signal.kind, source=source, transport=transport,
+                     detail=admission.detail)
+        ack_status = "rejected" if verdict in (Verdict.STALE, Verdict.REJECTED) else verdict.value
+        self._publisher.ack(Ack(signal.id, signal.revision, ack_status, now, admission.detail))
+        return Outcome(verdict.value, admission.detail, HTTP_STATUS[verdict], signal.id,
+                       signal.revision, signal.kind)
+
+    def _refuse(self, transport: str, source: str | None, body: bytes,
+                err: WireError) -> Outcome:
+        now = self._clock.now()
+        log.warning("signal rejected", transport=transport, source=source, reason=err.reason)
+        try:
+            self._journal.record_signal(
+                at=now, transport=transport, source=source, signal_id=err.signal_id,
+                revision=err.revision, kind=None, verdict="rejected", detail=err.reason,
+                body=body[:4096])
+        except JournalError as jerr:
+            log.error("journal write failed for a rejected signal", error=str(jerr))
+        self._publisher.ack(Ack(err.signal_id, err.revision, "rejected", now, err.reason))
+        return Outcome("rejected", err.reason, err.status, err.signal_id, err.revision)

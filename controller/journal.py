@@ -1,0 +1,255 @@
+"""The write-ahead journal: SQLite in WAL mode with synchronous=FULL.
+
+A signal and the decision it causes are committed before any command leaves; command
+results follow in batches. On start the daemon rebuilds its signal book and pending
+deadlines from here, so a restart mid-curtailment resumes rather than wakes the farm.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from controller.core.model import Limit, Plan
+from controller.core.signals import (
+    Cancel,
+    Curtailment,
+    Grant,
+    Held,
+    Obligation,
+    ObligationStatus,
+    SignalBook,
+    Standing,
+)
+
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_S = 5.0  # another process (curtaild report) may hold a read lock briefly
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS signals (
+    seq INTEGER PRIMARY KEY, at TEXT NOT NULL, transport TEXT NOT NULL, source TEXT,
+    signal_id TEXT, revision INTEGER, kind TEXT, verdict TEXT NOT NULL, detail TEXT,
+    body TEXT);
+CREATE TABLE IF NOT EXISTS revisions (
+    signal_id TEXT PRIMARY KEY, revision INTEGER NOT NULL, kind TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS held (
+    signal_id TEXT PRIMARY KEY, signal TEXT NOT NULL, source TEXT NOT NULL,
+    received_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS decisions (
+    seq INTEGER PRIMARY KEY, at TEXT NOT NULL, cause TEXT NOT NULL, limit_w INTEGER NOT NULL,
+    reasons TEXT NOT NULL, budget_w INTEGER NOT NULL, expected_w INTEGER NOT NULL,
+    feasible INTEGER NOT NULL, notes TEXT NOT NULL, actions TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS commands (
+    seq INTEGER PRIMARY KEY, decision_seq INTEGER, miner_id TEXT NOT NULL,
+    action TEXT NOT NULL, started_at TEXT NOT NULL, finished_at TEXT NOT NULL,
+    outcome TEXT NOT NULL, detail TEXT);
+CREATE TABLE IF NOT EXISTS obligations (
+    key TEXT PRIMARY KEY, signal_id TEXT NOT NULL, revision INTEGER NOT NULL,
+    kind TEXT NOT NULL, limit_w INTEGER NOT NULL, starts_at TEXT NOT NULL,
+    due_at TEXT NOT NULL, status TEXT NOT NULL, reached_at TEXT, measured_w INTEGER,
+    measured_by TEXT);
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY, at TEXT NOT NULL, kind TEXT NOT NULL, subject TEXT,
+    detail TEXT);
+CREATE INDEX IF NOT EXISTS commands_decision ON commands (decision_seq);
+CREATE INDEX IF NOT EXISTS signals_at ON signals (at);
+"""
+
+
+class JournalError(Exception):
+    """The journal cannot be opened or written; the daemon must not act without it."""
+
+
+@dataclass(frozen=True, slots=True)
+class CommandRecord:
+    decision_seq: int | None
+    miner_id: str
+    action: str
+    started_at: datetime
+    finished_at: datetime
+    outcome: str  # "ok" or an error kind: unreachable, timeout, lying, ...
+    detail: str | None = None
+
+
+class Journal:
+    """Durable record of signals, decisions, commands, deadlines and events."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
+                                       check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")  # WAL fsync on every commit
+            self._db.executescript(_SCHEMA)
+            version = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+            if version is None:
+                self._db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+            elif int(version[0]) != SCHEMA_VERSION:
+                raise JournalError(f"{path}: schema {version[0]}, expected {SCHEMA_VERSION}")
+        except (sqlite3.Error, OSError) as err:
+            raise JournalError(f"{path}: cannot open the journal: {err}") from err
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        except sqlite3.Error as err:
+            raise JournalError(f"{self.path}: write failed: {err}") from err
+
+    # -- writes ----------------------------------------------------------------------------
+
+    def record_signal(self, *, at: datetime, transport: str, source: str | None,
+                      signal_id: str | None, revision: int | None, kind: str | None,
+                      verdict: str, detail: str, body: bytes | None,
+                      book_change: tuple[str, Held | None] | None = None) -> None:
+        """One received signal and, if it changed the book, the change; one transaction."""
+        text = body.decode("utf-8", errors="replace") if body is not None else None
+        with self._tx() as db:
+            db.execute("INSERT INTO signals (at, transport, source, signal_id, revision, kind,"
+                       " verdict, detail, body) VALUES (?,?,?,?,?,?,?,?,?)",
+                       (_ts(at), transport, source, signal_id, revision, kind, verdict, detail,
+                        text))
+            if book_change is not None and signal_id is not None and revision is not None:
+                stored_kind, held = book_change
+                db.execute("INSERT OR REPLACE INTO revisions VALUES (?,?,?)",
+                           (signal_id, revision, stored_kind))
+                if held is None:
+                    db.execute("DELETE FROM held WHERE signal_id=?", (signal_id,))
+                else:
+                    db.execute("INSERT OR REPLACE INTO held VALUES (?,?,?,?)",
+                               (signal_id, json.dumps(_standing_json(held.signal)), held.source,
+                                _ts(held.received_at)))
+
+    def record_decision(self, *, at: datetime, cause: str, limit: Limit, plan: Plan) -> int:
+        """Commit a decision before its commands leave; returns its sequence number."""
+        actions = json.dumps([[a.miner_id, a.kind.value, a.reason] for a in plan.actions],
+                             separators=(",", ":"))
+        with self._tx() as db:
+            cur = db.execute(
+                "INSERT INTO decisions (at, cause, limit_w, reasons, budget_w, expected_w,"
+                " feasible, notes, actions) VALUES (?,?,?,?,?,?,?,?,?)",
+                (_ts(at), cause, limit.limit_w, json.dumps(limit.reasons), plan.budget_w,
+                 plan.expected_w, int(plan.feasible), json.dumps(plan.notes), actions))
+            seq = cur.lastrowid
+        assert seq is not None
+        return seq
+
+    def record_commands(self, records: Sequence[CommandRecord]) -> None:
+        if not records:
+            return
+        with self._tx() as db:
+            db.executemany(
+                "INSERT INTO commands (decision_seq, miner_id, action, started_at, finished_at,"
+                " outcome, detail) VALUES (?,?,?,?,?,?,?)",
+                [(r.decision_seq, r.miner_id, r.action, _ts(r.started_at), _ts(r.finished_at),
+                  r.outcome, r.detail) for r in records])
+
+    def record_obligations(self, obligations: Sequence[Obligation], measured_by: str) -> None:
+        if not obligations:
+            return
+        with self._tx() as db:
+            db.executemany(
+                "INSERT OR REPLACE INTO obligations VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                [(o.key, o.signal_id, o.revision, o.kind, o.limit_w, _ts(o.starts_at),
+                  _ts(o.due_at), o.status.value, _ts(o.reached_at) if o.reached_at else None,
+                  o.measured_w, measured_by) for o in obligations])
+
+    def record_event(self, at: datetime, kind: str, subject: str | None,
+                     detail: dict[str, Any] | str | None = None) -> None:
+        text = json.dumps(detail) if isinstance(detail, dict) else detail
+        with self._tx() as db:
+            db.execute("INSERT INTO events (at, kind, subject, detail) VALUES (?,?,?,?)",
+                       (_ts(at), kind, subject, text))
+
+    def prune_held(self, signal_ids: Sequence[str]) -> None:
+        if not signal_ids:
+            return
+        with self._tx() as db:
+            db.executemany("DELETE FROM held WHERE signal_id=?", [(i,) for i in signal_ids])
+
+    # -- recovery --------------------------------------------------------------------------
+
+    def restore_book(self) -> SignalBook:
+        """The signal book as it was at the last commit."""
+        revisions = {row[0]: (int(row[1]), str(row[2])) for row in
+                     self._db.execute("SELECT signal_id, revision, kind FROM revisions")}
+        held = {}
+        for signal_id, text, source, received_at in self._db.execute(
+                "SELECT signal_id, signal, source, received_at FROM held"):
+            held[signal_id] = Held(_standing_from(json.loads(text)), source, _parse(received_at))
+        return SignalBook(held, revisions)
+
+    def obligations(self, *, pending_only: bool = False) -> list[Obligation]:
+        query = ("SELECT key, signal_id, revision, kind, limit_w, starts_at, due_at, status,"
+                 " reached_at, measured_w FROM obligations")
+        if pending_only:
+            query += " WHERE status='pending'"
+        return [Obligation(row[0], row[1], int(row[2]), row[3], int(row[4]), _parse(row[5]),
+                           _parse(row[6]), ObligationStatus(row[7]),
+                           _parse(row[8]) if row[8] else None,
+                           int(row[9]) if row[9] is not None else None)
+                for row in self._db.execute(query + " ORDER BY starts_at, key")]
+
+    # -- queries for reports and tests ----------------------------------------------------
+
+    def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Read-only query helper for reports and tests."""
+        return list(self._db.execute(sql, params))
+
+
+def _ts(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def _parse(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
+def _standing_json(signal: Standing) -> dict[str, Any]:
+    def opt(value: datetime | None) -> str | None:
+        return _ts(value) if value is not None else None
+
+    base: dict[str, Any] = {"type": signal.kind, "id": signal.id, "revision": signal.revision,
+                            "issued_at": _ts(signal.issued_at), "start": opt(signal.start),
+                            "end": opt(signal.end)}
+    if isinstance(signal, Curtailment):
+        base.update(limit_w=signal.limit_w, deadline_s=signal.deadline_s,
+                    emergency=signal.emergency)
+    else:
+        base.update(granted_w=signal.granted_w)
+    return base
+
+
+def _standing_from(data: dict[str, Any]) -> Standing:
+    def opt(value: str | None) -> datetime | None:
+        return _parse(value) if value else None
+
+    if data["type"] == "curtailment":
+        return Curtailment(data["id"], int(data["revision"]), _parse(data["issued_at"]),
+                           int(data["limit_w"]), float(data["deadline_s"]), opt(data["start"]),
+                           opt(data["end"]), bool(data["emergency"]))
+    if data["type"] == "grant":
+        return Grant(data["id"], int(data["revision"]), _parse(data["issued_at"]),
+                     int(data["granted_w"]), opt(data["start"]), opt(data["end"]))
+    raise JournalError(f"unknown held signal type {data['type']!r}")
+
+
+__all__ = ["Cancel", "CommandRecord", "Journal", "JournalError"]

@@ -1,0 +1,317 @@
+"""The control loop, and the only code that sends commands to hardware.
+
+Each cycle: freeze the latest readings, arbitrate the limit, plan, journal the decision,
+dispatch only the commands that change something (concurrently, each under a deadline),
+then track every deadline against the measured draw and report. A new signal wakes the
+loop at once; otherwise it ticks, faster while commands or deadlines are pending.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import structlog
+
+from controller.clock import Clock
+from controller.core import planner
+from controller.core.model import (
+    Action,
+    ActionKind,
+    Limit,
+    MinerSpec,
+    Plan,
+    PlanRules,
+    Snapshot,
+    measured_w,
+)
+from controller.core.signals import (
+    Cancel,
+    GridPolicy,
+    Obligation,
+    ObligationStatus,
+    arbitrate,
+    grant_end_obligations,
+    obligation_for,
+    track,
+    withdraw,
+)
+from controller.inbox import Inbox
+from controller.journal import CommandRecord, Journal
+from controller.publish import Ack, Publisher
+from controller.telemetry import Activity, Poller, Readings
+from drivers.errors import DeviceTimeoutError, DriverError, VerificationError
+from drivers.types import MinerDriver, Mode
+
+log = structlog.get_logger("curtaild.supervisor")
+
+DISPATCH_BATCH = 256  # yield to the loop between batches so early commands hit the wire
+MEASURED_BY = "firmware"  # fleet draw is the sum of firmware readings, unknown at rated
+KEEP_FINISHED = 200  # finished deadlines kept in memory for status and the demo
+
+
+@dataclass(frozen=True, slots=True)
+class LoopSettings:
+    tick_s: float
+    fast_tick_s: float
+    command_timeout_s: float
+    command_concurrency: int
+    retry_backoff_s: float
+    retry_backoff_max_s: float
+    first_read_timeout_s: float
+    status_interval_s: float = 1.0
+
+
+class Supervisor:
+    """Reads, decides, writes, reports; one cycle at a time."""
+
+    def __init__(self, *, site_id: str, specs: Mapping[str, MinerSpec],
+                 drivers: Mapping[str, MinerDriver], readings: Readings, poller: Poller,
+                 inbox: Inbox, journal: Journal, clock: Clock, policy: GridPolicy,
+                 rules: PlanRules, settings: LoopSettings, publisher: Publisher,
+                 activity: Activity, obligations: list[Obligation]) -> None:
+        self.site_id = site_id
+        self._specs = specs
+        self._drivers = drivers
+        self._readings = readings
+        self._poller = poller
+        self._inbox = inbox
+        self._journal = journal
+        self._clock = clock
+        self._policy = policy
+        self._rules = rules
+        self._settings = settings
+        self._publisher = publisher
+        self._activity = activity
+        self._slots = asyncio.Semaphore(settings.command_concurrency)
+        self._tg: asyncio.TaskGroup | None = None
+        self._records: list[CommandRecord] = []
+        self._recent_wakes: deque[tuple[datetime, int]] = deque()
+        self._last_shed_at: datetime | None = None
+        self._last_status: datetime | None = None
+        self._known_keys = {o.key for o in obligations}
+        self.obligations: list[Obligation] = list(obligations)
+        self.finished: deque[Obligation] = deque(maxlen=KEEP_FINISHED)
+        self.limit: Limit | None = None
+        self.plan: Plan | None = None
+        self.measured_w = 0
+        self.in_flight = 0
+        self.cycles = 0
+        self.commands_sent = 0
+        self.commands_failed = 0
+        self.ready = asyncio.Event()
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as tg:  # every command task lives here
+            self._tg = tg
+            await self._clock.wait(self._readings.first_sweep, self._settings.first_read_timeout_s)
+            # A restart may come mid-curtailment: hold wakes as if we had just shed.
+            self._last_shed_at = self._clock.now()
+            await self.cycle("startup")
+            self.ready.set()
+            while True:
+                busy = self.in_flight > 0 or self.pending_deadlines()
+                tick = self._settings.fast_tick_s if busy else self._settings.tick_s
+                await self._clock.wait(self._inbox.wake, tick)
+                self._inbox.wake.clear()
+                await self.cycle("signal" if self._inbox.admitted else "tick")
+
+    def pending_deadlines(self) -> bool:
+        return any(o.status is ObligationStatus.PENDING for o in self.obligations)
+
+    async def cycle(self, cause: str) -> None:
+        """One pass: freeze, decide, journal, write, track, report."""
+        self._activity.begin()
+        try:
+            now = self._clock.now()
+            self._absorb_signals()
+            self._inbox.prune(now)
+            limit = arbitrate(self._inbox.book, self._policy, now,
+                              last_heard=self._inbox.last_heard, overrides=self._inbox.overrides)
+            self._trim_wakes(now)
+            snapshot = Snapshot(now, self._readings.views(), tuple(self._recent_wakes),
+                                self._last_shed_at)
+            plan = planner.plan(snapshot, limit, self._rules)
+            seq = None
+            if plan.actions or limit != self.limit:
+                # Write ahead: the decision is durable before any command leaves.
+                seq = self._journal.record_decision(at=now, cause=cause, limit=limit, plan=plan)
+                if limit != self.limit:
+                    log.info("limit", limit_kw=limit.limit_w / 1000, reasons=list(limit.reasons))
+                if plan.actions:
+                    log.info("plan", sleep=sum(a.kind is ActionKind.SLEEP for a in plan.actions),
+                             wake=sum(a.kind is ActionKind.WAKE for a in plan.actions),
+                             expected_kw=plan.expected_w / 1000, budget_kw=plan.budget_w / 1000,
+                             notes=list(plan.notes))
+            self.limit, self.plan = limit, plan
+            if plan.actions:
+                await self._dispatch(plan.actions, seq, now)
+            self.measured_w = measured_w(snapshot.miners, now, self._rules.stale_after)
+            self._track(now)
+            self._poller.set_fast(self.pending_deadlines())
+            self._flush()
+            self._report(now, snapshot)
+            self.cycles += 1
+        finally:
+            self._activity.end()
+
+    # -- signals and deadlines -------------------------------------------------------------
+
+    def _absorb_signals(self) -> None:
+        admitted, self._inbox.admitted = self._inbox.admitted, []
+        changed: list[Obligation] = []
+        for item in admitted:
+            if isinstance(item.signal, Cancel) and item.admission.withdrawn is not None:
+                self.obligations, gone = withdraw(self.obligations, item.signal.id)
+                changed.extend(gone)
+            ob = obligation_for(item.admission, item.signal, self._policy, item.received_at,
+                                last_heard=self._inbox.last_heard,
+                                overrides=self._inbox.overrides)
+            if ob is not None and ob.key not in self._known_keys:
+                self._known_keys.add(ob.key)
+                self.obligations.append(ob)
+                changed.append(ob)
+        self._journal.record_obligations(changed, MEASURED_BY)
+
+    def _track(self, now: datetime) -> None:
+        ends = grant_end_obligations(self._inbox.book, self._policy, now, self._known_keys,
+                                     last_heard=self._inbox.last_heard,
+                                     overrides=self._inbox.overrides)
+        for ob in ends:
+            self._known_keys.add(ob.key)
+        self.obligations.extend(ends)
+        self.obligations, changed = track(self.obligations, self.measured_w, now)
+        for ob in changed:
+            kind = ob.status.value
+            detail = (f"measured {ob.measured_w / 1000:g} kW <= {ob.limit_w / 1000:g} kW after "
+                      f"{ob.time_to_target_s:.1f} s ({MEASURED_BY})"
+                      if ob.status is ObligationStatus.REACHED else
+                      f"measured {(ob.measured_w or 0) / 1000:g} kW > {ob.limit_w / 1000:g} kW "
+                      f"at the deadline {ob.due_at:%H:%M:%S} ({MEASURED_BY})")
+            (log.info if ob.status is ObligationStatus.REACHED else log.warning)(
+                "deadline " + kind, signal=ob.signal_id, revision=ob.revision, kind=ob.kind,
+                detail=detail)
+            self._publisher.ack(Ack(ob.signal_id, ob.revision, kind, now, detail))
+        self._journal.record_obligations([*ends, *changed], MEASURED_BY)
+        for ob in self.obligations:
+            if ob.status is not ObligationStatus.PENDING:
+                self.finished.append(ob)
+        self.obligations = [o for o in self.obligations if o.status is ObligationStatus.PENDING]
+
+    # -- commands --------------------------------------------------------------------------
+
+    async def _dispatch(self, actions: tuple[Action, ...], seq: int | None,
+                        now: datetime) -> None:
+        assert self._tg is not None
+        self._poller.gate.clear()  # commands first: telemetry waits until the wire is quiet
+        for i, action in enumerate(actions):
+            spec = self._specs[action.miner_id]
+            self._readings.set_pending(action.miner_id, action.kind)
+            if action.kind is ActionKind.WAKE:
+                self._recent_wakes.append((now, spec.rated_power_w))
+            else:
+                self._last_shed_at = now
+            self.in_flight += 1
+            self._activity.begin()
+            self._tg.create_task(self._command(action, seq),
+                                 name=f"curtaild.command.{action.miner_id}")
+            if i % DISPATCH_BATCH == DISPATCH_BATCH - 1:
+                await asyncio.sleep(0)
+
+    async def _command(self, action: Action, seq: int | None) -> None:
+        miner_id = action.miner_id
+        started = self._clock.now()
+        outcome, detail = "ok", None
+        try:
+            async with self._slots:
+                reading = await self._run(action)
+        except DriverError as err:
+            outcome, detail = err.kind, err.detail
+            self.commands_failed += 1
+            if isinstance(err, VerificationError) and err.reading is not None:
+                self._readings.record(miner_id, err.reading, self._clock.now())
+            failures = self._readings.fail(miner_id, err, command=True)
+            backoff = min(self._settings.retry_backoff_s * 2 ** (failures - 1),
+                          self._settings.retry_backoff_max_s)
+            self._readings.set_retry_after(miner_id,
+                                           self._clock.now() + timedelta(seconds=backoff))
+        else:
+            self._readings.record(miner_id, reading, self._clock.now(), command=True)
+            self._readings.set_retry_after(miner_id, None)
+        finally:
+            self._readings.set_pending(miner_id, None)
+            self._records.append(CommandRecord(seq, miner_id, action.kind.value, started,
+                                               self._clock.now(), outcome, detail))
+            self.commands_sent += 1
+            self.in_flight -= 1
+            if self.in_flight == 0:
+                self._poller.gate.set()
+                self._inbox.wake.set()  # verify at once rather than at the next tick
+            self._activity.end()
+
+    async def _run(self, action: Action) -> Any:
+        driver = self._drivers[action.miner_id]
+        timeout = self._settings.command_timeout_s
+        try:
+            async with asyncio.timeout(timeout):
+                if action.kind is ActionKind.SLEEP:
+                    return await driver.sleep()
+                return await driver.wake()
+        except TimeoutError:
+            raise DeviceTimeoutError(action.miner_id, action.kind.value,
+                                     f"no verified result within {timeout:g} s") from None
+
+    # -- bookkeeping -----------------------------------------------------------------------
+
+    def _trim_wakes(self, now: datetime) -> None:
+        while self._recent_wakes and now - self._recent_wakes[0][0] >= self._rules.wake_window:
+            self._recent_wakes.popleft()
+
+    def _flush(self) -> None:
+        records, self._records = self._records, []
+        self._journal.record_commands(records)
+
+    def _report(self, now: datetime, snapshot: Snapshot) -> None:
+        due = (self._last_status is None or (now - self._last_status).total_seconds()
+               >= self._settings.status_interval_s)
+        if due:
+            self._last_status = now
+            self._publisher.status(self.status(now, snapshot))
+
+    def status(self, now: datetime, snapshot: Snapshot | None = None) -> dict[str, Any]:
+        """The daemon's state as published (retained) and served."""
+        views = snapshot.miners if snapshot is not None else self._readings.views()
+        counts = {"mining": 0, "sleeping": 0, "unknown": 0, "unhealthy": 0, "pending": 0}
+        for view in views:
+            if view.pending is not None:
+                counts["pending"] += 1
+            if not view.healthy:
+                counts["unhealthy"] += 1
+            if view.reading is None or not view.fresh(now, self._rules.stale_after):
+                counts["unknown"] += 1
+            elif view.reading.mode is Mode.SLEEPING:
+                counts["sleeping"] += 1
+            else:
+                counts["mining"] += 1
+        limit = self.limit
+        return {
+            "state": "online",
+            "site": self.site_id,
+            "at": now.isoformat().replace("+00:00", "Z"),
+            "limit_kw": limit.limit_w / 1000 if limit else None,
+            "reasons": list(limit.reasons) if limit else [],
+            "measured_kw": round(self.measured_w / 1000, 3),
+            "measured_by": MEASURED_BY,
+            "expected_kw": round(self.plan.expected_w / 1000, 3) if self.plan else None,
+            "miners": {"total": len(views), **counts},
+            "signals": [{"id": h.signal.id, "revision": h.signal.revision, "type": h.signal.kind}
+                        for h in self._inbox.book.held.values()],
+            "deadlines": [{"id": o.signal_id, "revision": o.revision, "kind": o.kind,
+                           "limit_kw": o.limit_w / 1000,
+                           "due": o.due_at.isoformat().replace("+00:00", "Z")}
+                          for o in self.obligations],
+        }

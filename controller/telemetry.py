@@ -1,0 +1,163 @@
+"""Readings store and the background poller that keeps it fresh.
+
+A signal never waits for a fleet-wide read: the poller runs continuously with bounded
+concurrency, and the supervisor freezes whatever is latest. Health is a state; it is
+logged once when it changes and retried quietly in between.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator, Mapping
+from dataclasses import replace
+from datetime import datetime
+
+import structlog
+
+from controller.clock import Clock
+from controller.core.model import ActionKind, MinerSpec, MinerView
+from drivers.errors import DriverError
+from drivers.types import MinerDriver, MinerReading
+
+log = structlog.get_logger("curtaild.telemetry")
+
+
+class Activity:
+    """Counts work in progress so tests on a fake clock can wait until the daemon is idle."""
+
+    def __init__(self) -> None:
+        self._busy = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def begin(self) -> None:
+        self._busy += 1
+        self._idle.clear()
+
+    def end(self) -> None:
+        self._busy -= 1
+        if self._busy == 0:
+            self._idle.set()
+
+    async def idle(self) -> None:
+        await self._idle.wait()
+
+
+class Readings:
+    """The latest view of every miner. Only the poller and the supervisor write here."""
+
+    def __init__(self, specs: Mapping[str, MinerSpec]) -> None:
+        self._views = {miner_id: MinerView(spec) for miner_id, spec in specs.items()}
+        self._read_fault: dict[str, str] = {}
+        self._command_fault: dict[str, str] = {}
+        self._failures: dict[str, int] = {}
+        self.first_sweep = asyncio.Event()
+
+    def views(self) -> tuple[MinerView, ...]:
+        return tuple(self._views.values())
+
+    def view(self, miner_id: str) -> MinerView:
+        return self._views[miner_id]
+
+    def record(self, miner_id: str, reading: MinerReading, at: datetime, *,
+               command: bool = False) -> None:
+        """A successful read (or a command's verified read-back)."""
+        view = self._views[miner_id]
+        changed = view.reading is not None and view.reading.mode is not reading.mode
+        # A command's read-back marks a transition even when it is the first reading we have.
+        mode_since = at if changed or command else view.mode_since
+        self._read_fault.pop(miner_id, None)
+        if command:
+            self._command_fault.pop(miner_id, None)
+            self._failures.pop(miner_id, None)
+        self._views[miner_id] = self._health(replace(view, reading=reading, read_at=at,
+                                                     mode_since=mode_since))
+
+    def fail(self, miner_id: str, err: DriverError, *, command: bool = False) -> int:
+        """A failed call; returns how many commands in a row have failed."""
+        faults = self._command_fault if command else self._read_fault
+        faults[miner_id] = f"{err.kind}: {err.detail}"
+        count = 0
+        if command:
+            count = self._failures[miner_id] = self._failures.get(miner_id, 0) + 1
+        self._views[miner_id] = self._health(self._views[miner_id])
+        return count
+
+    def set_pending(self, miner_id: str, kind: ActionKind | None) -> None:
+        self._views[miner_id] = replace(self._views[miner_id], pending=kind)
+
+    def set_retry_after(self, miner_id: str, at: datetime | None) -> None:
+        self._views[miner_id] = replace(self._views[miner_id], retry_after=at)
+
+    def _health(self, view: MinerView) -> MinerView:
+        miner_id = view.spec.id
+        reason = self._command_fault.get(miner_id) or self._read_fault.get(miner_id)
+        healthy = reason is None
+        if healthy != view.healthy:
+            if healthy:
+                log.info("miner recovered", miner=miner_id, was=view.health_reason)
+            else:
+                log.warning("miner unhealthy", miner=miner_id, reason=reason)
+        elif not healthy and reason != view.health_reason:
+            log.debug("miner still unhealthy", miner=miner_id, reason=reason)
+        return replace(view, healthy=healthy, health_reason=reason)
+
+
+class Poller:
+    """Reads every miner in turn, forever, with bounded concurrency."""
+
+    def __init__(self, drivers: Mapping[str, MinerDriver], readings: Readings, clock: Clock, *,
+                 interval_s: float, fast_interval_s: float, concurrency: int,
+                 activity: Activity) -> None:
+        self._drivers = drivers
+        self._readings = readings
+        self._clock = clock
+        self._interval_s = interval_s
+        self._fast_interval_s = fast_interval_s
+        self._concurrency = concurrency
+        self._activity = activity
+        self._fast = False  # fast sweeps while a deadline is pending
+        self.gate = asyncio.Event()  # cleared while a command fan-out is on the wire
+        self.gate.set()
+        self.kick = asyncio.Event()  # start the next sweep now
+        self.sweeps = 0
+
+    async def run(self) -> None:
+        while True:
+            started = self._clock.now()
+            self._activity.begin()
+            try:
+                await self.sweep()
+            finally:
+                self._activity.end()
+            self.sweeps += 1
+            self._readings.first_sweep.set()
+            interval = self._fast_interval_s if self._fast else self._interval_s
+            spent = (self._clock.now() - started).total_seconds()
+            self.kick.clear()
+            await self._clock.wait(self.kick, max(0.0, interval - spent))
+
+    def set_fast(self, fast: bool) -> None:
+        """Sweep at the fast interval (while a deadline is pending), starting now."""
+        if fast and not self._fast:
+            self.kick.set()
+        self._fast = fast
+
+    async def sweep(self) -> None:
+        """One read of every miner, by a bounded pool of workers sharing one queue."""
+        queue = iter(list(self._drivers))
+        async with asyncio.TaskGroup() as tg:
+            for _ in range(min(self._concurrency, len(self._drivers))):
+                tg.create_task(self._worker(queue))
+
+    async def _worker(self, queue: Iterator[str]) -> None:
+        for miner_id in queue:
+            await self.gate.wait()
+            if self._readings.view(miner_id).pending is not None:
+                continue  # the command's own read-back will report this miner
+            try:
+                reading = await self._drivers[miner_id].read()
+            except DriverError as err:
+                self._readings.fail(miner_id, err)
+            else:
+                self._readings.record(miner_id, reading, self._clock.now())

@@ -1,0 +1,1 @@
+"""Device drivers: miners, PDUs and meters, their transports and their simulators."""

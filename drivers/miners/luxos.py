@@ -1,0 +1,228 @@
+"""LuxOS (Luxor firmware) over its CGMiner-flavoured API on TCP 4028.
+
+Writes take the miner's single session: logon -> command -> logoff, every time. We never
+hold the session (that would lock out the operator's tools) and never adopt one we did
+not create. Every write is followed by a read-back; a miner that acknowledges and does
+not act raises VerificationError.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Callable
+from typing import Any
+
+from drivers.errors import (
+    DriverError,
+    ProtocolError,
+    RejectedError,
+    SessionBusyError,
+    UnsupportedError,
+    VerificationError,
+)
+from drivers.registry import MinerDriverEntry, MinerEndpoint
+from drivers.transport import cgminer_tcp
+from drivers.types import Capability, DriverTraits, MinerReading, Mode
+
+CODE_INVALID_COMMAND = 14  # cgminer: a join the firmware does not support
+CODE_ACCESS_DENIED = 45
+CODE_SESSION_ACTIVE = 402  # "Another session is active"
+INVALID_SESSION = "invalid session"
+
+READ_JOINED = "power+summary+stats+events+config"
+READ_PARTS = ("power", "summary", "stats", "events", "config")
+
+LOGON_ATTEMPTS = 3
+LOGON_BACKOFF_S = 0.25  # doubles per attempt; a foreign write session is short-lived
+VERIFY_ATTEMPTS = 3
+VERIFY_INTERVAL_S = 0.5  # firmware may take a moment to raise or clear the SLEEP event
+
+TRAITS = DriverTraits(sleep_power_w=25, ramp_down_s=5.0, ramp_up_s=10.0)
+
+
+class LuxosMiner:
+    """One LuxOS miner. At most one call is in flight at a time."""
+
+    def __init__(self, endpoint: MinerEndpoint) -> None:
+        self._ep = endpoint
+        self._lock = asyncio.Lock()
+        self._joined = True  # firmware accepts "a+b" joins until it says otherwise
+        self._leaked_sid: str | None = None  # our own session whose logoff failed
+        self.firmware: str | None = None
+        self.model: str | None = None
+
+    @property
+    def miner_id(self) -> str:
+        return self._ep.miner_id
+
+    @property
+    def capabilities(self) -> frozenset[Capability]:
+        return frozenset({Capability.SLEEP, Capability.POWER_PROFILE})
+
+    async def probe(self) -> None:
+        """Confirm the device is LuxOS and learn its firmware and model."""
+        async with self._lock:
+            reply = await self._call("version")
+        version = _first(reply, "VERSION", self.miner_id, "version")
+        if "LUXminer" not in version and "LUXminer" not in str(reply.get("STATUS")):
+            raise UnsupportedError(self.miner_id, "probe", "the device is not running LuxOS")
+        self.firmware = str(version.get("LUXminer") or version.get("Miner"))
+        self.model = str(version.get("Type", ""))
+
+    async def read(self) -> MinerReading:
+        async with self._lock:
+            return await self._read()
+
+    async def sleep(self) -> MinerReading:
+        async with self._lock:
+            await self._write("curtail", "sleep")
+            return await self._verify("sleep", lambda r: r.mode is Mode.SLEEPING)
+
+    async def wake(self) -> MinerReading:
+        async with self._lock:
+            await self._write("curtail", "wakeup")
+            return await self._verify("wake", lambda r: r.mode is Mode.MINING)
+
+    async def set_profile(self, profile: str) -> MinerReading:
+        if "," in profile or not profile:
+            raise RejectedError(self.miner_id, "profileset", f"invalid profile name {profile!r}")
+        async with self._lock:
+            reply = await self._write("profileset", profile)
+            acked = _first(reply, "PROFILE", self.miner_id, "profileset").get("Profile")
+            if acked != profile:
+                raise ProtocolError(self.miner_id, "profileset",
+                                    f"acknowledged profile {acked!r}, asked for {profile!r}")
+            return await self._verify("profileset", lambda r: r.profile == profile)
+
+    # -- internals -------------------------------------------------------------------------
+
+    async def _call(self, command: str, parameter: str | None = None) -> cgminer_tcp.Reply:
+        return await cgminer_tcp.request(self._ep.host, self._ep.port, command, parameter,
+                                         timeout_s=self._ep.timeout_s, device=self.miner_id)
+
+    async def _read(self) -> MinerReading:
+        if self._joined:
+            try:
+                reply = await self._call(READ_JOINED)
+            except RejectedError as err:
+                if err.code not in (CODE_INVALID_COMMAND, CODE_ACCESS_DENIED):
+                    raise
+                self._joined = False  # older firmware: fall back to one command at a time
+            else:
+                return self._parse({part: _joined_part(reply, part, self.miner_id)
+                                    for part in READ_PARTS})
+        return self._parse({part: await self._call(part) for part in READ_PARTS})
+
+    def _parse(self, parts: dict[str, cgminer_tcp.Reply]) -> MinerReading:
+        device = self.miner_id
+        try:
+            power = _first(parts["power"], "POWER", device, "power")
+            summary = _first(parts["summary"], "SUMMARY", device, "summary")
+            stats = cgminer_tcp.section(parts["stats"], "STATS", device=device, op="stats")
+            events = cgminer_tcp.section(parts["events"], "EVENTS", device=device, op="events")
+            config = _first(parts["config"], "CONFIG", device, "config")
+            sleeping = any(e.get("Code") in ("SLEEP", "IDLE") for e in events)
+            boards = stats[1] if len(stats) > 1 else {}
+            temps = tuple(_board_temp(boards[key]) for key in sorted(boards)
+                          if key.startswith("temp_pcb"))
+            return MinerReading(
+                mode=Mode.SLEEPING if sleeping else Mode.MINING,
+                power_w=int(round(float(power["Watts"]))),
+                hashrate_ths=round(float(summary["GHS 5s"]) / 1000, 3),
+                board_temps_c=temps,
+                profile=str(config["Profile"]) if "Profile" in config else None,
+            )
+        except (KeyError, TypeError, ValueError, IndexError) as err:
+            raise ProtocolError(device, "read", f"unexpected reply layout: {err!r}") from None
+
+    async def _write(self, command: str, argument: str) -> cgminer_tcp.Reply:
+        for attempt in range(2):
+            sid = await self._logon()
+            try:
+                return await self._call(command, f"{sid},{argument}")
+            except RejectedError as err:
+                if INVALID_SESSION not in err.detail.lower() or attempt:
+                    raise
+                # Expired between logon and command: renew once, then give up.
+            finally:
+                await self._logoff(sid)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _logon(self) -> str:
+        for attempt in range(LOGON_ATTEMPTS):
+            try:
+                reply = await self._call("logon")
+            except RejectedError as err:
+                if err.code != CODE_SESSION_ACTIVE:
+                    raise
+                if self._leaked_sid is not None:
+                    # The active session may be our own whose logoff was lost: release it.
+                    await self._logoff(self._leaked_sid)
+                    continue
+                if attempt + 1 < LOGON_ATTEMPTS:
+                    await asyncio.sleep(LOGON_BACKOFF_S * 2**attempt)
+                    continue
+                raise SessionBusyError(self.miner_id, "logon",
+                                       "another client holds the miner's only session") from None
+            sid = _first(reply, "SESSION", self.miner_id, "logon").get("SessionID")
+            if not isinstance(sid, str) or not sid:
+                raise ProtocolError(self.miner_id, "logon", "no SessionID in the reply")
+            return sid
+        raise SessionBusyError(self.miner_id, "logon", "could not release our own session")
+
+    async def _logoff(self, sid: str) -> None:
+        try:
+            await self._call("logoff", sid)
+        except RejectedError:
+            self._leaked_sid = None  # already gone (expired or killed): nothing is held
+        except DriverError:
+            self._leaked_sid = sid  # it will expire in 60 s; release it first next time
+        else:
+            self._leaked_sid = None
+
+    async def _verify(self, op: str, done: Callable[[MinerReading], bool]) -> MinerReading:
+        reading = await self._read()
+        for _ in range(VERIFY_ATTEMPTS - 1):
+            if done(reading):
+                return reading
+            await asyncio.sleep(VERIFY_INTERVAL_S)
+            reading = await self._read()
+        if done(reading):
+            return reading
+        raise VerificationError(self.miner_id, op, f"acknowledged {op} but reads back "
+                                f"{reading.mode.value} at {reading.power_w} W", reading)
+
+
+def _joined_part(reply: cgminer_tcp.Reply, part: str, device: str) -> cgminer_tcp.Reply:
+    value = reply.get(part)
+    if not isinstance(value, list) or not value or not isinstance(value[0], dict):
+        raise ProtocolError(device, "read", f"joined reply has no {part!r} part")
+    result: cgminer_tcp.Reply = value[0]
+    return result
+
+
+def _first(reply: cgminer_tcp.Reply, name: str, device: str, op: str) -> dict[str, Any]:
+    items = cgminer_tcp.section(reply, name, device=device, op=op)
+    if not items:
+        raise ProtocolError(device, op, f"{name} is empty")
+    return items[0]
+
+
+_SENSOR = re.compile(r"(?:^|-)(-?\d+(?:\.\d+)?)")
+
+
+def _board_temp(value: Any) -> float:
+    """LuxOS reports a board's sensors as "58-60-61-59" (below freezing "-31--30"); the
+    board is as hot as its hottest sensor. Missing sensors read 0 and are skipped."""
+    readings = [float(v) for v in _SENSOR.findall(str(value)) if float(v) != 0]
+    return max(readings) if readings else float("nan")
+
+
+ENTRY = MinerDriverEntry(
+    name="luxos",
+    factory=LuxosMiner,
+    traits=TRAITS,
+    default_port=4028,
+    summary="LuxOS (Luxor) over the CGMiner API on 4028: curtail sleep/wakeup, profileset",
+)

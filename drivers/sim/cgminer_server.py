@@ -1,0 +1,246 @@
+"""A CGMiner-style API server for one simulated device on its own loopback address.
+
+Framing as bitmaintech/cgminer `api.c` does it: one request per connection, the request in
+JSON (any whitespace, parsed incrementally) or the plain `command|parameter` form, a reply
+of JSON plus a trailing NUL, then the server closes. Wire faults are applied here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from typing import Any, Protocol, cast
+
+from drivers.sim.faults import Fault, FaultState
+
+MAX_REQUEST_BYTES = 64 * 1024
+STALL_HOLD_S = 60.0  # a stalled device releases the socket eventually, like a kernel would
+
+Reply = dict[str, Any]
+
+
+class CgminerDevice(Protocol):
+    """What a simulated firmware implements behind the server."""
+
+    joinable: frozenset[str]
+
+    def handle(self, command: str, parameter: str | None) -> Reply: ...
+
+    def error(self, code: int, msg: str) -> Reply: ...
+
+
+# cgminer api.c message codes shared by every cgminer-family firmware.
+CODE_INVALID_COMMAND = 14
+CODE_INVALID_JSON = 23
+CODE_ACCESS_DENIED = 45
+
+
+class CgminerServer:
+    """Listens on host:port and answers like the device would, faults included."""
+
+    def __init__(self, host: str, port: int, device: CgminerDevice, fault: FaultState,
+                 *, rng: random.Random | None = None) -> None:
+        self.host = host
+        self.port = port
+        self.device = device
+        self.fault = fault
+        self._rng = rng or random.Random(f"{host}:{port}")  # noqa: S311 - not crypto
+        self._server: asyncio.Server | None = None
+        self._held: set[asyncio.BaseTransport] = set()
+        self.requests = 0
+
+    async def start(self) -> None:
+        if self._server is None and self.fault.mode is not Fault.REFUSE:
+            loop = asyncio.get_running_loop()
+            self._server = await loop.create_server(
+                lambda: _Connection(self), self.host, self.port, reuse_address=True,
+                backlog=256)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        for transport in list(self._held):
+            transport.abort()
+        self._held.clear()
+
+    async def set_fault(self, mode: Fault, *, slow_s: float | None = None) -> None:
+        """Change the fault live; `refuse` stops listening, anything else listens again."""
+        self.fault.mode = mode
+        if slow_s is not None:
+            self.fault.slow_s = slow_s
+        if mode is Fault.REFUSE:
+            await self.stop()
+        else:
+            await self.start()
+
+    def respond(self, command: str, parameter: str | None) -> Reply:
+        """The device's reply, with cgminer's `a+b` joins expanded."""
+        self.requests += 1
+        if "+" not in command:
+            return self.device.handle(command, parameter)
+        parts = command.split("+")
+        if any(p not in self.device.joinable for p in parts):
+            return self.device.error(CODE_ACCESS_DENIED, f"Access denied to '{command}' command")
+        joined: Reply = {}
+        for part in dict.fromkeys(parts):  # duplicates are skipped, as api.c does
+            joined[part] = [self.device.handle(part, parameter)]
+        joined["id"] = 1
+        return joined
+
+    def render(self, reply: Reply) -> list[tuple[float, bytes, bool]]:
+        """What goes on the wire: (delay, bytes, close after) steps, per the fault."""
+        body = json.dumps(reply, separators=(",", ":")).encode()
+        mode = self.fault.mode
+        if mode is Fault.GARBAGE:
+            junk = bytes(self._rng.randrange(1, 256) for _ in range(self._rng.randrange(8, 64)))
+            return [(0.0, junk + b"\x00", True)]
+        if mode is Fault.QUIRKS:
+            return [(0.0, quirk(body) + b"\x00", True)]
+        if mode is Fault.TRUNCATE:
+            return [(0.0, body[: max(1, len(body) // 2)], True)]
+        if mode is Fault.NO_CLOSE:
+            return [(0.0, body + b"\x00", False)]
+        if mode is Fault.SLOW:
+            return [(self.fault.slow_s, body + b"\x00", True)]
+        return [(0.0, body + b"\x00", True)]
+
+
+def quirk(body: bytes) -> bytes:
+    """The malformations pyasic repairs: `}{` between objects, trailing commas, newlines."""
+    text = body.decode()
+    text = text.replace("},{", "}{", 1)
+    text = text.replace("}]", ",}]", 1)
+    text = text.replace(',"', ',\n"', 2)
+    return text.encode()
+
+
+class _Connection(asyncio.Protocol):
+    __slots__ = ("_buf", "_server", "_transport")
+
+    def __init__(self, server: CgminerServer) -> None:
+        self._server = server
+        self._buf = b""
+        self._transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast("asyncio.Transport", transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self._transport is None or self._transport.is_closing():
+            return
+        self._buf += data
+        if len(self._buf) > MAX_REQUEST_BYTES:
+            self._answer(self._server.device.error(CODE_INVALID_JSON, "Request too large"))
+            return
+        try:
+            request = parse_request(self._buf, eof=False)
+        except ValueError:
+            self._answer(self._server.device.error(CODE_INVALID_JSON, "Invalid JSON"))
+            return
+        if request is not None:
+            self._dispatch(*request)
+
+    def eof_received(self) -> bool:
+        if self._transport is not None and not self._transport.is_closing() and self._buf:
+            try:
+                request = parse_request(self._buf, eof=True)
+            except ValueError:
+                self._answer(self._server.device.error(CODE_INVALID_JSON, "Invalid JSON"))
+                return True
+            if request is not None:
+                self._dispatch(*request)
+        return True  # keep the write side open for the reply
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._transport is not None:
+            self._server._held.discard(self._transport)  # noqa: SLF001
+
+    def _dispatch(self, command: str, parameter: str | None) -> None:
+        self._buf = b""
+        if self._server.fault.mode is Fault.STALL:
+            self._hold(STALL_HOLD_S)
+            return
+        self._answer(self._server.respond(command, parameter))
+
+    def _answer(self, reply: Reply) -> None:
+        transport = self._transport
+        if transport is None:
+            return
+        for delay, chunk, close in self._server.render(reply):
+            if delay > 0:
+                self._server._held.add(transport)  # noqa: SLF001
+                asyncio.get_running_loop().call_later(delay, _send_late, transport, chunk, close)
+                return
+            transport.write(chunk)
+            if close:
+                transport.close()
+            else:
+                self._hold(STALL_HOLD_S)
+
+    def _hold(self, seconds: float) -> None:
+        transport = self._transport
+        if transport is None:
+            return
+        self._server._held.add(transport)  # noqa: SLF001
+        asyncio.get_running_loop().call_later(seconds, transport.close)
+
+
+def _send_late(transport: asyncio.Transport, chunk: bytes, close: bool) -> None:
+    if transport.is_closing():
+        return
+    transport.write(chunk)
+    if close:
+        transport.close()
+
+
+def parse_request(buf: bytes, *, eof: bool) -> tuple[str, str | None] | None:
+    """A complete request from `buf`, None if more bytes are needed, ValueError if invalid."""
+    text = buf.decode("utf-8", errors="replace").lstrip()
+    if not text:
+        return None
+    if not text.startswith("{"):
+        line, newline, _ = text.partition("\n")
+        if not newline and not eof:
+            return None
+        command, bar, parameter = line.strip().rstrip("\x00").partition("|")
+        return command, parameter if bar else None
+    end = _object_end(text)
+    if end is None:
+        if eof:
+            raise ValueError("incomplete JSON")
+        return None
+    obj = json.loads(text[:end])
+    command = obj.get("command") if isinstance(obj, dict) else None
+    if not isinstance(command, str):
+        raise ValueError("no command")
+    parameter = obj.get("parameter")
+    if parameter is not None and not isinstance(parameter, str):
+        parameter = json.dumps(parameter) if isinstance(parameter, (list, dict)) else str(parameter)
+    return command, parameter
+
+
+def _object_end(text: str) -> int | None:
+    """Index just past the first complete top-level JSON object, or None if incomplete."""
+    depth = 0
+    in_string = False
+    escaped = False
+    for i, ch in enumerate(text):
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "{[":
+            depth += 1
+        elif ch in "}]":
+            depth -= 1
+            if depth == 0:
+                return i + 1
+    return None
+

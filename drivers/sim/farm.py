@@ -1,0 +1,129 @@
+"""A simulated farm: many miners in one asyncio process, each on its own loopback address."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+
+from drivers.sim.cgminer_server import CgminerServer
+from drivers.sim.faults import Fault, FaultState
+from drivers.sim.luxos import LuxosDevice, model_for
+from drivers.sim.physics import MinerPhysics
+from drivers.types import Mode
+
+SUPPORTED = frozenset({"luxos"})
+
+
+@dataclass(frozen=True, slots=True)
+class SimMinerSpec:
+    """One simulated miner: where it listens and what hardware it pretends to be."""
+
+    id: str
+    driver: str
+    host: str
+    port: int
+    container: str
+    rated_power_w: int
+    efficiency_j_th: float
+    mode: Mode = Mode.MINING
+    fault: Fault = Fault.NONE
+
+
+@dataclass(slots=True)
+class SimMiner:
+    spec: SimMinerSpec
+    physics: MinerPhysics
+    device: LuxosDevice
+    server: CgminerServer
+    fault: FaultState = field(default_factory=FaultState)
+
+
+class UnsupportedSimError(ValueError):
+    """No simulator exists for this driver family."""
+
+
+class SimFarm:
+    """Runs every simulated miner's server; exposes the farm's true draw for checks."""
+
+    def __init__(self, specs: Iterable[SimMinerSpec], *, time_fn: Callable[[], float],
+                 ambient_c: dict[str, float] | None = None, default_ambient_c: float = 15.0,
+                 seed: int = 1) -> None:
+        self._time = time_fn
+        self.miners: dict[str, SimMiner] = {}
+        ambient = ambient_c or {}
+        now = time_fn()
+        for spec in specs:
+            if spec.driver not in SUPPORTED:
+                raise UnsupportedSimError(
+                    f"{spec.id}: no simulator for driver {spec.driver!r} "
+                    f"(simulated: {', '.join(sorted(SUPPORTED))})")
+            self.miners[spec.id] = self._build(spec, ambient.get(spec.container,
+                                                                 default_ambient_c), now, seed)
+
+    async def start(self) -> None:
+        """Listen on every miner's address; fails loudly if an address is taken."""
+        batch = 256  # bounded so a 10,000-miner farm does not open every listener at once
+        servers = [m.server for m in self.miners.values()]
+        for i in range(0, len(servers), batch):
+            await asyncio.gather(*(s.start() for s in servers[i:i + batch]))
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(m.server.stop() for m in self.miners.values()))
+
+    async def __aenter__(self) -> SimFarm:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def power_w(self, miner_id: str) -> float:
+        return self.miners[miner_id].physics.power_w(self._time())
+
+    def total_power_w(self) -> float:
+        """The farm's true draw, as a meter on the feeder would see it."""
+        now = self._time()
+        return sum(m.physics.power_w(now) for m in self.miners.values())
+
+    def power_by_container_w(self) -> dict[str, float]:
+        now = self._time()
+        out: dict[str, float] = {}
+        for m in self.miners.values():
+            out[m.spec.container] = out.get(m.spec.container, 0.0) + m.physics.power_w(now)
+        return out
+
+    def modes(self) -> dict[Mode, int]:
+        counts = dict.fromkeys(Mode, 0)
+        for m in self.miners.values():
+            counts[m.physics.mode] += 1
+        return counts
+
+    async def set_fault(self, miner_id: str, fault: Fault, *, slow_s: float | None = None) -> None:
+        miner = self.miners[miner_id]
+        await miner.server.set_fault(fault, slow_s=slow_s)
+        miner.spec = replace(miner.spec, fault=fault)
+
+    def set_ambient(self, container: str, ambient_c: float) -> None:
+        now = self._time()
+        for m in self.miners.values():
+            if m.spec.container == container:
+                m.physics.set_ambient(ambient_c, now)
+
+    def _build(self, spec: SimMinerSpec, ambient_c: float, now: float, seed: int) -> SimMiner:
+        digest = hashlib.sha256(f"{seed}:{spec.id}".encode()).digest()
+        rng = random.Random(digest)  # noqa: S311 - simulation, not crypto
+        base = model_for(spec.rated_power_w, spec.efficiency_j_th)
+        # Real units differ: ramps within +-15 %, thermal behaviour within +-10 %.
+        model = replace(base, ramp_down_s=base.ramp_down_s * rng.uniform(0.85, 1.15),
+                        ramp_up_s=base.ramp_up_s * rng.uniform(0.85, 1.15),
+                        temp_rise_c=base.temp_rise_c * rng.uniform(0.9, 1.1))
+        physics = MinerPhysics(model, ambient_c=ambient_c, now=now, mode=spec.mode)
+        fault = FaultState(spec.fault)
+        mac = ":".join(f"{b:02X}" for b in (0x02, *digest[:5]))
+        serial = "LUX" + digest[5:11].hex().upper()
+        device = LuxosDevice(physics, fault, time_fn=self._time, rng=rng, serial=serial, mac=mac)
+        server = CgminerServer(spec.host, spec.port, device, fault, rng=rng)
+        return SimMiner(spec, physics, device, server, fault)

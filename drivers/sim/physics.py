@@ -1,0 +1,155 @@
+"""Power and board temperature of a simulated miner as functions of time.
+
+State is advanced lazily, on access, so a farm of 10,000 idle miners costs nothing between
+requests. Power ramps linearly between levels (firmware steps frequency and voltage);
+board temperature is a first-order lag toward ambient plus a rise proportional to power.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from drivers.types import Mode
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """A named power profile: its draw and hashrate at steady state."""
+
+    name: str
+    power_w: int
+    hashrate_ths: float
+
+
+@dataclass(frozen=True, slots=True)
+class MinerModel:
+    """Static parameters of a simulated hardware model under one firmware."""
+
+    name: str
+    rated_power_w: int
+    hashrate_ths: float
+    boards: int = 3
+    sleep_power_w: int = 25  # LuxOS: PSU and hashboards off, control board up
+    ramp_down_s: float = 3.5  # LuxOS reaches ~25 W in under 5 s
+    ramp_up_s: float = 9.0  # LuxOS reaches full power in under 10 s
+    thermal_tau_s: float = 90.0  # board temperature time constant
+    temp_rise_c: float = 42.0  # boards above ambient at rated power
+    profiles: tuple[Profile, ...] = field(default=())
+
+    def profile(self, name: str) -> Profile | None:
+        return next((p for p in self.all_profiles() if p.name == name), None)
+
+    def all_profiles(self) -> tuple[Profile, ...]:
+        """Explicit profiles, or LuxOS-style steps around the default when none are given."""
+        if self.profiles:
+            return self.profiles
+        steps = []
+        for step in range(-4, 3):
+            scale = 1.0 + 0.08 * step
+            name = "default" if step == 0 else f"{int(575 + 25 * step)}MHz"
+            steps.append(Profile(name, round(self.rated_power_w * scale),
+                                 round(self.hashrate_ths * (1.0 + 0.06 * step), 1)))
+        return tuple(steps)
+
+
+class MinerPhysics:
+    """One miner's draw and temperatures, advanced on demand to `now` (seconds)."""
+
+    __slots__ = (
+        "_from_w",
+        "_ramp_end",
+        "_ramp_start",
+        "_t",
+        "ambient_c",
+        "board_temps_c",
+        "mode",
+        "model",
+        "profile",
+        "target_w",
+    )
+
+    def __init__(self, model: MinerModel, *, ambient_c: float, now: float,
+                 mode: Mode = Mode.MINING, profile: str = "default") -> None:
+        self.model = model
+        self.ambient_c = ambient_c
+        self.mode = mode
+        self.profile = model.profile(profile) or model.all_profiles()[0]
+        self.target_w = self._level(mode)
+        self._from_w = float(self.target_w)
+        self._ramp_start = now
+        self._ramp_end = now
+        self._t = now
+        steady = ambient_c + model.temp_rise_c * self.target_w / model.rated_power_w
+        self.board_temps_c = [steady + 0.7 * i for i in range(model.boards)]
+
+    def power_w(self, now: float) -> float:
+        """Wall draw at `now`."""
+        self.advance(now)
+        return self._power_at(now)
+
+    def hashrate_ths(self, now: float) -> float:
+        """Hashrate at `now`: proportional to how far the boards are into their ramp."""
+        if self.mode is not Mode.MINING:
+            return 0.0
+        power = self.power_w(now)
+        floor = self.model.sleep_power_w
+        span = max(self.profile.power_w - floor, 1)
+        return round(self.profile.hashrate_ths * max(0.0, min(1.0, (power - floor) / span)), 2)
+
+    def sleep(self, now: float) -> None:
+        self._retarget(now, Mode.SLEEPING)
+
+    def wake(self, now: float) -> None:
+        self._retarget(now, Mode.MINING)
+
+    def set_profile(self, profile: Profile, now: float) -> None:
+        self.advance(now)
+        self.profile = profile
+        if self.mode is Mode.MINING:
+            self._retarget(now, Mode.MINING)
+
+    def set_ambient(self, ambient_c: float, now: float) -> None:
+        self.advance(now)
+        self.ambient_c = ambient_c
+
+    def advance(self, now: float) -> None:
+        """Integrate board temperatures from the last update to `now`."""
+        if now <= self._t:
+            return
+        t = self._t
+        # During a ramp power changes; integrate in short steps. Afterwards power is
+        # constant and the first-order lag has an exact solution.
+        while t < now and t < self._ramp_end:
+            step = min(0.5, now - t, self._ramp_end - t)
+            self._relax(self._power_at(t + step / 2), step)
+            t += step
+        if t < now:
+            self._relax(self._power_at(now), now - t)
+        self._t = now
+
+    def _retarget(self, now: float, mode: Mode) -> None:
+        self.advance(now)
+        current = self._power_at(now)
+        self.mode = mode
+        self.target_w = self._level(mode)
+        self._from_w = current
+        self._ramp_start = now
+        ramp = self.model.ramp_down_s if self.target_w < current else self.model.ramp_up_s
+        span = abs(self.target_w - current) / max(self.model.rated_power_w, 1)
+        self._ramp_end = now + ramp * min(1.0, span)
+
+    def _level(self, mode: Mode) -> int:
+        return self.profile.power_w if mode is Mode.MINING else self.model.sleep_power_w
+
+    def _power_at(self, t: float) -> float:
+        if t >= self._ramp_end or self._ramp_end <= self._ramp_start:
+            return float(self.target_w)
+        frac = (t - self._ramp_start) / (self._ramp_end - self._ramp_start)
+        return self._from_w + (self.target_w - self._from_w) * max(0.0, frac)
+
+    def _relax(self, power_w: float, dt: float) -> None:
+        steady = self.ambient_c + self.model.temp_rise_c * power_w / self.model.rated_power_w
+        k = 1.0 - math.exp(-dt / self.model.thermal_tau_s)
+        self.board_temps_c = [temp + (steady + 0.7 * i - temp) * k
+                              for i, temp in enumerate(self.board_temps_c)]

@@ -1,0 +1,1 @@
+"""Wire transports shared by drivers."""

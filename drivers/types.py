@@ -1,0 +1,67 @@
+"""The small seam between the controller and every device driver."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class Mode(enum.StrEnum):
+    """What a miner is doing, as its firmware reports it."""
+
+    MINING = "mining"
+    SLEEPING = "sleeping"
+
+
+class Capability(enum.StrEnum):
+    """Optional abilities a driver declares after probing the firmware."""
+
+    SLEEP = "sleep"  # sleep/wake with the control board kept up
+    POWER_PROFILE = "power-profile"  # named power profiles (LuxOS profileset)
+
+
+@dataclass(frozen=True, slots=True)
+class MinerReading:
+    """One read of a miner: what its firmware says about itself."""
+
+    mode: Mode
+    power_w: int  # firmware estimate, not a meter
+    hashrate_ths: float
+    board_temps_c: tuple[float, ...]
+    profile: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DriverTraits:
+    """Timing and residual draw of a firmware family, used by the planner."""
+
+    sleep_power_w: int  # residual draw while asleep (control board, PSU standby)
+    ramp_down_s: float  # from an acknowledged sleep to the residual draw
+    ramp_up_s: float  # from an acknowledged wake to full draw
+
+
+class MinerDriver(Protocol):
+    """What the supervisor needs of a miner. Every method raises DriverError on failure."""
+
+    @property
+    def miner_id(self) -> str: ...
+
+    @property
+    def capabilities(self) -> frozenset[Capability]: ...
+
+    async def probe(self) -> None: ...
+
+    async def read(self) -> MinerReading: ...
+
+    async def sleep(self) -> MinerReading:
+        """Put the miner to sleep; return the read-back that proves it."""
+        ...
+
+    async def wake(self) -> MinerReading:
+        """Wake the miner; return the read-back that proves it."""
+        ...
+
+    async def set_profile(self, profile: str) -> MinerReading:
+        """Select a named power profile; return the read-back that proves it."""
+        ...
