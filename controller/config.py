@@ -209,7 +209,10 @@ class MinerEntry(_Model):
     @field_validator("driver")
     @classmethod
     def _driver(cls, value: str) -> str:
-        default_registry().get(value)  # raises a LookupError naming the valid drivers
+        try:
+            default_registry().get(value)
+        except UnknownDriverError as err:
+            raise ValueError(str(err)) from None  # names the valid drivers
         return value.lower()
 
     @field_validator("host")
@@ -507,7 +510,8 @@ def _check_host(host: str) -> None:
     try:
         ipaddress.ip_address(host)
     except ValueError:
-        if not _HOSTNAME.match(host):
+        # All-numeric dotted names are mistyped addresses, not host names.
+        if not _HOSTNAME.match(host) or re.fullmatch(r"[\d.]+", host):
             raise ValueError(f"{host!r} is neither an IP address nor a host name") from None
 
 

@@ -49,6 +49,8 @@ class CgminerServer:
         self._server: asyncio.Server | None = None
         self._held: set[asyncio.BaseTransport] = set()
         self.requests = 0
+        self.connections = 0  # open right now
+        self.peak_connections = 0  # most ever open at once (one-in-flight checks)
 
     async def start(self) -> None:
         if self._server is None and self.fault.mode is not Fault.REFUSE:
@@ -126,6 +128,9 @@ class _Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast("asyncio.Transport", transport)
+        server = self._server
+        server.connections += 1
+        server.peak_connections = max(server.peak_connections, server.connections)
 
     def data_received(self, data: bytes) -> None:
         if self._transport is None or self._transport.is_closing():
@@ -154,6 +159,8 @@ class _Connection(asyncio.Protocol):
         return True  # keep the write side open for the reply
 
     def connection_lost(self, exc: Exception | None) -> None:
+        del exc  # a client that vanishes mid-request is normal here
+        self._server.connections -= 1
         if self._transport is not None:
             self._server._held.discard(self._transport)  # noqa: SLF001
 

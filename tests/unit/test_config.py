@@ -1,0 +1,159 @@
+"""Config: valid sites load; every problem is reported with its location; check-config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from controller import cli
+from controller.config import ConfigError, expand_hosts, load, parse
+from tests.conftest import KEY_ENV, site_dict
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def problems(data: dict[str, Any]) -> list[str]:
+    with pytest.raises(ConfigError) as err:
+        parse(yaml.safe_dump(data))
+    return err.value.problems
+
+
+def test_config_example_configs_are_valid() -> None:
+    # Secrets of the real-site example live on the edge box, not here.
+    paths = sorted((REPO / "config").glob("*.yaml"))
+    assert {p.name for p in paths} >= {"site.example.yaml", "sim-farm.yaml"}
+    for path in paths:
+        loaded = load(path, resolve_secrets=False)
+        assert loaded.miners, path
+
+
+def test_config_demo_farm_is_two_containers_of_300_luxos(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CURTAILD_DEMO_KEY_KEGOC", "x")
+    loaded = load(REPO / "config" / "sim-farm.yaml")
+    assert len(loaded.miners) == 300
+    assert {m.container for m in loaded.miners} == {"c1", "c2"}
+    assert {m.driver for m in loaded.miners} == {"luxos"}
+    assert all(m.host.startswith("127.") for m in loaded.miners)
+
+
+def test_config_ranges_expand_with_ids_and_default_port(tmp_path: Path) -> None:
+    data = site_dict(tmp_path, miners=1)
+    data["miners"] = [{"id_pattern": "c7-{n:03d}", "hosts": "10.7.0.250-10.7.1.4",
+                       "first_index": 5, "driver": "LuxOS", "rated_power_w": 3250,
+                       "efficiency_j_th": 29.5, "container": "c7"}]
+    loaded = parse(yaml.safe_dump(data))
+    assert [m.id for m in loaded.miners] == [f"c7-{n:03d}" for n in range(5, 16)]
+    assert loaded.miners[-1].host == "10.7.1.4"
+    assert {m.port for m in loaded.miners} == {4028}
+    assert loaded.miners[0].driver == "luxos"
+
+
+def test_config_reports_every_problem_with_its_location(tmp_path: Path) -> None:
+    data = site_dict(tmp_path, miners=14)
+    data["miners"][3]["host"] = "not a host!"
+    data["miners"][12]["rated_power_w"] = -5
+    data["miners"][7]["colour"] = "red"
+    data["grid"]["margin_kw"] = "lots"
+    data["signals"]["sources"][0]["on_stale"] = "panic"
+    found = problems(data)
+    assert any(p.startswith("miners[3].host: 'not a host!' is neither") for p in found)
+    assert any(p.startswith("miners[12].rated_power_w: Input should be greater") for p in found)
+    assert "miners[7].colour: unknown key (typo?)" in found
+    assert any(p.startswith("grid.margin_kw:") for p in found)
+    assert any(p.startswith("signals.sources[0].on_stale:") for p in found)
+
+
+def test_config_unknown_driver_lists_the_valid_ones(tmp_path: Path) -> None:
+    data = site_dict(tmp_path, miners=3)
+    data["miners"][2]["driver"] = "antminer-magic"
+    [problem] = problems(data)
+    assert problem.startswith("miners[2].driver: unknown driver 'antminer-magic'; "
+                              "valid drivers: luxos")
+
+
+def test_config_duplicates_are_errors(tmp_path: Path) -> None:
+    data = site_dict(tmp_path, miners=3)
+    data["miners"][2]["id"] = "m000"
+    data["miners"].append({**data["miners"][1], "id": "m999"})
+    found = problems(data)
+    assert "miners[2]: miner id 'm000' is also used by miners[0]" in found
+    assert any(p.startswith("miners[3]:") and "is also used by miners[1] (m001)" in p
+               for p in found)
+
+
+def test_config_missing_secret_is_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(KEY_ENV)
+    assert problems(site_dict(tmp_path)) == [
+        f"signals.sources[0].key: environment variable {KEY_ENV} is not set"]
+
+
+def test_config_secret_from_file(tmp_path: Path) -> None:
+    secret = tmp_path / "kegoc.key"
+    secret.write_text("s3cret\n")
+    data = site_dict(tmp_path)
+    data["signals"]["sources"][0]["key"] = {"file": str(secret)}
+    assert parse(yaml.safe_dump(data)).source_keys == {"kegoc": b"s3cret"}
+    data["signals"]["sources"][0]["key"] = {"file": str(tmp_path / "missing.key")}
+    assert problems(data)[0].startswith("signals.sources[0].key: cannot read")
+
+
+@pytest.mark.parametrize(("path", "value", "expected"), [
+    (("grid", "base_allowance_kw"), 1e9, "grid: base_allowance_kw must not exceed cap_kw"),
+    (("signals", "sources"), [], "signals.sources: List should have at least 1 item"),
+    (("signals", "http", "listen"), "8480", "signals.http.listen: give host:port"),
+])
+def test_config_cross_field_rules(tmp_path: Path, path: tuple[str, ...], value: object,
+                                  expected: str) -> None:
+    data = site_dict(tmp_path)
+    node = data
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    assert any(p.startswith(expected) for p in problems(data))
+
+
+def test_config_no_signal_transport_is_an_error(tmp_path: Path) -> None:
+    data = site_dict(tmp_path, http=False)
+    assert problems(data) == ["signals: configure mqtt, http or both; otherwise no signal can "
+                              "arrive"]
+
+
+def test_config_yaml_syntax_error_names_the_line() -> None:
+    with pytest.raises(ConfigError) as err:
+        parse("site:\n  id: [unclosed\n")
+    assert err.value.problems[0].startswith("line 3, column 1: not valid YAML")
+
+
+def test_config_environment_overrides_the_file(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CURTAILD_GRID__MARGIN_KW", "7.5")
+    assert parse(yaml.safe_dump(site_dict(tmp_path))).config.grid.margin_kw == 7.5
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ("10.0.0.5", "give a range"),
+    ("10.0.0.9-10.0.0.1", "comes before"),
+    ("10.0.0.1-10.2.0.0", "at most 65536"),
+    ("10.0.0.1-banana", "not an IPv4 range"),
+])
+def test_config_host_ranges_validate(spec: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        expand_hosts(spec)
+
+
+def test_cli_check_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    good = tmp_path / "site.yaml"
+    good.write_text(yaml.safe_dump(site_dict(tmp_path, miners=6)))
+    assert cli.main(["check-config", "-c", str(good)]) == 0
+    assert "6 miners" in capsys.readouterr().out
+    data = site_dict(tmp_path, miners=13)
+    data["miners"][12]["host"] = "300.1.1.1.1"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(data))
+    assert cli.main(["check-config", "-c", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "1 problem(s)" in err
+    assert "miners[12].host:" in err

@@ -1,0 +1,204 @@
+"""The LuxOS driver against the simulator over real TCP, through every fault mode."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from drivers.errors import (
+    DeviceTimeoutError,
+    ProtocolError,
+    RejectedError,
+    SessionBusyError,
+    UnreachableError,
+    VerificationError,
+)
+from drivers.miners.luxos import LuxosMiner
+from drivers.registry import MinerEndpoint, default_registry
+from drivers.sim.farm import SimFarm, SimMinerSpec
+from drivers.sim.faults import Fault
+from drivers.transport import cgminer_tcp
+from drivers.types import Capability, Mode
+from tests.conftest import subnet
+from tests.unit.test_sim_luxos import Time
+
+
+@pytest.fixture
+def clock() -> Time:
+    return Time()
+
+
+@pytest.fixture
+async def farm(clock: Time) -> AsyncIterator[SimFarm]:
+    net = subnet()
+    specs = [SimMinerSpec(f"m{i}", "luxos", f"{net}.0.{i + 1}", 4028, "c1", 3010, 21.5)
+             for i in range(2)]
+    async with SimFarm(specs, time_fn=clock, default_ambient_c=5.0) as f:
+        yield f
+
+
+def driver(farm: SimFarm, miner: str = "m0", timeout_s: float = 0.5) -> LuxosMiner:
+    spec = farm.miners[miner].spec
+    return LuxosMiner(MinerEndpoint(miner, spec.host, spec.port, timeout_s))
+
+
+async def session(farm: SimFarm, miner: str = "m0") -> str:
+    reply = await cgminer_tcp.request(farm.miners[miner].spec.host, 4028, "session",
+                                      timeout_s=1, device=miner)
+    sid: str = reply["SESSION"][0]["SessionID"]
+    return sid
+
+
+async def foreign_logon(farm: SimFarm, miner: str = "m0") -> str:
+    reply = await cgminer_tcp.request(farm.miners[miner].spec.host, 4028, "logon",
+                                      timeout_s=1, device=miner)
+    sid: str = reply["SESSION"][0]["SessionID"]
+    return sid
+
+
+def test_luxos_is_registered_with_its_traits() -> None:
+    entry = default_registry().get("LUXOS")
+    assert entry.default_port == 4028
+    assert entry.traits.sleep_power_w == 25
+    miner = entry.factory(MinerEndpoint("x", "127.0.0.1", 4028, 1.0))
+    assert Capability.SLEEP in miner.capabilities
+
+
+async def test_luxos_probe_and_read(farm: SimFarm) -> None:
+    miner = driver(farm)
+    await miner.probe()
+    assert miner.model == "Antminer S19 XP"
+    reading = await miner.read()
+    assert reading.mode is Mode.MINING
+    assert reading.power_w == 3010
+    assert reading.hashrate_ths == pytest.approx(140.0, rel=0.01)
+    assert len(reading.board_temps_c) == 3
+    assert reading.profile == "default"
+
+
+async def test_luxos_sleep_and_wake_are_verified_and_release_the_session(
+        farm: SimFarm, clock: Time) -> None:
+    miner = driver(farm)
+    reading = await miner.sleep()
+    assert reading.mode is Mode.SLEEPING
+    assert farm.miners["m0"].physics.mode is Mode.SLEEPING
+    assert await session(farm) == ""  # logon -> command -> logoff, never held
+    clock.now += 10
+    assert (await miner.read()).power_w == 25
+    assert (await miner.wake()).mode is Mode.MINING
+    assert await session(farm) == ""
+    assert list(farm.miners["m0"].device.commands) == ["sleep", "wakeup"]
+
+
+async def test_luxos_set_profile_is_verified(farm: SimFarm) -> None:
+    miner = driver(farm)
+    reading = await miner.set_profile("525MHz")
+    assert reading.profile == "525MHz"
+    with pytest.raises(RejectedError, match="Invalid profile"):
+        await miner.set_profile("9000MHz")
+    with pytest.raises(RejectedError, match="invalid profile name"):
+        await miner.set_profile("a,b")
+
+
+async def test_luxos_never_adopts_a_foreign_session(farm: SimFarm) -> None:
+    theirs = await foreign_logon(farm)
+    with pytest.raises(SessionBusyError, match="another client holds") as err:
+        await driver(farm).sleep()
+    assert err.value.kind == "session-busy"
+    assert await session(farm) == theirs  # still theirs: not used, not logged off
+    assert farm.miners["m0"].physics.mode is Mode.MINING
+
+
+async def test_luxos_waits_briefly_for_a_foreign_session_to_end(farm: SimFarm) -> None:
+    theirs = await foreign_logon(farm)
+
+    async def release() -> None:
+        await asyncio.sleep(0.3)
+        await cgminer_tcp.request(farm.miners["m0"].spec.host, 4028, "logoff", theirs,
+                                  timeout_s=1, device="m0")
+
+    releaser = asyncio.create_task(release())
+    assert (await driver(farm).sleep()).mode is Mode.SLEEPING
+    await releaser
+
+
+async def test_luxos_releases_its_own_leaked_session(farm: SimFarm) -> None:
+    miner = driver(farm)
+    mine = await foreign_logon(farm)
+    miner._leaked_sid = mine  # as if our logoff had been lost on the wire
+    assert (await miner.sleep()).mode is Mode.SLEEPING
+    assert miner._leaked_sid is None
+    assert await session(farm) == ""
+
+
+async def test_luxos_falls_back_when_joins_are_refused(farm: SimFarm) -> None:
+    farm.miners["m0"].device.joinable = frozenset()  # older firmware
+    miner = driver(farm)
+    assert (await miner.read()).power_w == 3010
+    assert miner._joined is False
+    requests = farm.miners["m0"].server.requests
+    await miner.read()
+    assert farm.miners["m0"].server.requests - requests == 5
+
+
+@pytest.mark.parametrize(("fault", "error", "message"), [
+    (Fault.REFUSE, UnreachableError, "connection refused"),
+    (Fault.STALL, DeviceTimeoutError, "no complete reply within 0.5 s"),
+    (Fault.GARBAGE, ProtocolError, "unparseable reply"),
+    (Fault.TRUNCATE, ProtocolError, "unparseable reply"),
+])
+async def test_luxos_read_faults_raise_typed_errors(farm: SimFarm, fault: Fault,
+                                                    error: type[Exception],
+                                                    message: str) -> None:
+    await farm.set_fault("m1", fault)
+    with pytest.raises(error, match=message) as err:
+        await driver(farm, "m1").read()
+    assert str(err.value).startswith("m1: ")
+    await farm.set_fault("m1", Fault.NONE)
+    assert (await driver(farm, "m1").read()).power_w == 3010  # recovers
+
+
+@pytest.mark.parametrize("fault", [Fault.QUIRKS, Fault.NO_CLOSE])
+async def test_luxos_survives_quirky_framing_and_json(farm: SimFarm, fault: Fault) -> None:
+    await farm.set_fault("m1", fault)
+    miner = driver(farm, "m1", timeout_s=2.0)
+    assert (await miner.read()).power_w == 3010
+    assert (await miner.sleep()).mode is Mode.SLEEPING
+
+
+async def test_luxos_slow_device_within_and_beyond_the_deadline(farm: SimFarm) -> None:
+    await farm.set_fault("m1", Fault.SLOW, slow_s=0.1)
+    assert (await driver(farm, "m1").read()).power_w == 3010
+    await farm.set_fault("m1", Fault.SLOW, slow_s=1.0)
+    with pytest.raises(DeviceTimeoutError):
+        await driver(farm, "m1").read()
+
+
+async def test_luxos_renews_an_expired_session_once_then_fails(farm: SimFarm) -> None:
+    await farm.set_fault("m1", Fault.EXPIRE_SESSIONS)
+    with pytest.raises(RejectedError, match="Invalid session_id"):
+        await driver(farm, "m1").sleep()
+    assert farm.miners["m1"].physics.mode is Mode.MINING
+
+
+async def test_luxos_lying_miner_is_detected_by_read_back(farm: SimFarm) -> None:
+    await farm.set_fault("m1", Fault.LIE)
+    with pytest.raises(VerificationError, match="acknowledged sleep but reads back mining") \
+            as err:
+        await driver(farm, "m1").sleep()
+    assert err.value.kind == "lying"
+    assert err.value.reading is not None
+    assert err.value.reading.mode is Mode.MINING
+
+
+async def test_luxos_one_call_in_flight_per_miner(farm: SimFarm) -> None:
+    await farm.set_fault("m0", Fault.SLOW, slow_s=0.1)
+    miner = driver(farm, timeout_s=2.0)
+    before = farm.miners["m0"].server.requests
+    results = await asyncio.gather(miner.read(), miner.sleep(), miner.read())
+    assert [r.mode for r in results] == [Mode.MINING, Mode.SLEEPING, Mode.SLEEPING]
+    # read, then logon/curtail/logoff/read-back, then read: strictly one after another.
+    assert farm.miners["m0"].server.requests - before == 6
+    assert farm.miners["m0"].server.peak_connections == 1

@@ -1,0 +1,56 @@
+"""Health is a state: logged once when it changes, quiet while it stays."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from structlog.testing import capture_logs
+
+from controller.core.model import MinerSpec
+from controller.telemetry import Readings
+from drivers.errors import DeviceTimeoutError, VerificationError
+from drivers.types import DriverTraits, MinerReading, Mode
+
+T0 = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
+SPEC = MinerSpec("m1", "luxos", "c1", 3000, 21.5, DriverTraits(25, 5, 10))
+MINING = MinerReading(Mode.MINING, 3000, 140.0, (60.0,))
+
+
+def test_telemetry_health_transitions_are_logged_once() -> None:
+    readings = Readings({"m1": SPEC})
+    with capture_logs() as logs:
+        for i in range(3):
+            readings.fail("m1", DeviceTimeoutError("m1", "read", "no reply within 3 s"))
+            assert not readings.view("m1").healthy
+            del i
+        readings.record("m1", MINING, T0)
+        readings.record("m1", MINING, T0 + timedelta(seconds=5))
+    levels = [(entry["log_level"], entry["event"]) for entry in logs]
+    assert levels == [("warning", "miner unhealthy"), ("info", "miner recovered")]
+    assert logs[0]["reason"] == "timeout: no reply within 3 s"
+
+
+def test_telemetry_command_fault_survives_successful_reads() -> None:
+    readings = Readings({"m1": SPEC})
+    failures = readings.fail("m1", VerificationError("m1", "sleep", "still mining"),
+                             command=True)
+    assert failures == 1
+    readings.record("m1", MINING, T0)  # the miner answers reads, but it lied
+    view = readings.view("m1")
+    assert not view.healthy
+    assert view.health_reason == "lying: still mining"
+    assert readings.fail("m1", VerificationError("m1", "sleep", "still mining"),
+                         command=True) == 2
+    readings.record("m1", MinerReading(Mode.SLEEPING, 25, 0, ()), T0, command=True)
+    assert readings.view("m1").healthy
+
+
+def test_telemetry_mode_since_marks_transitions() -> None:
+    readings = Readings({"m1": SPEC})
+    readings.record("m1", MINING, T0)
+    assert readings.view("m1").mode_since is None  # first sight: no known transition
+    readings.record("m1", MINING, T0 + timedelta(seconds=5))
+    assert readings.view("m1").mode_since is None
+    asleep = MinerReading(Mode.SLEEPING, 2000, 0.0, ())
+    readings.record("m1", asleep, T0 + timedelta(seconds=9))
+    assert readings.view("m1").mode_since == T0 + timedelta(seconds=9)
