@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from types import TracebackType
+from typing import Self
 
 import structlog
 
@@ -33,8 +34,9 @@ class DaemonError(Exception):
 class Daemon:
     """Every part of curtaild for one site. Use as an async context manager or run()."""
 
-    def __init__(self, loaded: Loaded, clock: Clock, *,
-                 registry: MinerRegistry | None = None) -> None:
+    def __init__(
+        self, loaded: Loaded, clock: Clock, *, registry: MinerRegistry | None = None
+    ) -> None:
         config = loaded.config
         self.loaded = loaded
         self.clock = clock
@@ -44,52 +46,90 @@ class Daemon:
         self.drivers: dict[str, MinerDriver] = {}
         for m in loaded.miners:
             entry = registry.get(m.driver)
-            self.specs[m.id] = MinerSpec(m.id, entry.name, m.container, m.rated_power_w,
-                                         m.efficiency_j_th, entry.traits)
-            self.drivers[m.id] = entry.factory(MinerEndpoint(
-                m.id, m.host, m.port, m.timeout_s, m.username, m.password))
+            self.specs[m.id] = MinerSpec(
+                m.id, entry.name, m.container, m.rated_power_w, m.efficiency_j_th, entry.traits
+            )
+            self.drivers[m.id] = entry.factory(
+                MinerEndpoint(m.id, m.host, m.port, m.timeout_s, m.username, m.password)
+            )
         self.activity = Activity()
         self.readings = Readings(self.specs)
         telemetry = config.telemetry
-        self.poller = Poller(self.drivers, self.readings, clock, interval_s=telemetry.interval_s,
-                             fast_interval_s=telemetry.fast_interval_s,
-                             concurrency=telemetry.concurrency, activity=self.activity)
+        self.poller = Poller(
+            self.drivers,
+            self.readings,
+            clock,
+            interval_s=telemetry.interval_s,
+            fast_interval_s=telemetry.fast_interval_s,
+            concurrency=telemetry.concurrency,
+            activity=self.activity,
+        )
         self.recorder = Recorder()
         self.publisher = Fanout(self.recorder)
         book = self.journal.restore_book()
         obligations = self.journal.obligations(pending_only=True)
         if book.held or obligations:
-            log.info("restored from journal", signals=sorted(book.held),
-                     deadlines=[o.key for o in obligations])
+            log.info(
+                "restored from journal",
+                signals=sorted(book.held),
+                deadlines=[o.key for o in obligations],
+            )
         signals = config.signals
-        self.inbox = Inbox(journal=self.journal, clock=clock, keys=loaded.source_keys,
-                           replay_window_s=signals.replay_window_s, book=book,
-                           publisher=self.publisher)
+        self.inbox = Inbox(
+            journal=self.journal,
+            clock=clock,
+            keys=loaded.source_keys,
+            replay_window_s=signals.replay_window_s,
+            book=book,
+            publisher=self.publisher,
+        )
         self.mqtt: MqttSignals | None = None
         if signals.mqtt is not None:
             self.mqtt = MqttSignals(
-                inbox=self.inbox, site_id=config.site.id, host=signals.mqtt.host,
-                port=signals.mqtt.port, prefix=signals.mqtt.topic_prefix,
-                client_id=signals.mqtt.client_id, username=signals.mqtt.username,
-                password=loaded.mqtt_password, tls=signals.mqtt.tls,
-                keepalive_s=signals.mqtt.keepalive_s, backoff_max_s=signals.mqtt.reconnect_max_s)
+                inbox=self.inbox,
+                site_id=config.site.id,
+                host=signals.mqtt.host,
+                port=signals.mqtt.port,
+                prefix=signals.mqtt.topic_prefix,
+                client_id=signals.mqtt.client_id,
+                username=signals.mqtt.username,
+                password=loaded.mqtt_password,
+                tls=signals.mqtt.tls,
+                keepalive_s=signals.mqtt.keepalive_s,
+                backoff_max_s=signals.mqtt.reconnect_max_s,
+            )
             self.publisher.add(self.mqtt)
-        self.http = (GridHttp(self.inbox, signals.http.host, signals.http.port)
-                     if signals.http is not None else None)
+        self.http = (
+            GridHttp(self.inbox, signals.http.host, signals.http.port)
+            if signals.http is not None
+            else None
+        )
         control = config.control
         slowest = max((m.timeout_s for m in loaded.miners), default=3.0)
         self.supervisor = Supervisor(
-            site_id=config.site.id, specs=self.specs, drivers=self.drivers,
-            readings=self.readings, poller=self.poller, inbox=self.inbox, journal=self.journal,
-            clock=clock, policy=loaded.grid_policy(), rules=loaded.plan_rules(),
+            site_id=config.site.id,
+            specs=self.specs,
+            drivers=self.drivers,
+            readings=self.readings,
+            poller=self.poller,
+            inbox=self.inbox,
+            journal=self.journal,
+            clock=clock,
+            policy=loaded.grid_policy(),
+            rules=loaded.plan_rules(),
             settings=LoopSettings(
-                tick_s=control.tick_s, fast_tick_s=control.fast_tick_s,
+                tick_s=control.tick_s,
+                fast_tick_s=control.fast_tick_s,
                 command_timeout_s=slowest * COMMAND_TIMEOUT_CALLS,
                 command_concurrency=control.command_concurrency,
                 retry_backoff_s=control.retry_backoff_s,
                 retry_backoff_max_s=control.retry_backoff_max_s,
-                first_read_timeout_s=slowest * 2),
-            publisher=self.publisher, activity=self.activity, obligations=obligations)
+                first_read_timeout_s=slowest * 2,
+            ),
+            publisher=self.publisher,
+            activity=self.activity,
+            obligations=obligations,
+        )
         self._task: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
@@ -105,7 +145,7 @@ class Daemon:
         finally:
             self.journal.close()
 
-    async def __aenter__(self) -> Daemon:
+    async def __aenter__(self) -> Self:
         self._task = asyncio.create_task(self.run(), name="curtaild")
         ready = asyncio.ensure_future(self.supervisor.ready.wait())
         waits: set[asyncio.Future[object]] = {ready, self._task}  # type: ignore[arg-type]
@@ -118,8 +158,12 @@ class Daemon:
             await self.http.started.wait()
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         await self.stop()
 
     async def stop(self) -> None:

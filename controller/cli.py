@@ -29,14 +29,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     check = sub.add_parser("check-config", help="validate a site config and exit")
     check.add_argument("-c", "--config", type=Path, required=True)
     demo = sub.add_parser("demo", help="simulated farm + broker + daemon + scripted grid")
-    demo.add_argument("-c", "--config", type=Path, default=None,
-                      help="the simulated farm (default: the bundled demo farm)")
+    demo.add_argument(
+        "-c",
+        "--config",
+        type=Path,
+        default=None,
+        help="the simulated farm (default: the bundled demo farm)",
+    )
     demo.add_argument("--json", action="store_true", help="print one JSON summary")
-    demo.add_argument("--mqtt-url", default=None,
-                      help="use this broker instead of an embedded one")
+    demo.add_argument("--mqtt-url", default=None, help="use this broker instead of an embedded one")
     args = parser.parse_args(argv)
     handlers: dict[str, Callable[[argparse.Namespace], int]] = {
-        "run": _run, "sim": _sim, "check-config": _check, "demo": _demo}
+        "run": _run,
+        "sim": _sim,
+        "check-config": _check,
+        "demo": _demo,
+    }
     return handlers[args.command](args)
 
 
@@ -59,11 +67,15 @@ def _check(args: argparse.Namespace) -> int:
     containers = Counter(m.container for m in loaded.miners)
     rated_kw = sum(m.rated_power_w for m in loaded.miners) / 1000
     print(f"{loaded.origin}: ok")
-    print(f"  site {config.site.id}: {config.grid.mode.value}, cap {config.grid.cap_kw:g} kW, "
-          f"base allowance {config.grid.base_allowance_kw:g} kW, "
-          f"margin {config.grid.margin_kw:g} kW")
-    print(f"  {len(loaded.miners)} miners, {rated_kw:g} kW rated: "
-          + ", ".join(f"{n} {d}" for d, n in sorted(drivers.items())))
+    print(
+        f"  site {config.site.id}: {config.grid.mode.value}, cap {config.grid.cap_kw:g} kW, "
+        f"base allowance {config.grid.base_allowance_kw:g} kW, "
+        f"margin {config.grid.margin_kw:g} kW"
+    )
+    print(
+        f"  {len(loaded.miners)} miners, {rated_kw:g} kW rated: "
+        + ", ".join(f"{n} {d}" for d, n in sorted(drivers.items()))
+    )
     print("  containers: " + ", ".join(f"{c} ({n})" for c, n in sorted(containers.items())))
     print("  signal sources: " + ", ".join(s.id for s in config.signals.sources))
     return 0
@@ -130,9 +142,8 @@ def run_loop(coro: Coroutine[Any, Any, int]) -> int:
         factory: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
         factory = None
-    with asyncio.Runner(loop_factory=factory) as runner:
-        with contextlib.suppress(KeyboardInterrupt):
-            return runner.run(coro)
+    with asyncio.Runner(loop_factory=factory) as runner, contextlib.suppress(KeyboardInterrupt):
+        return runner.run(coro)
     return 0
 
 

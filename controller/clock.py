@@ -24,8 +24,8 @@ class Clock(Protocol):
 
     async def sleep(self, seconds: float) -> None: ...
 
-    async def wait(self, event: asyncio.Event, timeout: float) -> bool:
-        """Wait for `event` or `timeout` seconds; True if the event was set."""
+    async def wait(self, event: asyncio.Event, timeout_s: float) -> bool:
+        """Wait for `event` or `timeout_s` seconds; True if the event was set."""
         ...
 
 
@@ -41,11 +41,11 @@ class SystemClock:
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(max(0.0, seconds))
 
-    async def wait(self, event: asyncio.Event, timeout: float) -> bool:
+    async def wait(self, event: asyncio.Event, timeout_s: float) -> bool:
         if event.is_set():
             return True
         try:
-            async with asyncio.timeout(max(0.0, timeout)):
+            async with asyncio.timeout(max(0.0, timeout_s)):
                 await event.wait()
         except TimeoutError:
             return False
@@ -71,15 +71,16 @@ class FakeClock:
             await asyncio.sleep(0)
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._sleepers,
-                       (self._now + timedelta(seconds=seconds), next(self._seq), fut))
+        heapq.heappush(
+            self._sleepers, (self._now + timedelta(seconds=seconds), next(self._seq), fut)
+        )
         await fut
 
-    async def wait(self, event: asyncio.Event, timeout: float) -> bool:
+    async def wait(self, event: asyncio.Event, timeout_s: float) -> bool:
         if event.is_set():
             return True
         waiter = asyncio.ensure_future(event.wait())
-        sleeper = asyncio.ensure_future(self.sleep(timeout))
+        sleeper = asyncio.ensure_future(self.sleep(timeout_s))
         try:
             await asyncio.wait({waiter, sleeper}, return_when=asyncio.FIRST_COMPLETED)
         finally:

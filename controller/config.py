@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Literal, Self
 
 import yaml
 from pydantic import (
@@ -25,6 +25,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from controller.core.model import PlanRules
@@ -34,8 +35,10 @@ from drivers.sim.faults import Fault
 from drivers.types import Mode
 
 _ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
-_HOSTNAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)"
-                       r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+_HOSTNAME = re.compile(
+    r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)"
+    r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
+)
 MAX_RANGE = 65_536
 
 Ident = Annotated[str, Field(pattern=_ID)]
@@ -299,8 +302,9 @@ class SimulationCfg(_Model):
 class SiteConfig(BaseSettings):
     """The whole site. Environment variables CURTAILD_<SECTION>__<KEY> override the file."""
 
-    model_config = SettingsConfigDict(env_prefix="CURTAILD_", env_nested_delimiter="__",
-                                      extra="forbid", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix="CURTAILD_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
 
     site: SiteCfg
     grid: GridCfg
@@ -321,7 +325,7 @@ class SiteConfig(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        del dotenv_settings, file_secret_settings  # secrets are named explicitly instead
+        del settings_cls, dotenv_settings, file_secret_settings  # secrets are named explicitly
         return (env_settings, init_settings)
 
 
@@ -363,10 +367,12 @@ class Loaded:
             sources=tuple(
                 SourcePolicy(
                     id=s.id,
-                    heartbeat_timeout=(timedelta(seconds=s.heartbeat_timeout_s)
-                                       if s.heartbeat_timeout_s else None),
+                    heartbeat_timeout=(
+                        timedelta(seconds=s.heartbeat_timeout_s) if s.heartbeat_timeout_s else None
+                    ),
                     on_stale=s.on_stale,
-                    stale_limit_w=_watts(s.stale_limit_kw) if s.stale_limit_kw is not None
+                    stale_limit_w=_watts(s.stale_limit_kw)
+                    if s.stale_limit_kw is not None
                     else None,
                 )
                 for s in self.config.signals.sources
@@ -413,29 +419,41 @@ def parse(text: str, *, origin: str = "<config>", resolve_secrets: bool = True) 
         raise ConfigError(origin, [_describe(e) for e in err.errors()]) from None
     problems: list[str] = []
     miners = _expand(config, default_registry(), problems, resolve_secrets=resolve_secrets)
-    keys: dict[str, bytes] = {}
-    for i, source in enumerate(config.signals.sources):
-        if resolve_secrets:
-            try:
-                keys[source.id] = source.key.resolve().encode()
-            except ValueError as err:
-                problems.append(f"signals.sources[{i}].key: {err}")
-    mqtt_password = None
-    mqtt = config.signals.mqtt
-    if mqtt is not None and mqtt.password is not None and resolve_secrets:
-        try:
-            mqtt_password = mqtt.password.resolve()
-        except ValueError as err:
-            problems.append(f"signals.mqtt.password: {err}")
+    keys, mqtt_password = _signal_secrets(config, problems, resolve=resolve_secrets)
     if config.signals.mqtt is None and config.signals.http is None:
         problems.append("signals: configure mqtt, http or both; otherwise no signal can arrive")
     if config.simulation is not None:
         ids = {m.id for m in miners}
-        problems.extend(f"simulation.faults.{name}: no such miner"
-                        for name in config.simulation.faults if name not in ids)
+        problems.extend(
+            f"simulation.faults.{name}: no such miner"
+            for name in config.simulation.faults
+            if name not in ids
+        )
     if problems:
         raise ConfigError(origin, problems)
     return Loaded(config, tuple(miners), keys, mqtt_password, origin)
+
+
+def _signal_secrets(
+    config: SiteConfig, problems: list[str], *, resolve: bool
+) -> tuple[dict[str, bytes], str | None]:
+    """HMAC keys per source and the broker password, or problems naming what is missing."""
+    keys: dict[str, bytes] = {}
+    password = None
+    if not resolve:
+        return keys, password
+    for i, source in enumerate(config.signals.sources):
+        try:
+            keys[source.id] = source.key.resolve().encode()
+        except ValueError as err:
+            problems.append(f"signals.sources[{i}].key: {err}")
+    mqtt = config.signals.mqtt
+    if mqtt is not None and mqtt.password is not None:
+        try:
+            password = mqtt.password.resolve()
+        except ValueError as err:
+            problems.append(f"signals.mqtt.password: {err}")
+    return keys, password
 
 
 def expand_hosts(spec: str) -> list[str]:
@@ -456,8 +474,9 @@ def expand_hosts(spec: str) -> list[str]:
     return [str(ipaddress.IPv4Address(int(lo) + i)) for i in range(count)]
 
 
-def _expand(config: SiteConfig, registry: MinerRegistry, problems: list[str], *,
-            resolve_secrets: bool) -> list[MinerConfig]:
+def _expand(
+    config: SiteConfig, registry: MinerRegistry, problems: list[str], *, resolve_secrets: bool
+) -> list[MinerConfig]:
     miners: list[MinerConfig] = []
     by_id: dict[str, str] = {}
     by_addr: dict[tuple[str, int], str] = {}
@@ -477,28 +496,44 @@ def _expand(config: SiteConfig, registry: MinerRegistry, problems: list[str], *,
                 except ValueError as err:
                     problems.append(f"{where}.credentials.password: {err}")
         if entry.hosts is not None and entry.id_pattern is not None:
-            pairs = [(entry.id_pattern.format(n=entry.first_index + k), host)
-                     for k, host in enumerate(expand_hosts(entry.hosts))]
+            pairs = [
+                (entry.id_pattern.format(n=entry.first_index + k), host)
+                for k, host in enumerate(expand_hosts(entry.hosts))
+            ]
         else:
-            assert entry.id is not None and entry.host is not None
+            assert entry.id is not None
+            assert entry.host is not None
             pairs = [(entry.id, entry.host)]
         for miner_id, host in pairs:
             if miner_id in by_id:
                 problems.append(f"{where}: miner id {miner_id!r} is also used by {by_id[miner_id]}")
                 continue
             if (host, port) in by_addr:
-                problems.append(f"{where}: {host}:{port} ({miner_id}) is also used by "
-                                f"{by_addr[host, port]}")
+                problems.append(
+                    f"{where}: {host}:{port} ({miner_id}) is also used by {by_addr[host, port]}"
+                )
                 continue
             by_id[miner_id] = where
             by_addr[host, port] = f"{where} ({miner_id})"
-            miners.append(MinerConfig(miner_id, entry.driver, host, port, entry.container,
-                                      entry.rated_power_w, entry.efficiency_j_th,
-                                      entry.timeout_s, username, password, i))
+            miners.append(
+                MinerConfig(
+                    miner_id,
+                    entry.driver,
+                    host,
+                    port,
+                    entry.container,
+                    entry.rated_power_w,
+                    entry.efficiency_j_th,
+                    entry.timeout_s,
+                    username,
+                    password,
+                    i,
+                )
+            )
     return miners
 
 
-def _describe(error: Any) -> str:
+def _describe(error: ErrorDetails) -> str:
     loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error["loc"]).lstrip(".")
     message = str(error["msg"]).removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":

@@ -70,8 +70,8 @@ def _demo_config(path: Path, tmp: Path, mqtt_url: str | None) -> tuple[Loaded, b
     try:
         data = yaml.safe_load(path.read_text())
     except OSError as err:
-        raise ConfigError(str(path), [f"cannot read the demo farm: {err.strerror}; "
-                                      "pass one with -c"]) from None
+        problem = f"cannot read the demo farm: {err.strerror}; pass one with -c"
+        raise ConfigError(str(path), [problem]) from None
     source = data["signals"]["sources"][0]
     env = source["key"].get("env", "CURTAILD_DEMO_KEY")
     os.environ.setdefault(env, secrets.token_hex(32))  # the demo plays both sides
@@ -82,8 +82,9 @@ def _demo_config(path: Path, tmp: Path, mqtt_url: str | None) -> tuple[Loaded, b
     return loaded, loaded.source_keys[source["id"]]
 
 
-async def _scenario(loaded: Loaded, key: bytes, out: TextIO, *,
-                    embed_broker: bool) -> dict[str, Any]:
+async def _scenario(
+    loaded: Loaded, key: bytes, out: TextIO, *, embed_broker: bool
+) -> dict[str, Any]:
     clock = SystemClock()
     mqtt = loaded.config.signals.mqtt
     assert mqtt is not None
@@ -91,19 +92,24 @@ async def _scenario(loaded: Loaded, key: bytes, out: TextIO, *,
     rated_kw = sum(m.rated_power_w for m in loaded.miners) / 1000
     started = time.monotonic()
     say: Callable[[str], None] = lambda text: print(  # noqa: E731
-        f"[{time.monotonic() - started:6.1f}s] {text}", file=out, flush=True)
+        f"[{time.monotonic() - started:6.1f}s] {text}", file=out, flush=True
+    )
     async with contextlib.AsyncExitStack() as stack:
         if embed_broker:
             await stack.enter_async_context(_embedded_broker(mqtt.host, mqtt.port))
         await stack.enter_async_context(farm)
-        say(f"simulated farm: {len(farm.miners)} LuxOS miners, {rated_kw:g} kW rated, "
-            f"asleep outside any grant")
+        say(
+            f"simulated farm: {len(farm.miners)} LuxOS miners, {rated_kw:g} kW rated, "
+            f"asleep outside any grant"
+        )
         daemon = await stack.enter_async_context(Daemon(loaded, clock))
-        assert daemon.mqtt is not None and daemon.http is not None
+        assert daemon.mqtt is not None
+        assert daemon.http is not None
+        assert daemon.http.port is not None
         await asyncio.wait_for(daemon.mqtt.connected.wait(), SETTLE_TIMEOUT_S)
         grid = await stack.enter_async_context(
-            GridSide(mqtt.host, mqtt.port, site_id=loaded.config.site.id,
-                     prefix=mqtt.topic_prefix))
+            GridSide(mqtt.host, mqtt.port, site_id=loaded.config.site.id, prefix=mqtt.topic_prefix)
+        )
         progress = asyncio.create_task(_progress(daemon, farm, say), name="demo.progress")
         try:
             operator = _Operator(grid, key, clock, daemon.http.port, say)
@@ -112,16 +118,24 @@ async def _scenario(loaded: Loaded, key: bytes, out: TextIO, *,
             progress.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await progress
-        obligations = sorted([*daemon.supervisor.finished, *daemon.supervisor.obligations],
-                             key=lambda o: (o.starts_at, o.key))
+        obligations = sorted(
+            [*daemon.supervisor.finished, *daemon.supervisor.obligations],
+            key=lambda o: (o.starts_at, o.key),
+        )
         return _summary(loaded, obligations, farm, operator.kinds)
 
 
 class _Operator:
     """The scripted grid operator."""
 
-    def __init__(self, grid: GridSide, key: bytes, clock: SystemClock, http_port: int,
-                 say: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        grid: GridSide,
+        key: bytes,
+        clock: SystemClock,
+        http_port: int,
+        say: Callable[[str], None],
+    ) -> None:
         self._grid = grid
         self._key = key
         self._clock = clock
@@ -133,35 +147,58 @@ class _Operator:
         sup = daemon.supervisor
         now = self._clock.now()
         grant_end = now + timedelta(seconds=GRANT_LENGTH_S)
-        await self._mqtt({"type": "grant", "id": "korem-demo-h10", "revision": 1,
-                          "issued_at": _iso(now), "start": _iso(now), "end": _iso(grant_end),
-                          "granted_kw": round(rated_kw * 1.05)},
-                         f"surplus grant {round(rated_kw * 1.05)} kW until "
-                         f"{grant_end:%H:%M:%S}")
+        await self._mqtt(
+            {
+                "type": "grant",
+                "id": "korem-demo-h10",
+                "revision": 1,
+                "issued_at": _iso(now),
+                "start": _iso(now),
+                "end": _iso(grant_end),
+                "granted_kw": round(rated_kw * 1.05),
+            },
+            f"surplus grant {round(rated_kw * 1.05)} kW until {grant_end:%H:%M:%S}",
+        )
         await _until(lambda: sup.measured_w >= rated_kw * 1000 * 0.97, 40)
         draw_kw = sup.measured_w / 1000
         first = round(draw_kw * CURTAIL_FRACTION)
-        await self._mqtt(self._curtailment(1, first),
-                         f"curtailment evt-demo-1 to {first} kW (40 % of {draw_kw:.0f} kW) "
-                         f"within {DEADLINE_S:g} s")
+        await self._mqtt(
+            self._curtailment(1, first),
+            f"curtailment evt-demo-1 to {first} kW (40 % of {draw_kw:.0f} kW) "
+            f"within {DEADLINE_S:g} s",
+        )
         await self._reached("evt-demo-1", 1)
         await asyncio.sleep(2)
         tighter = round(draw_kw * TIGHTER_FRACTION)
-        await self._post(self._curtailment(2, tighter),
-                         f"tighter revision r2 to {tighter} kW, over HTTP")
+        await self._post(
+            self._curtailment(2, tighter), f"tighter revision r2 to {tighter} kW, over HTTP"
+        )
         await self._reached("evt-demo-1", 2)
         await asyncio.sleep(3)
-        await self._mqtt({"type": "cancel", "id": "evt-demo-1", "revision": 3,
-                          "issued_at": _iso(self._clock.now())}, "cancel evt-demo-1")
+        await self._mqtt(
+            {
+                "type": "cancel",
+                "id": "evt-demo-1",
+                "revision": 3,
+                "issued_at": _iso(self._clock.now()),
+            },
+            "cancel evt-demo-1",
+        )
         remaining = (grant_end - self._clock.now()).total_seconds()
         self._say(f"waiting for the grant to end in {remaining:.0f} s")
         await asyncio.sleep(max(0.0, remaining))
         await _until(lambda: not sup.pending_deadlines(), SETTLE_TIMEOUT_S)
 
     def _curtailment(self, revision: int, limit_kw: int) -> dict[str, Any]:
-        return {"type": "curtailment", "id": "evt-demo-1", "revision": revision,
-                "issued_at": _iso(self._clock.now()), "limit_kw": limit_kw,
-                "deadline_s": DEADLINE_S, "emergency": False}
+        return {
+            "type": "curtailment",
+            "id": "evt-demo-1",
+            "revision": revision,
+            "issued_at": _iso(self._clock.now()),
+            "limit_kw": limit_kw,
+            "deadline_s": DEADLINE_S,
+            "emergency": False,
+        }
 
     async def _mqtt(self, signal: dict[str, Any], what: str) -> None:
         body = json.dumps(signal).encode()
@@ -177,15 +214,22 @@ class _Operator:
         ts = int(self._clock.time())
         self._say(f"grid -> HTTP: {what}")
         timeout = aiohttp.ClientTimeout(total=10)
-        async with aiohttp.ClientSession(timeout=timeout) as session, session.post(
-                self._http, data=body, headers={
-                    wire.TIMESTAMP_HEADER: str(ts), wire.SIGNATURE_HEADER:
-                    wire.sign(self._key, ts, body)}) as reply:
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as session,
+            session.post(
+                self._http,
+                data=body,
+                headers={
+                    wire.TIMESTAMP_HEADER: str(ts),
+                    wire.SIGNATURE_HEADER: wire.sign(self._key, ts, body),
+                },
+            ) as reply,
+        ):
             self._say(f"HTTP {reply.status}: {await reply.text()}")
 
     async def _reached(self, signal_id: str, revision: int) -> None:
         with contextlib.suppress(TimeoutError):
-            ack = await self._grid.wait_ack(signal_id, revision, timeout=DEADLINE_S + 5)
+            ack = await self._grid.wait_ack(signal_id, revision, timeout_s=DEADLINE_S + 5)
             while ack["status"] not in ("reached", "missed"):
                 ack = await self._next_verdict(signal_id, revision)
             self._say(f"ack: {ack['status']} ({ack['detail']})")
@@ -193,8 +237,9 @@ class _Operator:
     async def _next_verdict(self, signal_id: str, revision: int) -> dict[str, Any]:
         for status in ("reached", "missed"):
             with contextlib.suppress(TimeoutError):
-                return await self._grid.wait_ack(signal_id, revision, status,
-                                                 timeout=DEADLINE_S / 2)
+                return await self._grid.wait_ack(
+                    signal_id, revision, status, timeout_s=DEADLINE_S / 2
+                )
         return {"status": "missed", "detail": "no verdict acknowledged"}
 
 
@@ -204,33 +249,48 @@ async def _progress(daemon: Daemon, farm: SimFarm, say: Callable[[str], None]) -
         await asyncio.sleep(2)
         modes = farm.modes()
         limit = sup.limit.limit_w / 1000 if sup.limit else float("nan")
-        say(f"site {sup.measured_w / 1000:7.1f} kW (firmware; simulator truth "
+        say(
+            f"site {sup.measured_w / 1000:7.1f} kW (firmware; simulator truth "
             f"{farm.total_power_w() / 1000:7.1f})  limit {limit:7.1f} kW  "
             f"mining {modes[Mode.MINING]:3d}  sleeping {modes[Mode.SLEEPING]:3d}  "
-            f"commands {sup.commands_sent} ({sup.commands_failed} failed)")
+            f"commands {sup.commands_sent} ({sup.commands_failed} failed)"
+        )
 
 
-def _summary(loaded: Loaded, obligations: list[Obligation], farm: SimFarm,
-             kinds: dict[str, str]) -> dict[str, Any]:
+def _summary(
+    loaded: Loaded, obligations: list[Obligation], farm: SimFarm, kinds: dict[str, str]
+) -> dict[str, Any]:
     signals = []
     for ob in obligations:
-        met = ob.status is ObligationStatus.REACHED and ob.reached_at is not None \
+        met = (
+            ob.status is ObligationStatus.REACHED
+            and ob.reached_at is not None
             and ob.reached_at <= ob.due_at
-        signals.append({
-            "id": ob.signal_id, "revision": ob.revision,
-            "type": kinds.get(ob.key, ob.kind) if ob.kind != "grant-end" else "grant-end",
-            "limit_kw": ob.limit_w / 1000, "deadline_s": round(ob.deadline_s, 3),
-            "time_to_target_s": (round(ob.time_to_target_s, 3)
-                                 if ob.time_to_target_s is not None else None),
-            "met": met, "status": ob.status.value, "measured_by": "firmware",
-        })
+        )
+        signals.append(
+            {
+                "id": ob.signal_id,
+                "revision": ob.revision,
+                "type": kinds.get(ob.key, ob.kind) if ob.kind != "grant-end" else "grant-end",
+                "limit_kw": ob.limit_w / 1000,
+                "deadline_s": round(ob.deadline_s, 3),
+                "time_to_target_s": (
+                    round(ob.time_to_target_s, 3) if ob.time_to_target_s is not None else None
+                ),
+                "met": met,
+                "status": ob.status.value,
+                "measured_by": "firmware",
+            }
+        )
     ok = bool(signals) and all(s["met"] for s in signals)
     return {
         "ok": ok,
-        "farm": {"miners": len(loaded.miners),
-                 "by_driver": dict(Counter(m.driver for m in loaded.miners)),
-                 "containers": len({m.container for m in loaded.miners}),
-                 "rated_kw": sum(m.rated_power_w for m in loaded.miners) / 1000},
+        "farm": {
+            "miners": len(loaded.miners),
+            "by_driver": dict(Counter(m.driver for m in loaded.miners)),
+            "containers": len({m.container for m in loaded.miners}),
+            "rated_kw": sum(m.rated_power_w for m in loaded.miners) / 1000,
+        },
         "signals": signals,
         "final_draw_kw": round(farm.total_power_w() / 1000, 3),
     }
@@ -238,23 +298,34 @@ def _summary(loaded: Loaded, obligations: list[Obligation], farm: SimFarm,
 
 def _print_summary(summary: dict[str, Any], out: TextIO) -> None:
     farm = summary["farm"]
-    print(f"\nsummary: {farm['miners']} miners "
-          f"({', '.join(f'{n} {d}' for d, n in farm['by_driver'].items())}) in "
-          f"{farm['containers']} containers", file=out)
-    print(f"{'signal':<22}{'type':<13}{'limit kW':>10}{'deadline':>10}{'to target':>11}  result",
-          file=out)
+    print(
+        f"\nsummary: {farm['miners']} miners "
+        f"({', '.join(f'{n} {d}' for d, n in farm['by_driver'].items())}) in "
+        f"{farm['containers']} containers",
+        file=out,
+    )
+    print(
+        f"{'signal':<22}{'type':<13}{'limit kW':>10}{'deadline':>10}{'to target':>11}  result",
+        file=out,
+    )
     for s in summary["signals"]:
         ttt = f"{s['time_to_target_s']:.1f} s" if s["time_to_target_s"] is not None else "-"
-        print(f"{s['id'] + ' r' + str(s['revision']):<22}{s['type']:<13}{s['limit_kw']:>10.1f}"
-              f"{s['deadline_s']:>8.1f} s{ttt:>11}  {'met' if s['met'] else 'MISSED'}",
-              file=out)
-    print(f"time to target measured by: firmware readings; every deadline met: "
-          f"{'yes' if summary['ok'] else 'NO'}", file=out)
+        print(
+            f"{s['id'] + ' r' + str(s['revision']):<22}{s['type']:<13}{s['limit_kw']:>10.1f}"
+            f"{s['deadline_s']:>8.1f} s{ttt:>11}  {'met' if s['met'] else 'MISSED'}",
+            file=out,
+        )
+    print(
+        f"time to target measured by: firmware readings; every deadline met: "
+        f"{'yes' if summary['ok'] else 'NO'}",
+        file=out,
+    )
 
 
 async def _until(condition: Callable[[], bool], timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
-    while not condition() and time.monotonic() < deadline:
+    # Conditions span the daemon and the simulator; polling them is simpler than events.
+    while not condition() and time.monotonic() < deadline:  # noqa: ASYNC110
         await asyncio.sleep(0.25)
 
 
@@ -262,11 +333,14 @@ async def _until(condition: Callable[[], bool], timeout_s: float) -> None:
 async def _embedded_broker(host: str, port: int) -> AsyncIterator[None]:
     from amqtt.broker import Broker  # noqa: PLC0415 - only the demo embeds a broker
 
-    broker = Broker({
-        "listeners": {"default": {"type": "tcp", "bind": f"{host}:{port}"}},
-        "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin":
-                    {"allow_anonymous": True}},
-    })
+    broker = Broker(
+        {
+            "listeners": {"default": {"type": "tcp", "bind": f"{host}:{port}"}},
+            "plugins": {
+                "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}
+            },
+        }
+    )
     await broker.start()
     try:
         yield

@@ -64,8 +64,16 @@ class Admitted:
 class Inbox:
     """The single door for grid signals, whatever transport carried them."""
 
-    def __init__(self, *, journal: Journal, clock: Clock, keys: Mapping[str, bytes],
-                 replay_window_s: float, book: SignalBook, publisher: Publisher) -> None:
+    def __init__(
+        self,
+        *,
+        journal: Journal,
+        clock: Clock,
+        keys: Mapping[str, bytes],
+        replay_window_s: float,
+        book: SignalBook,
+        publisher: Publisher,
+    ) -> None:
         self._journal = journal
         self._clock = clock
         self._keys = dict(keys)
@@ -81,8 +89,9 @@ class Inbox:
     def submit_http(self, body: bytes, ts: str | None, signature: str | None) -> Outcome:
         """POST /grid/v1/signals: headers carry the signature."""
         try:
-            source = authenticate(self._keys, ts, signature, body, now=self._clock.time(),
-                                  window_s=self._window_s)
+            source = authenticate(
+                self._keys, ts, signature, body, now=self._clock.time(), window_s=self._window_s
+            )
         except WireError as err:
             return self._refuse("http", None, body, err)
         return self._accept("http", source, body)
@@ -90,8 +99,9 @@ class Inbox:
     def submit_mqtt(self, payload: bytes) -> Outcome:
         """A message on the signals topic: an envelope carries the signature."""
         try:
-            source, body = open_envelope(payload, self._keys, now=self._clock.time(),
-                                         window_s=self._window_s)
+            source, body = open_envelope(
+                payload, self._keys, now=self._clock.time(), window_s=self._window_s
+            )
         except WireError as err:
             return self._refuse("mqtt", None, payload, err)
         return self._accept("mqtt", source, body)
@@ -120,35 +130,67 @@ class Inbox:
             change = (admission.book.revisions[signal.id][1], admission.book.held.get(signal.id))
         try:
             self._journal.record_signal(
-                at=now, transport=transport, source=source, signal_id=signal.id,
-                revision=signal.revision, kind=signal.kind, verdict=verdict.value,
-                detail=admission.detail, body=body, book_change=change)
+                at=now,
+                transport=transport,
+                source=source,
+                signal_id=signal.id,
+                revision=signal.revision,
+                kind=signal.kind,
+                verdict=verdict.value,
+                detail=admission.detail,
+                body=body,
+                book_change=change,
+            )
         except JournalError as err:
-            log.error("journal write failed; signal not accepted", error=str(err))
-            return Outcome("unavailable", "journal unavailable; retry", 503, signal.id,
-                           signal.revision, signal.kind)
+            log.exception("journal write failed; signal not accepted", error=str(err))
+            return Outcome(
+                "unavailable",
+                "journal unavailable; retry",
+                503,
+                signal.id,
+                signal.revision,
+                signal.kind,
+            )
         if verdict is Verdict.RECEIVED:
             self.book = admission.book
             self.admitted.append(Admitted(signal, admission, source, now))
             self.wake.set()
-            log.info("signal received", signal=signal.id, revision=signal.revision,
-                     kind=signal.kind, source=source, transport=transport,
-                     detail=admission.detail)
+            log.info(
+                "signal received",
+                signal=signal.id,
+                revision=signal.revision,
+                kind=signal.kind,
+                source=source,
+                transport=transport,
+                detail=admission.detail,
+            )
         ack_status = "rejected" if verdict in (Verdict.STALE, Verdict.REJECTED) else verdict.value
         self._publisher.ack(Ack(signal.id, signal.revision, ack_status, now, admission.detail))
-        return Outcome(verdict.value, admission.detail, HTTP_STATUS[verdict], signal.id,
-                       signal.revision, signal.kind)
+        return Outcome(
+            verdict.value,
+            admission.detail,
+            HTTP_STATUS[verdict],
+            signal.id,
+            signal.revision,
+            signal.kind,
+        )
 
-    def _refuse(self, transport: str, source: str | None, body: bytes,
-                err: WireError) -> Outcome:
+    def _refuse(self, transport: str, source: str | None, body: bytes, err: WireError) -> Outcome:
         now = self._clock.now()
         log.warning("signal rejected", transport=transport, source=source, reason=err.reason)
         try:
             self._journal.record_signal(
-                at=now, transport=transport, source=source, signal_id=err.signal_id,
-                revision=err.revision, kind=None, verdict="rejected", detail=err.reason,
-                body=body[:4096])
+                at=now,
+                transport=transport,
+                source=source,
+                signal_id=err.signal_id,
+                revision=err.revision,
+                kind=None,
+                verdict="rejected",
+                detail=err.reason,
+                body=body[:4096],
+            )
         except JournalError as jerr:
-            log.error("journal write failed for a rejected signal", error=str(jerr))
+            log.exception("journal write failed for a rejected signal", error=str(jerr))
         self._publisher.ack(Ack(err.signal_id, err.revision, "rejected", now, err.reason))
         return Outcome("rejected", err.reason, err.status, err.signal_id, err.revision)

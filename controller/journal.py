@@ -85,8 +85,9 @@ class Journal:
         self.path = path
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
-                                       check_same_thread=False)
+            self._db = sqlite3.connect(
+                path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+            )
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")  # WAL fsync on every commit
             self._db.executescript(_SCHEMA)
@@ -116,38 +117,68 @@ class Journal:
 
     # -- writes ----------------------------------------------------------------------------
 
-    def record_signal(self, *, at: datetime, transport: str, source: str | None,
-                      signal_id: str | None, revision: int | None, kind: str | None,
-                      verdict: str, detail: str, body: bytes | None,
-                      book_change: tuple[str, Held | None] | None = None) -> None:
+    def record_signal(
+        self,
+        *,
+        at: datetime,
+        transport: str,
+        source: str | None,
+        signal_id: str | None,
+        revision: int | None,
+        kind: str | None,
+        verdict: str,
+        detail: str,
+        body: bytes | None,
+        book_change: tuple[str, Held | None] | None = None,
+    ) -> None:
         """One received signal and, if it changed the book, the change; one transaction."""
         text = body.decode("utf-8", errors="replace") if body is not None else None
         with self._tx() as db:
-            db.execute("INSERT INTO signals (at, transport, source, signal_id, revision, kind,"
-                       " verdict, detail, body) VALUES (?,?,?,?,?,?,?,?,?)",
-                       (_ts(at), transport, source, signal_id, revision, kind, verdict, detail,
-                        text))
+            db.execute(
+                "INSERT INTO signals (at, transport, source, signal_id, revision, kind,"
+                " verdict, detail, body) VALUES (?,?,?,?,?,?,?,?,?)",
+                (_ts(at), transport, source, signal_id, revision, kind, verdict, detail, text),
+            )
             if book_change is not None and signal_id is not None and revision is not None:
                 stored_kind, held = book_change
-                db.execute("INSERT OR REPLACE INTO revisions VALUES (?,?,?)",
-                           (signal_id, revision, stored_kind))
+                db.execute(
+                    "INSERT OR REPLACE INTO revisions VALUES (?,?,?)",
+                    (signal_id, revision, stored_kind),
+                )
                 if held is None:
                     db.execute("DELETE FROM held WHERE signal_id=?", (signal_id,))
                 else:
-                    db.execute("INSERT OR REPLACE INTO held VALUES (?,?,?,?)",
-                               (signal_id, json.dumps(_standing_json(held.signal)), held.source,
-                                _ts(held.received_at)))
+                    db.execute(
+                        "INSERT OR REPLACE INTO held VALUES (?,?,?,?)",
+                        (
+                            signal_id,
+                            json.dumps(_standing_json(held.signal)),
+                            held.source,
+                            _ts(held.received_at),
+                        ),
+                    )
 
     def record_decision(self, *, at: datetime, cause: str, limit: Limit, plan: Plan) -> int:
         """Commit a decision before its commands leave; returns its sequence number."""
-        actions = json.dumps([[a.miner_id, a.kind.value, a.reason] for a in plan.actions],
-                             separators=(",", ":"))
+        actions = json.dumps(
+            [[a.miner_id, a.kind.value, a.reason] for a in plan.actions], separators=(",", ":")
+        )
         with self._tx() as db:
             cur = db.execute(
                 "INSERT INTO decisions (at, cause, limit_w, reasons, budget_w, expected_w,"
                 " feasible, notes, actions) VALUES (?,?,?,?,?,?,?,?,?)",
-                (_ts(at), cause, limit.limit_w, json.dumps(limit.reasons), plan.budget_w,
-                 plan.expected_w, int(plan.feasible), json.dumps(plan.notes), actions))
+                (
+                    _ts(at),
+                    cause,
+                    limit.limit_w,
+                    json.dumps(limit.reasons),
+                    plan.budget_w,
+                    plan.expected_w,
+                    int(plan.feasible),
+                    json.dumps(plan.notes),
+                    actions,
+                ),
+            )
             seq = cur.lastrowid
         assert seq is not None
         return seq
@@ -159,8 +190,19 @@ class Journal:
             db.executemany(
                 "INSERT INTO commands (decision_seq, miner_id, action, started_at, finished_at,"
                 " outcome, detail) VALUES (?,?,?,?,?,?,?)",
-                [(r.decision_seq, r.miner_id, r.action, _ts(r.started_at), _ts(r.finished_at),
-                  r.outcome, r.detail) for r in records])
+                [
+                    (
+                        r.decision_seq,
+                        r.miner_id,
+                        r.action,
+                        _ts(r.started_at),
+                        _ts(r.finished_at),
+                        r.outcome,
+                        r.detail,
+                    )
+                    for r in records
+                ],
+            )
 
     def record_obligations(self, obligations: Sequence[Obligation], measured_by: str) -> None:
         if not obligations:
@@ -168,16 +210,37 @@ class Journal:
         with self._tx() as db:
             db.executemany(
                 "INSERT OR REPLACE INTO obligations VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                [(o.key, o.signal_id, o.revision, o.kind, o.limit_w, _ts(o.starts_at),
-                  _ts(o.due_at), o.status.value, _ts(o.reached_at) if o.reached_at else None,
-                  o.measured_w, measured_by) for o in obligations])
+                [
+                    (
+                        o.key,
+                        o.signal_id,
+                        o.revision,
+                        o.kind,
+                        o.limit_w,
+                        _ts(o.starts_at),
+                        _ts(o.due_at),
+                        o.status.value,
+                        _ts(o.reached_at) if o.reached_at else None,
+                        o.measured_w,
+                        measured_by,
+                    )
+                    for o in obligations
+                ],
+            )
 
-    def record_event(self, at: datetime, kind: str, subject: str | None,
-                     detail: dict[str, Any] | str | None = None) -> None:
+    def record_event(
+        self,
+        at: datetime,
+        kind: str,
+        subject: str | None,
+        detail: dict[str, Any] | str | None = None,
+    ) -> None:
         text = json.dumps(detail) if isinstance(detail, dict) else detail
         with self._tx() as db:
-            db.execute("INSERT INTO events (at, kind, subject, detail) VALUES (?,?,?,?)",
-                       (_ts(at), kind, subject, text))
+            db.execute(
+                "INSERT INTO events (at, kind, subject, detail) VALUES (?,?,?,?)",
+                (_ts(at), kind, subject, text),
+            )
 
     def prune_held(self, signal_ids: Sequence[str]) -> None:
         if not signal_ids:
@@ -189,24 +252,39 @@ class Journal:
 
     def restore_book(self) -> SignalBook:
         """The signal book as it was at the last commit."""
-        revisions = {row[0]: (int(row[1]), str(row[2])) for row in
-                     self._db.execute("SELECT signal_id, revision, kind FROM revisions")}
+        revisions = {
+            row[0]: (int(row[1]), str(row[2]))
+            for row in self._db.execute("SELECT signal_id, revision, kind FROM revisions")
+        }
         held = {}
         for signal_id, text, source, received_at in self._db.execute(
-                "SELECT signal_id, signal, source, received_at FROM held"):
+            "SELECT signal_id, signal, source, received_at FROM held"
+        ):
             held[signal_id] = Held(_standing_from(json.loads(text)), source, _parse(received_at))
         return SignalBook(held, revisions)
 
     def obligations(self, *, pending_only: bool = False) -> list[Obligation]:
-        query = ("SELECT key, signal_id, revision, kind, limit_w, starts_at, due_at, status,"
-                 " reached_at, measured_w FROM obligations")
+        query = (
+            "SELECT key, signal_id, revision, kind, limit_w, starts_at, due_at, status,"
+            " reached_at, measured_w FROM obligations"
+        )
         if pending_only:
             query += " WHERE status='pending'"
-        return [Obligation(row[0], row[1], int(row[2]), row[3], int(row[4]), _parse(row[5]),
-                           _parse(row[6]), ObligationStatus(row[7]),
-                           _parse(row[8]) if row[8] else None,
-                           int(row[9]) if row[9] is not None else None)
-                for row in self._db.execute(query + " ORDER BY starts_at, key")]
+        return [
+            Obligation(
+                row[0],
+                row[1],
+                int(row[2]),
+                row[3],
+                int(row[4]),
+                _parse(row[5]),
+                _parse(row[6]),
+                ObligationStatus(row[7]),
+                _parse(row[8]) if row[8] else None,
+                int(row[9]) if row[9] is not None else None,
+            )
+            for row in self._db.execute(query + " ORDER BY starts_at, key")
+        ]
 
     # -- queries for reports and tests ----------------------------------------------------
 
@@ -227,12 +305,18 @@ def _standing_json(signal: Standing) -> dict[str, Any]:
     def opt(value: datetime | None) -> str | None:
         return _ts(value) if value is not None else None
 
-    base: dict[str, Any] = {"type": signal.kind, "id": signal.id, "revision": signal.revision,
-                            "issued_at": _ts(signal.issued_at), "start": opt(signal.start),
-                            "end": opt(signal.end)}
+    base: dict[str, Any] = {
+        "type": signal.kind,
+        "id": signal.id,
+        "revision": signal.revision,
+        "issued_at": _ts(signal.issued_at),
+        "start": opt(signal.start),
+        "end": opt(signal.end),
+    }
     if isinstance(signal, Curtailment):
-        base.update(limit_w=signal.limit_w, deadline_s=signal.deadline_s,
-                    emergency=signal.emergency)
+        base.update(
+            limit_w=signal.limit_w, deadline_s=signal.deadline_s, emergency=signal.emergency
+        )
     else:
         base.update(granted_w=signal.granted_w)
     return base
@@ -243,12 +327,25 @@ def _standing_from(data: dict[str, Any]) -> Standing:
         return _parse(value) if value else None
 
     if data["type"] == "curtailment":
-        return Curtailment(data["id"], int(data["revision"]), _parse(data["issued_at"]),
-                           int(data["limit_w"]), float(data["deadline_s"]), opt(data["start"]),
-                           opt(data["end"]), bool(data["emergency"]))
+        return Curtailment(
+            data["id"],
+            int(data["revision"]),
+            _parse(data["issued_at"]),
+            int(data["limit_w"]),
+            float(data["deadline_s"]),
+            opt(data["start"]),
+            opt(data["end"]),
+            bool(data["emergency"]),
+        )
     if data["type"] == "grant":
-        return Grant(data["id"], int(data["revision"]), _parse(data["issued_at"]),
-                     int(data["granted_w"]), opt(data["start"]), opt(data["end"]))
+        return Grant(
+            data["id"],
+            int(data["revision"]),
+            _parse(data["issued_at"]),
+            int(data["granted_w"]),
+            opt(data["start"]),
+            opt(data["end"]),
+        )
     raise JournalError(f"unknown held signal type {data['type']!r}")
 
 

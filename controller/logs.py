@@ -9,8 +9,9 @@ from typing import Literal, TextIO
 import structlog
 
 
-def configure(level: str = "INFO", fmt: Literal["json", "console"] = "json",
-              stream: TextIO | None = None) -> None:
+def configure(
+    level: str = "INFO", fmt: Literal["json", "console"] = "json", stream: TextIO | None = None
+) -> None:
     """Route structlog and stdlib logging (aiomqtt, aiohttp, pymodbus) through one renderer."""
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
@@ -20,8 +21,10 @@ def configure(level: str = "INFO", fmt: Literal["json", "console"] = "json",
         structlog.processors.StackInfoRenderer(),
     ]
     renderer: structlog.types.Processor = (
-        structlog.processors.JSONRenderer() if fmt == "json"
-        else structlog.dev.ConsoleRenderer(colors=False))
+        structlog.processors.JSONRenderer()
+        if fmt == "json"
+        else structlog.dev.ConsoleRenderer(colors=False)
+    )
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),
@@ -29,10 +32,16 @@ def configure(level: str = "INFO", fmt: Literal["json", "console"] = "json",
         cache_logger_on_first_use=True,
     )
     handler = logging.StreamHandler(stream or sys.stdout)
-    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=shared,
-        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                    structlog.processors.format_exc_info, renderer]))
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=shared,
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                renderer,
+            ],
+        )
+    )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

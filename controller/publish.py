@@ -19,8 +19,13 @@ class Ack:
     detail: str
 
     def as_json(self) -> dict[str, Any]:
-        return {"id": self.signal_id, "revision": self.revision, "status": self.status,
-                "at": self.at.isoformat().replace("+00:00", "Z"), "detail": self.detail}
+        return {
+            "id": self.signal_id,
+            "revision": self.revision,
+            "status": self.status,
+            "at": self.at.isoformat().replace("+00:00", "Z"),
+            "detail": self.detail,
+        }
 
 
 class Publisher(Protocol):

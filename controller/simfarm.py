@@ -12,8 +12,24 @@ from drivers.sim.faults import Fault
 def farm_from_config(loaded: Loaded, time_fn: Callable[[], float]) -> SimFarm:
     """Every configured miner simulated at its configured address."""
     sim = loaded.config.simulation or SimulationCfg()
-    specs = [SimMinerSpec(m.id, m.driver, m.host, m.port, m.container, m.rated_power_w,
-                          m.efficiency_j_th, sim.start_mode, sim.faults.get(m.id, Fault.NONE))
-             for m in loaded.miners]
-    return SimFarm(specs, time_fn=time_fn, ambient_c=dict(sim.ambient_c),
-                   default_ambient_c=sim.default_ambient_c, seed=sim.seed)
+    specs = [
+        SimMinerSpec(
+            m.id,
+            m.driver,
+            m.host,
+            m.port,
+            m.container,
+            m.rated_power_w,
+            m.efficiency_j_th,
+            sim.start_mode,
+            sim.faults.get(m.id, Fault.NONE),
+        )
+        for m in loaded.miners
+    ]
+    return SimFarm(
+        specs,
+        time_fn=time_fn,
+        ambient_c=dict(sim.ambient_c),
+        default_ambient_c=sim.default_ambient_c,
+        seed=sim.seed,
+    )

@@ -45,7 +45,7 @@ from controller.journal import CommandRecord, Journal
 from controller.publish import Ack, Publisher
 from controller.telemetry import Activity, Poller, Readings
 from drivers.errors import DeviceTimeoutError, DriverError, VerificationError
-from drivers.types import MinerDriver, Mode
+from drivers.types import MinerDriver, MinerReading, Mode
 
 log = structlog.get_logger("curtaild.supervisor")
 
@@ -69,11 +69,24 @@ class LoopSettings:
 class Supervisor:
     """Reads, decides, writes, reports; one cycle at a time."""
 
-    def __init__(self, *, site_id: str, specs: Mapping[str, MinerSpec],
-                 drivers: Mapping[str, MinerDriver], readings: Readings, poller: Poller,
-                 inbox: Inbox, journal: Journal, clock: Clock, policy: GridPolicy,
-                 rules: PlanRules, settings: LoopSettings, publisher: Publisher,
-                 activity: Activity, obligations: list[Obligation]) -> None:
+    def __init__(
+        self,
+        *,
+        site_id: str,
+        specs: Mapping[str, MinerSpec],
+        drivers: Mapping[str, MinerDriver],
+        readings: Readings,
+        poller: Poller,
+        inbox: Inbox,
+        journal: Journal,
+        clock: Clock,
+        policy: GridPolicy,
+        rules: PlanRules,
+        settings: LoopSettings,
+        publisher: Publisher,
+        activity: Activity,
+        obligations: list[Obligation],
+    ) -> None:
         self.site_id = site_id
         self._specs = specs
         self._drivers = drivers
@@ -130,11 +143,17 @@ class Supervisor:
             now = self._clock.now()
             self._absorb_signals()
             self._inbox.prune(now)
-            limit = arbitrate(self._inbox.book, self._policy, now,
-                              last_heard=self._inbox.last_heard, overrides=self._inbox.overrides)
+            limit = arbitrate(
+                self._inbox.book,
+                self._policy,
+                now,
+                last_heard=self._inbox.last_heard,
+                overrides=self._inbox.overrides,
+            )
             self._trim_wakes(now)
-            snapshot = Snapshot(now, self._readings.views(), tuple(self._recent_wakes),
-                                self._last_shed_at)
+            snapshot = Snapshot(
+                now, self._readings.views(), tuple(self._recent_wakes), self._last_shed_at
+            )
             plan = planner.plan(snapshot, limit, self._rules)
             seq = None
             if plan.actions or limit != self.limit:
@@ -143,10 +162,14 @@ class Supervisor:
                 if limit != self.limit:
                     log.info("limit", limit_kw=limit.limit_w / 1000, reasons=list(limit.reasons))
                 if plan.actions:
-                    log.info("plan", sleep=sum(a.kind is ActionKind.SLEEP for a in plan.actions),
-                             wake=sum(a.kind is ActionKind.WAKE for a in plan.actions),
-                             expected_kw=plan.expected_w / 1000, budget_kw=plan.budget_w / 1000,
-                             notes=list(plan.notes))
+                    log.info(
+                        "plan",
+                        sleep=sum(a.kind is ActionKind.SLEEP for a in plan.actions),
+                        wake=sum(a.kind is ActionKind.WAKE for a in plan.actions),
+                        expected_kw=plan.expected_w / 1000,
+                        budget_kw=plan.budget_w / 1000,
+                        notes=list(plan.notes),
+                    )
             self.limit, self.plan = limit, plan
             if plan.actions:
                 await self._dispatch(plan.actions, seq, now)
@@ -168,9 +191,14 @@ class Supervisor:
             if isinstance(item.signal, Cancel) and item.admission.withdrawn is not None:
                 self.obligations, gone = withdraw(self.obligations, item.signal.id)
                 changed.extend(gone)
-            ob = obligation_for(item.admission, item.signal, self._policy, item.received_at,
-                                last_heard=self._inbox.last_heard,
-                                overrides=self._inbox.overrides)
+            ob = obligation_for(
+                item.admission,
+                item.signal,
+                self._policy,
+                item.received_at,
+                last_heard=self._inbox.last_heard,
+                overrides=self._inbox.overrides,
+            )
             if ob is not None and ob.key not in self._known_keys:
                 self._known_keys.add(ob.key)
                 self.obligations.append(ob)
@@ -178,23 +206,35 @@ class Supervisor:
         self._journal.record_obligations(changed, MEASURED_BY)
 
     def _track(self, now: datetime) -> None:
-        ends = grant_end_obligations(self._inbox.book, self._policy, now, self._known_keys,
-                                     last_heard=self._inbox.last_heard,
-                                     overrides=self._inbox.overrides)
+        ends = grant_end_obligations(
+            self._inbox.book,
+            self._policy,
+            now,
+            self._known_keys,
+            last_heard=self._inbox.last_heard,
+            overrides=self._inbox.overrides,
+        )
         for ob in ends:
             self._known_keys.add(ob.key)
         self.obligations.extend(ends)
         self.obligations, changed = track(self.obligations, self.measured_w, now)
         for ob in changed:
             kind = ob.status.value
-            detail = (f"measured {ob.measured_w / 1000:g} kW <= {ob.limit_w / 1000:g} kW after "
-                      f"{ob.time_to_target_s:.1f} s ({MEASURED_BY})"
-                      if ob.status is ObligationStatus.REACHED else
-                      f"measured {(ob.measured_w or 0) / 1000:g} kW > {ob.limit_w / 1000:g} kW "
-                      f"at the deadline {ob.due_at:%H:%M:%S} ({MEASURED_BY})")
+            measured_kw = (ob.measured_w or 0) / 1000
+            detail = (
+                f"measured {measured_kw:g} kW <= {ob.limit_w / 1000:g} kW after "
+                f"{ob.time_to_target_s or 0:.1f} s ({MEASURED_BY})"
+                if ob.status is ObligationStatus.REACHED
+                else f"measured {measured_kw:g} kW > {ob.limit_w / 1000:g} kW "
+                f"at the deadline {ob.due_at:%H:%M:%S} ({MEASURED_BY})"
+            )
             (log.info if ob.status is ObligationStatus.REACHED else log.warning)(
-                "deadline " + kind, signal=ob.signal_id, revision=ob.revision, kind=ob.kind,
-                detail=detail)
+                "deadline " + kind,
+                signal=ob.signal_id,
+                revision=ob.revision,
+                kind=ob.kind,
+                detail=detail,
+            )
             self._publisher.ack(Ack(ob.signal_id, ob.revision, kind, now, detail))
         self._journal.record_obligations([*ends, *changed], MEASURED_BY)
         for ob in self.obligations:
@@ -204,8 +244,7 @@ class Supervisor:
 
     # -- commands --------------------------------------------------------------------------
 
-    async def _dispatch(self, actions: tuple[Action, ...], seq: int | None,
-                        now: datetime) -> None:
+    async def _dispatch(self, actions: tuple[Action, ...], seq: int | None, now: datetime) -> None:
         assert self._tg is not None
         self._poller.gate.clear()  # commands first: telemetry waits until the wire is quiet
         for i, action in enumerate(actions):
@@ -217,8 +256,9 @@ class Supervisor:
                 self._last_shed_at = now
             self.in_flight += 1
             self._activity.begin()
-            self._tg.create_task(self._command(action, seq),
-                                 name=f"curtaild.command.{action.miner_id}")
+            self._tg.create_task(
+                self._command(action, seq), name=f"curtaild.command.{action.miner_id}"
+            )
             if i % DISPATCH_BATCH == DISPATCH_BATCH - 1:
                 await asyncio.sleep(0)
 
@@ -235,17 +275,21 @@ class Supervisor:
             if isinstance(err, VerificationError) and err.reading is not None:
                 self._readings.record(miner_id, err.reading, self._clock.now())
             failures = self._readings.fail(miner_id, err, command=True)
-            backoff = min(self._settings.retry_backoff_s * 2 ** (failures - 1),
-                          self._settings.retry_backoff_max_s)
-            self._readings.set_retry_after(miner_id,
-                                           self._clock.now() + timedelta(seconds=backoff))
+            backoff = min(
+                self._settings.retry_backoff_s * 2 ** (failures - 1),
+                self._settings.retry_backoff_max_s,
+            )
+            self._readings.set_retry_after(miner_id, self._clock.now() + timedelta(seconds=backoff))
         else:
             self._readings.record(miner_id, reading, self._clock.now(), command=True)
             self._readings.set_retry_after(miner_id, None)
         finally:
             self._readings.set_pending(miner_id, None)
-            self._records.append(CommandRecord(seq, miner_id, action.kind.value, started,
-                                               self._clock.now(), outcome, detail))
+            self._records.append(
+                CommandRecord(
+                    seq, miner_id, action.kind.value, started, self._clock.now(), outcome, detail
+                )
+            )
             self.commands_sent += 1
             self.in_flight -= 1
             if self.in_flight == 0:
@@ -253,7 +297,7 @@ class Supervisor:
                 self._inbox.wake.set()  # verify at once rather than at the next tick
             self._activity.end()
 
-    async def _run(self, action: Action) -> Any:
+    async def _run(self, action: Action) -> MinerReading:
         driver = self._drivers[action.miner_id]
         timeout = self._settings.command_timeout_s
         try:
@@ -262,8 +306,9 @@ class Supervisor:
                     return await driver.sleep()
                 return await driver.wake()
         except TimeoutError:
-            raise DeviceTimeoutError(action.miner_id, action.kind.value,
-                                     f"no verified result within {timeout:g} s") from None
+            raise DeviceTimeoutError(
+                action.miner_id, action.kind.value, f"no verified result within {timeout:g} s"
+            ) from None
 
     # -- bookkeeping -----------------------------------------------------------------------
 
@@ -276,8 +321,10 @@ class Supervisor:
         self._journal.record_commands(records)
 
     def _report(self, now: datetime, snapshot: Snapshot) -> None:
-        due = (self._last_status is None or (now - self._last_status).total_seconds()
-               >= self._settings.status_interval_s)
+        due = (
+            self._last_status is None
+            or (now - self._last_status).total_seconds() >= self._settings.status_interval_s
+        )
         if due:
             self._last_status = now
             self._publisher.status(self.status(now, snapshot))
@@ -308,10 +355,18 @@ class Supervisor:
             "measured_by": MEASURED_BY,
             "expected_kw": round(self.plan.expected_w / 1000, 3) if self.plan else None,
             "miners": {"total": len(views), **counts},
-            "signals": [{"id": h.signal.id, "revision": h.signal.revision, "type": h.signal.kind}
-                        for h in self._inbox.book.held.values()],
-            "deadlines": [{"id": o.signal_id, "revision": o.revision, "kind": o.kind,
-                           "limit_kw": o.limit_w / 1000,
-                           "due": o.due_at.isoformat().replace("+00:00", "Z")}
-                          for o in self.obligations],
+            "signals": [
+                {"id": h.signal.id, "revision": h.signal.revision, "type": h.signal.kind}
+                for h in self._inbox.book.held.values()
+            ],
+            "deadlines": [
+                {
+                    "id": o.signal_id,
+                    "revision": o.revision,
+                    "kind": o.kind,
+                    "limit_kw": o.limit_w / 1000,
+                    "due": o.due_at.isoformat().replace("+00:00", "Z"),
+                }
+                for o in self.obligations
+            ],
         }

@@ -59,8 +59,9 @@ class Readings:
     def view(self, miner_id: str) -> MinerView:
         return self._views[miner_id]
 
-    def record(self, miner_id: str, reading: MinerReading, at: datetime, *,
-               command: bool = False) -> None:
+    def record(
+        self, miner_id: str, reading: MinerReading, at: datetime, *, command: bool = False
+    ) -> None:
         """A successful read (or a command's verified read-back)."""
         view = self._views[miner_id]
         changed = view.reading is not None and view.reading.mode is not reading.mode
@@ -70,8 +71,9 @@ class Readings:
         if command:
             self._command_fault.pop(miner_id, None)
             self._failures.pop(miner_id, None)
-        self._views[miner_id] = self._health(replace(view, reading=reading, read_at=at,
-                                                     mode_since=mode_since))
+        self._views[miner_id] = self._health(
+            replace(view, reading=reading, read_at=at, mode_since=mode_since)
+        )
 
     def fail(self, miner_id: str, err: DriverError, *, command: bool = False) -> int:
         """A failed call; returns how many commands in a row have failed."""
@@ -106,9 +108,17 @@ class Readings:
 class Poller:
     """Reads every miner in turn, forever, with bounded concurrency."""
 
-    def __init__(self, drivers: Mapping[str, MinerDriver], readings: Readings, clock: Clock, *,
-                 interval_s: float, fast_interval_s: float, concurrency: int,
-                 activity: Activity) -> None:
+    def __init__(
+        self,
+        drivers: Mapping[str, MinerDriver],
+        readings: Readings,
+        clock: Clock,
+        *,
+        interval_s: float,
+        fast_interval_s: float,
+        concurrency: int,
+        activity: Activity,
+    ) -> None:
         self._drivers = drivers
         self._readings = readings
         self._clock = clock

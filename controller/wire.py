@@ -36,8 +36,9 @@ class WireError(Exception):
 
     status = 400
 
-    def __init__(self, reason: str, *, signal_id: str | None = None,
-                 revision: int | None = None) -> None:
+    def __init__(
+        self, reason: str, *, signal_id: str | None = None, revision: int | None = None
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.signal_id = signal_id
@@ -56,8 +57,9 @@ class TooLargeError(WireError):
     status = 413
 
 
-SignalId = Annotated[str, Field(min_length=1, max_length=128,
-                                 pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")]
+SignalId = Annotated[
+    str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
+]
 Revision = Annotated[int, Field(ge=1, le=2**31 - 1)]
 Kilowatts = Annotated[float, Field(ge=0, le=10_000_000, allow_inf_nan=False)]
 
@@ -107,8 +109,7 @@ class HeartbeatIn(_In):
     issued_at: AwareDatetime
 
 
-SignalIn = Annotated[CurtailmentIn | GrantIn | CancelIn | HeartbeatIn,
-                     Field(discriminator="type")]
+SignalIn = Annotated[CurtailmentIn | GrantIn | CancelIn | HeartbeatIn, Field(discriminator="type")]
 _SIGNAL: TypeAdapter[CurtailmentIn | GrantIn | CancelIn | HeartbeatIn] = TypeAdapter(SignalIn)
 
 
@@ -135,8 +136,15 @@ def sign(key: bytes, ts: int, body: bytes) -> str:
     return hmac.new(key, str(ts).encode() + b"." + body, hashlib.sha256).hexdigest()
 
 
-def authenticate(keys: Mapping[str, bytes], ts: int | str | None, signature: str | None,
-                 body: bytes, *, now: float, window_s: float) -> str:
+def authenticate(
+    keys: Mapping[str, bytes],
+    ts: int | str | None,
+    signature: str | None,
+    body: bytes,
+    *,
+    now: float,
+    window_s: float,
+) -> str:
     """The id of the source whose key signed `body`; BadSignatureError otherwise."""
     if ts is None or ts == "":
         raise BadSignatureError(f"missing {TIMESTAMP_HEADER}")
@@ -146,19 +154,28 @@ def authenticate(keys: Mapping[str, bytes], ts: int | str | None, signature: str
         stamp = int(ts)
     except ValueError:
         raise BadSignatureError("signature timestamp is not unix seconds") from None
-    source = next((name for name, key in keys.items()
-                   if hmac.compare_digest(sign(key, stamp, body), signature.lower())), None)
+    source = next(
+        (
+            name
+            for name, key in keys.items()
+            if hmac.compare_digest(sign(key, stamp, body), signature.lower())
+        ),
+        None,
+    )
     if source is None:
         raise BadSignatureError("signature does not match any configured source key")
     skew = now - stamp
     if not math.isfinite(skew) or abs(skew) > window_s:
-        raise BadSignatureError(f"signature timestamp is {skew:+.0f} s from our clock; "
-                                f"the replay window is {window_s:g} s")
+        raise BadSignatureError(
+            f"signature timestamp is {skew:+.0f} s from our clock; "
+            f"the replay window is {window_s:g} s"
+        )
     return source
 
 
-def open_envelope(payload: bytes, keys: Mapping[str, bytes], *, now: float,
-                  window_s: float) -> tuple[str, bytes]:
+def open_envelope(
+    payload: bytes, keys: Mapping[str, bytes], *, now: float, window_s: float
+) -> tuple[str, bytes]:
     """Check an MQTT envelope; return (source id, raw signal body)."""
     if len(payload) > MAX_BODY_BYTES:
         raise TooLargeError(f"payload is {len(payload)} bytes; the limit is {MAX_BODY_BYTES}")
@@ -214,12 +231,25 @@ def _utc(value: datetime | None) -> datetime | None:
 
 def _to_core(parsed: CurtailmentIn | GrantIn | CancelIn | HeartbeatIn) -> GridSignal:
     if isinstance(parsed, CurtailmentIn):
-        return Curtailment(parsed.id, parsed.revision, parsed.issued_at.astimezone(UTC),
-                           _watts(parsed.limit_kw), parsed.deadline_s, _utc(parsed.start),
-                           _utc(parsed.end), parsed.emergency)
+        return Curtailment(
+            parsed.id,
+            parsed.revision,
+            parsed.issued_at.astimezone(UTC),
+            _watts(parsed.limit_kw),
+            parsed.deadline_s,
+            _utc(parsed.start),
+            _utc(parsed.end),
+            parsed.emergency,
+        )
     if isinstance(parsed, GrantIn):
-        return Grant(parsed.id, parsed.revision, parsed.issued_at.astimezone(UTC),
-                     _watts(parsed.granted_kw), _utc(parsed.start), _utc(parsed.end))
+        return Grant(
+            parsed.id,
+            parsed.revision,
+            parsed.issued_at.astimezone(UTC),
+            _watts(parsed.granted_kw),
+            _utc(parsed.start),
+            _utc(parsed.end),
+        )
     if isinstance(parsed, CancelIn):
         return Cancel(parsed.id, parsed.revision, parsed.issued_at.astimezone(UTC))
     return Heartbeat(parsed.issued_at.astimezone(UTC))

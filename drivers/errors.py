@@ -64,8 +64,9 @@ class UnsupportedError(DriverError):
 class VerificationError(DriverError):
     """The device acknowledged a command but its read-back shows it did not act."""
 
-    def __init__(self, device: str, op: str, detail: str,
-                 reading: MinerReading | None = None) -> None:
+    def __init__(
+        self, device: str, op: str, detail: str, reading: MinerReading | None = None
+    ) -> None:
         super().__init__(device, op, detail)
         self.reading = reading  # what the device really reports, for the planner
 

@@ -58,14 +58,18 @@ class Broker:
     def command(self) -> list[str]:
         if self.kind == "mosquitto":
             conf = self.tmp / "mosquitto.conf"
-            conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
-                            "persistence false\nset_tcp_nodelay true\n"
-                            "log_dest stderr\nlog_type error\nlog_type warning\n")
+            conf.write_text(
+                f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
+                "persistence false\nset_tcp_nodelay true\n"
+                "log_dest stderr\nlog_type error\nlog_type warning\n"
+            )
             return [MOSQUITTO, "-c", str(conf)]
         conf = self.tmp / "amqtt.yaml"
-        conf.write_text(f"listeners:\n  default:\n    type: tcp\n    bind: 127.0.0.1:{self.port}\n"
-                        "plugins:\n  amqtt.plugins.authentication.AnonymousAuthPlugin:\n"
-                        "    allow_anonymous: true\n")
+        conf.write_text(
+            f"listeners:\n  default:\n    type: tcp\n    bind: 127.0.0.1:{self.port}\n"
+            "plugins:\n  amqtt.plugins.authentication.AnonymousAuthPlugin:\n"
+            "    allow_anonymous: true\n"
+        )
         amqtt = Path(sys.executable).with_name("amqtt")
         return [str(amqtt), "-c", str(conf)]
 
@@ -111,38 +115,65 @@ def subnet() -> str:
     return f"127.{64 + n % 150}"
 
 
-def site_dict(tmp_path: Path, *, miners: int = 20, mode: str = "always-on",
-              cap_kw: float | None = None, base_allowance_kw: float = 0.0,
-              margin_kw: float = 2.0, mqtt_port: int | None = None, http: bool = True,
-              start_mode: str = "mining", faults: dict[str, str] | None = None,
-              efficiencies: tuple[float, ...] = (17.5, 21.5, 29.5, 34.0),
-              **sections: Any) -> dict[str, Any]:
+def site_dict(
+    tmp_path: Path,
+    *,
+    miners: int = 20,
+    mode: str = "always-on",
+    cap_kw: float | None = None,
+    base_allowance_kw: float = 0.0,
+    margin_kw: float = 2.0,
+    mqtt_port: int | None = None,
+    http: bool = True,
+    start_mode: str = "mining",
+    faults: dict[str, str] | None = None,
+    efficiencies: tuple[float, ...] = (17.5, 21.5, 29.5, 34.0),
+    **sections: Any,
+) -> dict[str, Any]:
     """A site config as a dict: `miners` LuxOS miners spread over efficiency classes."""
     net = subnet()
-    entries = []
+    entries: list[dict[str, Any]] = []
     for i in range(miners):
         eff = efficiencies[i % len(efficiencies)]
-        entries.append({"id": f"m{i:03d}", "host": f"{net}.{i // 200}.{1 + i % 200}",
-                        "driver": "luxos", "rated_power_w": 3000 + 100 * (i % 5),
-                        "efficiency_j_th": eff, "container": f"c{1 + i % 2}",
-                        "timeout_s": 1.0})
-    rated_kw = sum(e["rated_power_w"] for e in entries) / 1000
+        entries.append(
+            {
+                "id": f"m{i:03d}",
+                "host": f"{net}.{i // 200}.{1 + i % 200}",
+                "driver": "luxos",
+                "rated_power_w": 3000 + 100 * (i % 5),
+                "efficiency_j_th": eff,
+                "container": f"c{1 + i % 2}",
+                "timeout_s": 1.0,
+            }
+        )
+    rated_kw = sum(int(e["rated_power_w"]) for e in entries) / 1000
     signals: dict[str, Any] = {"sources": [{"id": "kegoc", "key": {"env": KEY_ENV}}]}
     if mqtt_port is not None:
-        signals["mqtt"] = {"url": f"mqtt://127.0.0.1:{mqtt_port}",
-                           "client_id": f"curtaild-test-{net.replace('.', '-')}"}
+        signals["mqtt"] = {
+            "url": f"mqtt://127.0.0.1:{mqtt_port}",
+            "client_id": f"curtaild-test-{net.replace('.', '-')}",
+        }
     if http:
         signals["http"] = {"listen": "127.0.0.1:0"}
     data: dict[str, Any] = {
         "site": {"id": "test-site"},
-        "grid": {"mode": mode, "cap_kw": cap_kw or rated_kw * 2,
-                 "base_allowance_kw": base_allowance_kw, "margin_kw": margin_kw},
+        "grid": {
+            "mode": mode,
+            "cap_kw": cap_kw or rated_kw * 2,
+            "base_allowance_kw": base_allowance_kw,
+            "margin_kw": margin_kw,
+        },
         "signals": signals,
         "miners": entries,
         "journal": {"path": str(tmp_path / "journal.db")},
         "telemetry": {"interval_s": 2, "fast_interval_s": 0.5, "stale_after_s": 6},
-        "control": {"tick_s": 1, "fast_tick_s": 0.25, "wake_hold_after_shed_s": 5,
-                    "wake_max_per_s": 50, "wake_max_kw_per_s": 500},
+        "control": {
+            "tick_s": 1,
+            "fast_tick_s": 0.25,
+            "wake_hold_after_shed_s": 5,
+            "wake_max_per_s": 50,
+            "wake_max_kw_per_s": 500,
+        },
         "logging": {"level": "WARNING", "format": "console"},
         "simulation": {"start_mode": start_mode, "faults": faults or {}},
     }

@@ -31,10 +31,15 @@ SHUTDOWN_TIMEOUT_S = 5.0
 def problem(status: int, detail: str) -> web.Response:
     """An RFC 9457 problem document."""
     title = PROBLEM_TITLES.get(status, "error")
-    body = {"type": f"urn:curtaild:problem:{title.replace(' ', '-')}", "title": title,
-            "status": status, "detail": detail}
-    return web.Response(status=status, text=json.dumps(body),
-                        content_type="application/problem+json")
+    body = {
+        "type": f"urn:curtaild:problem:{title.replace(' ', '-')}",
+        "title": title,
+        "status": status,
+        "detail": detail,
+    }
+    return web.Response(
+        status=status, text=json.dumps(body), content_type="application/problem+json"
+    )
 
 
 class GridHttp:
@@ -70,18 +75,24 @@ class GridHttp:
 
     async def _post_signal(self, request: web.Request) -> web.Response:
         if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
-            return problem(413, f"body is {request.content_length} bytes; "
-                                f"the limit is {MAX_BODY_BYTES}")
+            return problem(
+                413, f"body is {request.content_length} bytes; the limit is {MAX_BODY_BYTES}"
+            )
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             return problem(413, f"body exceeds {MAX_BODY_BYTES} bytes")
-        outcome = self._inbox.submit_http(body, request.headers.get(TIMESTAMP_HEADER),
-                                          request.headers.get(SIGNATURE_HEADER))
+        outcome = self._inbox.submit_http(
+            body, request.headers.get(TIMESTAMP_HEADER), request.headers.get(SIGNATURE_HEADER)
+        )
         if outcome.http_status >= 400:  # noqa: PLR2004
             return problem(outcome.http_status, outcome.detail)
-        reply: dict[str, Any] = {"id": outcome.signal_id, "revision": outcome.revision,
-                                 "status": outcome.status, "detail": outcome.detail}
+        reply: dict[str, Any] = {
+            "id": outcome.signal_id,
+            "revision": outcome.revision,
+            "status": outcome.status,
+            "detail": outcome.detail,
+        }
         return web.json_response(reply, status=outcome.http_status)
 
     async def _healthz(self, _: web.Request) -> web.Response:

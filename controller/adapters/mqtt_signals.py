@@ -16,7 +16,7 @@ import random
 import socket
 import ssl
 from collections import deque
-from typing import Any
+from typing import Any, Self
 
 import aiomqtt
 import structlog
@@ -35,10 +35,21 @@ SHUTDOWN_PUBLISH_S = 2.0
 class MqttSignals:
     """One MQTT session for signals in, acks and status out."""
 
-    def __init__(self, *, inbox: Inbox, site_id: str, host: str, port: int, prefix: str,
-                 client_id: str | None = None, username: str | None = None,
-                 password: str | None = None, tls: bool = False, keepalive_s: int = 30,
-                 backoff_max_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        *,
+        inbox: Inbox,
+        site_id: str,
+        host: str,
+        port: int,
+        prefix: str,
+        client_id: str | None = None,
+        username: str | None = None,
+        password: str | None = None,
+        tls: bool = False,
+        keepalive_s: int = 30,
+        backoff_max_s: float = 30.0,
+    ) -> None:
         self._inbox = inbox
         self._host = host
         self._port = port
@@ -83,8 +94,12 @@ class MqttSignals:
             except aiomqtt.MqttError as err:
                 # Health is a state: warn once when the broker goes away, then stay quiet.
                 if self.connected.is_set() or not self._down_logged:
-                    log.warning("mqtt broker unreachable; retrying", host=self._host,
-                                port=self._port, error=str(err))
+                    log.warning(
+                        "mqtt broker unreachable; retrying",
+                        host=self._host,
+                        port=self._port,
+                        error=str(err),
+                    )
                     self._down_logged = True
                 else:
                     log.debug("mqtt still unreachable", error=str(err))
@@ -97,8 +112,13 @@ class MqttSignals:
 
     async def _session(self) -> None:
         client = aiomqtt.Client(
-            self._host, self._port, identifier=self.client_id, username=self._username,
-            password=self._password, clean_session=False, keepalive=self._keepalive_s,
+            self._host,
+            self._port,
+            identifier=self.client_id,
+            username=self._username,
+            password=self._password,
+            clean_session=False,
+            keepalive=self._keepalive_s,
             timeout=OPERATION_TIMEOUT_S,
             will=aiomqtt.Will(self.status_topic, self._offline, qos=1, retain=True),
             tls_context=ssl.create_default_context() if self._tls else None,
@@ -109,8 +129,13 @@ class MqttSignals:
             self.connects += 1
             self.connected.set()
             self._down_logged = False
-            log.info("mqtt connected", host=self._host, port=self._port,
-                     topic=self.signals_topic, connects=self.connects)
+            log.info(
+                "mqtt connected",
+                host=self._host,
+                port=self._port,
+                topic=self.signals_topic,
+                connects=self.connects,
+            )
             self._outgoing.set()  # resend the latest status after every reconnect
             try:
                 async with asyncio.TaskGroup() as tg:
@@ -125,15 +150,23 @@ class MqttSignals:
                 # Shutting down: say so, retained, before the clean disconnect (the will
                 # only covers unclean ones).
                 with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
-                    await client.publish(self.status_topic, self._offline, qos=1, retain=True,
-                                         timeout=SHUTDOWN_PUBLISH_S)
+                    await client.publish(
+                        self.status_topic,
+                        self._offline,
+                        qos=1,
+                        retain=True,
+                        timeout=SHUTDOWN_PUBLISH_S,
+                    )
                 raise
 
     async def _receive(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
             payload = message.payload
-            raw = (bytes(payload) if isinstance(payload, (bytes, bytearray))
-                   else str(payload or "").encode())
+            raw = (
+                bytes(payload)
+                if isinstance(payload, (bytes, bytearray))
+                else str(payload or "").encode()
+            )
             self.received += 1
             self._inbox.submit_mqtt(raw)
 
@@ -156,20 +189,26 @@ class GridSide:
     is the only module allowed to import aiomqtt.
     """
 
-    def __init__(self, host: str, port: int, *, site_id: str, prefix: str = "curtaild",
-                 client_id: str = "grid-operator") -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        site_id: str,
+        prefix: str = "curtaild",
+        client_id: str = "grid-operator",
+    ) -> None:
         base = f"{prefix}/{site_id}"
         self.signals_topic = f"{base}/grid/signals"
         self.acks_topic = f"{base}/grid/acks"
         self.status_topic = f"{base}/status"
-        self._client = aiomqtt.Client(host, port, identifier=client_id,
-                                      timeout=OPERATION_TIMEOUT_S)
+        self._client = aiomqtt.Client(host, port, identifier=client_id, timeout=OPERATION_TIMEOUT_S)
         self.acks: list[dict[str, Any]] = []
         self.status: dict[str, Any] | None = None
         self.ack_arrived = asyncio.Event()
         self._listener: asyncio.Task[None] | None = None
 
-    async def __aenter__(self) -> GridSide:
+    async def __aenter__(self) -> Self:
         await self._client.__aenter__()
         await self._client.subscribe(self.acks_topic, qos=1)
         await self._client.subscribe(self.status_topic, qos=1)
@@ -186,14 +225,22 @@ class GridSide:
     async def publish(self, payload: bytes) -> None:
         await self._client.publish(self.signals_topic, payload, qos=1)
 
-    async def wait_ack(self, signal_id: str | None, revision: int | None,
-                       status: str | None = None, timeout: float = 10.0) -> dict[str, Any]:
+    async def wait_ack(
+        self,
+        signal_id: str | None,
+        revision: int | None,
+        status: str | None = None,
+        timeout_s: float = 10.0,
+    ) -> dict[str, Any]:
         """The first ack for (id, revision) [with this status]; TimeoutError otherwise."""
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(timeout_s):
             while True:
                 for ack in self.acks:
-                    if (ack.get("id") == signal_id and ack.get("revision") == revision
-                            and (status is None or ack.get("status") == status)):
+                    if (
+                        ack.get("id") == signal_id
+                        and ack.get("revision") == revision
+                        and (status is None or ack.get("status") == status)
+                    ):
                         return ack
                 self.ack_arrived.clear()
                 await self.ack_arrived.wait()

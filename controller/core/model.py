@@ -40,8 +40,11 @@ class MinerView:
     retry_after: datetime | None = None  # back off after a failed command
 
     def fresh(self, now: datetime, stale_after: timedelta) -> bool:
-        return (self.reading is not None and self.read_at is not None
-                and now - self.read_at <= stale_after)
+        return (
+            self.reading is not None
+            and self.read_at is not None
+            and now - self.read_at <= stale_after
+        )
 
 
 @dataclass(frozen=True, slots=True)

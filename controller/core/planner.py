@@ -37,8 +37,9 @@ def plan(snapshot: Snapshot, limit: Limit, rules: PlanRules) -> Plan:
     return _wake(snapshot, costs, total, budget, rules)
 
 
-def _shed(snapshot: Snapshot, costs: dict[str, int], total: int, budget: int,
-          rules: PlanRules) -> Plan:
+def _shed(
+    snapshot: Snapshot, costs: dict[str, int], total: int, budget: int, rules: PlanRules
+) -> Plan:
     now = snapshot.taken_at
     over = total - budget
     candidates = [v for v in snapshot.miners if _may_command(v, now) and is_running(v)]
@@ -48,27 +49,39 @@ def _shed(snapshot: Snapshot, costs: dict[str, int], total: int, budget: int,
         if total <= budget:
             break
         known = view.fresh(now, rules.stale_after)
-        reason = (f"shed: {view.spec.efficiency_j_th:g} J/TH, least efficient running"
-                  if known else "shed: no fresh reading, counted at rated power")
+        reason = (
+            f"shed: {view.spec.efficiency_j_th:g} J/TH, least efficient running"
+            if known
+            else "shed: no fresh reading, counted at rated power"
+        )
         actions.append(Action(view.spec.id, ActionKind.SLEEP, reason))
         if known:
             total -= costs[view.spec.id] - view.spec.traits.sleep_power_w
     notes = [f"over budget by {over} W: sleeping {len(actions)}"]
     if total > budget:
-        notes.append(f"infeasible: {total - budget} W over even with every commandable "
-                     "miner asleep")
-    return Plan(tuple(actions), budget, total, total <= budget, tuple(notes))
+        notes.append(
+            f"infeasible: {total - budget} W over even with every commandable miner asleep"
+        )
+    return Plan(tuple(actions), budget, total, feasible=total <= budget, notes=tuple(notes))
 
 
-def _wake(snapshot: Snapshot, costs: dict[str, int], total: int, budget: int,
-          rules: PlanRules) -> Plan:
+def _wake(
+    snapshot: Snapshot, costs: dict[str, int], total: int, budget: int, rules: PlanRules
+) -> Plan:
     now = snapshot.taken_at
     sleepers = [v for v in snapshot.miners if _may_command(v, now) and _asleep(v, now, rules)]
     if not sleepers:
-        return Plan((), budget, total, True)
-    if snapshot.last_shed_at is not None and now - snapshot.last_shed_at < rules.wake_hold_after_shed:
-        until = snapshot.last_shed_at + rules.wake_hold_after_shed
-        return Plan((), budget, total, True, (f"wake held after shed until {until:%H:%M:%S}",))
+        return Plan((), budget, total, feasible=True)
+    shed_at = snapshot.last_shed_at
+    if shed_at is not None and now - shed_at < rules.wake_hold_after_shed:
+        until = shed_at + rules.wake_hold_after_shed
+        return Plan(
+            (),
+            budget,
+            total,
+            feasible=True,
+            notes=(f"wake held after shed until {until:%H:%M:%S}",),
+        )
     recent = [(t, w) for t, w in snapshot.recent_wakes if now - t < rules.wake_window]
     slots = rules.wake_max_per_window - len(recent)
     watts = rules.wake_max_w_per_window - sum(w for _, w in recent)
@@ -82,12 +95,17 @@ def _wake(snapshot: Snapshot, costs: dict[str, int], total: int, budget: int,
         if slots <= 0 or watts < view.spec.rated_power_w:
             notes.append("wake rate limit reached")
             break
-        actions.append(Action(view.spec.id, ActionKind.WAKE,
-                              f"wake: {view.spec.efficiency_j_th:g} J/TH fits the limit"))
+        actions.append(
+            Action(
+                view.spec.id,
+                ActionKind.WAKE,
+                f"wake: {view.spec.efficiency_j_th:g} J/TH fits the limit",
+            )
+        )
         total += extra
         slots -= 1
         watts -= view.spec.rated_power_w
-    return Plan(tuple(actions), budget, total, True, tuple(notes))
+    return Plan(tuple(actions), budget, total, feasible=True, notes=tuple(notes))
 
 
 def _may_command(view: MinerView, now: datetime) -> bool:
@@ -95,5 +113,8 @@ def _may_command(view: MinerView, now: datetime) -> bool:
 
 
 def _asleep(view: MinerView, now: datetime, rules: PlanRules) -> bool:
-    return (view.fresh(now, rules.stale_after) and view.reading is not None
-            and view.reading.mode is Mode.SLEEPING)
+    return (
+        view.fresh(now, rules.stale_after)
+        and view.reading is not None
+        and view.reading.mode is Mode.SLEEPING
+    )

@@ -107,41 +107,55 @@ class SignalBook:
     held: Mapping[str, Held] = field(default_factory=dict)
     revisions: Mapping[str, tuple[int, str]] = field(default_factory=dict)
 
-    def admit(self, signal: Curtailment | Grant | Cancel, source: str,
-              received_at: datetime) -> Admission:
+    def admit(
+        self, signal: Curtailment | Grant | Cancel, source: str, received_at: datetime
+    ) -> Admission:
         """Decide what `signal` does to the book. The book itself never changes."""
         seen = self.revisions.get(signal.id)
         if seen is not None:
             revision, kind = seen
             if signal.revision == revision:
-                return Admission(Verdict.DUPLICATE,
-                                 f"revision {revision} of {signal.id} already received", self)
+                return Admission(
+                    Verdict.DUPLICATE, f"revision {revision} of {signal.id} already received", self
+                )
             if signal.revision < revision:
-                return Admission(Verdict.STALE, f"revision {signal.revision} is older than "
-                                 f"revision {revision} already received", self)
+                return Admission(
+                    Verdict.STALE,
+                    f"revision {signal.revision} is older than "
+                    f"revision {revision} already received",
+                    self,
+                )
             if not isinstance(signal, Cancel) and kind not in (signal.kind, "cancel"):
-                return Admission(Verdict.REJECTED,
-                                 f"{signal.id} is a {kind}; a {signal.kind} cannot replace it",
-                                 self)
+                return Admission(
+                    Verdict.REJECTED,
+                    f"{signal.id} is a {kind}; a {signal.kind} cannot replace it",
+                    self,
+                )
         # A cancel keeps the id's type, so a later revision must still be of that type.
         kind = seen[1] if seen is not None and isinstance(signal, Cancel) else signal.kind
         revisions = {**self.revisions, signal.id: (signal.revision, kind)}
         held = dict(self.held)
         previous = held.pop(signal.id, None)
         if isinstance(signal, Cancel):
-            detail = (f"cancels revision {previous.signal.revision}" if previous
-                      else "nothing active under this id; lower revisions will be stale")
-            return Admission(Verdict.RECEIVED, detail, SignalBook(held, revisions),
-                             withdrawn=previous)
+            detail = (
+                f"cancels revision {previous.signal.revision}"
+                if previous
+                else "nothing active under this id; lower revisions will be stale"
+            )
+            return Admission(
+                Verdict.RECEIVED, detail, SignalBook(held, revisions), withdrawn=previous
+            )
         held[signal.id] = Held(signal, source, received_at)
         detail = f"replaces revision {previous.signal.revision}" if previous else "new"
-        return Admission(Verdict.RECEIVED, detail, SignalBook(held, revisions),
-                         replaced=previous)
+        return Admission(Verdict.RECEIVED, detail, SignalBook(held, revisions), replaced=previous)
 
     def prune(self, now: datetime, grace: timedelta = timedelta(minutes=5)) -> SignalBook:
         """Drop signals that ended more than `grace` ago (their revisions stay known)."""
-        ended = [k for k, h in self.held.items()
-                 if h.signal.end is not None and h.signal.end + grace < now]
+        ended = [
+            k
+            for k, h in self.held.items()
+            if h.signal.end is not None and h.signal.end + grace < now
+        ]
         if not ended:
             return self
         return SignalBook({k: h for k, h in self.held.items() if k not in ended}, self.revisions)
@@ -204,16 +218,26 @@ def grant_active(held: Held, now: datetime, lead: timedelta) -> bool:
     return held.starts_at <= now and (signal.end is None or now < signal.end - lead)
 
 
-def arbitrate(book: SignalBook, policy: GridPolicy, now: datetime, *,
-              last_heard: Mapping[str, datetime], overrides: Sequence[Override] = ()) -> Limit:
+def arbitrate(
+    book: SignalBook,
+    policy: GridPolicy,
+    now: datetime,
+    *,
+    last_heard: Mapping[str, datetime],
+    overrides: Sequence[Override] = (),
+) -> Limit:
     """The allowed grid draw at `now`: the minimum of every constraint, with the binding ones
     as reasons."""
     constraints: list[tuple[int, str]] = [(policy.cap_w, "site cap")]
     if policy.mode is GridMode.SURPLUS_ONLY:
-        grants = sorted((h for h in book.held.values()
-                         if isinstance(h.signal, Grant)
-                         and grant_active(h, now, policy.grant_end_lead)),
-                        key=lambda h: h.signal.id)
+        grants = sorted(
+            (
+                h
+                for h in book.held.values()
+                if isinstance(h.signal, Grant) and grant_active(h, now, policy.grant_end_lead)
+            ),
+            key=lambda h: h.signal.id,
+        )
         base = policy.base_allowance_w
         if grants:
             total = base + sum(g.signal.granted_w for g in grants if isinstance(g.signal, Grant))
@@ -224,28 +248,33 @@ def arbitrate(book: SignalBook, policy: GridPolicy, now: datetime, *,
     for held in sorted(book.held.values(), key=lambda h: h.signal.id):
         signal = held.signal
         if isinstance(signal, Curtailment) and curtailment_active(held, now):
-            constraints.append((signal.limit_w,
-                                f"curtailment {signal.id} r{signal.revision}"))
+            constraints.append((signal.limit_w, f"curtailment {signal.id} r{signal.revision}"))
     for source in policy.sources:
         silent = stale_for(source, last_heard, now)
         if silent is None or source.on_stale is StalePolicy.HOLD:
             continue
-        fallback = (policy.base_allowance_w if source.on_stale is StalePolicy.BASE_ALLOWANCE
-                    else source.stale_limit_w if source.stale_limit_w is not None
-                    else policy.base_allowance_w)
-        constraints.append((fallback, f"source {source.id} silent for "
-                            f"{silent.total_seconds():.0f} s, {source.on_stale.value}"))
-    for override in overrides:
-        if override.expires_at is None or now < override.expires_at:
-            constraints.append((override.limit_w,
-                                f"override {override.id} by {override.by}: {override.reason}"))
+        fallback = (
+            policy.base_allowance_w
+            if source.on_stale is StalePolicy.BASE_ALLOWANCE
+            else source.stale_limit_w
+            if source.stale_limit_w is not None
+            else policy.base_allowance_w
+        )
+        why = f"source {source.id} silent for {silent.total_seconds():.0f} s"
+        constraints.append((fallback, f"{why}, {source.on_stale.value}"))
+    constraints.extend(
+        (o.limit_w, f"override {o.id} by {o.by}: {o.reason}")
+        for o in overrides
+        if o.expires_at is None or now < o.expires_at
+    )
     limit_w = min(w for w, _ in constraints)
     reasons = tuple(f"{why}: {_kw(w)}" for w, why in constraints if w == limit_w)
     return Limit(max(0, limit_w), reasons)
 
 
-def stale_for(source: SourcePolicy, last_heard: Mapping[str, datetime],
-              now: datetime) -> timedelta | None:
+def stale_for(
+    source: SourcePolicy, last_heard: Mapping[str, datetime], now: datetime
+) -> timedelta | None:
     """How long `source` has been silent beyond its heartbeat timeout, or None if alive."""
     if source.heartbeat_timeout is None:
         return None
@@ -290,10 +319,15 @@ class Obligation:
         return max(0.0, (self.reached_at - self.starts_at).total_seconds())
 
 
-def obligation_for(admission: Admission, signal: Curtailment | Grant | Cancel,
-                   policy: GridPolicy, now: datetime, *,
-                   last_heard: Mapping[str, datetime],
-                   overrides: Sequence[Override] = ()) -> Obligation | None:
+def obligation_for(
+    admission: Admission,
+    signal: Curtailment | Grant | Cancel,
+    policy: GridPolicy,
+    now: datetime,
+    *,
+    last_heard: Mapping[str, datetime],
+    overrides: Sequence[Override] = (),
+) -> Obligation | None:
     """The promise an accepted signal creates, or None for duplicates and rejections."""
     if admission.verdict is not Verdict.RECEIVED:
         return None
@@ -301,20 +335,39 @@ def obligation_for(admission: Admission, signal: Curtailment | Grant | Cancel,
     if isinstance(signal, Curtailment):
         held = admission.book.held[signal.id]
         starts = max(held.starts_at, now)
-        return Obligation(key, signal.id, signal.revision, signal.kind, signal.limit_w,
-                          starts, starts + timedelta(seconds=signal.deadline_s))
+        return Obligation(
+            key,
+            signal.id,
+            signal.revision,
+            signal.kind,
+            signal.limit_w,
+            starts,
+            starts + timedelta(seconds=signal.deadline_s),
+        )
     starts = now
     if isinstance(signal, Grant):
         starts = max(admission.book.held[signal.id].starts_at, now)
-    limit = arbitrate(admission.book, policy, starts, last_heard=last_heard,
-                      overrides=overrides)
-    return Obligation(key, signal.id, signal.revision, signal.kind, limit.limit_w,
-                      starts, starts + policy.response_deadline)
+    limit = arbitrate(admission.book, policy, starts, last_heard=last_heard, overrides=overrides)
+    return Obligation(
+        key,
+        signal.id,
+        signal.revision,
+        signal.kind,
+        limit.limit_w,
+        starts,
+        starts + policy.response_deadline,
+    )
 
 
-def grant_end_obligations(book: SignalBook, policy: GridPolicy, now: datetime,
-                          known: Iterable[str], *, last_heard: Mapping[str, datetime],
-                          overrides: Sequence[Override] = ()) -> list[Obligation]:
+def grant_end_obligations(
+    book: SignalBook,
+    policy: GridPolicy,
+    now: datetime,
+    known: Iterable[str],
+    *,
+    last_heard: Mapping[str, datetime],
+    overrides: Sequence[Override] = (),
+) -> list[Obligation]:
     """Obligations for grants whose end falls within the lead window and are not yet known."""
     if policy.mode is not GridMode.SURPLUS_ONLY:
         return []
@@ -329,13 +382,23 @@ def grant_end_obligations(book: SignalBook, policy: GridPolicy, now: datetime,
         if key in seen or now < begins or held.starts_at >= signal.end:
             continue
         limit = arbitrate(book, policy, signal.end, last_heard=last_heard, overrides=overrides)
-        out.append(Obligation(key, signal.id, signal.revision, "grant-end", limit.limit_w,
-                              max(begins, held.received_at), signal.end))
+        out.append(
+            Obligation(
+                key,
+                signal.id,
+                signal.revision,
+                "grant-end",
+                limit.limit_w,
+                max(begins, held.received_at),
+                signal.end,
+            )
+        )
     return out
 
 
-def track(obligations: Sequence[Obligation], measured_w: int,
-          now: datetime) -> tuple[list[Obligation], list[Obligation]]:
+def track(
+    obligations: Sequence[Obligation], measured_w: int, now: datetime
+) -> tuple[list[Obligation], list[Obligation]]:
     """Advance pending obligations against the measured draw: (all, those that changed)."""
     result: list[Obligation] = []
     changed: list[Obligation] = []
@@ -343,8 +406,9 @@ def track(obligations: Sequence[Obligation], measured_w: int,
         new = ob
         if ob.status is ObligationStatus.PENDING and ob.starts_at <= now:
             if measured_w <= ob.limit_w:
-                new = replace(ob, status=ObligationStatus.REACHED, reached_at=now,
-                              measured_w=measured_w)
+                new = replace(
+                    ob, status=ObligationStatus.REACHED, reached_at=now, measured_w=measured_w
+                )
             elif now > ob.due_at:
                 new = replace(ob, status=ObligationStatus.MISSED, measured_w=measured_w)
         result.append(new)
@@ -353,14 +417,18 @@ def track(obligations: Sequence[Obligation], measured_w: int,
     return result, changed
 
 
-def withdraw(obligations: Sequence[Obligation], signal_id: str) -> tuple[list[Obligation],
-                                                                          list[Obligation]]:
+def withdraw(
+    obligations: Sequence[Obligation], signal_id: str
+) -> tuple[list[Obligation], list[Obligation]]:
     """Pending obligations of a cancelled signal are withdrawn: (all, those that changed)."""
     result: list[Obligation] = []
     changed: list[Obligation] = []
     for ob in obligations:
-        if (ob.signal_id == signal_id and ob.status is ObligationStatus.PENDING
-                and ob.kind in ("curtailment", "grant")):
+        if (
+            ob.signal_id == signal_id
+            and ob.status is ObligationStatus.PENDING
+            and ob.kind in ("curtailment", "grant")
+        ):
             ob = replace(ob, status=ObligationStatus.WITHDRAWN)  # noqa: PLW2901
             changed.append(ob)
         result.append(ob)

@@ -91,15 +91,24 @@ class LuxosMiner:
             reply = await self._write("profileset", profile)
             acked = _first(reply, "PROFILE", self.miner_id, "profileset").get("Profile")
             if acked != profile:
-                raise ProtocolError(self.miner_id, "profileset",
-                                    f"acknowledged profile {acked!r}, asked for {profile!r}")
+                raise ProtocolError(
+                    self.miner_id,
+                    "profileset",
+                    f"acknowledged profile {acked!r}, asked for {profile!r}",
+                )
             return await self._verify("profileset", lambda r: r.profile == profile)
 
     # -- internals -------------------------------------------------------------------------
 
     async def _call(self, command: str, parameter: str | None = None) -> cgminer_tcp.Reply:
-        return await cgminer_tcp.request(self._ep.host, self._ep.port, command, parameter,
-                                         timeout_s=self._ep.timeout_s, device=self.miner_id)
+        return await cgminer_tcp.request(
+            self._ep.host,
+            self._ep.port,
+            command,
+            parameter,
+            timeout_s=self._ep.timeout_s,
+            device=self.miner_id,
+        )
 
     async def _read(self) -> MinerReading:
         if self._joined:
@@ -110,8 +119,9 @@ class LuxosMiner:
                     raise
                 self._joined = False  # older firmware: fall back to one command at a time
             else:
-                return self._parse({part: _joined_part(reply, part, self.miner_id)
-                                    for part in READ_PARTS})
+                return self._parse(
+                    {part: _joined_part(reply, part, self.miner_id) for part in READ_PARTS}
+                )
         return self._parse({part: await self._call(part) for part in READ_PARTS})
 
     def _parse(self, parts: dict[str, cgminer_tcp.Reply]) -> MinerReading:
@@ -124,11 +134,12 @@ class LuxosMiner:
             config = _first(parts["config"], "CONFIG", device, "config")
             sleeping = any(e.get("Code") in ("SLEEP", "IDLE") for e in events)
             boards = stats[1] if len(stats) > 1 else {}
-            temps = tuple(_board_temp(boards[key]) for key in sorted(boards)
-                          if key.startswith("temp_pcb"))
+            temps = tuple(
+                _board_temp(boards[key]) for key in sorted(boards) if key.startswith("temp_pcb")
+            )
             return MinerReading(
                 mode=Mode.SLEEPING if sleeping else Mode.MINING,
-                power_w=int(round(float(power["Watts"]))),
+                power_w=round(float(power["Watts"])),
                 hashrate_ths=round(float(summary["GHS 5s"]) / 1000, 3),
                 board_temps_c=temps,
                 profile=str(config["Profile"]) if "Profile" in config else None,
@@ -163,8 +174,9 @@ class LuxosMiner:
                 if attempt + 1 < LOGON_ATTEMPTS:
                     await asyncio.sleep(LOGON_BACKOFF_S * 2**attempt)
                     continue
-                raise SessionBusyError(self.miner_id, "logon",
-                                       "another client holds the miner's only session") from None
+                raise SessionBusyError(
+                    self.miner_id, "logon", "another client holds the miner's only session"
+                ) from None
             sid = _first(reply, "SESSION", self.miner_id, "logon").get("SessionID")
             if not isinstance(sid, str) or not sid:
                 raise ProtocolError(self.miner_id, "logon", "no SessionID in the reply")
@@ -190,8 +202,12 @@ class LuxosMiner:
             reading = await self._read()
         if done(reading):
             return reading
-        raise VerificationError(self.miner_id, op, f"acknowledged {op} but reads back "
-                                f"{reading.mode.value} at {reading.power_w} W", reading)
+        raise VerificationError(
+            self.miner_id,
+            op,
+            f"acknowledged {op} but reads back {reading.mode.value} at {reading.power_w} W",
+            reading,
+        )
 
 
 def _joined_part(reply: cgminer_tcp.Reply, part: str, device: str) -> cgminer_tcp.Reply:
@@ -212,7 +228,7 @@ def _first(reply: cgminer_tcp.Reply, name: str, device: str, op: str) -> dict[st
 _SENSOR = re.compile(r"(?:^|-)(-?\d+(?:\.\d+)?)")
 
 
-def _board_temp(value: Any) -> float:
+def _board_temp(value: object) -> float:
     """LuxOS reports a board's sensors as "58-60-61-59" (below freezing "-31--30"); the
     board is as hot as its hottest sensor. Missing sensors read 0 and are skipped."""
     readings = [float(v) for v in _SENSOR.findall(str(value)) if float(v) != 0]

@@ -39,15 +39,22 @@ CODE_ACCESS_DENIED = 45
 class CgminerServer:
     """Listens on host:port and answers like the device would, faults included."""
 
-    def __init__(self, host: str, port: int, device: CgminerDevice, fault: FaultState,
-                 *, rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        device: CgminerDevice,
+        fault: FaultState,
+        *,
+        rng: random.Random | None = None,
+    ) -> None:
         self.host = host
         self.port = port
         self.device = device
         self.fault = fault
         self._rng = rng or random.Random(f"{host}:{port}")  # noqa: S311 - not crypto
         self._server: asyncio.Server | None = None
-        self._held: set[asyncio.BaseTransport] = set()
+        self._held: set[asyncio.Transport] = set()
         self.requests = 0
         self.connections = 0  # open right now
         self.peak_connections = 0  # most ever open at once (one-in-flight checks)
@@ -56,8 +63,8 @@ class CgminerServer:
         if self._server is None and self.fault.mode is not Fault.REFUSE:
             loop = asyncio.get_running_loop()
             self._server = await loop.create_server(
-                lambda: _Connection(self), self.host, self.port, reuse_address=True,
-                backlog=256)
+                lambda: _Connection(self), self.host, self.port, reuse_address=True, backlog=256
+            )
 
     async def stop(self) -> None:
         if self._server is not None:
@@ -211,8 +218,8 @@ def parse_request(buf: bytes, *, eof: bool) -> tuple[str, str | None] | None:
         line, newline, _ = text.partition("\n")
         if not newline and not eof:
             return None
-        command, bar, parameter = line.strip().rstrip("\x00").partition("|")
-        return command, parameter if bar else None
+        plain, bar, argument = line.strip().rstrip("\x00").partition("|")
+        return plain, argument if bar else None
     end = _object_end(text)
     if end is None:
         if eof:
@@ -221,11 +228,11 @@ def parse_request(buf: bytes, *, eof: bool) -> tuple[str, str | None] | None:
     obj = json.loads(text[:end])
     command = obj.get("command") if isinstance(obj, dict) else None
     if not isinstance(command, str):
-        raise ValueError("no command")
-    parameter = obj.get("parameter")
-    if parameter is not None and not isinstance(parameter, str):
-        parameter = json.dumps(parameter) if isinstance(parameter, (list, dict)) else str(parameter)
-    return command, parameter
+        raise ValueError("no command")  # noqa: TRY004 - the caller maps ValueError to code 23
+    raw = obj.get("parameter")
+    if raw is None or isinstance(raw, str):
+        return command, raw
+    return command, json.dumps(raw) if isinstance(raw, (list, dict)) else str(raw)
 
 
 def _object_end(text: str) -> int | None:
@@ -250,4 +257,3 @@ def _object_end(text: str) -> int | None:
             if depth == 0:
                 return i + 1
     return None
-

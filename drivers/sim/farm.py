@@ -7,6 +7,7 @@ import hashlib
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
+from typing import Self
 
 from drivers.sim.cgminer_server import CgminerServer
 from drivers.sim.faults import Fault, FaultState
@@ -48,9 +49,15 @@ class UnsupportedSimError(ValueError):
 class SimFarm:
     """Runs every simulated miner's server; exposes the farm's true draw for checks."""
 
-    def __init__(self, specs: Iterable[SimMinerSpec], *, time_fn: Callable[[], float],
-                 ambient_c: dict[str, float] | None = None, default_ambient_c: float = 15.0,
-                 seed: int = 1) -> None:
+    def __init__(
+        self,
+        specs: Iterable[SimMinerSpec],
+        *,
+        time_fn: Callable[[], float],
+        ambient_c: dict[str, float] | None = None,
+        default_ambient_c: float = 15.0,
+        seed: int = 1,
+    ) -> None:
         self._time = time_fn
         self.miners: dict[str, SimMiner] = {}
         ambient = ambient_c or {}
@@ -59,21 +66,23 @@ class SimFarm:
             if spec.driver not in SUPPORTED:
                 raise UnsupportedSimError(
                     f"{spec.id}: no simulator for driver {spec.driver!r} "
-                    f"(simulated: {', '.join(sorted(SUPPORTED))})")
-            self.miners[spec.id] = self._build(spec, ambient.get(spec.container,
-                                                                 default_ambient_c), now, seed)
+                    f"(simulated: {', '.join(sorted(SUPPORTED))})"
+                )
+            self.miners[spec.id] = self._build(
+                spec, ambient.get(spec.container, default_ambient_c), now, seed
+            )
 
     async def start(self) -> None:
         """Listen on every miner's address; fails loudly if an address is taken."""
         batch = 256  # bounded so a 10,000-miner farm does not open every listener at once
         servers = [m.server for m in self.miners.values()]
         for i in range(0, len(servers), batch):
-            await asyncio.gather(*(s.start() for s in servers[i:i + batch]))
+            await asyncio.gather(*(s.start() for s in servers[i : i + batch]))
 
     async def stop(self) -> None:
         await asyncio.gather(*(m.server.stop() for m in self.miners.values()))
 
-    async def __aenter__(self) -> SimFarm:
+    async def __aenter__(self) -> Self:
         await self.start()
         return self
 
@@ -117,9 +126,12 @@ class SimFarm:
         rng = random.Random(digest)  # noqa: S311 - simulation, not crypto
         base = model_for(spec.rated_power_w, spec.efficiency_j_th)
         # Real units differ: ramps within +-15 %, thermal behaviour within +-10 %.
-        model = replace(base, ramp_down_s=base.ramp_down_s * rng.uniform(0.85, 1.15),
-                        ramp_up_s=base.ramp_up_s * rng.uniform(0.85, 1.15),
-                        temp_rise_c=base.temp_rise_c * rng.uniform(0.9, 1.1))
+        model = replace(
+            base,
+            ramp_down_s=base.ramp_down_s * rng.uniform(0.85, 1.15),
+            ramp_up_s=base.ramp_up_s * rng.uniform(0.85, 1.15),
+            temp_rise_c=base.temp_rise_c * rng.uniform(0.9, 1.1),
+        )
         physics = MinerPhysics(model, ambient_c=ambient_c, now=now, mode=spec.mode)
         fault = FaultState(spec.fault)
         mac = ":".join(f"{b:02X}" for b in (0x02, *digest[:5]))

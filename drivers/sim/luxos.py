@@ -51,10 +51,27 @@ CODE_SESSION_ACTIVE = 402  # Luxor's luxos client: "Another session is active"
 CODE_INVALID_SESSION = 401  # (inferred) Msg "Invalid session_id" as clients match it
 CODE_MISSING_PARAM = 400  # (inferred)
 
-READ_COMMANDS = frozenset({
-    "version", "config", "summary", "stats", "power", "events", "profiles", "pools", "fans",
-    "tempctrl", "temps", "groups", "devs", "devdetails", "atm", "limits", "session",
-})
+READ_COMMANDS = frozenset(
+    {
+        "version",
+        "config",
+        "summary",
+        "stats",
+        "power",
+        "events",
+        "profiles",
+        "pools",
+        "fans",
+        "tempctrl",
+        "temps",
+        "groups",
+        "devs",
+        "devdetails",
+        "atm",
+        "limits",
+        "session",
+    }
+)
 
 
 class LuxosDevice:
@@ -62,8 +79,16 @@ class LuxosDevice:
 
     joinable = READ_COMMANDS
 
-    def __init__(self, physics: MinerPhysics, fault: FaultState, *, time_fn: Callable[[], float],
-                 rng: random.Random, serial: str, mac: str) -> None:
+    def __init__(
+        self,
+        physics: MinerPhysics,
+        fault: FaultState,
+        *,
+        time_fn: Callable[[], float],
+        rng: random.Random,
+        serial: str,
+        mac: str,
+    ) -> None:
         self.physics = physics
         self.fault = fault
         self._now = time_fn
@@ -93,29 +118,66 @@ class LuxosDevice:
     # -- reads -----------------------------------------------------------------------------
 
     def _cmd_version(self, _: str | None) -> Reply:
-        return self._ok(CODE_VERSION, "LUXminer versions", "VERSION", [{
-            "API": "3.7", "CompileTime": "Tue Nov 12 20:15:04 UTC 2024", "LUXminer": VERSION,
-            "Miner": VERSION.split("-", 1)[0], "Type": self.physics.model.name,
-        }])
+        return self._ok(
+            CODE_VERSION,
+            "LUXminer versions",
+            "VERSION",
+            [
+                {
+                    "API": "3.7",
+                    "CompileTime": "Tue Nov 12 20:15:04 UTC 2024",
+                    "LUXminer": VERSION,
+                    "Miner": VERSION.split("-", 1)[0],
+                    "Type": self.physics.model.name,
+                }
+            ],
+        )
 
     def _cmd_config(self, _: str | None) -> Reply:
-        return self._ok(CODE_CONFIG, "1 ASC(s) + 0 PGA(s) + 0 ASC Chain(s)", "CONFIG", [{
-            "ASC Count": self.physics.model.boards, "ControlBoardType": "XilinxZynq7007",
-            "Hostname": f"luxos-{self.serial[-6:]}", "IsAtmEnabled": self.atm_enabled,
-            "IsTuning": False, "MACAddr": self.mac, "Model": self.physics.model.name,
-            "OS": "Linux", "Profile": self.physics.profile.name, "ProfileStep": "0",
-            "RedLed": "off", "SerialNumber": self.serial, "SystemStatus": "normal",
-        }])
+        return self._ok(
+            CODE_CONFIG,
+            "1 ASC(s) + 0 PGA(s) + 0 ASC Chain(s)",
+            "CONFIG",
+            [
+                {
+                    "ASC Count": self.physics.model.boards,
+                    "ControlBoardType": "XilinxZynq7007",
+                    "Hostname": f"luxos-{self.serial[-6:]}",
+                    "IsAtmEnabled": self.atm_enabled,
+                    "IsTuning": False,
+                    "MACAddr": self.mac,
+                    "Model": self.physics.model.name,
+                    "OS": "Linux",
+                    "Profile": self.physics.profile.name,
+                    "ProfileStep": "0",
+                    "RedLed": "off",
+                    "SerialNumber": self.serial,
+                    "SystemStatus": "normal",
+                }
+            ],
+        )
 
     def _cmd_summary(self, _: str | None) -> Reply:
         now = self._now()
         ghs = self.physics.hashrate_ths(now) * 1000
         elapsed = int(now - self._started)
-        return self._ok(CODE_SUMMARY, "Summary", "SUMMARY", [{
-            "Accepted": self.accepted, "Elapsed": elapsed, "GHS 5s": round(ghs, 2),
-            "GHS av": round(ghs, 2), "Hardware Errors": 0, "Rejected": 0,
-            "Stale": 0, "Best Share": 0,
-        }])
+        return self._ok(
+            CODE_SUMMARY,
+            "Summary",
+            "SUMMARY",
+            [
+                {
+                    "Accepted": self.accepted,
+                    "Elapsed": elapsed,
+                    "GHS 5s": round(ghs, 2),
+                    "GHS av": round(ghs, 2),
+                    "Hardware Errors": 0,
+                    "Rejected": 0,
+                    "Stale": 0,
+                    "Best Share": 0,
+                }
+            ],
+        )
 
     def _cmd_stats(self, _: str | None) -> Reply:
         now = self._now()
@@ -123,8 +185,11 @@ class LuxosDevice:
         per_board = self.physics.hashrate_ths(now) * 1000 / self.physics.model.boards
         ideal = self.physics.profile.hashrate_ths * 1000
         board: dict[str, Any] = {
-            "Elapsed": int(now - self._started), "GHS 5s": round(per_board * 3, 2),
-            "total_rateideal": round(ideal, 2), "rate_unit": "GH", "Calls": 0,
+            "Elapsed": int(now - self._started),
+            "GHS 5s": round(per_board * 3, 2),
+            "total_rateideal": round(ideal, 2),
+            "rate_unit": "GH",
+            "Calls": 0,
         }
         for i, temp in enumerate(self.physics.board_temps_c, start=1):
             pcb = round(temp)
@@ -134,8 +199,12 @@ class LuxosDevice:
             chip = pcb + 12 if self.physics.mode is Mode.MINING else pcb
             board[f"temp_chip{i}"] = f"{chip}-{chip + 1}-{chip + 2}-{chip}"
             board[f"freq{i}"] = 575
-        header = {"BMMiner": "1.0.0", "CompileTime": "Tue Nov 12 20:15:04 UTC 2024",
-                  "Miner": "uart_trans.1.3", "Type": self.physics.model.name}
+        header = {
+            "BMMiner": "1.0.0",
+            "CompileTime": "Tue Nov 12 20:15:04 UTC 2024",
+            "Miner": "uart_trans.1.3",
+            "Type": self.physics.model.name,
+        }
         return self._ok(CODE_STATS, "CGMiner stats", "STATS", [header, board])
 
     def _cmd_power(self, _: str | None) -> Reply:
@@ -146,85 +215,176 @@ class LuxosDevice:
     def _cmd_events(self, _: str | None) -> Reply:
         events = []
         if self._sleep_since is not None:
-            events.append({"Code": "SLEEP", "CreatedAt": int(self._sleep_since),
-                           "Description": "Miner is in Sleep mode.", "Id": 1, "Target": "miner"})
+            events.append(
+                {
+                    "Code": "SLEEP",
+                    "CreatedAt": int(self._sleep_since),
+                    "Description": "Miner is in Sleep mode.",
+                    "Id": 1,
+                    "Target": "miner",
+                }
+            )
         return self._ok(CODE_EVENTS, f"{len(events)} Event(s)", "EVENTS", events)
 
     def _cmd_profiles(self, _: str | None) -> Reply:
-        profiles = [{
-            "Frequency": 575 + 25 * k, "Hashrate": p.hashrate_ths, "IsDynamic": False,
-            "IsTuned": p.name == "default", "Profile Name": p.name, "Step": str(k),
-            "Voltage": round(13.0 + 0.1 * k, 1), "Watts": p.power_w,
-        } for k, p in enumerate(self.physics.model.all_profiles(), start=-4)]
+        profiles = [
+            {
+                "Frequency": 575 + 25 * k,
+                "Hashrate": p.hashrate_ths,
+                "IsDynamic": False,
+                "IsTuned": p.name == "default",
+                "Profile Name": p.name,
+                "Step": str(k),
+                "Voltage": round(13.0 + 0.1 * k, 1),
+                "Watts": p.power_w,
+            }
+            for k, p in enumerate(self.physics.model.all_profiles(), start=-4)
+        ]
         return self._ok(CODE_PROFILES, f"{len(profiles)} Profile(s)", "PROFILES", profiles)
 
     def _cmd_pools(self, _: str | None) -> Reply:
-        return self._ok(CODE_POOLS, "1 Pool(s)", "POOLS", [{
-            "Accepted": self.accepted, "GROUP": 0, "Get Failures": 0, "POOL": 0, "Quota": 1,
-            "Rejected": 0, "Remote Failures": 0, "Stale": 0, "Status": "Alive",
-            "Stratum Active": self.physics.mode is Mode.MINING,
-            "URL": "stratum+tcp://pool.example:3333", "User": f"farm.{self.serial[-4:]}",
-            "Difficulty Accepted": 0, "Difficulty Rejected": 0, "Difficulty Stale": 0,
-        }])
+        return self._ok(
+            CODE_POOLS,
+            "1 Pool(s)",
+            "POOLS",
+            [
+                {
+                    "Accepted": self.accepted,
+                    "GROUP": 0,
+                    "Get Failures": 0,
+                    "POOL": 0,
+                    "Quota": 1,
+                    "Rejected": 0,
+                    "Remote Failures": 0,
+                    "Stale": 0,
+                    "Status": "Alive",
+                    "Stratum Active": self.physics.mode is Mode.MINING,
+                    "URL": "stratum+tcp://pool.example:3333",
+                    "User": f"farm.{self.serial[-4:]}",
+                    "Difficulty Accepted": 0,
+                    "Difficulty Rejected": 0,
+                    "Difficulty Stale": 0,
+                }
+            ],
+        )
 
     def _cmd_groups(self, _: str | None) -> Reply:
-        return self._ok(CODE_GROUPS, "List groups", "GROUPS",
-                        [{"GROUP": 0, "Name": "default", "Quota": 1}])
+        return self._ok(
+            CODE_GROUPS, "List groups", "GROUPS", [{"GROUP": 0, "Name": "default", "Quota": 1}]
+        )
 
     def _cmd_fans(self, _: str | None) -> Reply:
         mining = self.physics.mode is Mode.MINING
         speed = 55 if mining else 20
-        fans = [{"FAN": f"J{12 + i}", "ID": i, "RPM": speed * 80, "Speed": speed}
-                for i in range(4)]
+        fans = [{"FAN": f"J{12 + i}", "ID": i, "RPM": speed * 80, "Speed": speed} for i in range(4)]
         reply = self._ok(CODE_FANS, "4 Fan(s)", "FANS", fans)
         reply["FANCTRL"] = [{"MinFans": 1, "PowerOffSpeed": 20}]
         return reply
 
     def _cmd_tempctrl(self, _: str | None) -> Reply:
-        return self._ok(CODE_TEMPCTRL, "Temperature control", "TEMPCTRL", [{
-            "ChipDangerous": 85, "ChipHot": 80, "Dangerous": 75, "Hot": 70, "Mode": "Auto",
-            "Target": 65,
-        }])
+        return self._ok(
+            CODE_TEMPCTRL,
+            "Temperature control",
+            "TEMPCTRL",
+            [
+                {
+                    "ChipDangerous": 85,
+                    "ChipHot": 80,
+                    "Dangerous": 75,
+                    "Hot": 70,
+                    "Mode": "Auto",
+                    "Target": 65,
+                }
+            ],
+        )
 
     def _cmd_temps(self, _: str | None) -> Reply:
-        temps = [{"BottomLeft": round(t) - 3, "BottomRight": round(t) - 5, "ID": i,
-                  "TEMP": i, "TopLeft": round(t), "TopRight": round(t) + 1}
-                 for i, t in enumerate(self._temps())]
+        temps = [
+            {
+                "BottomLeft": round(t) - 3,
+                "BottomRight": round(t) - 5,
+                "ID": i,
+                "TEMP": i,
+                "TopLeft": round(t),
+                "TopRight": round(t) + 1,
+            }
+            for i, t in enumerate(self._temps())
+        ]
         return self._ok(CODE_TEMPS, f"{len(temps)} Temp(s)", "TEMPS", temps)
 
     def _cmd_devs(self, _: str | None) -> Reply:
         now = self._now()
         mhs = self.physics.hashrate_ths(now) * 1e6 / self.physics.model.boards
-        devs = [{
-            "ASC": i, "Enabled": "Y", "ID": i, "Status": "Alive", "Temperature": round(t, 1),
-            "MHS 5s": round(mhs, 1), "MHS 5m": round(mhs, 1), "Profile": self.physics.profile.name,
-            "Device Elapsed": int(now - self._started),
-            "Nominal MHS": round(self.physics.profile.hashrate_ths * 1e6 / 3, 1),
-            "IsUserShutdown": self.physics.mode is Mode.SLEEPING,
-        } for i, t in enumerate(self._temps())]
+        devs = [
+            {
+                "ASC": i,
+                "Enabled": "Y",
+                "ID": i,
+                "Status": "Alive",
+                "Temperature": round(t, 1),
+                "MHS 5s": round(mhs, 1),
+                "MHS 5m": round(mhs, 1),
+                "Profile": self.physics.profile.name,
+                "Device Elapsed": int(now - self._started),
+                "Nominal MHS": round(self.physics.profile.hashrate_ths * 1e6 / 3, 1),
+                "IsUserShutdown": self.physics.mode is Mode.SLEEPING,
+            }
+            for i, t in enumerate(self._temps())
+        ]
         return self._ok(CODE_DEVS, f"{len(devs)} ASC(s)", "DEVS", devs)
 
     def _cmd_devdetails(self, _: str | None) -> Reply:
-        details = [{"DEVDETAILS": i, "Name": "ASC", "ID": i, "Driver": "luxminer",
-                    "Model": self.physics.model.name} for i in range(self.physics.model.boards)]
+        details = [
+            {
+                "DEVDETAILS": i,
+                "Name": "ASC",
+                "ID": i,
+                "Driver": "luxminer",
+                "Model": self.physics.model.name,
+            }
+            for i in range(self.physics.model.boards)
+        ]
         return self._ok(CODE_DEVS, "Device Details", "DEVDETAILS", details)
 
     def _cmd_atm(self, _: str | None) -> Reply:
-        return self._ok(CODE_ATM, "ATM configuration values", "ATM", [{
-            "Enabled": self.atm_enabled, "MaxProfile": "default", "MinProfile": "",
-            "PostRampMinutes": 15, "StartupMinutes": 15, "TempWindow": 5.0,
-        }])
+        return self._ok(
+            CODE_ATM,
+            "ATM configuration values",
+            "ATM",
+            [
+                {
+                    "Enabled": self.atm_enabled,
+                    "MaxProfile": "default",
+                    "MinProfile": "",
+                    "PostRampMinutes": 15,
+                    "StartupMinutes": 15,
+                    "TempWindow": 5.0,
+                }
+            ],
+        )
 
     def _cmd_limits(self, _: str | None) -> Reply:
-        return self._ok(CODE_LIMITS, "Limits", "LIMITS", [{
-            "FrequencyStepMax": 100, "FrequencyStepMin": 5, "VoltageStepMax": 1.0,
-            "VoltageStepMin": 0.05, "FanSpeedMax": 100, "FanSpeedMin": 0,
-        }])
+        return self._ok(
+            CODE_LIMITS,
+            "Limits",
+            "LIMITS",
+            [
+                {
+                    "FrequencyStepMax": 100,
+                    "FrequencyStepMin": 5,
+                    "VoltageStepMax": 1.0,
+                    "VoltageStepMin": 0.05,
+                    "FanSpeedMax": 100,
+                    "FanSpeedMin": 0,
+                }
+            ],
+        )
 
     def _cmd_session(self, _: str | None) -> Reply:
         self._expire()
-        return self._ok(CODE_SESSION, "Session information", "SESSION",
-                        [{"SessionID": self.session_id}])
+        return self._ok(
+            CODE_SESSION, "Session information", "SESSION", [{"SessionID": self.session_id}]
+        )
 
     # -- sessions --------------------------------------------------------------------------
 
@@ -235,8 +395,7 @@ class LuxosDevice:
         alphabet = string.ascii_letters + string.digits
         self.session_id = "".join(self._rng.choice(alphabet) for _ in range(8))
         self._session_used = self._now()
-        return self._ok(CODE_LOGON, "Session created", "SESSION",
-                        [{"SessionID": self.session_id}])
+        return self._ok(CODE_LOGON, "Session created", "SESSION", [{"SessionID": self.session_id}])
 
     def _cmd_logoff(self, parameter: str | None) -> Reply:
         args, problem = self._authorised(parameter, 0)
@@ -264,15 +423,17 @@ class LuxosDevice:
                 if self._sleep_since is None:
                     self._sleep_since = now
                 self.commands.append("sleep")
-            return self._ok(CODE_CURTAIL, "Curtailment command sent", "CURTAIL",
-                            [{"Action": "sleep mode"}])
+            return self._ok(
+                CODE_CURTAIL, "Curtailment command sent", "CURTAIL", [{"Action": "sleep mode"}]
+            )
         if action == "wakeup":
             if not self.fault.lying:
                 self.physics.wake(now)
                 self._sleep_since = None
                 self.commands.append("wakeup")
-            return self._ok(CODE_CURTAIL, "Curtailment command sent", "CURTAIL",
-                            [{"Action": "wake up"}])
+            return self._ok(
+                CODE_CURTAIL, "Curtailment command sent", "CURTAIL", [{"Action": "wake up"}]
+            )
         return self.error(CODE_MISSING_PARAM, f"Invalid curtail action '{action}'")
 
     def _cmd_profileset(self, parameter: str | None) -> Reply:
@@ -286,9 +447,19 @@ class LuxosDevice:
         if not self.fault.lying:
             self.physics.set_profile(profile, self._now())
             self.commands.append(f"profileset {name}")
-        return self._ok(CODE_PROFILESET, "Profile Set", "PROFILE", [{
-            "Board": 0, "FrequencyStep": 5, "Profile": name, "VoltageStep": 0.05,
-        }])
+        return self._ok(
+            CODE_PROFILESET,
+            "Profile Set",
+            "PROFILE",
+            [
+                {
+                    "Board": 0,
+                    "FrequencyStep": 5,
+                    "Profile": name,
+                    "VoltageStep": 0.05,
+                }
+            ],
+        )
 
     def _cmd_atmset(self, parameter: str | None) -> Reply:
         args, problem = self._authorised(parameter, 1)
@@ -298,9 +469,12 @@ class LuxosDevice:
             key, _, value = arg.partition("=")
             if key.strip() == "enabled":
                 self.atm_enabled = value.strip().lower() == "true"
-        return {"STATUS": [self._status(CODE_ATMSET,
-                                        "Advanced Thermal Management configuration updated")],
-                "id": 1}
+        return {
+            "STATUS": [
+                self._status(CODE_ATMSET, "Advanced Thermal Management configuration updated")
+            ],
+            "id": 1,
+        }
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -327,8 +501,13 @@ class LuxosDevice:
         return list(self.physics.board_temps_c)
 
     def _status(self, code: int, msg: str, status: str = "S") -> dict[str, Any]:
-        return {"Code": code, "Description": DESCRIPTION, "Msg": msg, "STATUS": status,
-                "When": int(self._now())}
+        return {
+            "Code": code,
+            "Description": DESCRIPTION,
+            "Msg": msg,
+            "STATUS": status,
+            "When": int(self._now()),
+        }
 
     def _ok(self, code: int, msg: str, section: str, data: list[dict[str, Any]]) -> Reply:
         return {section: data, "STATUS": [self._status(code, msg)], "id": 1}

@@ -48,8 +48,13 @@ class MinerModel:
         for step in range(-4, 3):
             scale = 1.0 + 0.08 * step
             name = "default" if step == 0 else f"{int(575 + 25 * step)}MHz"
-            steps.append(Profile(name, round(self.rated_power_w * scale),
-                                 round(self.hashrate_ths * (1.0 + 0.06 * step), 1)))
+            steps.append(
+                Profile(
+                    name,
+                    round(self.rated_power_w * scale),
+                    round(self.hashrate_ths * (1.0 + 0.06 * step), 1),
+                )
+            )
         return tuple(steps)
 
 
@@ -69,8 +74,15 @@ class MinerPhysics:
         "target_w",
     )
 
-    def __init__(self, model: MinerModel, *, ambient_c: float, now: float,
-                 mode: Mode = Mode.MINING, profile: str = "default") -> None:
+    def __init__(
+        self,
+        model: MinerModel,
+        *,
+        ambient_c: float,
+        now: float,
+        mode: Mode = Mode.MINING,
+        profile: str = "default",
+    ) -> None:
         self.model = model
         self.ambient_c = ambient_c
         self.mode = mode
@@ -151,5 +163,6 @@ class MinerPhysics:
     def _relax(self, power_w: float, dt: float) -> None:
         steady = self.ambient_c + self.model.temp_rise_c * power_w / self.model.rated_power_w
         k = 1.0 - math.exp(-dt / self.model.thermal_tau_s)
-        self.board_temps_c = [temp + (steady + 0.7 * i - temp) * k
-                              for i, temp in enumerate(self.board_temps_c)]
+        self.board_temps_c = [
+            temp + (steady + 0.7 * i - temp) * k for i, temp in enumerate(self.board_temps_c)
+        ]

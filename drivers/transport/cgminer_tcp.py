@@ -43,8 +43,9 @@ async def request(
     device: str,
 ) -> Reply:
     """Send one command and return the parsed reply; raise DriverError on any failure."""
-    raw = await exchange(host, port, encode(command, parameter), timeout_s=timeout_s,
-                         device=device, op=command)
+    raw = await exchange(
+        host, port, encode(command, parameter), timeout_s=timeout_s, device=device, op=command
+    )
     reply = decode(raw, device=device, op=command)
     check_status(reply, device=device, op=command)
     return reply
@@ -87,8 +88,9 @@ def decode(raw: bytes, *, device: str, op: str) -> Reply:
         try:
             parsed = json.loads(repair(text))
         except ValueError:
-            raise ProtocolError(device, op, f"unparseable reply ({len(raw)} bytes): "
-                                f"{text[:60]!r}") from None
+            raise ProtocolError(
+                device, op, f"unparseable reply ({len(raw)} bytes): {text[:60]!r}"
+            ) from None
     if not isinstance(parsed, dict):
         raise ProtocolError(device, op, f"reply is a {type(parsed).__name__}, not an object")
     return parsed
@@ -126,8 +128,12 @@ def check_status(reply: Reply, *, device: str, op: str) -> None:
         return
     if entry.get("STATUS") in ("E", "F"):
         code = entry.get("Code")
-        raise RejectedError(device, op, f"code {code}: {entry.get('Msg', '')}",
-                            code=code if isinstance(code, int) else None)
+        raise RejectedError(
+            device,
+            op,
+            f"code {code}: {entry.get('Msg', '')}",
+            code=code if isinstance(code, int) else None,
+        )
 
 
 def section(reply: Reply, name: str, *, device: str, op: str) -> list[dict[str, Any]]:

@@ -44,8 +44,9 @@ class Rig:
             self.clock.advance(dt)
             await self.settle()
 
-    async def run_until(self, condition: Callable[[], bool], within_s: float,
-                        dt: float = 0.25) -> float:
+    async def run_until(
+        self, condition: Callable[[], bool], within_s: float, dt: float = 0.25
+    ) -> float:
         """Step until `condition` holds; return the logical seconds it took."""
         start = self.clock.now()
         while not condition():
@@ -66,8 +67,10 @@ class Rig:
     def signed(self, signal: dict[str, Any]) -> tuple[bytes, dict[str, str]]:
         body = json.dumps(signal).encode()
         ts = int(self.clock.time())
-        return body, {wire.TIMESTAMP_HEADER: str(ts),
-                      wire.SIGNATURE_HEADER: wire.sign(KEY, ts, body)}
+        return body, {
+            wire.TIMESTAMP_HEADER: str(ts),
+            wire.SIGNATURE_HEADER: wire.sign(KEY, ts, body),
+        }
 
     def sealed(self, signal: dict[str, Any], *, key: bytes = KEY, skew_s: int = 0) -> bytes:
         return wire.seal(key, int(self.clock.time()) + skew_s, json.dumps(signal).encode())
@@ -77,23 +80,45 @@ class Rig:
         assert http is not None
         url = f"http://127.0.0.1:{http.port}/grid/v1/signals"
         timeout = aiohttp.ClientTimeout(total=10)
-        async with aiohttp.ClientSession(timeout=timeout) as session, \
-                session.post(url, data=body, headers=headers) as reply:
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as session,
+            session.post(url, data=body, headers=headers) as reply,
+        ):
             data: dict[str, Any] = json.loads(await reply.text())
             return reply.status, data
 
-    def curtailment(self, limit_kw: float, *, revision: int = 1, deadline_s: float = 10,
-                    signal_id: str = "evt-0017", **extra: Any) -> dict[str, Any]:
-        return {"type": "curtailment", "id": signal_id, "revision": revision,
-                "issued_at": iso(self.clock), "limit_kw": limit_kw, "deadline_s": deadline_s,
-                **extra}
+    def curtailment(
+        self,
+        limit_kw: float,
+        *,
+        revision: int = 1,
+        deadline_s: float = 10,
+        signal_id: str = "evt-0017",
+        **extra: Any,
+    ) -> dict[str, Any]:
+        return {
+            "type": "curtailment",
+            "id": signal_id,
+            "revision": revision,
+            "issued_at": iso(self.clock),
+            "limit_kw": limit_kw,
+            "deadline_s": deadline_s,
+            **extra,
+        }
 
-    def grant(self, granted_kw: float, *, end_in_s: float, revision: int = 1,
-              signal_id: str = "korem-h10") -> dict[str, Any]:
+    def grant(
+        self, granted_kw: float, *, end_in_s: float, revision: int = 1, signal_id: str = "korem-h10"
+    ) -> dict[str, Any]:
         end = self.clock.now() + timedelta(seconds=end_in_s)
-        return {"type": "grant", "id": signal_id, "revision": revision,
-                "issued_at": iso(self.clock), "start": iso(self.clock),
-                "end": end.isoformat().replace("+00:00", "Z"), "granted_kw": granted_kw}
+        return {
+            "type": "grant",
+            "id": signal_id,
+            "revision": revision,
+            "issued_at": iso(self.clock),
+            "start": iso(self.clock),
+            "end": end.isoformat().replace("+00:00", "Z"),
+            "granted_kw": granted_kw,
+        }
 
 
 def iso(clock: FakeClock) -> str:

@@ -24,6 +24,7 @@ def changed(**changes: Any) -> Mutation:
     def mutate(signal: dict[str, Any]) -> dict[str, Any]:
         out = {**signal, **changes}
         return {k: v for k, v in out.items() if v is not ...}
+
     return mutate
 
 
@@ -31,8 +32,11 @@ BAD_BODIES: list[tuple[str, Mutation, str]] = [
     ("wrong type", changed(limit_kw="700"), "limit_kw: Input should be a valid number"),
     ("missing field", changed(deadline_s=...), "deadline_s: Field required"),
     ("extra field", changed(priority="high"), "priority: unknown field"),
-    ("end before start", changed(start="2026-11-23T11:00:00Z", end="2026-11-23T10:30:00Z"),
-     "end must be after start"),
+    (
+        "end before start",
+        changed(start="2026-11-23T11:00:00Z", end="2026-11-23T10:30:00Z"),
+        "end must be after start",
+    ),
     ("negative kW", changed(limit_kw=-50), "limit_kw: Input should be greater than or equal"),
     ("no offset", changed(issued_at="2026-11-23T10:00:00"), "issued_at: timestamp needs a UTC"),
     ("unknown signal type", changed(type="shutdown"), "does not match any of the expected tags"),
@@ -52,10 +56,10 @@ async def start_with_a_curtailment(r: Rig) -> tuple[object, int, int]:
     return await held_state(r)
 
 
-@pytest.mark.parametrize(("name", "mutate", "reason"), BAD_BODIES,
-                         ids=[b[0] for b in BAD_BODIES])
-async def test_system_http_rejects_bad_signals(tmp_path: Path, name: str, mutate: Mutation,
-                                               reason: str) -> None:
+@pytest.mark.parametrize(("name", "mutate", "reason"), BAD_BODIES, ids=[b[0] for b in BAD_BODIES])
+async def test_system_http_rejects_bad_signals(
+    tmp_path: Path, name: str, mutate: Mutation, reason: str
+) -> None:
     async with rig(load_site(site_dict(tmp_path, miners=6))) as r:
         before = await start_with_a_curtailment(r)
         status, problem = await r.post(*r.signed(mutate(r.curtailment(1))))
@@ -75,20 +79,42 @@ async def test_system_http_authentication_and_size(tmp_path: Path) -> None:
         body, headers = r.signed(r.curtailment(1))
         cases: list[tuple[bytes, dict[str, str], int, str]] = [
             (body, {**headers, wire.SIGNATURE_HEADER: "00" * 32}, 401, "does not match"),
-            (body, {wire.TIMESTAMP_HEADER: headers[wire.TIMESTAMP_HEADER]}, 401,
-             "missing X-Signature"),
-            (body, {wire.SIGNATURE_HEADER: headers[wire.SIGNATURE_HEADER]}, 401,
-             "missing X-Signature-Timestamp"),
+            (
+                body,
+                {wire.TIMESTAMP_HEADER: headers[wire.TIMESTAMP_HEADER]},
+                401,
+                "missing X-Signature",
+            ),
+            (
+                body,
+                {wire.SIGNATURE_HEADER: headers[wire.SIGNATURE_HEADER]},
+                401,
+                "missing X-Signature-Timestamp",
+            ),
             (body + b" ", headers, 401, "does not match"),
         ]
         stale_ts = int(r.clock.time()) - 31
-        cases.append((body, {wire.TIMESTAMP_HEADER: str(stale_ts),
-                             wire.SIGNATURE_HEADER: wire.sign(KEY, stale_ts, body)}, 401,
-                      "replay window is 30 s"))
+        cases.append(
+            (
+                body,
+                {
+                    wire.TIMESTAMP_HEADER: str(stale_ts),
+                    wire.SIGNATURE_HEADER: wire.sign(KEY, stale_ts, body),
+                },
+                401,
+                "replay window is 30 s",
+            )
+        )
         huge = json.dumps({**r.curtailment(1), "pad": "x" * wire.MAX_BODY_BYTES}).encode()
         ts = int(r.clock.time())
-        cases.append((huge, {wire.TIMESTAMP_HEADER: str(ts),
-                             wire.SIGNATURE_HEADER: wire.sign(KEY, ts, huge)}, 413, "limit"))
+        cases.append(
+            (
+                huge,
+                {wire.TIMESTAMP_HEADER: str(ts), wire.SIGNATURE_HEADER: wire.sign(KEY, ts, huge)},
+                413,
+                "limit",
+            )
+        )
         for raw, hdrs, expected, reason in cases:
             status, problem = await r.post(raw, hdrs)
             assert status == expected, reason
@@ -109,8 +135,12 @@ async def test_system_http_duplicate_and_stale_revisions(tmp_path: Path) -> None
         assert status == 409
         assert "older than revision 2" in problem["detail"]
         assert await held_state(r) == before
-        assert [a.status for a in r.daemon.recorder.acks] == ["received", "reached",
-                                                              "duplicate", "rejected"]
+        assert [a.status for a in r.daemon.recorder.acks] == [
+            "received",
+            "reached",
+            "duplicate",
+            "rejected",
+        ]
 
 
 async def test_system_mqtt_rejects_bad_signals_with_acks(tmp_path: Path, broker: Broker) -> None:
@@ -119,18 +149,24 @@ async def test_system_mqtt_rejects_bad_signals_with_acks(tmp_path: Path, broker:
         assert r.daemon.mqtt is not None
         await asyncio.wait_for(r.daemon.mqtt.connected.wait(), 10)
         before = await start_with_a_curtailment(r)
-        async with GridSide("127.0.0.1", broker.port, site_id="test-site",
-                            client_id="grid-bad-input") as grid:
+        async with GridSide(
+            "127.0.0.1", broker.port, site_id="test-site", client_id="grid-bad-input"
+        ) as grid:
             cases: list[tuple[bytes, str]] = [
-                (r.sealed(changed(limit_kw=-1)(r.curtailment(1, signal_id="evt-bad"))),
-                 "limit_kw: Input should be greater than or equal to 0"),
-                (r.sealed(r.curtailment(1, signal_id="evt-bad"), key=b"wrong"),
-                 "does not match any configured source key"),
-                (r.sealed(r.curtailment(1, signal_id="evt-bad"), skew_s=-60),
-                 "replay window"),
+                (
+                    r.sealed(changed(limit_kw=-1)(r.curtailment(1, signal_id="evt-bad"))),
+                    "limit_kw: Input should be greater than or equal to 0",
+                ),
+                (
+                    r.sealed(r.curtailment(1, signal_id="evt-bad"), key=b"wrong"),
+                    "does not match any configured source key",
+                ),
+                (r.sealed(r.curtailment(1, signal_id="evt-bad"), skew_s=-60), "replay window"),
                 (b"definitely not json", "envelope:"),
-                (json.dumps({"ts": 1, "sig": "ab" * 32, "body": "{}", "x": 1}).encode(),
-                 "x: unknown field"),
+                (
+                    json.dumps({"ts": 1, "sig": "ab" * 32, "body": "{}", "x": 1}).encode(),
+                    "x: unknown field",
+                ),
                 (b"{" + b" " * wire.MAX_BODY_BYTES + b"}", "limit is 65536"),
             ]
             for payload, reason in cases:
@@ -145,6 +181,7 @@ async def test_system_mqtt_rejects_bad_signals_with_acks(tmp_path: Path, broker:
                 assert reason in ack["detail"], ack
             assert grid.acks[0]["id"] == "evt-bad"  # named where the body allowed it
         assert await held_state(r) == before
-        rejected = r.daemon.journal.rows("SELECT count(*) FROM signals WHERE verdict='rejected'"
-                                         " AND transport='mqtt'")
+        rejected = r.daemon.journal.rows(
+            "SELECT count(*) FROM signals WHERE verdict='rejected' AND transport='mqtt'"
+        )
         assert rejected == [(len(cases),)]

@@ -29,9 +29,14 @@ async def test_system_http_curtailment_meets_its_deadline(tmp_path: Path) -> Non
         limit_kw = round(draw_kw * 0.4, 1)
         status, reply = await r.post(*r.signed(r.curtailment(limit_kw)))
         assert (status, reply["status"]) == (202, "received")
-        took = await r.run_until(lambda: r.obligation("evt-0017#r1") is not None
-                                 and r.obligation("evt-0017#r1").status  # type: ignore[union-attr]
-                                 is not ObligationStatus.PENDING, within_s=15)
+        took = await r.run_until(
+            lambda: (
+                r.obligation("evt-0017#r1") is not None
+                and r.obligation("evt-0017#r1").status  # type: ignore[union-attr]
+                is not ObligationStatus.PENDING
+            ),
+            within_s=15,
+        )
         ob = r.obligation("evt-0017#r1")
         assert ob is not None
         assert ob.status is ObligationStatus.REACHED
@@ -43,8 +48,7 @@ async def test_system_http_curtailment_meets_its_deadline(tmp_path: Path) -> Non
         by_eff = {m.id: m.efficiency_j_th for m in loaded.miners}
         asleep = r.asleep()
         assert asleep
-        assert min(by_eff[m] for m in asleep) >= max(by_eff[m] for m in by_eff
-                                                     if m not in asleep)
+        assert min(by_eff[m] for m in asleep) >= max(by_eff[m] for m in by_eff if m not in asleep)
         acks = [(a.signal_id, a.status) for a in r.daemon.recorder.acks]
         assert acks == [("evt-0017", "received"), ("evt-0017", "reached")]
 
@@ -56,12 +60,14 @@ async def test_system_decision_is_journaled_before_its_commands(tmp_path: Path) 
         await r.step(2)
         journal = r.daemon.journal
         [(seq, decided, actions)] = journal.rows(
-            "SELECT seq, at, actions FROM decisions WHERE cause='signal'")
+            "SELECT seq, at, actions FROM decisions WHERE cause='signal'"
+        )
         commands = journal.rows("SELECT decision_seq, started_at, outcome FROM commands")
         assert len(commands) == actions.count('"sleep"') > 0
         assert {c[0] for c in commands} == {seq}
-        assert all(datetime.fromisoformat(c[1]) >= datetime.fromisoformat(decided)
-                   for c in commands)
+        assert all(
+            datetime.fromisoformat(c[1]) >= datetime.fromisoformat(decided) for c in commands
+        )
         assert {c[2] for c in commands} == {"ok"}
         [signal_row] = journal.rows("SELECT seq, verdict FROM signals")
         assert signal_row[1] == "received"
@@ -72,12 +78,13 @@ async def test_system_mqtt_curtailment_meets_its_deadline(tmp_path: Path, broker
     async with rig(loaded) as r:
         assert r.daemon.mqtt is not None
         await asyncio.wait_for(r.daemon.mqtt.connected.wait(), 10)
-        async with GridSide("127.0.0.1", broker.port, site_id="test-site",
-                            client_id="grid-test-1") as grid:
+        async with GridSide(
+            "127.0.0.1", broker.port, site_id="test-site", client_id="grid-test-1"
+        ) as grid:
             limit_kw = round(r.sup.measured_w / 1000 * 0.5, 1)
             await grid.publish(r.sealed(r.curtailment(limit_kw)))
             assert (await grid.wait_ack("evt-0017", 1))["status"] == "received"
-            waiting = asyncio.create_task(grid.wait_ack("evt-0017", 1, "reached", timeout=30))
+            waiting = asyncio.create_task(grid.wait_ack("evt-0017", 1, "reached", timeout_s=30))
             took = await r.run_until(waiting.done, within_s=10)
             ack = await waiting
             assert took <= 10.0
@@ -90,8 +97,7 @@ async def test_system_mqtt_curtailment_meets_its_deadline(tmp_path: Path, broker
             assert grid.status["limit_kw"] == limit_kw
 
 
-async def test_system_mqtt_reconnects_and_resubscribes(tmp_path: Path,
-                                                       own_broker: Broker) -> None:
+async def test_system_mqtt_reconnects_and_resubscribes(tmp_path: Path, own_broker: Broker) -> None:
     loaded = load_site(site_dict(tmp_path, miners=4, mqtt_port=own_broker.port, http=False))
     async with rig(loaded) as r:
         mqtt = r.daemon.mqtt
@@ -101,16 +107,16 @@ async def test_system_mqtt_reconnects_and_resubscribes(tmp_path: Path,
         await asyncio.sleep(0.5)
         own_broker.start()
         async with asyncio.timeout(20):
-            while mqtt.connects < 2 or not mqtt.connected.is_set():
+            while mqtt.connects < 2 or not mqtt.connected.is_set():  # noqa: ASYNC110
                 await asyncio.sleep(0.1)
-        async with GridSide("127.0.0.1", own_broker.port, site_id="test-site",
-                            client_id="grid-test-2") as grid:
+        async with GridSide(
+            "127.0.0.1", own_broker.port, site_id="test-site", client_id="grid-test-2"
+        ) as grid:
             await grid.publish(r.sealed(r.curtailment(1)))
             assert (await grid.wait_ack("evt-0017", 1))["status"] == "received"
 
 
-async def test_system_restart_mid_curtailment_restores_and_wakes_nothing(
-        tmp_path: Path) -> None:
+async def test_system_restart_mid_curtailment_restores_and_wakes_nothing(tmp_path: Path) -> None:
     loaded = load_site(site_dict(tmp_path, miners=12))
     clock = FakeClock()
     farm = farm_from_config(loaded, clock.time)
@@ -140,8 +146,16 @@ async def test_system_cancel_restores_the_farm_at_a_bounded_rate(tmp_path: Path)
     async with rig(loaded) as r:
         await r.post(*r.signed(r.curtailment(5)))
         await r.run_until(lambda: len(r.asleep()) == 30, within_s=10)
-        status, _ = await r.post(*r.signed({"type": "cancel", "id": "evt-0017", "revision": 2,
-                                            "issued_at": "2026-11-23T10:00:00Z"}))
+        status, _ = await r.post(
+            *r.signed(
+                {
+                    "type": "cancel",
+                    "id": "evt-0017",
+                    "revision": 2,
+                    "issued_at": "2026-11-23T10:00:00Z",
+                }
+            )
+        )
         assert status == 202
         woken_per_second = []
         for _ in range(12):
@@ -174,8 +188,7 @@ async def test_system_unhealthy_miners_count_at_rated_power(tmp_path: Path) -> N
 
 
 async def test_system_lying_miner_is_reported_and_others_cover_for_it(tmp_path: Path) -> None:
-    loaded = load_site(site_dict(tmp_path, miners=8, faults={"m003": "lie"},
-                                 efficiencies=(30.0,)))
+    loaded = load_site(site_dict(tmp_path, miners=8, faults={"m003": "lie"}, efficiencies=(30.0,)))
     async with rig(loaded) as r:
         limit_kw = round(r.sup.measured_w / 1000 * 0.5, 1)
         await r.post(*r.signed(r.curtailment(limit_kw)))
@@ -183,36 +196,50 @@ async def test_system_lying_miner_is_reported_and_others_cover_for_it(tmp_path: 
         assert r.sup.finished[0].status is ObligationStatus.REACHED
         assert r.farm.miners["m003"].physics.mode is Mode.MINING
         lying = r.daemon.readings.view("m003")
-        assert lying.health_reason is not None and lying.health_reason.startswith("lying:")
-        outcomes = r.daemon.journal.rows(
-            "SELECT outcome FROM commands WHERE miner_id='m003'")
+        assert lying.health_reason is not None
+        assert lying.health_reason.startswith("lying:")
+        outcomes = r.daemon.journal.rows("SELECT outcome FROM commands WHERE miner_id='m003'")
         assert ("lying",) in outcomes
         assert r.farm.total_power_w() <= limit_kw * 1000
 
 
-async def test_system_grant_end_brings_the_farm_under_the_base_allowance(
-        tmp_path: Path) -> None:
-    data = site_dict(tmp_path, miners=10, mode="surplus-only", base_allowance_kw=3.5,
-                     start_mode="sleeping", margin_kw=0.5)
+async def test_system_grant_end_brings_the_farm_under_the_base_allowance(tmp_path: Path) -> None:
+    data = site_dict(
+        tmp_path,
+        miners=10,
+        mode="surplus-only",
+        base_allowance_kw=3.5,
+        start_mode="sleeping",
+        margin_kw=0.5,
+    )
     data["grid"]["grant_end_lead_s"] = 10
     loaded = load_site(data)
     async with rig(loaded) as r:
         assert r.sup.limit.limit_w == 3500
         await r.post(*r.signed(r.grant(40, end_in_s=40)))
         await r.run_until(lambda: not r.asleep(), within_s=15)
-        await r.run_until(lambda: r.obligation("korem-h10#end") is not None
-                          and r.obligation("korem-h10#end").status  # type: ignore[union-attr]
-                          is not ObligationStatus.PENDING, within_s=45)
+        await r.run_until(
+            lambda: (
+                r.obligation("korem-h10#end") is not None
+                and r.obligation("korem-h10#end").status  # type: ignore[union-attr]
+                is not ObligationStatus.PENDING
+            ),
+            within_s=45,
+        )
         ob = r.obligation("korem-h10#end")
         assert ob is not None
         assert ob.status is ObligationStatus.REACHED
-        assert ob.reached_at is not None and ob.reached_at <= ob.due_at
+        assert ob.reached_at is not None
+        assert ob.reached_at <= ob.due_at
         assert r.farm.total_power_w() <= 3500
 
 
 async def test_system_faulty_miner_does_not_hold_up_the_fleet(tmp_path: Path) -> None:
-    loaded = load_site(site_dict(tmp_path, miners=12, efficiencies=(34.0,),
-                                 faults={"m000": "refuse", "m001": "stall"}))
+    loaded = load_site(
+        site_dict(
+            tmp_path, miners=12, efficiencies=(34.0,), faults={"m000": "refuse", "m001": "stall"}
+        )
+    )
     async with rig(loaded) as r:
         await r.post(*r.signed(r.curtailment(2)))
         await r.run_until(lambda: len(r.asleep()) >= 10, within_s=5)

@@ -31,8 +31,7 @@ async def serve() -> AsyncIterator[Callable[[Behaviour], Awaitable[int]]]:
 
 
 async def call(port: int, timeout_s: float = 1.0) -> cgminer_tcp.Reply:
-    return await cgminer_tcp.request("127.0.0.1", port, "summary", timeout_s=timeout_s,
-                                     device="m1")
+    return await cgminer_tcp.request("127.0.0.1", port, "summary", timeout_s=timeout_s, device="m1")
 
 
 def reply_with(data: bytes, *, close: bool = True, read: bool = True) -> Behaviour:
@@ -45,22 +44,26 @@ def reply_with(data: bytes, *, close: bool = True, read: bool = True) -> Behavio
             writer.close()
         else:
             await asyncio.sleep(5)
+
     return behaviour
 
 
-async def test_transport_reply_with_nul_then_close(serve: Callable[[Behaviour],
-                                                                   Awaitable[int]]) -> None:
+async def test_transport_reply_with_nul_then_close(
+    serve: Callable[[Behaviour], Awaitable[int]],
+) -> None:
     reply = await call(await serve(reply_with(REPLY + b"\x00")))
     assert reply["SUMMARY"][0]["GHS 5s"] == 1.5
 
 
-async def test_transport_reply_without_nul_then_close(serve: Callable[[Behaviour],
-                                                                      Awaitable[int]]) -> None:
+async def test_transport_reply_without_nul_then_close(
+    serve: Callable[[Behaviour], Awaitable[int]],
+) -> None:
     assert "SUMMARY" in await call(await serve(reply_with(REPLY)))
 
 
-async def test_transport_reply_then_socket_left_open(serve: Callable[[Behaviour],
-                                                                     Awaitable[int]]) -> None:
+async def test_transport_reply_then_socket_left_open(
+    serve: Callable[[Behaviour], Awaitable[int]],
+) -> None:
     # With the NUL or without: a complete reply is accepted without waiting for close.
     for data in (REPLY + b"\x00", REPLY):
         started = asyncio.get_running_loop().time()
@@ -68,8 +71,7 @@ async def test_transport_reply_then_socket_left_open(serve: Callable[[Behaviour]
         assert asyncio.get_running_loop().time() - started < 2.5
 
 
-async def test_transport_sends_compact_json(serve: Callable[[Behaviour],
-                                                            Awaitable[int]]) -> None:
+async def test_transport_sends_compact_json(serve: Callable[[Behaviour], Awaitable[int]]) -> None:
     seen: list[bytes] = []
 
     async def capture(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -78,21 +80,24 @@ async def test_transport_sends_compact_json(serve: Callable[[Behaviour],
         writer.close()
 
     port = await serve(capture)
-    await cgminer_tcp.request("127.0.0.1", port, "curtail", "sid1,sleep", timeout_s=1,
-                              device="m1")
+    await cgminer_tcp.request("127.0.0.1", port, "curtail", "sid1,sleep", timeout_s=1, device="m1")
     assert seen == [b'{"command":"curtail","parameter":"sid1,sleep"}']
 
 
-@pytest.mark.parametrize("quirky", [
-    b'{"STATUS":[{"STATUS":"S","Code":70,},],"STATS":[{"a":1}{"b":2}],"id":1}',
-    b'{"STATUS":[{"STATUS":"S"}],\n"SUMMARY":[{"x":1,\n"y":2}],"id":1}',
-    b'{"STATUS":[{"STATUS":"S"}],"LIST":[,{"a":1}],"id":1}',
-    b'{"STATUS":[{"STATUS":"S"}],"TEMP":[{"temp0":"23""temp1":"24"}],"id":1}',
-    b'{"STATUS":[{"STATUS":"S"}],"AVALON":[{"t":nan,"u":-inf}],"id":1}',
-    b',{"STATUS":[{"STATUS":"S"}],"id":1}',
-])
-async def test_transport_repairs_known_json_quirks(serve: Callable[[Behaviour], Awaitable[int]],
-                                                   quirky: bytes) -> None:
+@pytest.mark.parametrize(
+    "quirky",
+    [
+        b'{"STATUS":[{"STATUS":"S","Code":70,},],"STATS":[{"a":1}{"b":2}],"id":1}',
+        b'{"STATUS":[{"STATUS":"S"}],\n"SUMMARY":[{"x":1,\n"y":2}],"id":1}',
+        b'{"STATUS":[{"STATUS":"S"}],"LIST":[,{"a":1}],"id":1}',
+        b'{"STATUS":[{"STATUS":"S"}],"TEMP":[{"temp0":"23""temp1":"24"}],"id":1}',
+        b'{"STATUS":[{"STATUS":"S"}],"AVALON":[{"t":nan,"u":-inf}],"id":1}',
+        b',{"STATUS":[{"STATUS":"S"}],"id":1}',
+    ],
+)
+async def test_transport_repairs_known_json_quirks(
+    serve: Callable[[Behaviour], Awaitable[int]], quirky: bytes
+) -> None:
     reply = await call(await serve(reply_with(quirky + b"\x00")))
     assert reply["STATUS"][0]["STATUS"] == "S"
 
@@ -104,37 +109,41 @@ async def test_transport_refused_is_unreachable() -> None:
     assert err.value.kind == "unreachable"
 
 
-async def test_transport_stall_is_a_timeout(serve: Callable[[Behaviour],
-                                                            Awaitable[int]]) -> None:
+async def test_transport_stall_is_a_timeout(serve: Callable[[Behaviour], Awaitable[int]]) -> None:
     async def stall(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await asyncio.sleep(10)
 
-    with pytest.raises(DeviceTimeoutError, match="no complete reply within 0.3 s"):
+    with pytest.raises(DeviceTimeoutError, match=r"no complete reply within 0\.3 s"):
         await call(await serve(stall), 0.3)
 
 
-@pytest.mark.parametrize(("data", "message"), [
-    (b"\x93\xff\x00garbage\x01\x02\x00", "unparseable reply"),
-    (REPLY[: len(REPLY) // 2], "unparseable reply"),
-    (b"", "empty reply"),
-    (b"[1,2,3]\x00", "not an object"),
-])
-async def test_transport_garbage_is_a_protocol_error(serve: Callable[[Behaviour],
-                                                                     Awaitable[int]],
-                                                     data: bytes, message: str) -> None:
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"\x93\xff\x00garbage\x01\x02\x00", "unparseable reply"),
+        (REPLY[: len(REPLY) // 2], "unparseable reply"),
+        (b"", "empty reply"),
+        (b"[1,2,3]\x00", "not an object"),
+    ],
+)
+async def test_transport_garbage_is_a_protocol_error(
+    serve: Callable[[Behaviour], Awaitable[int]], data: bytes, message: str
+) -> None:
     with pytest.raises(ProtocolError, match=message):
         await call(await serve(reply_with(data)))
 
 
 async def test_transport_oversized_reply_is_a_protocol_error(
-        serve: Callable[[Behaviour], Awaitable[int]]) -> None:
+    serve: Callable[[Behaviour], Awaitable[int]],
+) -> None:
     junk = b"[" + b"1," * cgminer_tcp.MAX_REPLY_BYTES
     with pytest.raises(ProtocolError, match="larger than"):
         await call(await serve(reply_with(junk, close=False)), 5.0)
 
 
-async def test_transport_error_status_is_rejected(serve: Callable[[Behaviour],
-                                                                  Awaitable[int]]) -> None:
+async def test_transport_error_status_is_rejected(
+    serve: Callable[[Behaviour], Awaitable[int]],
+) -> None:
     error = b'{"STATUS":[{"STATUS":"E","Code":45,"Msg":"Access denied"}],"id":1}\x00'
     with pytest.raises(RejectedError, match="code 45: Access denied") as err:
         await call(await serve(reply_with(error)))
@@ -142,10 +151,13 @@ async def test_transport_error_status_is_rejected(serve: Callable[[Behaviour],
 
 
 async def test_transport_joined_reply_error_part_is_rejected(
-        serve: Callable[[Behaviour], Awaitable[int]]) -> None:
-    joined = (b'{"power":[{"STATUS":[{"STATUS":"S"}],"POWER":[{"Watts":1}]}],'
-              b'"summary":[{"STATUS":[{"STATUS":"E","Code":14,"Msg":"Invalid command"}]}],'
-              b'"id":1}\x00')
+    serve: Callable[[Behaviour], Awaitable[int]],
+) -> None:
+    joined = (
+        b'{"power":[{"STATUS":[{"STATUS":"S"}],"POWER":[{"Watts":1}]}],'
+        b'"summary":[{"STATUS":[{"STATUS":"E","Code":14,"Msg":"Invalid command"}]}],'
+        b'"id":1}\x00'
+    )
     with pytest.raises(RejectedError) as err:
         await call(await serve(reply_with(joined)))
     assert err.value.code == 14

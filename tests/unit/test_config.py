@@ -41,9 +41,17 @@ def test_config_demo_farm_is_two_containers_of_300_luxos(monkeypatch: pytest.Mon
 
 def test_config_ranges_expand_with_ids_and_default_port(tmp_path: Path) -> None:
     data = site_dict(tmp_path, miners=1)
-    data["miners"] = [{"id_pattern": "c7-{n:03d}", "hosts": "10.7.0.250-10.7.1.4",
-                       "first_index": 5, "driver": "LuxOS", "rated_power_w": 3250,
-                       "efficiency_j_th": 29.5, "container": "c7"}]
+    data["miners"] = [
+        {
+            "id_pattern": "c7-{n:03d}",
+            "hosts": "10.7.0.250-10.7.1.4",
+            "first_index": 5,
+            "driver": "LuxOS",
+            "rated_power_w": 3250,
+            "efficiency_j_th": 29.5,
+            "container": "c7",
+        }
+    ]
     loaded = parse(yaml.safe_dump(data))
     assert [m.id for m in loaded.miners] == [f"c7-{n:03d}" for n in range(5, 16)]
     assert loaded.miners[-1].host == "10.7.1.4"
@@ -70,8 +78,9 @@ def test_config_unknown_driver_lists_the_valid_ones(tmp_path: Path) -> None:
     data = site_dict(tmp_path, miners=3)
     data["miners"][2]["driver"] = "antminer-magic"
     [problem] = problems(data)
-    assert problem.startswith("miners[2].driver: unknown driver 'antminer-magic'; "
-                              "valid drivers: luxos")
+    assert problem.startswith(
+        "miners[2].driver: unknown driver 'antminer-magic'; valid drivers: luxos"
+    )
 
 
 def test_config_duplicates_are_errors(tmp_path: Path) -> None:
@@ -80,14 +89,16 @@ def test_config_duplicates_are_errors(tmp_path: Path) -> None:
     data["miners"].append({**data["miners"][1], "id": "m999"})
     found = problems(data)
     assert "miners[2]: miner id 'm000' is also used by miners[0]" in found
-    assert any(p.startswith("miners[3]:") and "is also used by miners[1] (m001)" in p
-               for p in found)
+    assert any(
+        p.startswith("miners[3]:") and "is also used by miners[1] (m001)" in p for p in found
+    )
 
 
 def test_config_missing_secret_is_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(KEY_ENV)
     assert problems(site_dict(tmp_path)) == [
-        f"signals.sources[0].key: environment variable {KEY_ENV} is not set"]
+        f"signals.sources[0].key: environment variable {KEY_ENV} is not set"
+    ]
 
 
 def test_config_secret_from_file(tmp_path: Path) -> None:
@@ -100,13 +111,17 @@ def test_config_secret_from_file(tmp_path: Path) -> None:
     assert problems(data)[0].startswith("signals.sources[0].key: cannot read")
 
 
-@pytest.mark.parametrize(("path", "value", "expected"), [
-    (("grid", "base_allowance_kw"), 1e9, "grid: base_allowance_kw must not exceed cap_kw"),
-    (("signals", "sources"), [], "signals.sources: List should have at least 1 item"),
-    (("signals", "http", "listen"), "8480", "signals.http.listen: give host:port"),
-])
-def test_config_cross_field_rules(tmp_path: Path, path: tuple[str, ...], value: object,
-                                  expected: str) -> None:
+@pytest.mark.parametrize(
+    ("path", "value", "expected"),
+    [
+        (("grid", "base_allowance_kw"), 1e9, "grid: base_allowance_kw must not exceed cap_kw"),
+        (("signals", "sources"), [], "signals.sources: List should have at least 1 item"),
+        (("signals", "http", "listen"), "8480", "signals.http.listen: give host:port"),
+    ],
+)
+def test_config_cross_field_rules(
+    tmp_path: Path, path: tuple[str, ...], value: object, expected: str
+) -> None:
     data = site_dict(tmp_path)
     node = data
     for key in path[:-1]:
@@ -117,8 +132,8 @@ def test_config_cross_field_rules(tmp_path: Path, path: tuple[str, ...], value: 
 
 def test_config_no_signal_transport_is_an_error(tmp_path: Path) -> None:
     data = site_dict(tmp_path, http=False)
-    assert problems(data) == ["signals: configure mqtt, http or both; otherwise no signal can "
-                              "arrive"]
+    expected = "signals: configure mqtt, http or both; otherwise no signal can arrive"
+    assert problems(data) == [expected]
 
 
 def test_config_yaml_syntax_error_names_the_line() -> None:
@@ -127,18 +142,22 @@ def test_config_yaml_syntax_error_names_the_line() -> None:
     assert err.value.problems[0].startswith("line 3, column 1: not valid YAML")
 
 
-def test_config_environment_overrides_the_file(tmp_path: Path,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_config_environment_overrides_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("CURTAILD_GRID__MARGIN_KW", "7.5")
     assert parse(yaml.safe_dump(site_dict(tmp_path))).config.grid.margin_kw == 7.5
 
 
-@pytest.mark.parametrize(("spec", "message"), [
-    ("10.0.0.5", "give a range"),
-    ("10.0.0.9-10.0.0.1", "comes before"),
-    ("10.0.0.1-10.2.0.0", "at most 65536"),
-    ("10.0.0.1-banana", "not an IPv4 range"),
-])
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("10.0.0.5", "give a range"),
+        ("10.0.0.9-10.0.0.1", "comes before"),
+        ("10.0.0.1-10.2.0.0", "at most 65536"),
+        ("10.0.0.1-banana", "not an IPv4 range"),
+    ],
+)
 def test_config_host_ranges_validate(spec: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         expand_hosts(spec)

@@ -6,12 +6,23 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-CORE_ALLOWED = {"__future__", "enum", "dataclasses", "datetime", "collections", "typing",
-                "math", "itertools", "functools", "controller.core", "drivers.types"}
+CORE_ALLOWED = {
+    "__future__",
+    "enum",
+    "dataclasses",
+    "datetime",
+    "collections",
+    "typing",
+    "math",
+    "itertools",
+    "functools",
+    "controller.core",
+    "drivers.types",
+}
 
 
 def imports(path: Path) -> set[str]:
-    found = set()
+    found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
@@ -29,8 +40,12 @@ def allowed(name: str, prefixes: set[str]) -> bool:
 
 
 def test_core_imports_only_stdlib_and_driver_types() -> None:
-    bad = {(p.name, name) for p in modules("controller/core") for name in imports(p)
-           if not allowed(name, CORE_ALLOWED)}
+    bad = {
+        (p.name, name)
+        for p in modules("controller/core")
+        for name in imports(p)
+        if not allowed(name, CORE_ALLOWED)
+    }
     assert bad == set()
 
 
@@ -42,18 +57,30 @@ def test_core_never_reads_the_clock() -> None:
 
 
 def test_drivers_never_import_controller() -> None:
-    bad = {(str(p.relative_to(ROOT)), name) for p in modules("drivers") for name in imports(p)
-           if allowed(name, {"controller"})}
+    bad = {
+        (str(p.relative_to(ROOT)), name)
+        for p in modules("drivers")
+        for name in imports(p)
+        if allowed(name, {"controller"})
+    }
     assert bad == set()
 
 
 def test_only_the_modbus_transport_imports_pymodbus() -> None:
-    users = {str(p.relative_to(ROOT)) for folder in ("controller", "drivers")
-             for p in modules(folder) if any(allowed(n, {"pymodbus"}) for n in imports(p))}
+    users = {
+        str(p.relative_to(ROOT))
+        for folder in ("controller", "drivers")
+        for p in modules(folder)
+        if any(allowed(n, {"pymodbus"}) for n in imports(p))
+    }
     assert users <= {"drivers/transport/modbus.py"}
 
 
 def test_only_the_mqtt_adapter_imports_aiomqtt() -> None:
-    users = {str(p.relative_to(ROOT)) for folder in ("controller", "drivers")
-             for p in modules(folder) if any(allowed(n, {"aiomqtt"}) for n in imports(p))}
+    users = {
+        str(p.relative_to(ROOT))
+        for folder in ("controller", "drivers")
+        for p in modules(folder)
+        if any(allowed(n, {"aiomqtt"}) for n in imports(p))
+    }
     assert users == {"controller/adapters/mqtt_signals.py"}

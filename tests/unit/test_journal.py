@@ -32,37 +32,70 @@ def test_journal_is_wal_and_fully_synchronous(tmp_path: Path) -> None:
 def test_journal_restores_the_book_after_reopening(tmp_path: Path) -> None:
     path = tmp_path / "j.db"
     journal = Journal(path)
-    curtail = Curtailment("evt-1", 2, T0, 800_000, 10.0, None, T0 + timedelta(hours=1), True)
+    curtail = Curtailment(
+        "evt-1", 2, T0, 800_000, 10.0, None, T0 + timedelta(hours=1), emergency=True
+    )
     grant = Grant("korem-h10", 1, T0, 5_000_000, T0, T0 + timedelta(hours=1))
     for signal in (curtail, grant):
-        journal.record_signal(at=T0, transport="mqtt", source="kegoc", signal_id=signal.id,
-                              revision=signal.revision, kind=signal.kind, verdict="received",
-                              detail="new", body=b"{}",
-                              book_change=(signal.kind, Held(signal, "kegoc", T0)))
-    journal.record_signal(at=T0, transport="mqtt", source="kegoc", signal_id="evt-0",
-                          revision=3, kind="cancel", verdict="received", detail="cancel",
-                          body=b"{}", book_change=("curtailment", None))
+        journal.record_signal(
+            at=T0,
+            transport="mqtt",
+            source="kegoc",
+            signal_id=signal.id,
+            revision=signal.revision,
+            kind=signal.kind,
+            verdict="received",
+            detail="new",
+            body=b"{}",
+            book_change=(signal.kind, Held(signal, "kegoc", T0)),
+        )
+    journal.record_signal(
+        at=T0,
+        transport="mqtt",
+        source="kegoc",
+        signal_id="evt-0",
+        revision=3,
+        kind="cancel",
+        verdict="received",
+        detail="cancel",
+        body=b"{}",
+        book_change=("curtailment", None),
+    )
     journal.close()
     book = Journal(path).restore_book()
     assert book.held["evt-1"] == Held(curtail, "kegoc", T0)
     assert book.held["korem-h10"].signal == grant
     assert "evt-0" not in book.held
-    assert book.revisions == {"evt-1": (2, "curtailment"), "korem-h10": (1, "grant"),
-                              "evt-0": (3, "curtailment")}
+    assert book.revisions == {
+        "evt-1": (2, "curtailment"),
+        "korem-h10": (1, "grant"),
+        "evt-0": (3, "curtailment"),
+    }
     assert book.admit(curtail, "kegoc", T0).verdict.value == "duplicate"
     assert SignalBook().admit(curtail, "kegoc", T0).verdict.value == "received"
 
 
 def test_journal_records_decisions_commands_and_obligations(tmp_path: Path) -> None:
     journal = Journal(tmp_path / "j.db")
-    plan = Plan((Action("m1", ActionKind.SLEEP, "shed"),), 900, 850, True, ("note",))
-    seq = journal.record_decision(at=T0, cause="signal", limit=Limit(1000, ("cap: 1 kW",)),
-                                  plan=plan)
+    plan = Plan((Action("m1", ActionKind.SLEEP, "shed"),), 900, 850, feasible=True, notes=("note",))
+    seq = journal.record_decision(
+        at=T0, cause="signal", limit=Limit(1000, ("cap: 1 kW",)), plan=plan
+    )
     journal.record_commands([CommandRecord(seq, "m1", "sleep", T0, T0, "ok")])
     ob = Obligation("evt-1#r1", "evt-1", 1, "curtailment", 1000, T0, T0 + timedelta(seconds=10))
     journal.record_obligations([ob], "firmware")
-    reached = Obligation(ob.key, ob.signal_id, 1, ob.kind, 1000, ob.starts_at, ob.due_at,
-                         ObligationStatus.REACHED, T0 + timedelta(seconds=4), 950)
+    reached = Obligation(
+        ob.key,
+        ob.signal_id,
+        1,
+        ob.kind,
+        1000,
+        ob.starts_at,
+        ob.due_at,
+        ObligationStatus.REACHED,
+        T0 + timedelta(seconds=4),
+        950,
+    )
     journal.record_obligations([reached], "firmware")
     assert journal.rows("SELECT actions FROM decisions") == [('[["m1","sleep","shed"]]',)]
     assert journal.rows("SELECT decision_seq, outcome FROM commands") == [(seq, "ok")]

@@ -33,8 +33,9 @@ def clock() -> Time:
 @pytest.fixture
 async def farm(clock: Time) -> AsyncIterator[SimFarm]:
     net = subnet()
-    specs = [SimMinerSpec(f"m{i}", "luxos", f"{net}.0.{i + 1}", 4028, "c1", 3010, 21.5)
-             for i in range(2)]
+    specs = [
+        SimMinerSpec(f"m{i}", "luxos", f"{net}.0.{i + 1}", 4028, "c1", 3010, 21.5) for i in range(2)
+    ]
     async with SimFarm(specs, time_fn=clock, default_ambient_c=5.0) as f:
         yield f
 
@@ -45,15 +46,17 @@ def driver(farm: SimFarm, miner: str = "m0", timeout_s: float = 0.5) -> LuxosMin
 
 
 async def session(farm: SimFarm, miner: str = "m0") -> str:
-    reply = await cgminer_tcp.request(farm.miners[miner].spec.host, 4028, "session",
-                                      timeout_s=1, device=miner)
+    reply = await cgminer_tcp.request(
+        farm.miners[miner].spec.host, 4028, "session", timeout_s=1, device=miner
+    )
     sid: str = reply["SESSION"][0]["SessionID"]
     return sid
 
 
 async def foreign_logon(farm: SimFarm, miner: str = "m0") -> str:
-    reply = await cgminer_tcp.request(farm.miners[miner].spec.host, 4028, "logon",
-                                      timeout_s=1, device=miner)
+    reply = await cgminer_tcp.request(
+        farm.miners[miner].spec.host, 4028, "logon", timeout_s=1, device=miner
+    )
     sid: str = reply["SESSION"][0]["SessionID"]
     return sid
 
@@ -79,7 +82,8 @@ async def test_luxos_probe_and_read(farm: SimFarm) -> None:
 
 
 async def test_luxos_sleep_and_wake_are_verified_and_release_the_session(
-        farm: SimFarm, clock: Time) -> None:
+    farm: SimFarm, clock: Time
+) -> None:
     miner = driver(farm)
     reading = await miner.sleep()
     assert reading.mode is Mode.SLEEPING
@@ -116,8 +120,9 @@ async def test_luxos_waits_briefly_for_a_foreign_session_to_end(farm: SimFarm) -
 
     async def release() -> None:
         await asyncio.sleep(0.3)
-        await cgminer_tcp.request(farm.miners["m0"].spec.host, 4028, "logoff", theirs,
-                                  timeout_s=1, device="m0")
+        await cgminer_tcp.request(
+            farm.miners["m0"].spec.host, 4028, "logoff", theirs, timeout_s=1, device="m0"
+        )
 
     releaser = asyncio.create_task(release())
     assert (await driver(farm).sleep()).mode is Mode.SLEEPING
@@ -129,7 +134,7 @@ async def test_luxos_releases_its_own_leaked_session(farm: SimFarm) -> None:
     mine = await foreign_logon(farm)
     miner._leaked_sid = mine  # as if our logoff had been lost on the wire
     assert (await miner.sleep()).mode is Mode.SLEEPING
-    assert miner._leaked_sid is None
+    assert getattr(miner, "_leaked_sid") is None  # noqa: B009 - mypy narrowed it above
     assert await session(farm) == ""
 
 
@@ -143,15 +148,18 @@ async def test_luxos_falls_back_when_joins_are_refused(farm: SimFarm) -> None:
     assert farm.miners["m0"].server.requests - requests == 5
 
 
-@pytest.mark.parametrize(("fault", "error", "message"), [
-    (Fault.REFUSE, UnreachableError, "connection refused"),
-    (Fault.STALL, DeviceTimeoutError, "no complete reply within 0.5 s"),
-    (Fault.GARBAGE, ProtocolError, "unparseable reply"),
-    (Fault.TRUNCATE, ProtocolError, "unparseable reply"),
-])
-async def test_luxos_read_faults_raise_typed_errors(farm: SimFarm, fault: Fault,
-                                                    error: type[Exception],
-                                                    message: str) -> None:
+@pytest.mark.parametrize(
+    ("fault", "error", "message"),
+    [
+        (Fault.REFUSE, UnreachableError, "connection refused"),
+        (Fault.STALL, DeviceTimeoutError, "no complete reply within 0.5 s"),
+        (Fault.GARBAGE, ProtocolError, "unparseable reply"),
+        (Fault.TRUNCATE, ProtocolError, "unparseable reply"),
+    ],
+)
+async def test_luxos_read_faults_raise_typed_errors(
+    farm: SimFarm, fault: Fault, error: type[Exception], message: str
+) -> None:
     await farm.set_fault("m1", fault)
     with pytest.raises(error, match=message) as err:
         await driver(farm, "m1").read()
@@ -185,8 +193,7 @@ async def test_luxos_renews_an_expired_session_once_then_fails(farm: SimFarm) ->
 
 async def test_luxos_lying_miner_is_detected_by_read_back(farm: SimFarm) -> None:
     await farm.set_fault("m1", Fault.LIE)
-    with pytest.raises(VerificationError, match="acknowledged sleep but reads back mining") \
-            as err:
+    with pytest.raises(VerificationError, match="acknowledged sleep but reads back mining") as err:
         await driver(farm, "m1").sleep()
     assert err.value.kind == "lying"
     assert err.value.reading is not None

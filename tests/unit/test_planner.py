@@ -24,9 +24,14 @@ from drivers.types import DriverTraits, MinerReading, Mode
 
 NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
 TRAITS = DriverTraits(sleep_power_w=25, ramp_down_s=5.0, ramp_up_s=10.0)
-RULES = PlanRules(margin_w=1000, stale_after=timedelta(seconds=15), wake_headroom_w=500,
-                  wake_max_per_window=5, wake_max_w_per_window=20_000,
-                  wake_hold_after_shed=timedelta(seconds=30))
+RULES = PlanRules(
+    margin_w=1000,
+    stale_after=timedelta(seconds=15),
+    wake_headroom_w=500,
+    wake_max_per_window=5,
+    wake_max_w_per_window=20_000,
+    wake_hold_after_shed=timedelta(seconds=30),
+)
 SETTLED = NOW - timedelta(minutes=5)
 
 
@@ -35,22 +40,30 @@ def spec(i: int, eff: float, rated: int = 3000) -> MinerSpec:
 
 
 def mining(i: int, eff: float, power: int = 3000) -> MinerView:
-    return MinerView(spec(i, eff, power), MinerReading(Mode.MINING, power, 100.0, (60.0,)),
-                     NOW - timedelta(seconds=2), mode_since=SETTLED)
+    return MinerView(
+        spec(i, eff, power),
+        MinerReading(Mode.MINING, power, 100.0, (60.0,)),
+        NOW - timedelta(seconds=2),
+        mode_since=SETTLED,
+    )
 
 
 def asleep(i: int, eff: float, rated: int = 3000) -> MinerView:
-    return MinerView(spec(i, eff, rated), MinerReading(Mode.SLEEPING, 25, 0.0, (5.0,)),
-                     NOW - timedelta(seconds=2), mode_since=SETTLED)
+    return MinerView(
+        spec(i, eff, rated),
+        MinerReading(Mode.SLEEPING, 25, 0.0, (5.0,)),
+        NOW - timedelta(seconds=2),
+        mode_since=SETTLED,
+    )
 
 
 def unknown(i: int, eff: float, rated: int = 3000) -> MinerView:
     return MinerView(spec(i, eff, rated))
 
 
-def run(views: list[MinerView], limit_w: int, **snap: object) -> Plan:
-    return plan(Snapshot(NOW, tuple(views), **snap), Limit(limit_w, ("test",)),  # type: ignore[arg-type]
-                RULES)
+def run(views: list[MinerView], limit_w: int, last_shed_at: datetime | None = None) -> Plan:
+    snapshot = Snapshot(NOW, tuple(views), last_shed_at=last_shed_at)
+    return plan(snapshot, Limit(limit_w, ("test",)), RULES)
 
 
 def ids(actions: tuple[Action, ...], kind: ActionKind) -> set[str]:
@@ -120,8 +133,12 @@ def test_planner_wakes_only_with_headroom() -> None:
 
 def test_planner_counts_falling_miner_at_residual() -> None:
     # Acknowledged sleep one second ago: the reading still shows 2 kW, falling.
-    falling = MinerView(spec(0, 30.0), MinerReading(Mode.SLEEPING, 2000, 0.0, (60.0,)),
-                        NOW, mode_since=NOW - timedelta(seconds=1))
+    falling = MinerView(
+        spec(0, 30.0),
+        MinerReading(Mode.SLEEPING, 2000, 0.0, (60.0,)),
+        NOW,
+        mode_since=NOW - timedelta(seconds=1),
+    )
     assert estimate_w(falling, NOW, RULES.stale_after) == 25
     # Once the ramp should be over, the measurement is trusted again (a lying miner).
     late = replace(falling, mode_since=NOW - timedelta(seconds=30))
@@ -129,23 +146,39 @@ def test_planner_counts_falling_miner_at_residual() -> None:
 
 
 def test_planner_counts_waking_miner_at_rated() -> None:
-    rising = MinerView(spec(0, 30.0, 3200), MinerReading(Mode.MINING, 400, 10.0, (5.0,)),
-                       NOW, mode_since=NOW - timedelta(seconds=2))
+    rising = MinerView(
+        spec(0, 30.0, 3200),
+        MinerReading(Mode.MINING, 400, 10.0, (5.0,)),
+        NOW,
+        mode_since=NOW - timedelta(seconds=2),
+    )
     assert estimate_w(rising, NOW, RULES.stale_after) == 3200
 
 
 def test_planner_skips_pending_and_backing_off_miners() -> None:
-    views = [replace(mining(0, 34.0), pending=ActionKind.SLEEP),
-             replace(mining(1, 30.0), retry_after=NOW + timedelta(seconds=5)),
-             mining(2, 20.0)]
+    views = [
+        replace(mining(0, 34.0), pending=ActionKind.SLEEP),
+        replace(mining(1, 30.0), retry_after=NOW + timedelta(seconds=5)),
+        mining(2, 20.0),
+    ]
     result = run(views, 4_000)
     assert ids(result.actions, ActionKind.SLEEP) == {"m02"}
 
 
 # -- properties ---------------------------------------------------------------------------
 
-STATES = ("unknown", "stale", "mining", "sleeping", "waking", "falling", "pending_sleep",
-          "pending_wake", "backoff", "lying")
+STATES = (
+    "unknown",
+    "stale",
+    "mining",
+    "sleeping",
+    "waking",
+    "falling",
+    "pending_sleep",
+    "pending_wake",
+    "backoff",
+    "lying",
+)
 
 
 @st.composite
@@ -166,35 +199,61 @@ def snapshots(draw: st.DrawFn) -> Snapshot:
             "stale": MinerView(s, run_reading, NOW - timedelta(seconds=40), mode_since=SETTLED),
             "mining": MinerView(s, run_reading, fresh, mode_since=SETTLED),
             "sleeping": MinerView(s, sleep_reading, fresh, mode_since=SETTLED),
-            "waking": MinerView(s, replace(run_reading, power_w=rated // 5), fresh,
-                                mode_since=NOW - timedelta(seconds=3)),
-            "falling": MinerView(s, replace(sleep_reading, power_w=power), fresh,
-                                 mode_since=NOW - timedelta(seconds=1)),
-            "pending_sleep": MinerView(s, run_reading, fresh, mode_since=SETTLED,
-                                       pending=ActionKind.SLEEP),
-            "pending_wake": MinerView(s, sleep_reading, fresh, mode_since=SETTLED,
-                                      pending=ActionKind.WAKE),
-            "backoff": MinerView(s, run_reading, fresh, mode_since=SETTLED, healthy=False,
-                                 retry_after=NOW + timedelta(seconds=4)),
-            "lying": MinerView(s, replace(sleep_reading, power_w=power), fresh,
-                               mode_since=NOW - timedelta(seconds=60)),
+            "waking": MinerView(
+                s,
+                replace(run_reading, power_w=rated // 5),
+                fresh,
+                mode_since=NOW - timedelta(seconds=3),
+            ),
+            "falling": MinerView(
+                s,
+                replace(sleep_reading, power_w=power),
+                fresh,
+                mode_since=NOW - timedelta(seconds=1),
+            ),
+            "pending_sleep": MinerView(
+                s, run_reading, fresh, mode_since=SETTLED, pending=ActionKind.SLEEP
+            ),
+            "pending_wake": MinerView(
+                s, sleep_reading, fresh, mode_since=SETTLED, pending=ActionKind.WAKE
+            ),
+            "backoff": MinerView(
+                s,
+                run_reading,
+                fresh,
+                mode_since=SETTLED,
+                healthy=False,
+                retry_after=NOW + timedelta(seconds=4),
+            ),
+            "lying": MinerView(
+                s,
+                replace(sleep_reading, power_w=power),
+                fresh,
+                mode_since=NOW - timedelta(seconds=60),
+            ),
         }[state]
         views.append(view)
     wakes = draw(st.lists(st.integers(0, 3), max_size=4))
     shed_ago = draw(st.one_of(st.none(), st.integers(0, 90)))
-    return Snapshot(NOW, tuple(views),
-                    tuple((NOW - timedelta(milliseconds=100 * w), 3000) for w in wakes),
-                    None if shed_ago is None else NOW - timedelta(seconds=shed_ago))
+    return Snapshot(
+        NOW,
+        tuple(views),
+        tuple((NOW - timedelta(milliseconds=100 * w), 3000) for w in wakes),
+        None if shed_ago is None else NOW - timedelta(seconds=shed_ago),
+    )
 
 
 def applied(snapshot: Snapshot, result: Plan) -> Snapshot:
     """The snapshot once the plan's commands are on the wire."""
     kinds = {a.miner_id: a.kind for a in result.actions}
-    views = tuple(replace(v, pending=kinds[v.spec.id]) if v.spec.id in kinds else v
-                  for v in snapshot.miners)
+    views = tuple(
+        replace(v, pending=kinds[v.spec.id]) if v.spec.id in kinds else v for v in snapshot.miners
+    )
     wakes = snapshot.recent_wakes + tuple(
-        (NOW, v.spec.rated_power_w) for v in snapshot.miners if kinds.get(v.spec.id)
-        is ActionKind.WAKE)
+        (NOW, v.spec.rated_power_w)
+        for v in snapshot.miners
+        if kinds.get(v.spec.id) is ActionKind.WAKE
+    )
     shed = NOW if ActionKind.SLEEP in kinds.values() else snapshot.last_shed_at
     return Snapshot(NOW, views, wakes, shed)
 
@@ -211,8 +270,9 @@ def landed(snapshot: Snapshot, result: Plan) -> Snapshot:
         prior = v.reading.power_w if v.reading else v.spec.rated_power_w
         mode = Mode.SLEEPING if kind is ActionKind.SLEEP else Mode.MINING
         reading = MinerReading(mode, prior if kind is ActionKind.SLEEP else 0, 0.0, ())
-        views.append(replace(v, reading=reading, read_at=NOW if v.read_at else None,
-                             mode_since=NOW))
+        views.append(
+            replace(v, reading=reading, read_at=NOW if v.read_at else None, mode_since=NOW)
+        )
     pending = applied(snapshot, result)
     return Snapshot(NOW, tuple(views), pending.recent_wakes, pending.last_shed_at)
 
@@ -222,7 +282,7 @@ def floor_w(snapshot: Snapshot) -> int:
     total = 0
     for v in snapshot.miners:
         cost = estimate_w(v, NOW, RULES.stale_after)
-        commandable = v.pending is None and (v.retry_after is None or NOW >= v.retry_after)
+        commandable = v.pending is None and (v.retry_after is None or v.retry_after <= NOW)
         running = v.reading is None or v.reading.mode is Mode.MINING
         if commandable and running and v.fresh(NOW, RULES.stale_after):
             cost = v.spec.traits.sleep_power_w
@@ -262,8 +322,9 @@ def test_property_tighter_limit_never_wakes(snapshot: Snapshot, a: int, b: int) 
 
 @settings(max_examples=300, deadline=None)
 @given(snapshots(), limits)
-def test_property_replanning_a_planned_state_yields_no_actions(snapshot: Snapshot,
-                                                               limit_w: int) -> None:
+def test_property_replanning_a_planned_state_yields_no_actions(
+    snapshot: Snapshot, limit_w: int
+) -> None:
     limit = Limit(limit_w, ())
     result = plan(snapshot, limit, RULES)
     assert plan(applied(snapshot, result), limit, RULES).actions == ()
@@ -274,8 +335,9 @@ def test_property_replanning_a_planned_state_yields_no_actions(snapshot: Snapsho
 @given(snapshots(), limits)
 def test_property_unknown_miners_count_at_rated(snapshot: Snapshot, limit_w: int) -> None:
     result = plan(snapshot, Limit(limit_w, ()), RULES)
-    unknown_rated = sum(v.spec.rated_power_w for v in snapshot.miners
-                        if not v.fresh(NOW, RULES.stale_after))
+    unknown_rated = sum(
+        v.spec.rated_power_w for v in snapshot.miners if not v.fresh(NOW, RULES.stale_after)
+    )
     assert result.expected_w >= unknown_rated
 
 
@@ -286,10 +348,17 @@ def test_property_sheds_in_efficiency_order(snapshot: Snapshot, limit_w: int) ->
     shed = ids(result.actions, ActionKind.SLEEP)
     if not shed:
         return
+
     def order(v: MinerView) -> tuple[float, int, str]:
         return (-v.spec.efficiency_j_th, -v.spec.rated_power_w, v.spec.id)
-    kept = [v for v in snapshot.miners if v.spec.id not in shed and v.pending is None
-            and (v.retry_after is None or NOW >= v.retry_after)
-            and (v.reading is None or v.reading.mode is Mode.MINING)]
+
+    kept = [
+        v
+        for v in snapshot.miners
+        if v.spec.id not in shed
+        and v.pending is None
+        and (v.retry_after is None or v.retry_after <= NOW)
+        and (v.reading is None or v.reading.mode is Mode.MINING)
+    ]
     last_shed = max(order(v) for v in snapshot.miners if v.spec.id in shed)
     assert all(order(v) > last_shed for v in kept)

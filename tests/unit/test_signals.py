@@ -27,9 +27,13 @@ from controller.core.signals import (
 
 T0 = datetime(2026, 11, 23, 5, 0, tzinfo=UTC)
 POLICY = GridPolicy(GridMode.ALWAYS_ON, cap_w=5_000_000, base_allowance_w=200_000)
-SURPLUS = GridPolicy(GridMode.SURPLUS_ONLY, cap_w=5_000_000, base_allowance_w=200_000,
-                     grant_end_lead=timedelta(seconds=15),
-                     response_deadline=timedelta(seconds=10))
+SURPLUS = GridPolicy(
+    GridMode.SURPLUS_ONLY,
+    cap_w=5_000_000,
+    base_allowance_w=200_000,
+    grant_end_lead=timedelta(seconds=15),
+    response_deadline=timedelta(seconds=10),
+)
 HEARD: dict[str, datetime] = {}
 
 
@@ -41,8 +45,13 @@ def curtail(rev: int = 1, limit_w: int = 1_200_000, **kw: object) -> Curtailment
     return Curtailment("evt-0017", rev, T0, limit_w, 10.0, **kw)  # type: ignore[arg-type]
 
 
-def grant(gid: str = "korem-h10", rev: int = 1, granted_w: int = 3_000_000,
-          start: float = 0, end: float = 3600) -> Grant:
+def grant(
+    gid: str = "korem-h10",
+    rev: int = 1,
+    granted_w: int = 3_000_000,
+    start: float = 0,
+    end: float = 3600,
+) -> Grant:
     return Grant(gid, rev, T0, granted_w, at(start), at(end))
 
 
@@ -65,7 +74,8 @@ def test_book_higher_revision_replaces() -> None:
     book = SignalBook().admit(curtail(), "kegoc", T0).book
     result = book.admit(curtail(rev=2, limit_w=800_000), "kegoc", at(3))
     assert result.verdict is Verdict.RECEIVED
-    assert result.replaced is not None and result.replaced.signal.revision == 1
+    assert result.replaced is not None
+    assert result.replaced.signal.revision == 1
     assert result.book.held["evt-0017"].signal.limit_w == 800_000  # type: ignore[union-attr]
 
 
@@ -75,8 +85,7 @@ def test_book_cancel_withdraws_and_later_replays_are_stale() -> None:
     assert result.verdict is Verdict.RECEIVED
     assert "evt-0017" not in result.book.held
     assert result.book.admit(curtail(rev=1), "kegoc", at(6)).verdict is Verdict.STALE
-    assert result.book.admit(Cancel("evt-0017", 2, T0), "kegoc", at(7)).verdict \
-        is Verdict.DUPLICATE
+    assert result.book.admit(Cancel("evt-0017", 2, T0), "kegoc", at(7)).verdict is Verdict.DUPLICATE
 
 
 def test_book_cancel_that_overtakes_its_signal_still_wins() -> None:
@@ -145,15 +154,20 @@ def test_arbitrate_minimum_of_everything_and_overrides_only_tighten() -> None:
     limit = arbitrate(book, SURPLUS, at(10), last_heard=HEARD, overrides=[loose, tight])
     assert limit.limit_w == 700_000
     assert limit.reasons == ("override ovr-2 by bob: transformer hot: 700 kW",)
-    assert arbitrate(book, SURPLUS, at(100), last_heard=HEARD,
-                     overrides=[loose, tight]).limit_w == 900_000
+    assert (
+        arbitrate(book, SURPLUS, at(100), last_heard=HEARD, overrides=[loose, tight]).limit_w
+        == 900_000
+    )
 
 
-@pytest.mark.parametrize(("policy", "expected"), [
-    (StalePolicy.HOLD, 5_000_000),
-    (StalePolicy.BASE_ALLOWANCE, 200_000),
-    (StalePolicy.LIMIT, 50_000),
-])
+@pytest.mark.parametrize(
+    ("policy", "expected"),
+    [
+        (StalePolicy.HOLD, 5_000_000),
+        (StalePolicy.BASE_ALLOWANCE, 200_000),
+        (StalePolicy.LIMIT, 50_000),
+    ],
+)
 def test_arbitrate_silent_source_falls_back(policy: StalePolicy, expected: int) -> None:
     source = SourcePolicy("kegoc", timedelta(seconds=120), policy, stale_limit_w=50_000)
     grid = GridPolicy(GridMode.ALWAYS_ON, 5_000_000, 200_000, sources=(source,))
@@ -171,9 +185,11 @@ def test_obligation_for_curtailment_counts_from_start_or_receipt() -> None:
     assert ob is not None
     assert (ob.limit_w, ob.starts_at, ob.due_at) == (1_200_000, T0, at(10))
     later = curtail(start=at(300))
-    ob2 = obligation_for(SignalBook().admit(later, "kegoc", T0), later, POLICY, T0,
-                         last_heard=HEARD)
-    assert ob2 is not None and ob2.due_at == at(310)
+    ob2 = obligation_for(
+        SignalBook().admit(later, "kegoc", T0), later, POLICY, T0, last_heard=HEARD
+    )
+    assert ob2 is not None
+    assert ob2.due_at == at(310)
 
 
 def test_obligation_for_cancelled_grant_uses_response_deadline() -> None:
@@ -195,8 +211,12 @@ def test_grant_end_obligation_appears_in_the_lead_window_once() -> None:
     book = SignalBook().admit(grant(end=600), "kegoc", T0).book
     assert grant_end_obligations(book, SURPLUS, at(584), [], last_heard=HEARD) == []
     [ob] = grant_end_obligations(book, SURPLUS, at(585), [], last_heard=HEARD)
-    assert (ob.key, ob.kind, ob.limit_w, ob.due_at) == ("korem-h10#end", "grant-end", 200_000,
-                                                        at(600))
+    assert (ob.key, ob.kind, ob.limit_w, ob.due_at) == (
+        "korem-h10#end",
+        "grant-end",
+        200_000,
+        at(600),
+    )
     assert grant_end_obligations(book, SURPLUS, at(590), [ob.key], last_heard=HEARD) == []
 
 
@@ -205,9 +225,9 @@ def test_track_reaches_misses_and_waits_for_start() -> None:
     c1 = curtail()
     ob = obligation_for(book.admit(c1, "kegoc", T0), c1, POLICY, T0, last_heard=HEARD)
     c2 = curtail(start=at(100))
-    ob_later = obligation_for(SignalBook().admit(c2, "kegoc", T0), c2, POLICY, T0,
-                              last_heard=HEARD)
-    assert ob is not None and ob_later is not None
+    ob_later = obligation_for(SignalBook().admit(c2, "kegoc", T0), c2, POLICY, T0, last_heard=HEARD)
+    assert ob is not None
+    assert ob_later is not None
     obs, changed = track([ob, ob_later], 2_000_000, at(5))
     assert changed == []
     obs, changed = track(obs, 1_100_000, at(6))

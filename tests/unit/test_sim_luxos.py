@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from drivers.errors import RejectedError, UnreachableError
 from drivers.sim.farm import SimFarm, SimMinerSpec, UnsupportedSimError
 from drivers.sim.faults import Fault
 from drivers.transport import cgminer_tcp
@@ -33,8 +34,9 @@ def clock() -> Time:
 @pytest.fixture
 async def farm(clock: Time) -> AsyncIterator[SimFarm]:
     net = subnet()
-    specs = [SimMinerSpec(f"m{i}", "luxos", f"{net}.0.{i + 1}", 4028, "c1", 3250, 29.5)
-             for i in range(3)]
+    specs = [
+        SimMinerSpec(f"m{i}", "luxos", f"{net}.0.{i + 1}", 4028, "c1", 3250, 29.5) for i in range(3)
+    ]
     async with SimFarm(specs, time_fn=clock, ambient_c={"c1": -30.0}) as f:
         yield f
 
@@ -53,10 +55,12 @@ async def raw(host_: str, payload: bytes, *, half_close: bool = False) -> bytes:
     return data
 
 
-async def cmd(farm: SimFarm, command: str, parameter: str | None = None,
-              miner: str = "m0") -> cgminer_tcp.Reply:
-    return await cgminer_tcp.request(host(farm, miner), 4028, command, parameter, timeout_s=2,
-                                     device=miner)
+async def cmd(
+    farm: SimFarm, command: str, parameter: str | None = None, miner: str = "m0"
+) -> cgminer_tcp.Reply:
+    return await cgminer_tcp.request(
+        host(farm, miner), 4028, command, parameter, timeout_s=2, device=miner
+    )
 
 
 async def test_sim_accepts_pretty_printed_json_without_newline_and_closes(farm: SimFarm) -> None:
@@ -82,7 +86,7 @@ async def test_sim_accepts_json_in_pieces_and_the_plain_form(farm: SimFarm) -> N
 
 
 async def test_sim_invalid_command_and_json(farm: SimFarm) -> None:
-    with pytest.raises(cgminer_tcp.RejectedError, match="code 14: Invalid command"):
+    with pytest.raises(RejectedError, match="code 14: Invalid command"):
         await cmd(farm, "rm-rf")
     reply = json.loads((await raw(host(farm), b'{"command": }')).rstrip(b"\x00"))
     assert reply["STATUS"][0]["Code"] == 23
@@ -92,7 +96,7 @@ async def test_sim_joined_reads(farm: SimFarm) -> None:
     reply = await cmd(farm, "power+summary+stats+events+config")
     assert set(reply) == {"power", "summary", "stats", "events", "config", "id"}
     assert reply["stats"][0]["STATS"][1]["chain_acn1"] == 76
-    with pytest.raises(cgminer_tcp.RejectedError, match="code 45"):
+    with pytest.raises(RejectedError, match="code 45"):
         await cmd(farm, "power+logon")
 
 
@@ -100,16 +104,16 @@ async def test_sim_single_session_with_idle_expiry(farm: SimFarm, clock: Time) -
     sid = (await cmd(farm, "logon"))["SESSION"][0]["SessionID"]
     assert len(sid) == 8
     assert (await cmd(farm, "session"))["SESSION"][0]["SessionID"] == sid
-    with pytest.raises(cgminer_tcp.RejectedError, match="code 402: Another session is active"):
+    with pytest.raises(RejectedError, match="code 402: Another session is active"):
         await cmd(farm, "logon")
     clock.now += 59  # each use refreshes the minute
     await cmd(farm, "curtail", f"{sid},wakeup")
     clock.now += 59
-    with pytest.raises(cgminer_tcp.RejectedError, match="code 402"):
+    with pytest.raises(RejectedError, match="code 402"):
         await cmd(farm, "logon")
     clock.now += 2
     assert (await cmd(farm, "session"))["SESSION"][0]["SessionID"] == ""
-    with pytest.raises(cgminer_tcp.RejectedError, match="Invalid session_id"):
+    with pytest.raises(RejectedError, match="Invalid session_id"):
         await cmd(farm, "curtail", f"{sid},sleep")
     new = (await cmd(farm, "logon"))["SESSION"][0]["SessionID"]
     await cmd(farm, "logoff", new)
@@ -176,7 +180,7 @@ async def test_sim_lying_miner_acknowledges_and_does_nothing(farm: SimFarm, cloc
 
 async def test_sim_refuse_then_recover(farm: SimFarm) -> None:
     await farm.set_fault("m2", Fault.REFUSE)
-    with pytest.raises(cgminer_tcp.UnreachableError):
+    with pytest.raises(UnreachableError):
         await cmd(farm, "version", miner="m2")
     await farm.set_fault("m2", Fault.NONE)
     assert "VERSION" in await cmd(farm, "version", miner="m2")

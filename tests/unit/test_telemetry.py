@@ -32,15 +32,13 @@ def test_telemetry_health_transitions_are_logged_once() -> None:
 
 def test_telemetry_command_fault_survives_successful_reads() -> None:
     readings = Readings({"m1": SPEC})
-    failures = readings.fail("m1", VerificationError("m1", "sleep", "still mining"),
-                             command=True)
+    failures = readings.fail("m1", VerificationError("m1", "sleep", "still mining"), command=True)
     assert failures == 1
     readings.record("m1", MINING, T0)  # the miner answers reads, but it lied
     view = readings.view("m1")
     assert not view.healthy
     assert view.health_reason == "lying: still mining"
-    assert readings.fail("m1", VerificationError("m1", "sleep", "still mining"),
-                         command=True) == 2
+    assert readings.fail("m1", VerificationError("m1", "sleep", "still mining"), command=True) == 2
     readings.record("m1", MinerReading(Mode.SLEEPING, 25, 0, ()), T0, command=True)
     assert readings.view("m1").healthy
 

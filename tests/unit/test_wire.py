@@ -13,10 +13,17 @@ from controller.core.signals import Cancel, Curtailment, Grant, Heartbeat
 KEYS = {"kegoc": b"k1", "aggregator": b"k2"}
 NOW = 1_795_000_000.0
 
-CURTAILMENT = {"type": "curtailment", "id": "evt-0017", "revision": 1,
-               "issued_at": "2026-11-22T10:00:00Z", "start": "2026-11-22T10:00:00Z",
-               "end": "2026-11-22T11:00:00Z", "limit_kw": 1200.0, "deadline_s": 10,
-               "emergency": False}
+CURTAILMENT = {
+    "type": "curtailment",
+    "id": "evt-0017",
+    "revision": 1,
+    "issued_at": "2026-11-22T10:00:00Z",
+    "start": "2026-11-22T10:00:00Z",
+    "end": "2026-11-22T11:00:00Z",
+    "limit_kw": 1200.0,
+    "deadline_s": 10,
+    "emergency": False,
+}
 
 
 def body(**changes: Any) -> bytes:
@@ -26,18 +33,30 @@ def body(**changes: Any) -> bytes:
 
 def test_wire_parses_every_signal_type() -> None:
     assert isinstance(wire.parse_signal(body()), Curtailment)
-    grant = wire.parse_signal(json.dumps({
-        "type": "grant", "id": "korem-2026-11-23-h10", "revision": 1,
-        "issued_at": "2026-11-23T09:00:00+05:00", "start": "2026-11-23T10:00:00+05:00",
-        "end": "2026-11-23T11:00:00+05:00", "granted_kw": 5000.0}).encode())
+    grant = wire.parse_signal(
+        json.dumps(
+            {
+                "type": "grant",
+                "id": "korem-2026-11-23-h10",
+                "revision": 1,
+                "issued_at": "2026-11-23T09:00:00+05:00",
+                "start": "2026-11-23T10:00:00+05:00",
+                "end": "2026-11-23T11:00:00+05:00",
+                "granted_kw": 5000.0,
+            }
+        ).encode()
+    )
     assert isinstance(grant, Grant)
     assert grant.granted_w == 5_000_000
-    assert grant.start is not None and grant.start.isoformat() == "2026-11-23T05:00:00+00:00"
-    cancel = wire.parse_signal(b'{"type":"cancel","id":"evt-0017","revision":2,'
-                               b'"issued_at":"2026-11-22T10:05:00Z"}')
+    assert grant.start is not None
+    assert grant.start.isoformat() == "2026-11-23T05:00:00+00:00"
+    cancel = wire.parse_signal(
+        b'{"type":"cancel","id":"evt-0017","revision":2,"issued_at":"2026-11-22T10:05:00Z"}'
+    )
     assert isinstance(cancel, Cancel)
-    assert isinstance(wire.parse_signal(b'{"type":"heartbeat","issued_at":"2026-11-22T10:05:00Z"}'),
-                      Heartbeat)
+    assert isinstance(
+        wire.parse_signal(b'{"type":"heartbeat","issued_at":"2026-11-22T10:05:00Z"}'), Heartbeat
+    )
 
 
 def test_wire_kilowatts_round_down_to_watts() -> None:
@@ -46,22 +65,25 @@ def test_wire_kilowatts_round_down_to_watts() -> None:
     assert signal.limit_w == 1
 
 
-@pytest.mark.parametrize(("changes", "reason"), [
-    ({"type": "curtail"}, "does not match any of the expected tags"),
-    ({"limit_kw": "1200"}, "limit_kw: Input should be a valid number"),
-    ({"revision": "1"}, "revision: Input should be a valid integer"),
-    ({"revision": True}, "revision: Input should be a valid integer"),
-    ({"limit_kw": ...}, "limit_kw: Field required"),
-    ({"deadline_s": ...}, "deadline_s: Field required"),
-    ({"colour": "red"}, "colour: unknown field"),
-    ({"end": "2026-11-22T09:00:00Z"}, "end must be after start"),
-    ({"limit_kw": -5}, "limit_kw: Input should be greater than or equal to 0"),
-    ({"issued_at": "2026-11-22T10:00:00"}, "issued_at: timestamp needs a UTC offset"),
-    ({"start": "2026-11-22 10:00"}, "start: timestamp needs a UTC offset"),
-    ({"deadline_s": 0}, "deadline_s: Input should be greater than 0"),
-    ({"id": ""}, "id: String should have at least 1 character"),
-    ({"limit_kw": float("nan")}, "limit_kw"),
-])
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"type": "curtail"}, "does not match any of the expected tags"),
+        ({"limit_kw": "1200"}, "limit_kw: Input should be a valid number"),
+        ({"revision": "1"}, "revision: Input should be a valid integer"),
+        ({"revision": True}, "revision: Input should be a valid integer"),
+        ({"limit_kw": ...}, "limit_kw: Field required"),
+        ({"deadline_s": ...}, "deadline_s: Field required"),
+        ({"colour": "red"}, "colour: unknown field"),
+        ({"end": "2026-11-22T09:00:00Z"}, "end must be after start"),
+        ({"limit_kw": -5}, "limit_kw: Input should be greater than or equal to 0"),
+        ({"issued_at": "2026-11-22T10:00:00"}, "issued_at: timestamp needs a UTC offset"),
+        ({"start": "2026-11-22 10:00"}, "start: timestamp needs a UTC offset"),
+        ({"deadline_s": 0}, "deadline_s: Input should be greater than 0"),
+        ({"id": ""}, "id: String should have at least 1 character"),
+        ({"limit_kw": float("nan")}, "limit_kw"),
+    ],
+)
 def test_wire_rejects_with_a_reason(changes: dict[str, Any], reason: str) -> None:
     with pytest.raises(wire.InvalidSignalError) as err:
         wire.parse_signal(body(**changes))
@@ -90,17 +112,22 @@ def test_wire_rejects_oversized_body() -> None:
 def test_wire_authenticate_names_the_source_whose_key_signed() -> None:
     raw = body()
     ts = int(NOW)
-    assert wire.authenticate(KEYS, str(ts), wire.sign(b"k2", ts, raw), raw, now=NOW,
-                             window_s=30) == "aggregator"
+    assert (
+        wire.authenticate(KEYS, str(ts), wire.sign(b"k2", ts, raw), raw, now=NOW, window_s=30)
+        == "aggregator"
+    )
     assert wire.sign(b"k1", ts, raw) == wire.sign(b"k1", ts, raw)
 
 
-@pytest.mark.parametrize(("ts", "sig", "reason"), [
-    (None, "ab" * 32, "missing X-Signature-Timestamp"),
-    ("1795000000", None, "missing X-Signature"),
-    ("soon", "ab" * 32, "not unix seconds"),
-    ("1795000000", "ab" * 32, "does not match any configured source key"),
-])
+@pytest.mark.parametrize(
+    ("ts", "sig", "reason"),
+    [
+        (None, "ab" * 32, "missing X-Signature-Timestamp"),
+        ("1795000000", None, "missing X-Signature"),
+        ("soon", "ab" * 32, "not unix seconds"),
+        ("1795000000", "ab" * 32, "does not match any configured source key"),
+    ],
+)
 def test_wire_authenticate_rejects(ts: str | None, sig: str | None, reason: str) -> None:
     with pytest.raises(wire.BadSignatureError) as err:
         wire.authenticate(KEYS, ts, sig, body(), now=NOW, window_s=30)
