@@ -1,6 +1,6 @@
 # The two set-up commands of the README: `make demo` and `make test`.
 # Each creates the virtualenv on first use; nothing else needs to be installed first.
-PYTHON ?= python3.11
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
