@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 from types import TracebackType
 from typing import Self
 
@@ -25,6 +26,9 @@ from drivers.types import MinerDriver
 log = structlog.get_logger("curtaild.app")
 
 COMMAND_TIMEOUT_CALLS = 5  # a LuxOS write is logon, command, logoff and a read-back or two
+# Collect young objects less often: a fleet-wide shed allocates tens of thousands of
+# short-lived objects, and every gen-0 pass over them sits on the path to the last ack.
+GC_GEN0_THRESHOLD = 20_000
 
 
 class DaemonError(Exception):
@@ -35,8 +39,16 @@ class Daemon:
     """Every part of curtaild for one site. Use as an async context manager or run()."""
 
     def __init__(
-        self, loaded: Loaded, clock: Clock, *, registry: MinerRegistry | None = None
+        self,
+        loaded: Loaded,
+        clock: Clock,
+        *,
+        registry: MinerRegistry | None = None,
+        tune_gc: bool = False,
     ) -> None:
+        """`tune_gc` is for the process that hosts the daemon (the CLI, the benchmark):
+        it changes the interpreter's collector for the whole process."""
+        self.tune_gc = tune_gc
         config = loaded.config
         self.loaded = loaded
         self.clock = clock
@@ -138,12 +150,25 @@ class Daemon:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self.poller.run(), name="curtaild.telemetry")
                 tg.create_task(self.supervisor.run(), name="curtaild.supervisor")
+                if self.tune_gc:
+                    tg.create_task(self._tune_gc(), name="curtaild.gc")
                 if self.mqtt is not None:
                     tg.create_task(self.mqtt.run(), name="curtaild.mqtt_signals")
                 if self.http is not None:
                     tg.create_task(self.http.run(), name="curtaild.grid_http")
         finally:
             self.journal.close()
+
+    async def _tune_gc(self) -> None:
+        """Once start-up is over, move everything that lives as long as the daemon (config,
+        drivers, specs) out of the collector's reach, so a full collection during a signal
+        no longer walks the whole fleet: measured at 10,000 miners, a gen-2 pass in the
+        planner delayed the first command by ~100 ms."""
+        await self.supervisor.ready.wait()
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
+        log.debug("gc tuned", frozen=gc.get_freeze_count())
 
     async def __aenter__(self) -> Self:
         self._task = asyncio.create_task(self.run(), name="curtaild")

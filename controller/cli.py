@@ -89,7 +89,7 @@ def _run(args: argparse.Namespace) -> int:
     from controller.app import Daemon  # noqa: PLC0415 - keep check-config fast
 
     async def daemon() -> None:
-        await Daemon(loaded, SystemClock()).run()
+        await Daemon(loaded, SystemClock(), tune_gc=True).run()
 
     return run_until_signalled(daemon)
 

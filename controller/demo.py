@@ -102,7 +102,7 @@ async def _scenario(
             f"simulated farm: {len(farm.miners)} LuxOS miners, {rated_kw:g} kW rated, "
             f"asleep outside any grant"
         )
-        daemon = await stack.enter_async_context(Daemon(loaded, clock))
+        daemon = await stack.enter_async_context(Daemon(loaded, clock, tune_gc=True))
         assert daemon.mqtt is not None
         assert daemon.http is not None
         assert daemon.http.port is not None

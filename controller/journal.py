@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -45,7 +46,8 @@ CREATE TABLE IF NOT EXISTS held (
 CREATE TABLE IF NOT EXISTS decisions (
     seq INTEGER PRIMARY KEY, at TEXT NOT NULL, cause TEXT NOT NULL, limit_w INTEGER NOT NULL,
     reasons TEXT NOT NULL, budget_w INTEGER NOT NULL, expected_w INTEGER NOT NULL,
-    feasible INTEGER NOT NULL, notes TEXT NOT NULL, actions TEXT NOT NULL);
+    feasible INTEGER NOT NULL, notes TEXT NOT NULL, action_count INTEGER NOT NULL,
+    actions BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS commands (
     seq INTEGER PRIMARY KEY, decision_seq INTEGER, miner_id TEXT NOT NULL,
     action TEXT NOT NULL, started_at TEXT NOT NULL, finished_at TEXT NOT NULL,
@@ -159,14 +161,21 @@ class Journal:
                     )
 
     def record_decision(self, *, at: datetime, cause: str, limit: Limit, plan: Plan) -> int:
-        """Commit a decision before its commands leave; returns its sequence number."""
-        actions = json.dumps(
-            [[a.miner_id, a.kind.value, a.reason] for a in plan.actions], separators=(",", ":")
-        )
+        """Commit a decision before its commands leave; returns its sequence number.
+
+        This sits between a signal and its first command, so the actions are grouped by
+        kind and reason and compressed: a 10,000-miner shed is ~20 KB, not ~600 KB.
+        """
+        grouped: dict[str, dict[str, list[str]]] = {}
+        for action in plan.actions:
+            grouped.setdefault(action.kind, {}).setdefault(action.reason, []).append(
+                action.miner_id
+            )
+        actions = zlib.compress(json.dumps(grouped, separators=(",", ":")).encode(), 1)
         with self._tx() as db:
             cur = db.execute(
                 "INSERT INTO decisions (at, cause, limit_w, reasons, budget_w, expected_w,"
-                " feasible, notes, actions) VALUES (?,?,?,?,?,?,?,?,?)",
+                " feasible, notes, action_count, actions) VALUES (?,?,?,?,?,?,?,?,?,?)",
                 (
                     _ts(at),
                     cause,
@@ -176,6 +185,7 @@ class Journal:
                     plan.expected_w,
                     int(plan.feasible),
                     json.dumps(plan.notes),
+                    len(plan.actions),
                     actions,
                 ),
             )
@@ -287,6 +297,17 @@ class Journal:
         ]
 
     # -- queries for reports and tests ----------------------------------------------------
+
+    def decision_actions(self, seq: int) -> list[tuple[str, str, str]]:
+        """A decision's actions as (miner id, kind, reason)."""
+        [(blob,)] = self._db.execute("SELECT actions FROM decisions WHERE seq=?", (seq,))
+        grouped: dict[str, dict[str, list[str]]] = json.loads(zlib.decompress(blob))
+        return [
+            (miner, kind, reason)
+            for kind, by_reason in grouped.items()
+            for reason, miners in by_reason.items()
+            for miner in miners
+        ]
 
     def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Read-only query helper for reports and tests."""

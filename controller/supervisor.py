@@ -24,6 +24,7 @@ from controller.core.model import (
     ActionKind,
     Limit,
     MinerSpec,
+    MinerView,
     Plan,
     PlanRules,
     Snapshot,
@@ -49,9 +50,16 @@ from drivers.types import MinerDriver, MinerReading, Mode
 
 log = structlog.get_logger("curtaild.supervisor")
 
-DISPATCH_BATCH = 256  # yield to the loop between batches so early commands hit the wire
+# Commands go out in batches growing eightfold from 8, yielding to the loop between them:
+# each connection started in a loop pass does its set-up before any of them completes,
+# so one batch of 10,000 puts the first command ~0.8 s late; doubling from 8 starts the
+# last command ~0.2 s late at 1,000 miners (both measured). Eightfold does both well.
+DISPATCH_FIRST_BATCH = 8
+DISPATCH_MAX_BATCH = 4096
 MEASURED_BY = "firmware"  # fleet draw is the sum of firmware readings, unknown at rated
 KEEP_FINISHED = 200  # finished deadlines kept in memory for status and the demo
+# Command results are journaled in batches (the decision before them is write-ahead).
+FLUSH_INTERVAL = timedelta(seconds=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +114,9 @@ class Supervisor:
         self._recent_wakes: deque[tuple[datetime, int]] = deque()
         self._last_shed_at: datetime | None = None
         self._last_status: datetime | None = None
+        self._planned_at: datetime | None = None
+        self._failed_since_plan = False
+        self._flushed_at = clock.now()
         self._known_keys = {o.key for o in obligations}
         self.obligations: list[Obligation] = list(obligations)
         self.finished: deque[Obligation] = deque(maxlen=KEEP_FINISHED)
@@ -117,6 +128,8 @@ class Supervisor:
         self.commands_sent = 0
         self.commands_failed = 0
         self.ready = asyncio.Event()
+        # The fleet never changes, so its shed order is computed once, not per plan.
+        self._order = planner.shed_order(readings.views())
 
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tg:  # every command task lives here
@@ -150,37 +163,55 @@ class Supervisor:
                 last_heard=self._inbox.last_heard,
                 overrides=self._inbox.overrides,
             )
-            self._trim_wakes(now)
-            snapshot = Snapshot(
-                now, self._readings.views(), tuple(self._recent_wakes), self._last_shed_at
-            )
-            plan = planner.plan(snapshot, limit, self._rules)
-            seq = None
-            if plan.actions or limit != self.limit:
-                # Write ahead: the decision is durable before any command leaves.
-                seq = self._journal.record_decision(at=now, cause=cause, limit=limit, plan=plan)
-                if limit != self.limit:
-                    log.info("limit", limit_kw=limit.limit_w / 1000, reasons=list(limit.reasons))
-                if plan.actions:
-                    log.info(
-                        "plan",
-                        sleep=sum(a.kind is ActionKind.SLEEP for a in plan.actions),
-                        wake=sum(a.kind is ActionKind.WAKE for a in plan.actions),
-                        expected_kw=plan.expected_w / 1000,
-                        budget_kw=plan.budget_w / 1000,
-                        notes=list(plan.notes),
-                    )
-            self.limit, self.plan = limit, plan
-            if plan.actions:
-                await self._dispatch(plan.actions, seq, now)
-            self.measured_w = measured_w(snapshot.miners, now, self._rules.stale_after)
+            views = self._readings.views()
+            if self._must_plan(cause, limit, now):
+                await self._decide(cause, now, limit, views)
+            self.measured_w = measured_w(views, now, self._rules.stale_after)
             self._track(now)
             self._poller.set_fast(self.pending_deadlines())
-            self._flush()
-            self._report(now, snapshot)
+            if self._records and (self.in_flight == 0 or now - self._flushed_at >= FLUSH_INTERVAL):
+                self._flush(now)
+            self._report(now, views)
             self.cycles += 1
         finally:
             self._activity.end()
+
+    def _must_plan(self, cause: str, limit: Limit, now: datetime) -> bool:
+        """Re-planning a large fleet is not free. While a fan-out is on the wire, plan again
+        only when something the plan depends on changed: a signal, the limit, a failed
+        command; commands that succeed land exactly where the plan counted them."""
+        if cause != "tick" or limit != self.limit or self.in_flight == 0:
+            return True
+        if self._failed_since_plan or self._planned_at is None:
+            return True
+        return (now - self._planned_at).total_seconds() >= self._settings.tick_s
+
+    async def _decide(
+        self, cause: str, now: datetime, limit: Limit, views: tuple[MinerView, ...]
+    ) -> None:
+        self._trim_wakes(now)
+        snapshot = Snapshot(now, views, tuple(self._recent_wakes), self._last_shed_at, self._order)
+        plan = planner.plan(snapshot, limit, self._rules)
+        self._planned_at = now
+        self._failed_since_plan = False
+        seq = None
+        if plan.actions or limit != self.limit:
+            # Write ahead: the decision is durable before any command leaves.
+            seq = self._journal.record_decision(at=now, cause=cause, limit=limit, plan=plan)
+            if limit != self.limit:
+                log.info("limit", limit_kw=limit.limit_w / 1000, reasons=list(limit.reasons))
+            if plan.actions:
+                log.info(
+                    "plan",
+                    sleep=sum(a.kind is ActionKind.SLEEP for a in plan.actions),
+                    wake=sum(a.kind is ActionKind.WAKE for a in plan.actions),
+                    expected_kw=plan.expected_w / 1000,
+                    budget_kw=plan.budget_w / 1000,
+                    notes=list(plan.notes),
+                )
+        self.limit, self.plan = limit, plan
+        if plan.actions:
+            await self._dispatch(plan.actions, seq, now)
 
     # -- signals and deadlines -------------------------------------------------------------
 
@@ -247,7 +278,8 @@ class Supervisor:
     async def _dispatch(self, actions: tuple[Action, ...], seq: int | None, now: datetime) -> None:
         assert self._tg is not None
         self._poller.gate.clear()  # commands first: telemetry waits until the wire is quiet
-        for i, action in enumerate(actions):
+        batch, left = DISPATCH_FIRST_BATCH, DISPATCH_FIRST_BATCH
+        for action in actions:
             spec = self._specs[action.miner_id]
             self._readings.set_pending(action.miner_id, action.kind)
             if action.kind is ActionKind.WAKE:
@@ -259,36 +291,43 @@ class Supervisor:
             self._tg.create_task(
                 self._command(action, seq), name=f"curtaild.command.{action.miner_id}"
             )
-            if i % DISPATCH_BATCH == DISPATCH_BATCH - 1:
+            left -= 1
+            if not left:
                 await asyncio.sleep(0)
+                batch = min(batch * 8, DISPATCH_MAX_BATCH)
+                left = batch
 
     async def _command(self, action: Action, seq: int | None) -> None:
         miner_id = action.miner_id
         started = self._clock.now()
-        outcome, detail = "ok", None
+        outcome, detail, finished = "cancelled", None, None  # stays so only on shutdown
         try:
             async with self._slots:
                 reading = await self._run(action)
         except DriverError as err:
+            finished = self._clock.now()
             outcome, detail = err.kind, err.detail
             self.commands_failed += 1
+            self._failed_since_plan = True  # the plan counted this miner as done: re-plan
             if isinstance(err, VerificationError) and err.reading is not None:
-                self._readings.record(miner_id, err.reading, self._clock.now())
+                self._readings.record(miner_id, err.reading, finished)
             failures = self._readings.fail(miner_id, err, command=True)
             backoff = min(
                 self._settings.retry_backoff_s * 2 ** (failures - 1),
                 self._settings.retry_backoff_max_s,
             )
-            self._readings.set_retry_after(miner_id, self._clock.now() + timedelta(seconds=backoff))
-        else:
-            self._readings.record(miner_id, reading, self._clock.now(), command=True)
-            self._readings.set_retry_after(miner_id, None)
-        finally:
+            self._readings.set_retry_after(miner_id, finished + timedelta(seconds=backoff))
             self._readings.set_pending(miner_id, None)
+        else:
+            finished = self._clock.now()
+            outcome = "ok"
+            # Records the read-back, clears pending and back-off: one update on the hot path.
+            self._readings.record(miner_id, reading, finished, command=True)
+        finally:
+            ended = finished or self._clock.now()
+            kind = action.kind.value
             self._records.append(
-                CommandRecord(
-                    seq, miner_id, action.kind.value, started, self._clock.now(), outcome, detail
-                )
+                CommandRecord(seq, miner_id, kind, started, ended, outcome, detail)
             )
             self.commands_sent += 1
             self.in_flight -= 1
@@ -316,22 +355,23 @@ class Supervisor:
         while self._recent_wakes and now - self._recent_wakes[0][0] >= self._rules.wake_window:
             self._recent_wakes.popleft()
 
-    def _flush(self) -> None:
+    def _flush(self, now: datetime) -> None:
         records, self._records = self._records, []
         self._journal.record_commands(records)
+        self._flushed_at = now
 
-    def _report(self, now: datetime, snapshot: Snapshot) -> None:
+    def _report(self, now: datetime, views: tuple[MinerView, ...]) -> None:
         due = (
             self._last_status is None
             or (now - self._last_status).total_seconds() >= self._settings.status_interval_s
         )
         if due:
             self._last_status = now
-            self._publisher.status(self.status(now, snapshot))
+            self._publisher.status(self.status(now, views))
 
-    def status(self, now: datetime, snapshot: Snapshot | None = None) -> dict[str, Any]:
+    def status(self, now: datetime, views: tuple[MinerView, ...] | None = None) -> dict[str, Any]:
         """The daemon's state as published (retained) and served."""
-        views = snapshot.miners if snapshot is not None else self._readings.views()
+        views = views if views is not None else self._readings.views()
         counts = {"mining": 0, "sleeping": 0, "unknown": 0, "unhealthy": 0, "pending": 0}
         for view in views:
             if view.pending is not None:

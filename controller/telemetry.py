@@ -62,7 +62,9 @@ class Readings:
     def record(
         self, miner_id: str, reading: MinerReading, at: datetime, *, command: bool = False
     ) -> None:
-        """A successful read (or a command's verified read-back)."""
+        """A successful read, or a command's verified read-back (which also clears the
+        command's pending state and back-off). One object built: this runs per miner on
+        the fan-out's hot path."""
         view = self._views[miner_id]
         changed = view.reading is not None and view.reading.mode is not reading.mode
         # A command's read-back marks a transition even when it is the first reading we have.
@@ -71,8 +73,16 @@ class Readings:
         if command:
             self._command_fault.pop(miner_id, None)
             self._failures.pop(miner_id, None)
-        self._views[miner_id] = self._health(
-            replace(view, reading=reading, read_at=at, mode_since=mode_since)
+        healthy, reason = self._judge(view)
+        self._views[miner_id] = MinerView(
+            view.spec,
+            reading,
+            at,
+            healthy,
+            reason,
+            mode_since,
+            None if command else view.pending,
+            None if command else view.retry_after,
         )
 
     def fail(self, miner_id: str, err: DriverError, *, command: bool = False) -> int:
@@ -92,6 +102,13 @@ class Readings:
         self._views[miner_id] = replace(self._views[miner_id], retry_after=at)
 
     def _health(self, view: MinerView) -> MinerView:
+        healthy, reason = self._judge(view)
+        if healthy is view.healthy and reason == view.health_reason:
+            return view
+        return replace(view, healthy=healthy, health_reason=reason)
+
+    def _judge(self, view: MinerView) -> tuple[bool, str | None]:
+        """Health from the recorded faults; logs only when it changes."""
         miner_id = view.spec.id
         reason = self._command_fault.get(miner_id) or self._read_fault.get(miner_id)
         healthy = reason is None
@@ -102,7 +119,7 @@ class Readings:
                 log.warning("miner unhealthy", miner=miner_id, reason=reason)
         elif not healthy and reason != view.health_reason:
             log.debug("miner still unhealthy", miner=miner_id, reason=reason)
-        return replace(view, healthy=healthy, health_reason=reason)
+        return healthy, reason
 
 
 class Poller:

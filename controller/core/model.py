@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import NamedTuple
 
 from drivers.types import DriverTraits, MinerReading, Mode
 
@@ -55,6 +56,9 @@ class Snapshot:
     miners: tuple[MinerView, ...]
     recent_wakes: tuple[tuple[datetime, int], ...] = ()  # (sent at, rated W) of wakes
     last_shed_at: datetime | None = None
+    # Indices of `miners` in shed order (planner.shed_order), if the caller keeps them:
+    # the fleet does not change, so a daemon sorts it once instead of once per plan.
+    order: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,9 +82,12 @@ class PlanRules:
     wake_hold_after_shed: timedelta = timedelta(seconds=30)  # let the draw settle first
 
 
-@dataclass(frozen=True, slots=True)
-class Action:
-    """One command for one miner, with the reason the planner chose it."""
+class Action(NamedTuple):
+    """One command for one miner, with the reason the planner chose it.
+
+    A NamedTuple, not a frozen dataclass: a fleet-wide shed builds one per miner between
+    a signal and its first command, and tuples are several times cheaper to build.
+    """
 
     miner_id: str
     kind: ActionKind
@@ -105,21 +112,49 @@ def estimate_w(view: MinerView, now: datetime, stale_after: timedelta) -> int:
     miner mid-ramp counts at where the ramp ends, not where it is, so a falling draw is
     not shed twice and a rising one is not counted low.
     """
-    spec = view.spec
-    if view.pending is ActionKind.SLEEP:
-        return spec.traits.sleep_power_w if view.fresh(now, stale_after) else spec.rated_power_w
-    if view.pending is ActionKind.WAKE or not view.fresh(now, stale_after):
-        return spec.rated_power_w
-    reading = view.reading
-    assert reading is not None  # fresh() checked it
-    since = (now - view.mode_since).total_seconds() if view.mode_since else float("inf")
-    if reading.mode is Mode.SLEEPING:
-        if since < spec.traits.ramp_down_s:
-            return spec.traits.sleep_power_w
-        return reading.power_w
-    if since < spec.traits.ramp_up_s:
-        return max(reading.power_w, spec.rated_power_w)
-    return reading.power_w
+    return Horizon(now, stale_after).estimate(view)
+
+
+class Horizon:
+    """The instants one plan judges against, computed once rather than per miner.
+
+    A reading is fresh if taken at or after `fresh_from`; a mode change after
+    `now - ramp` is still ramping. Comparing datetimes is cheaper than subtracting them,
+    and this runs for every miner on the path from a signal to its first command.
+    """
+
+    __slots__ = ("_ramps", "fresh_from", "now")
+
+    def __init__(self, now: datetime, stale_after: timedelta) -> None:
+        self.now = now
+        self.fresh_from = now - stale_after
+        self._ramps: dict[DriverTraits, tuple[datetime, datetime]] = {}
+
+    def fresh(self, view: MinerView) -> bool:
+        return view.read_at is not None and view.read_at >= self.fresh_from
+
+    def estimate(self, view: MinerView) -> int:
+        spec = view.spec
+        fresh = view.read_at is not None and view.read_at >= self.fresh_from
+        pending = view.pending
+        if pending is ActionKind.SLEEP:
+            return spec.traits.sleep_power_w if fresh else spec.rated_power_w
+        reading = view.reading
+        if pending is ActionKind.WAKE or not fresh or reading is None:
+            return spec.rated_power_w
+        since = view.mode_since
+        if since is None:
+            return reading.power_w
+        ramps = self._ramps.get(spec.traits)
+        if ramps is None:
+            traits = spec.traits
+            ramps = self._ramps[traits] = (
+                self.now - timedelta(seconds=traits.ramp_down_s),
+                self.now - timedelta(seconds=traits.ramp_up_s),
+            )
+        if reading.mode is Mode.SLEEPING:
+            return spec.traits.sleep_power_w if since > ramps[0] else reading.power_w
+        return max(reading.power_w, spec.rated_power_w) if since > ramps[1] else reading.power_w
 
 
 def measured_w(views: tuple[MinerView, ...], now: datetime, stale_after: timedelta) -> int:

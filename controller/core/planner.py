@@ -2,61 +2,91 @@
 
 Two phases that never mix, so a tighter limit can never wake anything:
 - over budget: sleep the least efficient miners first until the estimate fits;
-- within budget: wake the most efficient sleepers first while they fit with headroom,
-  at a bounded rate, and not soon after a shed.
+- within budget: wake the most efficient sleepers first (the shed order walked
+  backwards) while they fit with headroom, at a bounded rate, and not soon after a shed.
 Both walks stop at the first miner that does not fit, so the running set stays a prefix
 of the efficiency order and a lower limit always yields a superset of sleeps.
+
+This runs between a signal and its first command, for every miner: it avoids per-miner
+datetime arithmetic (see Horizon) and builds each reason string once per class.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 
 from controller.core.model import (
     Action,
     ActionKind,
+    Horizon,
     Limit,
+    MinerSpec,
     MinerView,
     Plan,
     PlanRules,
     Snapshot,
-    estimate_w,
     is_running,
 )
 from drivers.types import Mode
 
+UNKNOWN_REASON = "shed: no fresh reading, counted at rated power"
+_tuple_new = tuple.__new__  # builds an Action without NamedTuple's Python-level __new__
+
+
+def shed_key(spec: MinerSpec) -> tuple[float, int, str]:
+    """Least efficient first; among equals the larger draw first; then by id."""
+    return (-spec.efficiency_j_th, -spec.rated_power_w, spec.id)
+
+
+def shed_order(miners: Sequence[MinerView]) -> tuple[int, ...]:
+    """Indices of `miners` in shed order; wakes walk it backwards (most efficient first)."""
+    return tuple(sorted(range(len(miners)), key=lambda i: shed_key(miners[i].spec)))
+
 
 def plan(snapshot: Snapshot, limit: Limit, rules: PlanRules) -> Plan:
     """Choose actions so the fleet's estimated draw stays within `limit` less the margin."""
-    now = snapshot.taken_at
+    horizon = Horizon(snapshot.taken_at, rules.stale_after)
     budget = limit.limit_w - rules.margin_w
-    costs = {v.spec.id: estimate_w(v, now, rules.stale_after) for v in snapshot.miners}
-    total = sum(costs.values())
+    costs = [horizon.estimate(v) for v in snapshot.miners]
+    total = sum(costs)
+    order = snapshot.order if snapshot.order is not None else shed_order(snapshot.miners)
     if total > budget:
-        return _shed(snapshot, costs, total, budget, rules)
-    return _wake(snapshot, costs, total, budget, rules)
+        return _shed(snapshot, horizon, costs, order, total, budget)
+    return _wake(snapshot, horizon, costs, order, total, budget, rules)
 
 
-def _shed(
-    snapshot: Snapshot, costs: dict[str, int], total: int, budget: int, rules: PlanRules
+def _shed(  # noqa: PLR0917 - a private step of plan(), called once
+    snapshot: Snapshot,
+    horizon: Horizon,
+    costs: list[int],
+    order: Sequence[int],
+    total: int,
+    budget: int,
 ) -> Plan:
     now = snapshot.taken_at
+    miners = snapshot.miners
     over = total - budget
-    candidates = [v for v in snapshot.miners if _may_command(v, now) and is_running(v)]
-    candidates.sort(key=lambda v: (-v.spec.efficiency_j_th, -v.spec.rated_power_w, v.spec.id))
+    reasons: dict[float, str] = {}
     actions: list[Action] = []
-    for view in candidates:
+    for i in order:
         if total <= budget:
             break
-        known = view.fresh(now, rules.stale_after)
-        reason = (
-            f"shed: {view.spec.efficiency_j_th:g} J/TH, least efficient running"
-            if known
-            else "shed: no fresh reading, counted at rated power"
-        )
-        actions.append(Action(view.spec.id, ActionKind.SLEEP, reason))
-        if known:
-            total -= costs[view.spec.id] - view.spec.traits.sleep_power_w
+        view = miners[i]
+        if not (_may_command(view, now) and is_running(view)):
+            continue
+        cost = costs[i]
+        spec = view.spec
+        if horizon.fresh(view):
+            reason = reasons.get(spec.efficiency_j_th)
+            if reason is None:
+                reason = reasons[spec.efficiency_j_th] = (
+                    f"shed: {spec.efficiency_j_th:g} J/TH, least efficient running"
+                )
+            total -= cost - spec.traits.sleep_power_w
+        else:
+            reason = UNKNOWN_REASON  # counts at rated power until it answers again
+        actions.append(_tuple_new(Action, (spec.id, ActionKind.SLEEP, reason)))
     notes = [f"over budget by {over} W: sleeping {len(actions)}"]
     if total > budget:
         notes.append(
@@ -65,11 +95,22 @@ def _shed(
     return Plan(tuple(actions), budget, total, feasible=total <= budget, notes=tuple(notes))
 
 
-def _wake(
-    snapshot: Snapshot, costs: dict[str, int], total: int, budget: int, rules: PlanRules
+def _wake(  # noqa: PLR0917 - a private step of plan(), called once
+    snapshot: Snapshot,
+    horizon: Horizon,
+    costs: list[int],
+    order: Sequence[int],
+    total: int,
+    budget: int,
+    rules: PlanRules,
 ) -> Plan:
     now = snapshot.taken_at
-    sleepers = [v for v in snapshot.miners if _may_command(v, now) and _asleep(v, now, rules)]
+    miners = snapshot.miners
+    sleepers = [
+        (miners[i], costs[i])
+        for i in reversed(order)
+        if _may_command(miners[i], now) and _asleep(miners[i], horizon)
+    ]
     if not sleepers:
         return Plan((), budget, total, feasible=True)
     shed_at = snapshot.last_shed_at
@@ -85,26 +126,22 @@ def _wake(
     recent = [(t, w) for t, w in snapshot.recent_wakes if now - t < rules.wake_window]
     slots = rules.wake_max_per_window - len(recent)
     watts = rules.wake_max_w_per_window - sum(w for _, w in recent)
-    sleepers.sort(key=lambda v: (v.spec.efficiency_j_th, v.spec.rated_power_w, v.spec.id))
     actions: list[Action] = []
     notes: list[str] = []
-    for view in sleepers:
-        extra = view.spec.rated_power_w - costs[view.spec.id]
+    for view, cost in sleepers:
+        spec = view.spec
+        extra = spec.rated_power_w - cost
         if total + extra > budget - rules.wake_headroom_w:
             break
-        if slots <= 0 or watts < view.spec.rated_power_w:
+        if slots <= 0 or watts < spec.rated_power_w:
             notes.append("wake rate limit reached")
             break
         actions.append(
-            Action(
-                view.spec.id,
-                ActionKind.WAKE,
-                f"wake: {view.spec.efficiency_j_th:g} J/TH fits the limit",
-            )
+            Action(spec.id, ActionKind.WAKE, f"wake: {spec.efficiency_j_th:g} J/TH fits the limit")
         )
         total += extra
         slots -= 1
-        watts -= view.spec.rated_power_w
+        watts -= spec.rated_power_w
     return Plan(tuple(actions), budget, total, feasible=True, notes=tuple(notes))
 
 
@@ -112,9 +149,5 @@ def _may_command(view: MinerView, now: datetime) -> bool:
     return view.pending is None and (view.retry_after is None or now >= view.retry_after)
 
 
-def _asleep(view: MinerView, now: datetime, rules: PlanRules) -> bool:
-    return (
-        view.fresh(now, rules.stale_after)
-        and view.reading is not None
-        and view.reading.mode is Mode.SLEEPING
-    )
+def _asleep(view: MinerView, horizon: Horizon) -> bool:
+    return horizon.fresh(view) and view.reading is not None and view.reading.mode is Mode.SLEEPING

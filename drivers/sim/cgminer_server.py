@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+from collections.abc import Callable
 from typing import Any, Protocol, cast
 
 from drivers.sim.faults import Fault, FaultState
@@ -47,6 +48,7 @@ class CgminerServer:
         fault: FaultState,
         *,
         rng: random.Random | None = None,
+        observer: Callable[[str], None] | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -58,6 +60,7 @@ class CgminerServer:
         self.requests = 0
         self.connections = 0  # open right now
         self.peak_connections = 0  # most ever open at once (one-in-flight checks)
+        self._observer = observer  # told every command name (benchmarks count and time them)
 
     async def start(self) -> None:
         if self._server is None and self.fault.mode is not Fault.REFUSE:
@@ -87,6 +90,8 @@ class CgminerServer:
     def respond(self, command: str, parameter: str | None) -> Reply:
         """The device's reply, with cgminer's `a+b` joins expanded."""
         self.requests += 1
+        if self._observer is not None:
+            self._observer(command)
         if "+" not in command:
             return self.device.handle(command, parameter)
         parts = command.split("+")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
+import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Self
@@ -60,6 +62,8 @@ class SimFarm:
     ) -> None:
         self._time = time_fn
         self.miners: dict[str, SimMiner] = {}
+        self.commands: Counter[str] = Counter()  # requests by command name, farm-wide
+        self.first_at: dict[str, float] = {}  # time.monotonic() of each command's first request
         ambient = ambient_c or {}
         now = time_fn()
         for spec in specs:
@@ -71,6 +75,21 @@ class SimFarm:
             self.miners[spec.id] = self._build(
                 spec, ambient.get(spec.container, default_ambient_c), now, seed
             )
+
+    def reset(self, mode: Mode = Mode.MINING) -> None:
+        """Every miner in `mode` at steady draw, no sessions, counters cleared."""
+        for miner in self.miners.values():
+            miner.device.reset(mode)
+        self.reset_counters()
+
+    def reset_counters(self) -> None:
+        self.commands.clear()
+        self.first_at.clear()
+
+    def _observe(self, command: str) -> None:
+        if command not in self.first_at:
+            self.first_at[command] = time.monotonic()
+        self.commands[command] += 1
 
     async def start(self) -> None:
         """Listen on every miner's address; fails loudly if an address is taken."""
@@ -137,5 +156,5 @@ class SimFarm:
         mac = ":".join(f"{b:02X}" for b in (0x02, *digest[:5]))
         serial = "LUX" + digest[5:11].hex().upper()
         device = LuxosDevice(physics, fault, time_fn=self._time, rng=rng, serial=serial, mac=mac)
-        server = CgminerServer(spec.host, spec.port, device, fault, rng=rng)
+        server = CgminerServer(spec.host, spec.port, device, fault, rng=rng, observer=self._observe)
         return SimMiner(spec, physics, device, server, fault)

@@ -103,6 +103,13 @@ class LuxosDevice:
         self.accepted = 0
         self.commands: deque[str] = deque(maxlen=256)  # writes carried out, for tests
 
+    def reset(self, mode: Mode) -> None:
+        """Simulator control: drop any session and put the miner in `mode` at once."""
+        now = self._now()
+        self.physics.force(mode, now)
+        self.session_id = ""
+        self._sleep_since = None if mode is Mode.MINING else now
+
     # -- the API ---------------------------------------------------------------------------
 
     def handle(self, command: str, parameter: str | None) -> Reply:

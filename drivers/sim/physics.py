@@ -121,6 +121,14 @@ class MinerPhysics:
         if self.mode is Mode.MINING:
             self._retarget(now, Mode.MINING)
 
+    def force(self, mode: Mode, now: float) -> None:
+        """Put the miner in `mode` at its steady draw at once (a simulator reset, no ramp)."""
+        self.advance(now)
+        self.mode = mode
+        self.target_w = self._level(mode)
+        self._from_w = float(self.target_w)
+        self._ramp_start = self._ramp_end = now
+
     def set_ambient(self, ambient_c: float, now: float) -> None:
         self.advance(now)
         self.ambient_c = ambient_c

@@ -97,7 +97,8 @@ def test_journal_records_decisions_commands_and_obligations(tmp_path: Path) -> N
         950,
     )
     journal.record_obligations([reached], "firmware")
-    assert journal.rows("SELECT actions FROM decisions") == [('[["m1","sleep","shed"]]',)]
+    assert journal.decision_actions(seq) == [("m1", "sleep", "shed")]
+    assert journal.rows("SELECT action_count FROM decisions") == [(1,)]
     assert journal.rows("SELECT decision_seq, outcome FROM commands") == [(seq, "ok")]
     assert journal.obligations() == [reached]
     assert journal.obligations(pending_only=True) == []

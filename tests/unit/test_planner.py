@@ -19,7 +19,7 @@ from controller.core.model import (
     Snapshot,
     estimate_w,
 )
-from controller.core.planner import plan
+from controller.core.planner import plan, shed_order
 from drivers.types import DriverTraits, MinerReading, Mode
 
 NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
@@ -235,11 +235,14 @@ def snapshots(draw: st.DrawFn) -> Snapshot:
         views.append(view)
     wakes = draw(st.lists(st.integers(0, 3), max_size=4))
     shed_ago = draw(st.one_of(st.none(), st.integers(0, 90)))
+    # Half the time the caller supplies the shed order, as the supervisor does.
+    order = shed_order(views) if draw(st.booleans()) else None
     return Snapshot(
         NOW,
         tuple(views),
         tuple((NOW - timedelta(milliseconds=100 * w), 3000) for w in wakes),
         None if shed_ago is None else NOW - timedelta(seconds=shed_ago),
+        order,
     )
 
 
@@ -255,7 +258,7 @@ def applied(snapshot: Snapshot, result: Plan) -> Snapshot:
         if kinds.get(v.spec.id) is ActionKind.WAKE
     )
     shed = NOW if ActionKind.SLEEP in kinds.values() else snapshot.last_shed_at
-    return Snapshot(NOW, views, wakes, shed)
+    return Snapshot(NOW, views, wakes, shed, snapshot.order)
 
 
 def landed(snapshot: Snapshot, result: Plan) -> Snapshot:
@@ -274,7 +277,7 @@ def landed(snapshot: Snapshot, result: Plan) -> Snapshot:
             replace(v, reading=reading, read_at=NOW if v.read_at else None, mode_since=NOW)
         )
     pending = applied(snapshot, result)
-    return Snapshot(NOW, tuple(views), pending.recent_wakes, pending.last_shed_at)
+    return Snapshot(NOW, tuple(views), pending.recent_wakes, pending.last_shed_at, snapshot.order)
 
 
 def floor_w(snapshot: Snapshot) -> int:
@@ -362,3 +365,12 @@ def test_property_sheds_in_efficiency_order(snapshot: Snapshot, limit_w: int) ->
     ]
     last_shed = max(order(v) for v in snapshot.miners if v.spec.id in shed)
     assert all(order(v) > last_shed for v in kept)
+
+
+@settings(max_examples=200, deadline=None)
+@given(snapshots(), limits)
+def test_property_supplied_order_changes_nothing(snapshot: Snapshot, limit_w: int) -> None:
+    limit = Limit(limit_w, ())
+    with_order = replace(snapshot, order=shed_order(snapshot.miners))
+    without = replace(snapshot, order=None)
+    assert plan(with_order, limit, RULES) == plan(without, limit, RULES)
