@@ -1,5 +1,5 @@
 """The floor: a bare uvloop loop sending each miner exactly the requests curtaild sends to
-sleep a LuxOS miner (logon, curtail sleep, logoff, one joined read-back) and nothing else:
+sleep a LuxOS miner (logon, curtail sleep, logoff, an events+power read-back) and nothing else:
 no timeouts, no error handling, no journal, no planning."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 import uvloop
 
 LOGON = b'{"command":"logon"}'
-READ = b'{"command":"power+summary+stats+events+config"}'
+READ = b'{"command":"events+power"}'
 
 
 class _Exchange(asyncio.Protocol):
@@ -53,15 +53,16 @@ async def sleep_one(host: str) -> None:
 
 
 async def run(hosts: list[str]) -> dict[str, object]:
-    t0, m0 = time.time(), time.monotonic()
+    t0, m0, c0 = time.time(), time.monotonic(), time.process_time()
     results = await asyncio.gather(*(sleep_one(h) for h in hosts), return_exceptions=True)
-    end = time.time()
+    end, cpu = time.time(), time.process_time() - c0
     errors = [repr(r) for r in results if isinstance(r, BaseException)]
     return {
         "method": "bare",
         "start": t0,
         "start_monotonic": m0,
         "end": end,
+        "cpu_s": cpu,
         "acked": len(hosts) - len(errors),
         "errors": errors[:5],
     }

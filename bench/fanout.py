@@ -163,6 +163,10 @@ def main() -> None:
                         runs.append(result)
                         first = result["first_command_ms"]
                         print(
+                            f"cpu {result['cpu_s']:.2f} s  ",
+                            end="",
+                        )
+                        print(
                             f"{size:>6} {method:<9} #{repeat}: {result['seconds']:7.2f} s, "
                             f"{result['sleeping']}/{size} asleep, "
                             f"first command {first:.1f} ms, "
@@ -193,22 +197,26 @@ def report(runs: list[dict[str, Any]], methods: list[str], args: argparse.Namesp
         f"{args.repeats} runs each, median (min-max):"
     )
     header = (
-        "| miners | method | time to all acked | ratio to bare | first command | "
-        "all asleep | requests/miner |"
+        "| miners | method | time to all acked | ratio to bare | CPU in window | "
+        "CPU ratio | first command | all asleep | requests/miner |"
     )
-    lines = [title, "", header, "|---|---|---|---|---|---|---|"]
+    lines = [title, "", header, "|---|---|---|---|---|---|---|---|---|"]
     for size in args.sizes:
-        medians = {}
+        medians: dict[str, float] = {}
+        cpus: dict[str, float] = {}
         for method in methods:
             mine = [r for r in runs if r["size"] == size and r["method"] == method]
             secs = [r["seconds"] for r in mine]
             medians[method] = statistics.median(secs)
             firsts = [r["first_command_ms"] for r in mine if r["first_command_ms"] is not None]
             ratio = medians[method] / medians["bare"]
+            cpus[method] = statistics.median(r["cpu_s"] for r in mine)
+            cpu_ratio = cpus[method] / cpus["bare"]
             asleep = all(r["sleeping"] == size for r in mine)
             lines.append(
                 f"| {size:,} | {method} | {medians[method]:.2f} s ({min(secs):.2f}-"
-                f"{max(secs):.2f}) | {ratio:.2f}x | {statistics.median(firsts):.1f} ms | "
+                f"{max(secs):.2f}) | {ratio:.2f}x | {cpus[method]:.2f} s | {cpu_ratio:.2f}x | "
+                f"{statistics.median(firsts):.1f} ms | "
                 f"{'yes' if asleep else 'NO'} | "
                 f"{statistics.median(r['requests'] for r in mine) / size:.1f} |"
             )

@@ -61,6 +61,9 @@ async def run(hosts: list[str]) -> dict[str, object]:
             # Ready means the first telemetry sweep is in; the poller now idles until its
             # next interval, so the signal meets the daemon in its steady state.
             await asyncio.sleep(0.5)  # as in service: start-up tuning (gc) is done
+            if attach := os.environ.get("BENCH_ATTACH_S"):  # time to attach a profiler
+                print(f"pid {os.getpid()}", file=sys.stderr, flush=True)
+                await asyncio.sleep(float(attach))
             body = json.dumps(
                 {
                     "type": "curtailment",
@@ -76,12 +79,13 @@ async def run(hosts: list[str]) -> dict[str, object]:
             profiler = cProfile.Profile() if os.environ.get("BENCH_PROFILE") else None
             if profiler is not None:
                 profiler.enable()  # the fan-out window only, not start-up
-            t0, m0 = time.time(), time.monotonic()
+            t0, m0, c0 = time.time(), time.monotonic(), time.process_time()
             outcome = daemon.inbox.submit_http(body, str(ts), signature)
             assert outcome.status == "received", outcome
             # Polled every 5 ms: an event hook into the supervisor would change what we measure.
             while daemon.supervisor.commands_sent < len(hosts):  # noqa: ASYNC110
                 await asyncio.sleep(0.005)
+            cpu = time.process_time() - c0
             if profiler is not None:
                 profiler.disable()
                 profiler.dump_stats(os.environ["BENCH_PROFILE"])
@@ -100,6 +104,7 @@ async def run(hosts: list[str]) -> dict[str, object]:
         "start": t0,
         "start_monotonic": m0,
         "end": end,
+        "cpu_s": cpu,
         "acked": acked[0][0],
         "errors": [f"{o}: {d}" for o, d in failed],
     }

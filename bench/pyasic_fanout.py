@@ -17,15 +17,16 @@ from pyasic.miners.antminer import LUXMinerS19
 
 async def run(hosts: list[str]) -> dict[str, object]:
     miners = [LUXMinerS19(h) for h in hosts]  # the RPC port is 4028 already
-    t0, m0 = time.time(), time.monotonic()
+    t0, m0, c0 = time.time(), time.monotonic(), time.process_time()
     results = await asyncio.gather(*(m.stop_mining() for m in miners), return_exceptions=True)
-    end = time.time()
+    end, cpu = time.time(), time.process_time() - c0
     errors = [repr(r) for r in results if isinstance(r, BaseException) or r is False]
     return {
         "method": "pyasic",
         "start": t0,
         "start_monotonic": m0,
         "end": end,
+        "cpu_s": cpu,
         "acked": len(hosts) - len(errors),
         "errors": errors[:5],
     }

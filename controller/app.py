@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import resource
 from types import TracebackType
 from typing import Self
 
@@ -29,6 +30,24 @@ COMMAND_TIMEOUT_CALLS = 5  # a LuxOS write is logon, command, logoff and a read-
 # Collect young objects less often: a fleet-wide shed allocates tens of thousands of
 # short-lived objects, and every gen-0 pass over them sits on the path to the last ack.
 GC_GEN0_THRESHOLD = 20_000
+# Descriptors kept back from the command fan-out for the journal, MQTT, HTTP and logs.
+RESERVED_FDS = 512
+
+
+def _fd_bounded(wanted: int) -> int:
+    """Commands in flight, capped by the open-file limit: each holds one socket."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return wanted
+    allowed = max(1, soft - RESERVED_FDS)
+    if allowed < wanted:
+        log.warning(
+            "command concurrency capped by the open-file limit",
+            wanted=wanted,
+            allowed=allowed,
+            nofile=soft,
+        )
+    return min(wanted, allowed)
 
 
 class DaemonError(Exception):
@@ -133,7 +152,7 @@ class Daemon:
                 tick_s=control.tick_s,
                 fast_tick_s=control.fast_tick_s,
                 command_timeout_s=slowest * COMMAND_TIMEOUT_CALLS,
-                command_concurrency=control.command_concurrency,
+                command_concurrency=_fd_bounded(control.command_concurrency),
                 retry_backoff_s=control.retry_backoff_s,
                 retry_backoff_max_s=control.retry_backoff_max_s,
                 first_read_timeout_s=slowest * 2,

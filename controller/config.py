@@ -273,7 +273,8 @@ class TelemetryCfg(_Model):
 class ControlCfg(_Model):
     tick_s: Seconds = 1.0
     fast_tick_s: Seconds = 0.25  # while commands or deadlines are pending
-    command_concurrency: Annotated[int, Field(ge=1, le=100_000)] = 4096
+    # Commands in flight at once (each holds a socket); capped by the open-file limit.
+    command_concurrency: Annotated[int, Field(ge=1, le=100_000)] = 16_384
     retry_backoff_s: Seconds = 2.0
     retry_backoff_max_s: Seconds = 60.0
     wake_max_per_s: Annotated[int, Field(ge=1)] = 10

@@ -45,6 +45,7 @@ from controller.inbox import Inbox
 from controller.journal import CommandRecord, Journal
 from controller.publish import Ack, Publisher
 from controller.telemetry import Activity, Poller, Readings
+from drivers.deadline import within
 from drivers.errors import DeviceTimeoutError, DriverError, VerificationError
 from drivers.types import MinerDriver, MinerReading, Mode
 
@@ -294,6 +295,8 @@ class Supervisor:
             left -= 1
             if not left:
                 await asyncio.sleep(0)
+                if batch == DISPATCH_FIRST_BATCH:
+                    await asyncio.sleep(0)  # the first connections complete and write first
                 batch = min(batch * 8, DISPATCH_MAX_BATCH)
                 left = batch
 
@@ -340,7 +343,7 @@ class Supervisor:
         driver = self._drivers[action.miner_id]
         timeout = self._settings.command_timeout_s
         try:
-            async with asyncio.timeout(timeout):
+            with within(timeout):
                 if action.kind is ActionKind.SLEEP:
                     return await driver.sleep()
                 return await driver.wake()

@@ -166,10 +166,3 @@ def measured_w(views: tuple[MinerView, ...], now: datetime, stale_after: timedel
         else:
             total += view.spec.rated_power_w
     return total
-
-
-def is_running(view: MinerView) -> bool:
-    """Whether the planner should treat the miner as drawing mining power."""
-    if view.pending is not None:
-        return view.pending is ActionKind.WAKE
-    return view.reading is None or view.reading.mode is Mode.MINING

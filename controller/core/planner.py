@@ -26,7 +26,6 @@ from controller.core.model import (
     Plan,
     PlanRules,
     Snapshot,
-    is_running,
 )
 from drivers.types import Mode
 
@@ -69,11 +68,15 @@ def _shed(  # noqa: PLR0917 - a private step of plan(), called once
     over = total - budget
     reasons: dict[float, str] = {}
     actions: list[Action] = []
+    sleeping = Mode.SLEEPING
     for i in order:
         if total <= budget:
             break
         view = miners[i]
-        if not (_may_command(view, now) and is_running(view)):
+        # Commandable and not known to be asleep, inlined: this loop runs for every miner.
+        if view.pending is not None or (view.retry_after is not None and now < view.retry_after):
+            continue
+        if view.reading is not None and view.reading.mode is sleeping:
             continue
         cost = costs[i]
         spec = view.spec

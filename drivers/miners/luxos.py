@@ -30,8 +30,10 @@ CODE_ACCESS_DENIED = 45
 CODE_SESSION_ACTIVE = 402  # "Another session is active"
 INVALID_SESSION = "invalid session"
 
-READ_JOINED = "power+summary+stats+events+config"
 READ_PARTS = ("power", "summary", "stats", "events", "config")
+# A read-back checks what the write claimed; slow-moving fields come from the last read.
+VERIFY_PARTS = ("events", "power")
+VERIFY_PROFILE_PARTS = ("events", "power", "config")
 
 LOGON_ATTEMPTS = 3
 LOGON_BACKOFF_S = 0.25  # doubles per attempt; a foreign write session is short-lived
@@ -49,6 +51,7 @@ class LuxosMiner:
         self._lock = asyncio.Lock()
         self._joined = True  # firmware accepts "a+b" joins until it says otherwise
         self._leaked_sid: str | None = None  # our own session whose logoff failed
+        self._last: MinerReading | None = None  # fills fields a partial read-back omits
         self.firmware: str | None = None
         self.model: str | None = None
 
@@ -77,12 +80,12 @@ class LuxosMiner:
     async def sleep(self) -> MinerReading:
         async with self._lock:
             await self._write("curtail", "sleep")
-            return await self._verify("sleep", lambda r: r.mode is Mode.SLEEPING)
+            return await self._verify("sleep", lambda r: r.mode is Mode.SLEEPING, VERIFY_PARTS)
 
     async def wake(self) -> MinerReading:
         async with self._lock:
             await self._write("curtail", "wakeup")
-            return await self._verify("wake", lambda r: r.mode is Mode.MINING)
+            return await self._verify("wake", lambda r: r.mode is Mode.MINING, VERIFY_PARTS)
 
     async def set_profile(self, profile: str) -> MinerReading:
         if "," in profile or not profile:
@@ -96,7 +99,9 @@ class LuxosMiner:
                     "profileset",
                     f"acknowledged profile {acked!r}, asked for {profile!r}",
                 )
-            return await self._verify("profileset", lambda r: r.profile == profile)
+            return await self._verify(
+                "profileset", lambda r: r.profile == profile, VERIFY_PROFILE_PARTS
+            )
 
     # -- internals -------------------------------------------------------------------------
 
@@ -110,42 +115,57 @@ class LuxosMiner:
             device=self.miner_id,
         )
 
-    async def _read(self) -> MinerReading:
+    async def _read(self, parts: tuple[str, ...] = READ_PARTS) -> MinerReading:
         if self._joined:
             try:
-                reply = await self._call(READ_JOINED)
+                reply = await self._call("+".join(parts))
             except RejectedError as err:
                 if err.code not in (CODE_INVALID_COMMAND, CODE_ACCESS_DENIED):
                     raise
                 self._joined = False  # older firmware: fall back to one command at a time
             else:
                 return self._parse(
-                    {part: _joined_part(reply, part, self.miner_id) for part in READ_PARTS}
+                    {part: _joined_part(reply, part, self.miner_id) for part in parts}
                 )
-        return self._parse({part: await self._call(part) for part in READ_PARTS})
+        return self._parse({part: await self._call(part) for part in parts})
 
     def _parse(self, parts: dict[str, cgminer_tcp.Reply]) -> MinerReading:
+        """A reading from whichever parts were read; what is missing comes from the last."""
         device = self.miner_id
+        last = self._last
         try:
             power = _first(parts["power"], "POWER", device, "power")
-            summary = _first(parts["summary"], "SUMMARY", device, "summary")
-            stats = cgminer_tcp.section(parts["stats"], "STATS", device=device, op="stats")
             events = cgminer_tcp.section(parts["events"], "EVENTS", device=device, op="events")
-            config = _first(parts["config"], "CONFIG", device, "config")
             sleeping = any(e.get("Code") in ("SLEEP", "IDLE") for e in events)
-            boards = stats[1] if len(stats) > 1 else {}
-            temps = tuple(
-                _board_temp(boards[key]) for key in sorted(boards) if key.startswith("temp_pcb")
-            )
-            return MinerReading(
+            if "summary" in parts:
+                summary = _first(parts["summary"], "SUMMARY", device, "summary")
+                hashrate = round(float(summary["GHS 5s"]) / 1000, 3)
+            else:
+                hashrate = 0.0 if sleeping or last is None else last.hashrate_ths
+            if "stats" in parts:
+                stats = cgminer_tcp.section(parts["stats"], "STATS", device=device, op="stats")
+                boards = stats[1] if len(stats) > 1 else {}
+                temps = tuple(
+                    _board_temp(boards[key]) for key in sorted(boards) if key.startswith("temp_pcb")
+                )
+            else:
+                temps = last.board_temps_c if last is not None else ()
+            if "config" in parts:
+                config = _first(parts["config"], "CONFIG", device, "config")
+                profile = str(config["Profile"]) if "Profile" in config else None
+            else:
+                profile = last.profile if last is not None else None
+            reading = MinerReading(
                 mode=Mode.SLEEPING if sleeping else Mode.MINING,
                 power_w=round(float(power["Watts"])),
-                hashrate_ths=round(float(summary["GHS 5s"]) / 1000, 3),
+                hashrate_ths=hashrate,
                 board_temps_c=temps,
-                profile=str(config["Profile"]) if "Profile" in config else None,
+                profile=profile,
             )
         except (KeyError, TypeError, ValueError, IndexError) as err:
             raise ProtocolError(device, "read", f"unexpected reply layout: {err!r}") from None
+        self._last = reading
+        return reading
 
     async def _write(self, command: str, argument: str) -> cgminer_tcp.Reply:
         for attempt in range(2):
@@ -193,13 +213,15 @@ class LuxosMiner:
         else:
             self._leaked_sid = None
 
-    async def _verify(self, op: str, done: Callable[[MinerReading], bool]) -> MinerReading:
-        reading = await self._read()
+    async def _verify(
+        self, op: str, done: Callable[[MinerReading], bool], parts: tuple[str, ...]
+    ) -> MinerReading:
+        reading = await self._read(parts)
         for _ in range(VERIFY_ATTEMPTS - 1):
             if done(reading):
                 return reading
             await asyncio.sleep(VERIFY_INTERVAL_S)
-            reading = await self._read()
+            reading = await self._read(parts)
         if done(reading):
             return reading
         raise VerificationError(
@@ -231,7 +253,11 @@ _SENSOR = re.compile(r"(?:^|-)(-?\d+(?:\.\d+)?)")
 def _board_temp(value: object) -> float:
     """LuxOS reports a board's sensors as "58-60-61-59" (below freezing "-31--30"); the
     board is as hot as its hottest sensor. Missing sensors read 0 and are skipped."""
-    readings = [float(v) for v in _SENSOR.findall(str(value)) if float(v) != 0]
+    text = str(value)
+    # Above freezing no sensor is negative and a plain split will do (the usual case).
+    parts = text.split("-") if not text.startswith("-") and "--" not in text else None
+    values = parts if parts is not None else _SENSOR.findall(text)
+    readings = [t for t in map(float, values) if t != 0]
     return max(readings) if readings else float("nan")
 
 

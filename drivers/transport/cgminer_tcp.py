@@ -12,6 +12,7 @@ import json
 import re
 from typing import Any, cast
 
+from drivers.deadline import within
 from drivers.errors import (
     DeviceTimeoutError,
     ProtocolError,
@@ -65,19 +66,14 @@ async def exchange(
 ) -> bytes:
     """One connection: send `payload`, return the reply bytes up to the NUL or close."""
     loop = asyncio.get_running_loop()
-    task = asyncio.current_task()
-    assert task is not None
     done: asyncio.Future[bytes] = loop.create_future()
     proto = _Exchange(payload, done)
     transport: asyncio.BaseTransport | None = None
-    deadline = _Deadline(task)
-    timer = loop.call_later(timeout_s, deadline.expire)
     try:
-        transport, _ = await loop.create_connection(lambda: proto, host, port)
-        return await done
-    except asyncio.CancelledError:
-        if not deadline.fired(task):
-            raise
+        with within(timeout_s):
+            transport, _ = await loop.create_connection(lambda: proto, host, port)
+            return await done
+    except TimeoutError:
         stage = "no connection" if transport is None else "no complete reply"
         raise DeviceTimeoutError(device, op, f"{stage} within {timeout_s:g} s") from None
     except ConnectionRefusedError:
@@ -87,32 +83,8 @@ async def exchange(
     except OSError as err:
         raise UnreachableError(device, op, f"{host}:{port}: {err.strerror or err}") from None
     finally:
-        timer.cancel()
         if transport is not None:
             transport.close()
-
-
-class _Deadline:
-    """asyncio.timeout() without its bookkeeping: one timer that cancels the task.
-
-    The hot path of a fleet-wide curtailment makes four requests per miner; the standard
-    context manager's rescheduling costs more than the rest of the request handling.
-    """
-
-    __slots__ = ("_cancelling", "_expired", "_task")
-
-    def __init__(self, task: asyncio.Task[Any]) -> None:
-        self._task = task
-        self._cancelling = task.cancelling()
-        self._expired = False
-
-    def expire(self) -> None:
-        self._expired = True
-        self._task.cancel()
-
-    def fired(self, task: asyncio.Task[Any]) -> bool:
-        """True if our timer caused the cancellation (and nobody else asked for one)."""
-        return self._expired and task.uncancel() <= self._cancelling
 
 
 def decode(raw: bytes, *, device: str, op: str) -> Reply:

@@ -1,0 +1,66 @@
+"""Coarse deadlines behave like asyncio.timeout, just cheaper and up to a tick late."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from drivers import deadline
+from drivers.deadline import within
+
+
+async def test_deadline_fires_as_timeout_error() -> None:
+    with pytest.raises(TimeoutError), within(0.05) as d:
+        await asyncio.sleep(5)
+    assert d.expired
+
+
+async def test_deadline_that_does_not_fire_leaves_no_stray_cancellation() -> None:
+    with within(0.05) as d:
+        await asyncio.sleep(0)
+    assert not d.expired
+    await asyncio.sleep(0.2)  # past the deadline: nothing may cancel us now
+
+
+async def test_deadline_lets_other_cancellations_through() -> None:
+    async def victim() -> None:
+        with within(10):
+            await asyncio.sleep(10)
+
+    task = asyncio.create_task(victim())
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_deadline_nested_inner_fires_first() -> None:
+    outcome = []
+    with within(5):
+        try:
+            with within(0.05):
+                await asyncio.sleep(5)
+        except TimeoutError:
+            outcome.append("inner")
+        await asyncio.sleep(0)
+    assert outcome == ["inner"]
+
+
+async def test_deadline_many_at_once_fire_by_duration_and_the_sweeper_stops() -> None:
+    fired: list[float] = []
+
+    async def wait(seconds: float) -> None:
+        try:
+            with within(seconds):
+                await asyncio.sleep(5)
+        except TimeoutError:
+            fired.append(seconds)
+
+    durations = [0.15, 0.05, 0.1] * 50
+    await asyncio.gather(*(wait(s) for s in durations))
+    assert sorted(fired) == sorted(durations)
+    assert fired[:50] == [0.05] * 50  # shorter deadlines fire first
+    await asyncio.sleep(deadline.TICK_S * 3)
+    sweeper = deadline._sweepers[asyncio.get_running_loop()]
+    assert sweeper._handle is None  # nothing live, no timer left running
