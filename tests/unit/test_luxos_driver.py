@@ -209,3 +209,22 @@ async def test_luxos_one_call_in_flight_per_miner(farm: SimFarm) -> None:
     # read, then logon/curtail/logoff/read-back, then read: strictly one after another.
     assert farm.miners["m0"].server.requests - before == 6
     assert farm.miners["m0"].server.peak_connections == 1
+
+
+async def test_luxos_read_back_reads_what_it_verifies(farm: SimFarm) -> None:
+    miner = driver(farm)
+    full = await miner.read()
+    before = dict(farm.commands)
+    asleep = await miner.sleep()
+    new = {k: v - before.get(k, 0) for k, v in farm.commands.items() if v != before.get(k, 0)}
+    assert new == {"logon": 1, "curtail": 1, "logoff": 1, "events+power": 1}
+    assert asleep.board_temps_c == full.board_temps_c  # carried over from the full read
+    assert asleep.profile == full.profile
+    assert asleep.hashrate_ths == 0.0
+
+
+async def test_luxos_read_back_without_a_prior_read_has_no_temperatures(farm: SimFarm) -> None:
+    asleep = await driver(farm, "m1").sleep()
+    assert asleep.mode is Mode.SLEEPING
+    assert asleep.board_temps_c == ()
+    assert asleep.profile is None
