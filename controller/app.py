@@ -156,6 +156,7 @@ class Daemon:
                 retry_backoff_s=control.retry_backoff_s,
                 retry_backoff_max_s=control.retry_backoff_max_s,
                 first_read_timeout_s=slowest * 2,
+                pause_gc_in_fanout=tune_gc,
             ),
             publisher=self.publisher,
             activity=self.activity,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from typing import NamedTuple
 
 from controller.core.model import (
     Action,
@@ -50,19 +51,23 @@ def plan(snapshot: Snapshot, limit: Limit, rules: PlanRules) -> Plan:
     costs = [horizon.estimate(v) for v in snapshot.miners]
     total = sum(costs)
     order = snapshot.order if snapshot.order is not None else shed_order(snapshot.miners)
+    fleet = _Fleet(snapshot, horizon, costs, order)
     if total > budget:
-        return _shed(snapshot, horizon, costs, order, total, budget)
-    return _wake(snapshot, horizon, costs, order, total, budget, rules)
+        return _shed(fleet, total, budget)
+    return _wake(fleet, total, budget, rules)
 
 
-def _shed(  # noqa: PLR0917 - a private step of plan(), called once
-    snapshot: Snapshot,
-    horizon: Horizon,
-    costs: list[int],
-    order: Sequence[int],
-    total: int,
-    budget: int,
-) -> Plan:
+class _Fleet(NamedTuple):
+    """What both phases walk: the snapshot, its horizon, each miner's cost, shed order."""
+
+    snapshot: Snapshot
+    horizon: Horizon
+    costs: list[int]
+    order: Sequence[int]
+
+
+def _shed(fleet: _Fleet, total: int, budget: int) -> Plan:
+    snapshot, horizon, costs, order = fleet
     now = snapshot.taken_at
     miners = snapshot.miners
     over = total - budget
@@ -98,15 +103,8 @@ def _shed(  # noqa: PLR0917 - a private step of plan(), called once
     return Plan(tuple(actions), budget, total, feasible=total <= budget, notes=tuple(notes))
 
 
-def _wake(  # noqa: PLR0917 - a private step of plan(), called once
-    snapshot: Snapshot,
-    horizon: Horizon,
-    costs: list[int],
-    order: Sequence[int],
-    total: int,
-    budget: int,
-    rules: PlanRules,
-) -> Plan:
+def _wake(fleet: _Fleet, total: int, budget: int, rules: PlanRules) -> Plan:
+    snapshot, horizon, costs, order = fleet
     now = snapshot.taken_at
     miners = snapshot.miners
     sleepers = [

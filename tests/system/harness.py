@@ -14,7 +14,7 @@ from controller import wire
 from controller.app import Daemon
 from controller.clock import FakeClock
 from controller.config import Loaded
-from controller.core.signals import Obligation
+from controller.core.signals import Obligation, ObligationStatus
 from controller.simfarm import farm_from_config
 from drivers.sim.farm import SimFarm
 from drivers.types import Mode
@@ -54,6 +54,18 @@ class Rig:
                 raise AssertionError(f"not within {within_s} logical seconds")
             await self.step(dt, dt)
         return (self.clock.now() - start).total_seconds()
+
+    async def settled(self, key: str, within_s: float) -> Obligation:
+        """Step until the deadline `key` is no longer pending; return it."""
+
+        def done() -> bool:
+            ob = self.obligation(key)
+            return ob is not None and ob.status is not ObligationStatus.PENDING
+
+        await self.run_until(done, within_s)
+        ob = self.obligation(key)
+        assert ob is not None
+        return ob
 
     def obligation(self, key: str) -> Obligation | None:
         for ob in [*self.sup.finished, *self.sup.obligations]:

@@ -29,16 +29,9 @@ async def test_system_http_curtailment_meets_its_deadline(tmp_path: Path) -> Non
         limit_kw = round(draw_kw * 0.4, 1)
         status, reply = await r.post(*r.signed(r.curtailment(limit_kw)))
         assert (status, reply["status"]) == (202, "received")
-        took = await r.run_until(
-            lambda: (
-                r.obligation("evt-0017#r1") is not None
-                and r.obligation("evt-0017#r1").status  # type: ignore[union-attr]
-                is not ObligationStatus.PENDING
-            ),
-            within_s=15,
-        )
-        ob = r.obligation("evt-0017#r1")
-        assert ob is not None
+        sent = r.clock.now()
+        ob = await r.settled("evt-0017#r1", within_s=15)
+        took = (r.clock.now() - sent).total_seconds()
         assert ob.status is ObligationStatus.REACHED
         assert ob.time_to_target_s is not None
         assert ob.time_to_target_s <= 10.0
@@ -218,16 +211,7 @@ async def test_system_grant_end_brings_the_farm_under_the_base_allowance(tmp_pat
         assert r.sup.limit.limit_w == 3500
         await r.post(*r.signed(r.grant(40, end_in_s=40)))
         await r.run_until(lambda: not r.asleep(), within_s=15)
-        await r.run_until(
-            lambda: (
-                r.obligation("korem-h10#end") is not None
-                and r.obligation("korem-h10#end").status  # type: ignore[union-attr]
-                is not ObligationStatus.PENDING
-            ),
-            within_s=45,
-        )
-        ob = r.obligation("korem-h10#end")
-        assert ob is not None
+        ob = await r.settled("korem-h10#end", within_s=45)
         assert ob.status is ObligationStatus.REACHED
         assert ob.reached_at is not None
         assert ob.reached_at <= ob.due_at

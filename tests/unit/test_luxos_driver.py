@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -17,27 +16,16 @@ from drivers.errors import (
 )
 from drivers.miners.luxos import LuxosMiner
 from drivers.registry import MinerEndpoint, default_registry
-from drivers.sim.farm import SimFarm, SimMinerSpec
+from drivers.sim.farm import SimFarm
 from drivers.sim.faults import Fault
 from drivers.transport import cgminer_tcp
 from drivers.types import Capability, Mode
-from tests.conftest import subnet
-from tests.unit.test_sim_luxos import Time
+from tests.unit.conftest import MakeFarm, Time
 
 
 @pytest.fixture
-def clock() -> Time:
-    return Time()
-
-
-@pytest.fixture
-async def farm(clock: Time) -> AsyncIterator[SimFarm]:
-    net = subnet()
-    specs = [
-        SimMinerSpec(f"m{i}", "luxos", f"{net}.0.{i + 1}", 4028, "c1", 3010, 21.5) for i in range(2)
-    ]
-    async with SimFarm(specs, time_fn=clock, default_ambient_c=5.0) as f:
-        yield f
+async def farm(make_farm: MakeFarm) -> SimFarm:
+    return await make_farm(2, 3010, 21.5, default_ambient_c=5.0)
 
 
 def driver(farm: SimFarm, miner: str = "m0", timeout_s: float = 0.5) -> LuxosMiner:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -13,32 +12,12 @@ from drivers.sim.farm import SimFarm, SimMinerSpec, UnsupportedSimError
 from drivers.sim.faults import Fault
 from drivers.transport import cgminer_tcp
 from drivers.types import Mode
-from tests.conftest import subnet
-
-
-class Time:
-    """A hand-moved clock for the simulator's physics and session expiry."""
-
-    def __init__(self) -> None:
-        self.now = 1_795_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.unit.conftest import MakeFarm, Time
 
 
 @pytest.fixture
-def clock() -> Time:
-    return Time()
-
-
-@pytest.fixture
-async def farm(clock: Time) -> AsyncIterator[SimFarm]:
-    net = subnet()
-    specs = [
-        SimMinerSpec(f"m{i}", "luxos", f"{net}.0.{i + 1}", 4028, "c1", 3250, 29.5) for i in range(3)
-    ]
-    async with SimFarm(specs, time_fn=clock, ambient_c={"c1": -30.0}) as f:
-        yield f
+async def farm(make_farm: MakeFarm) -> SimFarm:
+    return await make_farm(3, 3250, 29.5, ambient_c={"c1": -30.0})
 
 
 def host(farm: SimFarm, miner: str = "m0") -> str:

@@ -1,0 +1,54 @@
+"""Unit-test fixtures: a hand-moved clock and small simulated farms on private addresses."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from drivers.sim.farm import SimFarm, SimMinerSpec
+from tests.conftest import subnet
+
+
+class Time:
+    """A hand-moved clock for the simulator's physics and session expiry."""
+
+    def __init__(self) -> None:
+        self.now = 1_795_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+MakeFarm = Callable[..., Awaitable[SimFarm]]
+
+
+@pytest.fixture
+def clock() -> Time:
+    return Time()
+
+
+@pytest.fixture
+async def make_farm(clock: Time) -> AsyncIterator[MakeFarm]:
+    """make_farm(count, rated_power_w, efficiency_j_th, **SimFarm options): miners m0, m1..."""
+    farms: list[SimFarm] = []
+
+    async def make(
+        count: int, rated_power_w: int, efficiency_j_th: float, **options: Any
+    ) -> SimFarm:
+        net = subnet()
+        specs = [
+            SimMinerSpec(
+                f"m{i}", "luxos", f"{net}.0.{i + 1}", 4028, "c1", rated_power_w, efficiency_j_th
+            )
+            for i in range(count)
+        ]
+        farm = SimFarm(specs, time_fn=clock, **options)
+        await farm.start()
+        farms.append(farm)
+        return farm
+
+    yield make
+    for farm in farms:
+        await farm.stop()
