@@ -161,6 +161,7 @@ class Daemon:
             publisher=self.publisher,
             activity=self.activity,
             obligations=obligations,
+            known_keys=self.journal.obligation_keys(),
         )
         self._task: asyncio.Task[None] | None = None
 

@@ -423,6 +423,7 @@ def parse(text: str, *, origin: str = "<config>", resolve_secrets: bool = True) 
     problems: list[str] = []
     miners = _expand(config, default_registry(), problems, resolve_secrets=resolve_secrets)
     keys, mqtt_password = _signal_secrets(config, problems, resolve=resolve_secrets)
+    problems.extend(_cross_checks(config, miners))
     if config.signals.mqtt is None and config.signals.http is None:
         problems.append("signals: configure mqtt, http or both; otherwise no signal can arrive")
     if config.simulation is not None:
@@ -435,6 +436,26 @@ def parse(text: str, *, origin: str = "<config>", resolve_secrets: bool = True) 
     if problems:
         raise ConfigError(origin, problems)
     return Loaded(config, tuple(miners), keys, mqtt_password, origin)
+
+
+def _cross_checks(config: SiteConfig, miners: list[MinerConfig]) -> list[str]:
+    """Settings that are each valid alone but together would misbehave."""
+    problems = []
+    telemetry = config.telemetry
+    if telemetry.stale_after_s < 2 * telemetry.interval_s:
+        problems.append(
+            f"telemetry.stale_after_s: {telemetry.stale_after_s:g} s is less than two poll "
+            f"intervals ({2 * telemetry.interval_s:g} s): one late poll would make the fleet "
+            "unknown and count every miner at rated power"
+        )
+    largest = max(miners, key=lambda m: m.rated_power_w, default=None)
+    wake_w = config.control.wake_max_kw_per_s * 1000
+    if largest is not None and wake_w < largest.rated_power_w:
+        problems.append(
+            f"control.wake_max_kw_per_s: {config.control.wake_max_kw_per_s:g} kW is less than "
+            f"{largest.id}'s rated {largest.rated_power_w} W, so it could never be woken"
+        )
+    return problems
 
 
 def _signal_secrets(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import structlog
 
@@ -27,9 +27,17 @@ from controller.core.signals import (
 )
 from controller.journal import Journal, JournalError
 from controller.publish import Ack, Publisher
-from controller.wire import WireError, authenticate, open_envelope, parse_signal
+from controller.wire import (
+    InvalidSignalError,
+    WireError,
+    authenticate,
+    open_envelope,
+    parse_signal,
+)
 
 log = structlog.get_logger("curtaild.inbox")
+
+QUIET = timedelta(seconds=1)  # at most one unauthenticated rejection journaled per second
 
 HTTP_STATUS = {
     Verdict.RECEIVED: 202,
@@ -85,6 +93,8 @@ class Inbox:
         self.overrides: Sequence[Override] = ()
         self.admitted: list[Admitted] = []
         self.wake = asyncio.Event()
+        self._unauthenticated_at: datetime | None = None
+        self._suppressed = 0
 
     def submit_http(self, body: bytes, ts: str | None, signature: str | None) -> Outcome:
         """POST /grid/v1/signals: headers carry the signature."""
@@ -123,6 +133,15 @@ class Inbox:
             return self._refuse(transport, source, body, err)
         if isinstance(signal, Heartbeat):
             return Outcome("received", "heartbeat", 202, kind="heartbeat")
+        end = getattr(signal, "end", None)
+        if end is not None and end <= now:
+            # Never in force here: holding it would only earn a "missed" for nothing.
+            ended = InvalidSignalError(
+                f"end {end.isoformat()} has already passed",
+                signal_id=signal.id,
+                revision=signal.revision,
+            )
+            return self._refuse(transport, source, body, ended)
         admission = self.book.admit(signal, source, now)
         verdict = admission.verdict
         change = None
@@ -177,6 +196,20 @@ class Inbox:
 
     def _refuse(self, transport: str, source: str | None, body: bytes, err: WireError) -> Outcome:
         now = self._clock.now()
+        if source is None and transport == "http":
+            # Anyone can reach the endpoint: answer every request, but journal (an fsync)
+            # and log at most one unauthenticated rejection a second, counting the rest,
+            # so a flood cannot stall the control loop or grow the journal without bound.
+            if self._unauthenticated_at is not None and now - self._unauthenticated_at < QUIET:
+                self._suppressed += 1
+                return Outcome("rejected", err.reason, err.status, err.signal_id, err.revision)
+            self._unauthenticated_at = now
+            if self._suppressed:
+                err = type(err)(
+                    f"{err.reason} (and {self._suppressed} more unauthenticated "
+                    f"requests in the last second)"
+                )
+                self._suppressed = 0
         log.warning("signal rejected", transport=transport, source=source, reason=err.reason)
         try:
             self._journal.record_signal(
@@ -192,5 +225,8 @@ class Inbox:
             )
         except JournalError as jerr:
             log.exception("journal write failed for a rejected signal", error=str(jerr))
-        self._publisher.ack(Ack(err.signal_id, err.revision, "rejected", now, err.reason))
+        if source is not None or transport == "mqtt":
+            # The broker vouches for MQTT publishers; an unknown HTTP caller gets its answer
+            # in the response and no broadcast on the grid's acks topic.
+            self._publisher.ack(Ack(err.signal_id, err.revision, "rejected", now, err.reason))
         return Outcome("rejected", err.reason, err.status, err.signal_id, err.revision)

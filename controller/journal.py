@@ -273,6 +273,9 @@ class Journal:
             held[signal_id] = Held(_standing_from(json.loads(text)), source, _parse(received_at))
         return SignalBook(held, revisions)
 
+    def obligation_keys(self) -> set[str]:
+        return {row[0] for row in self._db.execute("SELECT key FROM obligations")}
+
     def obligations(self, *, pending_only: bool = False) -> list[Obligation]:
         query = (
             "SELECT key, signal_id, revision, kind, limit_w, starts_at, due_at, status,"

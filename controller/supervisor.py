@@ -32,7 +32,6 @@ from controller.core.model import (
     measured_w,
 )
 from controller.core.signals import (
-    Cancel,
     GridPolicy,
     Obligation,
     ObligationStatus,
@@ -47,7 +46,7 @@ from controller.journal import CommandRecord, Journal
 from controller.publish import Ack, Publisher
 from controller.telemetry import Activity, Poller, Readings
 from drivers.deadline import within
-from drivers.errors import DeviceTimeoutError, DriverError, VerificationError
+from drivers.errors import DeviceTimeoutError, DriverError, VerificationError, driver_bug
 from drivers.types import MinerDriver, MinerReading, Mode
 
 log = structlog.get_logger("curtaild.supervisor")
@@ -100,7 +99,10 @@ class Supervisor:
         publisher: Publisher,
         activity: Activity,
         obligations: list[Obligation],
+        known_keys: set[str] | None = None,
     ) -> None:
+        """`known_keys`: every deadline ever journaled, so a restart never re-creates one
+        that was already settled."""
         self.site_id = site_id
         self._specs = specs
         self._drivers = drivers
@@ -123,7 +125,7 @@ class Supervisor:
         self._planned_at: datetime | None = None
         self._failed_since_plan = False
         self._flushed_at = clock.now()
-        self._known_keys = {o.key for o in obligations}
+        self._known_keys = {o.key for o in obligations} | (known_keys or set())
         self.obligations: list[Obligation] = list(obligations)
         self.finished: deque[Obligation] = deque(maxlen=KEEP_FINISHED)
         self.limit: Limit | None = None
@@ -159,7 +161,11 @@ class Supervisor:
                 gc.enable()  # never leave the collector off behind us
 
     def pending_deadlines(self) -> bool:
-        return any(o.status is ObligationStatus.PENDING for o in self.obligations)
+        """A deadline is running now (one that starts tomorrow does not need fast ticks)."""
+        now = self._clock.now()
+        return any(
+            o.status is ObligationStatus.PENDING and o.starts_at <= now for o in self.obligations
+        )
 
     async def cycle(self, cause: str) -> None:
         """One pass: freeze, decide, journal, write, track, report."""
@@ -234,7 +240,9 @@ class Supervisor:
         admitted, self._inbox.admitted = self._inbox.admitted, []
         changed: list[Obligation] = []
         for item in admitted:
-            if isinstance(item.signal, Cancel) and item.admission.withdrawn is not None:
+            admission = item.admission
+            if admission.replaced is not None or admission.withdrawn is not None:
+                # The revision this one replaces (or cancels) no longer binds the farm.
                 self.obligations, gone = withdraw(self.obligations, item.signal.id)
                 changed.extend(gone)
             ob = obligation_for(
@@ -292,7 +300,6 @@ class Supervisor:
 
     async def _dispatch(self, actions: tuple[Action, ...], seq: int | None, now: datetime) -> None:
         assert self._tg is not None
-        self._poller.gate.clear()  # commands first: telemetry waits until the wire is quiet
         if self._settings.pause_gc_in_fanout and self.in_flight == 0:
             gc.disable()
         batch, left = DISPATCH_FIRST_BATCH, DISPATCH_FIRST_BATCH
@@ -328,9 +335,10 @@ class Supervisor:
             outcome, detail = err.kind, err.detail
             self.commands_failed += 1
             self._failed_since_plan = True  # the plan counted this miner as done: re-plan
-            if isinstance(err, VerificationError) and err.reading is not None:
-                self._readings.record(miner_id, err.reading, finished)
-            failures = self._readings.fail(miner_id, err, command=True)
+            seen = err.reading if isinstance(err, VerificationError) else None
+            if seen is not None:  # a lying miner told us what it is really doing
+                self._readings.record(miner_id, seen, finished)
+            failures = self._readings.fail(miner_id, err, command=True, known=seen is not None)
             backoff = min(
                 self._settings.retry_backoff_s * 2 ** (failures - 1),
                 self._settings.retry_backoff_max_s,
@@ -354,7 +362,6 @@ class Supervisor:
                 if self._settings.pause_gc_in_fanout:
                     gc.enable()
                     gc.collect(0)  # what the fan-out left behind, young objects only
-                self._poller.gate.set()
                 self._inbox.wake.set()  # verify at once rather than at the next tick
             self._activity.end()
 
@@ -370,6 +377,10 @@ class Supervisor:
             raise DeviceTimeoutError(
                 action.miner_id, action.kind.value, f"no verified result within {timeout:g} s"
             ) from None
+        except DriverError:
+            raise
+        except Exception as err:
+            raise driver_bug(action.miner_id, action.kind.value, err) from err
 
     # -- bookkeeping -----------------------------------------------------------------------
 

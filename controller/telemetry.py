@@ -16,7 +16,7 @@ import structlog
 
 from controller.clock import Clock
 from controller.core.model import ActionKind, MinerSpec, MinerView
-from drivers.errors import DriverError
+from drivers.errors import DriverError, driver_bug
 from drivers.types import MinerDriver, MinerReading
 
 log = structlog.get_logger("curtaild.telemetry")
@@ -85,14 +85,24 @@ class Readings:
             None if command else view.retry_after,
         )
 
-    def fail(self, miner_id: str, err: DriverError, *, command: bool = False) -> int:
-        """A failed call; returns how many commands in a row have failed."""
+    def fail(
+        self, miner_id: str, err: DriverError, *, command: bool = False, known: bool = False
+    ) -> int:
+        """A failed call; returns how many commands in a row have failed.
+
+        A failed command may still have landed (a wake that timed out may be ramping up),
+        so unless its outcome is `known` (a lying miner's read-back) the miner's reading is
+        dropped: it counts at rated power until it is read again.
+        """
         faults = self._command_fault if command else self._read_fault
         faults[miner_id] = f"{err.kind}: {err.detail}"
         count = 0
+        view = self._views[miner_id]
         if command:
             count = self._failures[miner_id] = self._failures.get(miner_id, 0) + 1
-        self._views[miner_id] = self._health(self._views[miner_id])
+            if not known:
+                view = replace(view, read_at=None)
+        self._views[miner_id] = self._health(view)
         return count
 
     def set_pending(self, miner_id: str, kind: ActionKind | None) -> None:
@@ -144,8 +154,6 @@ class Poller:
         self._concurrency = concurrency
         self._activity = activity
         self._fast = False  # fast sweeps while a deadline is pending
-        self.gate = asyncio.Event()  # cleared while a command fan-out is on the wire
-        self.gate.set()
         self.kick = asyncio.Event()  # start the next sweep now
         self.sweeps = 0
 
@@ -179,12 +187,13 @@ class Poller:
 
     async def _worker(self, queue: Iterator[str]) -> None:
         for miner_id in queue:
-            await self.gate.wait()
             if self._readings.view(miner_id).pending is not None:
                 continue  # the command's own read-back will report this miner
             try:
                 reading = await self._drivers[miner_id].read()
             except DriverError as err:
                 self._readings.fail(miner_id, err)
+            except Exception as err:  # noqa: BLE001 - one broken driver must not stop the poller
+                self._readings.fail(miner_id, driver_bug(miner_id, "read", err))
             else:
                 self._readings.record(miner_id, reading, self._clock.now())

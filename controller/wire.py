@@ -10,6 +10,7 @@ import hashlib
 import hmac
 import json
 import math
+import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, Self
@@ -27,6 +28,7 @@ from pydantic import (
 from controller.core.signals import Cancel, Curtailment, Grant, GridSignal, Heartbeat
 
 MAX_BODY_BYTES = 64 * 1024  # the contract's limit for HTTP bodies and MQTT payloads
+_HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 SIGNATURE_HEADER = "X-Signature"
 TIMESTAMP_HEADER = "X-Signature-Timestamp"
 
@@ -150,6 +152,8 @@ def authenticate(
         raise BadSignatureError(f"missing {TIMESTAMP_HEADER}")
     if not signature:
         raise BadSignatureError(f"missing {SIGNATURE_HEADER}")
+    if not _HEX64.fullmatch(signature):
+        raise BadSignatureError("signature must be 64 hex digits (HMAC-SHA256)")
     try:
         stamp = int(ts)
     except ValueError:

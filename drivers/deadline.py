@@ -107,11 +107,10 @@ class within:  # noqa: N801 - used like asyncio.timeout, so named like a functio
     ) -> None:
         entry = self._entry
         self._sweeper.disarm(entry)
-        if (
-            exc_type is asyncio.CancelledError
-            and entry.fired
-            and entry.task.uncancel() <= entry.cancelling
-        ):
+        if not entry.fired:
+            return
+        # Our cancellation is spent however the block ended (even if it swallowed it).
+        if entry.task.uncancel() <= entry.cancelling and exc_type is asyncio.CancelledError:
             raise TimeoutError from exc
 
     @property

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import structlog
+
 if TYPE_CHECKING:
     from drivers.types import MinerReading
+
+log = structlog.get_logger("curtaild.drivers")
 
 
 class DriverError(Exception):
@@ -71,6 +75,17 @@ class VerificationError(DriverError):
         self.reading = reading  # what the device really reports, for the planner
 
 
+class DriverBugError(ProtocolError):
+    """A driver raised something that is not a DriverError: a bug, contained to one device."""
+
+
+def driver_bug(device: str, op: str, err: Exception) -> DriverBugError:
+    """Contain an unexpected exception from a driver as a fault of that device (logged with
+    its traceback once): one broken driver or reply must not stop the daemon."""
+    log.error("driver raised an unexpected error", device=device, op=op, exc_info=err)
+    return DriverBugError(device, op, f"unexpected {type(err).__name__}: {err}")
+
+
 _KINDS: dict[type[DriverError], str] = {
     UnreachableError: "unreachable",
     DeviceTimeoutError: "timeout",
@@ -80,4 +95,5 @@ _KINDS: dict[type[DriverError], str] = {
     ProtocolError: "protocol",
     UnsupportedError: "unsupported",
     VerificationError: "lying",
+    DriverBugError: "driver-bug",
 }

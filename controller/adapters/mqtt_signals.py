@@ -65,7 +65,8 @@ class MqttSignals:
         self.status_topic = f"{base}/status"
         self._offline = json.dumps({"state": "offline", "site": site_id}).encode()
         self._acks: deque[bytes] = deque(maxlen=MAX_QUEUED_ACKS)
-        self._status: bytes | None = None
+        self._status: bytes | None = None  # the latest; kept to replace a last will
+        self._status_sent = False
         self._outgoing = asyncio.Event()
         self.connected = asyncio.Event()
         self.connects = 0
@@ -82,6 +83,7 @@ class MqttSignals:
 
     def status(self, status: dict[str, Any]) -> None:
         self._status = json.dumps(status).encode()
+        self._status_sent = False
         self._outgoing.set()
 
     # -- connection ------------------------------------------------------------------------
@@ -136,7 +138,8 @@ class MqttSignals:
                 topic=self.signals_topic,
                 connects=self.connects,
             )
-            self._outgoing.set()  # resend the latest status after every reconnect
+            self._status_sent = False  # the broker may hold our last will: say we are back
+            self._outgoing.set()
             try:
                 async with asyncio.TaskGroup() as tg:
                     tg.create_task(self._receive(client), name="curtaild.mqtt_receive")
@@ -177,9 +180,10 @@ class MqttSignals:
             while self._acks:
                 await client.publish(self.acks_topic, self._acks[0], qos=1)
                 self._acks.popleft()  # only once the broker took it
-            status, self._status = self._status, None
-            if status is not None:
+            status = self._status
+            if status is not None and not self._status_sent:
                 await client.publish(self.status_topic, status, qos=1, retain=True)
+                self._status_sent = status is self._status  # unless a newer one came meanwhile
 
 
 class GridSide:

@@ -118,29 +118,31 @@ def estimate_w(view: MinerView, now: datetime, stale_after: timedelta) -> int:
 class Horizon:
     """The instants one plan judges against, computed once rather than per miner.
 
-    A reading is fresh if taken at or after `fresh_from`; a mode change after
-    `now - ramp` is still ramping. Comparing datetimes is cheaper than subtracting them,
-    and this runs for every miner on the path from a signal to its first command.
+    A reading is fresh if taken at or after `fresh_from`. A mode change less than its ramp
+    time ago is still ramping; a reading taken during a ramp says nothing about where the
+    ramp ended, so it counts as the ramp's end (rated power going up, residual going down)
+    until a later reading arrives. Comparing datetimes is cheaper than subtracting them, and
+    this runs for every miner on the path from a signal to its first command.
     """
 
-    __slots__ = ("_ramps", "fresh_from", "now")
+    __slots__ = ("_ramps", "fresh_from")
 
     def __init__(self, now: datetime, stale_after: timedelta) -> None:
-        self.now = now
         self.fresh_from = now - stale_after
-        self._ramps: dict[DriverTraits, tuple[datetime, datetime]] = {}
+        self._ramps: dict[DriverTraits, tuple[timedelta, timedelta]] = {}
 
     def fresh(self, view: MinerView) -> bool:
         return view.read_at is not None and view.read_at >= self.fresh_from
 
     def estimate(self, view: MinerView) -> int:
         spec = view.spec
-        fresh = view.read_at is not None and view.read_at >= self.fresh_from
+        read_at = view.read_at
+        fresh = read_at is not None and read_at >= self.fresh_from
         pending = view.pending
         if pending is ActionKind.SLEEP:
             return spec.traits.sleep_power_w if fresh else spec.rated_power_w
         reading = view.reading
-        if pending is ActionKind.WAKE or not fresh or reading is None:
+        if pending is ActionKind.WAKE or not fresh or reading is None or read_at is None:
             return spec.rated_power_w
         since = view.mode_since
         if since is None:
@@ -149,12 +151,16 @@ class Horizon:
         if ramps is None:
             traits = spec.traits
             ramps = self._ramps[traits] = (
-                self.now - timedelta(seconds=traits.ramp_down_s),
-                self.now - timedelta(seconds=traits.ramp_up_s),
+                timedelta(seconds=traits.ramp_down_s),
+                timedelta(seconds=traits.ramp_up_s),
             )
+        # Read before the ramp could end (readings are never from the future, so this also
+        # covers "still ramping"): expect where the ramp ends, not what was seen on the way.
         if reading.mode is Mode.SLEEPING:
-            return spec.traits.sleep_power_w if since > ramps[0] else reading.power_w
-        return max(reading.power_w, spec.rated_power_w) if since > ramps[1] else reading.power_w
+            return spec.traits.sleep_power_w if read_at < since + ramps[0] else reading.power_w
+        if read_at < since + ramps[1]:
+            return max(reading.power_w, spec.rated_power_w)
+        return reading.power_w
 
 
 def measured_w(views: tuple[MinerView, ...], now: datetime, stale_after: timedelta) -> int:

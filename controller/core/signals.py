@@ -212,10 +212,11 @@ def curtailment_active(held: Held, now: datetime) -> bool:
     return held.starts_at <= now and (signal.end is None or now < signal.end)
 
 
-def grant_active(held: Held, now: datetime, lead: timedelta) -> bool:
-    """A grant counts from its start until `lead` before its end."""
-    signal = held.signal
-    return held.starts_at <= now and (signal.end is None or now < signal.end - lead)
+def _grants_at(grants: Sequence[Held], t: datetime) -> list[Held]:
+    return sorted(
+        (h for h in grants if h.starts_at <= t and (h.signal.end is None or t < h.signal.end)),
+        key=lambda h: h.signal.id,
+    )
 
 
 def arbitrate(
@@ -225,26 +226,13 @@ def arbitrate(
     *,
     last_heard: Mapping[str, datetime],
     overrides: Sequence[Override] = (),
+    lead: timedelta | None = None,
 ) -> Limit:
     """The allowed grid draw at `now`: the minimum of every constraint, with the binding ones
     as reasons."""
     constraints: list[tuple[int, str]] = [(policy.cap_w, "site cap")]
     if policy.mode is GridMode.SURPLUS_ONLY:
-        grants = sorted(
-            (
-                h
-                for h in book.held.values()
-                if isinstance(h.signal, Grant) and grant_active(h, now, policy.grant_end_lead)
-            ),
-            key=lambda h: h.signal.id,
-        )
-        base = policy.base_allowance_w
-        if grants:
-            total = base + sum(g.signal.granted_w for g in grants if isinstance(g.signal, Grant))
-            names = ", ".join(f"{g.signal.id} r{g.signal.revision}" for g in grants)
-            constraints.append((total, f"grants {names} + base allowance {_kw(base)}"))
-        else:
-            constraints.append((base, "no active grant: base allowance"))
+        constraints.append(_surplus_allowance(book, policy, now, lead))
     for held in sorted(book.held.values(), key=lambda h: h.signal.id):
         signal = held.signal
         if isinstance(signal, Curtailment) and curtailment_active(held, now):
@@ -270,6 +258,38 @@ def arbitrate(
     limit_w = min(w for w, _ in constraints)
     reasons = tuple(f"{why}: {_kw(w)}" for w, why in constraints if w == limit_w)
     return Limit(max(0, limit_w), reasons)
+
+
+def _surplus_allowance(
+    book: SignalBook, policy: GridPolicy, now: datetime, lead: timedelta | None
+) -> tuple[int, str]:
+    """Grants plus the base allowance, judged ahead: a grant's end is a hard boundary, so
+    the allowance is the least one at `now` and at every grant boundary within the lead
+    (back-to-back grants therefore hand over without a dip)."""
+    grants = [h for h in book.held.values() if isinstance(h.signal, Grant)]
+    ahead = now + (policy.grant_end_lead if lead is None else lead)
+    instants = {now}
+    for held in grants:
+        for t in (held.starts_at, held.signal.end):
+            if t is not None and now < t <= ahead:
+                instants.add(t)
+    base = policy.base_allowance_w
+    best: tuple[int, datetime, list[Held]] | None = None
+    for t in sorted(instants):
+        active = _grants_at(grants, t)
+        total = base + sum(h.signal.granted_w for h in active if isinstance(h.signal, Grant))
+        if best is None or total < best[0]:
+            best = (total, t, active)
+    assert best is not None
+    total, when, active = best
+    if active:
+        names = ", ".join(f"{h.signal.id} r{h.signal.revision}" for h in active)
+        label = f"grants {names} + base allowance {_kw(base)}"
+    else:
+        label = "no active grant: base allowance"
+    if when > now:
+        label += f" (from {when:%H:%M:%S})"
+    return total, label
 
 
 def stale_for(
@@ -377,11 +397,19 @@ def grant_end_obligations(
         signal = held.signal
         if not isinstance(signal, Grant) or signal.end is None:
             continue
-        key = f"{signal.id}#end"
+        key = f"{signal.id}#r{signal.revision}#end"
         begins = signal.end - policy.grant_end_lead
         if key in seen or now < begins or held.starts_at >= signal.end:
             continue
-        limit = arbitrate(book, policy, signal.end, last_heard=last_heard, overrides=overrides)
+        # What is allowed at the end itself, not looking further ahead.
+        limit = arbitrate(
+            book,
+            policy,
+            signal.end,
+            last_heard=last_heard,
+            overrides=overrides,
+            lead=timedelta(0),
+        )
         out.append(
             Obligation(
                 key,
@@ -420,15 +448,12 @@ def track(
 def withdraw(
     obligations: Sequence[Obligation], signal_id: str
 ) -> tuple[list[Obligation], list[Obligation]]:
-    """Pending obligations of a cancelled signal are withdrawn: (all, those that changed)."""
+    """A signal was replaced by a newer revision or cancelled: its pending promises are
+    withdrawn, not reported missed (the grid changed its mind). Returns (all, changed)."""
     result: list[Obligation] = []
     changed: list[Obligation] = []
     for ob in obligations:
-        if (
-            ob.signal_id == signal_id
-            and ob.status is ObligationStatus.PENDING
-            and ob.kind in ("curtailment", "grant")
-        ):
+        if ob.signal_id == signal_id and ob.status is ObligationStatus.PENDING:
             ob = replace(ob, status=ObligationStatus.WITHDRAWN)  # noqa: PLW2901
             changed.append(ob)
         result.append(ob)

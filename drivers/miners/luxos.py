@@ -162,7 +162,7 @@ class LuxosMiner:
                 board_temps_c=temps,
                 profile=profile,
             )
-        except (KeyError, TypeError, ValueError, IndexError) as err:
+        except (KeyError, TypeError, ValueError, IndexError, OverflowError) as err:
             raise ProtocolError(device, "read", f"unexpected reply layout: {err!r}") from None
         self._last = reading
         return reading
@@ -204,12 +204,15 @@ class LuxosMiner:
         raise SessionBusyError(self.miner_id, "logon", "could not release our own session")
 
     async def _logoff(self, sid: str) -> None:
+        # Marked leaked until the miner confirms: a deadline or shutdown may cancel us
+        # mid-logoff, and the next write must then release our own session, not wait 60 s.
+        self._leaked_sid = sid
         try:
             await self._call("logoff", sid)
         except RejectedError:
             self._leaked_sid = None  # already gone (expired or killed): nothing is held
         except DriverError:
-            self._leaked_sid = sid  # it will expire in 60 s; release it first next time
+            pass  # still leaked: it expires in 60 s, and we release it first next time
         else:
             self._leaked_sid = None
 

@@ -94,10 +94,10 @@ def decode(raw: bytes, *, device: str, op: str) -> Reply:
         raise ProtocolError(device, op, "empty reply")
     try:
         parsed = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
         try:
             parsed = json.loads(repair(text))
-        except ValueError:
+        except (ValueError, RecursionError):
             raise ProtocolError(
                 device, op, f"unparseable reply ({len(raw)} bytes): {text[:60]!r}"
             ) from None

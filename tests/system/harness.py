@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -37,32 +38,44 @@ class Rig:
     async def settle(self) -> None:
         await settle(self.daemon.activity.idle)
 
-    async def step(self, seconds: float, dt: float = 0.25) -> None:
-        """Advance logical time in small steps, letting the daemon act after each."""
+    async def step(self, seconds: float, dt: float = 0.25, *, wait_idle: bool = True) -> None:
+        """Advance logical time in small steps, letting the daemon act after each.
+
+        `wait_idle=False` lets logical time pass while slow commands are still on the wire
+        (a miner that is slow in real time), giving each step a little real time instead.
+        """
         steps = max(1, round(seconds / dt))
         for _ in range(steps):
             self.clock.advance(dt)
-            await self.settle()
+            if wait_idle:
+                await self.settle()
+            else:
+                await asyncio.sleep(0.03)
 
     async def run_until(
-        self, condition: Callable[[], bool], within_s: float, dt: float = 0.25
+        self,
+        condition: Callable[[], bool],
+        within_s: float,
+        dt: float = 0.25,
+        *,
+        wait_idle: bool = True,
     ) -> float:
         """Step until `condition` holds; return the logical seconds it took."""
         start = self.clock.now()
         while not condition():
             if (self.clock.now() - start).total_seconds() > within_s:
                 raise AssertionError(f"not within {within_s} logical seconds")
-            await self.step(dt, dt)
+            await self.step(dt, dt, wait_idle=wait_idle)
         return (self.clock.now() - start).total_seconds()
 
-    async def settled(self, key: str, within_s: float) -> Obligation:
+    async def settled(self, key: str, within_s: float, *, wait_idle: bool = True) -> Obligation:
         """Step until the deadline `key` is no longer pending; return it."""
 
         def done() -> bool:
             ob = self.obligation(key)
             return ob is not None and ob.status is not ObligationStatus.PENDING
 
-        await self.run_until(done, within_s)
+        await self.run_until(done, within_s, wait_idle=wait_idle)
         ob = self.obligation(key)
         assert ob is not None
         return ob

@@ -211,7 +211,7 @@ async def test_system_grant_end_brings_the_farm_under_the_base_allowance(tmp_pat
         assert r.sup.limit.limit_w == 3500
         await r.post(*r.signed(r.grant(40, end_in_s=40)))
         await r.run_until(lambda: not r.asleep(), within_s=15)
-        ob = await r.settled("korem-h10#end", within_s=45)
+        ob = await r.settled("korem-h10#r1#end", within_s=45)
         assert ob.status is ObligationStatus.REACHED
         assert ob.reached_at is not None
         assert ob.reached_at <= ob.due_at

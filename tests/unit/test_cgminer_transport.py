@@ -161,3 +161,9 @@ async def test_transport_joined_reply_error_part_is_rejected(
     with pytest.raises(RejectedError) as err:
         await call(await serve(reply_with(joined)))
     assert err.value.code == 14
+
+
+def test_transport_absurd_nesting_is_a_protocol_error() -> None:
+    raw = b'{"a":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    with pytest.raises(ProtocolError, match="unparseable reply"):
+        cgminer_tcp.decode(raw, device="m1", op="read")

@@ -176,3 +176,21 @@ def test_cli_check_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     err = capsys.readouterr().err
     assert "1 problem(s)" in err
     assert "miners[12].host:" in err
+
+
+def test_config_staleness_must_outlast_two_polls(tmp_path: Path) -> None:
+    data = site_dict(tmp_path)
+    data["telemetry"] = {"interval_s": 5, "stale_after_s": 8}
+    assert any(
+        p.startswith("telemetry.stale_after_s: 8 s is less than two poll intervals")
+        for p in problems(data)
+    )
+
+
+def test_config_wake_rate_must_fit_the_largest_miner(tmp_path: Path) -> None:
+    data = site_dict(tmp_path, miners=3)
+    data["control"]["wake_max_kw_per_s"] = 3.1  # miner m002 is rated 3200 W
+    assert any(
+        p.startswith("control.wake_max_kw_per_s: 3.1 kW is less than m002's rated")
+        for p in problems(data)
+    )

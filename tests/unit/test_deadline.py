@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 
@@ -64,3 +65,13 @@ async def test_deadline_many_at_once_fire_by_duration_and_the_sweeper_stops() ->
     await asyncio.sleep(deadline.TICK_S * 3)
     sweeper = deadline._sweepers[asyncio.get_running_loop()]
     assert sweeper._handle is None  # nothing live, no timer left running
+
+
+async def test_deadline_spent_even_when_the_block_swallows_the_cancellation() -> None:
+    task = asyncio.current_task()
+    assert task is not None
+    # A block that swallows its cancellation (nothing in curtaild does; the deadline copes).
+    with within(0.05) as d, contextlib.suppress(asyncio.CancelledError):
+        await asyncio.sleep(5)
+    assert d.expired
+    assert task.cancelling() == 0

@@ -216,3 +216,30 @@ async def test_luxos_read_back_without_a_prior_read_has_no_temperatures(farm: Si
     assert asleep.mode is Mode.SLEEPING
     assert asleep.board_temps_c == ()
     assert asleep.profile is None
+
+
+def test_luxos_absurd_watts_is_a_protocol_error() -> None:
+    miner = LuxosMiner(MinerEndpoint("m0", "127.0.0.1", 4028, 1.0))
+    for watts in (b"1e999", b'"inf"', b'"nan"'):
+        raw = (
+            b'{"power":[{"POWER":[{"Watts":' + watts + b'}],"STATUS":[{"STATUS":"S"}]}],'
+            b'"events":[{"EVENTS":[],"STATUS":[{"STATUS":"S"}]}]}'
+        )
+        reply = cgminer_tcp.decode(raw, device="m0", op="read")
+        with pytest.raises(ProtocolError, match="unexpected reply layout"):
+            miner._parse({part: reply[part][0] for part in ("power", "events")})
+
+
+async def test_luxos_session_cancelled_mid_logoff_is_released_next_time(farm: SimFarm) -> None:
+    miner = driver(farm, timeout_s=2.0)
+    sid = await foreign_logon(farm)  # stands for our own session, about to be logged off
+    await farm.set_fault("m0", Fault.SLOW, slow_s=1.0)
+    logoff = asyncio.create_task(miner._logoff(sid))
+    await asyncio.sleep(0.1)
+    logoff.cancel()  # a deadline or shutdown, while the miner is still answering
+    with pytest.raises(asyncio.CancelledError):
+        await logoff
+    assert miner._leaked_sid == sid
+    await farm.set_fault("m0", Fault.NONE)
+    await asyncio.sleep(1.2)  # the slow logoff lands on the miner meanwhile, or not
+    assert (await miner.sleep()).mode is Mode.SLEEPING

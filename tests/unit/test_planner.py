@@ -374,3 +374,27 @@ def test_property_supplied_order_changes_nothing(snapshot: Snapshot, limit_w: in
     with_order = replace(snapshot, order=shed_order(snapshot.miners))
     without = replace(snapshot, order=None)
     assert plan(with_order, limit, RULES) == plan(without, limit, RULES)
+
+
+def test_planner_distrusts_a_reading_taken_mid_ramp() -> None:
+    # A wake's read-back 0.5 s in showed 300 W; 11 s later no newer reading has come.
+    woke = NOW - timedelta(seconds=11)
+    view = MinerView(
+        spec(0, 20.0, 3000),
+        MinerReading(Mode.MINING, 300, 0.0, ()),
+        woke + timedelta(seconds=0.5),
+        mode_since=woke,
+    )
+    assert estimate_w(view, NOW, RULES.stale_after) == 3000  # the ramp's end, not the sample
+    # Going down: a sample on the way down does not say where the draw settled.
+    slept = NOW - timedelta(seconds=8)
+    falling = MinerView(
+        spec(1, 20.0),
+        MinerReading(Mode.SLEEPING, 2400, 0.0, ()),
+        slept + timedelta(seconds=0.5),
+        mode_since=slept,
+    )
+    assert estimate_w(falling, NOW, RULES.stale_after) == 25
+    # A reading taken after the ramp is trusted, high or not (a miner that lies).
+    settled = replace(falling, read_at=slept + timedelta(seconds=6))
+    assert estimate_w(settled, NOW, RULES.stale_after) == 2400

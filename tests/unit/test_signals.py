@@ -212,7 +212,7 @@ def test_grant_end_obligation_appears_in_the_lead_window_once() -> None:
     assert grant_end_obligations(book, SURPLUS, at(584), [], last_heard=HEARD) == []
     [ob] = grant_end_obligations(book, SURPLUS, at(585), [], last_heard=HEARD)
     assert (ob.key, ob.kind, ob.limit_w, ob.due_at) == (
-        "korem-h10#end",
+        "korem-h10#r1#end",
         "grant-end",
         200_000,
         at(600),
@@ -246,3 +246,35 @@ def test_withdraw_only_pending_obligations_of_that_signal() -> None:
     assert obs[0].status is ObligationStatus.WITHDRAWN
     assert changed == obs
     assert withdraw([ob], "other")[1] == []
+
+
+def test_arbitrate_back_to_back_grants_hand_over_without_a_dip() -> None:
+    book = SignalBook().admit(grant("h10", granted_w=3_000_000, end=40), "kegoc", T0).book
+    book = book.admit(grant("h11", granted_w=4_000_000, start=40, end=3640), "kegoc", T0).book
+    for t in (0, 25, 30, 39):  # 25-40 is h10's lead window; h11 takes over at 40
+        assert arbitrate(book, SURPLUS, at(t), last_heard=HEARD).limit_w == 3_200_000
+    assert arbitrate(book, SURPLUS, at(40), last_heard=HEARD).limit_w == 4_200_000
+
+
+def test_arbitrate_smaller_next_grant_applies_a_lead_early() -> None:
+    book = SignalBook().admit(grant("h10", granted_w=3_000_000, end=40), "kegoc", T0).book
+    book = book.admit(grant("h11", granted_w=1_000_000, start=40, end=3640), "kegoc", T0).book
+    assert arbitrate(book, SURPLUS, at(24), last_heard=HEARD).limit_w == 3_200_000
+    limit = arbitrate(book, SURPLUS, at(26), last_heard=HEARD)
+    assert limit.limit_w == 1_200_000
+    assert "(from 05:00:40)" in limit.reasons[0]
+
+
+def test_arbitrate_a_gap_between_grants_is_honoured() -> None:
+    book = SignalBook().admit(grant("h10", end=40), "kegoc", T0).book
+    book = book.admit(grant("h11", start=41, end=3640), "kegoc", T0).book
+    assert arbitrate(book, SURPLUS, at(26), last_heard=HEARD).limit_w == 200_000
+
+
+def test_withdraw_covers_every_pending_promise_of_the_signal() -> None:
+    book = SignalBook().admit(grant(end=600), "kegoc", T0).book
+    [end] = grant_end_obligations(book, SURPLUS, at(590), [], last_heard=HEARD)
+    assert end.key == "korem-h10#r1#end"
+    obs, changed = withdraw([end], "korem-h10")
+    assert changed[0].status is ObligationStatus.WITHDRAWN
+    assert obs[0].status is ObligationStatus.WITHDRAWN

@@ -52,3 +52,19 @@ def test_telemetry_mode_since_marks_transitions() -> None:
     asleep = MinerReading(Mode.SLEEPING, 2000, 0.0, ())
     readings.record("m1", asleep, T0 + timedelta(seconds=9))
     assert readings.view("m1").mode_since == T0 + timedelta(seconds=9)
+
+
+def test_telemetry_failed_command_drops_the_reading() -> None:
+    readings = Readings({"m1": SPEC})
+    asleep = MinerReading(Mode.SLEEPING, 25, 0.0, ())
+    readings.record("m1", asleep, T0)
+    # A wake that timed out may have landed: the miner is unknown, counted at rated power.
+    readings.fail("m1", DeviceTimeoutError("m1", "wake", "no reply"), command=True)
+    assert readings.view("m1").read_at is None
+    assert not readings.view("m1").fresh(T0, timedelta(seconds=15))
+    # A lying miner's read-back is known and kept.
+    readings.record("m1", MINING, T0)
+    readings.fail(
+        "m1", VerificationError("m1", "sleep", "still mining", MINING), command=True, known=True
+    )
+    assert readings.view("m1").read_at == T0

@@ -168,3 +168,9 @@ def test_wire_envelope_round_trip_and_rejections() -> None:
         wire.open_envelope(as_object, KEYS, now=NOW, window_s=30)
     with pytest.raises(wire.BadSignatureError):
         wire.open_envelope(wire.seal(b"wrong", int(NOW), raw), KEYS, now=NOW, window_s=30)
+
+
+def test_wire_signature_must_be_hex() -> None:
+    for bad in ("\u00e9" * 64, "zz" * 32, "ab" * 31):
+        with pytest.raises(wire.BadSignatureError, match="64 hex digits"):
+            wire.authenticate(KEYS, str(int(NOW)), bad, body(), now=NOW, window_s=30)
