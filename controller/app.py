@@ -22,6 +22,7 @@ from controller.publish import Fanout, Recorder
 from controller.supervisor import LoopSettings, Supervisor
 from controller.telemetry import Activity, Poller, Readings
 from drivers.registry import MinerEndpoint, MinerRegistry, default_registry
+from drivers.transport import http
 from drivers.types import MinerDriver
 
 log = structlog.get_logger("curtaild.app")
@@ -81,7 +82,7 @@ class Daemon:
                 m.id, entry.name, m.container, m.rated_power_w, m.efficiency_j_th, entry.traits
             )
             self.drivers[m.id] = entry.factory(
-                MinerEndpoint(m.id, m.host, m.port, m.timeout_s, m.username, m.password)
+                MinerEndpoint(m.id, m.host, m.port, m.timeout_s, m.username, m.password, m.web_port)
             )
         self.activity = Activity()
         self.readings = Readings(self.specs)
@@ -178,6 +179,10 @@ class Daemon:
                 if self.http is not None:
                     tg.create_task(self.http.run(), name="curtaild.grid_http")
         finally:
+            await asyncio.gather(
+                *(d.close() for d in self.drivers.values()), return_exceptions=True
+            )
+            await http.close_sessions()
             self.journal.close()
 
     async def _tune_gc(self) -> None:

@@ -26,6 +26,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("-c", "--config", type=Path, required=True)
     sim = sub.add_parser("sim", help="run a simulated farm on loopback until stopped")
     sim.add_argument("-c", "--config", type=Path, required=True)
+    sim.add_argument(
+        "--control",
+        default=None,
+        metavar="HOST:PORT",
+        help="serve the simulator's control API (overrides simulation.control_listen)",
+    )
     check = sub.add_parser("check-config", help="validate a site config and exit")
     check.add_argument("-c", "--config", type=Path, required=True)
     demo = sub.add_parser("demo", help="simulated farm + broker + daemon + scripted grid")
@@ -100,13 +106,26 @@ def _sim(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     logs.configure(loaded.config.logging.level, "console")
     from controller.simfarm import farm_from_config  # noqa: PLC0415
+    from drivers.sim.control import SimControl  # noqa: PLC0415
+
+    listen = args.control or (loaded.config.simulation and loaded.config.simulation.control_listen)
 
     async def simulate() -> None:
         clock = SystemClock()
         farm = farm_from_config(loaded, clock.time)
         async with farm:
+            control = None
+            if listen:
+                host, _, port = listen.rpartition(":")
+                control = SimControl(farm, host.strip("[]"), int(port))
+                await control.start()
+                print(f"control API on http://{host}:{control.port}/v1/miners", flush=True)
             print(f"simulating {len(farm.miners)} miners; stop with Ctrl-C", flush=True)
-            await asyncio.Event().wait()
+            try:
+                await asyncio.Event().wait()
+            finally:
+                if control is not None:
+                    await control.stop()
 
     return run_until_signalled(simulate)
 

@@ -159,11 +159,7 @@ class HttpCfg(_Model):
     @field_validator("listen")
     @classmethod
     def _listen(cls, value: str) -> str:
-        host, sep, port = value.rpartition(":")
-        if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:  # noqa: PLR2004
-            raise ValueError("give host:port, e.g. 127.0.0.1:8480")
-        _check_host(host.strip("[]"))
-        return value
+        return check_listen(value)
 
     @property
     def host(self) -> str:
@@ -208,6 +204,7 @@ class MinerEntry(_Model):
     hosts: str | None = None
     first_index: Annotated[int, Field(ge=0)] = 1
     port: Annotated[int, Field(ge=1, le=65535)] | None = None
+    web_port: Annotated[int, Field(ge=1, le=65535)] | None = None  # HTTP/gRPC API, if any
     credentials: CredentialsCfg | None = None
     timeout_s: Seconds = 3.0
 
@@ -300,6 +297,12 @@ class SimulationCfg(_Model):
     start_mode: Mode = Mode.MINING
     faults: dict[str, Fault] = Field(default_factory=dict)
     seed: int = 1
+    control_listen: str | None = None  # host:port of the simulator's control API
+
+    @field_validator("control_listen")
+    @classmethod
+    def _control(cls, value: str | None) -> str | None:
+        return check_listen(value) if value is not None else None
 
 
 class SiteConfig(BaseSettings):
@@ -347,6 +350,7 @@ class MinerConfig:
     username: str | None
     password: str | None
     entry: int  # index into `miners` where it was declared
+    web_port: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -507,10 +511,12 @@ def _expand(
     for i, entry in enumerate(config.miners):
         where = f"miners[{i}]"
         try:
-            port = entry.port or registry.get(entry.driver).default_port
+            family = registry.get(entry.driver)
         except UnknownDriverError as err:  # already reported by validation; be safe
             problems.append(f"{where}.driver: {err}")
             continue
+        port = entry.port or family.default_port
+        web_port = entry.web_port or family.default_web_port
         username = password = None
         if entry.credentials is not None:
             username = entry.credentials.username
@@ -552,6 +558,7 @@ def _expand(
                     username,
                     password,
                     i,
+                    web_port,
                 )
             )
     return miners
@@ -563,6 +570,15 @@ def _describe(error: ErrorDetails) -> str:
     if error["type"] == "extra_forbidden":
         message = "unknown key (typo?)"
     return f"{loc or '<top>'}: {message}"
+
+
+def check_listen(value: str) -> str:
+    """A host:port to listen on (port 0: any free port)."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:  # noqa: PLR2004
+        raise ValueError("give host:port, e.g. 127.0.0.1:8480")
+    _check_host(host.strip("[]"))
+    return value
 
 
 def _check_host(host: str) -> None:

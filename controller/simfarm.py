@@ -23,6 +23,8 @@ def farm_from_config(loaded: Loaded, time_fn: Callable[[], float]) -> SimFarm:
             m.efficiency_j_th,
             sim.start_mode,
             sim.faults.get(m.id, Fault.NONE),
+            web_port=m.web_port,
+            password=m.password,
         )
         for m in loaded.miners
     ]

@@ -18,6 +18,7 @@ class MinerEndpoint:
     timeout_s: float
     username: str | None = None
     password: str | None = None
+    web_port: int | None = None  # the HTTP/gRPC API where a family has one besides `port`
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +30,7 @@ class MinerDriverEntry:
     traits: DriverTraits
     default_port: int
     summary: str
+    default_web_port: int | None = None
 
 
 class UnknownDriverError(LookupError):

@@ -19,6 +19,15 @@ class Capability(enum.StrEnum):
 
     SLEEP = "sleep"  # sleep/wake with the control board kept up
     POWER_PROFILE = "power-profile"  # named power profiles (LuxOS profileset)
+    POWER_TARGET = "power-target"  # a draw in watts the firmware tunes itself to
+
+
+class FanPause(enum.StrEnum):
+    """What the fans do while a miner sleeps: it matters at -35 degC."""
+
+    OFF = "off"  # fans stop with the hashboards
+    LOW = "low"  # firmware keeps them turning slowly
+    CONFIGURABLE = "configurable"  # the driver can set the pause fan mode
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +48,7 @@ class DriverTraits:
     sleep_power_w: int  # residual draw while asleep (control board, PSU standby)
     ramp_down_s: float  # from an acknowledged sleep to the residual draw
     ramp_up_s: float  # from an acknowledged wake to full draw
+    fans_when_asleep: FanPause = FanPause.OFF
 
 
 class MinerDriver(Protocol):
@@ -63,5 +73,15 @@ class MinerDriver(Protocol):
         ...
 
     async def set_profile(self, profile: str) -> MinerReading:
-        """Select a named power profile; return the read-back that proves it."""
+        """Select a named power profile; return the read-back that proves it.
+        UnsupportedError without Capability.POWER_PROFILE."""
+        ...
+
+    async def set_power_target(self, watts: int) -> MinerReading:
+        """Tune to draw about `watts`; return the read-back that proves it.
+        UnsupportedError without Capability.POWER_TARGET."""
+        ...
+
+    async def close(self) -> None:
+        """Release what the driver holds (HTTP sessions); it is not used afterwards."""
         ...

@@ -23,7 +23,7 @@ from drivers.errors import (
 )
 from drivers.registry import MinerDriverEntry, MinerEndpoint
 from drivers.transport import cgminer_tcp
-from drivers.types import Capability, DriverTraits, MinerReading, Mode
+from drivers.types import Capability, DriverTraits, FanPause, MinerReading, Mode
 
 CODE_INVALID_COMMAND = 14  # cgminer: a join the firmware does not support
 CODE_ACCESS_DENIED = 45
@@ -40,7 +40,10 @@ LOGON_BACKOFF_S = 0.25  # doubles per attempt; a foreign write session is short-
 VERIFY_ATTEMPTS = 3
 VERIFY_INTERVAL_S = 0.5  # firmware may take a moment to raise or clear the SLEEP event
 
-TRAITS = DriverTraits(sleep_power_w=25, ramp_down_s=5.0, ramp_up_s=10.0)
+# Sleep turns the PSU and hashboards off; fans stop with them (docs.luxor.tech curtail).
+TRAITS = DriverTraits(
+    sleep_power_w=25, ramp_down_s=5.0, ramp_up_s=10.0, fans_when_asleep=FanPause.OFF
+)
 
 
 class LuxosMiner:
@@ -61,7 +64,7 @@ class LuxosMiner:
 
     @property
     def capabilities(self) -> frozenset[Capability]:
-        return frozenset({Capability.SLEEP, Capability.POWER_PROFILE})
+        return frozenset({Capability.SLEEP, Capability.POWER_PROFILE, Capability.POWER_TARGET})
 
     async def probe(self) -> None:
         """Confirm the device is LuxOS and learn its firmware and model."""
@@ -102,6 +105,23 @@ class LuxosMiner:
             return await self._verify(
                 "profileset", lambda r: r.profile == profile, VERIFY_PROFILE_PARTS
             )
+
+    async def set_power_target(self, watts: int) -> MinerReading:
+        """The largest profile drawing at most `watts` (the lowest profile if none does)."""
+        async with self._lock:
+            reply = await self._call("profiles")
+        profiles = cgminer_tcp.section(reply, "PROFILES", device=self.miner_id, op="profiles")
+        try:
+            offered = sorted((float(p["Watts"]), str(p["Profile Name"])) for p in profiles)
+        except (KeyError, TypeError, ValueError) as err:
+            raise ProtocolError(self.miner_id, "profiles", f"unexpected layout: {err!r}") from None
+        if not offered:
+            raise UnsupportedError(self.miner_id, "set_power_target", "no power profiles")
+        fitting = [name for w, name in offered if w <= watts]
+        return await self.set_profile(fitting[-1] if fitting else offered[0][1])
+
+    async def close(self) -> None:
+        """Nothing is held between calls: one connection per request."""
 
     # -- internals -------------------------------------------------------------------------
 

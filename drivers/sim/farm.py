@@ -1,4 +1,5 @@
-"""A simulated farm: many miners in one asyncio process, each on its own loopback address."""
+"""A simulated farm: many miners of any family in one asyncio process, each on its own
+loopback address."""
 
 from __future__ import annotations
 
@@ -8,40 +9,34 @@ import random
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Self
 
-from drivers.sim.cgminer_server import CgminerServer
+from drivers.sim.families import (
+    BuildContext,
+    SimDevice,
+    SimMinerSpec,
+    SimServer,
+    family_for,
+    simulated_drivers,
+)
 from drivers.sim.faults import Fault, FaultState
-from drivers.sim.luxos import LuxosDevice, model_for
 from drivers.sim.physics import MinerPhysics
 from drivers.types import Mode
-
-SUPPORTED = frozenset({"luxos"})
-
-
-@dataclass(frozen=True, slots=True)
-class SimMinerSpec:
-    """One simulated miner: where it listens and what hardware it pretends to be."""
-
-    id: str
-    driver: str
-    host: str
-    port: int
-    container: str
-    rated_power_w: int
-    efficiency_j_th: float
-    mode: Mode = Mode.MINING
-    fault: Fault = Fault.NONE
 
 
 @dataclass(slots=True)
 class SimMiner:
     spec: SimMinerSpec
     physics: MinerPhysics
-    device: LuxosDevice
-    server: CgminerServer
-    fault: FaultState = field(default_factory=FaultState)
+    device: SimDevice
+    servers: tuple[SimServer, ...]
+    fault: FaultState
+
+    @property
+    def server(self) -> SimServer:
+        """The device's main API."""
+        return self.servers[0]
 
 
 class UnsupportedSimError(ValueError):
@@ -49,7 +44,7 @@ class UnsupportedSimError(ValueError):
 
 
 class SimFarm:
-    """Runs every simulated miner's server; exposes the farm's true draw for checks."""
+    """Runs every simulated miner's servers; exposes the farm's true draw for checks."""
 
     def __init__(
         self,
@@ -64,17 +59,12 @@ class SimFarm:
         self.miners: dict[str, SimMiner] = {}
         self.commands: Counter[str] = Counter()  # requests by command name, farm-wide
         self.first_at: dict[str, float] = {}  # time.monotonic() of each command's first request
-        ambient = ambient_c or {}
+        self.ambient_c = dict(ambient_c or {})
+        self.default_ambient_c = default_ambient_c
         now = time_fn()
         for spec in specs:
-            if spec.driver not in SUPPORTED:
-                raise UnsupportedSimError(
-                    f"{spec.id}: no simulator for driver {spec.driver!r} "
-                    f"(simulated: {', '.join(sorted(SUPPORTED))})"
-                )
-            self.miners[spec.id] = self._build(
-                spec, ambient.get(spec.container, default_ambient_c), now, seed
-            )
+            ambient = self.ambient_c.get(spec.container, default_ambient_c)
+            self.miners[spec.id] = self._build(spec, ambient, now, seed)
 
     def reset(self, mode: Mode = Mode.MINING) -> None:
         """Every miner in `mode` at steady draw, no sessions, counters cleared."""
@@ -92,14 +82,15 @@ class SimFarm:
         self.commands[command] += 1
 
     async def start(self) -> None:
-        """Listen on every miner's address; fails loudly if an address is taken."""
+        """Listen on every miner's addresses; fails loudly if an address is taken."""
         batch = 256  # bounded so a 10,000-miner farm does not open every listener at once
-        servers = [m.server for m in self.miners.values()]
+        servers = [s for m in self.miners.values() for s in m.servers]
         for i in range(0, len(servers), batch):
             await asyncio.gather(*(s.start() for s in servers[i : i + batch]))
 
     async def stop(self) -> None:
-        await asyncio.gather(*(m.server.stop() for m in self.miners.values()))
+        servers = [s for m in self.miners.values() for s in m.servers]
+        await asyncio.gather(*(_close(s) for s in servers))
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -130,20 +121,29 @@ class SimFarm:
         return counts
 
     async def set_fault(self, miner_id: str, fault: Fault, *, slow_s: float | None = None) -> None:
+        """Change a miner's fault live on every endpoint it serves."""
         miner = self.miners[miner_id]
-        await miner.server.set_fault(fault, slow_s=slow_s)
+        for server in miner.servers:
+            await server.set_fault(fault, slow_s=slow_s)
         miner.spec = replace(miner.spec, fault=fault)
 
     def set_ambient(self, container: str, ambient_c: float) -> None:
         now = self._time()
+        self.ambient_c[container] = ambient_c
         for m in self.miners.values():
             if m.spec.container == container:
                 m.physics.set_ambient(ambient_c, now)
 
     def _build(self, spec: SimMinerSpec, ambient_c: float, now: float, seed: int) -> SimMiner:
+        family = family_for(spec.driver)
+        if family is None:
+            raise UnsupportedSimError(
+                f"{spec.id}: no simulator for driver {spec.driver!r} "
+                f"(simulated: {', '.join(simulated_drivers())})"
+            )
         digest = hashlib.sha256(f"{seed}:{spec.id}".encode()).digest()
         rng = random.Random(digest)  # noqa: S311 - simulation, not crypto
-        base = model_for(spec.rated_power_w, spec.efficiency_j_th)
+        base = family.model(spec)
         # Real units differ: ramps within +-15 %, thermal behaviour within +-10 %.
         model = replace(
             base,
@@ -153,8 +153,25 @@ class SimFarm:
         )
         physics = MinerPhysics(model, ambient_c=ambient_c, now=now, mode=spec.mode)
         fault = FaultState(spec.fault)
-        mac = ":".join(f"{b:02X}" for b in (0x02, *digest[:5]))
-        serial = "LUX" + digest[5:11].hex().upper()
-        device = LuxosDevice(physics, fault, time_fn=self._time, rng=rng, serial=serial, mac=mac)
-        server = CgminerServer(spec.host, spec.port, device, fault, rng=rng, observer=self._observe)
-        return SimMiner(spec, physics, device, server, fault)
+        context = BuildContext(
+            physics=physics,
+            fault=fault,
+            rng=rng,
+            time_fn=self._time,
+            observer=self._observe,
+            serial=digest[5:11].hex().upper(),
+            mac=":".join(f"{b:02X}" for b in (0x02, *digest[:5])),
+        )
+        built = family.build(spec, context)
+        return SimMiner(spec, physics, built.device, built.servers, fault)
+
+
+async def _close(server: SimServer) -> None:
+    closer = getattr(server, "close", None)  # servers holding more than a listener
+    if closer is not None:
+        await closer()
+    else:
+        await server.stop()
+
+
+__all__ = ["SimFarm", "SimMiner", "SimMinerSpec", "UnsupportedSimError"]

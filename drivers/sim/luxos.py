@@ -17,7 +17,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from drivers.sim.cgminer_server import CODE_INVALID_COMMAND, Reply
+from drivers.sim.cgminer_server import CODE_INVALID_COMMAND, CgminerServer, Reply
+from drivers.sim.families import BuildContext, Built, Family, SimMinerSpec
 from drivers.sim.faults import FaultState
 from drivers.sim.physics import MinerModel, MinerPhysics
 from drivers.types import Mode
@@ -518,6 +519,23 @@ class LuxosDevice:
 
     def _ok(self, code: int, msg: str, section: str, data: list[dict[str, Any]]) -> Reply:
         return {section: data, "STATUS": [self._status(code, msg)], "id": 1}
+
+
+def _build(spec: SimMinerSpec, ctx: BuildContext) -> Built:
+    device = LuxosDevice(
+        ctx.physics, ctx.fault, time_fn=ctx.time_fn, rng=ctx.rng, serial=ctx.serial, mac=ctx.mac
+    )
+    server = CgminerServer(
+        spec.host, spec.port, device, ctx.fault, rng=ctx.rng, observer=ctx.observer
+    )
+    return Built(device, (server,))
+
+
+def _model(spec: SimMinerSpec) -> MinerModel:
+    return model_for(spec.rated_power_w, spec.efficiency_j_th)
+
+
+FAMILY = Family("luxos", ("luxos",), _build, _model)
 
 
 def model_for(rated_power_w: int, efficiency_j_th: float) -> MinerModel:

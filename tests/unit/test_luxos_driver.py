@@ -16,8 +16,10 @@ from drivers.errors import (
 )
 from drivers.miners.luxos import LuxosMiner
 from drivers.registry import MinerEndpoint, default_registry
+from drivers.sim.cgminer_server import CgminerServer
 from drivers.sim.farm import SimFarm
 from drivers.sim.faults import Fault
+from drivers.sim.luxos import LuxosDevice
 from drivers.transport import cgminer_tcp
 from drivers.types import Capability, Mode
 from tests.unit.conftest import MakeFarm, Time
@@ -127,7 +129,9 @@ async def test_luxos_releases_its_own_leaked_session(farm: SimFarm) -> None:
 
 
 async def test_luxos_falls_back_when_joins_are_refused(farm: SimFarm) -> None:
-    farm.miners["m0"].device.joinable = frozenset()  # older firmware
+    device = farm.miners["m0"].device
+    assert isinstance(device, LuxosDevice)
+    device.joinable = frozenset()  # older firmware
     miner = driver(farm)
     assert (await miner.read()).power_w == 3010
     assert miner._joined is False
@@ -196,7 +200,9 @@ async def test_luxos_one_call_in_flight_per_miner(farm: SimFarm) -> None:
     assert [r.mode for r in results] == [Mode.MINING, Mode.SLEEPING, Mode.SLEEPING]
     # read, then logon/curtail/logoff/read-back, then read: strictly one after another.
     assert farm.miners["m0"].server.requests - before == 6
-    assert farm.miners["m0"].server.peak_connections == 1
+    server = farm.miners["m0"].server
+    assert isinstance(server, CgminerServer)
+    assert server.peak_connections == 1
 
 
 async def test_luxos_read_back_reads_what_it_verifies(farm: SimFarm) -> None:
@@ -243,3 +249,12 @@ async def test_luxos_session_cancelled_mid_logoff_is_released_next_time(farm: Si
     await farm.set_fault("m0", Fault.NONE)
     await asyncio.sleep(1.2)  # the slow logoff lands on the miner meanwhile, or not
     assert (await miner.sleep()).mode is Mode.SLEEPING
+
+
+async def test_luxos_power_target_picks_the_largest_profile_that_fits(farm: SimFarm) -> None:
+    miner = driver(farm)
+    profiles = farm.miners["m0"].physics.model.all_profiles()
+    below = max((p for p in profiles if p.power_w <= 2900), key=lambda p: p.power_w)
+    assert (await miner.set_power_target(2900)).profile == below.name
+    lowest = min(profiles, key=lambda p: p.power_w)
+    assert (await miner.set_power_target(10)).profile == lowest.name

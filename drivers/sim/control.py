@@ -1,0 +1,126 @@
+"""The simulated farm's control API: read its true state, inject faults, set ambient.
+
+Loopback only, for tests, the demo and third-party witness clients that run in another
+process (and another virtualenv) and must check what the simulated hardware really did.
+
+  GET  /v1/miners                       every miner's true state
+  GET  /v1/miners/{id}
+  PUT  /v1/miners/{id}/fault            {"mode": "lie", "slow_s": 2.0}
+  PUT  /v1/containers/{name}/ambient    {"ambient_c": -35}
+  POST /v1/reset                        {"mode": "mining"}
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiohttp import web
+
+from drivers.sim.farm import SimFarm, SimMiner
+from drivers.sim.faults import Fault
+from drivers.types import Mode
+
+
+class SimControl:
+    """Serves the control API for one farm."""
+
+    def __init__(self, farm: SimFarm, host: str = "127.0.0.1", port: int = 0) -> None:
+        self._farm = farm
+        self._host = host
+        self._port = port
+        self.port: int | None = None
+        app = web.Application()
+        app.router.add_get("/v1/miners", self._miners)
+        app.router.add_get("/v1/miners/{miner}", self._miner)
+        app.router.add_put("/v1/miners/{miner}/fault", self._fault)
+        app.router.add_put("/v1/containers/{container}/ambient", self._ambient)
+        app.router.add_post("/v1/reset", self._reset)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+
+    async def start(self) -> None:
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self._host, self._port, reuse_address=True)
+        await site.start()
+        server = site._server  # noqa: SLF001 - aiohttp exposes no public bound address
+        sockets = getattr(server, "sockets", None) or []
+        self.port = sockets[0].getsockname()[1] if sockets else self._port
+
+    async def stop(self) -> None:
+        await self._runner.cleanup()
+
+    async def _miners(self, _: web.Request) -> web.Response:
+        return web.json_response([self._state(m) for m in self._farm.miners.values()])
+
+    async def _miner(self, request: web.Request) -> web.Response:
+        return web.json_response(self._state(self._find(request)))
+
+    async def _fault(self, request: web.Request) -> web.Response:
+        miner = self._find(request)
+        body = await _body(request)
+        try:
+            mode = Fault(body["mode"])
+            slow_s = float(body["slow_s"]) if "slow_s" in body else None
+        except (KeyError, ValueError, TypeError):
+            raise web.HTTPBadRequest(
+                text=f"give {{'mode': one of {[f.value for f in Fault]}, 'slow_s': seconds}}"
+            ) from None
+        await self._farm.set_fault(miner.spec.id, mode, slow_s=slow_s)
+        return web.json_response(self._state(miner))
+
+    async def _ambient(self, request: web.Request) -> web.Response:
+        body = await _body(request)
+        try:
+            ambient = float(body["ambient_c"])
+        except (KeyError, ValueError, TypeError):
+            raise web.HTTPBadRequest(text="give {'ambient_c': degrees}") from None
+        self._farm.set_ambient(request.match_info["container"], ambient)
+        return web.json_response(
+            {"container": request.match_info["container"], "ambient_c": ambient}
+        )
+
+    async def _reset(self, request: web.Request) -> web.Response:
+        body = await _body(request)
+        try:
+            mode = Mode(body.get("mode", "mining"))
+        except ValueError:
+            raise web.HTTPBadRequest(text="mode: mining or sleeping") from None
+        self._farm.reset(mode)
+        await asyncio.sleep(0)
+        return web.json_response({"reset": mode.value, "miners": len(self._farm.miners)})
+
+    def _find(self, request: web.Request) -> SimMiner:
+        miner = self._farm.miners.get(request.match_info["miner"])
+        if miner is None:
+            raise web.HTTPNotFound(text=f"no miner {request.match_info['miner']!r}")
+        return miner
+
+    def _state(self, miner: SimMiner) -> dict[str, Any]:
+        physics = miner.physics
+        power = self._farm.power_w(miner.spec.id)
+        return {
+            "id": miner.spec.id,
+            "driver": miner.spec.driver,
+            "host": miner.spec.host,
+            "port": miner.spec.port,
+            "web_port": miner.spec.web_port,
+            "container": miner.spec.container,
+            "model": physics.model.name,
+            "mode": physics.mode.value,
+            "profile": physics.profile.name,
+            "power_w": round(power, 1),
+            "board_temps_c": [round(t, 1) for t in physics.board_temps_c],
+            "fault": miner.fault.mode.value,
+            "commands": list(miner.device.commands),
+            "requests": sum(s.requests for s in miner.servers),
+        }
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except ValueError:
+        raise web.HTTPBadRequest(text="the body must be a JSON object") from None
+    if not isinstance(body, dict):
+        raise web.HTTPBadRequest(text="the body must be a JSON object")
+    return body

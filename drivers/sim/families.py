@@ -1,0 +1,135 @@
+"""Simulator families: how to build each firmware family's simulated device and servers.
+
+A family module registers a builder under the driver names it serves; the farm looks the
+builder up by the miner's driver. Builders share the physics and fault model, so every
+family ramps, warms and fails the same way.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from drivers.sim.faults import Fault, FaultState
+from drivers.sim.physics import MinerModel, MinerPhysics
+from drivers.types import Mode
+
+
+@dataclass(frozen=True, slots=True)
+class SimMinerSpec:
+    """One simulated miner: where it listens and what hardware it pretends to be."""
+
+    id: str
+    driver: str
+    host: str
+    port: int
+    container: str
+    rated_power_w: int
+    efficiency_j_th: float
+    mode: Mode = Mode.MINING
+    fault: Fault = Fault.NONE
+    web_port: int | None = None
+    password: str | None = None  # the credential the device accepts (None: its default)
+
+
+class SimDevice(Protocol):
+    """A simulated firmware's state over its physics."""
+
+    physics: MinerPhysics
+    commands: deque[str]  # writes carried out, for tests and witnesses
+
+    def reset(self, mode: Mode) -> None: ...
+
+
+class SimServer(Protocol):
+    """One listening endpoint of a simulated device."""
+
+    host: str
+    port: int
+    requests: int
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def set_fault(self, mode: Fault, *, slow_s: float | None = None) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class BuildContext:
+    """What a builder gets besides the spec."""
+
+    physics: MinerPhysics
+    fault: FaultState
+    rng: random.Random
+    time_fn: Callable[[], float]
+    observer: Callable[[str], None]
+    serial: str
+    mac: str
+
+
+@dataclass(frozen=True, slots=True)
+class Built:
+    device: SimDevice
+    servers: tuple[SimServer, ...]  # the first is the device's main API
+
+
+Builder = Callable[[SimMinerSpec, BuildContext], Built]
+
+
+@dataclass(frozen=True, slots=True)
+class Family:
+    name: str
+    drivers: tuple[str, ...]
+    build: Builder
+    model: Callable[[SimMinerSpec], MinerModel]  # hardware and timing of one unit
+
+
+_FAMILIES: dict[str, Family] = {}
+
+
+def register(family: Family) -> None:
+    for driver in family.drivers:
+        if driver in _FAMILIES:
+            raise ValueError(f"simulator for driver {driver!r} is registered twice")
+        _FAMILIES[driver] = family
+
+
+def family_for(driver: str) -> Family | None:
+    _load_builtin()
+    return _FAMILIES.get(driver)
+
+
+def simulated_drivers() -> list[str]:
+    _load_builtin()
+    return sorted(_FAMILIES)
+
+
+def _load_builtin() -> None:
+    if _FAMILIES:
+        return
+    from drivers.sim import luxos  # noqa: PLC0415 - registration on first use, not import
+
+    for module in (luxos,):
+        register(module.FAMILY)
+
+
+def recent(maxlen: int = 256) -> deque[str]:
+    """A bounded command log for a device."""
+    return deque(maxlen=maxlen)
+
+
+__all__ = [
+    "BuildContext",
+    "Built",
+    "Family",
+    "SimDevice",
+    "SimMinerSpec",
+    "SimServer",
+    "family_for",
+    "register",
+    "simulated_drivers",
+]
