@@ -98,6 +98,14 @@ def register(family: Family) -> None:
         _FAMILIES[driver] = family
 
 
+def ensure(family: Family) -> None:
+    """Register `family` unless it already is (tests of a family not yet built in)."""
+    _load_builtin()
+    if all(_FAMILIES.get(d) is family for d in family.drivers):
+        return
+    register(family)
+
+
 def family_for(driver: str) -> Family | None:
     _load_builtin()
     return _FAMILIES.get(driver)

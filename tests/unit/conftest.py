@@ -31,16 +31,33 @@ def clock() -> Time:
 
 @pytest.fixture
 async def make_farm(clock: Time) -> AsyncIterator[MakeFarm]:
-    """make_farm(count, rated_power_w, efficiency_j_th, **SimFarm options): miners m0, m1..."""
+    """make_farm(count, rated, efficiency, driver=..., port=..., web_port=..., password=...,
+    **SimFarm options): miners m0, m1... on a loopback /16 no other test uses."""
     farms: list[SimFarm] = []
 
     async def make(
-        count: int, rated_power_w: int, efficiency_j_th: float, **options: Any
+        count: int,
+        rated_power_w: int,
+        efficiency_j_th: float,
+        *,
+        driver: str = "luxos",
+        port: int = 4028,
+        web_port: int | None = None,
+        password: str | None = None,
+        **options: Any,
     ) -> SimFarm:
         net = subnet()
         specs = [
             SimMinerSpec(
-                f"m{i}", "luxos", f"{net}.0.{i + 1}", 4028, "c1", rated_power_w, efficiency_j_th
+                f"m{i}",
+                driver,
+                f"{net}.0.{i + 1}",
+                port,
+                "c1",
+                rated_power_w,
+                efficiency_j_th,
+                web_port=web_port,
+                password=password,
             )
             for i in range(count)
         ]
