@@ -12,7 +12,7 @@ import asyncio
 import gc
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -160,6 +160,17 @@ class Supervisor:
             if self._settings.pause_gc_in_fanout:
                 gc.enable()  # never leave the collector off behind us
 
+    def _nearest_due(self, now: datetime) -> datetime | None:
+        """When the draw must next be within a limit: the nearest running deadline."""
+        return min(
+            (
+                o.due_at
+                for o in self.obligations
+                if o.status is ObligationStatus.PENDING and o.starts_at <= now < o.due_at
+            ),
+            default=None,
+        )
+
     def pending_deadlines(self) -> bool:
         """A deadline is running now (one that starts tomorrow does not need fast ticks)."""
         now = self._clock.now()
@@ -181,6 +192,9 @@ class Supervisor:
                 last_heard=self._inbox.last_heard,
                 overrides=self._inbox.overrides,
             )
+            due = self._nearest_due(now)
+            if due is not None:
+                limit = replace(limit, due_at=due)
             views = self._readings.views()
             if self._must_plan(cause, limit):
                 await self._decide(cause, now, limit, views)

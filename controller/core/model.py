@@ -63,10 +63,12 @@ class Snapshot:
 
 @dataclass(frozen=True, slots=True)
 class Limit:
-    """The allowed grid draw at one instant and the reasons that produced it."""
+    """The allowed grid draw at one instant and the reasons that produced it; `due_at` is
+    when the draw must be within it (the nearest running deadline), if anything is due."""
 
     limit_w: int
     reasons: tuple[str, ...]
+    due_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,8 +13,8 @@ datetime arithmetic (see Horizon) and builds each reason string once per class.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from datetime import datetime
+from collections.abc import Iterator, Sequence
+from datetime import datetime, timedelta
 from typing import NamedTuple
 
 from controller.core.model import (
@@ -53,7 +53,7 @@ def plan(snapshot: Snapshot, limit: Limit, rules: PlanRules) -> Plan:
     order = snapshot.order if snapshot.order is not None else shed_order(snapshot.miners)
     fleet = _Fleet(snapshot, horizon, costs, order)
     if total > budget:
-        return _shed(fleet, total, budget)
+        return _shed(fleet, total, budget, limit.due_at)
     return _wake(fleet, total, budget, rules)
 
 
@@ -66,15 +66,16 @@ class _Fleet(NamedTuple):
     order: Sequence[int]
 
 
-def _shed(fleet: _Fleet, total: int, budget: int) -> Plan:
+def _shed(fleet: _Fleet, total: int, budget: int, due_at: datetime | None) -> Plan:
     snapshot, horizon, costs, order = fleet
     now = snapshot.taken_at
     miners = snapshot.miners
     over = total - budget
-    reasons: dict[float, str] = {}
+    reasons: dict[tuple[float, bool], str] = {}
     actions: list[Action] = []
     sleeping = Mode.SLEEPING
-    for i in order:
+    late = 0
+    for i in _in_time_first(miners, order, now, due_at):
         if total <= budget:
             break
         view = miners[i]
@@ -86,16 +87,21 @@ def _shed(fleet: _Fleet, total: int, budget: int) -> Plan:
         cost = costs[i]
         spec = view.spec
         if horizon.fresh(view):
-            reason = reasons.get(spec.efficiency_j_th)
+            slow = due_at is not None and now + _ramp(spec) > due_at
+            late += slow
+            reason = reasons.get((spec.efficiency_j_th, slow))
             if reason is None:
-                reason = reasons[spec.efficiency_j_th] = (
+                reason = reasons[spec.efficiency_j_th, slow] = (
                     f"shed: {spec.efficiency_j_th:g} J/TH, least efficient running"
+                    + (" (ramps down after the deadline)" if slow else "")
                 )
             total -= cost - spec.traits.sleep_power_w
         else:
             reason = UNKNOWN_REASON  # counts at rated power until it answers again
         actions.append(_tuple_new(Action, (spec.id, ActionKind.SLEEP, reason)))
     notes = [f"over budget by {over} W: sleeping {len(actions)}"]
+    if late:
+        notes.append(f"deadline at risk: {late} of them ramp down after it")
     if total > budget:
         notes.append(
             f"infeasible: {total - budget} W over even with every commandable miner asleep"
@@ -144,6 +150,29 @@ def _wake(fleet: _Fleet, total: int, budget: int, rules: PlanRules) -> Plan:
         slots -= 1
         watts -= spec.rated_power_w
     return Plan(tuple(actions), budget, total, feasible=True, notes=tuple(notes))
+
+
+def _in_time_first(
+    miners: Sequence[MinerView], order: Sequence[int], now: datetime, due_at: datetime | None
+) -> Iterator[int]:
+    """The shed order, but miners that can ramp down before `due_at` come first: shedding a
+    slow miner (a stock Antminer restarts its mining process for tens of seconds) gives
+    nothing by a ten-second deadline. Independent of the limit, so a lower limit still
+    sheds a superset."""
+    if due_at is None:
+        yield from order
+        return
+    slow = []
+    for i in order:
+        if now + _ramp(miners[i].spec) <= due_at:
+            yield i
+        else:
+            slow.append(i)
+    yield from slow
+
+
+def _ramp(spec: MinerSpec) -> timedelta:
+    return timedelta(seconds=spec.traits.ramp_down_s)
 
 
 def _may_command(view: MinerView, now: datetime) -> bool:

@@ -155,6 +155,28 @@ def test_planner_counts_waking_miner_at_rated() -> None:
     assert estimate_w(rising, NOW, RULES.stale_after) == 3200
 
 
+def test_planner_sheds_what_lands_before_the_deadline_first() -> None:
+    slow_traits = DriverTraits(sleep_power_w=20, ramp_down_s=30.0, ramp_up_s=120.0)
+    slow = [
+        replace(mining(i, 34.0), spec=replace(spec(i, 34.0), traits=slow_traits)) for i in (0, 1)
+    ]
+    fast = [mining(2, 25.0), mining(3, 26.0)]
+    views = slow + fast
+    # Without a deadline the least efficient go first, however slow they are.
+    assert ids(run(views, 7_100).actions, ActionKind.SLEEP) == {"m00", "m01"}
+    # With ten seconds to go, the ones that can ramp down in time go first.
+    due = Limit(7_100, ("test",), due_at=NOW + timedelta(seconds=10))
+    result = plan(Snapshot(NOW, tuple(views)), due, RULES)
+    assert ids(result.actions, ActionKind.SLEEP) == {"m02", "m03"}
+    # A deeper cut needs the slow ones too, and says the deadline is at risk.
+    deep = plan(Snapshot(NOW, tuple(views)), replace(due, limit_w=4_100), RULES)
+    assert ids(deep.actions, ActionKind.SLEEP) == {"m00", "m02", "m03"}
+    assert any("deadline at risk: 1" in n for n in deep.notes)
+    assert [a.reason for a in deep.actions if a.miner_id == "m00"] == [
+        "shed: 34 J/TH, least efficient running (ramps down after the deadline)"
+    ]
+
+
 def test_planner_skips_pending_and_backing_off_miners() -> None:
     views = [
         replace(mining(0, 34.0), pending=ActionKind.SLEEP),
@@ -187,7 +209,9 @@ def snapshots(draw: st.DrawFn) -> Snapshot:
     for i in range(draw(st.integers(1, 24))):
         rated = draw(st.integers(500, 5000))
         eff = draw(st.sampled_from([17.5, 19.0, 21.5, 25.0, 29.5, 34.0]))
-        traits = DriverTraits(draw(st.integers(0, 80)), 5.0, 10.0)
+        traits = DriverTraits(
+            draw(st.integers(0, 80)), draw(st.sampled_from([3.0, 5.0, 30.0])), 10.0
+        )
         s = MinerSpec(f"m{i:02d}", "luxos", "c1", rated, eff, traits)
         state = draw(st.sampled_from(STATES))
         power = draw(st.integers(rated * 7 // 10, rated * 11 // 10))
@@ -294,12 +318,15 @@ def floor_w(snapshot: Snapshot) -> int:
 
 
 limits = st.integers(0, 150_000)
+dues = st.one_of(st.none(), st.integers(1, 40).map(lambda s: NOW + timedelta(seconds=s)))
 
 
 @settings(max_examples=300, deadline=None)
-@given(snapshots(), limits)
-def test_property_plan_never_exceeds_a_feasible_limit(snapshot: Snapshot, limit_w: int) -> None:
-    result = plan(snapshot, Limit(limit_w, ()), RULES)
+@given(snapshots(), limits, dues)
+def test_property_plan_never_exceeds_a_feasible_limit(
+    snapshot: Snapshot, limit_w: int, due: datetime | None
+) -> None:
+    result = plan(snapshot, Limit(limit_w, (), due), RULES)
     budget = limit_w - RULES.margin_w
     after = sum(estimate_w(v, NOW, RULES.stale_after) for v in applied(snapshot, result).miners)
     assert after == result.expected_w
@@ -311,11 +338,13 @@ def test_property_plan_never_exceeds_a_feasible_limit(snapshot: Snapshot, limit_
 
 
 @settings(max_examples=300, deadline=None)
-@given(snapshots(), limits, limits)
-def test_property_tighter_limit_never_wakes(snapshot: Snapshot, a: int, b: int) -> None:
+@given(snapshots(), limits, limits, dues)
+def test_property_tighter_limit_never_wakes(
+    snapshot: Snapshot, a: int, b: int, due: datetime | None
+) -> None:
     loose, tight = max(a, b), min(a, b)
-    p_loose = plan(snapshot, Limit(loose, ()), RULES)
-    p_tight = plan(snapshot, Limit(tight, ()), RULES)
+    p_loose = plan(snapshot, Limit(loose, (), due), RULES)
+    p_tight = plan(snapshot, Limit(tight, (), due), RULES)
     assert ids(p_tight.actions, ActionKind.WAKE) <= ids(p_loose.actions, ActionKind.WAKE)
     assert ids(p_tight.actions, ActionKind.SLEEP) >= ids(p_loose.actions, ActionKind.SLEEP)
     current = sum(estimate_w(v, NOW, RULES.stale_after) for v in snapshot.miners)
@@ -324,11 +353,11 @@ def test_property_tighter_limit_never_wakes(snapshot: Snapshot, a: int, b: int) 
 
 
 @settings(max_examples=300, deadline=None)
-@given(snapshots(), limits)
+@given(snapshots(), limits, dues)
 def test_property_replanning_a_planned_state_yields_no_actions(
-    snapshot: Snapshot, limit_w: int
+    snapshot: Snapshot, limit_w: int, due: datetime | None
 ) -> None:
-    limit = Limit(limit_w, ())
+    limit = Limit(limit_w, (), due)
     result = plan(snapshot, limit, RULES)
     assert plan(applied(snapshot, result), limit, RULES).actions == ()
     assert plan(landed(snapshot, result), limit, RULES).actions == ()
