@@ -5,7 +5,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test check lint typecheck bench clean
+.PHONY: demo test check lint typecheck bench witness clean
+WITNESS := .venv-witness
+# Third-party clients that must be able to drive our simulators; never product dependencies.
+WITNESS_CLIENTS := pyasic==0.79.0 luxos==0.2.4
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,8 +31,16 @@ typecheck: $(STAMP)
 
 check: lint typecheck test
 
+$(WITNESS)/.installed:
+	test -x $(WITNESS)/bin/python || $(PYTHON) -m venv $(WITNESS)
+	$(WITNESS)/bin/python -m pip install --quiet $(WITNESS_CLIENTS)
+	touch $(WITNESS)/.installed
+
+witness: $(STAMP) $(WITNESS)/.installed
+	$(WITNESS)/bin/python tests/witness/run.py --curtaild $(BIN)/curtaild
+
 bench: $(STAMP)
 	$(BIN)/python -m bench.fanout
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(VENV) $(WITNESS) .mypy_cache .ruff_cache .pytest_cache .hypothesis

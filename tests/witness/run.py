@@ -1,0 +1,169 @@
+"""Independent clients as witnesses: third-party code drives our simulators.
+
+Runs in its own virtualenv (pyasic 0.79.0, Luxor's luxos 0.2.4; never product
+dependencies) against `curtaild sim` started from the project's virtualenv. Every check is
+made on the simulator's resulting state, read through its control API, not on what the
+client says: pyasic reports success for commands that failed (see the comments).
+
+    python tests/witness/run.py --curtaild /path/to/.venv/bin/curtaild
+
+Exit status 0 only if every check passed. Standard library plus the two clients only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+FARM = HERE / "farm.yaml"
+
+Check = Callable[["Sim"], Awaitable[None]]
+CHECKS: list[tuple[str, Check]] = []
+
+
+def check(name: str) -> Callable[[Check], Check]:
+    def register(fn: Check) -> Check:
+        CHECKS.append((name, fn))
+        return fn
+
+    return register
+
+
+class Sim:
+    """The running simulator, seen through its control API."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+
+    def state(self, miner: str) -> dict[str, Any]:
+        with urllib.request.urlopen(f"{self.base}/miners/{miner}", timeout=5) as reply:
+            data: dict[str, Any] = json.load(reply)
+        return data
+
+    def host(self, miner: str) -> str:
+        return str(self.state(miner)["host"])
+
+    def port(self, miner: str) -> int:
+        return int(self.state(miner)["port"])
+
+    async def mode_becomes(self, miner: str, mode: str, within_s: float = 30.0) -> None:
+        """The simulated hardware itself reaches `mode` (some firmware acts late)."""
+        deadline = time.monotonic() + within_s
+        while time.monotonic() < deadline:
+            if self.state(miner)["mode"] == mode:
+                return
+            await asyncio.sleep(0.2)
+        raise AssertionError(f"{miner}: still {self.state(miner)['mode']}, expected {mode}")
+
+
+# -- LuxOS ---------------------------------------------------------------------------------
+
+
+@check("pyasic 0.79.0 drives the LuxOS simulator")
+async def pyasic_luxos(sim: Sim) -> None:
+    from pyasic.miners.antminer import LUXMinerS19  # noqa: PLC0415
+
+    miner = LUXMinerS19(sim.host("lux-1"))
+    miner.rpc.port = sim.port("lux-1")
+    data = await miner.get_data()
+    truth = sim.state("lux-1")
+    assert data.wattage == round(truth["power_w"]), (data.wattage, truth["power_w"])
+    assert data.hashboards
+    assert data.hashboards[0].temp is not None
+    # stop_mining() returns True even when nothing happened (it swallows errors), so the
+    # check is on the simulator. pyasic also keeps the session it opened (no logoff).
+    assert await miner.stop_mining()
+    await sim.mode_becomes("lux-1", "sleeping")
+    assert await miner.resume_mining()
+    await sim.mode_becomes("lux-1", "mining")
+
+
+@check("Luxor's luxos client drives the LuxOS simulator")
+async def luxos_client(sim: Sim) -> None:
+    from luxos import asyncops  # noqa: PLC0415
+
+    host, port = sim.host("lux-2"), sim.port("lux-2")
+    version = await asyncops.rexec(host, port, "version")
+    assert "LUXminer" in json.dumps(version)
+    # rexec does logon -> command -> logoff and reads up to the NUL, as the cgminer API
+    # frames replies; its pretty-printed multi-line requests must parse as well.
+    await asyncops.rexec(host, port, "curtail", "sleep")
+    await sim.mode_becomes("lux-2", "sleeping")
+    await asyncops.rexec(host, port, "curtail", "wakeup")
+    await sim.mode_becomes("lux-2", "mining")
+    session = await asyncops.rexec(host, port, "session")
+    assert session["SESSION"][0]["SessionID"] == ""  # luxos released what it took
+
+
+async def run_checks(sim: Sim) -> int:
+    failures = 0
+    for name, fn in CHECKS:
+        try:
+            await asyncio.wait_for(fn(sim), 90)
+        except Exception as err:
+            failures += 1
+            print(f"FAIL {name}: {type(err).__name__}: {err}", flush=True)
+        else:
+            print(f"ok   {name}", flush=True)
+    print(f"witnesses: {len(CHECKS) - failures}/{len(CHECKS)} passed", flush=True)
+    return 1 if failures else 0
+
+
+def run(curtaild: str) -> int:
+    port = _free_port()
+    sim_process = subprocess.Popen(
+        [curtaild, "sim", "-c", str(FARM), "--control", f"127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        sim = Sim(f"http://127.0.0.1:{port}/v1")
+        _wait_ready(sim, sim_process)
+        return asyncio.run(run_checks(sim))
+    finally:
+        sim_process.terminate()
+        sim_process.wait(15)
+
+
+def _wait_ready(sim: Sim, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            err = process.stderr.read().decode() if process.stderr else ""
+            raise SystemExit(f"curtaild sim exited: {err[-2000:]}")
+        try:
+            with urllib.request.urlopen(f"{sim.base}/miners", timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit("the simulator's control API never came up")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--curtaild", required=True, help="the project's curtaild executable")
+    args = parser.parse_args()
+    sys.exit(run(args.curtaild))
+
+
+if __name__ == "__main__":
+    main()
