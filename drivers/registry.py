@@ -66,8 +66,12 @@ class MinerRegistry:
 
 def default_registry() -> MinerRegistry:
     """The registry of every built-in driver family."""
-    from drivers.miners import luxos  # noqa: PLC0415 - keep import-time free of side effects
+    from drivers.miners import (  # noqa: PLC0415 - keep import-time free of side effects
+        braiins_os,
+        luxos,
+    )
 
     registry = MinerRegistry()
-    registry.register(luxos.ENTRY)
+    for entry in (luxos.ENTRY, braiins_os.ENTRY):
+        registry.register(entry)
     return registry

@@ -119,9 +119,12 @@ def simulated_drivers() -> list[str]:
 def _load_builtin() -> None:
     if _FAMILIES:
         return
-    from drivers.sim import luxos  # noqa: PLC0415 - registration on first use, not import
+    from drivers.sim import (  # noqa: PLC0415 - registration on first use, not import
+        braiins_os,
+        luxos,
+    )
 
-    for module in (luxos,):
+    for module in (luxos, braiins_os):
         register(module.FAMILY)
 
 

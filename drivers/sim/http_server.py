@@ -41,7 +41,10 @@ class HttpSimServer:
         self._rng = rng or random.Random(f"{host}:{port}")  # noqa: S311 - not crypto
         self._observer = observer
         app.middlewares.append(self._faults)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        # A stalled request must not hold a farm's shutdown for its whole stall.
+        self._runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, shutdown_timeout=0.5
+        )
         self._site: web.TCPSite | None = None
         self._set_up = False
 
@@ -55,9 +58,15 @@ class HttpSimServer:
         await self._site.start()
 
     async def stop(self) -> None:
+        """Stop listening and drop open keep-alive connections: a device that refuses
+        connections does not keep answering on old ones."""
         if self._site is not None:
             await self._site.stop()
             self._site = None
+        server = self._runner.server
+        if server is not None:
+            for connection in list(server.connections):
+                connection.force_close()
 
     async def close(self) -> None:
         await self.stop()

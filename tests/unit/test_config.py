@@ -79,8 +79,11 @@ def test_config_unknown_driver_lists_the_valid_ones(tmp_path: Path) -> None:
     data["miners"][2]["driver"] = "antminer-magic"
     [problem] = problems(data)
     assert problem.startswith(
-        "miners[2].driver: unknown driver 'antminer-magic'; valid drivers: luxos"
+        "miners[2].driver: unknown driver 'antminer-magic'; valid drivers: "
     )
+    listed = problem.rsplit(": ", 1)[1].split(", ")
+    assert listed == sorted(listed)
+    assert {"luxos", "braiins-os"} <= set(listed)
 
 
 def test_config_duplicates_are_errors(tmp_path: Path) -> None:

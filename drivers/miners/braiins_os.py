@@ -1,0 +1,497 @@
+"""Braiins OS+ over its public REST API v1 (http://<miner>/api/v1, plain HTTP on port 80).
+
+Login gives a token that goes raw in `Authorization` (no "Bearer"). It expires after
+`timeout_s` without use, each request sliding it on, and it dies with a reboot: an HTTP 401
+means log in again, once. Curtailment pauses mining (hashboards off, bosminer and the
+control board up); we never `stop` bosminer, which has left fans at 100 %. Every write is
+followed by a read-back; a miner that acknowledges and does not act raises
+VerificationError. pyasic drives BOS+ over gRPC instead; REST needs no generated code,
+carries everything we command, and shares the HTTP transport with other families.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from drivers.errors import (
+    AuthError,
+    ProtocolError,
+    RejectedError,
+    UnsupportedError,
+    VerificationError,
+)
+from drivers.registry import MinerDriverEntry, MinerEndpoint
+from drivers.transport import http
+from drivers.transport.cgminer_tcp import repair
+from drivers.types import Capability, DriverTraits, FanPause, MinerReading, Mode
+
+API = "/api/v1"
+DEFAULT_PORT = 80
+DEFAULT_USERNAME = "root"
+# pyasic and asic-rs log in with root/root; some units ship with no password (give "").
+DEFAULT_PASSWORD = "root"  # noqa: S105 - the firmware's well-known default, not a secret
+TOKEN_REUSE_FRACTION = 0.9  # log in anew before the sliding expiry rather than eat a 401
+
+HTTP_UNAUTHORIZED = 401
+HTTP_FORBIDDEN = 403
+NOT_THERE = frozenset({404, 405, 501})  # the firmware predates the endpoint
+
+# MinerStatus (deprecated but still served): restricted still hashes; not-started,
+# paused and suspended do not.
+MINING_STATUSES = frozenset({2, 5})
+IDLE_STATUSES = frozenset({1, 3, 4})
+RUNTIME_LIMITED = 1  # FanPauseRuntime
+RUNTIME_INDEFINITE = 2
+
+READ_PATHS = {
+    "details": "/miner/details",
+    "stats": "/miner/stats",
+    "hashboards": "/miner/hw/hashboards",
+    "mode": "/performance/mode",
+}
+READ_PARTS = tuple(READ_PATHS)
+# A read-back reads what the write claimed; slow-moving fields come from the last read.
+VERIFY_PARTS = ("details", "stats")
+VERIFY_TARGET_PARTS = ("details", "stats", "mode")
+VERIFY_ATTEMPTS = 3
+VERIFY_INTERVAL_S = 0.5  # the status flips as the command is handled; allow a moment
+
+# The quick ramping the traits assume: the only published numbers (the OpenAPI example,
+# "used in curtailments"); the firmware default is not published, so apply these with
+# set_quick_ramping() at start-up for the traits to hold.
+QUICK_RAMP_UP_S = 5
+QUICK_RAMP_DOWN_S = 2
+# Paused: hashboards off, control board and PSU standby, fans at their pause speed.
+# Ramps add a second to the quick ramping for the command itself and the PSU's wind-down.
+TRAITS = DriverTraits(
+    sleep_power_w=30,
+    ramp_down_s=QUICK_RAMP_DOWN_S + 1.0,
+    ramp_up_s=QUICK_RAMP_UP_S + 1.0,
+    fans_when_asleep=FanPause.CONFIGURABLE,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class QuickRamping:
+    """How fast the miner powers up on resume and down on pause (firmware >= 25.07)."""
+
+    up_s: int
+    down_s: int
+
+
+@dataclass(frozen=True, slots=True)
+class PauseFans:
+    """Fans while paused. No ratio: firmware auto, from the last mining speed down to 0 %."""
+
+    speed_ratio: float | None = None
+    indefinite: bool = True  # a fixed ratio until resumed, else for the firmware's limit
+
+    def normalised(self) -> PauseFans:
+        return PauseFans() if self.speed_ratio is None else self
+
+    def __str__(self) -> str:
+        if self.speed_ratio is None:
+            return "pause fans auto (down to 0 %)"
+        until = "until resumed" if self.indefinite else "for the firmware's limited time"
+        return f"pause fans at {self.speed_ratio:.0%} {until}"
+
+
+class BraiinsOsMiner:
+    """One Braiins OS+ miner. At most one call is in flight at a time."""
+
+    def __init__(self, endpoint: MinerEndpoint) -> None:
+        self._ep = endpoint
+        host = f"[{endpoint.host}]" if ":" in endpoint.host else endpoint.host
+        self._base = f"http://{host}:{endpoint.port}{API}"
+        self._username = endpoint.username or DEFAULT_USERNAME
+        self._password = DEFAULT_PASSWORD if endpoint.password is None else endpoint.password
+        self._lock = asyncio.Lock()
+        self._token: str | None = None
+        self._token_fresh_until = 0.0  # time.monotonic()
+        self._token_reuse_s = 0.0
+        self._last: MinerReading | None = None  # fills fields a partial read-back omits
+        self.api_version: str | None = None
+        self.firmware: str | None = None
+        self.model: str | None = None
+
+    @property
+    def miner_id(self) -> str:
+        return self._ep.miner_id
+
+    @property
+    def capabilities(self) -> frozenset[Capability]:
+        return frozenset({Capability.SLEEP, Capability.POWER_TARGET})
+
+    async def probe(self) -> None:
+        """Confirm the device is Braiins OS+ with REST v1; learn its versions and model."""
+        async with self._lock:
+            version = await self._call("GET", "/version/", "version")
+            details = await self._call("GET", "/miner/details", "details")
+        try:
+            self.api_version = f"{version['major']}.{version['minor']}.{version['patch']}"
+            current = str(details["bos_version"]["current"])
+            identity = details.get("miner_identity") or {}
+            self.model = str(identity.get("miner_model") or identity.get("name") or "") or None
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as err:
+            raise ProtocolError(
+                self.miner_id, "probe", f"unexpected reply layout: {err!r}"
+            ) from None
+        # "2025-07-24-0-3c4b8a5f-25.07-plus": the release is the sixth part.
+        parts = current.split("-")
+        self.firmware = parts[5] if len(parts) > 5 else current  # noqa: PLR2004 - see above
+
+    async def read(self) -> MinerReading:
+        async with self._lock:
+            return await self._read(READ_PARTS)
+
+    async def sleep(self) -> MinerReading:
+        async with self._lock:
+            await self._action("pause")
+            return await self._verify("pause", lambda r: r.mode is Mode.SLEEPING, VERIFY_PARTS)
+
+    async def wake(self) -> MinerReading:
+        async with self._lock:
+            await self._action("resume")
+            return await self._verify("resume", lambda r: r.mode is Mode.MINING, VERIFY_PARTS)
+
+    async def set_profile(self, profile: str) -> MinerReading:
+        raise UnsupportedError(
+            self.miner_id, "set_profile", f"BOS+ has no named profiles (asked for {profile!r})"
+        )
+
+    async def set_power_target(self, watts: int) -> MinerReading:
+        """Retune to draw about `watts`; the read-back proves the target, the draw follows
+        over tens of seconds as the tuner walks there."""
+        if watts <= 0:
+            raise RejectedError(self.miner_id, "power-target", f"invalid power target {watts} W")
+        async with self._lock:
+            reply = await self._call(
+                "PUT", "/performance/power-target", "power-target", {"watt": watts}
+            )
+            acked = reply.get("watt") if isinstance(reply, dict) else None
+            if acked != watts:
+                raise ProtocolError(
+                    self.miner_id,
+                    "power-target",
+                    f"acknowledged power target {acked!r}, asked for {watts} W",
+                )
+            return await self._verify(
+                "power-target", lambda r: r.profile == target_profile(watts), VERIFY_TARGET_PARTS
+            )
+
+    async def set_quick_ramping(self, up_s: int, down_s: int) -> QuickRamping:
+        """Set how fast pause powers down and resume powers up; return the read-back."""
+        want = QuickRamping(up_s, down_s)
+        if min(up_s, down_s) < 0:
+            raise RejectedError(self.miner_id, "quick-ramping", f"negative ramp time in {want}")
+        async with self._lock:
+            await self._call(
+                "PUT",
+                "/performance/quick-ramping",
+                "quick-ramping",
+                {"up_s": up_s, "down_s": down_s},
+            )
+            # The reply echoes the request; the configuration shows what the miner kept.
+            got = _quick_ramping(await self._configuration(), self.miner_id)
+        if got != want:
+            raise VerificationError(
+                self.miner_id,
+                "quick-ramping",
+                f"acknowledged up {up_s} s/down {down_s} s but reads back "
+                f"up {got.up_s} s/down {got.down_s} s",
+            )
+        return got
+
+    async def set_pause_fans(
+        self, speed_ratio: float | None, *, indefinite: bool = True
+    ) -> PauseFans:
+        """What the fans do while paused: a fixed ratio (0..1, until resumed or for the
+        firmware's limited time) or, with None, the firmware's decay to 0 %. Return the
+        read-back. The rest of the cooling mode is sent back unchanged."""
+        want = PauseFans(speed_ratio, indefinite).normalised()
+        if speed_ratio is not None and not 0.0 <= speed_ratio <= 1.0:
+            raise RejectedError(self.miner_id, "pause-fans", f"fan ratio {speed_ratio} not in 0..1")
+        async with self._lock:
+            kind, mode = _cooling_mode(await self._configuration(), self.miner_id)
+            if kind not in ("auto", "manual"):
+                raise UnsupportedError(
+                    self.miner_id, "pause-fans", f"{kind} cooling has no fans to pause"
+                )
+            await self._call(
+                "PUT",
+                "/cooling/mode",
+                "pause-fans",
+                {kind: {**mode, "pause_mode": _pause_json(want)}},
+            )
+            _, mode = _cooling_mode(await self._configuration(), self.miner_id)
+        got = _pause_fans(mode.get("pause_mode"), self.miner_id)
+        if got != want:
+            shows = "no pause mode" if got is None else str(got)
+            raise VerificationError(
+                self.miner_id, "pause-fans", f"acknowledged {want} but reads back {shows}"
+            )
+        return want
+
+    async def close(self) -> None:
+        """Forget the token; BOS+ has no logout and the HTTP session is shared."""
+        self._token = None
+
+    # -- internals -------------------------------------------------------------------------
+
+    async def _read(self, parts: tuple[str, ...]) -> MinerReading:
+        replies = {part: await self._call("GET", READ_PATHS[part], part) for part in parts}
+        reading = parse_reading(replies, self.miner_id, self._last)
+        self._last = reading
+        return reading
+
+    async def _action(self, action: str) -> None:
+        reply = await self._call("PUT", f"/actions/{action}", action)
+        # The boolean says whether the miner already was in that state: information only.
+        if not isinstance(reply, bool):
+            raise ProtocolError(self.miner_id, action, f"expected true or false, got {reply!r}")
+
+    async def _configuration(self) -> dict[str, Any]:
+        reply = await self._call("GET", "/configuration/miner", "configuration")
+        if not isinstance(reply, dict):
+            raise ProtocolError(self.miner_id, "configuration", "reply is not an object")
+        return reply
+
+    async def _verify(
+        self, op: str, done: Callable[[MinerReading], bool], parts: tuple[str, ...]
+    ) -> MinerReading:
+        reading = await self._read(parts)
+        for _ in range(VERIFY_ATTEMPTS - 1):
+            if done(reading):
+                return reading
+            await asyncio.sleep(VERIFY_INTERVAL_S)
+            reading = await self._read(parts)
+        if done(reading):
+            return reading
+        shows = f"{reading.mode.value} at {reading.power_w} W"
+        if op == "power-target":
+            shows = f"power target {reading.profile or 'none'}"
+        raise VerificationError(
+            self.miner_id, op, f"acknowledged {op} but reads back {shows}", reading
+        )
+
+    async def _call(self, method: str, path: str, op: str, body: object = None) -> Any:  # noqa: ANN401 - JSON
+        """One authenticated request; on 401 log in again and retry once."""
+        for _ in range(2):
+            token = await self._auth()
+            response = await http.request(
+                method,
+                self._base + path,
+                device=self.miner_id,
+                op=op,
+                timeout_s=self._ep.timeout_s,
+                json_body=body,
+                headers={"Authorization": token},
+            )
+            if response.status != HTTP_UNAUTHORIZED:
+                self._token_fresh_until = time.monotonic() + self._token_reuse_s  # it slid on
+                return self._judge(response, op)
+            self._token = None  # expired, or the miner rebooted: one fresh login
+        raise RejectedError(
+            self.miner_id, op, "HTTP 401: the token was refused even after a fresh login", code=401
+        )
+
+    async def _auth(self) -> str:
+        if self._token is not None and time.monotonic() < self._token_fresh_until:
+            return self._token
+        response = await http.request(
+            "POST",
+            f"{self._base}/auth/login",
+            device=self.miner_id,
+            op="login",
+            timeout_s=self._ep.timeout_s,
+            json_body={"username": self._username, "password": self._password},
+        )
+        if response.status in (HTTP_UNAUTHORIZED, HTTP_FORBIDDEN):
+            raise AuthError(self.miner_id, "login", f"HTTP {response.status}: credentials refused")
+        reply = self._judge(response, "login")
+        try:
+            token, timeout_s = reply["token"], float(reply["timeout_s"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise ProtocolError(
+                self.miner_id, "login", f"unexpected reply layout: {err!r}"
+            ) from None
+        if not isinstance(token, str) or not token or not math.isfinite(timeout_s):
+            raise ProtocolError(self.miner_id, "login", "no usable token in the reply")
+        self._token = token
+        self._token_reuse_s = max(0.0, timeout_s * TOKEN_REUSE_FRACTION)
+        self._token_fresh_until = time.monotonic() + self._token_reuse_s
+        return token
+
+    def _judge(self, response: http.Response, op: str) -> Any:  # noqa: ANN401 - JSON
+        status = response.status
+        if status in NOT_THERE:
+            raise UnsupportedError(
+                self.miner_id, op, f"HTTP {status}: the firmware does not offer this"
+            )
+        if not 200 <= status < 300:  # noqa: PLR2004 - the 2xx range
+            text = response.body[:120].decode("utf-8", errors="replace").strip()
+            raise RejectedError(self.miner_id, op, f"HTTP {status}: {text}", code=status)
+        if not response.body.strip():
+            return None
+        return _loads(response.body, self.miner_id, op, status)
+
+
+def target_profile(watts: int) -> str:
+    """BOS+ has no named profiles: a reading's profile is its tuner's power target."""
+    return f"{watts}W"
+
+
+def parse_reading(
+    replies: dict[str, Any], device: str, last: MinerReading | None = None
+) -> MinerReading:
+    """A reading from whichever replies were read; what is missing comes from `last`."""
+    try:
+        status = replies["details"]["status"]
+        if status in MINING_STATUSES:
+            mode = Mode.MINING
+        elif status in IDLE_STATUSES:
+            mode = Mode.SLEEPING
+        else:
+            raise ProtocolError(device, "read", f"unknown miner status {status!r}")
+        stats = replies["stats"]
+        watt = _path(stats, "power_stats", "approximated_consumption", "watt")
+        if watt is None:
+            if mode is Mode.MINING:
+                raise ProtocolError(device, "read", "mining but no power estimate")
+            power_w = TRAITS.sleep_power_w  # paused firmware may stop estimating
+        else:
+            power_w = round(_number(watt))
+        ghs = _path(stats, "miner_stats", "real_hashrate", "last_5s", "gigahash_per_second")
+        hashrate = 0.0 if ghs is None else round(_number(ghs) / 1000, 3)
+        if "hashboards" in replies:
+            boards = sorted(replies["hashboards"]["hashboards"], key=_board_order)
+            temps = tuple(_board_temp(b) for b in boards if b.get("enabled", True))
+        else:
+            temps = last.board_temps_c if last is not None else ()
+        if "mode" in replies:
+            target = _path(replies["mode"], "tunermode", "target", "powertarget", "power_target")
+            profile = None if target is None else target_profile(int(target["watt"]))
+        else:
+            profile = last.profile if last is not None else None
+        return MinerReading(
+            mode=mode, power_w=power_w, hashrate_ths=hashrate, board_temps_c=temps, profile=profile
+        )
+    except (KeyError, TypeError, ValueError, IndexError, OverflowError, AttributeError) as err:
+        raise ProtocolError(device, "read", f"unexpected reply layout: {err!r}") from None
+
+
+def _loads(body: bytes, device: str, op: str, status: int) -> Any:  # noqa: ANN401 - JSON
+    text = body.decode("utf-8", errors="replace")
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        pass
+    try:
+        # Real BOS+ REST is clean serde JSON; a proxy or a half-written reply may not be.
+        return json.loads(repair(text))
+    except (ValueError, RecursionError):
+        raise ProtocolError(
+            device, op, f"HTTP {status}: unparseable reply ({len(body)} bytes): {text[:60]!r}"
+        ) from None
+
+
+def _path(value: Any, *keys: str) -> Any:  # noqa: ANN401 - JSON
+    """value[k1][k2]..., None where a nullable level is null or absent."""
+    for key in keys:
+        if value is None:
+            return None
+        if not isinstance(value, dict):
+            raise TypeError(f"{key!r} is under a {type(value).__name__}, not an object")
+        value = value.get(key)
+    return value
+
+
+def _number(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"not a number: {value!r}")
+    result = float(value)
+    if not math.isfinite(result):
+        raise ValueError(f"not a finite number: {value!r}")
+    return result
+
+
+def _board_order(board: dict[str, Any]) -> tuple[int, str]:
+    board_id = str(board["id"])
+    return (int(board_id), "") if board_id.isdigit() else (1 << 30, board_id)
+
+
+def _board_temp(board: dict[str, Any]) -> float:
+    """The board sensor, else its hottest chip; NaN if the board reports neither."""
+    temp = _path(board, "board_temp", "degree_c")
+    if temp is None:
+        temp = _path(board, "highest_chip_temp", "temperature", "degree_c")
+    return float("nan") if temp is None else _number(temp)
+
+
+def _quick_ramping(config: dict[str, Any], device: str) -> QuickRamping:
+    try:
+        board = config["hashboard_config"] or {}
+        return QuickRamping(
+            int(board.get("quick_ramping_time_up_s") or 0),
+            int(board.get("quick_ramping_time_down_s") or 0),
+        )
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise ProtocolError(device, "configuration", f"unexpected layout: {err!r}") from None
+
+
+def _cooling_mode(config: dict[str, Any], device: str) -> tuple[str, dict[str, Any]]:
+    try:
+        mode = config["temperature"]["mode"]
+        (kind, fields), *rest = mode.items()
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise ProtocolError(device, "configuration", f"no cooling mode: {err!r}") from None
+    if rest or not isinstance(fields, dict):
+        raise ProtocolError(device, "configuration", f"cooling mode is not one of: {mode!r}")
+    return str(kind), fields
+
+
+def _pause_json(fans: PauseFans) -> dict[str, Any]:
+    if fans.speed_ratio is None:
+        return {"mode": {"auto": {}}}
+    runtime = RUNTIME_INDEFINITE if fans.indefinite else RUNTIME_LIMITED
+    return {
+        "mode": {
+            "manual": {
+                "pause_cooldown_fan_speed_ratio": fans.speed_ratio,
+                "fan_pause_runtime": runtime,
+            }
+        }
+    }
+
+
+def _pause_fans(pause_mode: object, device: str) -> PauseFans | None:
+    """The configured pause fans; None when the firmware reports no pause mode."""
+    try:
+        mode = _path(pause_mode, "mode")
+        if mode is None:
+            return None
+        if "auto" in mode:
+            return PauseFans()
+        manual = mode["manual"]
+        return PauseFans(
+            _number(manual["pause_cooldown_fan_speed_ratio"]),
+            manual.get("fan_pause_runtime") != RUNTIME_LIMITED,
+        )
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise ProtocolError(device, "configuration", f"unexpected pause mode: {err!r}") from None
+
+
+ENTRY = MinerDriverEntry(
+    name="braiins-os",
+    factory=BraiinsOsMiner,
+    traits=TRAITS,
+    default_port=DEFAULT_PORT,
+    summary="Braiins OS+ over REST API v1 on 80: pause/resume, power target, quick ramping, "
+    "pause fans",
+)
