@@ -105,6 +105,29 @@ async def luxos_client(sim: Sim) -> None:
     assert session["SESSION"][0]["SessionID"] == ""  # luxos released what it took
 
 
+# -- Braiins OS+ ----------------------------------------------------------------------------
+
+
+@check("pyasic 0.79.0 drives the Braiins OS+ simulator (gRPC)")
+async def pyasic_braiins(sim: Sim) -> None:
+    from pyasic.miners.antminer.bosminer.X19.S19 import BOSMinerS19jPro  # noqa: PLC0415
+
+    truth = sim.state("bos-1")
+    miner = BOSMinerS19jPro(truth["host"])
+    miner.web.port = truth["web_port"]  # the gRPC API; pyasic ignores REST
+    miner.rpc.port = 4028
+    data = await miner.get_data()
+    assert data.is_mining
+    assert data.hashboards
+    assert await miner.stop_mining()
+    await sim.mode_becomes("bos-1", "sleeping")
+    assert not (await miner.get_data(include=["is_mining"])).is_mining
+    assert await miner.set_power_limit(2500)
+    assert sim.state("bos-1")["profile"].startswith("2500")  # the target reached the device
+    assert await miner.resume_mining()
+    await sim.mode_becomes("bos-1", "mining")
+
+
 async def run_checks(sim: Sim) -> int:
     failures = 0
     for name, fn in CHECKS:
