@@ -69,9 +69,10 @@ def default_registry() -> MinerRegistry:
     from drivers.miners import (  # noqa: PLC0415 - keep import-time free of side effects
         braiins_os,
         luxos,
+        whatsminer,
     )
 
     registry = MinerRegistry()
-    for entry in (luxos.ENTRY, braiins_os.ENTRY):
+    for entry in (luxos.ENTRY, braiins_os.ENTRY, *whatsminer.ENTRIES):
         registry.register(entry)
     return registry

@@ -122,9 +122,10 @@ def _load_builtin() -> None:
     from drivers.sim import (  # noqa: PLC0415 - registration on first use, not import
         braiins_os,
         luxos,
+        whatsminer,
     )
 
-    for module in (luxos, braiins_os):
+    for module in (luxos, braiins_os, whatsminer):
         register(module.FAMILY)
 
 
