@@ -153,6 +153,11 @@ class Daemon:
                 tick_s=control.tick_s,
                 fast_tick_s=control.fast_tick_s,
                 command_timeout_s=slowest * COMMAND_TIMEOUT_CALLS,
+                command_timeouts={
+                    m.id: registry.get(m.driver).traits.command_budget_s
+                    or m.timeout_s * COMMAND_TIMEOUT_CALLS
+                    for m in loaded.miners
+                },
                 command_concurrency=_fd_bounded(control.command_concurrency),
                 retry_backoff_s=control.retry_backoff_s,
                 retry_backoff_max_s=control.retry_backoff_max_s,

@@ -12,7 +12,7 @@ import asyncio
 import gc
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -67,7 +67,7 @@ FLUSH_INTERVAL = timedelta(seconds=1)
 class LoopSettings:
     tick_s: float
     fast_tick_s: float
-    command_timeout_s: float
+    command_timeout_s: float  # for a miner without its own entry below
     command_concurrency: int
     retry_backoff_s: float
     retry_backoff_max_s: float
@@ -77,6 +77,8 @@ class LoopSettings:
     # the process hosting the daemon): it took ~12 % of a 10,000-miner fan-out's CPU,
     # and reference counting frees nearly everything a fan-out allocates.
     pause_gc_in_fanout: bool = False
+    # Per miner: a family whose mode change restarts its mining process needs longer.
+    command_timeouts: Mapping[str, float] = field(default_factory=dict)
 
 
 class Supervisor:
@@ -381,7 +383,9 @@ class Supervisor:
 
     async def _run(self, action: Action) -> MinerReading:
         driver = self._drivers[action.miner_id]
-        timeout = self._settings.command_timeout_s
+        timeout = self._settings.command_timeouts.get(
+            action.miner_id, self._settings.command_timeout_s
+        )
         try:
             with within(timeout):
                 if action.kind is ActionKind.SLEEP:

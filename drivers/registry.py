@@ -67,12 +67,13 @@ class MinerRegistry:
 def default_registry() -> MinerRegistry:
     """The registry of every built-in driver family."""
     from drivers.miners import (  # noqa: PLC0415 - keep import-time free of side effects
+        antminer_stock,
         braiins_os,
         luxos,
         whatsminer,
     )
 
     registry = MinerRegistry()
-    for entry in (luxos.ENTRY, braiins_os.ENTRY, *whatsminer.ENTRIES):
+    for entry in (luxos.ENTRY, braiins_os.ENTRY, *whatsminer.ENTRIES, antminer_stock.ENTRY):
         registry.register(entry)
     return registry

@@ -49,6 +49,10 @@ class DriverTraits:
     ramp_down_s: float  # from an acknowledged sleep to the residual draw
     ramp_up_s: float  # from an acknowledged wake to full draw
     fans_when_asleep: FanPause = FanPause.OFF
+    # How long one sleep or wake may take, acknowledgement and read-back included, when a
+    # family needs more than a few request deadlines (a stock Antminer restarts its mining
+    # process for tens of seconds). None: a handful of the miner's request deadlines.
+    command_budget_s: float | None = None
 
 
 class MinerDriver(Protocol):

@@ -120,12 +120,13 @@ def _load_builtin() -> None:
     if _FAMILIES:
         return
     from drivers.sim import (  # noqa: PLC0415 - registration on first use, not import
+        antminer_stock,
         braiins_os,
         luxos,
         whatsminer,
     )
 
-    for module in (luxos, braiins_os, whatsminer):
+    for module in (luxos, braiins_os, whatsminer, antminer_stock):
         register(module.FAMILY)
 
 

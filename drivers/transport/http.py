@@ -90,10 +90,16 @@ async def request(
                 headers=headers,
                 middlewares=tuple(middlewares),
             ) as reply:
-                body = await reply.content.read(MAX_BODY_BYTES + 1)
-                if len(body) > MAX_BODY_BYTES:
-                    raise ProtocolError(device, op, f"reply larger than {MAX_BODY_BYTES} bytes")
-                return Response(reply.status, body, dict(reply.headers))
+                # read(n) returns what has arrived so far, not the whole body: collect to
+                # the end, capped.
+                chunks: list[bytes] = []
+                size = 0
+                async for chunk in reply.content.iter_any():
+                    size += len(chunk)
+                    if size > MAX_BODY_BYTES:
+                        raise ProtocolError(device, op, f"reply larger than {MAX_BODY_BYTES} bytes")
+                    chunks.append(chunk)
+                return Response(reply.status, b"".join(chunks), dict(reply.headers))
     except TimeoutError:
         raise DeviceTimeoutError(device, op, f"no complete reply within {timeout_s:g} s") from None
     except aiohttp.ClientConnectorError as err:

@@ -78,9 +78,7 @@ def test_config_unknown_driver_lists_the_valid_ones(tmp_path: Path) -> None:
     data = site_dict(tmp_path, miners=3)
     data["miners"][2]["driver"] = "antminer-magic"
     [problem] = problems(data)
-    assert problem.startswith(
-        "miners[2].driver: unknown driver 'antminer-magic'; valid drivers: "
-    )
+    assert problem.startswith("miners[2].driver: unknown driver 'antminer-magic'; valid drivers: ")
     listed = problem.rsplit(": ", 1)[1].split(", ")
     assert listed == sorted(listed)
     assert {"luxos", "braiins-os"} <= set(listed)
