@@ -452,6 +452,16 @@ def _cross_checks(config: SiteConfig, miners: list[MinerConfig]) -> list[str]:
             f"intervals ({2 * telemetry.interval_s:g} s): one late poll would make the fleet "
             "unknown and count every miner at rated power"
         )
+    if config.grid.mode is GridMode.SURPLUS_ONLY and miners:
+        registry = default_registry()
+        slowest = max(miners, key=lambda m: registry.get(m.driver).traits.ramp_down_s)
+        ramp = registry.get(slowest.driver).traits.ramp_down_s
+        if config.grid.grant_end_lead_s < ramp:
+            problems.append(
+                f"grid.grant_end_lead_s: {config.grid.grant_end_lead_s:g} s is less than the "
+                f"{ramp:g} s {slowest.driver} miners (e.g. {slowest.id}) take to ramp down, so "
+                "the farm could not be under the next limit when a grant ends"
+            )
     largest = max(miners, key=lambda m: m.rated_power_w, default=None)
     wake_w = config.control.wake_max_kw_per_s * 1000
     if largest is not None and wake_w < largest.rated_power_w:

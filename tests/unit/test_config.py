@@ -30,12 +30,18 @@ def test_config_example_configs_are_valid() -> None:
         assert loaded.miners, path
 
 
-def test_config_demo_farm_is_two_containers_of_300_luxos(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_config_demo_farm_mixes_every_family(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CURTAILD_DEMO_KEY_KEGOC", "x")
     loaded = load(REPO / "config" / "sim-farm.yaml")
     assert len(loaded.miners) == 300
     assert {m.container for m in loaded.miners} == {"c1", "c2"}
-    assert {m.driver for m in loaded.miners} == {"luxos"}
+    assert {m.driver for m in loaded.miners} == {
+        "luxos",
+        "braiins-os",
+        "whatsminer",
+        "whatsminer-v2",
+        "antminer-stock",
+    }
     assert all(m.host.startswith("127.") for m in loaded.miners)
 
 
@@ -195,3 +201,11 @@ def test_config_wake_rate_must_fit_the_largest_miner(tmp_path: Path) -> None:
         p.startswith("control.wake_max_kw_per_s: 3.1 kW is less than m002's rated")
         for p in problems(data)
     )
+
+
+def test_config_grant_end_lead_must_cover_the_slowest_ramp(tmp_path: Path) -> None:
+    data = site_dict(tmp_path, miners=2, mode="surplus-only")
+    data["miners"][1]["driver"] = "antminer-stock"
+    data["grid"]["grant_end_lead_s"] = 15
+    [problem] = problems(data)
+    assert problem.startswith("grid.grant_end_lead_s: 15 s is less than the 30 s antminer-stock")
