@@ -53,6 +53,10 @@ class DriverTraits:
     # family needs more than a few request deadlines (a stock Antminer restarts its mining
     # process for tens of seconds). None: a handful of the miner's request deadlines.
     command_budget_s: float | None = None
+    # False where the firmware has no watts of its own and the driver estimates them from
+    # hashrate and a nameplate (stock Antminer): the controller then counts a running unit
+    # at its configured rated power, never at an estimate that may be low.
+    reports_power: bool = True
 
 
 class MinerDriver(Protocol):

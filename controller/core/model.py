@@ -146,9 +146,12 @@ class Horizon:
         reading = view.reading
         if pending is ActionKind.WAKE or not fresh or reading is None or read_at is None:
             return spec.rated_power_w
+        power = reading.power_w
+        if not spec.traits.reports_power and reading.mode is not Mode.SLEEPING:
+            power = max(power, spec.rated_power_w)  # a nameplate estimate may be low
         since = view.mode_since
         if since is None:
-            return reading.power_w
+            return power
         ramps = self._ramps.get(spec.traits)
         if ramps is None:
             traits = spec.traits
@@ -159,18 +162,23 @@ class Horizon:
         # Read before the ramp could end (readings are never from the future, so this also
         # covers "still ramping"): expect where the ramp ends, not what was seen on the way.
         if reading.mode is Mode.SLEEPING:
-            return spec.traits.sleep_power_w if read_at < since + ramps[0] else reading.power_w
+            return spec.traits.sleep_power_w if read_at < since + ramps[0] else power
         if read_at < since + ramps[1]:
-            return max(reading.power_w, spec.rated_power_w)
-        return reading.power_w
+            return max(power, spec.rated_power_w)
+        return power
 
 
 def measured_w(views: tuple[MinerView, ...], now: datetime, stale_after: timedelta) -> int:
-    """Fleet draw as measured: fresh readings as they are, unknown miners at rated power."""
+    """Fleet draw as measured: fresh readings as they are, unknown miners at rated power,
+    and running miners whose firmware reports no watts at rated power too."""
     total = 0
     for view in views:
-        if view.reading is not None and view.fresh(now, stale_after):
-            total += view.reading.power_w
+        reading = view.reading
+        if reading is not None and view.fresh(now, stale_after):
+            if view.spec.traits.reports_power or reading.mode is Mode.SLEEPING:
+                total += reading.power_w
+            else:  # the firmware has no watts of its own; its estimate may be low
+                total += max(reading.power_w, view.spec.rated_power_w)
         else:
             total += view.spec.rated_power_w
     return total

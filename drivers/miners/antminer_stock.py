@@ -68,6 +68,7 @@ TRAITS = DriverTraits(
     fans_when_asleep=FanPause.LOW,
     # The write's reply after the restart, then the verification window, and some slack.
     command_budget_s=WRITE_TIMEOUT_S + VERIFY_WINDOW_S + 10.0,
+    reports_power=False,  # see NOMINAL_J_TH
 )
 
 # Stock firmware reports no watts (pyasic: wattage None; Tether: "S19XP ❌"). Mining power

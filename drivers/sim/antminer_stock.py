@@ -830,7 +830,7 @@ def model_for(rated_power_w: int, efficiency_j_th: float) -> MinerModel:
     elif efficiency_j_th <= 30:  # noqa: PLR2004 - S19j Pro class
         name = "Antminer S19j Pro"
     else:
-        name = "Antminer S19 Pro"
+        name = "Antminer S19"  # 34.5 J/TH nameplate: what the driver estimates with
     power_scale, hash_scale = LOW_POWER
     return MinerModel(
         name=name,

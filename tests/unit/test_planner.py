@@ -18,6 +18,7 @@ from controller.core.model import (
     PlanRules,
     Snapshot,
     estimate_w,
+    measured_w,
 )
 from controller.core.planner import plan, shed_order
 from drivers.types import DriverTraits, MinerReading, Mode
@@ -153,6 +154,29 @@ def test_planner_counts_waking_miner_at_rated() -> None:
         mode_since=NOW - timedelta(seconds=2),
     )
     assert estimate_w(rising, NOW, RULES.stale_after) == 3200
+
+
+def test_planner_counts_estimated_watts_at_no_less_than_rated() -> None:
+    # Stock Antminer firmware has no watts: the driver's nameplate estimate may be low, so a
+    # running unit counts at its configured rating, in the plan and in the measured draw.
+    traits = DriverTraits(sleep_power_w=20, ramp_down_s=30.0, ramp_up_s=90.0, reports_power=False)
+    guessed = MinerView(
+        MinerSpec("am1", "antminer-stock", "c1", 3400, 35.0, traits),
+        MinerReading(Mode.MINING, 2864, 97.1, (60.0,)),
+        NOW,
+        mode_since=SETTLED,
+    )
+    assert estimate_w(guessed, NOW, RULES.stale_after) == 3400
+    assert measured_w((guessed,), NOW, RULES.stale_after) == 3400
+    above = replace(guessed, reading=MinerReading(Mode.MINING, 3600, 97.1, (60.0,)))
+    assert estimate_w(above, NOW, RULES.stale_after) == 3600
+    resting = replace(guessed, reading=MinerReading(Mode.SLEEPING, 20, 0.0, (10.0,)))
+    assert estimate_w(resting, NOW, RULES.stale_after) == 20
+    assert measured_w((resting,), NOW, RULES.stale_after) == 20
+    # A family that reports its own watts is taken at its word.
+    reported = replace(guessed, spec=replace(guessed.spec, traits=TRAITS))
+    assert estimate_w(reported, NOW, RULES.stale_after) == 2864
+    assert measured_w((reported,), NOW, RULES.stale_after) == 2864
 
 
 def test_planner_sheds_what_lands_before_the_deadline_first() -> None:
