@@ -68,14 +68,16 @@ class Rig:
             await self.step(dt, dt, wait_idle=wait_idle)
         return (self.clock.now() - start).total_seconds()
 
-    async def settled(self, key: str, within_s: float, *, wait_idle: bool = True) -> Obligation:
+    async def settled(
+        self, key: str, within_s: float, dt: float = 0.25, *, wait_idle: bool = True
+    ) -> Obligation:
         """Step until the deadline `key` is no longer pending; return it."""
 
         def done() -> bool:
             ob = self.obligation(key)
             return ob is not None and ob.status is not ObligationStatus.PENDING
 
-        await self.run_until(done, within_s, wait_idle=wait_idle)
+        await self.run_until(done, within_s, dt, wait_idle=wait_idle)
         ob = self.obligation(key)
         assert ob is not None
         return ob
