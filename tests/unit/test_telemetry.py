@@ -6,10 +6,14 @@ from datetime import UTC, datetime, timedelta
 
 from structlog.testing import capture_logs
 
+from controller.clock import FakeClock
 from controller.core.model import MinerSpec
-from controller.telemetry import Readings
+from controller.telemetry import Activity, Poller, Readings
 from drivers.errors import DeviceTimeoutError, VerificationError
+from drivers.miners.luxos import TRAITS, LuxosMiner
+from drivers.registry import MinerEndpoint
 from drivers.types import DriverTraits, MinerReading, Mode
+from tests.unit.conftest import MakeFarm, Time
 
 T0 = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
 SPEC = MinerSpec("m1", "luxos", "c1", 3000, 21.5, DriverTraits(25, 5, 10))
@@ -68,3 +72,48 @@ def test_telemetry_failed_command_drops_the_reading() -> None:
         "m1", VerificationError("m1", "sleep", "still mining", MINING), command=True, known=True
     )
     assert readings.view("m1").read_at == T0
+
+
+async def test_telemetry_fast_sweeps_read_only_miners_in_motion(
+    make_farm: MakeFarm, clock: Time
+) -> None:
+    farm = await make_farm(4, 3000, 21.5)
+    ticks = FakeClock()
+    specs = {m: MinerSpec(m, "luxos", "c1", 3000, 21.5, TRAITS) for m in farm.miners}
+    readings = Readings(specs)
+    drivers = {
+        m: LuxosMiner(MinerEndpoint(m, sim.spec.host, sim.spec.port, 1.0))
+        for m, sim in farm.miners.items()
+    }
+    poller = Poller(
+        drivers,
+        readings,
+        ticks,
+        interval_s=5,
+        fast_interval_s=1,
+        concurrency=4,
+        activity=Activity(),
+    )
+    await poller.sweep()
+    assert poller.reads_planned == 4  # a slow sweep reads everyone
+    # m0 was just put to sleep; the others have been mining all along.
+    asleep = await drivers["m0"].sleep()
+    readings.record("m0", asleep, ticks.now(), command=True)
+    poller.set_fast(True)
+    per_sweep = []
+    for _ in range(7):  # one fast sweep a second
+        ticks.advance(1)
+        clock.now += 1
+        before = poller.reads_planned
+        await poller.sweep()
+        per_sweep.append(poller.reads_planned - before)
+    # m0 is read every second until one fast interval past its 5 s ramp; the settled
+    # miners only when the slow cadence (5 s) calls for them, so none is read less often.
+    assert per_sweep == [1, 1, 1, 1, 4, 1, 0]
+    settled = readings.view("m0").reading
+    assert settled is not None
+    assert settled.mode is Mode.SLEEPING
+    assert settled.power_w <= 100  # the fast reads saw the ramp end
+    assert readings.view("m1").read_at == ticks.now() - timedelta(seconds=2)
+    for driver in drivers.values():
+        await driver.close()
