@@ -22,7 +22,7 @@ from controller.publish import Fanout, Recorder
 from controller.supervisor import LoopSettings, Supervisor
 from controller.telemetry import Activity, Poller, Readings
 from drivers.registry import MinerEndpoint, MinerRegistry, default_registry
-from drivers.transport import http
+from drivers.transport import admission, http
 from drivers.types import MinerDriver
 
 log = structlog.get_logger("curtaild.app")
@@ -35,15 +35,16 @@ GC_GEN0_THRESHOLD = 20_000
 RESERVED_FDS = 512
 
 
-def _fd_bounded(wanted: int) -> int:
-    """Commands in flight, capped by the open-file limit: each holds one socket."""
+def _fd_bounded(wanted: int, what: str) -> int:
+    """A count of sockets in use at once, capped by the open-file limit."""
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY:
         return wanted
     allowed = max(1, soft - RESERVED_FDS)
     if allowed < wanted:
         log.warning(
-            "command concurrency capped by the open-file limit",
+            "concurrency capped by the open-file limit",
+            setting=what,
             wanted=wanted,
             allowed=allowed,
             nofile=soft,
@@ -84,6 +85,8 @@ class Daemon:
             self.drivers[m.id] = entry.factory(
                 MinerEndpoint(m.id, m.host, m.port, m.timeout_s, m.username, m.password, m.web_port)
             )
+        # Process-wide: every transport shares the gate (one daemon per process).
+        admission.set_limit(_fd_bounded(config.control.io_concurrency, "I/O concurrency"))
         self.activity = Activity()
         self.readings = Readings(self.specs)
         telemetry = config.telemetry
@@ -158,7 +161,7 @@ class Daemon:
                     or m.timeout_s * COMMAND_TIMEOUT_CALLS
                     for m in loaded.miners
                 },
-                command_concurrency=_fd_bounded(control.command_concurrency),
+                command_concurrency=_fd_bounded(control.command_concurrency, "command concurrency"),
                 retry_backoff_s=control.retry_backoff_s,
                 retry_backoff_max_s=control.retry_backoff_max_s,
                 first_read_timeout_s=slowest * 2,

@@ -272,6 +272,9 @@ class ControlCfg(_Model):
     fast_tick_s: Seconds = 0.25  # while commands or deadlines are pending
     # Commands in flight at once (each holds a socket); capped by the open-file limit.
     command_concurrency: Annotated[int, Field(ge=1, le=100_000)] = 16_384
+    # Requests on the wire at once, commands and telemetry together; a request's own
+    # deadline starts when it is admitted (drivers/transport/admission.py).
+    io_concurrency: Annotated[int, Field(ge=1, le=100_000)] = 2048
     retry_backoff_s: Seconds = 2.0
     retry_backoff_max_s: Seconds = 60.0
     wake_max_per_s: Annotated[int, Field(ge=1)] = 10

@@ -47,6 +47,7 @@ from controller.publish import Ack, Publisher
 from controller.telemetry import Activity, Poller, Readings
 from drivers.deadline import within
 from drivers.errors import DeviceTimeoutError, DriverError, VerificationError, driver_bug
+from drivers.transport.admission import Gate
 from drivers.types import MinerDriver, MinerReading, Mode
 
 log = structlog.get_logger("curtaild.supervisor")
@@ -118,7 +119,7 @@ class Supervisor:
         self._settings = settings
         self._publisher = publisher
         self._activity = activity
-        self._slots = asyncio.Semaphore(settings.command_concurrency)
+        self._slots = Gate(settings.command_concurrency)  # FIFO, and O(1) with 10,000s waiting
         self._tg: asyncio.TaskGroup | None = None
         self._records: list[CommandRecord] = []
         self._recent_wakes: deque[tuple[datetime, int]] = deque()

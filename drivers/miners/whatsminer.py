@@ -46,7 +46,7 @@ from drivers.errors import (
     VerificationError,
 )
 from drivers.registry import MinerDriverEntry, MinerEndpoint
-from drivers.transport import cgminer_tcp
+from drivers.transport import admission, cgminer_tcp
 from drivers.types import Capability, DriverTraits, FanPause, MinerReading, Mode
 
 V2_PORT = 4028
@@ -849,9 +849,10 @@ class WhatsminerV3Miner:
         host, port, timeout_s = self._ep.host, self._port, self._ep.timeout_s
         writer: asyncio.StreamWriter | None = None
         try:
-            with within(timeout_s):
-                reader, writer = await asyncio.open_connection(host, port)
-                return await steps(_V3Link(reader, writer))
+            async with admission.gate():
+                with within(timeout_s):
+                    reader, writer = await asyncio.open_connection(host, port)
+                    return await steps(_V3Link(reader, writer))
         except TimeoutError:
             stage = "no connection" if writer is None else "no complete reply"
             raise DeviceTimeoutError(self.miner_id, op, f"{stage} within {timeout_s:g} s") from None

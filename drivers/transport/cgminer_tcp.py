@@ -19,6 +19,7 @@ from drivers.errors import (
     RejectedError,
     UnreachableError,
 )
+from drivers.transport import admission
 
 # A reply larger than this is garbage or an attack; btminer error lists stay far below it.
 MAX_REPLY_BYTES = 1 << 20
@@ -70,9 +71,10 @@ async def exchange(
     proto = _Exchange(payload, done)
     transport: asyncio.BaseTransport | None = None
     try:
-        with within(timeout_s):
-            transport, _ = await loop.create_connection(lambda: proto, host, port)
-            return await done
+        async with admission.gate():
+            with within(timeout_s):
+                transport, _ = await loop.create_connection(lambda: proto, host, port)
+                return await done
     except TimeoutError:
         stage = "no connection" if transport is None else "no complete reply"
         raise DeviceTimeoutError(device, op, f"{stage} within {timeout_s:g} s") from None

@@ -18,6 +18,7 @@ import aiohttp
 
 from drivers.deadline import within
 from drivers.errors import DeviceTimeoutError, ProtocolError, UnreachableError
+from drivers.transport import admission
 
 MAX_BODY_BYTES = 1 << 20  # a device reply larger than this is garbage
 KEEPALIVE_S = 15.0  # idle connections to miners are cheap but not free
@@ -82,24 +83,27 @@ async def request(
 ) -> Response:
     """One HTTP request under a deadline; the status is the caller's to judge."""
     try:
-        with within(timeout_s):
-            async with session().request(
-                method,
-                url,
-                json=json_body,
-                headers=headers,
-                middlewares=tuple(middlewares),
-            ) as reply:
-                # read(n) returns what has arrived so far, not the whole body: collect to
-                # the end, capped.
-                chunks: list[bytes] = []
-                size = 0
-                async for chunk in reply.content.iter_any():
-                    size += len(chunk)
-                    if size > MAX_BODY_BYTES:
-                        raise ProtocolError(device, op, f"reply larger than {MAX_BODY_BYTES} bytes")
-                    chunks.append(chunk)
-                return Response(reply.status, b"".join(chunks), dict(reply.headers))
+        async with admission.gate():
+            with within(timeout_s):
+                async with session().request(
+                    method,
+                    url,
+                    json=json_body,
+                    headers=headers,
+                    middlewares=tuple(middlewares),
+                ) as reply:
+                    # read(n) returns what has arrived so far, not the whole body: collect to
+                    # the end, capped.
+                    chunks: list[bytes] = []
+                    size = 0
+                    async for chunk in reply.content.iter_any():
+                        size += len(chunk)
+                        if size > MAX_BODY_BYTES:
+                            raise ProtocolError(
+                                device, op, f"reply larger than {MAX_BODY_BYTES} bytes"
+                            )
+                        chunks.append(chunk)
+                    return Response(reply.status, b"".join(chunks), dict(reply.headers))
     except TimeoutError:
         raise DeviceTimeoutError(device, op, f"no complete reply within {timeout_s:g} s") from None
     except aiohttp.ClientConnectorError as err:
