@@ -1,4 +1,4 @@
-"""curtaild itself: the real daemon (telemetry, journal, planner, LuxOS driver) on uvloop,
+"""curtaild itself: the real daemon (telemetry, journal, planner, the real drivers) on uvloop,
 from a signed curtailment handed to the inbox to every miner's verified sleep."""
 
 from __future__ import annotations
@@ -16,32 +16,40 @@ from pathlib import Path
 import uvloop
 import yaml
 
+from bench.fleet import BenchMiner, read
 from controller import logs, wire
 from controller.app import Daemon
 from controller.clock import SystemClock
 from controller.config import parse
 
 KEY = b"bench-key"
+# Each miner's first command (retries follow a failed one).
+FIRST_TRIES = """
+SELECT c.miner_id, c.finished_at, c.outcome, c.detail FROM commands c
+JOIN (SELECT min(seq) AS seq FROM commands GROUP BY miner_id) f ON c.seq = f.seq
+"""
 
 
-def site(hosts: list[str], journal: Path) -> str:
+def site(fleet: list[BenchMiner], journal: Path) -> str:
     os.environ["CURTAILD_BENCH_KEY"] = KEY.decode()
     miners = [
         {
-            "id": f"b{i:05d}",
-            "host": h,
-            "driver": "luxos",
-            "rated_power_w": 3250,
-            "efficiency_j_th": 29.5,
-            "container": f"c{i // 500}",
+            "id": m.id,
+            "host": m.host,
+            "port": m.port,
+            "driver": m.driver,
+            "rated_power_w": m.rated_power_w,
+            "efficiency_j_th": m.efficiency_j_th,
+            "container": m.container,
             "timeout_s": 5.0,
         }
-        for i, h in enumerate(hosts)
+        | ({"web_port": m.web_port} if m.web_port is not None else {})
+        for m in fleet
     ]
     return yaml.safe_dump(
         {
             "site": {"id": "bench"},
-            "grid": {"mode": "always-on", "cap_kw": len(hosts) * 4, "margin_kw": 1},
+            "grid": {"mode": "always-on", "cap_kw": len(fleet) * 4, "margin_kw": 1},
             "signals": {
                 "sources": [{"id": "grid", "key": {"env": "CURTAILD_BENCH_KEY"}}],
                 "http": {"listen": "127.0.0.1:0"},
@@ -50,12 +58,22 @@ def site(hosts: list[str], journal: Path) -> str:
             "journal": {"path": str(journal)},
             "logging": {"level": "WARNING", "format": "json"},
         }
+        | {"control": _control_overrides()}
     )
 
 
-async def run(hosts: list[str]) -> dict[str, object]:
+def _control_overrides() -> dict[str, int]:
+    """`control` settings to try out, e.g. BENCH_IO_CONCURRENCY=1024."""
+    overrides = {}
+    for key in ("command_concurrency", "io_concurrency"):
+        if value := os.environ.get(f"BENCH_{key.upper()}"):
+            overrides[key] = int(value)
+    return overrides
+
+
+async def run(fleet: list[BenchMiner]) -> dict[str, object]:
     with tempfile.TemporaryDirectory() as tmp:
-        loaded = parse(site(hosts, Path(tmp) / "journal.db"))
+        loaded = parse(site(fleet, Path(tmp) / "journal.db"))
         logs.configure(loaded.config.logging.level, loaded.config.logging.format, sys.stderr)
         async with Daemon(loaded, SystemClock(), tune_gc=True) as daemon:
             # Ready means the first telemetry sweep is in; the poller now idles until its
@@ -83,33 +101,59 @@ async def run(hosts: list[str]) -> dict[str, object]:
             outcome = daemon.inbox.submit_http(body, str(ts), signature)
             assert outcome.status == "received", outcome
             # Polled every 5 ms: an event hook into the supervisor would change what we measure.
-            while daemon.supervisor.commands_sent < len(hosts):  # noqa: ASYNC110
+            while daemon.supervisor.commands_sent < len(fleet):  # noqa: ASYNC110
                 await asyncio.sleep(0.005)
             cpu = time.process_time() - c0
             if profiler is not None:
                 profiler.disable()
                 profiler.dump_stats(os.environ["BENCH_PROFILE"])
-            # Command results reach the journal in a batch on the next cycle.
-            query = "SELECT max(finished_at), count(*) FROM commands"
-            async with asyncio.timeout(30):
-                while (rows := daemon.journal.rows(query))[0][1] < len(hosts):  # noqa: ASYNC110
+            # Command results reach the journal in a batch on the next cycle. A stock
+            # Antminer's sleep waits out a restart of its mining process before read-back.
+            tried = "SELECT count(DISTINCT miner_id) FROM commands"
+            async with asyncio.timeout(180):
+                while daemon.journal.rows(tried)[0][0] < len(fleet):  # noqa: ASYNC110
                     await asyncio.sleep(0.05)
-            acked = daemon.journal.rows("SELECT count(*) FROM commands WHERE outcome='ok'")
-            failed = daemon.journal.rows(
-                "SELECT outcome, detail FROM commands WHERE outcome!='ok' LIMIT 5"
+            first_tries = daemon.journal.rows(FIRST_TRIES)
+            # A failed first try is retried after a back-off; the deadline is met only when
+            # every miner has acknowledged, retries included.
+            ok = (
+                "SELECT count(DISTINCT miner_id), max(finished_at) "
+                "FROM commands WHERE outcome = 'ok'"
             )
-    end = datetime.fromisoformat(rows[0][0]).timestamp()
+            all_ok_at: float | None = None
+            try:
+                async with asyncio.timeout(180):
+                    while (done := daemon.journal.rows(ok))[0][0] < len(fleet):  # noqa: ASYNC110
+                        await asyncio.sleep(0.05)
+                all_ok_at = datetime.fromisoformat(done[0][1]).timestamp()
+            except TimeoutError:
+                pass  # reported as never: some miners did not sleep within three minutes
+    driver = {m.id: m.driver for m in fleet}
+    end = max(datetime.fromisoformat(at).timestamp() for _, at, _, _ in first_tries)
+    family_end: dict[str, float] = {}
+    family_failed: dict[str, dict[str, int]] = {}
+    for miner_id, at, outcome, detail in first_tries:
+        family = driver[miner_id]
+        t = datetime.fromisoformat(at).timestamp()
+        family_end[family] = max(t, family_end.get(family, t))
+        if outcome != "ok":
+            causes = family_failed.setdefault(family, {})
+            cause = f"{outcome}: {detail}"
+            causes[cause] = causes.get(cause, 0) + 1
+    failed = [f"{o}: {d}" for _, _, o, d in first_tries if o != "ok"]
     return {
         "method": "curtaild",
         "start": t0,
         "start_monotonic": m0,
         "end": end,
         "cpu_s": cpu,
-        "acked": acked[0][0],
-        "errors": [f"{o}: {d}" for o, d in failed],
+        "acked": sum(o == "ok" for _, _, o, _ in first_tries),
+        "errors": failed[:5],
+        "all_ok_s": None if all_ok_at is None else all_ok_at - t0,
+        "family_s": {name: at - t0 for name, at in sorted(family_end.items())},
+        "family_failed": family_failed,
     }
 
 
 if __name__ == "__main__":
-    addresses = Path(sys.argv[1]).read_text().split()
-    print(json.dumps(uvloop.run(run(addresses))))
+    print(json.dumps(uvloop.run(run(read(Path(sys.argv[1]))))))

@@ -1,8 +1,9 @@
-"""One shard of the benchmark's simulated LuxOS fleet, in its own process.
+"""One shard of the benchmark's simulated fleet (`bench/fleet.py`), in its own process.
 
 Controlled over stdin/stdout, one JSON object per line:
   {"cmd": "reset"}  every miner mining at full draw, no sessions, counters cleared
-  {"cmd": "stats"}  miners per mode, requests and first request time (monotonic) per command
+  {"cmd": "stats"}  miners per mode, requests and first request time (monotonic) per command,
+                    and the shard's CPU time sampled every 50 ms since the reset
   {"cmd": "quit"}
 """
 
@@ -13,23 +14,47 @@ import asyncio
 import json
 import sys
 import time
+from pathlib import Path
 
 import uvloop
 
+from bench.fleet import BenchMiner, read
 from drivers.sim.farm import SimFarm, SimMinerSpec
 from drivers.types import Mode
 
 
-def specs(hosts: list[str]) -> list[SimMinerSpec]:
+def specs(fleet: list[BenchMiner]) -> list[SimMinerSpec]:
     return [
-        SimMinerSpec(f"b{i:05d}", "luxos", host, 4028, f"c{i // 500}", 3250, 29.5)
-        for i, host in enumerate(hosts)
+        SimMinerSpec(
+            m.id,
+            m.driver,
+            m.host,
+            m.port,
+            m.container,
+            m.rated_power_w,
+            m.efficiency_j_th,
+            web_port=m.web_port,
+        )
+        for m in fleet
     ]
 
 
-async def serve(hosts: list[str]) -> None:
-    farm = SimFarm(specs(hosts), time_fn=time.time)
+SAMPLE_S = 0.05
+
+
+async def sample_cpu(samples: list[tuple[float, float]]) -> None:
+    """(monotonic, process CPU) pairs, so the harness can tell the shard's CPU in any
+    window: on a 2-core machine a saturated simulator, not the contender, can be the limit."""
+    while True:
+        samples.append((time.monotonic(), time.process_time()))
+        await asyncio.sleep(SAMPLE_S)
+
+
+async def serve(fleet: list[BenchMiner]) -> None:
+    farm = SimFarm(specs(fleet), time_fn=time.time)
     await farm.start()
+    samples: list[tuple[float, float]] = []
+    sampler = asyncio.create_task(sample_cpu(samples), name="cpu-sampler")
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
@@ -39,6 +64,7 @@ async def serve(hosts: list[str]) -> None:
             command = json.loads(line)["cmd"]
             if command == "reset":
                 farm.reset(Mode.MINING)
+                samples.clear()
                 say({"ok": True})
             elif command == "stats":
                 modes = farm.modes()
@@ -48,11 +74,13 @@ async def serve(hosts: list[str]) -> None:
                         "sleeping": modes[Mode.SLEEPING],
                         "commands": dict(farm.commands),
                         "first_at": farm.first_at,
+                        "cpu_samples": samples,
                     }
                 )
             elif command == "quit":
                 break
     finally:
+        sampler.cancel()
         await farm.stop()
 
 
@@ -63,11 +91,9 @@ def say(message: dict[str, object]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("hosts_file")
+    parser.add_argument("fleet_file", type=Path, help="JSON lines, as bench.fleet.write makes")
     args = parser.parse_args()
-    with open(args.hosts_file) as f:  # noqa: PTH123 - a plain list of addresses
-        hosts = f.read().split()
-    uvloop.run(serve(hosts))
+    uvloop.run(serve(read(args.fleet_file)))
 
 
 if __name__ == "__main__":
