@@ -353,9 +353,12 @@ class Supervisor:
             self.commands_failed += 1
             self._failed_since_plan = True  # the plan counted this miner as done: re-plan
             seen = err.reading if isinstance(err, VerificationError) else None
+            aimed = Mode.SLEEPING if action.kind is ActionKind.SLEEP else Mode.MINING
+            failures = self._readings.fail(
+                miner_id, err, command=True, known=seen is not None, aimed=aimed
+            )
             if seen is not None:  # a lying miner told us what it is really doing
                 self._readings.record(miner_id, seen, finished)
-            failures = self._readings.fail(miner_id, err, command=True, known=seen is not None)
             backoff = min(
                 self._settings.retry_backoff_s * 2 ** (failures - 1),
                 self._settings.retry_backoff_max_s,
@@ -366,7 +369,7 @@ class Supervisor:
             finished = self._clock.now()
             outcome = "ok"
             # Records the read-back, clears pending and back-off: one update on the hot path.
-            self._readings.record(miner_id, reading, finished, command=True)
+            self._readings.record(miner_id, reading, finished, command=True, since=started)
         finally:
             ended = finished or self._clock.now()
             kind = action.kind.value

@@ -50,6 +50,7 @@ class Readings:
         self._views = {miner_id: MinerView(spec) for miner_id, spec in specs.items()}
         self._read_fault: dict[str, str] = {}
         self._command_fault: dict[str, str] = {}
+        self._aimed: dict[str, Mode] = {}  # the mode a failed command set out to reach
         self._failures: dict[str, int] = {}
         self.first_sweep = asyncio.Event()
 
@@ -60,18 +61,28 @@ class Readings:
         return self._views[miner_id]
 
     def record(
-        self, miner_id: str, reading: MinerReading, at: datetime, *, command: bool = False
+        self,
+        miner_id: str,
+        reading: MinerReading,
+        at: datetime,
+        *,
+        command: bool = False,
+        since: datetime | None = None,
     ) -> None:
         """A successful read, or a command's verified read-back (which also clears the
-        command's pending state and back-off). One object built: this runs per miner on
-        the fan-out's hot path."""
+        command's pending state and back-off; `since` is when the command began, which is
+        when the change began). One object built: this runs per miner on the fan-out's
+        hot path."""
         view = self._views[miner_id]
         changed = view.reading is not None and view.reading.mode is not reading.mode
         # A command's read-back marks a transition even when it is the first reading we have.
-        mode_since = at if changed or command else view.mode_since
+        mode_since = (since or at) if changed or command else view.mode_since
         self._read_fault.pop(miner_id, None)
-        if command:
+        if command or self._aimed.get(miner_id) is reading.mode:
+            # A command that failed (a timeout across a slow restart, say) may still have
+            # landed: once the miner reads in the mode it was sent to, it has recovered.
             self._command_fault.pop(miner_id, None)
+            self._aimed.pop(miner_id, None)
             self._failures.pop(miner_id, None)
         healthy, reason = self._judge(view)
         self._views[miner_id] = MinerView(
@@ -86,16 +97,25 @@ class Readings:
         )
 
     def fail(
-        self, miner_id: str, err: DriverError, *, command: bool = False, known: bool = False
+        self,
+        miner_id: str,
+        err: DriverError,
+        *,
+        command: bool = False,
+        known: bool = False,
+        aimed: Mode | None = None,
     ) -> int:
         """A failed call; returns how many commands in a row have failed.
 
         A failed command may still have landed (a wake that timed out may be ramping up),
         so unless its outcome is `known` (a lying miner's read-back) the miner's reading is
-        dropped: it counts at rated power until it is read again.
+        dropped: it counts at rated power until it is read again. `aimed` is the mode the
+        command set out to reach; a later read in that mode clears the fault.
         """
         faults = self._command_fault if command else self._read_fault
         faults[miner_id] = f"{err.kind}: {err.detail}"
+        if command and aimed is not None:
+            self._aimed[miner_id] = aimed
         count = 0
         view = self._views[miner_id]
         if command:

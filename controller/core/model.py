@@ -170,15 +170,25 @@ class Horizon:
 
 def measured_w(views: tuple[MinerView, ...], now: datetime, stale_after: timedelta) -> int:
     """Fleet draw as measured: fresh readings as they are, unknown miners at rated power,
-    and running miners whose firmware reports no watts at rated power too."""
+    and miners whose firmware reports no watts at rated power too, while running or
+    still inside their family's ramp-down after going to sleep."""
     total = 0
     for view in views:
         reading = view.reading
         if reading is not None and view.fresh(now, stale_after):
-            if view.spec.traits.reports_power or reading.mode is Mode.SLEEPING:
+            traits = view.spec.traits
+            if traits.reports_power or (reading.mode is Mode.SLEEPING and _ramp_done(view, now)):
                 total += reading.power_w
             else:  # the firmware has no watts of its own; its estimate may be low
                 total += max(reading.power_w, view.spec.rated_power_w)
         else:
             total += view.spec.rated_power_w
     return total
+
+
+def _ramp_done(view: MinerView, now: datetime) -> bool:
+    """Whether a sleeping miner's ramp-down is over by its family's own timing. A stock
+    Antminer reads "sleep" as soon as its mining process restarts, but nothing on the unit
+    says how far its draw has fallen: only the time since the command began does."""
+    since = view.mode_since
+    return since is None or (now - since).total_seconds() >= view.spec.traits.ramp_down_s

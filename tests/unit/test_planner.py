@@ -179,6 +179,25 @@ def test_planner_counts_estimated_watts_at_no_less_than_rated() -> None:
     assert measured_w((reported,), NOW, RULES.stale_after) == 2864
 
 
+def test_measured_counts_a_sleeping_wattless_miner_at_rated_until_its_ramp_down_ends() -> None:
+    # A stock Antminer reads "sleep" once its mining process has restarted; its firmware
+    # says nothing of how far the draw has fallen, so "reached" waits for the family's own
+    # ramp-down, counted from when the command began.
+    traits = DriverTraits(sleep_power_w=60, ramp_down_s=30.0, ramp_up_s=90.0, reports_power=False)
+    asleep = MinerView(
+        MinerSpec("am1", "antminer-stock", "c1", 3400, 35.0, traits),
+        MinerReading(Mode.SLEEPING, 60, 0.0, (30.0,)),
+        NOW,
+        mode_since=NOW - timedelta(seconds=12),
+    )
+    assert measured_w((asleep,), NOW, RULES.stale_after) == 3400
+    later = NOW + timedelta(seconds=18)
+    assert measured_w((replace(asleep, read_at=later),), later, RULES.stale_after) == 60
+    # A family that reports its own watts is believed at once.
+    reported = replace(asleep, spec=replace(asleep.spec, traits=TRAITS))
+    assert measured_w((reported,), NOW, RULES.stale_after) == 60
+
+
 def test_planner_sheds_what_lands_before_the_deadline_first() -> None:
     slow_traits = DriverTraits(sleep_power_w=20, ramp_down_s=30.0, ramp_up_s=120.0)
     slow = [

@@ -47,6 +47,31 @@ def test_telemetry_command_fault_survives_successful_reads() -> None:
     assert readings.view("m1").healthy
 
 
+def test_telemetry_failed_command_that_landed_recovers_once_read_in_its_mode() -> None:
+    # A stock Antminer's save can time out across its restart and still land: when reads
+    # show the mode the command aimed for, the miner is healthy again, logged once each way.
+    readings = Readings({"m1": SPEC})
+    readings.record("m1", MINING, T0)
+    with capture_logs() as logs:
+        err = DeviceTimeoutError("m1", "sleep", "no verified result within 110 s")
+        readings.fail("m1", err, command=True, aimed=Mode.SLEEPING)
+        readings.record("m1", MINING, T0 + timedelta(seconds=5))  # not there yet
+        assert not readings.view("m1").healthy
+        readings.record("m1", MinerReading(Mode.SLEEPING, 60, 0.0, ()), T0 + timedelta(seconds=9))
+        readings.record("m1", MinerReading(Mode.SLEEPING, 60, 0.0, ()), T0 + timedelta(seconds=14))
+    assert readings.view("m1").healthy
+    events = [(entry["log_level"], entry["event"]) for entry in logs]
+    assert events == [("warning", "miner unhealthy"), ("info", "miner recovered")]
+
+
+def test_telemetry_command_read_back_marks_the_change_from_when_the_command_began() -> None:
+    readings = Readings({"m1": SPEC})
+    readings.record("m1", MINING, T0)
+    asleep = MinerReading(Mode.SLEEPING, 25, 0.0, ())
+    readings.record("m1", asleep, T0 + timedelta(seconds=12), command=True, since=T0)
+    assert readings.view("m1").mode_since == T0
+
+
 def test_telemetry_mode_since_marks_transitions() -> None:
     readings = Readings({"m1": SPEC})
     readings.record("m1", MINING, T0)
