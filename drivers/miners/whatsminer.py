@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import functools
 import hashlib
 import json
@@ -70,6 +71,7 @@ V3_CODE_NO_PERMISSION = -4  # "no permission for write command": write API switc
 
 # The miner drops a token 30 min after it issued it; ours starts counting a little later.
 TOKEN_REUSE_S = 25 * 60.0
+TOKEN_RENEW_S = 20 * 60.0  # reads renew a token this old, so commands rarely have to
 V3_MAX_FRAME_BYTES = 1 << 20  # btminer's largest replies (error lists) stay far below this
 VERIFY_ATTEMPTS = 3
 VERIFY_INTERVAL_S = 0.5  # status flags follow a write within a moment
@@ -240,7 +242,8 @@ def parse_v3(device: str, info: Reply, status: Reply, setting: Reply) -> Whatsmi
             power_pct=pct or 100,  # 0: no percent set, the miner runs at its full limit
             fan_rpm=round(_number(summary["fan-speed-in"])) if "fan-speed-in" in summary else None,
         )
-    except (KeyError, TypeError, ValueError, IndexError, OverflowError) as err:
+    except (KeyError, TypeError, ValueError, IndexError, OverflowError, AttributeError) as err:
+        # AttributeError: a section that should be an object came as a list or a string.
         raise ProtocolError(device, "read", f"unexpected reply layout: {err!r}") from None
 
 
@@ -396,7 +399,13 @@ class WhatsminerV2Miner:
 
     async def read(self) -> MinerReading:
         async with self._lock:
-            return (await self._read_state()).reading
+            reading = (await self._read_state()).reading
+            # Renew the token off the command path: one costs a pure-Python md5-crypt
+            # (~1 ms), and thousands at a curtailment's start would hold the fan-out back
+            # by seconds. Best effort: a failure shows, typed, on the next command.
+            with contextlib.suppress(DriverError):
+                await self._credentials(max_age_s=TOKEN_RENEW_S)
+            return reading
 
     async def sleep(self) -> MinerReading:
         async with self._lock:
@@ -502,9 +511,9 @@ class WhatsminerV2Miner:
         self._check(reply, cmd, write=False)
         return reply
 
-    async def _credentials(self) -> V2Credentials:
+    async def _credentials(self, max_age_s: float = TOKEN_REUSE_S) -> V2Credentials:
         token = self._token
-        if token is not None and time.monotonic() - token.obtained_s < TOKEN_REUSE_S:
+        if token is not None and time.monotonic() - token.obtained_s < max_age_s:
             return token.credentials
         try:
             reply = await self._plain("get_token")
@@ -658,19 +667,26 @@ class _FrameTooLargeError(Exception):
 
 
 class _V3Link:
-    """One connection to API v3: a frame out, a frame back, as often as needed."""
+    """One connection to API v3: a frame out, a frame back, as often as needed. Each
+    exchange has the endpoint's deadline, as a request of any other family has: a read
+    is three or four frames on one connection."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, timeout_s: float
+    ) -> None:
         self._reader = reader
         self._writer = writer
+        self._timeout_s = timeout_s
 
     async def call(self, request: dict[str, Any], *, device: str, op: str) -> Reply:
         body = json.dumps(request, separators=(",", ":")).encode()
-        self._writer.write(struct.pack("<I", len(body)) + body)
-        (size,) = struct.unpack("<I", await self._reader.readexactly(4))
-        if size > V3_MAX_FRAME_BYTES:
-            raise _FrameTooLargeError(size)
-        reply = cgminer_tcp.decode(await self._reader.readexactly(size), device=device, op=op)
+        with within(self._timeout_s):
+            self._writer.write(struct.pack("<I", len(body)) + body)
+            (size,) = struct.unpack("<I", await self._reader.readexactly(4))
+            if size > V3_MAX_FRAME_BYTES:
+                raise _FrameTooLargeError(size)
+            raw = await self._reader.readexactly(size)
+        reply = cgminer_tcp.decode(raw, device=device, op=op)
         if not isinstance(reply.get("code"), int):
             raise ProtocolError(device, op, "reply has no code")
         return reply
@@ -852,7 +868,7 @@ class WhatsminerV3Miner:
             async with admission.gate():
                 with within(timeout_s):
                     reader, writer = await asyncio.open_connection(host, port)
-                    return await steps(_V3Link(reader, writer))
+                return await steps(_V3Link(reader, writer, timeout_s))
         except TimeoutError:
             stage = "no connection" if writer is None else "no complete reply"
             raise DeviceTimeoutError(self.miner_id, op, f"{stage} within {timeout_s:g} s") from None

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from drivers.errors import (
 )
 from drivers.miners.whatsminer import (
     ENTRIES,
+    TOKEN_RENEW_S,
     TRAITS,
     WhatsminerMiner,
     WhatsminerV2Miner,
@@ -231,6 +233,20 @@ def test_whatsminer_parse_v3_recorded_m50() -> None:
     assert parse_v3("m0", info, status, setting).reading.board_temps_c == (75.42, 76.42, 77.42)
 
 
+def test_whatsminer_parse_v3_wrong_section_shapes_are_protocol_errors() -> None:
+    fw = "20250915.16.Rel2"
+    info, status, setting = (
+        fixture(fw, "get.device.info"),
+        fixture(fw, "get.miner.status"),
+        fixture(fw, "get.miner.setting"),
+    )
+    listed = {**status, "msg": {**status["msg"], "summary": []}}
+    with pytest.raises(ProtocolError, match="unexpected reply layout"):
+        parse_v3("m0", info, listed, setting)
+    with pytest.raises(ProtocolError, match="unexpected reply layout"):
+        parse_v3("m0", info, status, {**setting, "msg": "ok"})
+
+
 @pytest.mark.parametrize(
     ("field", "value"),
     [("Power", "1e999"), ("Power", None), ("MHS 1m", "fast"), ("Power", -1)],
@@ -367,6 +383,13 @@ async def test_whatsminer_slow_within_and_beyond_the_deadline(farm: SimFarm) -> 
         await driver(farm, "m1").read()
 
 
+async def test_whatsminer_v3_each_frame_has_its_own_deadline(v3farm: SimFarm) -> None:
+    # A v3 read is several frames on one connection; each frame gets the deadline, as a
+    # request of any other family does, so a slow but steady miner reads fine.
+    await v3farm.set_fault("m1", Fault.SLOW, slow_s=0.3)
+    assert (await driver(v3farm, "m1", timeout_s=0.5).read()).power_w == RATED_W
+
+
 async def test_whatsminer_lying_miner_is_detected_by_read_back(farm: SimFarm) -> None:
     await farm.set_fault("m1", Fault.LIE)
     miner = driver(farm, "m1")
@@ -412,6 +435,24 @@ async def test_whatsminer_v2_reuses_its_token(v2farm: SimFarm) -> None:
     await miner.sleep()
     assert v2farm.commands["get_token"] == 1
     assert len(device(v2farm).tokens) == 1
+
+
+async def test_whatsminer_v2_reads_keep_a_token_ready_for_commands(v2farm: SimFarm) -> None:
+    # A token costs an md5-crypt; thousands at a curtailment's start would delay the
+    # fan-out, so reads fetch and renew it and commands find it ready.
+    miner = WhatsminerV2Miner(endpoint(v2farm, "m0", 0.5, None))
+    await miner.read()
+    await miner.read()
+    assert v2farm.commands["get_token"] == 1
+    await miner.sleep()
+    assert v2farm.commands["get_token"] == 1
+    token = miner._token
+    assert token is not None
+    miner._token = replace(token, obtained_s=token.obtained_s - TOKEN_RENEW_S)
+    await miner.read()
+    assert v2farm.commands["get_token"] == 2
+    assert (await miner.wake()).mode is Mode.MINING
+    assert v2farm.commands["get_token"] == 2
 
 
 async def test_whatsminer_v2_renews_an_expired_token(v2farm: SimFarm, clock: Time) -> None:
