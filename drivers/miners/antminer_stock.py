@@ -130,7 +130,7 @@ class AntminerStockMiner:
         # pre-emptively (nonce count + 1), so only the first call or an expired nonce costs
         # a 401 round trip. It is scoped to this miner's origin.
         self._auth = aiohttp.DigestAuthMiddleware(self._user, endpoint.password or DEFAULT_PASSWORD)
-        self._base = f"http://{endpoint.host}:{endpoint.web_port or DEFAULT_WEB_PORT}"
+        self._base = http.origin(endpoint.host, endpoint.web_port or DEFAULT_WEB_PORT)
         self._joined = True  # bmminer-mix joins "a+b"; some builds answer E 14 instead
         self._stats_cgi = True  # older builds have no stats.cgi (404): RPC only then
         self._wake_mode = MODE_NORMAL  # the mode sleep interrupted (a HEM or low unit stays so)
@@ -208,8 +208,14 @@ class AntminerStockMiner:
             self._wake_mode = running
         unacked: DeviceTimeoutError | None = None
         try:
+            # The reply waits out the restart (20-30 s): not a place at the admission gate.
             ack = await self._web(
-                "POST", "set_miner_conf", op, json_body=body, timeout_s=self._write_timeout_s
+                "POST",
+                "set_miner_conf",
+                op,
+                json_body=body,
+                timeout_s=self._write_timeout_s,
+                admit=False,
             )
         except DeviceTimeoutError as err:
             unacked = err  # the reply comes after the restart; the save may well have landed
@@ -332,6 +338,7 @@ class AntminerStockMiner:
         json_body: object = None,
         timeout_s: float | None = None,
         missing_ok: bool = False,
+        admit: bool = True,
     ) -> Any:  # noqa: ANN401 - JSON is any shape; callers check it
         response = await http.request(
             method,
@@ -341,6 +348,7 @@ class AntminerStockMiner:
             timeout_s=timeout_s or self._ep.timeout_s,
             json_body=json_body,
             middlewares=(self._auth,),
+            admit=admit,
         )
         if response.status == HTTPStatus.UNAUTHORIZED:
             raise self._refused(response, op)

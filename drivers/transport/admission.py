@@ -27,11 +27,19 @@ class Gate:
     `_wake_up_next`). Here a release hands its place straight to the oldest live waiter.
     """
 
-    __slots__ = ("_free", "_waiters")
+    __slots__ = ("_free", "_size", "_waiters")
 
     def __init__(self, size: int) -> None:
-        self._free = size
+        self._size = size
+        self._free = size  # below zero after a shrink, until enough places come back
         self._waiters: deque[asyncio.Future[None]] = deque()
+
+    def resize(self, size: int) -> None:
+        """Change the number of places; places in use are kept until released."""
+        self._free += size - self._size
+        self._size = size
+        while self._free > 0 and self._hand_on():
+            self._free -= 1
 
     @property
     def free(self) -> int:
@@ -63,13 +71,18 @@ class Gate:
         self._release()
 
     def _release(self) -> None:
+        if self._free < 0 or not self._hand_on():
+            self._free += 1
+
+    def _hand_on(self) -> bool:
+        """Give a place to the oldest live waiter, if there is one."""
         waiters = self._waiters
         while waiters:
             waiter = waiters.popleft()
             if not waiter.done():
-                waiter.set_result(None)  # the place passes on; _free is unchanged
-                return
-        self._free += 1
+                waiter.set_result(None)
+                return True
+        return False
 
 
 _limit = DEFAULT_LIMIT
@@ -82,7 +95,8 @@ def set_limit(requests: int) -> None:
     if requests < 1:
         raise ValueError(f"admission limit must be at least 1, got {requests}")
     _limit = requests
-    _gates.clear()  # loops already running keep theirs until they end
+    for current in _gates.values():  # a loop already running keeps its one gate
+        current.resize(requests)
 
 
 def limit() -> int:

@@ -8,6 +8,7 @@ coarse ones of `drivers.deadline` (a timer per request would cost more than the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import weakref
 from collections.abc import Mapping, Sequence
@@ -42,6 +43,11 @@ class Response:
             raise ProtocolError(
                 device, op, f"HTTP {self.status}: not JSON: {self.body[:60]!r}"
             ) from None
+
+
+def origin(host: str, port: int) -> str:
+    """`http://host:port`, an IPv6 literal in brackets as URLs want it."""
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def session() -> aiohttp.ClientSession:
@@ -80,10 +86,20 @@ async def request(
     json_body: object = None,
     headers: Mapping[str, str] | None = None,
     middlewares: Sequence[aiohttp.ClientMiddlewareType] = (),
+    admit: bool = True,
 ) -> Response:
-    """One HTTP request under a deadline; the status is the caller's to judge."""
+    """One HTTP request under a deadline; the status is the caller's to judge.
+
+    `admit=False` skips the admission gate, for a request whose reply is known to take
+    tens of seconds of the device's time, not ours (a stock Antminer answers a config
+    save only after restarting its miner): holding a place for that long would starve
+    every other request of the fleet.
+    """
+    gate: contextlib.AbstractAsyncContextManager[None] = (
+        admission.gate() if admit else contextlib.nullcontext()
+    )
     try:
-        async with admission.gate():
+        async with gate:
             with within(timeout_s):
                 async with session().request(
                     method,

@@ -120,3 +120,38 @@ async def test_request_deadline_starts_when_admitted(one_place: None) -> None:
         reply = await call
     assert reply["SUMMARY"][0]["GHS 5s"] == 1.5
     assert connections == 1
+
+
+async def test_gate_resize_keeps_places_in_use_and_admits_at_once_when_grown() -> None:
+    gate = Gate(2)
+    await gate.__aenter__()
+    await gate.__aenter__()
+    gate.resize(1)  # both places stay held; one must come back before anyone enters
+    entered: list[int] = []
+
+    async def user(n: int) -> None:
+        async with gate:
+            entered.append(n)
+
+    waiting = asyncio.create_task(user(1))
+    await asyncio.sleep(0)
+    await gate.__aexit__(None, None, None)
+    await asyncio.sleep(0)
+    assert entered == []  # the first release only paid back the shrink
+    await gate.__aexit__(None, None, None)
+    await waiting
+    assert entered == [1]
+    assert gate.free == 1
+    gate.resize(3)
+    assert gate.free == 3
+
+
+async def test_set_limit_resizes_the_running_loops_gate() -> None:
+    before = admission.limit()
+    try:
+        first = admission.gate()
+        admission.set_limit(before + 5)
+        assert admission.gate() is first  # one gate per loop, never two limits at once
+        assert first.free == before + 5
+    finally:
+        admission.set_limit(before)

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from drivers.errors import DeviceTimeoutError, ProtocolError, UnreachableError
-from drivers.transport import http
+from drivers.transport import admission, http
 from tests.conftest import free_port
 
 BODY = json.dumps({"watts": 3250, "pad": "x" * 3000}).encode()
@@ -70,5 +70,36 @@ async def test_http_refused_and_silent_servers() -> None:
         with pytest.raises(DeviceTimeoutError, match=r"no complete reply within 0\.3 s"):
             await get(port, timeout_s=0.3)
     finally:
+        server.close()
+        await http.close_sessions()
+
+
+def test_http_origin_brackets_ipv6_literals() -> None:
+    assert http.origin("10.0.3.7", 80) == "http://10.0.3.7:80"
+    assert http.origin("fd00::3:7", 8080) == "http://[fd00::3:7]:8080"
+
+
+async def test_http_request_that_skips_admission_is_not_held_behind_a_full_gate() -> None:
+    # A stock Antminer's config save waits out a restart: it must neither wait for a place
+    # nor hold one. An ordinary request still waits its turn.
+    server, port = await serve([head(len(BODY)) + BODY])
+    gate = admission.gate()
+    held = 0
+    try:
+        while gate.free:  # take every place
+            await gate.__aenter__()
+            held += 1
+        url = f"http://127.0.0.1:{port}/"
+        reply = await http.request("POST", url, device="m1", op="save", timeout_s=2.0, admit=False)
+        assert reply.status == 200
+        queued = asyncio.create_task(get(port))
+        await asyncio.sleep(0.2)
+        assert not queued.done()
+        await gate.__aexit__(None, None, None)
+        held -= 1
+        assert (await queued).status == 200
+    finally:
+        for _ in range(held):
+            await gate.__aexit__(None, None, None)
         server.close()
         await http.close_sessions()
