@@ -63,9 +63,10 @@ VERIFY_ATTEMPTS = 3
 VERIFY_INTERVAL_S = 0.5  # the status flips as the command is handled; allow a moment
 
 # The quick ramping the traits assume: the only published numbers (the OpenAPI example,
-# "used in curtailments"); the firmware default is not published, so apply these with
-# set_quick_ramping() at start-up for the traits to hold.
+# "used in curtailments"). The firmware default is not published, so the driver checks the
+# miner's setting on its first read and applies these if it differs.
 QUICK_RAMP_UP_S = 5
+NO_SUCH_ENDPOINT = frozenset({404, 405, 501})  # older REST: the setting does not exist
 QUICK_RAMP_DOWN_S = 2
 # Paused: hashboards off, control board and PSU standby, fans at their pause speed.
 # Ramps add a second to the quick ramping for the command itself and the PSU's wind-down.
@@ -107,8 +108,7 @@ class BraiinsOsMiner:
 
     def __init__(self, endpoint: MinerEndpoint) -> None:
         self._ep = endpoint
-        host = f"[{endpoint.host}]" if ":" in endpoint.host else endpoint.host
-        self._base = f"http://{host}:{endpoint.port}{API}"
+        self._base = http.origin(endpoint.host, endpoint.port) + API
         self._username = endpoint.username or DEFAULT_USERNAME
         self._password = DEFAULT_PASSWORD if endpoint.password is None else endpoint.password
         self._lock = asyncio.Lock()
@@ -116,6 +116,9 @@ class BraiinsOsMiner:
         self._token_fresh_until = 0.0  # time.monotonic()
         self._token_reuse_s = 0.0
         self._last: MinerReading | None = None  # fills fields a partial read-back omits
+        # What the miner ramps with, once checked; None when its firmware has no setting.
+        self.quick_ramping: QuickRamping | None = None
+        self._ramping_checked = False
         self.api_version: str | None = None
         self.firmware: str | None = None
         self.model: str | None = None
@@ -148,6 +151,8 @@ class BraiinsOsMiner:
 
     async def read(self) -> MinerReading:
         async with self._lock:
+            if not self._ramping_checked:
+                await self._ensure_quick_ramping()
             return await self._read(READ_PARTS)
 
     async def sleep(self) -> MinerReading:
@@ -187,18 +192,34 @@ class BraiinsOsMiner:
 
     async def set_quick_ramping(self, up_s: int, down_s: int) -> QuickRamping:
         """Set how fast pause powers down and resume powers up; return the read-back."""
-        want = QuickRamping(up_s, down_s)
+        async with self._lock:
+            return await self._set_quick_ramping(QuickRamping(up_s, down_s))
+
+    async def _ensure_quick_ramping(self) -> None:
+        """Make the miner ramp as TRAITS assume (the planner times deadlines by them)."""
+        want = QuickRamping(QUICK_RAMP_UP_S, QUICK_RAMP_DOWN_S)
+        try:
+            got = _quick_ramping(await self._configuration(), self.miner_id)
+            if got != want:
+                got = await self._set_quick_ramping(want)
+        except RejectedError as err:
+            if err.code not in NO_SUCH_ENDPOINT:
+                raise
+            got = None  # firmware before 25.07 has no quick ramping: it ramps as it will
+        self.quick_ramping, self._ramping_checked = got, True
+
+    async def _set_quick_ramping(self, want: QuickRamping) -> QuickRamping:
+        up_s, down_s = want.up_s, want.down_s
         if min(up_s, down_s) < 0:
             raise RejectedError(self.miner_id, "quick-ramping", f"negative ramp time in {want}")
-        async with self._lock:
-            await self._call(
-                "PUT",
-                "/performance/quick-ramping",
-                "quick-ramping",
-                {"up_s": up_s, "down_s": down_s},
-            )
-            # The reply echoes the request; the configuration shows what the miner kept.
-            got = _quick_ramping(await self._configuration(), self.miner_id)
+        await self._call(
+            "PUT",
+            "/performance/quick-ramping",
+            "quick-ramping",
+            {"up_s": up_s, "down_s": down_s},
+        )
+        # The reply echoes the request; the configuration shows what the miner kept.
+        got = _quick_ramping(await self._configuration(), self.miner_id)
         if got != want:
             raise VerificationError(
                 self.miner_id,
@@ -436,7 +457,7 @@ def _board_temp(board: dict[str, Any]) -> float:
 
 def _quick_ramping(config: dict[str, Any], device: str) -> QuickRamping:
     try:
-        board = config["hashboard_config"] or {}
+        board = config.get("hashboard_config") or {}  # none: firmware without the setting
         return QuickRamping(
             int(board.get("quick_ramping_time_up_s") or 0),
             int(board.get("quick_ramping_time_down_s") or 0),

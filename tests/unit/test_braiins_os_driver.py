@@ -21,6 +21,9 @@ from drivers.errors import (
 )
 from drivers.miners.braiins_os import (
     ENTRY,
+    QUICK_RAMP_DOWN_S,
+    QUICK_RAMP_UP_S,
+    READ_PARTS,
     TRAITS,
     BraiinsOsMiner,
     PauseFans,
@@ -205,7 +208,12 @@ async def test_braiins_os_bad_credentials_are_an_auth_error(farm: SimFarm) -> No
         (Fault.TRUNCATE, ProtocolError, "m1: login: connection broke mid-reply"),
         # A chunked reply whose last chunk never comes cannot be known to be whole.
         (Fault.NO_CLOSE, DeviceTimeoutError, "m1: login: no complete reply within 0.5 s"),
-        (Fault.EXPIRE_SESSIONS, RejectedError, "m1: details: HTTP 401: the token was refused"),
+        # The first read checks the quick ramping: "configuration" is its first request.
+        (
+            Fault.EXPIRE_SESSIONS,
+            RejectedError,
+            "m1: configuration: HTTP 401: the token was refused",
+        ),
     ],
 )
 async def test_braiins_os_faults_raise_typed_errors(
@@ -272,8 +280,9 @@ async def test_braiins_os_one_call_in_flight_per_miner(farm: SimFarm) -> None:
     results = await asyncio.gather(miner.read(), miner.sleep(), miner.read())
     assert [r.mode for r in results] == [Mode.MINING, Mode.SLEEPING, Mode.SLEEPING]
     assert device(farm).peak_in_flight == 1
-    # login, 4 reads; pause, 2 read-back; 4 reads: strictly one after another
-    assert farm.miners["m0"].server.requests == 12
+    # login, the quick-ramping check, 4 reads; pause, 2 read-back; 4 reads: strictly one
+    # after another
+    assert farm.miners["m0"].server.requests == 13
 
 
 async def test_braiins_os_read_back_reads_what_it_verifies(farm: SimFarm) -> None:
@@ -362,3 +371,20 @@ def test_braiins_os_bad_replies_are_protocol_errors(
     replies[part][key] = value
     with pytest.raises(ProtocolError, match=message):
         parse_reading(replies, "m0")
+
+
+async def test_braiins_os_first_read_applies_the_quick_ramping_the_traits_assume(
+    farm: SimFarm,
+) -> None:
+    # The planner times deadlines by TRAITS; a miner left on slower ramps would make
+    # "lands in 3 s" false. Checked once: later reads send nothing more.
+    sim = device(farm, "m1")
+    sim.quick_up_s, sim.quick_down_s = 30, 30
+    miner = driver(farm, "m1")
+    await miner.read()
+    assert list(sim.commands) == [f"quick-ramping {QUICK_RAMP_UP_S}/{QUICK_RAMP_DOWN_S}"]
+    assert miner.quick_ramping == QuickRamping(QUICK_RAMP_UP_S, QUICK_RAMP_DOWN_S)
+    requests = farm.miners["m1"].server.requests
+    await miner.read()
+    assert farm.miners["m1"].server.requests == requests + len(READ_PARTS)
+    assert list(sim.commands) == [f"quick-ramping {QUICK_RAMP_UP_S}/{QUICK_RAMP_DOWN_S}"]
