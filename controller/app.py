@@ -157,8 +157,8 @@ class Daemon:
                 fast_tick_s=control.fast_tick_s,
                 command_timeout_s=slowest * COMMAND_TIMEOUT_CALLS,
                 command_timeouts={
-                    m.id: registry.get(m.driver).traits.command_budget_s
-                    or m.timeout_s * COMMAND_TIMEOUT_CALLS
+                    m.id: (registry.get(m.driver).traits.command_budget_s or 0.0)
+                    + m.timeout_s * COMMAND_TIMEOUT_CALLS
                     for m in loaded.miners
                 },
                 command_concurrency=_fd_bounded(control.command_concurrency, "command concurrency"),

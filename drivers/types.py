@@ -49,9 +49,10 @@ class DriverTraits:
     ramp_down_s: float  # from an acknowledged sleep to the residual draw
     ramp_up_s: float  # from an acknowledged wake to full draw
     fans_when_asleep: FanPause = FanPause.OFF
-    # How long one sleep or wake may take, acknowledgement and read-back included, when a
-    # family needs more than a few request deadlines (a stock Antminer restarts its mining
-    # process for tens of seconds). None: a handful of the miner's request deadlines.
+    # How long one sleep or wake may wait on the device beyond its requests' own deadlines,
+    # when a family needs that (a stock Antminer restarts its mining process for tens of
+    # seconds). The controller adds a handful of the miner's request deadlines for the
+    # requests around the wait. None: those request deadlines alone.
     command_budget_s: float | None = None
     # False where the firmware has no watts of its own and the driver estimates them from
     # hashrate and a nameplate (stock Antminer): the controller then counts a running unit

@@ -66,8 +66,9 @@ TRAITS = DriverTraits(
     ramp_down_s=30.0,  # the restart stops hashing; the draw settles within tens of seconds
     ramp_up_s=90.0,  # the new process re-initialises every board before full hashrate
     fans_when_asleep=FanPause.LOW,
-    # The write's reply after the restart, then the verification window, and some slack.
-    command_budget_s=WRITE_TIMEOUT_S + VERIFY_WINDOW_S + 10.0,
+    # The write's reply after the restart, then the verification window and its last
+    # poll's pause; the reads around them have their own request deadlines.
+    command_budget_s=WRITE_TIMEOUT_S + VERIFY_WINDOW_S + POLL_INTERVAL_S,
     reports_power=False,  # see NOMINAL_J_TH
 )
 
