@@ -828,6 +828,11 @@ class WhatsminerV3Miner:
                 if reply["code"] == V3_CODE_FAIL:
                     if not attempt:
                         continue  # the salt changes when the miner restarts: fetch it anew
+                    if not _mentions_auth(reply.get("msg")):
+                        # -1 is any failure; only one that names the token is about auth.
+                        raise RejectedError(
+                            self.miner_id, cmd, f"code -1: {reply.get('msg')}", code=V3_CODE_FAIL
+                        )
                     raise AuthError(
                         self.miner_id,
                         cmd,
@@ -889,6 +894,11 @@ class WhatsminerV3Miner:
         finally:
             if writer is not None:
                 writer.close()
+
+
+def _mentions_auth(msg: object) -> bool:
+    text = str(msg).lower()
+    return any(word in text for word in ("token", "auth", "password", "permission"))
 
 
 # -- the API chosen from the firmware ------------------------------------------------------

@@ -32,6 +32,7 @@ from drivers.miners.whatsminer import (
     WhatsminerMiner,
     WhatsminerV2Miner,
     WhatsminerV3Miner,
+    _mentions_auth,
     firmware_date,
     parse_v2,
     parse_v3,
@@ -619,3 +620,12 @@ async def test_whatsminer_auto_chooses_once_under_concurrency(v3farm: SimFarm) -
     assert {r.mode for r in readings} == {Mode.MINING}
     assert v3farm.commands["get_version"] == 1
     await miner.close()
+
+
+def test_whatsminer_v3_only_a_failure_naming_the_token_is_an_auth_error() -> None:
+    # v3 answers -1 for any failure; a wrong password shows as "invalid token". Calling
+    # every -1 an auth error would send the operator to check a password that is right.
+    assert _mentions_auth("invalid token")
+    assert _mentions_auth("Permission denied")
+    assert not _mentions_auth("power limit out of range")
+    assert not _mentions_auth(None)
