@@ -41,7 +41,7 @@ SLEEP_OPENERS = {
     "session",  # LuxOS (pyasic)
     "curtail",
     "PUT /api/v1/actions/pause",  # Braiins OS+ REST
-    "get_token",  # Whatsminer API v2
+    "power_off",  # Whatsminer API v2 (its token was fetched by an earlier read)
     "set.miner.service",  # Whatsminer API v3
     "GET /cgi-bin/get_miner_conf.cgi",  # stock Antminer
 }
