@@ -236,7 +236,9 @@ class Supervisor:
         if plan.actions or limit != self.limit:
             # Write ahead: the decision is durable before any command leaves.
             seq = self._journal.record_decision(at=now, cause=cause, limit=limit, plan=plan)
-            if limit != self.limit:
+            before = self.limit
+            # A new nearest deadline alone changes the plan's order, not the limit to log.
+            if before is None or (limit.limit_w, limit.reasons) != (before.limit_w, before.reasons):
                 log.info("limit", limit_kw=limit.limit_w / 1000, reasons=list(limit.reasons))
             if plan.actions:
                 log.info(
