@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from drivers import readback
 from drivers.errors import (
     AuthError,
     ProtocolError,
@@ -59,8 +60,6 @@ READ_PARTS = tuple(READ_PATHS)
 # A read-back reads what the write claimed; slow-moving fields come from the last read.
 VERIFY_PARTS = ("details", "stats")
 VERIFY_TARGET_PARTS = ("details", "stats", "mode")
-VERIFY_ATTEMPTS = 3
-VERIFY_INTERVAL_S = 0.5  # the status flips as the command is handled; allow a moment
 
 # The quick ramping the traits assume: the only published numbers (the OpenAPI example,
 # "used in curtailments"). The firmware default is not published, so the driver checks the
@@ -286,13 +285,8 @@ class BraiinsOsMiner:
     async def _verify(
         self, op: str, done: Callable[[MinerReading], bool], parts: tuple[str, ...]
     ) -> MinerReading:
-        reading = await self._read(parts)
-        for _ in range(VERIFY_ATTEMPTS - 1):
-            if done(reading):
-                return reading
-            await asyncio.sleep(VERIFY_INTERVAL_S)
-            reading = await self._read(parts)
-        if done(reading):
+        reading, shown = await readback.until(lambda: self._read(parts), done)
+        if shown:
             return reading
         shows = f"{reading.mode.value} at {reading.power_w} W"
         if op == "power-target":

@@ -13,6 +13,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from drivers import readback
 from drivers.errors import (
     DriverError,
     ProtocolError,
@@ -37,8 +38,6 @@ VERIFY_PROFILE_PARTS = ("events", "power", "config")
 
 LOGON_ATTEMPTS = 3
 LOGON_BACKOFF_S = 0.25  # doubles per attempt; a foreign write session is short-lived
-VERIFY_ATTEMPTS = 3
-VERIFY_INTERVAL_S = 0.5  # firmware may take a moment to raise or clear the SLEEP event
 
 # Sleep turns the PSU and hashboards off; fans stop with them (docs.luxor.tech curtail).
 TRAITS = DriverTraits(
@@ -239,13 +238,8 @@ class LuxosMiner:
     async def _verify(
         self, op: str, done: Callable[[MinerReading], bool], parts: tuple[str, ...]
     ) -> MinerReading:
-        reading = await self._read(parts)
-        for _ in range(VERIFY_ATTEMPTS - 1):
-            if done(reading):
-                return reading
-            await asyncio.sleep(VERIFY_INTERVAL_S)
-            reading = await self._read(parts)
-        if done(reading):
+        reading, shown = await readback.until(lambda: self._read(parts), done)
+        if shown:
             return reading
         raise VerificationError(
             self.miner_id,

@@ -34,6 +34,7 @@ from typing import Any, NoReturn, TypeVar
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from passlib.hash import md5_crypt  # type: ignore[import-untyped]  # libpass ships no types
 
+from drivers import readback
 from drivers.deadline import within
 from drivers.errors import (
     AuthError,
@@ -73,8 +74,6 @@ V3_CODE_NO_PERMISSION = -4  # "no permission for write command": write API switc
 TOKEN_REUSE_S = 25 * 60.0
 TOKEN_RENEW_S = 20 * 60.0  # reads renew a token this old, so commands rarely have to
 V3_MAX_FRAME_BYTES = 1 << 20  # btminer's largest replies (error lists) stay far below this
-VERIFY_ATTEMPTS = 3
-VERIFY_INTERVAL_S = 0.5  # status flags follow a write within a moment
 PRE_POWER_ON_POLLS = 4
 PRE_POWER_ON_INTERVAL_S = 0.25  # Tether's client polls every 200 ms
 # Where firmware does not report the percent it holds, draw decides: at most 10 % above the
@@ -322,13 +321,8 @@ async def _verify(
     unanswered: DriverError | None = None,
 ) -> MinerReading:
     """Read back until `done`; VerificationError (or the write's own silence) if never."""
-    state = await read()
-    for _ in range(VERIFY_ATTEMPTS - 1):
-        if done(state):
-            return state.reading
-        await asyncio.sleep(VERIFY_INTERVAL_S)
-        state = await read()
-    if done(state):
+    state, shown = await readback.until(read, done)
+    if shown:
         return state.reading
     if unanswered is not None:
         raise unanswered  # never acknowledged and not done: the silence is the cause
