@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import re
 from collections.abc import Callable
 from typing import Any, Protocol, cast
 
@@ -122,12 +123,18 @@ class CgminerServer:
 
 
 def quirk(body: bytes) -> bytes:
-    """The malformations pyasic repairs: `}{` between objects, trailing commas, newlines."""
+    """Every malformation the reference lists from real firmware (§1.1), at once where the
+    reply has a place for it: a leading comma, `[,{`, `}{` between objects, `,}`, embedded
+    newlines, `""key` with no comma between a string and the next key, a bare `nan`."""
     text = body.decode()
-    text = text.replace("},{", "}{", 1)
-    text = text.replace("}]", ",}]", 1)
-    text = text.replace(',"', ',\n"', 2)
-    return text.encode()
+    text = text.replace("},{", "}{", 1)  # bmminer stats
+    text = text.replace("}]", ",}]", 1)  # trailing comma
+    text = text.replace("[{", "[,{", 1)  # leading comma in a list
+    text = re.sub(r'",(?="[A-Za-z_])', '"', text, count=1)  # btminer 2023-01-06
+    text = text.replace(',"', ',\n"', 2)  # embedded newlines
+    if text.startswith("{"):  # Avalon's bare non-finite numbers, in a field nobody reads
+        text = '{"Temperature Probe":nan,' + text[1:] if text[1:2] == '"' else text
+    return ("," + text).encode()  # a reply that starts with a comma
 
 
 class _Connection(asyncio.Protocol):

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
 from drivers.errors import DeviceTimeoutError, ProtocolError, RejectedError, UnreachableError
+from drivers.sim.cgminer_server import quirk
 from drivers.transport import cgminer_tcp
 from tests.conftest import free_port
 
@@ -167,3 +169,19 @@ def test_transport_absurd_nesting_is_a_protocol_error() -> None:
     raw = b'{"a":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
     with pytest.raises(ProtocolError, match="unparseable reply"):
         cgminer_tcp.decode(raw, device="m1", op="read")
+
+
+def test_simulator_quirks_are_every_listed_malformation_and_all_repairable() -> None:
+    # The simulators' `quirks` fault must send what real firmware sends (reference §1.1),
+    # or the drivers' repair is tested against nothing.
+    body = (
+        b'{"STATUS":[{"STATUS":"S","Msg":"Summary"},{"Code":11}],'
+        b'"SUMMARY":[{"MHS 5s":1.5,"Power":3000}],"id":1}'
+    )
+    bent = quirk(body).decode()
+    for malformation in (",{", "[,{", "}{", ",}", "\n", '""Msg', ":nan"):
+        assert malformation in bent, malformation
+    assert bent.startswith(",")
+    repaired = json.loads(cgminer_tcp.repair(bent))
+    assert repaired.pop("Temperature Probe") is None
+    assert repaired == json.loads(body)
