@@ -38,7 +38,68 @@ CODE_INVALID_JSON = 23
 CODE_ACCESS_DENIED = 45
 
 
-class CgminerServer:
+class TcpListener:
+    """Listening, live fault changes and connection bookkeeping for one loopback
+    endpoint; a subclass gives the protocol each connection speaks."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        fault: FaultState,
+        *,
+        rng: random.Random | None = None,
+        observer: Callable[[str], None] | None = None,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.fault = fault
+        self.rng = rng or random.Random(f"{host}:{port}")  # noqa: S311 - not crypto
+        self.observer = observer  # told every command name (benchmarks count and time them)
+        self.requests = 0
+        self.connections = 0  # open right now
+        self.peak_connections = 0  # most ever open at once (one-in-flight checks)
+        self.held: set[asyncio.Transport] = set()  # connections kept open; aborted on stop
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        if self._server is None and self.fault.mode is not Fault.REFUSE:
+            loop = asyncio.get_running_loop()
+            self._server = await loop.create_server(
+                self._protocol, self.host, self.port, reuse_address=True, backlog=256
+            )
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        for transport in list(self.held):
+            transport.abort()
+        self.held.clear()
+
+    async def set_fault(self, mode: Fault, *, slow_s: float | None = None) -> None:
+        """Change the fault live; `refuse` stops listening, anything else listens again."""
+        self.fault.mode = mode
+        if slow_s is not None:
+            self.fault.slow_s = slow_s
+        if mode is Fault.REFUSE:
+            await self.stop()
+        else:
+            await self.start()
+
+    def counted(self, name: str) -> None:
+        self.requests += 1
+        if self.observer is not None:
+            self.observer(name)
+
+    def garbage(self) -> bytes:
+        return bytes(self.rng.randrange(1, 256) for _ in range(self.rng.randrange(8, 64)))
+
+    def _protocol(self) -> asyncio.Protocol:
+        raise NotImplementedError
+
+
+class CgminerServer(TcpListener):
     """Listens on host:port and answers like the device would, faults included."""
 
     def __init__(
@@ -51,48 +112,15 @@ class CgminerServer:
         rng: random.Random | None = None,
         observer: Callable[[str], None] | None = None,
     ) -> None:
-        self.host = host
-        self.port = port
+        super().__init__(host, port, fault, rng=rng, observer=observer)
         self.device = device
-        self.fault = fault
-        self._rng = rng or random.Random(f"{host}:{port}")  # noqa: S311 - not crypto
-        self._server: asyncio.Server | None = None
-        self._held: set[asyncio.Transport] = set()
-        self.requests = 0
-        self.connections = 0  # open right now
-        self.peak_connections = 0  # most ever open at once (one-in-flight checks)
-        self._observer = observer  # told every command name (benchmarks count and time them)
 
-    async def start(self) -> None:
-        if self._server is None and self.fault.mode is not Fault.REFUSE:
-            loop = asyncio.get_running_loop()
-            self._server = await loop.create_server(
-                lambda: _Connection(self), self.host, self.port, reuse_address=True, backlog=256
-            )
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            self._server = None
-        for transport in list(self._held):
-            transport.abort()
-        self._held.clear()
-
-    async def set_fault(self, mode: Fault, *, slow_s: float | None = None) -> None:
-        """Change the fault live; `refuse` stops listening, anything else listens again."""
-        self.fault.mode = mode
-        if slow_s is not None:
-            self.fault.slow_s = slow_s
-        if mode is Fault.REFUSE:
-            await self.stop()
-        else:
-            await self.start()
+    def _protocol(self) -> asyncio.Protocol:
+        return _Connection(self)
 
     def respond(self, command: str, parameter: str | None) -> Reply:
         """The device's reply, with cgminer's `a+b` joins expanded."""
-        self.requests += 1
-        if self._observer is not None:
-            self._observer(command)
+        self.counted(command)
         if "+" not in command:
             return self.device.handle(command, parameter)
         parts = command.split("+")
@@ -109,8 +137,7 @@ class CgminerServer:
         body = json.dumps(reply, separators=(",", ":")).encode()
         mode = self.fault.mode
         if mode is Fault.GARBAGE:
-            junk = bytes(self._rng.randrange(1, 256) for _ in range(self._rng.randrange(8, 64)))
-            return [(0.0, junk + b"\x00", True)]
+            return [(0.0, self.garbage() + b"\x00", True)]
         if mode is Fault.QUIRKS:
             return [(0.0, quirk(body) + b"\x00", True)]
         if mode is Fault.TRUNCATE:
@@ -181,7 +208,7 @@ class _Connection(asyncio.Protocol):
         del exc  # a client that vanishes mid-request is normal here
         self._server.connections -= 1
         if self._transport is not None:
-            self._server._held.discard(self._transport)  # noqa: SLF001
+            self._server.held.discard(self._transport)
 
     def _dispatch(self, command: str, parameter: str | None) -> None:
         self._buf = b""
@@ -196,7 +223,7 @@ class _Connection(asyncio.Protocol):
             return
         for delay, chunk, close in self._server.render(reply):
             if delay > 0:
-                self._server._held.add(transport)  # noqa: SLF001
+                self._server.held.add(transport)
                 asyncio.get_running_loop().call_later(delay, _send_late, transport, chunk, close)
                 return
             transport.write(chunk)
@@ -209,7 +236,7 @@ class _Connection(asyncio.Protocol):
         transport = self._transport
         if transport is None:
             return
-        self._server._held.add(transport)  # noqa: SLF001
+        self._server.held.add(transport)
         asyncio.get_running_loop().call_later(seconds, transport.close)
 
 

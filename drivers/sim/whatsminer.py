@@ -43,7 +43,7 @@ from typing import Any, cast
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from passlib.hash import md5_crypt  # type: ignore[import-untyped]  # libpass ships no types
 
-from drivers.sim.cgminer_server import quirk
+from drivers.sim.cgminer_server import TcpListener, quirk
 from drivers.sim.families import BuildContext, Built, Family, SimMinerSpec, SimServer
 from drivers.sim.faults import Fault, FaultState
 from drivers.sim.physics import MinerModel, MinerPhysics, Profile
@@ -933,8 +933,8 @@ def _integer(value: object) -> int | None:
 # -- the servers ---------------------------------------------------------------------------
 
 
-class _TcpServer:
-    """Listening, live fault changes and connection bookkeeping for one endpoint."""
+class _TcpServer(TcpListener):
+    """An API endpoint of one Whatsminer."""
 
     def __init__(
         self,
@@ -946,53 +946,8 @@ class _TcpServer:
         rng: random.Random | None = None,
         observer: Callable[[str], None] | None = None,
     ) -> None:
-        self.host = host
-        self.port = port
+        super().__init__(host, port, fault, rng=rng, observer=observer)
         self.device = device
-        self.fault = fault
-        self.rng = rng or random.Random(f"{host}:{port}")  # noqa: S311 - not crypto
-        self.observer = observer
-        self.requests = 0
-        self.connections = 0  # open right now
-        self.peak_connections = 0  # most ever open at once (one-in-flight checks)
-        self.live: set[asyncio.Transport] = set()
-        self._server: asyncio.Server | None = None
-
-    async def start(self) -> None:
-        if self._server is None and self.fault.mode is not Fault.REFUSE:
-            loop = asyncio.get_running_loop()
-            self._server = await loop.create_server(
-                self._protocol, self.host, self.port, reuse_address=True, backlog=256
-            )
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            self._server = None
-        for transport in list(self.live):
-            transport.abort()
-        self.live.clear()
-
-    async def set_fault(self, mode: Fault, *, slow_s: float | None = None) -> None:
-        """Change the fault live; `refuse` stops listening, anything else listens again."""
-        self.fault.mode = mode
-        if slow_s is not None:
-            self.fault.slow_s = slow_s
-        if mode is Fault.REFUSE:
-            await self.stop()
-        else:
-            await self.start()
-
-    def counted(self, name: str) -> None:
-        self.requests += 1
-        if self.observer is not None:
-            self.observer(name)
-
-    def garbage(self) -> bytes:
-        return bytes(self.rng.randrange(1, 256) for _ in range(self.rng.randrange(8, 64)))
-
-    def _protocol(self) -> asyncio.Protocol:
-        raise NotImplementedError
 
 
 class _Connection(asyncio.Protocol):
@@ -1007,7 +962,7 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast("asyncio.Transport", transport)
         server = self.server
-        server.live.add(self.transport)
+        server.held.add(self.transport)
         server.connections += 1
         server.peak_connections = max(server.peak_connections, server.connections)
 
@@ -1016,7 +971,7 @@ class _Connection(asyncio.Protocol):
         self.answered()
         self.server.connections -= 1
         if self.transport is not None:
-            self.server.live.discard(self.transport)
+            self.server.held.discard(self.transport)
 
     def received(self) -> None:
         """A request arrived: in flight until its answer goes out or the client leaves."""
