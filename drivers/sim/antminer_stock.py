@@ -44,7 +44,7 @@ from drivers.sim.cgminer_server import (
 from drivers.sim.families import BuildContext, Built, Family, SimMinerSpec, recent
 from drivers.sim.faults import Fault, FaultState
 from drivers.sim.http_server import Handler, HttpSimServer
-from drivers.sim.physics import MinerModel, MinerPhysics, Profile
+from drivers.sim.physics import MinerModel, MinerPhysics, Profile, antminer_class
 from drivers.types import Mode
 
 REALM = "antMiner Configuration"
@@ -823,14 +823,8 @@ FAMILY = Family("antminer-stock", ("antminer-stock",), _build, _model)
 def model_for(rated_power_w: int, efficiency_j_th: float) -> MinerModel:
     """A stock Antminer model for a rated power and efficiency, with its low-power mode."""
     hashrate = round(rated_power_w / efficiency_j_th, 1)
-    if efficiency_j_th <= 18.5:  # noqa: PLR2004 - S21 class
-        name = "Antminer S21"
-    elif efficiency_j_th <= 23:  # noqa: PLR2004 - S19 XP class
-        name = "Antminer S19 XP"
-    elif efficiency_j_th <= 30:  # noqa: PLR2004 - S19j Pro class
-        name = "Antminer S19j Pro"
-    else:
-        name = "Antminer S19"  # 34.5 J/TH nameplate: what the driver estimates with
+    # Past the S19j Pro: the 34.5 J/TH S19, the nameplate the driver estimates with.
+    name = antminer_class(efficiency_j_th) or "Antminer S19"
     power_scale, hash_scale = LOW_POWER
     return MinerModel(
         name=name,

@@ -20,7 +20,7 @@ from typing import Any
 from drivers.sim.cgminer_server import CODE_INVALID_COMMAND, CgminerServer, Reply
 from drivers.sim.families import BuildContext, Built, Family, SimMinerSpec
 from drivers.sim.faults import FaultState
-from drivers.sim.physics import MinerModel, MinerPhysics
+from drivers.sim.physics import MinerModel, MinerPhysics, antminer_class
 from drivers.types import Mode
 
 SESSION_IDLE_S = 60.0  # docs.luxor.tech/firmware/api/sessions
@@ -541,12 +541,5 @@ FAMILY = Family("luxos", ("luxos",), _build, _model)
 def model_for(rated_power_w: int, efficiency_j_th: float) -> MinerModel:
     """A plausible Antminer model under LuxOS for a rated power and efficiency."""
     hashrate = round(rated_power_w / efficiency_j_th, 1)
-    if efficiency_j_th <= 18.5:  # noqa: PLR2004 - S21 class
-        name = "Antminer S21"
-    elif efficiency_j_th <= 23:  # noqa: PLR2004 - S19 XP class
-        name = "Antminer S19 XP"
-    elif efficiency_j_th <= 30:  # noqa: PLR2004 - S19j Pro class
-        name = "Antminer S19j Pro"
-    else:
-        name = "Antminer S19 Pro"
+    name = antminer_class(efficiency_j_th) or "Antminer S19 Pro"
     return MinerModel(name=name, rated_power_w=rated_power_w, hashrate_ths=hashrate)

@@ -174,3 +174,15 @@ class MinerPhysics:
         self.board_temps_c = [
             temp + (steady + 0.7 * i - temp) * k for i, temp in enumerate(self.board_temps_c)
         ]
+
+
+def antminer_class(efficiency_j_th: float) -> str | None:
+    """The Antminer generation a nameplate efficiency points to; None past the S19j Pro,
+    where each firmware family's simulator names its own older unit."""
+    if efficiency_j_th <= 18.5:  # noqa: PLR2004 - S21 class
+        return "Antminer S21"
+    if efficiency_j_th <= 23:  # noqa: PLR2004 - S19 XP class
+        return "Antminer S19 XP"
+    if efficiency_j_th <= 30:  # noqa: PLR2004 - S19j Pro class
+        return "Antminer S19j Pro"
+    return None
