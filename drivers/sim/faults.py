@@ -20,6 +20,13 @@ class Fault(enum.StrEnum):
     NO_CLOSE = "no-close"  # answer, then keep the socket open
     EXPIRE_SESSIONS = "expire-sessions"  # sessions and tokens expire at once
     LIE = "lie"  # acknowledge commands and not carry them out
+    # Acknowledge commands, report them carried out in every read, and not carry them out:
+    # only measured power (a PDU outlet, the site meter) shows it.
+    DECEIVE = "deceive"
+    # Modbus devices: answer every request with a Modbus exception (device failure).
+    EXCEPTION = "exception"
+    # Modbus devices: serve a few requests on each connection, then drop it mid-batch.
+    DROP = "drop"
 
 
 @dataclass(slots=True)
@@ -32,6 +39,10 @@ class FaultState:
     @property
     def lying(self) -> bool:
         return self.mode is Fault.LIE
+
+    @property
+    def deceiving(self) -> bool:
+        return self.mode is Fault.DECEIVE
 
     @property
     def expiring(self) -> bool:
