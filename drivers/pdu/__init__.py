@@ -1,0 +1,1 @@
+"""Switched PDUs: outlet states, power per outlet, switching."""
