@@ -1,0 +1,537 @@
+"""Modbus TCP simulators (switched PDU, site meter, temperature sensor) on pymodbus's own
+server, in-process on a loopback address. The register layout comes from a RegisterMap;
+every request refills the registers it touches from live state, and writes switch outlets.
+
+Faults: refuse (nothing listens), stall (a request is read and never answered), slow,
+exception (every request gets Modbus exception 4), drop (each connection serves a few
+requests, then is cut mid-batch), lie (PDU: switch writes are acknowledged and read back as
+commanded, but the outlet keeps its power).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from typing import NoReturn, Protocol, cast
+
+from pymodbus.constants import ExcCodes
+from pymodbus.server import ModbusTcpServer
+from pymodbus.simulator import DataType, SimData, SimDevice
+
+from drivers.modbus_map import (
+    BIT_TABLES,
+    INTEGER_TYPES,
+    TABLES,
+    CodecError,
+    Point,
+    Raw,
+    RegisterMap,
+    Table,
+    decode_state,
+    encode_number,
+    encode_raw,
+    encode_state,
+)
+from drivers.sim.faults import Fault, FaultState
+
+STALL_HOLD_S = 60.0  # a stalled request is released at stop, or after this long
+DROP_AFTER = 2  # requests each connection serves under the drop fault before it is cut
+
+# Function code -> table (read and write codes alike).
+_FC_TABLE: dict[int, Table] = {
+    1: "coil",
+    5: "coil",
+    15: "coil",
+    2: "discrete",
+    3: "holding",
+    6: "holding",
+    16: "holding",
+    22: "holding",
+    23: "holding",
+    4: "input",
+}
+
+
+class OutletPort(Protocol):
+    """What a PDU outlet feeds: its true draw, and whether power is on."""
+
+    @property
+    def on(self) -> bool: ...
+
+    def power_w(self) -> float: ...
+
+    def set_on(self, on: bool) -> None: ...
+
+
+class EmptyOutlet:
+    """An outlet with nothing plugged in: 0 W, remembers on/off."""
+
+    def __init__(self, on: bool = True) -> None:
+        self._on = on
+
+    @property
+    def on(self) -> bool:
+        return self._on
+
+    def power_w(self) -> float:
+        return 0.0
+
+    def set_on(self, on: bool) -> None:
+        self._on = on
+
+
+class ModbusSim:
+    """One simulated Modbus device on host:port: server lifecycle, faults, register images.
+    A subclass says what each table holds right now and what a write does."""
+
+    def __init__(
+        self,
+        name: str,
+        host: str,
+        port: int,
+        regmap: RegisterMap,
+        *,
+        unit: int = 1,
+        fault: FaultState | None = None,
+        time_fn: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.name = name
+        self.host = host
+        self.port = port  # 0 until started: then the bound port, kept across restarts
+        self.regmap = regmap
+        self.unit = unit
+        self.fault = fault or FaultState()
+        self.time_fn = time_fn
+        self.requests = 0
+        self._server: ModbusTcpServer | None = None
+        self._held: set[asyncio.Task[object]] = set()
+        self._served = 0  # requests on the newest connection (the drop fault counts these)
+        self._valid = _valid_addresses(regmap)
+
+    @property
+    def listening(self) -> bool:
+        return self._server is not None
+
+    async def start(self) -> None:
+        if self._server is not None or self.fault.mode is Fault.REFUSE:
+            return
+        # A fresh server each time: pymodbus does not listen again after a shutdown.
+        server = ModbusTcpServer(
+            self._device(), address=(self.host, self.port), trace_connect=self._on_connect
+        )
+        await server.serve_forever(background=True)
+        self._server = server
+        if self.port == 0:
+            self.port = cast("asyncio.Server", server.transport).sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        for task in list(self._held):
+            task.cancel()
+        self._held.clear()
+        if self._server is not None:
+            server, self._server = self._server, None
+            # Closes the listener and every open connection.
+            await server.shutdown()  # type: ignore[no-untyped-call]
+
+    async def set_fault(self, mode: Fault, *, slow_s: float | None = None) -> None:
+        """Change the fault live; `refuse` stops listening, anything else listens again."""
+        self.fault.mode = mode
+        if slow_s is not None:
+            self.fault.slow_s = slow_s
+        if mode is not Fault.STALL:
+            for task in list(self._held):
+                task.cancel()
+        if mode is Fault.REFUSE:
+            await self.stop()
+        else:
+            await self.start()
+
+    # ---- what a subclass provides ----
+
+    def values(self, table: Table) -> dict[int, Raw]:
+        """Every point's raw value in `table` right now, by address."""
+        raise NotImplementedError
+
+    def write(self, table: Table, address: int, values: list[Raw]) -> ExcCodes | None:
+        """Apply a write; an exception code if the device refuses it."""
+        del table, address, values
+        return ExcCodes.ILLEGAL_ADDRESS
+
+    # ---- the server's side ----
+
+    def _device(self) -> SimDevice:
+        blocks: list[list[SimData]] = []
+        for table in TABLES:
+            addresses = sorted(self._valid[table])
+            if table in BIT_TABLES:
+                first, last = (addresses[0], addresses[-1]) if addresses else (0, 0)
+                values = [False] * (last - first + 1)
+                blocks.append([SimData(first, values=values, datatype=DataType.BITS)])
+            else:
+                blocks.append(
+                    [
+                        SimData(start, values=[0] * count, datatype=DataType.REGISTERS)
+                        for start, count in _runs(addresses or [0])
+                    ]
+                )
+        return SimDevice(
+            id=self.unit,
+            simdata=(blocks[0], blocks[1], blocks[2], blocks[3]),
+            action=self._action,
+        )
+
+    async def _action(  # noqa: PLR0917 - pymodbus's callback signature
+        self,
+        func_code: int,
+        start: int,
+        address: int,
+        count: int,
+        registers: list[int],
+        set_values: list[int] | list[bool] | None,
+    ) -> ExcCodes | None:
+        """pymodbus calls this on every request, in that request's own task."""
+        self.requests += 1
+        self._served += 1
+        mode = self.fault.mode
+        if mode is Fault.STALL:
+            await self._never_answer(STALL_HOLD_S)
+        if mode is Fault.DROP and self._served > DROP_AFTER:
+            self._drop_connections()
+            await self._never_answer(0)
+        if mode is Fault.EXCEPTION:
+            return ExcCodes.DEVICE_FAILURE
+        if mode is Fault.SLOW:
+            await asyncio.sleep(self.fault.slow_s)
+        table = _FC_TABLE.get(func_code)
+        if table is None:
+            return ExcCodes.ILLEGAL_FUNCTION
+        if set_values is not None:
+            return self.write(table, address, list(set_values))
+        valid = self._valid[table]
+        # pymodbus passes bit reads' count in registers; the first bit is what we can check.
+        span = [address] if table in BIT_TABLES else range(address, address + count)
+        if any(a not in valid for a in span):
+            return ExcCodes.ILLEGAL_ADDRESS
+        self._fill(table, start, registers)
+        return None
+
+    def _fill(self, table: Table, start: int, registers: list[int]) -> None:
+        values = self.values(table)
+        if table not in BIT_TABLES:
+            for address, value in values.items():
+                registers[address - start] = int(value)
+            return
+        # Bit blocks are packed 16 to a register, bit 0 first; `start` counts registers.
+        for address, value in values.items():
+            index, bit = address // 16 - start, address % 16
+            if value:
+                registers[index] |= 1 << bit
+            else:
+                registers[index] &= ~(1 << bit)
+
+    async def _never_answer(self, seconds: float) -> NoReturn:
+        task = asyncio.current_task()
+        if task is not None:
+            self._held.add(task)
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            if task is not None:
+                self._held.discard(task)
+        # pymodbus handles each request in a task of its own and catches only Exception:
+        # ending that task cancelled sends nothing and logs nothing.
+        raise asyncio.CancelledError
+
+    def _drop_connections(self) -> None:
+        if self._server is None:
+            return
+        for connection in list(self._server.active_connections.values()):
+            if connection.transport is not None:
+                cast("asyncio.Transport", connection.transport).abort()
+
+    def _on_connect(self, up: bool) -> None:
+        if up:
+            self._served = 0
+
+
+class SimPdu(ModbusSim):
+    """A switched PDU: outlet states, per-outlet and total power, switching per the map."""
+
+    def __init__(
+        self,
+        name: str,
+        host: str,
+        port: int,
+        regmap: RegisterMap,
+        outlets: Sequence[OutletPort],
+        *,
+        unit: int = 1,
+        fault: FaultState | None = None,
+        rng: random.Random | None = None,
+        noise_w: float = 0.0,
+        time_fn: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if regmap.kind != "pdu":
+            raise ValueError(f"{name}: {regmap.source} is a {regmap.kind} map, not a PDU map")
+        if len(outlets) > regmap.outlets:
+            raise ValueError(f"{name}: {len(outlets)} ports for {regmap.outlets} outlets")
+        super().__init__(name, host, port, regmap, unit=unit, fault=fault, time_fn=time_fn)
+        # Outlets the caller left out have nothing plugged in.
+        self.outlets: list[OutletPort] = [
+            *outlets,
+            *(EmptyOutlet() for _ in range(regmap.outlets - len(outlets))),
+        ]
+        self.noise_w = noise_w  # measurement jitter (standard deviation) on outlet power
+        self.rng = rng or random.Random(f"{name}:{host}:{port}")  # noqa: S311 - not crypto
+        self.switches: list[tuple[float, int, bool]] = []  # (time_fn, outlet, on) commanded
+        self._commanded: dict[int, bool] = {}  # lie: what reads show instead of the truth
+        self._targets: dict[tuple[Table, int], tuple[Point, int]] = {}
+        for point in (regmap.get("outlet_state"), regmap.get("outlet_switch")):
+            if point is not None and point.writable:
+                for outlet in range(1, regmap.outlets + 1):
+                    for a in range(
+                        point.address_of(outlet), point.address_of(outlet) + point.width
+                    ):
+                        self._targets[point.table, a] = (point, outlet)
+
+    def shown(self, outlet: int) -> bool:
+        """The state reads report for `outlet` (1-based): the truth, or the lie."""
+        return self._commanded.get(outlet, self.outlets[outlet - 1].on)
+
+    def outlet_power_w(self, outlet: int) -> float:
+        power = self.outlets[outlet - 1].power_w()
+        if self.noise_w > 0 and power > 0:
+            power += self.rng.gauss(0.0, self.noise_w)
+        return max(0.0, power)
+
+    async def set_fault(self, mode: Fault, *, slow_s: float | None = None) -> None:
+        if mode is not Fault.LIE:
+            self._commanded.clear()
+        await super().set_fault(mode, slow_s=slow_s)
+
+    def values(self, table: Table) -> dict[int, Raw]:
+        cells: dict[int, Raw] = {}
+        raw: Sequence[Raw]
+        powers = [self.outlet_power_w(n) for n in range(1, self.regmap.outlets + 1)]
+        for point in self.regmap.points.values():
+            if point.table != table:
+                continue
+            if point.per_outlet:
+                for outlet in range(1, self.regmap.outlets + 1):
+                    if point.name == "outlet_power_w":
+                        raw = _encode(point, powers[outlet - 1])
+                    else:
+                        raw = encode_state(point, self.shown(outlet))
+                    _put(cells, point.address_of(outlet), raw)
+            else:  # total_power_w
+                _put(cells, point.address, _encode(point, sum(powers)))
+        return cells
+
+    def write(self, table: Table, address: int, values: list[Raw]) -> ExcCodes | None:
+        written = range(address, address + len(values))
+        commands: dict[int, bool] = {}
+        for a in written:
+            target = self._targets.get((table, a))
+            if target is None:
+                return ExcCodes.ILLEGAL_ADDRESS
+            point, outlet = target
+            first = point.address_of(outlet)
+            if first not in written or first + point.width - 1 not in written:
+                return ExcCodes.ILLEGAL_ADDRESS  # half a multi-register value
+            if outlet not in commands:
+                raw = values[first - address : first - address + point.width]
+                try:
+                    commands[outlet] = decode_state(point, raw)
+                except CodecError:
+                    return ExcCodes.ILLEGAL_VALUE
+        for outlet, on in commands.items():
+            self._switch(outlet, on)
+        return None
+
+    def _switch(self, outlet: int, on: bool) -> None:
+        self.switches.append((self.time_fn(), outlet, on))
+        if self.fault.lying:
+            self._commanded[outlet] = on
+            return
+        self.outlets[outlet - 1].set_on(on)
+
+
+class SimMeter(ModbusSim):
+    """A site meter: import/export from the farm's load, base load and generation, and a
+    scriptable grid frequency; values refresh at most every `update_interval_s`."""
+
+    def __init__(
+        self,
+        name: str,
+        host: str,
+        port: int,
+        regmap: RegisterMap,
+        *,
+        load_w: Callable[[], float],
+        time_fn: Callable[[], float],
+        base_load_w: float = 0.0,
+        noise_w: float = 0.0,
+        update_interval_s: float = 1.0,
+        generation_w: Callable[[], float] | None = None,
+        nominal_hz: float = 50.0,
+        seed: int = 1,
+        unit: int = 1,
+        fault: FaultState | None = None,
+    ) -> None:
+        if regmap.kind != "meter":
+            raise ValueError(f"{name}: {regmap.source} is a {regmap.kind} map, not a meter map")
+        super().__init__(name, host, port, regmap, unit=unit, fault=fault, time_fn=time_fn)
+        self.load_w = load_w
+        self.generation_w = generation_w
+        self.base_load_w = base_load_w
+        self.noise_w = noise_w  # standard deviation; clamped to 3 of them
+        self.update_interval_s = update_interval_s
+        self.nominal_hz = nominal_hz
+        self._rng = random.Random(seed)  # noqa: S311 - not crypto
+        self._script: list[tuple[float, float]] = []  # (time_fn time, Hz), linear between
+        self._held_values: tuple[float, float, float, float] | None = None
+        self._updated_at = 0.0
+
+    def frequency_at(self, t: float) -> float:
+        """The scripted frequency at time `t`: linear between points, then the last one."""
+        script = self._script
+        if not script:
+            return self.nominal_hz
+        if t <= script[0][0]:
+            return script[0][1]
+        for (t0, f0), (t1, f1) in itertools.pairwise(script):
+            if t <= t1:
+                return f0 if t1 == t0 else f0 + (f1 - f0) * (t - t0) / (t1 - t0)
+        return script[-1][1]
+
+    def script_frequency(self, points: Sequence[tuple[float, float]]) -> None:
+        """From the current value, go linearly to each (seconds from now, Hz); hold the last."""
+        now = self.time_fn()
+        offsets = [dt for dt, _ in points]
+        if any(dt < 0 for dt in offsets) or offsets != sorted(offsets):
+            raise ValueError("frequency script offsets must be >= 0 and in order")
+        self._script = [(now, self.frequency_at(now)), *((now + dt, hz) for dt, hz in points)]
+
+    def set_frequency(self, hz: float) -> None:
+        self._script = [(self.time_fn(), hz)]
+
+    def reading(self) -> tuple[float, float, float, float]:
+        """(import W, export W, frequency Hz, generation W) as the meter shows them now."""
+        now = self.time_fn()
+        if self._held_values is None or now - self._updated_at >= self.update_interval_s:
+            generation = self.generation_w() if self.generation_w is not None else 0.0
+            net = self.load_w() + self.base_load_w - generation
+            if self.noise_w > 0:
+                bound = 3 * self.noise_w
+                net += max(-bound, min(bound, self._rng.gauss(0.0, self.noise_w)))
+            self._held_values = (max(0.0, net), max(0.0, -net), self.frequency_at(now), generation)
+            self._updated_at = now
+        return self._held_values
+
+    def values(self, table: Table) -> dict[int, Raw]:
+        import_w, export_w, hz, generation_w = self.reading()
+        shown = {
+            "import_kw": import_w / 1000,
+            "export_kw": export_w / 1000,
+            "generation_kw": generation_w / 1000,
+            "frequency_hz": hz,
+        }
+        cells: dict[int, Raw] = {}
+        for point in self.regmap.points.values():
+            if point.table == table:
+                _put(cells, point.address, _encode(point, shown[point.name]))
+        return cells
+
+
+class SimSensor(ModbusSim):
+    """A temperature sensor reading `temperature_c()` live."""
+
+    def __init__(
+        self,
+        name: str,
+        host: str,
+        port: int,
+        regmap: RegisterMap,
+        *,
+        temperature_c: Callable[[], float],
+        unit: int = 1,
+        fault: FaultState | None = None,
+        time_fn: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if regmap.kind != "sensor":
+            raise ValueError(f"{name}: {regmap.source} is a {regmap.kind} map, not a sensor map")
+        super().__init__(name, host, port, regmap, unit=unit, fault=fault, time_fn=time_fn)
+        self.temperature_c = temperature_c
+
+    def values(self, table: Table) -> dict[int, Raw]:
+        point = self.regmap.point("temperature_c")
+        if point.table != table:
+            return {}
+        cells: dict[int, Raw] = {}
+        _put(cells, point.address, _encode(point, self.temperature_c()))
+        return cells
+
+
+def _encode(point: Point, value: float) -> list[int]:
+    """The registers for `value`; out of the type's range, saturated as devices do."""
+    try:
+        return encode_number(point, value)
+    except CodecError:
+        pass
+    raw = (value - point.offset) / point.scale
+    if point.type in INTEGER_TYPES:
+        bits = 16 * point.width
+        lo, hi = (
+            (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if point.type[0] == "i" else (0, 2**bits - 1)
+        )
+        return encode_raw(point, lo if not raw > lo else min(hi, round(raw)))
+    return encode_number(point, math.copysign(math.inf, raw) * point.scale + point.offset)
+
+
+def _put(cells: dict[int, Raw], address: int, raw: Sequence[Raw]) -> None:
+    for i, value in enumerate(raw):
+        cells[address + i] = value
+
+
+def _valid_addresses(regmap: RegisterMap) -> dict[Table, set[int]]:
+    """Addresses the device answers: its points', plus the gaps a map lets reads span."""
+    valid: dict[Table, set[int]] = {t: set() for t in TABLES}
+    for point in regmap.points.values():
+        for outlet in range(1, regmap.outlets + 1) if point.per_outlet else [None]:
+            first = point.address_of(outlet)
+            valid[point.table].update(range(first, first + point.width))
+    for table in TABLES:
+        if table in BIT_TABLES or not valid[table]:
+            continue
+        ordered = sorted(valid[table])
+        for a, b in itertools.pairwise(ordered):
+            if 1 < b - a <= regmap.read_gap + 1:
+                valid[table].update(range(a + 1, b))
+    return valid
+
+
+def _runs(addresses: list[int]) -> list[tuple[int, int]]:
+    """Contiguous runs of sorted addresses as (start, count)."""
+    runs: list[tuple[int, int]] = []
+    for a in addresses:
+        if runs and a == runs[-1][0] + runs[-1][1]:
+            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
+        else:
+            runs.append((a, 1))
+    return runs
+
+
+__all__ = [
+    "DROP_AFTER",
+    "STALL_HOLD_S",
+    "EmptyOutlet",
+    "ModbusSim",
+    "OutletPort",
+    "SimMeter",
+    "SimPdu",
+    "SimSensor",
+]
