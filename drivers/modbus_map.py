@@ -227,7 +227,8 @@ def encode_number(point: Point, value: float) -> list[int]:
     """Registers holding `value` (in the point's unit)."""
     if point.type == "bool":
         raise CodecError(f"{point.name}: a bool point holds no number")
-    raw = (value - point.offset) / point.scale
+    exact = isinstance(value, int) and point.scale == 1 and point.offset == 0
+    raw = value if exact else (value - point.offset) / point.scale  # ints stay exact
     fmt = _STRUCT[point.type]
     try:
         if point.type in INTEGER_TYPES:
