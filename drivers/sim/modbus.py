@@ -107,6 +107,8 @@ class ModbusSim:
         self.fault = fault or FaultState()
         self.time_fn = time_fn
         self.requests = 0
+        self.in_flight = 0  # requests being handled right now
+        self.peak_in_flight = 0  # most ever handled at once (one-in-flight checks)
         self._server: ModbusTcpServer | None = None
         self._held: set[asyncio.Task[object]] = set()
         self._served = 0  # requests on the newest connection (the drop fault counts these)
@@ -123,7 +125,10 @@ class ModbusSim:
         server = ModbusTcpServer(
             self._device(), address=(self.host, self.port), trace_connect=self._on_connect
         )
-        await server.serve_forever(background=True)
+        try:
+            await server.serve_forever(background=True)
+        except RuntimeError as err:  # pymodbus's word for "could not listen"
+            raise OSError(f"{self.name}: cannot listen on {self.host}:{self.port}") from err
         self._server = server
         if self.port == 0:
             self.port = cast("asyncio.Server", server.transport).sockets[0].getsockname()[1]
@@ -196,6 +201,22 @@ class ModbusSim:
         """pymodbus calls this on every request, in that request's own task."""
         self.requests += 1
         self._served += 1
+        self.in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        try:
+            return await self._serve(func_code, start, address, count, registers, set_values)
+        finally:
+            self.in_flight -= 1
+
+    async def _serve(  # noqa: PLR0917 - the callback's arguments, passed on
+        self,
+        func_code: int,
+        start: int,
+        address: int,
+        count: int,
+        registers: list[int],
+        set_values: list[int] | list[bool] | None,
+    ) -> ExcCodes | None:
         mode = self.fault.mode
         if mode is Fault.STALL:
             await self._never_answer(STALL_HOLD_S)
