@@ -14,15 +14,20 @@ import structlog
 from controller.adapters.grid_http import GridHttp
 from controller.adapters.mqtt_signals import MqttSignals
 from controller.clock import Clock
-from controller.config import Loaded
+from controller.config import Loaded, ModbusDeviceCfg
 from controller.core.model import MinerSpec
 from controller.inbox import Inbox
 from controller.journal import Journal
+from controller.measure import Measurements
 from controller.publish import Fanout, Recorder
-from controller.supervisor import LoopSettings, Supervisor
+from controller.supervisor import LoopSettings, MeasureSettings, Supervisor
 from controller.telemetry import Activity, Poller, Readings
+from drivers.meter.modbus_meter import ModbusMeter
+from drivers.meter.sensor import ModbusTemperature
+from drivers.pdu.modbus_pdu import ModbusPdu
 from drivers.registry import MinerEndpoint, MinerRegistry, default_registry
 from drivers.transport import admission, http
+from drivers.transport.modbus import ModbusLink
 from drivers.types import MinerDriver
 
 log = structlog.get_logger("curtaild.app")
@@ -79,8 +84,15 @@ class Daemon:
         self.drivers: dict[str, MinerDriver] = {}
         for m in loaded.miners:
             entry = registry.get(m.driver)
+            plug = loaded.outlets.get(m.id)
             self.specs[m.id] = MinerSpec(
-                m.id, entry.name, m.container, m.rated_power_w, m.efficiency_j_th, entry.traits
+                m.id,
+                entry.name,
+                m.container,
+                m.rated_power_w,
+                m.efficiency_j_th,
+                entry.traits,
+                outlet=None if plug is None else f"{plug[0]}#{plug[1]}",
             )
             self.drivers[m.id] = entry.factory(
                 MinerEndpoint(m.id, m.host, m.port, m.timeout_s, m.username, m.password, m.web_port)
@@ -89,6 +101,7 @@ class Daemon:
         admission.set_limit(_fd_bounded(config.control.io_concurrency, "I/O concurrency"))
         self.activity = Activity()
         self.readings = Readings(self.specs)
+        self._modbus(loaded, clock)
         telemetry = config.telemetry
         self.poller = Poller(
             self.drivers,
@@ -171,14 +184,70 @@ class Daemon:
             activity=self.activity,
             obligations=obligations,
             known_keys=self.journal.obligation_keys(),
+            measurements=self.measurements,
+            outlets={
+                miner: (self.pdus[pdu], outlet) for miner, (pdu, outlet) in loaded.outlets.items()
+            },
+            measure=MeasureSettings(
+                meter_stale_after_s=config.meter.stale_after_s if config.meter else 3.0,
+                meter_lag_s=config.meter.update_lag_s if config.meter else 1.0,
+                generation_exempt=bool(config.meter and config.meter.generation_exempt),
+                cut_batch_size=config.escalation.cut_batch_size,
+                cut_batch_spacing_s=config.escalation.cut_batch_spacing_s,
+                switch_timeout_s=config.escalation.switch_timeout_s,
+                lie_grace_s=config.escalation.lie_grace_s,
+            ),
+            frequency_rules=loaded.frequency_rules(),
         )
         self._task: asyncio.Task[None] | None = None
+
+    def _modbus(self, loaded: Loaded, clock: Clock) -> None:
+        """The PDUs, the site meter and temperature sensors, each on its own Modbus link."""
+        config = loaded.config
+
+        def link(device: ModbusDeviceCfg) -> ModbusLink:
+            return ModbusLink(
+                device.id,
+                device.host,
+                device.port,
+                unit=device.unit,
+                timeout_s=device.timeout_s,
+                retries=device.retries,
+            )
+
+        self.pdus = {p.id: ModbusPdu(p.id, link(p), loaded.maps[p.id]) for p in config.pdus}
+        self.meter = (
+            ModbusMeter(config.meter.id, link(config.meter), loaded.maps[config.meter.id])
+            if config.meter is not None
+            else None
+        )
+        self.sensors = {
+            s.container: ModbusTemperature(s.id, link(s), loaded.maps[s.id]) for s in config.sensors
+        }
+        self.measurements = Measurements(
+            meter=self.meter,
+            pdus=self.pdus,
+            wiring={plug: miner for miner, plug in loaded.outlets.items()},
+            readings=self.readings,
+            clock=clock,
+            meter_interval_s=config.meter.interval_s if config.meter else 1.0,
+            pdu_interval_s=config.escalation.pdu_interval_s,
+            activity=self.activity,
+            sensors=self.sensors,
+            sensor_interval_s=min((s.interval_s for s in config.sensors), default=10.0),
+        )
 
     async def run(self) -> None:
         """Run until cancelled; any part failing stops the whole daemon."""
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self.poller.run(), name="curtaild.telemetry")
+                if self.meter is not None:
+                    tg.create_task(self.measurements.run_meter(), name="curtaild.meter")
+                if self.pdus:
+                    tg.create_task(self.measurements.run_pdus(), name="curtaild.pdus")
+                if self.sensors:
+                    tg.create_task(self.measurements.run_sensors(), name="curtaild.sensors")
                 tg.create_task(self.supervisor.run(), name="curtaild.supervisor")
                 if self.tune_gc:
                     tg.create_task(self._tune_gc(), name="curtaild.gc")
@@ -188,7 +257,11 @@ class Daemon:
                     tg.create_task(self.http.run(), name="curtaild.grid_http")
         finally:
             await asyncio.gather(
-                *(d.close() for d in self.drivers.values()), return_exceptions=True
+                *(d.close() for d in self.drivers.values()),
+                *(p.close() for p in self.pdus.values()),
+                *(s.close() for s in self.sensors.values()),
+                *([self.meter.close()] if self.meter is not None else []),
+                return_exceptions=True,
             )
             await http.close_sessions()
             self.journal.close()

@@ -11,7 +11,7 @@ import ipaddress
 import math
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Literal, Self
@@ -28,8 +28,10 @@ from pydantic import (
 from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from controller.core.frequency import FrequencyRules
 from controller.core.model import PlanRules
 from controller.core.signals import GridMode, GridPolicy, SourcePolicy, StalePolicy
+from drivers.modbus_map import MapError, RegisterMap, load_map
 from drivers.registry import MinerRegistry, UnknownDriverError, default_registry
 from drivers.sim.faults import Fault
 from drivers.types import Mode
@@ -283,6 +285,113 @@ class ControlCfg(_Model):
     wake_hold_after_shed_s: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 30.0
 
 
+class ModbusDeviceCfg(_Model):
+    """A device on Modbus TCP. `map` names a shipped register map (config/modbus/<name>.yaml)
+    or a map file, relative to this config file."""
+
+    id: Ident
+    host: str
+    port: Annotated[int, Field(ge=1, le=65535)] = 502
+    unit: Annotated[int, Field(ge=0, le=247)] = 1
+    map: str
+    # Short and few: pymodbus's defaults (3 s, 3 retries) can block one call ~12 s.
+    timeout_s: Annotated[float, Field(gt=0, le=10, allow_inf_nan=False)] = 1.0
+    retries: Annotated[int, Field(ge=0, le=3)] = 1
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        _check_host(value)
+        return value
+
+
+class OutletRange(_Model):
+    """Outlets `first_outlet`.. in order feed the miners named by `pattern` from `first`."""
+
+    pattern: str
+    first: Annotated[int, Field(ge=0)] = 1
+    first_outlet: Annotated[int, Field(ge=1)] = 1
+    count: Annotated[int, Field(ge=1)] | None = None  # default: the rest of the PDU
+
+    def expand(self, outlets: int) -> dict[int, str]:
+        last = outlets if self.count is None else self.first_outlet + self.count - 1
+        return {
+            outlet: self.pattern.format(n=self.first + outlet - self.first_outlet)
+            for outlet in range(self.first_outlet, last + 1)
+        }
+
+
+class PduCfg(ModbusDeviceCfg):
+    """A switched, metered PDU and which miner each outlet feeds."""
+
+    outlets: dict[int, Ident] | list[OutletRange]
+
+
+class MeterCfg(ModbusDeviceCfg):
+    """The site meter at the grid connection: the farm is judged by it."""
+
+    interval_s: Seconds = 0.5
+    stale_after_s: Seconds = 3.0  # older readings: the draw is unknown, counted over the limit
+    update_lag_s: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 1.0  # its own refresh
+    generation_exempt: bool = False  # on-site generation is added to the allowed draw
+
+
+class SensorCfg(ModbusDeviceCfg):
+    """A container's ambient temperature sensor."""
+
+    container: Ident
+    interval_s: Seconds = 10.0
+
+
+class EscalationCfg(_Model):
+    """The ladder: lower power target -> sleep -> cut the PDU outlet."""
+
+    lower_first: bool = True
+    cut_batch_size: Annotated[int, Field(ge=1, le=1000)] = 8  # outlets switched at once
+    cut_batch_spacing_s: Annotated[float, Field(ge=0, le=60, allow_inf_nan=False)] = 0.5
+    restore_min_off_s: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 300.0
+    lie_grace_s: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 1.0
+    pdu_interval_s: Seconds = 1.0
+    switch_timeout_s: Seconds = 3.0
+
+
+class FrequencyCfg(_Model):
+    """Local under-frequency response from the site meter's frequency."""
+
+    nominal_hz: Literal[50, 60]
+    trip_below_hz: Annotated[float, Field(gt=0, allow_inf_nan=False)]
+    trip_after_s: Annotated[float, Field(ge=0, le=60, allow_inf_nan=False)] = 0.5
+    shed_kw: Annotated[float, Field(gt=0, allow_inf_nan=False)]
+    deadline_s: Seconds = 2.0
+    recover_above_hz: Annotated[float, Field(gt=0, allow_inf_nan=False)]
+    recover_after_s: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 30.0
+    restore_kw_per_s: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 10.0
+
+    @model_validator(mode="after")
+    def _thresholds(self) -> Self:
+        low = self.nominal_hz * 0.9
+        if not low <= self.trip_below_hz < self.nominal_hz:
+            raise ValueError(
+                f"trip_below_hz must be below the {self.nominal_hz} Hz nominal and above "
+                f"{low:g} Hz (a {self.nominal_hz} Hz grid)"
+            )
+        if not self.trip_below_hz < self.recover_above_hz <= self.nominal_hz:
+            raise ValueError(
+                "recover_above_hz must lie above trip_below_hz and at most the nominal, "
+                "or the response could flap"
+            )
+        return self
+
+
+class SimMeterCfg(_Model):
+    """The simulated site meter: what it adds to the farm's true draw, and how it reads."""
+
+    base_load_kw: Kilowatts = 0.0  # lights, cooling, the edge box: not behind any PDU
+    noise_kw: Kilowatts = 0.0
+    update_interval_s: Seconds = 1.0
+    generation_kw: Kilowatts = 0.0
+
+
 class JournalCfg(_Model):
     path: Path
 
@@ -298,8 +407,9 @@ class SimulationCfg(_Model):
     default_ambient_c: Annotated[float, Field(ge=-60, le=60)] = 15.0
     ambient_c: dict[str, Annotated[float, Field(ge=-60, le=60)]] = Field(default_factory=dict)
     start_mode: Mode = Mode.MINING
-    faults: dict[str, Fault] = Field(default_factory=dict)
+    faults: dict[str, Fault] = Field(default_factory=dict)  # miners and Modbus devices
     seed: int = 1
+    meter: SimMeterCfg = SimMeterCfg()
     control_listen: str | None = None  # host:port of the simulator's control API
 
     @field_validator("control_listen")
@@ -322,6 +432,11 @@ class SiteConfig(BaseSettings):
     journal: JournalCfg
     telemetry: TelemetryCfg = TelemetryCfg()
     control: ControlCfg = ControlCfg()
+    pdus: list[PduCfg] = Field(default_factory=list)
+    meter: MeterCfg | None = None
+    sensors: list[SensorCfg] = Field(default_factory=list)
+    escalation: EscalationCfg = EscalationCfg()
+    frequency: FrequencyCfg | None = None
     logging: LoggingCfg = LoggingCfg()
     simulation: SimulationCfg | None = None
 
@@ -365,6 +480,8 @@ class Loaded:
     source_keys: dict[str, bytes]
     mqtt_password: str | None
     origin: str
+    outlets: dict[str, tuple[str, int]] = field(default_factory=dict)  # miner -> (pdu, outlet)
+    maps: dict[str, RegisterMap] = field(default_factory=dict)  # Modbus device id -> its map
 
     def grid_policy(self) -> GridPolicy:
         grid = self.config.grid
@@ -399,6 +516,23 @@ class Loaded:
             wake_max_per_window=control.wake_max_per_s,
             wake_max_w_per_window=_watts(control.wake_max_kw_per_s),
             wake_hold_after_shed=timedelta(seconds=control.wake_hold_after_shed_s),
+            lower_first=self.config.escalation.lower_first,
+            restore_min_off=timedelta(seconds=self.config.escalation.restore_min_off_s),
+        )
+
+    def frequency_rules(self) -> FrequencyRules | None:
+        f = self.config.frequency
+        if f is None:
+            return None
+        return FrequencyRules(
+            nominal_hz=f.nominal_hz,
+            trip_below_hz=f.trip_below_hz,
+            trip_after=timedelta(seconds=f.trip_after_s),
+            shed_w=_watts(f.shed_kw),
+            recover_above_hz=f.recover_above_hz,
+            recover_after=timedelta(seconds=f.recover_after_s),
+            restore_w_per_s=f.restore_kw_per_s * 1000,
+            deadline=timedelta(seconds=f.deadline_s),
         )
 
 
@@ -433,16 +567,88 @@ def parse(text: str, *, origin: str = "<config>", resolve_secrets: bool = True) 
     problems.extend(_cross_checks(config, miners))
     if config.signals.mqtt is None and config.signals.http is None:
         problems.append("signals: configure mqtt, http or both; otherwise no signal can arrive")
+    maps, outlets = _modbus(config, miners, origin, problems)
     if config.simulation is not None:
-        ids = {m.id for m in miners}
+        ids = {m.id for m in miners} | set(maps)
         problems.extend(
-            f"simulation.faults.{name}: no such miner"
+            f"simulation.faults.{name}: no such miner or Modbus device"
             for name in config.simulation.faults
             if name not in ids
         )
     if problems:
         raise ConfigError(origin, problems)
-    return Loaded(config, tuple(miners), keys, mqtt_password, origin)
+    return Loaded(config, tuple(miners), keys, mqtt_password, origin, outlets, maps)
+
+
+def _modbus(
+    config: SiteConfig, miners: list[MinerConfig], origin: str, problems: list[str]
+) -> tuple[dict[str, RegisterMap], dict[str, tuple[str, int]]]:
+    """Load every device's register map and check the outlet wiring against the miners."""
+    maps = _maps(config, origin, problems)
+    ids = {m.id for m in miners}
+    outlets: dict[str, tuple[str, int]] = {}
+    for i, pdu in enumerate(config.pdus):
+        pdu_map = maps.get(pdu.id)
+        if pdu_map is None:
+            continue
+        for outlet, miner_id in sorted(_wiring(pdu, pdu_map.outlets).items()):
+            loc = f"pdus[{i}].outlets.{outlet}"
+            if not 1 <= outlet <= pdu_map.outlets:
+                problems.append(f"{loc}: {pdu.id} has outlets 1-{pdu_map.outlets}")
+            elif miner_id not in ids:
+                problems.append(f"{loc}: no miner {miner_id!r}")
+            elif miner_id in outlets:
+                other = outlets[miner_id]
+                problems.append(f"{loc}: {miner_id} is already on {other[0]} outlet {other[1]}")
+            else:
+                outlets[miner_id] = (pdu.id, outlet)
+    if config.frequency is not None and config.meter is None:
+        problems.append("frequency: the under-frequency response needs a meter to read")
+    return maps, outlets
+
+
+def _wiring(pdu: PduCfg, count: int) -> dict[int, str]:
+    if isinstance(pdu.outlets, dict):
+        return dict(pdu.outlets)
+    wiring: dict[int, str] = {}
+    for outlets in pdu.outlets:
+        wiring.update(outlets.expand(count))
+    return wiring
+
+
+def _maps(config: SiteConfig, origin: str, problems: list[str]) -> dict[str, RegisterMap]:
+    devices: list[tuple[str, ModbusDeviceCfg, str]] = [
+        *((f"pdus[{i}]", d, "pdu") for i, d in enumerate(config.pdus)),
+        *((f"sensors[{i}]", d, "sensor") for i, d in enumerate(config.sensors)),
+    ]
+    if config.meter is not None:
+        devices.append(("meter", config.meter, "meter"))
+    maps: dict[str, RegisterMap] = {}
+    where: dict[tuple[str, int, int], str] = {}
+    # A map given as a file is found next to the config, wherever the daemon runs from.
+    base = Path(origin).parent if not origin.startswith("<") else Path()
+    for loc, device, kind in devices:
+        endpoint = (device.host, device.port, device.unit)
+        if device.id in maps or device.id in where.values():
+            problems.append(f"{loc}.id: {device.id!r} is already a Modbus device")
+            continue
+        if endpoint in where:
+            problems.append(
+                f"{loc}: {device.host}:{device.port} unit {device.unit} is already "
+                f"{where[endpoint]}"
+            )
+        where[endpoint] = device.id
+        is_file = "/" in device.map or device.map.endswith((".yaml", ".yml"))
+        try:
+            regmap = load_map(base / device.map if is_file else device.map)
+        except MapError as err:
+            problems.extend(f"{loc}.map: {problem}" for problem in err.problems)
+            continue
+        if regmap.kind != kind:
+            problems.append(f"{loc}.map: {device.map!r} maps a {regmap.kind}, not a {kind}")
+            continue
+        maps[device.id] = regmap
+    return maps
 
 
 def _cross_checks(config: SiteConfig, miners: list[MinerConfig]) -> list[str]:

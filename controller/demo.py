@@ -126,7 +126,7 @@ async def _scenario(
             [*daemon.supervisor.finished, *daemon.supervisor.obligations],
             key=lambda o: (o.starts_at, o.key),
         )
-        return _summary(loaded, obligations, farm, operator.kinds)
+        return _summary(loaded, obligations, farm, operator.kinds, daemon)
 
 
 class _Operator:
@@ -164,14 +164,14 @@ class _Operator:
             f"surplus grant {round(rated_kw * 1.05)} kW until {grant_end:%H:%M:%S}",
         )
         # Stock Antminers take ~90 s to full power; the episode starts once most are up.
-        await _until(lambda: sup.measured_w >= rated_kw * 1000 * 0.9, 25)
+        await _until(lambda: (sup.measured_w or 0) >= rated_kw * 1000 * 0.9, 25)
         # Limits are fractions of the farm's full draw: the slow families are still
         # ramping up (a stock Antminer needs ~90 s), and count at full draw in the plan.
         first = round(rated_kw * CURTAIL_FRACTION)
         await self._mqtt(
             self._curtailment(1, first),
             f"curtailment evt-demo-1 to {first} kW (40 % of the farm's {rated_kw:.0f} kW; "
-            f"drawing {sup.measured_w / 1000:.0f} kW now) within {DEADLINE_S:g} s",
+            f"drawing {(sup.measured_w or 0) / 1000:.0f} kW now) within {DEADLINE_S:g} s",
         )
         await self._reached("evt-demo-1", 1)
         await asyncio.sleep(2)
@@ -255,17 +255,24 @@ async def _progress(daemon: Daemon, farm: SimFarm, say: Callable[[str], None]) -
         await asyncio.sleep(2)
         modes = farm.modes()
         limit = sup.limit.limit_w / 1000 if sup.limit else float("nan")
+        measured = f"{sup.measured_w / 1000:7.1f}" if sup.measured_w is not None else "  stale"
         say(
-            f"site {sup.measured_w / 1000:7.1f} kW (firmware; simulator truth "
+            f"site {measured} kW ({sup.measured_by}; miners' true draw "
             f"{farm.total_power_w() / 1000:7.1f})  limit {limit:7.1f} kW  "
             f"mining {modes[Mode.MINING]:3d}  sleeping {modes[Mode.SLEEPING]:3d}  "
+            f"cut {farm.cut_count():2d}  "
             f"commands {sup.commands_sent} ({sup.commands_failed} failed)"
         )
 
 
 def _summary(
-    loaded: Loaded, obligations: list[Obligation], farm: SimFarm, kinds: dict[str, str]
+    loaded: Loaded,
+    obligations: list[Obligation],
+    farm: SimFarm,
+    kinds: dict[str, str],
+    daemon: Daemon,
 ) -> dict[str, Any]:
+    sup = daemon.supervisor
     signals = []
     for ob in obligations:
         met = (
@@ -285,7 +292,7 @@ def _summary(
                 ),
                 "met": met,
                 "status": ob.status.value,
-                "measured_by": "firmware",
+                "measured_by": sup.measured_by,
             }
         )
     ok = bool(signals) and all(s["met"] for s in signals)
@@ -298,6 +305,12 @@ def _summary(
             "rated_kw": sum(m.rated_power_w for m in loaded.miners) / 1000,
         },
         "signals": signals,
+        "measured_by": sup.measured_by,
+        # Miners that reached each step of the ladder (lower power target, sleep, cut).
+        "escalations": {k: len(v) for k, v in sup.escalations.items()},
+        "lying_miners_detected": len(sup.lying_detected),
+        "lying_miners": sorted(sup.lying_detected),
+        "outlets_cut_at_end": farm.cut_count(),
         "final_draw_kw": round(farm.total_power_w() / 1000, 3),
     }
 
@@ -321,8 +334,15 @@ def _print_summary(summary: dict[str, Any], out: TextIO) -> None:
             f"{s['deadline_s']:>8.1f} s{ttt:>11}  {'met' if s['met'] else 'MISSED'}",
             file=out,
         )
+    esc = summary["escalations"]
     print(
-        f"time to target measured by: firmware readings; every deadline met: "
+        f"escalation ladder: {esc.get('lower', 0)} lowered, {esc.get('sleep', 0)} slept, "
+        f"{esc.get('cut', 0)} cut; lying miners detected by measured power: "
+        f"{summary['lying_miners_detected']} ({', '.join(summary['lying_miners']) or 'none'})",
+        file=out,
+    )
+    print(
+        f"time to target measured by: the {summary['measured_by']}; every deadline met: "
         f"{'yes' if summary['ok'] else 'NO'}",
         file=out,
     )

@@ -1,16 +1,19 @@
-"""Builds a simulated farm from a site config (drivers/sim must not import the controller)."""
+"""Builds a simulated farm from a site config (drivers/sim must not import the controller):
+its miners, and the PDUs and site meter the config names, wired to the miners' physics."""
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 
 from controller.config import Loaded, SimulationCfg
 from drivers.sim.farm import SimFarm, SimMinerSpec
-from drivers.sim.faults import Fault
+from drivers.sim.faults import Fault, FaultState
+from drivers.sim.modbus import EmptyOutlet, OutletPort, SimMeter, SimPdu
 
 
 def farm_from_config(loaded: Loaded, time_fn: Callable[[], float]) -> SimFarm:
-    """Every configured miner simulated at its configured address."""
+    """Every configured miner simulated at its configured address, with its PDU and meter."""
     sim = loaded.config.simulation or SimulationCfg()
     specs = [
         SimMinerSpec(
@@ -28,10 +31,55 @@ def farm_from_config(loaded: Loaded, time_fn: Callable[[], float]) -> SimFarm:
         )
         for m in loaded.miners
     ]
-    return SimFarm(
+    farm = SimFarm(
         specs,
         time_fn=time_fn,
         ambient_c=dict(sim.ambient_c),
         default_ambient_c=sim.default_ambient_c,
         seed=sim.seed,
     )
+    config = loaded.config
+    plugged = {plug: miner for miner, plug in loaded.outlets.items()}
+    for pdu in config.pdus:
+        regmap = loaded.maps[pdu.id]
+        ports: list[OutletPort] = [
+            farm.outlet(plugged[pdu.id, n]) if (pdu.id, n) in plugged else EmptyOutlet()
+            for n in range(1, regmap.outlets + 1)
+        ]
+        farm.add_device(
+            pdu.id,
+            SimPdu(
+                pdu.id,
+                pdu.host,
+                pdu.port,
+                regmap,
+                ports,
+                unit=pdu.unit,
+                fault=FaultState(sim.faults.get(pdu.id, Fault.NONE)),
+                rng=random.Random(f"{sim.seed}:{pdu.id}"),  # noqa: S311 - simulation
+            ),
+        )
+    meter = config.meter
+    if meter is not None:
+        m = sim.meter
+        generation_w = m.generation_kw * 1000
+        farm.add_device(
+            meter.id,
+            SimMeter(
+                meter.id,
+                meter.host,
+                meter.port,
+                loaded.maps[meter.id],
+                load_w=farm.total_power_w,
+                time_fn=time_fn,
+                base_load_w=m.base_load_kw * 1000,
+                noise_w=m.noise_kw * 1000,
+                update_interval_s=m.update_interval_s,
+                generation_w=(lambda: generation_w) if generation_w else None,
+                nominal_hz=config.frequency.nominal_hz if config.frequency else 50.0,
+                seed=sim.seed,
+                unit=meter.unit,
+                fault=FaultState(sim.faults.get(meter.id, Fault.NONE)),
+            ),
+        )
+    return farm

@@ -19,23 +19,30 @@ from typing import Any
 import structlog
 
 from controller.clock import Clock
-from controller.core import planner
+from controller.core import frequency, planner
+from controller.core.escalation import lie
+from controller.core.frequency import FrequencyRules, FrequencyState
 from controller.core.model import (
+    SHEDS,
     Action,
     ActionKind,
     Limit,
     MinerSpec,
     MinerView,
+    OutletReading,
     Plan,
     PlanRules,
     Snapshot,
     measured_w,
 )
 from controller.core.signals import (
+    Curtailment,
     GridPolicy,
     Obligation,
     ObligationStatus,
+    Override,
     arbitrate,
+    curtailment_active,
     grant_end_obligations,
     obligation_for,
     track,
@@ -43,10 +50,12 @@ from controller.core.signals import (
 )
 from controller.inbox import Inbox
 from controller.journal import CommandRecord, Journal
+from controller.measure import Measurements, MeterSample
 from controller.publish import Ack, Publisher
 from controller.telemetry import Activity, Poller, Readings
 from drivers.deadline import within
 from drivers.errors import DeviceTimeoutError, DriverError, VerificationError, driver_bug
+from drivers.pdu.modbus_pdu import ModbusPdu
 from drivers.transport.admission import Gate
 from drivers.types import MinerDriver, MinerReading, Mode
 
@@ -58,7 +67,10 @@ log = structlog.get_logger("curtaild.supervisor")
 # last command ~0.2 s late at 1,000 miners (both measured). Eightfold does both well.
 DISPATCH_FIRST_BATCH = 8
 DISPATCH_MAX_BATCH = 4096
-MEASURED_BY = "firmware"  # fleet draw is the sum of firmware readings, unknown at rated
+# The closed loop learns the draw the miners' own figures do not explain (base load, a
+# liar without a metered outlet): quickly when it rises, slowly when it falls, so meter
+# noise cannot loosen the budget between two readings.
+OFFSET_DECAY = 0.2
 KEEP_FINISHED = 200  # finished deadlines kept in memory for status and the demo
 # Command results are journaled in batches (the decision before them is write-ahead).
 FLUSH_INTERVAL = timedelta(seconds=1)
@@ -82,6 +94,19 @@ class LoopSettings:
     command_timeouts: Mapping[str, float] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class MeasureSettings:
+    """How the loop uses measured power and the escalation ladder's hardware step."""
+
+    meter_stale_after_s: float = 3.0
+    meter_lag_s: float = 1.0  # the meter's own refresh: a reading reflects this much earlier
+    generation_exempt: bool = False
+    cut_batch_size: int = 8
+    cut_batch_spacing_s: float = 0.5
+    switch_timeout_s: float = 3.0
+    lie_grace_s: float = 1.0
+
+
 class Supervisor:
     """Reads, decides, writes, reports; one cycle at a time."""
 
@@ -103,6 +128,10 @@ class Supervisor:
         activity: Activity,
         obligations: list[Obligation],
         known_keys: set[str] | None = None,
+        measurements: Measurements | None = None,
+        outlets: Mapping[str, tuple[ModbusPdu, int]] | None = None,
+        measure: MeasureSettings | None = None,
+        frequency_rules: FrequencyRules | None = None,
     ) -> None:
         """`known_keys`: every deadline ever journaled, so a restart never re-creates one
         that was already settled."""
@@ -133,7 +162,7 @@ class Supervisor:
         self.finished: deque[Obligation] = deque(maxlen=KEEP_FINISHED)
         self.limit: Limit | None = None
         self.plan: Plan | None = None
-        self.measured_w = 0
+        self.measured_w: int | None = 0  # None: unknown (a stale meter)
         self.in_flight = 0
         self.cycles = 0
         self.commands_sent = 0
@@ -141,11 +170,41 @@ class Supervisor:
         self.ready = asyncio.Event()
         # The fleet never changes, so its shed order is computed once, not per plan.
         self._order = planner.shed_order(readings.views())
+        self._init_measured(specs, measurements, outlets, measure, frequency_rules)
+
+    def _init_measured(
+        self,
+        specs: Mapping[str, MinerSpec],
+        measurements: Measurements | None,
+        outlets: Mapping[str, tuple[ModbusPdu, int]] | None,
+        measure: MeasureSettings | None,
+        frequency_rules: FrequencyRules | None,
+    ) -> None:
+        self._measurements = measurements
+        self._outlets = dict(outlets or {})
+        self._measure = measure or MeasureSettings()
+        metered = measurements is not None and measurements.meter is not None
+        self.measured_by = "meter" if metered else "firmware"
+        self.offset_w = 0  # measured draw the miners' own figures do not explain
+        self.meter: MeterSample | None = None
+        self._switch_queue: deque[tuple[Action, int | None]] = deque()
+        self._switch_wake = asyncio.Event()
+        self.switches: list[tuple[datetime, str, bool]] = []  # (done at, miner, on)
+        self.escalations: dict[str, set[str]] = {k.value: set() for k in SHEDS}
+        self.lying_detected: set[str] = set()
+        self._watched = [m for m, spec in specs.items() if spec.outlet is not None]
+        self._freq_rules = frequency_rules
+        self._freq = FrequencyState()
+        self.frequency_events: list[tuple[datetime, str, float | None]] = []
+        if measurements is not None:
+            measurements.on_meter = self.on_meter
 
     async def run(self) -> None:
         try:
             async with asyncio.TaskGroup() as tg:  # every command task lives here
                 self._tg = tg
+                if self._outlets:
+                    tg.create_task(self._switch_outlets(), name="curtaild.outlets")
                 await self._clock.wait(
                     self._readings.first_sweep, self._settings.first_read_timeout_s
                 )
@@ -188,20 +247,16 @@ class Supervisor:
             now = self._clock.now()
             self._absorb_signals()
             self._inbox.prune(now)
-            limit = arbitrate(
-                self._inbox.book,
-                self._policy,
-                now,
-                last_heard=self._inbox.last_heard,
-                overrides=self._inbox.overrides,
-            )
-            due = self._nearest_due(now)
-            if due is not None:
-                limit = replace(limit, due_at=due)
+            limit = self._limit(now)
             views = self._readings.views()
+            if self._watched:
+                self._detect_lies(now)
+                views = self._readings.views()
+            measured = self._measured(now, views)
+            self._learn(now, views)
             if self._must_plan(cause, limit):
                 await self._decide(cause, now, limit, views)
-            self.measured_w = measured_w(views, now, self._rules.stale_after)
+            self.measured_w = measured
             self._track(now)
             self._poller.set_fast(self.pending_deadlines())
             if self._records and (self.in_flight == 0 or now - self._flushed_at >= FLUSH_INTERVAL):
@@ -210,6 +265,127 @@ class Supervisor:
             self.cycles += 1
         finally:
             self._activity.end()
+
+    def _limit(self, now: datetime) -> Limit:
+        relay = self._relay(now)
+        limit = arbitrate(
+            self._inbox.book,
+            self._policy,
+            now,
+            last_heard=self._inbox.last_heard,
+            overrides=(*self._inbox.overrides, *relay),
+        )
+        meter = self.meter
+        if self._measure.generation_exempt and meter is not None:
+            generation = meter.reading.generation_w or 0.0
+            if generation > 0:
+                limit = replace(
+                    limit,
+                    limit_w=limit.limit_w + round(generation),
+                    reasons=(*limit.reasons, f"+ {generation / 1000:g} kW exempt generation"),
+                )
+        emergency = bool(relay) or any(
+            isinstance(h.signal, Curtailment) and h.signal.emergency and curtailment_active(h, now)
+            for h in self._inbox.book.held.values()
+        )
+        return replace(limit, due_at=self._nearest_due(now), emergency=emergency)
+
+    def _relay(self, now: datetime) -> tuple[Override, ...]:
+        """The frequency relay's limit while it is tripped."""
+        rules, state = self._freq_rules, self._freq
+        if rules is None or not state.tripped:
+            return ()
+        limit = frequency.limit_at(state, rules, now)
+        rising = " (frequency recovered; rising)" if state.recovered_at is not None else ""
+        why = f"{state.trip_hz:g} Hz below {rules.trip_below_hz:g} Hz{rising}"
+        return (Override("under-frequency", limit, why, "the frequency relay"),)
+
+    def _measured(self, now: datetime, views: tuple[MinerView, ...]) -> int | None:
+        """The draw the grid sees: the meter's import where there is a meter (None while it
+        is stale: unknown, so over every limit), else the miners' own figures."""
+        if self._measurements is None or self._measurements.meter is None:
+            return measured_w(views, now, self._rules.stale_after)
+        self.meter = self._measurements.meter_fresh(now, self._measure.meter_stale_after_s)
+        return None if self.meter is None else round(self.meter.reading.import_w)
+
+    def _learn(self, now: datetime, views: tuple[MinerView, ...]) -> None:
+        """Close the loop: once every command has landed and the meter has seen it, the
+        draw the miners' figures do not explain is taken off the next plan's budget, so a
+        draw that stays above the limit sheds more."""
+        meter = self.meter
+        if meter is None or self.in_flight:
+            return
+        settled = _settled_at(views)
+        if settled is not None and meter.at < settled + timedelta(
+            seconds=self._measure.meter_lag_s
+        ):
+            return
+        unexplained = round(meter.reading.import_w) - measured_w(
+            views, now, self._rules.stale_after
+        )
+        if unexplained > self.offset_w:
+            if unexplained - self.offset_w > self._rules.margin_w:
+                log.info(
+                    "meter reads more than the miners explain",
+                    unexplained_kw=unexplained / 1000,
+                    was_kw=self.offset_w / 1000,
+                )
+            self.offset_w = unexplained
+        else:
+            self.offset_w = max(
+                0, round(self.offset_w + (unexplained - self.offset_w) * OFFSET_DECAY)
+            )
+
+    def _detect_lies(self, now: datetime) -> None:
+        grace = timedelta(seconds=self._measure.lie_grace_s)
+        for miner_id in self._watched:
+            view = self._readings.view(miner_id)
+            if view.lying is not None or view.pending is not None:
+                continue
+            why = lie(view, now, self._rules.stale_after, grace)
+            if why is not None and self._readings.mark_lying(miner_id, why):
+                self.lying_detected.add(miner_id)
+                self._journal.record_event(now, "lying", miner_id, why)
+                self._failed_since_plan = True  # the plan counted it as obeying: re-plan
+
+    def on_meter(self, sample: MeterSample | None) -> None:
+        """Every meter poll: the frequency relay judges it at once, not at the next tick."""
+        rules = self._freq_rules
+        if rules is None:
+            return
+        now = self._clock.now()
+        hz = sample.reading.frequency_hz if sample is not None else None
+        draw = round(sample.reading.import_w) if sample is not None else self.measured_w
+        self._freq, event = frequency.step(
+            self._freq,
+            rules,
+            hz=hz,
+            now=now,
+            draw_w=draw if draw is not None else self._policy.cap_w,
+            cap_w=self._policy.cap_w,
+        )
+        if event is None:
+            return
+        self.frequency_events.append((now, event.value, hz))
+        limit = self._freq.limit_w
+        detail = {"hz": hz, "limit_kw": None if limit is None else limit / 1000}
+        self._journal.record_event(now, "frequency", event.value, detail)
+        (log.warning if event is frequency.Event.TRIP else log.info)(event.value, **detail)
+        if event is frequency.Event.TRIP and limit is not None:
+            key = f"under-frequency@{now.isoformat()}"
+            ob = Obligation(
+                key,
+                "under-frequency",
+                len(self.frequency_events),
+                "under-frequency",
+                limit,
+                now,
+                now + rules.deadline,
+            )
+            self._known_keys.add(key)
+            self.obligations.append(ob)
+            self._journal.record_obligations([ob], self.measured_by)
+        self._inbox.wake.set()
 
     def _must_plan(self, cause: str, limit: Limit) -> bool:
         """Re-planning a large fleet is not free. While a fan-out is on the wire, plan again
@@ -229,7 +405,8 @@ class Supervisor:
     ) -> None:
         self._trim_wakes(now)
         snapshot = Snapshot(now, views, tuple(self._recent_wakes), self._last_shed_at, self._order)
-        plan = planner.plan(snapshot, limit, self._rules)
+        budget = replace(limit, limit_w=limit.limit_w - self.offset_w) if self.offset_w else limit
+        plan = planner.plan(snapshot, budget, self._rules)
         self._planned_at = now
         self._failed_since_plan = False
         seq = None
@@ -276,7 +453,7 @@ class Supervisor:
                 self._known_keys.add(ob.key)
                 self.obligations.append(ob)
                 changed.append(ob)
-        self._journal.record_obligations(changed, MEASURED_BY)
+        self._journal.record_obligations(changed, self.measured_by)
 
     def _track(self, now: datetime) -> None:
         ends = grant_end_obligations(
@@ -296,10 +473,12 @@ class Supervisor:
             measured_kw = (ob.measured_w or 0) / 1000
             detail = (
                 f"measured {measured_kw:g} kW <= {ob.limit_w / 1000:g} kW after "
-                f"{ob.time_to_target_s or 0:.1f} s ({MEASURED_BY})"
+                f"{ob.time_to_target_s or 0:.1f} s ({self.measured_by})"
                 if ob.status is ObligationStatus.REACHED
                 else f"measured {measured_kw:g} kW > {ob.limit_w / 1000:g} kW "
-                f"at the deadline {ob.due_at:%H:%M:%S} ({MEASURED_BY})"
+                f"at the deadline {ob.due_at:%H:%M:%S} ({self.measured_by})"
+                if ob.measured_w is not None
+                else f"draw unknown at the deadline {ob.due_at:%H:%M:%S} (the meter is stale)"
             )
             (log.info if ob.status is ObligationStatus.REACHED else log.warning)(
                 "deadline " + kind,
@@ -309,7 +488,7 @@ class Supervisor:
                 detail=detail,
             )
             self._publisher.ack(Ack(ob.signal_id, ob.revision, kind, now, detail))
-        self._journal.record_obligations([*ends, *changed], MEASURED_BY)
+        self._journal.record_obligations([*ends, *changed], self.measured_by)
         for ob in self.obligations:
             if ob.status is not ObligationStatus.PENDING:
                 self.finished.append(ob)
@@ -324,13 +503,19 @@ class Supervisor:
         batch, left = DISPATCH_FIRST_BATCH, DISPATCH_FIRST_BATCH
         for action in actions:
             spec = self._specs[action.miner_id]
-            self._readings.set_pending(action.miner_id, action.kind)
-            if action.kind is ActionKind.WAKE:
-                self._recent_wakes.append((now, spec.rated_power_w))
-            else:
+            kind = action.kind
+            self._readings.set_pending(action.miner_id, kind)
+            if kind in SHEDS:
                 self._last_shed_at = now
+                self.escalations[kind.value].add(action.miner_id)
+            else:
+                self._recent_wakes.append((now, spec.rated_power_w))
             self.in_flight += 1
             self._activity.begin()
+            if kind is ActionKind.CUT or kind is ActionKind.RESTORE:
+                self._switch_queue.append((action, seq))
+                self._switch_wake.set()
+                continue
             self._tg.create_task(
                 self._command(action, seq), name=f"curtaild.command.{action.miner_id}"
             )
@@ -352,40 +537,134 @@ class Supervisor:
         except DriverError as err:
             finished = self._clock.now()
             outcome, detail = err.kind, err.detail
-            self.commands_failed += 1
-            self._failed_since_plan = True  # the plan counted this miner as done: re-plan
-            seen = err.reading if isinstance(err, VerificationError) else None
             aimed = Mode.SLEEPING if action.kind is ActionKind.SLEEP else Mode.MINING
-            failures = self._readings.fail(
-                miner_id, err, command=True, known=seen is not None, aimed=aimed
-            )
-            if seen is not None:  # a lying miner told us what it is really doing
-                self._readings.record(miner_id, seen, finished)
-            backoff = min(
-                self._settings.retry_backoff_s * 2 ** (failures - 1),
-                self._settings.retry_backoff_max_s,
-            )
-            self._readings.set_retry_after(miner_id, finished + timedelta(seconds=backoff))
-            self._readings.set_pending(miner_id, None)
+            self._failed(miner_id, err, finished, aimed)
         else:
             finished = self._clock.now()
             outcome = "ok"
+            kind = action.kind
             # Records the read-back, clears pending and back-off: one update on the hot path.
-            self._readings.record(miner_id, reading, finished, command=True, since=started)
-        finally:
-            ended = finished or self._clock.now()
-            kind = action.kind.value
-            self._records.append(
-                CommandRecord(seq, miner_id, kind, started, ended, outcome, detail)
+            self._readings.record(
+                miner_id,
+                reading,
+                finished,
+                command=True,
+                since=started,
+                transition=kind is not ActionKind.LOWER,
             )
-            self.commands_sent += 1
-            self.in_flight -= 1
-            if self.in_flight == 0:
-                if self._settings.pause_gc_in_fanout:
-                    gc.enable()
-                    gc.collect(0)  # what the fan-out left behind, young objects only
-                self._inbox.wake.set()  # verify at once rather than at the next tick
-            self._activity.end()
+            if kind is ActionKind.LOWER:
+                self._readings.set_ladder(miner_id, lowered_at=started)
+            elif kind is ActionKind.RAISE:
+                self._readings.set_ladder(miner_id, lowered_at=None)
+        finally:
+            self._finish(
+                CommandRecord(
+                    seq,
+                    miner_id,
+                    action.kind.value,
+                    started,
+                    finished or self._clock.now(),
+                    outcome,
+                    detail,
+                )
+            )
+
+    def _finish(self, record: CommandRecord) -> None:
+        self._records.append(record)
+        self.commands_sent += 1
+        self.in_flight -= 1
+        if self.in_flight == 0:
+            if self._settings.pause_gc_in_fanout:
+                gc.enable()
+                gc.collect(0)  # what the fan-out left behind, young objects only
+            self._inbox.wake.set()  # verify at once rather than at the next tick
+        self._activity.end()
+
+    def _failed(self, miner_id: str, err: DriverError, finished: datetime, aimed: Mode) -> None:
+        """A command failed: the miner is unknown (unless its read-back showed a lie) and
+        backs off before the next try; the plan counted it as done, so plan again."""
+        self.commands_failed += 1
+        self._failed_since_plan = True
+        seen = err.reading if isinstance(err, VerificationError) else None
+        failures = self._readings.fail(
+            miner_id, err, command=True, known=seen is not None, aimed=aimed
+        )
+        if seen is not None:  # a lying miner told us what it is really doing
+            self._readings.record(miner_id, seen, finished)
+        backoff = min(
+            self._settings.retry_backoff_s * 2 ** (failures - 1),
+            self._settings.retry_backoff_max_s,
+        )
+        self._readings.set_retry_after(miner_id, finished + timedelta(seconds=backoff))
+        self._readings.set_pending(miner_id, None)
+
+    # -- outlets ---------------------------------------------------------------------------
+
+    async def _switch_outlets(self) -> None:
+        """Cuts and restores leave in batches with a pause between (inrush, breakers)."""
+        size = self._measure.cut_batch_size
+        while True:
+            if not self._switch_queue:
+                self._switch_wake.clear()
+                await self._switch_wake.wait()
+            batch = [
+                self._switch_queue.popleft() for _ in range(min(size, len(self._switch_queue)))
+            ]
+            await asyncio.gather(*(self._switch(action, seq) for action, seq in batch))
+            if self._switch_queue and self._measure.cut_batch_spacing_s > 0:
+                await self._clock.sleep(self._measure.cut_batch_spacing_s)
+
+    async def _switch(self, action: Action, seq: int | None) -> None:
+        miner_id = action.miner_id
+        on = action.kind is ActionKind.RESTORE
+        pdu, outlet = self._outlets[miner_id]
+        started = self._clock.now()
+        outcome, detail, finished = "cancelled", None, None
+        try:
+            try:
+                with within(self._measure.switch_timeout_s):
+                    reading = await pdu.switch(outlet, on)
+            except TimeoutError:
+                raise DeviceTimeoutError(
+                    pdu.name, f"switch outlet {outlet}", "no verified result in time"
+                ) from None
+            except DriverError:
+                raise
+            except Exception as err:
+                raise driver_bug(pdu.name, f"switch outlet {outlet}", err) from err
+        except DriverError as err:
+            finished = self._clock.now()
+            outcome, detail = err.kind, str(err)
+            self._failed(miner_id, err, finished, Mode.MINING if on else Mode.SLEEPING)
+        else:
+            finished = self._clock.now()
+            outcome = "ok"
+            self.switches.append((finished, miner_id, on))
+            self._readings.record_outlet(
+                miner_id, OutletReading(reading.on, reading.power_w if on else 0.0, finished)
+            )
+            self._readings.set_ladder(miner_id, cut_at=None if on else finished)
+            self._readings.set_pending(miner_id, None)
+            log.info(
+                "outlet switched",
+                miner=miner_id,
+                pdu=pdu.name,
+                outlet=outlet,
+                on=on,
+                reason=action.reason,
+            )
+        finally:
+            self._finish(
+                CommandRecord(
+                    seq,
+                    miner_id,
+                    action.kind.value,
+                    started,
+                    finished or self._clock.now(),
+                    outcome,
+                    detail,
+                )
+            )
 
     async def _run(self, action: Action) -> MinerReading:
         driver = self._drivers[action.miner_id]
@@ -394,9 +673,14 @@ class Supervisor:
         )
         try:
             with within(timeout):
-                if action.kind is ActionKind.SLEEP:
+                kind = action.kind
+                if kind is ActionKind.SLEEP:
                     return await driver.sleep()
-                return await driver.wake()
+                if kind is ActionKind.WAKE:
+                    return await driver.wake()
+                spec = self._specs[action.miner_id]
+                floor = spec.floor_w() if kind is ActionKind.LOWER else None
+                return await driver.set_power_target(floor or spec.rated_power_w)
         except TimeoutError:
             raise DeviceTimeoutError(
                 action.miner_id, action.kind.value, f"no verified result within {timeout:g} s"
@@ -426,11 +710,39 @@ class Supervisor:
             self._last_status = now
             self._publisher.status(self.status(now, views))
 
+    def _meter_status(self, now: datetime) -> dict[str, Any] | None:
+        if self._measurements is None or self._measurements.meter is None:
+            return None
+        last = self._measurements.last
+        if last is None:
+            return {"state": "never read"}
+        r = last.reading
+        return {
+            "import_kw": round(r.import_w / 1000, 3),
+            "export_kw": round(r.export_w / 1000, 3),
+            "generation_kw": None if r.generation_w is None else round(r.generation_w / 1000, 3),
+            "frequency_hz": r.frequency_hz,
+            "age_s": round((now - last.at).total_seconds(), 3),
+            "stale": self.meter is None,
+        }
+
     def status(self, now: datetime, views: tuple[MinerView, ...] | None = None) -> dict[str, Any]:
         """The daemon's state as published (retained) and served."""
         views = views if views is not None else self._readings.views()
-        counts = {"mining": 0, "sleeping": 0, "unknown": 0, "unhealthy": 0, "pending": 0}
+        counts = {
+            "mining": 0,
+            "sleeping": 0,
+            "unknown": 0,
+            "unhealthy": 0,
+            "pending": 0,
+            "lowered": 0,
+            "cut": 0,
+        }
         for view in views:
+            counts["lowered"] += view.lowered_at is not None
+            if view.cut_at is not None:
+                counts["cut"] += 1
+                continue
             if view.pending is not None:
                 counts["pending"] += 1
             if not view.healthy:
@@ -448,8 +760,12 @@ class Supervisor:
             "at": now.isoformat().replace("+00:00", "Z"),
             "limit_kw": limit.limit_w / 1000 if limit else None,
             "reasons": list(limit.reasons) if limit else [],
-            "measured_kw": round(self.measured_w / 1000, 3),
-            "measured_by": MEASURED_BY,
+            "measured_kw": None if self.measured_w is None else round(self.measured_w / 1000, 3),
+            "measured_by": self.measured_by,
+            "meter": self._meter_status(now),
+            "unexplained_kw": round(self.offset_w / 1000, 3),
+            "escalations": {k: len(v) for k, v in self.escalations.items()},
+            "lying": sorted(self.lying_detected),
             "expected_kw": round(self.plan.expected_w / 1000, 3) if self.plan else None,
             "miners": {"total": len(views), **counts},
             "signals": [
@@ -467,3 +783,22 @@ class Supervisor:
                 for o in self.obligations
             ],
         }
+
+
+def _settled_at(views: tuple[MinerView, ...]) -> datetime | None:
+    """When the last commanded change could still be moving the draw: the latest end of
+    any miner's ramp (or retune). None: nothing has moved."""
+    latest: datetime | None = None
+    for view in views:
+        traits = view.spec.traits
+        since = view.mode_since
+        if since is not None and view.reading is not None:
+            ramp = traits.ramp_down_s if view.reading.mode is Mode.SLEEPING else traits.ramp_up_s
+            end = since + timedelta(seconds=ramp)
+            if latest is None or end > latest:
+                latest = end
+        if view.lowered_at is not None:
+            end = view.lowered_at + timedelta(seconds=traits.retarget_s)
+            if latest is None or end > latest:
+                latest = end
+    return latest

@@ -15,11 +15,18 @@ from datetime import datetime, timedelta
 import structlog
 
 from controller.clock import Clock
-from controller.core.model import ActionKind, MinerSpec, MinerView
+from controller.core.model import ActionKind, MinerSpec, MinerView, OutletReading
 from drivers.errors import DriverError, driver_bug
 from drivers.types import DriverTraits, MinerDriver, MinerReading, Mode
 
 log = structlog.get_logger("curtaild.telemetry")
+
+
+class _Keep:
+    """Leave a field as it is (None is a value: cleared)."""
+
+
+KEEP = _Keep()
 
 
 class Activity:
@@ -68,6 +75,7 @@ class Readings:
         *,
         command: bool = False,
         since: datetime | None = None,
+        transition: bool = True,
     ) -> None:
         """A successful read, or a command's verified read-back (which also clears the
         command's pending state and back-off; `since` is when the command began, which is
@@ -75,8 +83,9 @@ class Readings:
         hot path."""
         view = self._views[miner_id]
         changed = view.reading is not None and view.reading.mode is not reading.mode
-        # A command's read-back marks a transition even when it is the first reading we have.
-        mode_since = (since or at) if changed or command else view.mode_since
+        # A command's read-back marks a transition even when it is the first reading we have
+        # (a new power target is not one: its own timing is judged from `lowered_at`).
+        mode_since = (since or at) if changed or (command and transition) else view.mode_since
         self._read_fault.pop(miner_id, None)
         if command or self._aimed.get(miner_id) is reading.mode:
             # A command that failed (a timeout across a slow restart, say) may still have
@@ -94,6 +103,10 @@ class Readings:
             mode_since,
             None if command else view.pending,
             None if command else view.retry_after,
+            view.outlet,
+            view.lowered_at,
+            view.cut_at,
+            view.lying,
         )
 
     def fail(
@@ -130,6 +143,37 @@ class Readings:
 
     def set_retry_after(self, miner_id: str, at: datetime | None) -> None:
         self._views[miner_id] = replace(self._views[miner_id], retry_after=at)
+
+    def record_outlet(self, miner_id: str, outlet: OutletReading) -> None:
+        """What the miner's PDU outlet measured."""
+        self._views[miner_id] = replace(self._views[miner_id], outlet=outlet)
+
+    def set_ladder(
+        self,
+        miner_id: str,
+        *,
+        lowered_at: datetime | _Keep | None = KEEP,
+        cut_at: datetime | _Keep | None = KEEP,
+    ) -> None:
+        """Where the escalation ladder left this miner."""
+        view = self._views[miner_id]
+        if not isinstance(lowered_at, _Keep):
+            view = replace(view, lowered_at=lowered_at)
+        if not isinstance(cut_at, _Keep):
+            view = replace(view, cut_at=cut_at)
+        self._views[miner_id] = view
+
+    def mark_lying(self, miner_id: str, reason: str) -> bool:
+        """Measured power contradicts the firmware; True the first time. It stays marked:
+        the ladder goes straight to the outlet for a unit that has lied."""
+        view = self._views[miner_id]
+        if view.lying is not None:
+            return False
+        log.warning(
+            "miner lies: measured power contradicts its firmware", miner=miner_id, reason=reason
+        )
+        self._views[miner_id] = replace(view, lying=reason)
+        return True
 
     def _health(self, view: MinerView) -> MinerView:
         healthy, reason = self._judge(view)
@@ -247,8 +291,9 @@ class Poller:
 
     async def _worker(self, queue: Iterator[str]) -> None:
         for miner_id in queue:
-            if self._readings.view(miner_id).pending is not None:
-                continue  # the command's own read-back will report this miner
+            view = self._readings.view(miner_id)
+            if view.pending is not None or view.cut_at is not None:
+                continue  # its command reports it; an unpowered unit cannot answer
             try:
                 reading = await self._drivers[miner_id].read()
             except DriverError as err:

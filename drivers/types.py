@@ -58,6 +58,11 @@ class DriverTraits:
     # hashrate and a nameplate (stock Antminer): the controller then counts a running unit
     # at its configured rated power, never at an estimate that may be low.
     reports_power: bool = True
+    # The power-target step of the escalation ladder: the lowest target the firmware is
+    # lowered to, as a fraction of rated power (None: no such step for this family), and
+    # how long a new target takes to land. A lower target keeps boards warm and hashing.
+    power_floor_fraction: float | None = None
+    retarget_s: float = 0.0
 
 
 class MinerDriver(Protocol):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import NamedTuple
@@ -20,11 +21,35 @@ class MinerSpec:
     rated_power_w: int
     efficiency_j_th: float
     traits: DriverTraits
+    outlet: str | None = None  # "<pdu>#<outlet>" where a switched PDU outlet feeds it
+
+    def floor_w(self) -> int | None:
+        """The draw at the lowest power target the ladder uses, if the family has one."""
+        fraction = self.traits.power_floor_fraction
+        return None if fraction is None else round(self.rated_power_w * fraction)
 
 
 class ActionKind(enum.StrEnum):
-    SLEEP = "sleep"
+    """The escalation ladder, gentle to hard (LOWER, SLEEP, CUT), and its way back."""
+
+    LOWER = "lower"  # the lowest power target: warm, still hashing
+    SLEEP = "sleep"  # hashboards off, control board up
+    CUT = "cut"  # the PDU outlet off: the last resort
+    RAISE = "raise"  # back to the default power target
     WAKE = "wake"
+    RESTORE = "restore"  # the PDU outlet on: the miner boots for minutes
+
+
+SHEDS = frozenset({ActionKind.LOWER, ActionKind.SLEEP, ActionKind.CUT})
+
+
+@dataclass(frozen=True, slots=True)
+class OutletReading:
+    """What a miner's PDU outlet measures: the truth about its draw."""
+
+    on: bool
+    power_w: float
+    read_at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +64,10 @@ class MinerView:
     mode_since: datetime | None = None  # when the reported mode last changed
     pending: ActionKind | None = None  # a command is in flight
     retry_after: datetime | None = None  # back off after a failed command
+    outlet: OutletReading | None = None
+    lowered_at: datetime | None = None  # when its power target was lowered (None: default)
+    cut_at: datetime | None = None  # when we cut its outlet (None: not cut by us)
+    lying: str | None = None  # measured power contradicts its firmware: why we think so
 
     def fresh(self, now: datetime, stale_after: timedelta) -> bool:
         return (
@@ -69,6 +98,7 @@ class Limit:
     limit_w: int
     reasons: tuple[str, ...]
     due_at: datetime | None = None
+    emergency: bool = False  # an emergency signal or a local frequency trip binds now
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +112,11 @@ class PlanRules:
     wake_max_per_window: int = 10  # inrush and pool reconnect storms
     wake_max_w_per_window: int = 50_000
     wake_hold_after_shed: timedelta = timedelta(seconds=30)  # let the draw settle first
+    lower_first: bool = True  # the ladder's first step: lower power targets before sleeping
+    restore_min_off: timedelta = timedelta(minutes=5)  # an outlet stays off at least this
+    # Cold-weather rules (a later issue) may forbid cutting an outlet: given the miner, the
+    # time and whether the limit is an emergency, a reason to refuse, or None to allow.
+    cut_veto: Callable[[MinerView, datetime, bool], str | None] | None = None
 
 
 class Action(NamedTuple):
@@ -136,19 +171,44 @@ class Horizon:
     def fresh(self, view: MinerView) -> bool:
         return view.read_at is not None and view.read_at >= self.fresh_from
 
-    def estimate(self, view: MinerView) -> int:
+    def _settled(self, view: MinerView) -> int | None:
+        """The estimate where readings do not decide it: commands in flight count as landed
+        (verification and retries catch failures), unknown miners at rated power."""
         spec = view.spec
-        read_at = view.read_at
-        fresh = read_at is not None and read_at >= self.fresh_from
         pending = view.pending
-        if pending is ActionKind.SLEEP:
-            return spec.traits.sleep_power_w if fresh else spec.rated_power_w
-        reading = view.reading
-        if pending is ActionKind.WAKE or not fresh or reading is None or read_at is None:
+        if pending is ActionKind.CUT:
+            return 0  # a switched outlet lands at once
+        outlet = view.outlet
+        if outlet is not None and outlet.read_at >= self.fresh_from and not outlet.on:
+            return spec.rated_power_w if pending is ActionKind.RESTORE else 0
+        fresh = view.read_at is not None and view.read_at >= self.fresh_from
+        if pending is ActionKind.SLEEP and fresh:
+            return spec.traits.sleep_power_w
+        if pending is ActionKind.LOWER and fresh:
+            floor = spec.floor_w()
+            return spec.rated_power_w if floor is None else floor
+        if pending is not None or not fresh or view.reading is None:
             return spec.rated_power_w
-        power = reading.power_w
-        if not spec.traits.reports_power and reading.mode is not Mode.SLEEPING:
-            power = max(power, spec.rated_power_w)  # a nameplate estimate may be low
+        return None
+
+    def estimate(self, view: MinerView) -> int:
+        settled = self._settled(view)
+        if settled is not None:
+            return settled
+        spec = view.spec
+        reading, read_at, outlet = view.reading, view.read_at, view.outlet
+        if reading is None or read_at is None:  # _settled answered these; for the types
+            return spec.rated_power_w
+        metered = outlet is not None and outlet.read_at >= self.fresh_from
+        # The outlet measures the draw itself; firmware watts are estimates (or lies).
+        if metered and outlet is not None:
+            power, seen_at = round(outlet.power_w), outlet.read_at
+        else:
+            power, seen_at = reading.power_w, read_at
+            if not spec.traits.reports_power and reading.mode is not Mode.SLEEPING:
+                power = max(power, spec.rated_power_w)  # a nameplate estimate may be low
+        if view.lowered_at is not None and reading.mode is Mode.MINING:
+            power = _lowering(spec, view.lowered_at, power, seen_at)
         since = view.mode_since
         if since is None:
             return power
@@ -162,18 +222,32 @@ class Horizon:
         # Read before the ramp could end (readings are never from the future, so this also
         # covers "still ramping"): expect where the ramp ends, not what was seen on the way.
         if reading.mode is Mode.SLEEPING:
-            return spec.traits.sleep_power_w if read_at < since + ramps[0] else power
-        if read_at < since + ramps[1]:
+            return spec.traits.sleep_power_w if seen_at < since + ramps[0] else power
+        if seen_at < since + ramps[1]:
             return max(power, spec.rated_power_w)
         return power
 
 
+def _lowering(spec: MinerSpec, lowered_at: datetime, power: int, seen_at: datetime) -> int:
+    """A lowered miner read before its new target could land counts at the target."""
+    floor = spec.floor_w()
+    if floor is not None and seen_at < lowered_at + timedelta(seconds=spec.traits.retarget_s):
+        return min(power, floor)
+    return power
+
+
 def measured_w(views: tuple[MinerView, ...], now: datetime, stale_after: timedelta) -> int:
-    """Fleet draw as measured: fresh readings as they are, unknown miners at rated power,
+    """Fleet draw as measured: fresh PDU outlet readings where a miner has one, else fresh
+    firmware readings as they are, unknown miners at rated power,
     and miners whose firmware reports no watts at rated power too, while running or
     still inside their family's ramp-down after going to sleep."""
     total = 0
+    fresh_from = now - stale_after
     for view in views:
+        outlet = view.outlet
+        if outlet is not None and outlet.read_at >= fresh_from:
+            total += round(outlet.power_w) if outlet.on else 0  # measured, not estimated
+            continue
         reading = view.reading
         if reading is not None and view.fresh(now, stale_after):
             traits = view.spec.traits

@@ -17,6 +17,7 @@ from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
 from typing import NamedTuple
 
+from controller.core.escalation import cut_refusal
 from controller.core.model import (
     Action,
     ActionKind,
@@ -53,7 +54,7 @@ def plan(snapshot: Snapshot, limit: Limit, rules: PlanRules) -> Plan:
     order = snapshot.order if snapshot.order is not None else shed_order(snapshot.miners)
     fleet = _Fleet(snapshot, horizon, costs, order)
     if total > budget:
-        return _shed(fleet, total, budget, limit.due_at)
+        return _shed(fleet, total, budget, limit, rules)
     return _wake(fleet, total, budget, rules)
 
 
@@ -66,42 +67,48 @@ class _Fleet(NamedTuple):
     order: Sequence[int]
 
 
-def _shed(fleet: _Fleet, total: int, budget: int, due_at: datetime | None) -> Plan:
+def _lower_saving(view: MinerView, cost: int, now: datetime, due_at: datetime | None) -> int:
+    """What lowering this running miner's power target saves by `due_at` (0: not an option)."""
+    spec = view.spec
+    floor = spec.floor_w()
+    if floor is None or view.lowered_at is not None or cost <= floor:
+        return 0
+    if due_at is not None and now + timedelta(seconds=spec.traits.retarget_s) > due_at:
+        return 0
+    return cost - floor
+
+
+def _shed(fleet: _Fleet, total: int, budget: int, limit: Limit, rules: PlanRules) -> Plan:
+    """The ladder, per miner in shed order: lower its power target, else sleep it, else cut
+    its outlet. Sleeps are the fewest that leave the rest to lowering (the least efficient
+    sleep; the next ones are lowered); an outlet is cut only where sleeping failed (a
+    stalled API, a lie the outlet measured) or cannot land before the deadline."""
     snapshot, horizon, costs, order = fleet
     now = snapshot.taken_at
     miners = snapshot.miners
-    over = total - budget
-    reasons: dict[tuple[float, bool], str] = {}
+    ladder = _Ladder(fleet, limit, rules)
+    walk = list(_in_time_first(miners, order, now, limit.due_at))
+    lowering = [0] * len(miners)
+    if rules.lower_first:
+        for i in walk:
+            if _runs_and_obeys(miners[i], horizon):
+                lowering[i] = _lower_saving(miners[i], costs[i], now, limit.due_at)
+    potential = sum(lowering)
     actions: list[Action] = []
-    sleeping = Mode.SLEEPING
-    late = 0
-    for i in _in_time_first(miners, order, now, due_at):
+    for i in walk:
         if total <= budget:
             break
-        view = miners[i]
-        # Commandable and not known to be asleep, inlined: this loop runs for every miner.
-        if view.pending is not None or (view.retry_after is not None and now < view.retry_after):
-            continue
-        if view.reading is not None and view.reading.mode is sleeping:
-            continue
-        cost = costs[i]
-        spec = view.spec
-        if horizon.fresh(view):
-            slow = due_at is not None and now + _ramp(spec) > due_at
-            late += slow
-            reason = reasons.get((spec.efficiency_j_th, slow))
-            if reason is None:
-                reason = reasons[spec.efficiency_j_th, slow] = (
-                    f"shed: {spec.efficiency_j_th:g} J/TH, least efficient running"
-                    + (" (ramps down after the deadline)" if slow else "")
-                )
-            total -= cost - spec.traits.sleep_power_w
-        else:
-            reason = UNKNOWN_REASON  # counts at rated power until it answers again
-        actions.append(_tuple_new(Action, (spec.id, ActionKind.SLEEP, reason)))
-    notes = [f"over budget by {over} W: sleeping {len(actions)}"]
-    if late:
-        notes.append(f"deadline at risk: {late} of them ramp down after it")
+        potential -= lowering[i]
+        lower = lowering[i] if lowering[i] and total - potential - lowering[i] <= budget else 0
+        step = ladder.step(i, lower)
+        if step is not None:
+            actions.append(step[0])
+            total -= step[1]
+    notes = [f"over budget by {fleet_over(fleet, budget)} W: {_count(actions)}"]
+    if ladder.late:
+        notes.append(f"deadline at risk: {ladder.late} of them ramp down after it")
+    if ladder.vetoed:
+        notes.append(f"{ladder.vetoed} miners that do not obey may not be cut (vetoed)")
     if total > budget:
         notes.append(
             f"infeasible: {total - budget} W over even with every commandable miner asleep"
@@ -109,16 +116,99 @@ def _shed(fleet: _Fleet, total: int, budget: int, due_at: datetime | None) -> Pl
     return Plan(tuple(actions), budget, total, feasible=total <= budget, notes=tuple(notes))
 
 
+def fleet_over(fleet: _Fleet, budget: int) -> int:
+    return sum(fleet.costs) - budget
+
+
+def _runs_and_obeys(view: MinerView, horizon: Horizon) -> bool:
+    reading = view.reading
+    return (
+        view.pending is None
+        and reading is not None
+        and reading.mode is not Mode.SLEEPING
+        and view.lying is None
+        and horizon.fresh(view)
+    )
+
+
+class _Ladder:
+    """Chooses one miner's step on the ladder and what it saves."""
+
+    def __init__(self, fleet: _Fleet, limit: Limit, rules: PlanRules) -> None:
+        self.fleet = fleet
+        self.limit = limit
+        self.rules = rules
+        self.now = fleet.snapshot.taken_at
+        self.reasons: dict[tuple[float, bool], str] = {}
+        self.late = 0
+        self.vetoed = 0
+
+    def step(self, i: int, lower: int) -> tuple[Action, int] | None:  # noqa: PLR0911 - one per rung
+        view = self.fleet.snapshot.miners[i]
+        if view.pending is not None or view.cut_at is not None:
+            return None
+        now = self.now
+        spec = view.spec
+        cost = self.fleet.costs[i]
+        failed = view.retry_after is not None and now < view.retry_after
+        fresh = self.fleet.horizon.fresh(view)
+        asleep = view.reading is not None and view.reading.mode is Mode.SLEEPING
+        # A stalled API, a lie or an unreachable unit: sleeping it does not work, cutting does.
+        stuck = view.lying or (view.health_reason if failed else None)
+        if stuck is None and not fresh and not view.healthy:
+            stuck = view.health_reason or "no answer"
+        if stuck is not None or (asleep and cost > spec.traits.sleep_power_w):
+            return self._cut(
+                view, cost, stuck or "measured draw while asleep", stuck=stuck is not None
+            )
+        if failed or asleep:
+            return None
+        if not fresh:  # counts at rated power until it answers again
+            return _tuple_new(Action, (spec.id, ActionKind.SLEEP, UNKNOWN_REASON)), 0
+        if lower:
+            return Action(spec.id, ActionKind.LOWER, f"lower: {spec.efficiency_j_th:g} J/TH"), lower
+        due_at = self.limit.due_at
+        slow = due_at is not None and now + _ramp(spec) > due_at
+        if slow and cut_refusal(view, now, self.rules, self.limit.emergency) is None:
+            return self._cut(view, cost, "sleep would land after the deadline", stuck=False)
+        self.late += slow
+        reason = self.reasons.get((spec.efficiency_j_th, slow))
+        if reason is None:
+            reason = self.reasons[spec.efficiency_j_th, slow] = (
+                f"shed: {spec.efficiency_j_th:g} J/TH, least efficient running"
+                + (" (ramps down after the deadline)" if slow else "")
+            )
+        saving = cost - spec.traits.sleep_power_w
+        return _tuple_new(Action, (spec.id, ActionKind.SLEEP, reason)), saving
+
+    def _cut(
+        self, view: MinerView, cost: int, why: str, *, stuck: bool
+    ) -> tuple[Action, int] | None:
+        refusal = cut_refusal(view, self.now, self.rules, self.limit.emergency)
+        if refusal is not None:
+            self.vetoed += stuck and view.spec.outlet is not None
+            return None
+        return Action(view.spec.id, ActionKind.CUT, f"cut: {why}"), cost
+
+
+def _count(actions: Sequence[Action]) -> str:
+    kinds = [k for k in ActionKind if any(a.kind is k for a in actions)]
+    return ", ".join(f"{sum(a.kind is k for a in actions)} {k.value}" for k in kinds) or "none"
+
+
 def _wake(fleet: _Fleet, total: int, budget: int, rules: PlanRules) -> Plan:
+    """The ladder walked back, most efficient first: raise lowered targets, then wake
+    sleepers, then restore cut outlets (each only after its minimum time off)."""
     snapshot, horizon, costs, order = fleet
     now = snapshot.taken_at
     miners = snapshot.miners
-    sleepers = [
-        (miners[i], costs[i])
-        for i in reversed(order)
-        if _may_command(miners[i], now) and _asleep(miners[i], horizon)
-    ]
-    if not sleepers:
+    steps: list[tuple[MinerView, int, ActionKind]] = []
+    for kind in (ActionKind.RAISE, ActionKind.WAKE, ActionKind.RESTORE):
+        for i in reversed(order):
+            view = miners[i]
+            if _may_command(view, now) and _step_back(view, horizon, now, rules) is kind:
+                steps.append((view, costs[i], kind))
+    if not steps:
         return Plan((), budget, total, feasible=True)
     shed_at = snapshot.last_shed_at
     if shed_at is not None and now - shed_at < rules.wake_hold_after_shed:
@@ -135,21 +225,33 @@ def _wake(fleet: _Fleet, total: int, budget: int, rules: PlanRules) -> Plan:
     watts = rules.wake_max_w_per_window - sum(w for _, w in recent)
     actions: list[Action] = []
     notes: list[str] = []
-    for view, cost in sleepers:
+    for view, cost, kind in steps:
         spec = view.spec
         extra = spec.rated_power_w - cost
         if total + extra > budget - rules.wake_headroom_w:
             break
-        if slots <= 0 or watts < spec.rated_power_w:
+        if slots <= 0 or watts < extra:
             notes.append("wake rate limit reached")
             break
-        actions.append(
-            Action(spec.id, ActionKind.WAKE, f"wake: {spec.efficiency_j_th:g} J/TH fits the limit")
-        )
+        why = "fits the limit" if kind is not ActionKind.RESTORE else "outlet back on, boots"
+        actions.append(Action(spec.id, kind, f"{kind.value}: {spec.efficiency_j_th:g} J/TH {why}"))
         total += extra
         slots -= 1
-        watts -= spec.rated_power_w
+        watts -= extra
     return Plan(tuple(actions), budget, total, feasible=True, notes=tuple(notes))
+
+
+def _step_back(
+    view: MinerView, horizon: Horizon, now: datetime, rules: PlanRules
+) -> ActionKind | None:
+    """The step that undoes where the ladder left this miner, if any."""
+    if view.cut_at is not None:
+        return ActionKind.RESTORE if now - view.cut_at >= rules.restore_min_off else None
+    if not horizon.fresh(view) or view.reading is None:
+        return None
+    if view.reading.mode is Mode.SLEEPING:
+        return ActionKind.WAKE
+    return ActionKind.RAISE if view.lowered_at is not None else None
 
 
 def _in_time_first(
@@ -177,7 +279,3 @@ def _ramp(spec: MinerSpec) -> timedelta:
 
 def _may_command(view: MinerView, now: datetime) -> bool:
     return view.pending is None and (view.retry_after is None or now >= view.retry_after)
-
-
-def _asleep(view: MinerView, horizon: Horizon) -> bool:
-    return horizon.fresh(view) and view.reading is not None and view.reading.mode is Mode.SLEEPING

@@ -425,15 +425,16 @@ def grant_end_obligations(
 
 
 def track(
-    obligations: Sequence[Obligation], measured_w: int, now: datetime
+    obligations: Sequence[Obligation], measured_w: int | None, now: datetime
 ) -> tuple[list[Obligation], list[Obligation]]:
-    """Advance pending obligations against the measured draw: (all, those that changed)."""
+    """Advance pending obligations against the measured draw: (all, those that changed).
+    None is an unknown draw (a stale meter): it counts as over every limit."""
     result: list[Obligation] = []
     changed: list[Obligation] = []
     for ob in obligations:
         new = ob
         if ob.status is ObligationStatus.PENDING and ob.starts_at <= now:
-            if measured_w <= ob.limit_w:
+            if measured_w is not None and measured_w <= ob.limit_w:
                 new = replace(
                     ob, status=ObligationStatus.REACHED, reached_at=now, measured_w=measured_w
                 )

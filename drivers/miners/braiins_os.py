@@ -74,6 +74,10 @@ TRAITS = DriverTraits(
     ramp_down_s=QUICK_RAMP_DOWN_S + 1.0,
     ramp_up_s=QUICK_RAMP_UP_S + 1.0,
     fans_when_asleep=FanPause.CONFIGURABLE,
+    # A new power target is reached by the autotuner, which retunes for minutes
+    # (inferred); the ladder uses it only when a deadline leaves that much time.
+    power_floor_fraction=0.60,
+    retarget_s=120.0,
 )
 
 

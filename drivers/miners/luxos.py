@@ -41,7 +41,14 @@ LOGON_BACKOFF_S = 0.25  # doubles per attempt; a foreign write session is short-
 
 # Sleep turns the PSU and hashboards off; fans stop with them (docs.luxor.tech curtail).
 TRAITS = DriverTraits(
-    sleep_power_w=25, ramp_down_s=5.0, ramp_up_s=10.0, fans_when_asleep=FanPause.OFF
+    sleep_power_w=25,
+    ramp_down_s=5.0,
+    ramp_up_s=10.0,
+    fans_when_asleep=FanPause.OFF,
+    # The lowest stock profiles draw about 70 % of the default (inferred from Luxor's
+    # published profile steps); a profile change steps frequency as fast as curtail does.
+    power_floor_fraction=0.70,
+    retarget_s=5.0,
 )
 
 

@@ -784,7 +784,7 @@ class _RpcConnection(_Connection):
 def _build(spec: SimMinerSpec, ctx: BuildContext) -> Built:
     # Each endpoint has its own fault state so a test can fail one of them alone;
     # SimFarm.set_fault sets both.
-    web_fault = FaultState(ctx.fault.mode, ctx.fault.slow_s)
+    web_fault = FaultState(ctx.fault.mode, ctx.fault.slow_s, ctx.fault.control_up)
     device = AntminerStockDevice(
         ctx.physics,
         rpc_fault=ctx.fault,

@@ -66,7 +66,7 @@ class TcpListener:
         if self._server is None and self.fault.mode is not Fault.REFUSE:
             loop = asyncio.get_running_loop()
             self._server = await loop.create_server(
-                self._protocol, self.host, self.port, reuse_address=True, backlog=256
+                self._accept, self.host, self.port, reuse_address=True, backlog=256
             )
 
     async def stop(self) -> None:
@@ -97,6 +97,15 @@ class TcpListener:
 
     def _protocol(self) -> asyncio.Protocol:
         raise NotImplementedError
+
+    def _accept(self) -> asyncio.Protocol:
+        # A unit without power (outlet cut) or still booting has no API: reset at once.
+        return _Dark() if self.fault.dark() else self._protocol()
+
+
+class _Dark(asyncio.Protocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        cast("asyncio.Transport", transport).abort()
 
 
 class CgminerServer(TcpListener):

@@ -61,6 +61,8 @@ class SimFarm:
         self.first_at: dict[str, float] = {}  # time.monotonic() of each command's first request
         self.ambient_c = dict(ambient_c or {})
         self.default_ambient_c = default_ambient_c
+        # Devices beside the miners (simulated PDUs, the site meter), by name.
+        self.devices: dict[str, SimServer] = {}
         now = time_fn()
         for spec in specs:
             ambient = self.ambient_c.get(spec.container, default_ambient_c)
@@ -85,12 +87,20 @@ class SimFarm:
         """Listen on every miner's addresses; fails loudly if an address is taken."""
         batch = 256  # bounded so a 10,000-miner farm does not open every listener at once
         servers = [s for m in self.miners.values() for s in m.servers]
+        servers.extend(self.devices.values())
         for i in range(0, len(servers), batch):
             await asyncio.gather(*(s.start() for s in servers[i : i + batch]))
 
     async def stop(self) -> None:
         servers = [s for m in self.miners.values() for s in m.servers]
+        servers.extend(self.devices.values())
         await asyncio.gather(*(_close(s) for s in servers))
+
+    def add_device(self, name: str, server: SimServer) -> None:
+        """A simulated device that lives and dies with the farm (a PDU, the meter)."""
+        if name in self.devices or name in self.miners:
+            raise ValueError(f"{name}: a simulated device or miner of that name exists")
+        self.devices[name] = server
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -100,32 +110,46 @@ class SimFarm:
         await self.stop()
 
     def power_w(self, miner_id: str) -> float:
-        return self.miners[miner_id].physics.power_w(self._time())
+        """One miner's true draw (not what a deceiving firmware claims)."""
+        return self.miners[miner_id].physics.true_power_w(self._time())
 
     def total_power_w(self) -> float:
         """The farm's true draw, as a meter on the feeder would see it."""
         now = self._time()
-        return sum(m.physics.power_w(now) for m in self.miners.values())
+        return sum(m.physics.true_power_w(now) for m in self.miners.values())
 
     def power_by_container_w(self) -> dict[str, float]:
         now = self._time()
         out: dict[str, float] = {}
         for m in self.miners.values():
-            out[m.spec.container] = out.get(m.spec.container, 0.0) + m.physics.power_w(now)
+            draw = m.physics.true_power_w(now)
+            out[m.spec.container] = out.get(m.spec.container, 0.0) + draw
         return out
 
     def modes(self) -> dict[Mode, int]:
+        """Miners per true mode; a unit whose outlet is cut counts as sleeping."""
         counts = dict.fromkeys(Mode, 0)
         for m in self.miners.values():
-            counts[m.physics.mode] += 1
+            counts[m.physics.true_mode()] += 1
         return counts
 
+    def cut_count(self) -> int:
+        return sum(not m.physics.powered for m in self.miners.values())
+
+    def outlet(self, miner_id: str) -> MinerOutlet:
+        """The PDU outlet this miner is plugged into, as a PDU simulator drives it."""
+        return MinerOutlet(self.miners[miner_id].physics, self._time)
+
     async def set_fault(self, miner_id: str, fault: Fault, *, slow_s: float | None = None) -> None:
-        """Change a miner's fault live on every endpoint it serves."""
+        """Change a miner's (or a device's) fault live on every endpoint it serves."""
+        if miner_id in self.devices:
+            await self.devices[miner_id].set_fault(fault, slow_s=slow_s)
+            return
         miner = self.miners[miner_id]
         for server in miner.servers:
             await server.set_fault(fault, slow_s=slow_s)
         miner.spec = replace(miner.spec, fault=fault)
+        miner.physics.deceive(fault is Fault.DECEIVE, self._time())
 
     def set_ambient(self, container: str, ambient_c: float) -> None:
         now = self._time()
@@ -152,7 +176,8 @@ class SimFarm:
             temp_rise_c=base.temp_rise_c * rng.uniform(0.9, 1.1),
         )
         physics = MinerPhysics(model, ambient_c=ambient_c, now=now, mode=spec.mode)
-        fault = FaultState(spec.fault)
+        fault = FaultState(spec.fault, control_up=lambda: physics.control_up(self._time()))
+        physics.deceive(spec.fault is Fault.DECEIVE, now)
         context = BuildContext(
             physics=physics,
             fault=fault,
@@ -164,6 +189,30 @@ class SimFarm:
         )
         built = family.build(spec, context)
         return SimMiner(spec, physics, built.device, built.servers, fault)
+
+
+class MinerOutlet:
+    """A miner's side of a PDU outlet: cutting it stops the miner's draw at once (its boards
+    cool); restoring it boots the miner, which takes minutes before it mines again."""
+
+    __slots__ = ("_physics", "_time")
+
+    def __init__(self, physics: MinerPhysics, time_fn: Callable[[], float]) -> None:
+        self._physics = physics
+        self._time = time_fn
+
+    @property
+    def on(self) -> bool:
+        return self._physics.powered
+
+    def power_w(self) -> float:
+        return self._physics.true_power_w(self._time())
+
+    def set_on(self, on: bool) -> None:
+        if on:
+            self._physics.restore(self._time())
+        else:
+            self._physics.cut(self._time())
 
 
 async def _close(server: SimServer) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -20,8 +21,9 @@ class Fault(enum.StrEnum):
     NO_CLOSE = "no-close"  # answer, then keep the socket open
     EXPIRE_SESSIONS = "expire-sessions"  # sessions and tokens expire at once
     LIE = "lie"  # acknowledge commands and not carry them out
-    # Acknowledge commands, report them carried out in every read, and not carry them out:
-    # only measured power (a PDU outlet, the site meter) shows it.
+    # Acknowledge commands that lower the draw (sleep, a lower power target), report them
+    # carried out in every read, and keep drawing: only measured power (a PDU outlet, the
+    # site meter) shows it. Commands that raise the draw still act.
     DECEIVE = "deceive"
     # Modbus devices: answer every request with a Modbus exception (device failure).
     EXCEPTION = "exception"
@@ -35,6 +37,12 @@ class FaultState:
 
     mode: Fault = Fault.NONE
     slow_s: float = 2.0
+    # Whether the device's control board is up (the farm wires it to the physics): with
+    # its outlet cut, or while it boots, nothing answers on any of its ports.
+    control_up: Callable[[], bool] | None = None
+
+    def dark(self) -> bool:
+        return self.control_up is not None and not self.control_up()
 
     @property
     def lying(self) -> bool:

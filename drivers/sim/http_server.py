@@ -83,11 +83,19 @@ class HttpSimServer:
         else:
             await self.start()
 
+    def _refuse_if_dark(self, request: web.Request) -> None:
+        """An outlet cut or a unit still booting has no web server to answer."""
+        if self.fault.dark():
+            if request.transport is not None:
+                request.transport.abort()
+            raise web.HTTPServiceUnavailable
+
     @web.middleware
     async def _faults(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         self.requests += 1
         if self._observer is not None:
             self._observer(f"{request.method} {request.path}")
+        self._refuse_if_dark(request)
         mode = self.fault.mode
         if mode is Fault.STALL:
             await asyncio.sleep(STALL_HOLD_S)

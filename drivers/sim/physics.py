@@ -34,6 +34,11 @@ class MinerModel:
     ramp_down_s: float = 3.5  # LuxOS reaches ~25 W in under 5 s
     ramp_up_s: float = 9.0  # LuxOS reaches full power in under 10 s
     thermal_tau_s: float = 90.0  # board temperature time constant
+    # After an outlet is restored: the control board boots and the firmware starts (its API
+    # answers nothing meanwhile), then the hashboards initialise before power ramps up.
+    # "Minutes" in the field; a LuxOS cold boot "can take up to 5 minutes".
+    boot_s: float = 90.0
+    board_init_s: float = 120.0
     temp_rise_c: float = 42.0  # boards above ambient at rated power
     profiles: tuple[Profile, ...] = field(default=())
 
@@ -62,14 +67,17 @@ class MinerPhysics:
     """One miner's draw and temperatures, advanced on demand to `now` (seconds)."""
 
     __slots__ = (
+        "_boot_until",
         "_from_w",
         "_ramp_end",
         "_ramp_start",
+        "_real",
         "_t",
         "ambient_c",
         "board_temps_c",
         "mode",
         "model",
+        "powered",
         "profile",
         "target_w",
     )
@@ -92,13 +100,72 @@ class MinerPhysics:
         self._ramp_start = now
         self._ramp_end = now
         self._t = now
+        self.powered = True  # the outlet feeding it is on
+        self._boot_until = now  # the control board answers from then on
+        self._real: MinerPhysics | None = None  # what it really does, when it deceives
         steady = ambient_c + model.temp_rise_c * self.target_w / model.rated_power_w
         self.board_temps_c = [steady + 0.7 * i for i in range(model.boards)]
 
     def power_w(self, now: float) -> float:
-        """Wall draw at `now`."""
+        """Draw at `now` as the firmware knows it (what a deceiving unit claims)."""
         self.advance(now)
-        return self._power_at(now)
+        return self._power_at(now) if self.powered else 0.0
+
+    def true_power_w(self, now: float) -> float:
+        """Wall draw at `now`, as a PDU outlet or the site meter measures it."""
+        if self._real is not None and self.powered:
+            return self._real.power_w(now)
+        return self.power_w(now)
+
+    def true_mode(self) -> Mode:
+        return self._real.mode if self._real is not None else self.mode
+
+    def control_up(self, now: float) -> bool:
+        """Whether the control board is up and its API can answer."""
+        return self.powered and now >= self._boot_until
+
+    def deceive(self, on: bool, now: float) -> None:
+        """From now on commands that lower the draw (sleep, a lower profile) change only
+        what the firmware reports; those that raise it still act. When it stops, the unit
+        really does what it last reported."""
+        self.advance(now)
+        if on and self._real is None:
+            real = MinerPhysics(self.model, ambient_c=self.ambient_c, now=now, mode=self.mode)
+            real.profile = self.profile
+            real.target_w = self.target_w
+            real._from_w = self._power_at(now)
+            real._ramp_start, real._ramp_end = self._ramp_start, self._ramp_end
+            real.board_temps_c = list(self.board_temps_c)
+            self._real = real
+        elif not on:
+            self._real = None
+
+    def cut(self, now: float) -> None:
+        """The outlet is switched off: the draw stops at once and the boards cool."""
+        self.advance(now)
+        self.powered = False
+        self.mode = Mode.SLEEPING  # nothing hashes; the firmware is gone until it boots
+        self.target_w = 0
+        self._from_w = 0.0
+        self._ramp_start = self._ramp_end = now
+        if self._real is not None:
+            self._real.cut(now)
+
+    def restore(self, now: float) -> None:
+        """The outlet is switched on: the control board boots for `boot_s` at standby draw,
+        the hashboards initialise, then the unit ramps up mining (as after any power loss)."""
+        if self.powered:
+            return
+        self.advance(now)
+        self.powered = True
+        self._boot_until = now + self.model.boot_s
+        self.mode = Mode.MINING
+        self.target_w = self.profile.power_w
+        self._from_w = float(self.model.sleep_power_w)
+        self._ramp_start = self._boot_until + self.model.board_init_s
+        self._ramp_end = self._ramp_start + self.model.ramp_up_s
+        if self._real is not None:
+            self._real.restore(now)
 
     def hashrate_ths(self, now: float) -> float:
         """Hashrate at `now`: proportional to how far the boards are into their ramp."""
@@ -114,20 +181,29 @@ class MinerPhysics:
 
     def wake(self, now: float) -> None:
         self._retarget(now, Mode.MINING)
+        if self._real is not None:
+            self._real.wake(now)  # a deceiving unit obeys whatever raises its draw
 
     def set_profile(self, profile: Profile, now: float) -> None:
         self.advance(now)
         self.profile = profile
         if self.mode is Mode.MINING:
             self._retarget(now, Mode.MINING)
+        real = self._real
+        if real is not None and profile.power_w >= real.profile.power_w:
+            real.set_profile(profile, now)
 
     def force(self, mode: Mode, now: float) -> None:
         """Put the miner in `mode` at its steady draw at once (a simulator reset, no ramp)."""
         self.advance(now)
+        self.powered = True
+        self._boot_until = now
         self.mode = mode
         self.target_w = self._level(mode)
         self._from_w = float(self.target_w)
         self._ramp_start = self._ramp_end = now
+        if self._real is not None:
+            self._real.force(mode, now)
 
     def set_ambient(self, ambient_c: float, now: float) -> None:
         self.advance(now)
@@ -163,6 +239,8 @@ class MinerPhysics:
         return self.profile.power_w if mode is Mode.MINING else self.model.sleep_power_w
 
     def _power_at(self, t: float) -> float:
+        if not self.powered:
+            return 0.0
         if t >= self._ramp_end or self._ramp_end <= self._ramp_start:
             return float(self.target_w)
         frac = (t - self._ramp_start) / (self._ramp_end - self._ramp_start)

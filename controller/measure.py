@@ -1,0 +1,163 @@
+"""Measured power: the site meter and the PDU outlets, polled in the background.
+
+The meter is what the grid judges the farm by; PDU outlets measure each miner's draw and
+switch its power. Both are read continuously into stores the supervisor freezes, like the
+miners' own readings. A device that fails is logged once when it starts and once when it
+recovers; what it last said ages until it counts as unknown (the worst case).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
+import structlog
+
+from controller.clock import Clock
+from controller.core.model import OutletReading
+from controller.telemetry import Activity, Readings
+from drivers.errors import DriverError, driver_bug
+from drivers.meter.modbus_meter import MeterReading, ModbusMeter
+from drivers.meter.sensor import ModbusTemperature
+from drivers.pdu.modbus_pdu import ModbusPdu
+
+log = structlog.get_logger("curtaild.measure")
+
+
+@dataclass(frozen=True, slots=True)
+class MeterSample:
+    reading: MeterReading
+    at: datetime
+
+
+class DeviceHealth:
+    """Logs a device's failures once when they start and once when they end."""
+
+    def __init__(self) -> None:
+        self.faults: dict[str, str] = {}
+
+    def failed(self, device: str, err: DriverError) -> None:
+        reason = f"{err.kind}: {err.detail}"
+        if self.faults.get(device) != reason:
+            log.warning("device unhealthy", device=device, reason=reason)
+        self.faults[device] = reason
+
+    def ok(self, device: str) -> None:
+        was = self.faults.pop(device, None)
+        if was is not None:
+            log.info("device recovered", device=device, was=was)
+
+
+class Measurements:
+    """Polls the meter and the PDUs; the supervisor reads `meter` and the outlet views."""
+
+    def __init__(
+        self,
+        *,
+        meter: ModbusMeter | None,
+        pdus: Mapping[str, ModbusPdu],
+        wiring: Mapping[tuple[str, int], str],
+        readings: Readings,
+        clock: Clock,
+        meter_interval_s: float,
+        pdu_interval_s: float,
+        activity: Activity,
+        on_meter: Callable[[MeterSample | None], None] | None = None,
+        sensors: Mapping[str, ModbusTemperature] | None = None,
+        sensor_interval_s: float = 10.0,
+    ) -> None:
+        """`wiring`: (pdu, outlet) -> the miner it feeds. `on_meter` is told every meter
+        poll's result (None: the read failed), so the frequency relay reacts at once."""
+        self.meter = meter
+        self.pdus = pdus
+        self._wiring = wiring
+        self._readings = readings
+        self._clock = clock
+        self._meter_interval_s = meter_interval_s
+        self._pdu_interval_s = pdu_interval_s
+        self._activity = activity
+        self.on_meter = on_meter
+        self.health = DeviceHealth()
+        self.last: MeterSample | None = None
+        self.pdu_sweeps = 0
+        self.meter_reads = 0
+        self.sensors = dict(sensors or {})  # container -> its ambient sensor
+        self._sensor_interval_s = sensor_interval_s
+        self.ambient: dict[str, tuple[float, datetime]] = {}  # container -> (degC, read at)
+
+    async def run_sensors(self) -> None:
+        """Container ambient temperatures (the cold-weather rules read them)."""
+        while True:
+            for container, sensor in self.sensors.items():
+                try:
+                    value = await sensor.read()
+                except DriverError as err:
+                    self.health.failed(sensor.name, err)
+                except Exception as err:  # noqa: BLE001 - one broken device must not stop the loop
+                    self.health.failed(sensor.name, driver_bug(sensor.name, "read", err))
+                else:
+                    self.health.ok(sensor.name)
+                    self.ambient[container] = (value, self._clock.now())
+            await self._clock.sleep(self._sensor_interval_s)
+
+    async def run_meter(self) -> None:
+        meter = self.meter
+        if meter is None:
+            return
+        while True:
+            started = self._clock.time()
+            sample: MeterSample | None = None
+            try:
+                reading = await meter.read()
+            except DriverError as err:
+                self.health.failed(meter.name, err)
+            except Exception as err:  # noqa: BLE001 - one broken device must not stop the loop
+                self.health.failed(meter.name, driver_bug(meter.name, "read", err))
+            else:
+                self.health.ok(meter.name)
+                sample = self.last = MeterSample(reading, self._clock.now())
+                self.meter_reads += 1
+            if self.on_meter is not None:
+                self.on_meter(sample)
+            spent = self._clock.time() - started
+            await self._clock.sleep(max(0.0, self._meter_interval_s - spent))
+
+    async def run_pdus(self) -> None:
+        if not self.pdus:
+            return
+        while True:
+            started = self._clock.time()
+            self._activity.begin()
+            try:
+                await asyncio.gather(
+                    *(self._read_pdu(name, pdu) for name, pdu in self.pdus.items())
+                )
+            finally:
+                self._activity.end()
+            self.pdu_sweeps += 1
+            spent = self._clock.time() - started
+            await self._clock.sleep(max(0.0, self._pdu_interval_s - spent))
+
+    async def _read_pdu(self, name: str, pdu: ModbusPdu) -> None:
+        try:
+            reading = await pdu.read()
+        except DriverError as err:
+            self.health.failed(name, err)
+            return
+        except Exception as err:  # noqa: BLE001 - one broken device must not stop the loop
+            self.health.failed(name, driver_bug(name, "read", err))
+            return
+        self.health.ok(name)
+        at = self._clock.now()
+        for outlet in reading.outlets:
+            miner_id = self._wiring.get((name, outlet.outlet))
+            if miner_id is not None:
+                self._readings.record_outlet(miner_id, OutletReading(outlet.on, outlet.power_w, at))
+
+    def meter_fresh(self, now: datetime, stale_after_s: float) -> MeterSample | None:
+        last = self.last
+        if last is None or (now - last.at).total_seconds() > stale_after_s:
+            return None
+        return last
