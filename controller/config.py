@@ -350,7 +350,9 @@ class EscalationCfg(_Model):
     cut_batch_size: Annotated[int, Field(ge=1, le=1000)] = 8  # outlets switched at once
     cut_batch_spacing_s: Annotated[float, Field(ge=0, le=60, allow_inf_nan=False)] = 0.5
     restore_min_off_s: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 300.0
-    lie_grace_s: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 1.0
+    # Beyond the family's ramp-down (already a conservative bound) before a high outlet
+    # reading counts as a lie; the planner counts it at the measured draw from the ramp's end.
+    lie_grace_s: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.0
     pdu_interval_s: Seconds = 1.0
     switch_timeout_s: Seconds = 3.0
 

@@ -176,6 +176,9 @@ def site_dict(
         },
         "logging": {"level": "WARNING", "format": "console"},
         "simulation": {"start_mode": start_mode, "faults": faults or {}},
+        # Tests written for sleep and wake keep to them; the ladder's power-target step
+        # has its own tests (test_ladder, test_meter_loop).
+        "escalation": {"lower_first": False},
     }
     for name, value in sections.items():
         data[name] = {**data.get(name, {}), **value}

@@ -157,10 +157,8 @@ class _Ladder:
         stuck = view.lying or (view.health_reason if failed else None)
         if stuck is None and not fresh and not view.healthy:
             stuck = view.health_reason or "no answer"
-        if stuck is not None or (asleep and cost > spec.traits.sleep_power_w):
-            return self._cut(
-                view, cost, stuck or "measured draw while asleep", stuck=stuck is not None
-            )
+        if stuck is not None:
+            return self._cut(view, cost, stuck, stuck=True)
         if failed or asleep:
             return None
         if not fresh:  # counts at rated power until it answers again

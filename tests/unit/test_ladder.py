@@ -1,0 +1,234 @@
+"""The escalation ladder in the pure planner: lower power target -> sleep -> cut the outlet,
+each step only when the one before failed or will not land in time; the way back; the cut
+veto hook; and what a PDU outlet's measurement does to the estimates."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from controller.core.escalation import lie
+from controller.core.model import (
+    ActionKind,
+    Limit,
+    MinerSpec,
+    MinerView,
+    OutletReading,
+    Plan,
+    PlanRules,
+    Snapshot,
+    estimate_w,
+    measured_w,
+)
+from controller.core.planner import plan
+from drivers.types import DriverTraits, MinerReading, Mode
+
+NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
+STALE = timedelta(seconds=15)
+LOWERABLE = DriverTraits(
+    sleep_power_w=25, ramp_down_s=5.0, ramp_up_s=10.0, power_floor_fraction=0.7, retarget_s=5.0
+)
+SLEEP_ONLY = DriverTraits(sleep_power_w=25, ramp_down_s=5.0, ramp_up_s=10.0)
+RULES = PlanRules(margin_w=0, stale_after=STALE, wake_hold_after_shed=timedelta(0))
+SETTLED = NOW - timedelta(minutes=5)
+SEEN = NOW - timedelta(seconds=1)
+
+
+def plug(power_w: float, at: datetime = SEEN, *, on: bool = True) -> OutletReading:
+    return OutletReading(on, power_w, at)
+
+
+def view(
+    i: int,
+    eff: float,
+    *,
+    traits: DriverTraits = LOWERABLE,
+    mode: Mode = Mode.MINING,
+    outlet: bool = True,
+    **changes: object,
+) -> MinerView:
+    spec = MinerSpec(
+        f"m{i:02d}", "luxos", "c1", 3000, eff, traits, outlet=f"pdu#{i}" if outlet else None
+    )
+    power = 3000 if mode is Mode.MINING else 25
+    base = MinerView(
+        spec,
+        MinerReading(mode, power, 100.0 if mode is Mode.MINING else 0.0, (50.0,)),
+        SEEN,
+        mode_since=SETTLED,
+        outlet=plug(float(power), SEEN) if outlet else None,
+    )
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
+def run(
+    views: list[MinerView],
+    limit_w: int,
+    *,
+    due_in_s: float | None = 10,
+    rules: PlanRules = RULES,
+    emergency: bool = False,
+) -> Plan:
+    due = None if due_in_s is None else NOW + timedelta(seconds=due_in_s)
+    return plan(
+        Snapshot(NOW, tuple(views)), Limit(limit_w, ("test",), due, emergency=emergency), rules
+    )
+
+
+def kinds(result: Plan) -> dict[str, ActionKind]:
+    return {a.miner_id: a.kind for a in result.actions}
+
+
+def test_a_small_cut_lowers_power_targets_and_sleeps_nothing() -> None:
+    views = [view(i, eff) for i, eff in enumerate((34.0, 29.5, 21.5))]
+    # 9 kW drawn; 7.5 kW allowed: lowering two miners (900 W each) is enough.
+    result = run(views, 7_500)
+    assert kinds(result) == {"m00": ActionKind.LOWER, "m01": ActionKind.LOWER}
+    assert result.feasible
+
+
+def test_a_deep_cut_sleeps_the_fewest_and_lowers_the_rest() -> None:
+    views = [view(i, eff) for i, eff in enumerate((34.0, 29.5, 21.5, 17.5))]
+    # 12 kW drawn, 6.4 kW allowed: lowering all four saves 3.6 kW, not enough; sleeping the
+    # least efficient saves ~3 kW and lowering the next ones covers the rest.
+    result = run(views, 6_400)
+    got = kinds(result)
+    assert got["m00"] is ActionKind.SLEEP
+    assert ActionKind.LOWER in got.values()
+    assert sum(k is ActionKind.SLEEP for k in got.values()) == 1
+    assert result.expected_w <= 6_400
+
+
+def test_lowering_that_lands_after_the_deadline_is_skipped_for_sleep() -> None:
+    slow_retune = replace(LOWERABLE, retarget_s=120.0)
+    views = [view(i, 30.0 - i, traits=slow_retune) for i in range(3)]
+    result = run(views, 7_500, due_in_s=10)
+    assert set(kinds(result).values()) == {ActionKind.SLEEP}
+
+
+def test_without_a_power_target_the_ladder_starts_at_sleep() -> None:
+    views = [view(i, 30.0 - i, traits=SLEEP_ONLY) for i in range(3)]
+    assert set(kinds(run(views, 7_500)).values()) == {ActionKind.SLEEP}
+
+
+def test_a_miner_the_outlet_caught_lying_is_cut() -> None:
+    liar = view(0, 34.0, mode=Mode.SLEEPING, lying="reports asleep; its outlet measures 3000 W")
+    liar = replace(liar, outlet=plug(3000.0, SEEN))
+    others = [view(i, 20.0) for i in (1, 2)]
+    result = run([liar, *others], 6_500)
+    assert kinds(result)["m00"] is ActionKind.CUT
+    assert "lying" not in result.actions[0].reason  # it says what was measured
+    assert "3000 W" in result.actions[0].reason
+
+
+def test_a_stalled_api_is_cut_and_without_an_outlet_it_is_left() -> None:
+    stalled = view(
+        0,
+        34.0,
+        retry_after=NOW + timedelta(seconds=5),
+        healthy=False,
+        health_reason="timeout: no verified result within 5 s",
+    )
+    assert kinds(run([stalled, view(1, 20.0)], 3_500))["m00"] is ActionKind.CUT
+    unplugged = replace(stalled, spec=replace(stalled.spec, outlet=None), outlet=None)
+    assert "m00" not in kinds(run([unplugged, view(1, 20.0)], 3_500))
+
+
+def test_a_sleep_that_would_land_late_is_a_cut_where_there_is_an_outlet() -> None:
+    views = [view(0, 34.0), view(1, 20.0, outlet=False)]
+    result = run(views, 3_500, due_in_s=2, rules=replace(RULES, lower_first=False))
+    assert kinds(result) == {"m00": ActionKind.CUT}
+    result = run(views[1:], 100, due_in_s=2, rules=replace(RULES, lower_first=False))
+    assert kinds(result) == {"m01": ActionKind.SLEEP}  # no outlet: sleep, late
+    assert any("deadline at risk" in n for n in result.notes)
+
+
+def test_the_cut_veto_hook_is_asked_and_obeyed() -> None:
+    asked: list[tuple[str, bool]] = []
+
+    def veto(v: MinerView, now: datetime, emergency: bool) -> str | None:
+        asked.append((v.spec.id, emergency))
+        return None if emergency else "container c1 below its hard-off temperature"
+
+    rules = replace(RULES, lower_first=False, cut_veto=veto)
+    liar = view(0, 34.0, mode=Mode.SLEEPING, lying="measured 3000 W while asleep")
+    liar = replace(liar, outlet=plug(3000.0, SEEN))
+    refused = run([liar, view(1, 20.0)], 3_500, rules=rules)
+    assert "m00" not in kinds(refused)
+    assert any("vetoed" in n for n in refused.notes)
+    allowed = run([liar, view(1, 20.0)], 3_500, rules=rules, emergency=True)
+    assert kinds(allowed)["m00"] is ActionKind.CUT
+    assert asked == [("m00", False), ("m00", True)]
+
+
+def test_the_way_back_raises_then_wakes_then_restores_after_the_minimum_off_time() -> None:
+    lowered = view(0, 20.0, lowered_at=SETTLED)
+    lowered = replace(lowered, reading=replace(lowered.reading, power_w=2100))  # type: ignore[type-var]
+    lowered = replace(lowered, outlet=plug(2100.0, SEEN))
+    sleeper = view(1, 21.0, mode=Mode.SLEEPING)
+    cut_long_ago = replace(
+        view(2, 22.0), cut_at=NOW - timedelta(minutes=10), outlet=plug(0.0, on=False, at=SEEN)
+    )
+    cut_just_now = replace(
+        view(3, 23.0), cut_at=NOW - timedelta(seconds=30), outlet=plug(0.0, on=False, at=SEEN)
+    )
+    result = run([lowered, sleeper, cut_long_ago, cut_just_now], 100_000, due_in_s=None)
+    assert [a.kind for a in result.actions] == [
+        ActionKind.RAISE,
+        ActionKind.WAKE,
+        ActionKind.RESTORE,
+    ]
+    assert [a.miner_id for a in result.actions] == ["m00", "m01", "m02"]
+
+
+def test_outlet_measurements_decide_the_estimates() -> None:
+    # A sleeping miner's outlet says it still draws: after its ramp it counts at that.
+    liar = replace(view(0, 30.0, mode=Mode.SLEEPING), outlet=plug(2900.0, SEEN))
+    assert estimate_w(liar, NOW, STALE) == 2900
+    assert measured_w((liar,), NOW, STALE) == 2900
+    # ... but not before its ramp could have ended.
+    ramping = replace(liar, mode_since=NOW - timedelta(seconds=2))
+    assert estimate_w(ramping, NOW, STALE) == 25
+    # A cut outlet draws nothing; a cut in flight counts as landed.
+    cut = replace(view(1, 30.0), outlet=plug(0.0, on=False, at=SEEN))
+    assert estimate_w(cut, NOW, STALE) == 0
+    assert estimate_w(replace(view(2, 30.0), pending=ActionKind.CUT), NOW, STALE) == 0
+    # A stale outlet reading falls back to the firmware.
+    old = replace(view(3, 30.0), outlet=plug(10.0, NOW - timedelta(minutes=1)))
+    assert estimate_w(old, NOW, STALE) == 3000
+
+
+def test_a_lie_is_judged_only_after_the_ramp() -> None:
+    grace = timedelta(0)
+    asleep = replace(view(0, 30.0, mode=Mode.SLEEPING), outlet=plug(3000.0, SEEN))
+    assert lie(asleep, NOW, STALE, grace) is not None
+    fresh_sleep = replace(asleep, mode_since=NOW - timedelta(seconds=3))
+    assert lie(fresh_sleep, NOW, STALE, grace) is None
+    honest = replace(asleep, outlet=plug(60.0, SEEN))
+    assert lie(honest, NOW, STALE, grace) is None  # a residual within the slack
+    lowered = replace(view(1, 30.0), lowered_at=NOW - timedelta(seconds=30))
+    assert lie(lowered, NOW, STALE, grace) is not None  # still 3000 W at a 2100 W target
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    effs=st.lists(st.sampled_from([17.5, 21.5, 29.5, 34.0]), min_size=1, max_size=12),
+    high=st.integers(min_value=0, max_value=40_000),
+    drop=st.integers(min_value=0, max_value=40_000),
+    due=st.sampled_from([None, 2.0, 10.0, 600.0]),
+)
+def test_a_lower_limit_never_raises_wakes_or_restores(
+    effs: list[float], high: int, drop: int, due: float | None
+) -> None:
+    views = [view(i, eff) for i, eff in enumerate(effs)]
+    tight = run(views, max(0, high - drop), due_in_s=due)
+    loose = run(views, high, due_in_s=due)
+    backwards = {ActionKind.RAISE, ActionKind.WAKE, ActionKind.RESTORE}
+    if any(a.kind in backwards for a in tight.actions):
+        # Only when the fleet already fits: then the looser limit wakes at least as much.
+        assert not loose.actions or all(a.kind in backwards for a in loose.actions)
+    # A tighter limit never sheds less (by expected draw).
+    assert tight.expected_w <= loose.expected_w or not tight.feasible
