@@ -1,11 +1,14 @@
 """`curtaild demo`: a simulated farm, an embedded broker, the daemon and a scripted grid.
 
-The farm mixes all four firmware families. The grid operator plays a Kazakhstan-style
-day: a surplus grant wakes the farm; a curtailment to 40 % of the draw arrives with a
-10 s deadline, then a tighter revision to 30 % (over HTTP), then a cancel; finally the
-grant ends and the farm must be back under its base allowance by the end. Every signal
-is signed. The summary says, per signal, how long the measured draw took to get within
-the limit and whether the deadline was met.
+The farm mixes all four firmware families; PDUs feed container 1 and a site meter
+judges the whole site; two units deceive (their firmware reports sleep, they keep
+drawing). The grid operator plays a Kazakhstan-style day: a surplus grant wakes the farm;
+a curtailment to 40 % of the draw arrives with a 10 s deadline, then a tighter revision
+to 30 % (over HTTP), held, then a cancel; finally the grant ends and the farm must be
+back under its base allowance by the end. Every signal is signed. The summary says, per
+signal, how long the draw took to get within the limit by the meter and whether the
+deadline was met, how many miners reached each step of the escalation ladder, and which
+liars the measurements caught.
 """
 
 from __future__ import annotations
@@ -41,11 +44,12 @@ from drivers.sim.farm import SimFarm
 from drivers.types import Mode
 
 DEFAULT_FARM = Path(__file__).resolve().parent.parent / "config" / "sim-farm.yaml"
-GRANT_LENGTH_S = 85.0  # the curtailment episode, a restore, then the 40 s lead to the end
+GRANT_LENGTH_S = 90.0  # the curtailment episode, a restore, then the 40 s lead to the end
 CURTAIL_FRACTION = 0.40
 TIGHTER_FRACTION = 0.30  # what the fast-shedding families can carry within 10 s
 DEADLINE_S = 10.0
 SETTLE_TIMEOUT_S = 30.0
+HOLD_S = 8.0  # how long the tighter revision holds before the cancel
 
 
 async def run_demo(*, config: Path | None, as_json: bool, mqtt_url: str | None) -> int:
@@ -180,7 +184,9 @@ class _Operator:
             self._curtailment(2, tighter), f"tighter revision r2 to {tighter} kW (30 %), over HTTP"
         )
         await self._reached("evt-demo-1", 2)
-        await asyncio.sleep(3)
+        # The grid holds the curtailment long enough for the farm's two deceiving units to
+        # be caught by their outlets' measurements (their firmware says they sleep).
+        await asyncio.sleep(HOLD_S)
         await self._mqtt(
             {
                 "type": "cancel",
