@@ -29,7 +29,7 @@ from controller.core.model import (
     PlanRules,
     Snapshot,
 )
-from drivers.types import Mode
+from drivers.types import DriverTraits, Mode
 
 UNKNOWN_REASON = "shed: no fresh reading, counted at rated power"
 _tuple_new = tuple.__new__  # builds an Action without NamedTuple's Python-level __new__
@@ -82,42 +82,99 @@ def _shed(fleet: _Fleet, total: int, budget: int, limit: Limit, rules: PlanRules
     """The ladder, per miner in shed order: lower its power target, else sleep it, else cut
     its outlet. Sleeps are the fewest that leave the rest to lowering (the least efficient
     sleep; the next ones are lowered); an outlet is cut only where sleeping failed (a
-    stalled API, a lie the outlet measured) or cannot land before the deadline."""
+    stalled API, a lie the outlet measured) or cannot land before the deadline.
+
+    The loop handles a running, obeying miner inline (nearly every miner of a fleet-wide
+    shed, on the path to the first command) and hands every other case to _Ladder.step.
+    """
     snapshot, horizon, costs, order = fleet
     now = snapshot.taken_at
+    due_at = limit.due_at
     miners = snapshot.miners
     ladder = _Ladder(fleet, limit, rules)
-    walk = list(_in_time_first(miners, order, now, limit.due_at))
-    lowering = [0] * len(miners)
-    if rules.lower_first:
-        for i in walk:
-            if _runs_and_obeys(miners[i], horizon):
-                lowering[i] = _lower_saving(miners[i], costs[i], now, limit.due_at)
-    potential = sum(lowering)
+    walk = list(_in_time_first(miners, order, now, due_at))
+    lowering = _lowering(fleet, walk, due_at) if rules.lower_first else None
+    potential = sum(lowering) if lowering is not None else 0
     actions: list[Action] = []
+    counts = dict.fromkeys(ActionKind, 0)
+    sleeping = Mode.SLEEPING
+    fresh_from = horizon.fresh_from
+    sleep_kind = ActionKind.SLEEP
     for i in walk:
         if total <= budget:
             break
-        potential -= lowering[i]
-        lower = lowering[i] if lowering[i] and total - potential - lowering[i] <= budget else 0
+        view = miners[i]
+        lower = 0
+        if lowering is not None:
+            lower = lowering[i]
+            potential -= lower
+            if lower and total - potential - lower > budget:
+                lower = 0  # this one must sleep: lowering the rest cannot cover it
+        read_at, reading = view.read_at, view.reading
+        if (
+            view.pending is None
+            and view.cut_at is None
+            and view.lying is None
+            and not lower
+            and (view.retry_after is None or now >= view.retry_after)
+            and reading is not None
+            and read_at is not None
+            and read_at >= fresh_from
+            and reading.mode is not sleeping
+        ):
+            spec = view.spec
+            slow = due_at is not None and now + _ramp(spec) > due_at
+            if not slow or spec.outlet is None:  # the common case: sleep it
+                reason = ladder.sleep_reason(spec.efficiency_j_th, slow)
+                actions.append(_tuple_new(Action, (spec.id, sleep_kind, reason)))
+                counts[sleep_kind] += 1
+                total -= costs[i] - spec.traits.sleep_power_w
+                continue
         step = ladder.step(i, lower)
         if step is not None:
             actions.append(step[0])
+            counts[step[0].kind] += 1
             total -= step[1]
-    notes = [f"over budget by {fleet_over(fleet, budget)} W: {_count(actions)}"]
+    notes = _notes(ladder, counts, sum(costs) - budget, total - budget)
+    return Plan(tuple(actions), budget, total, feasible=total <= budget, notes=notes)
+
+
+def _notes(ladder: _Ladder, counts: dict[ActionKind, int], over: int, left: int) -> tuple[str, ...]:
+    steps = ", ".join(f"{n} {k.value}" for k, n in counts.items() if n) or "none"
+    notes = [f"over budget by {over} W: {steps}"]
     if ladder.late:
         notes.append(f"deadline at risk: {ladder.late} of them ramp down after it")
     if ladder.vetoed:
         notes.append(f"{ladder.vetoed} miners that do not obey may not be cut (vetoed)")
-    if total > budget:
-        notes.append(
-            f"infeasible: {total - budget} W over even with every commandable miner asleep"
-        )
-    return Plan(tuple(actions), budget, total, feasible=total <= budget, notes=tuple(notes))
+    if left > 0:
+        notes.append(f"infeasible: {left} W over even with every commandable miner asleep")
+    return tuple(notes)
 
 
-def fleet_over(fleet: _Fleet, budget: int) -> int:
-    return sum(fleet.costs) - budget
+def _lowering(fleet: _Fleet, walk: Sequence[int], due_at: datetime | None) -> list[int] | None:
+    """What lowering each running, obeying miner's power target saves by `due_at`; None
+    when no miner can be lowered in time (most fleet-wide sheds of sleep-only families)."""
+    snapshot, horizon, costs, _ = fleet
+    now = snapshot.taken_at
+    miners = snapshot.miners
+    lands: dict[DriverTraits, bool] = {}
+    lowering = [0] * len(miners)
+    found = False
+    for i in walk:
+        view = miners[i]
+        traits = view.spec.traits
+        if traits.power_floor_fraction is None:
+            continue
+        in_time = lands.get(traits)
+        if in_time is None:
+            late = due_at is not None and now + timedelta(seconds=traits.retarget_s) > due_at
+            in_time = lands[traits] = not late
+        if in_time and _runs_and_obeys(view, horizon):
+            saving = _lower_saving(view, costs[i], now, None)
+            if saving:
+                lowering[i] = saving
+                found = True
+    return lowering if found else None
 
 
 def _runs_and_obeys(view: MinerView, horizon: Horizon) -> bool:
@@ -169,15 +226,20 @@ class _Ladder:
         slow = due_at is not None and now + _ramp(spec) > due_at
         if slow and cut_refusal(view, now, self.rules, self.limit.emergency) is None:
             return self._cut(view, cost, "sleep would land after the deadline", stuck=False)
-        self.late += slow
-        reason = self.reasons.get((spec.efficiency_j_th, slow))
-        if reason is None:
-            reason = self.reasons[spec.efficiency_j_th, slow] = (
-                f"shed: {spec.efficiency_j_th:g} J/TH, least efficient running"
-                + (" (ramps down after the deadline)" if slow else "")
-            )
+        reason = self.sleep_reason(spec.efficiency_j_th, slow)
         saving = cost - spec.traits.sleep_power_w
         return _tuple_new(Action, (spec.id, ActionKind.SLEEP, reason)), saving
+
+    def sleep_reason(self, efficiency: float, slow: bool) -> str:
+        """One reason string per class, built once; counts sleeps that land late."""
+        self.late += slow
+        reason = self.reasons.get((efficiency, slow))
+        if reason is None:
+            reason = self.reasons[efficiency, slow] = (
+                f"shed: {efficiency:g} J/TH, least efficient running"
+                + (" (ramps down after the deadline)" if slow else "")
+            )
+        return reason
 
     def _cut(
         self, view: MinerView, cost: int, why: str, *, stuck: bool
@@ -187,11 +249,6 @@ class _Ladder:
             self.vetoed += stuck and view.spec.outlet is not None
             return None
         return Action(view.spec.id, ActionKind.CUT, f"cut: {why}"), cost
-
-
-def _count(actions: Sequence[Action]) -> str:
-    kinds = [k for k in ActionKind if any(a.kind is k for a in actions)]
-    return ", ".join(f"{sum(a.kind is k for a in actions)} {k.value}" for k in kinds) or "none"
 
 
 def _wake(fleet: _Fleet, total: int, budget: int, rules: PlanRules) -> Plan:
