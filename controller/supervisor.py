@@ -252,11 +252,11 @@ class Supervisor:
             if self._watched:
                 self._detect_lies(now)
                 views = self._readings.views()
-            measured = self._measured(now, views)
-            self._learn(now, views)
             if self._must_plan(cause, limit):
                 await self._decide(cause, now, limit, views)
-            self.measured_w = measured
+            # After the decision: a fleet-wide sum is not on the path to the first command.
+            self.measured_w = self._measured(now, views)
+            self._learn(now, views)
             self._track(now)
             self._poller.set_fast(self.pending_deadlines())
             if self._records and (self.in_flight == 0 or now - self._flushed_at >= FLUSH_INTERVAL):
