@@ -194,6 +194,8 @@ class Daemon:
                 generation_exempt=bool(config.meter and config.meter.generation_exempt),
                 cut_batch_size=config.escalation.cut_batch_size,
                 cut_batch_spacing_s=config.escalation.cut_batch_spacing_s,
+                restore_batch_size=config.escalation.restore_batch_size,
+                restore_batch_spacing_s=config.escalation.restore_batch_spacing_s,
                 switch_timeout_s=config.escalation.switch_timeout_s,
                 lie_grace_s=config.escalation.lie_grace_s,
             ),

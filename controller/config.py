@@ -347,8 +347,13 @@ class EscalationCfg(_Model):
     """The ladder: lower power target -> sleep -> cut the PDU outlet."""
 
     lower_first: bool = True
-    cut_batch_size: Annotated[int, Field(ge=1, le=1000)] = 8  # outlets switched at once
+    # Outlets cut at once, and the pause between batches (waived under an emergency: a cut
+    # draws no inrush, and a frequency trip wants its block shed now).
+    cut_batch_size: Annotated[int, Field(ge=1, le=1000)] = 8
     cut_batch_spacing_s: Annotated[float, Field(ge=0, le=60, allow_inf_nan=False)] = 0.5
+    # Outlets restored at once, and the pause between: every restored miner boots at once.
+    restore_batch_size: Annotated[int, Field(ge=1, le=1000)] = 4
+    restore_batch_spacing_s: Annotated[float, Field(ge=0, le=600, allow_inf_nan=False)] = 2.0
     restore_min_off_s: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 300.0
     # Beyond the family's ramp-down (already a conservative bound) before a high outlet
     # reading counts as a lie; the planner counts it at the measured draw from the ramp's end.

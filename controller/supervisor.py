@@ -102,7 +102,9 @@ class MeasureSettings:
     meter_lag_s: float = 1.0  # the meter's own refresh: a reading reflects this much earlier
     generation_exempt: bool = False
     cut_batch_size: int = 8
-    cut_batch_spacing_s: float = 0.5
+    cut_batch_spacing_s: float = 0.5  # not under an emergency
+    restore_batch_size: int = 4  # every restored miner boots at once: inrush
+    restore_batch_spacing_s: float = 2.0
     switch_timeout_s: float = 3.0
     lie_grace_s: float = 0.0
 
@@ -316,6 +318,9 @@ class Supervisor:
         if meter is None or self.in_flight:
             return
         settled = _settled_at(views)
+        if self.switches:  # the last outlet switched (a restore clears its cut_at)
+            last = self.switches[-1][0]
+            settled = last if settled is None or last > settled else settled
         if settled is not None and meter.at < settled + timedelta(
             seconds=self._measure.meter_lag_s
         ):
@@ -603,20 +608,30 @@ class Supervisor:
     # -- outlets ---------------------------------------------------------------------------
 
     async def _switch_outlets(self) -> None:
-        """Cuts and restores leave in batches with a pause between (inrush, breakers)."""
-        size = self._measure.cut_batch_size
+        """Outlets switch in batches with a pause between. Restores are paced for inrush
+        (every restored miner boots at once); cuts draw no inrush and are paced only to
+        spare the feeder a step change, except under an emergency (a frequency trip, an
+        emergency signal), when they go as fast as the PDUs take them."""
+        m = self._measure
         while True:
             if not self._switch_queue:
                 self._switch_wake.clear()
                 await self._switch_wake.wait()
-            batch = [
-                self._switch_queue.popleft() for _ in range(min(size, len(self._switch_queue)))
-            ]
+            kind = self._switch_queue[0][0].kind
+            restore = kind is ActionKind.RESTORE
+            size = m.restore_batch_size if restore else m.cut_batch_size
+            batch: list[tuple[Action, int | None]] = []
+            while self._switch_queue and len(batch) < size:
+                if self._switch_queue[0][0].kind is not kind:
+                    break  # one kind per batch: a restore never rides with cuts
+                batch.append(self._switch_queue.popleft())
             for _ in batch:
                 self._activity.begin()
             await asyncio.gather(*(self._switch(action, seq) for action, seq in batch))
-            if self._switch_queue and self._measure.cut_batch_spacing_s > 0:
-                await self._clock.sleep(self._measure.cut_batch_spacing_s)
+            emergency = self.limit is not None and self.limit.emergency
+            spacing = m.restore_batch_spacing_s if restore else m.cut_batch_spacing_s
+            if self._switch_queue and spacing > 0 and (restore or not emergency):
+                await self._clock.sleep(spacing)
 
     async def _switch(self, action: Action, seq: int | None) -> None:
         miner_id = action.miner_id
@@ -805,4 +820,6 @@ def _settled_at(views: tuple[MinerView, ...]) -> datetime | None:
             end = view.lowered_at + timedelta(seconds=traits.retarget_s)
             if latest is None or end > latest:
                 latest = end
+        if view.cut_at is not None and (latest is None or view.cut_at > latest):
+            latest = view.cut_at  # a cut lands at once, but the meter has yet to see it
     return latest

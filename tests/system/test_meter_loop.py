@@ -4,6 +4,7 @@ under-frequency relay. A simulated meter and PDU over real Modbus TCP, on a fake
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -99,8 +100,11 @@ async def test_a_stalled_api_is_escalated_to_its_outlet_in_time(tmp_path: Path) 
         assert not r.farm.miners["m003"].physics.powered
 
 
-async def test_a_deadline_the_api_cannot_meet_is_met_by_cutting_outlets(tmp_path: Path) -> None:
-    # LuxOS needs ~5 s to ramp down; a 2 s emergency can only be met at the outlet.
+async def test_an_emergency_the_api_cannot_meet_is_met_by_cutting_outlets_at_once(
+    tmp_path: Path,
+) -> None:
+    # LuxOS needs ~5 s to ramp down; a 2 s emergency can only be met at the outlet, and a
+    # cut draws no inrush: the batches go back to back.
     async with rig(metered_site(tmp_path)) as r:
         await r.step(2)
         limit_kw = round((r.sup.measured_w or 0) / 1000 * 0.6, 1)
@@ -110,15 +114,26 @@ async def test_a_deadline_the_api_cannot_meet_is_met_by_cutting_outlets(tmp_path
         assert ob.time_to_target_s is not None
         assert ob.time_to_target_s <= 2
         cuts = r.sup.switches
-        assert cuts
+        assert len(cuts) >= 3
         assert all(not on for _, _, on in cuts)
-        # Staggered: batches of two, half a second apart.
-        times = sorted(at for at, _, _ in cuts)
-        per_batch = [t for t in times if t == times[0]]
-        assert len(per_batch) <= 2
+        assert len({at for at, _, _ in cuts}) == 1  # no pause between batches
         pdu = r.farm.devices[PDU]
         assert isinstance(pdu, SimPdu)
         assert len(pdu.switches) == len(cuts)
+
+
+async def test_outside_an_emergency_cuts_are_staggered(tmp_path: Path) -> None:
+    async with rig(metered_site(tmp_path)) as r:
+        await r.step(2)
+        limit_kw = round((r.sup.measured_w or 0) / 1000 * 0.6, 1)
+        await r.post(*r.signed(r.curtailment(limit_kw, deadline_s=2)))
+        await r.run_until(lambda: r.sup.in_flight == 0 and len(r.sup.switches) >= 3, within_s=10)
+        times = sorted(at for at, _, _ in r.sup.switches)
+        batches = sorted({*times})
+        assert all(times.count(t) <= 2 for t in batches)  # cut_batch_size
+        gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(batches)]
+        assert gaps
+        assert min(gaps) >= 0.5  # cut_batch_spacing_s
 
 
 async def test_a_stale_meter_counts_as_over_the_limit(tmp_path: Path) -> None:
