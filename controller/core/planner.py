@@ -312,20 +312,25 @@ def _step_back(
 def _in_time_first(
     miners: Sequence[MinerView], order: Sequence[int], now: datetime, due_at: datetime | None
 ) -> Iterator[int]:
-    """The shed order, but miners that can ramp down before `due_at` come first: shedding a
-    slow miner (a stock Antminer restarts its mining process for tens of seconds) gives
-    nothing by a ten-second deadline. Independent of the limit, so a lower limit still
-    sheds a superset."""
+    """The shed order in three tiers: miners that can ramp down before `due_at` first;
+    then slow ones on a switched outlet (a cut lands at once, so they can still make it);
+    then the rest, whose sleep lands late: shedding a slow miner (a stock Antminer restarts
+    its mining process for tens of seconds) gives nothing by a ten-second deadline.
+    Independent of the limit, so a lower limit still sheds a superset."""
     if due_at is None:
         yield from order
         return
-    slow = []
+    plugged, late = [], []
     for i in order:
-        if now + _ramp(miners[i].spec) <= due_at:
+        spec = miners[i].spec
+        if now + _ramp(spec) <= due_at:
             yield i
+        elif spec.outlet is not None:
+            plugged.append(i)
         else:
-            slow.append(i)
-    yield from slow
+            late.append(i)
+    yield from plugged
+    yield from late
 
 
 def _ramp(spec: MinerSpec) -> timedelta:

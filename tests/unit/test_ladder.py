@@ -232,3 +232,16 @@ def test_a_lower_limit_never_raises_wakes_or_restores(
         assert not loose.actions or all(a.kind in backwards for a in loose.actions)
     # A tighter limit never sheds less (by expected draw).
     assert tight.expected_w <= loose.expected_w or not tight.feasible
+
+
+def test_outlets_that_can_be_cut_in_time_come_before_sleeps_that_land_late() -> None:
+    # A 2 s deadline: no sleep lands. The least efficient miner has no outlet; cutting the
+    # next one is what meets the deadline, not counting a late sleep.
+    slow = replace(SLEEP_ONLY, ramp_down_s=15.0)
+    unplugged = view(0, 34.0, traits=slow, outlet=False)
+    plugged = view(1, 29.5, traits=slow)
+    result = run([unplugged, plugged], 3_500, due_in_s=2, rules=replace(RULES, lower_first=False))
+    assert kinds(result) == {"m01": ActionKind.CUT}
+    # With time to sleep, nothing is cut: the ladder sleeps the least efficient first.
+    result = run([unplugged, plugged], 3_500, due_in_s=60, rules=replace(RULES, lower_first=False))
+    assert kinds(result) == {"m00": ActionKind.SLEEP}
