@@ -28,15 +28,31 @@ from tests.conftest import KEY, KEY_ENV, Broker, site_dict
 pytestmark = pytest.mark.system
 
 
+_STARTED: list[subprocess.Popen[bytes]] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_processes() -> Iterator[None]:
+    """A failed test must not leave a daemon holding its ports for the tests after it."""
+    yield
+    while _STARTED:
+        proc = _STARTED.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
 def start(*args: str, log: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, KEY_ENV: KEY.decode(), "PYTHONUNBUFFERED": "1"}
     with log.open("ab") as out:
-        return subprocess.Popen(
+        proc = subprocess.Popen(
             [sys.executable, "-m", "controller.cli", *args],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
         )
+    _STARTED.append(proc)
+    return proc
 
 
 def wait_listening(host: str, port: int, within_s: float = 20) -> None:
