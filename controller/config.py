@@ -313,6 +313,17 @@ class OutletRange(_Model):
     first_outlet: Annotated[int, Field(ge=1)] = 1
     count: Annotated[int, Field(ge=1)] | None = None  # default: the rest of the PDU
 
+    @field_validator("pattern")
+    @classmethod
+    def _pattern(cls, value: str) -> str:
+        try:
+            sample = value.format(n=1)
+        except (KeyError, IndexError, ValueError) as err:
+            raise ValueError(f"use {{n}} for the index, e.g. c1-{{n:03d}}: {err!r}") from None
+        if sample == value.format(n=2):
+            raise ValueError("must contain {n}, e.g. c1-{n:03d}")
+        return value
+
     def expand(self, outlets: int) -> dict[int, str]:
         last = outlets if self.count is None else self.first_outlet + self.count - 1
         return {
@@ -355,6 +366,8 @@ class EscalationCfg(_Model):
     restore_batch_size: Annotated[int, Field(ge=1, le=1000)] = 4
     restore_batch_spacing_s: Annotated[float, Field(ge=0, le=600, allow_inf_nan=False)] = 2.0
     restore_min_off_s: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 300.0
+    # A restored miner boots, initialises and ramps up: rated power, not "stuck", meanwhile.
+    restore_boot_s: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 600.0
     # Beyond the family's ramp-down (already a conservative bound) before a high outlet
     # reading counts as a lie; the planner counts it at the measured draw from the ramp's end.
     lie_grace_s: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.0
@@ -525,6 +538,7 @@ class Loaded:
             wake_hold_after_shed=timedelta(seconds=control.wake_hold_after_shed_s),
             lower_first=self.config.escalation.lower_first,
             restore_min_off=timedelta(seconds=self.config.escalation.restore_min_off_s),
+            restore_boot=timedelta(seconds=self.config.escalation.restore_boot_s),
         )
 
     def frequency_rules(self) -> FrequencyRules | None:

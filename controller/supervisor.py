@@ -69,8 +69,8 @@ DISPATCH_FIRST_BATCH = 8
 DISPATCH_MAX_BATCH = 4096
 # The closed loop learns the draw the miners' own figures do not explain (base load, a
 # liar without a metered outlet): quickly when it rises, slowly when it falls, so meter
-# noise cannot loosen the budget between two readings.
-OFFSET_DECAY = 0.2
+# noise cannot loosen the budget between two readings (share of the gap per second).
+OFFSET_DECAY = 0.1
 KEEP_FINISHED = 200  # finished deadlines kept in memory for status and the demo
 # Command results are journaled in batches (the decision before them is write-ahead).
 FLUSH_INTERVAL = timedelta(seconds=1)
@@ -188,6 +188,7 @@ class Supervisor:
         metered = measurements is not None and measurements.meter is not None
         self.measured_by = "meter" if metered else "firmware"
         self.offset_w = 0  # measured draw the miners' own figures do not explain
+        self._learned_at: datetime | None = None
         self.meter: MeterSample | None = None
         self._switch_queue: deque[tuple[Action, int | None]] = deque()
         self._switch_wake = asyncio.Event()
@@ -277,15 +278,6 @@ class Supervisor:
             last_heard=self._inbox.last_heard,
             overrides=(*self._inbox.overrides, *relay),
         )
-        meter = self.meter
-        if self._measure.generation_exempt and meter is not None:
-            generation = meter.reading.generation_w or 0.0
-            if generation > 0:
-                limit = replace(
-                    limit,
-                    limit_w=limit.limit_w + round(generation),
-                    reasons=(*limit.reasons, f"+ {generation / 1000:g} kW exempt generation"),
-                )
         emergency = bool(relay) or any(
             isinstance(h.signal, Curtailment) and h.signal.emergency and curtailment_active(h, now)
             for h in self._inbox.book.held.values()
@@ -308,7 +300,14 @@ class Supervisor:
         if self._measurements is None or self._measurements.meter is None:
             return measured_w(views, now, self._rules.stale_after)
         self.meter = self._measurements.meter_fresh(now, self._measure.meter_stale_after_s)
-        return None if self.meter is None else round(self.meter.reading.import_w)
+        if self.meter is None:
+            return None
+        reading = self.meter.reading
+        # The meter's import is net of on-site generation. Where generation is exempt that
+        # is what the limit applies to; where it is not, the limit is on the farm's gross
+        # draw, so the generation it covered is added back.
+        gross = 0.0 if self._measure.generation_exempt else (reading.generation_w or 0.0)
+        return round(reading.import_w + gross)
 
     def _learn(self, now: datetime, views: tuple[MinerView, ...]) -> None:
         """Close the loop: once every command has landed and the meter has seen it, the
@@ -325,9 +324,7 @@ class Supervisor:
             seconds=self._measure.meter_lag_s
         ):
             return
-        unexplained = round(meter.reading.import_w) - measured_w(
-            views, now, self._rules.stale_after
-        )
+        unexplained = (self.measured_w or 0) - measured_w(views, now, self._rules.stale_after)
         if unexplained > self.offset_w:
             if unexplained - self.offset_w > self._rules.margin_w:
                 log.info(
@@ -336,10 +333,11 @@ class Supervisor:
                     was_kw=self.offset_w / 1000,
                 )
             self.offset_w = unexplained
-        else:
-            self.offset_w = max(
-                0, round(self.offset_w + (unexplained - self.offset_w) * OFFSET_DECAY)
-            )
+        else:  # falls by a share per second, not per cycle: cycles speed up under load
+            since = (now - self._learned_at).total_seconds() if self._learned_at else 0.0
+            share = min(1.0, OFFSET_DECAY * since)
+            self.offset_w = max(0, round(self.offset_w + (unexplained - self.offset_w) * share))
+        self._learned_at = now
 
     def _detect_lies(self, now: datetime) -> None:
         grace = timedelta(seconds=self._measure.lie_grace_s)
@@ -511,6 +509,8 @@ class Supervisor:
             kind = action.kind
             self._readings.set_pending(action.miner_id, kind)
             if kind in SHEDS:
+                if self._last_shed_at != now:
+                    self._drop_queued_restores()
                 self._last_shed_at = now
                 self.escalations[kind.value].add(action.miner_id)
             else:
@@ -544,8 +544,11 @@ class Supervisor:
         except DriverError as err:
             finished = self._clock.now()
             outcome, detail = err.kind, err.detail
-            aimed = Mode.SLEEPING if action.kind is ActionKind.SLEEP else Mode.MINING
-            self._failed(miner_id, err, finished, aimed)
+            if action.kind is ActionKind.LOWER or action.kind is ActionKind.RAISE:
+                self._target_failed(miner_id, err)
+            else:
+                aimed = Mode.SLEEPING if action.kind is ActionKind.SLEEP else Mode.MINING
+                self._failed(miner_id, err, finished, aimed)
         else:
             finished = self._clock.now()
             outcome = "ok"
@@ -587,6 +590,15 @@ class Supervisor:
             self._inbox.wake.set()  # verify at once rather than at the next tick
         self._activity.end()
 
+    def _target_failed(self, miner_id: str, err: DriverError) -> None:
+        """A power target that could not be set says nothing against sleeping the miner:
+        the ladder skips that step for it from now on, rather than going to the outlet."""
+        self.commands_failed += 1
+        self._failed_since_plan = True
+        log.warning("power target failed; sleep instead", miner=miner_id, error=str(err))
+        self._readings.set_ladder(miner_id, no_lower=True)
+        self._readings.set_pending(miner_id, None)
+
     def _failed(self, miner_id: str, err: DriverError, finished: datetime, aimed: Mode) -> None:
         """A command failed: the miner is unknown (unless its read-back showed a lie) and
         backs off before the next try; the plan counted it as done, so plan again."""
@@ -606,6 +618,29 @@ class Supervisor:
         self._readings.set_pending(miner_id, None)
 
     # -- outlets ---------------------------------------------------------------------------
+
+    def _drop_queued_restores(self) -> None:
+        """A new shed cancels restores still waiting for their batch: the plan that sent
+        them no longer holds, and a power cycle is worse than a late restore."""
+        kept: deque[tuple[Action, int | None]] = deque()
+        for action, seq in self._switch_queue:
+            if action.kind is ActionKind.RESTORE:
+                self._readings.set_pending(action.miner_id, None)
+                self._records.append(
+                    CommandRecord(
+                        seq,
+                        action.miner_id,
+                        action.kind.value,
+                        self._clock.now(),
+                        self._clock.now(),
+                        "withdrawn",
+                        "a new shed came first",
+                    )
+                )
+                self.in_flight -= 1
+            else:
+                kept.append((action, seq))
+        self._switch_queue = kept
 
     async def _switch_outlets(self) -> None:
         """Outlets switch in batches with a pause between. Restores are paced for inrush
@@ -662,7 +697,10 @@ class Supervisor:
             self._readings.record_outlet(
                 miner_id, OutletReading(reading.on, reading.power_w if on else 0.0, finished)
             )
-            self._readings.set_ladder(miner_id, cut_at=None if on else finished)
+            if on:
+                self._readings.set_ladder(miner_id, cut_at=None, restored_at=finished)
+            else:
+                self._readings.set_ladder(miner_id, cut_at=finished, restored_at=None)
             self._readings.set_pending(miner_id, None)
             log.info(
                 "outlet switched",

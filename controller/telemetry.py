@@ -107,6 +107,8 @@ class Readings:
             view.lowered_at,
             view.cut_at,
             view.lying,
+            view.no_lower,
+            view.restored_at,
         )
 
     def fail(
@@ -145,8 +147,17 @@ class Readings:
         self._views[miner_id] = replace(self._views[miner_id], retry_after=at)
 
     def record_outlet(self, miner_id: str, outlet: OutletReading) -> None:
-        """What the miner's PDU outlet measured."""
-        self._views[miner_id] = replace(self._views[miner_id], outlet=outlet)
+        """What the miner's PDU outlet measured. The outlet is the truth about its power:
+        one found off that we did not cut (after a restart, or a cut whose command failed
+        but landed) counts as cut from now, so the ladder restores it in time; one found on
+        that we had cut (a PDU rebooted, a hand on the switch) is no longer cut."""
+        view = self._views[miner_id]
+        if view.pending is None:
+            if not outlet.on and view.cut_at is None:
+                view = replace(view, cut_at=outlet.read_at)
+            elif outlet.on and view.cut_at is not None:
+                view = replace(view, cut_at=None, restored_at=outlet.read_at)
+        self._views[miner_id] = replace(view, outlet=outlet)
 
     def set_ladder(
         self,
@@ -154,9 +165,15 @@ class Readings:
         *,
         lowered_at: datetime | _Keep | None = KEEP,
         cut_at: datetime | _Keep | None = KEEP,
+        restored_at: datetime | _Keep | None = KEEP,
+        no_lower: bool | None = None,
     ) -> None:
         """Where the escalation ladder left this miner."""
         view = self._views[miner_id]
+        if not isinstance(restored_at, _Keep):
+            view = replace(view, restored_at=restored_at)
+        if no_lower is not None:
+            view = replace(view, no_lower=no_lower)
         if not isinstance(lowered_at, _Keep):
             view = replace(view, lowered_at=lowered_at)
         if not isinstance(cut_at, _Keep):

@@ -14,6 +14,9 @@ from drivers.types import Mode
 # outlet meter is good to a few percent, and a sleeping unit's residual is tens of watts.
 LIE_MIN_EXCESS_W = 150
 LIE_EXCESS_FRACTION = 0.10
+# Both readings must describe the same moment: a firmware reading older than this against
+# the outlet's could be from before someone (or a reboot) woke the unit.
+LIE_MAX_SKEW = timedelta(seconds=3)
 
 
 def lie(view: MinerView, now: datetime, stale_after: timedelta, grace: timedelta) -> str | None:
@@ -27,6 +30,8 @@ def lie(view: MinerView, now: datetime, stale_after: timedelta, grace: timedelta
     if outlet is None or reading is None or not outlet.on or outlet.read_at < fresh_from:
         return None
     if view.read_at is None or view.read_at < fresh_from:
+        return None
+    if outlet.read_at - view.read_at > LIE_MAX_SKEW:
         return None
     spec = view.spec
     slack = max(LIE_MIN_EXCESS_W, LIE_EXCESS_FRACTION * spec.rated_power_w)

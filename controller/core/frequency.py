@@ -81,8 +81,14 @@ def step(
 def _recovering(
     state: FrequencyState, rules: FrequencyRules, hz: float, now: datetime
 ) -> tuple[FrequencyState, Event | None]:
-    if not state.tripped or state.recovered_at is not None:
+    if not state.tripped:
         return state, None
+    if state.recovered_at is not None:
+        if hz >= rules.recover_above_hz:
+            return state, None
+        # Sagging again while the limit rose: hold where it stands until it recovers again.
+        held = limit_at(state, rules, now)
+        return replace(state, limit_w=held, recovered_at=None, above_since=None), None
     if hz < rules.recover_above_hz:
         return replace(state, above_since=None), None
     since = state.above_since or now

@@ -68,6 +68,8 @@ class MinerView:
     lowered_at: datetime | None = None  # when its power target was lowered (None: default)
     cut_at: datetime | None = None  # when we cut its outlet (None: not cut by us)
     lying: str | None = None  # measured power contradicts its firmware: why we think so
+    no_lower: bool = False  # its power target could not be set: the ladder skips that step
+    restored_at: datetime | None = None  # its outlet came back on: it boots for minutes
 
     def fresh(self, now: datetime, stale_after: timedelta) -> bool:
         return (
@@ -114,6 +116,9 @@ class PlanRules:
     wake_hold_after_shed: timedelta = timedelta(seconds=30)  # let the draw settle first
     lower_first: bool = True  # the ladder's first step: lower power targets before sleeping
     restore_min_off: timedelta = timedelta(minutes=5)  # an outlet stays off at least this
+    # After its outlet is restored a miner boots, initialises its boards and ramps up: it
+    # counts at rated power, and is not "stuck", for this long (a cold boot: ~5 minutes).
+    restore_boot: timedelta = timedelta(minutes=10)
     # Cold-weather rules (a later issue) may forbid cutting an outlet: given the miner, the
     # time and whether the limit is an emergency, a reason to refuse, or None to allow.
     cut_veto: Callable[[MinerView, datetime, bool], str | None] | None = None
@@ -162,11 +167,17 @@ class Horizon:
     this runs for every miner on the path from a signal to its first command.
     """
 
-    __slots__ = ("_ramps", "fresh_from")
+    __slots__ = ("_ramps", "booted_by", "fresh_from")
 
-    def __init__(self, now: datetime, stale_after: timedelta) -> None:
+    def __init__(
+        self, now: datetime, stale_after: timedelta, restore_boot: timedelta = timedelta(0)
+    ) -> None:
         self.fresh_from = now - stale_after
+        self.booted_by = now - restore_boot  # restored before this: done booting
         self._ramps: dict[DriverTraits, tuple[timedelta, timedelta]] = {}
+
+    def booting(self, view: MinerView) -> bool:
+        return view.restored_at is not None and view.restored_at > self.booted_by
 
     def fresh(self, view: MinerView) -> bool:
         return view.read_at is not None and view.read_at >= self.fresh_from
@@ -187,7 +198,8 @@ class Horizon:
         if pending is ActionKind.LOWER and fresh:
             floor = spec.floor_w()
             return spec.rated_power_w if floor is None else floor
-        if pending is not None or not fresh or view.reading is None:
+        # Booting after a restore: standby draw now, full draw once it mines.
+        if pending is not None or not fresh or view.reading is None or self.booting(view):
             return spec.rated_power_w
         return None
 

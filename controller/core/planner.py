@@ -47,7 +47,7 @@ def shed_order(miners: Sequence[MinerView]) -> tuple[int, ...]:
 
 def plan(snapshot: Snapshot, limit: Limit, rules: PlanRules) -> Plan:
     """Choose actions so the fleet's estimated draw stays within `limit` less the margin."""
-    horizon = Horizon(snapshot.taken_at, rules.stale_after)
+    horizon = Horizon(snapshot.taken_at, rules.stale_after, rules.restore_boot)
     budget = limit.limit_w - rules.margin_w
     costs = [horizon.estimate(v) for v in snapshot.miners]
     total = sum(costs)
@@ -71,7 +71,7 @@ def _lower_saving(view: MinerView, cost: int, now: datetime, due_at: datetime | 
     """What lowering this running miner's power target saves by `due_at` (0: not an option)."""
     spec = view.spec
     floor = spec.floor_w()
-    if floor is None or view.lowered_at is not None or cost <= floor:
+    if floor is None or view.lowered_at is not None or view.no_lower or cost <= floor:
         return 0
     if due_at is not None and now + timedelta(seconds=spec.traits.retarget_s) > due_at:
         return 0
@@ -210,21 +210,26 @@ class _Ladder:
         failed = view.retry_after is not None and now < view.retry_after
         fresh = self.fleet.horizon.fresh(view)
         asleep = view.reading is not None and view.reading.mode is Mode.SLEEPING
-        # A stalled API, a lie or an unreachable unit: sleeping it does not work, cutting does.
-        stuck = view.lying or (view.health_reason if failed else None)
-        if stuck is None and not fresh and not view.healthy:
-            stuck = view.health_reason or "no answer"
+        booting = self.fleet.horizon.booting(view)
+        # A lie its outlet measured, or a sleep or wake that failed: the API does not work,
+        # the outlet does. (A unit booting after a restore is dark, not stuck.)
+        stuck = view.lying or (view.health_reason if failed and not booting else None)
         if stuck is not None:
             return self._cut(view, cost, stuck, stuck=True)
         if failed or asleep:
             return None
-        if not fresh:  # counts at rated power until it answers again
+        due_at = self.limit.due_at
+        slow = due_at is not None and now + _ramp(spec) > due_at
+        cut_ok = slow and cut_refusal(view, now, self.rules, self.limit.emergency) is None
+        if booting:  # power-cycling it again only when an emergency needs it now
+            return self._cut(view, cost, "booting", stuck=False) if cut_ok else None
+        if not fresh:  # counts at rated power until it answers; try its API first
+            if cut_ok:
+                return self._cut(view, cost, "no answer, and no time to try", stuck=False)
             return _tuple_new(Action, (spec.id, ActionKind.SLEEP, UNKNOWN_REASON)), 0
         if lower:
             return Action(spec.id, ActionKind.LOWER, f"lower: {spec.efficiency_j_th:g} J/TH"), lower
-        due_at = self.limit.due_at
-        slow = due_at is not None and now + _ramp(spec) > due_at
-        if slow and cut_refusal(view, now, self.rules, self.limit.emergency) is None:
+        if cut_ok:
             return self._cut(view, cost, "sleep would land after the deadline", stuck=False)
         reason = self.sleep_reason(spec.efficiency_j_th, slow)
         saving = cost - spec.traits.sleep_power_w

@@ -128,3 +128,15 @@ def test_config_refuses_a_relay_without_a_meter(tmp_path: Path) -> None:
     del data["meter"]
     with pytest.raises(ConfigError, match="needs a meter"):
         load_site(data)
+
+
+def test_a_sag_while_the_limit_rises_holds_it_there() -> None:
+    r = rules()
+    readings: list[tuple[float, float | None]] = [(0, 49.3), (0.5, 49.3)]
+    readings += [(t, 50.0) for t in range(1, 32)]  # recovered at 31 s
+    readings += [(36, 49.7), (60, 49.7)]  # below recovery, above the trip
+    state, events = feed(r, readings)
+    assert [e for _, e in events] == [Event.TRIP, Event.RECOVERED]
+    held = limit_at(state, r, T0 + timedelta(seconds=60))
+    assert held == 500_000 + 50_000  # 5 s of rising at 10 kW/s, then held
+    assert limit_at(state, r, T0 + timedelta(seconds=600)) == held

@@ -245,3 +245,44 @@ def test_outlets_that_can_be_cut_in_time_come_before_sleeps_that_land_late() -> 
     # With time to sleep, nothing is cut: the ladder sleeps the least efficient first.
     result = run([unplugged, plugged], 3_500, due_in_s=60, rules=replace(RULES, lower_first=False))
     assert kinds(result) == {"m00": ActionKind.SLEEP}
+
+
+def test_a_miner_whose_power_target_failed_is_slept_not_cut() -> None:
+    # A failed LOWER says nothing against sleeping it: the ladder skips that step.
+    refused = view(0, 34.0, no_lower=True)
+    result = run([refused, view(1, 20.0)], 5_500, due_in_s=60)
+    assert kinds(result) == {"m00": ActionKind.SLEEP}
+
+
+def test_a_restored_miner_counts_at_rated_while_it_boots_and_is_not_cut_again() -> None:
+    rules = replace(RULES, lower_first=False, restore_boot=timedelta(minutes=10))
+    booting = replace(
+        view(0, 34.0),
+        restored_at=NOW - timedelta(minutes=2),
+        read_at=None,
+        healthy=False,
+        health_reason="unreachable: connection reset",
+        outlet=plug(25.0),
+    )
+    snapshot = Snapshot(NOW, (booting, view(1, 20.0)))
+    limit = Limit(3_500, ("test",), NOW + timedelta(seconds=60))
+    result = plan(snapshot, limit, rules)
+    assert result.expected_w >= 3000  # counted at rated, not at the 25 W it draws now
+    assert "m00" not in kinds(result)  # dark while booting is not stuck
+    assert kinds(result) == {"m01": ActionKind.SLEEP}
+    # Only an emergency that no sleep can meet cuts it again.
+    urgent = plan(
+        snapshot, Limit(3_500, ("test",), NOW + timedelta(seconds=1), emergency=True), rules
+    )
+    assert kinds(urgent)["m00"] is ActionKind.CUT
+
+
+def test_a_lie_needs_readings_of_the_same_moment() -> None:
+    # Firmware read asleep 10 s ago; the outlet now measures full draw: someone may have
+    # woken it since. Not a lie until the firmware is read again.
+    stale = replace(
+        view(0, 30.0, mode=Mode.SLEEPING),
+        read_at=NOW - timedelta(seconds=10),
+        outlet=plug(3000.0, SEEN),
+    )
+    assert lie(stale, NOW, STALE, timedelta(0)) is None

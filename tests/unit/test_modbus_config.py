@@ -75,3 +75,8 @@ def test_two_devices_on_one_address_and_unit_are_refused(tmp_path: Path) -> None
     data = with_pdu(tmp_path, {1: "m000"})
     data["meter"] = {"id": "meter", "host": "127.0.0.9", "map": "meter-float32"}
     assert "127.0.0.9:502 unit 1 is already pdu-1" in problems(data)
+
+
+def test_an_outlet_pattern_without_its_index_is_named(tmp_path: Path) -> None:
+    assert "pdus[0].outlets" in problems(with_pdu(tmp_path, [{"pattern": "m{x}"}]))
+    assert "must contain {n}" in problems(with_pdu(tmp_path, [{"pattern": "m000"}]))

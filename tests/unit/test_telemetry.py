@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from structlog.testing import capture_logs
 
 from controller.clock import FakeClock
-from controller.core.model import MinerSpec
+from controller.core.model import MinerSpec, OutletReading
 from controller.telemetry import Activity, Poller, Readings
 from drivers.errors import DeviceTimeoutError, VerificationError
 from drivers.miners.luxos import TRAITS, LuxosMiner
@@ -142,3 +142,15 @@ async def test_telemetry_fast_sweeps_read_only_miners_in_motion(
     assert readings.view("m1").read_at == ticks.now() - timedelta(seconds=2)
     for driver in drivers.values():
         await driver.close()
+
+
+def test_an_outlet_found_off_counts_as_cut_and_one_found_on_is_no_longer_cut() -> None:
+    readings = Readings({"m1": SPEC})
+    at = datetime(2026, 11, 23, 10, tzinfo=UTC)
+    readings.record_outlet("m1", OutletReading(on=False, power_w=0.0, read_at=at))
+    assert readings.view("m1").cut_at == at  # after a restart: restored in time, not never
+    later = at + timedelta(minutes=1)
+    readings.record_outlet("m1", OutletReading(on=True, power_w=25.0, read_at=later))
+    view = readings.view("m1")
+    assert view.cut_at is None
+    assert view.restored_at == later  # it boots now
