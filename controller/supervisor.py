@@ -567,20 +567,22 @@ class Supervisor:
             elif kind is ActionKind.RAISE:
                 self._readings.set_ladder(miner_id, lowered_at=None)
         finally:
-            self._finish(
-                CommandRecord(
-                    seq,
-                    miner_id,
-                    action.kind.value,
-                    started,
-                    finished or self._clock.now(),
-                    outcome,
-                    detail,
-                )
-            )
+            self._finish(seq, action, started, finished, outcome, detail)
 
-    def _finish(self, record: CommandRecord) -> None:
-        self._records.append(record)
+    def _finish(  # noqa: PLR0917 - one record's fields
+        self,
+        seq: int | None,
+        action: Action,
+        started: datetime,
+        finished: datetime | None,
+        outcome: str,
+        detail: str | None,
+    ) -> None:
+        """A command or switch is over (or cancelled): record it and account for it."""
+        ended = finished or self._clock.now()
+        self._records.append(
+            CommandRecord(seq, action.miner_id, action.kind.value, started, ended, outcome, detail)
+        )
         self.commands_sent += 1
         self.in_flight -= 1
         if self.in_flight == 0:
@@ -711,17 +713,7 @@ class Supervisor:
                 reason=action.reason,
             )
         finally:
-            self._finish(
-                CommandRecord(
-                    seq,
-                    miner_id,
-                    action.kind.value,
-                    started,
-                    finished or self._clock.now(),
-                    outcome,
-                    detail,
-                )
-            )
+            self._finish(seq, action, started, finished, outcome, detail)
 
     async def _run(self, action: Action) -> MinerReading:
         driver = self._drivers[action.miner_id]
