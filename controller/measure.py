@@ -9,9 +9,10 @@ recovers; what it last said ages until it counts as unknown (the worst case).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TypeVar
 
 import structlog
 
@@ -24,6 +25,7 @@ from drivers.meter.sensor import ModbusTemperature
 from drivers.pdu.modbus_pdu import ModbusPdu
 
 log = structlog.get_logger("curtaild.measure")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,14 +93,8 @@ class Measurements:
         """Container ambient temperatures (the cold-weather rules read them)."""
         while True:
             for container, sensor in self.sensors.items():
-                try:
-                    value = await sensor.read()
-                except DriverError as err:
-                    self.health.failed(sensor.name, err)
-                except Exception as err:  # noqa: BLE001 - one broken device must not stop the loop
-                    self.health.failed(sensor.name, driver_bug(sensor.name, "read", err))
-                else:
-                    self.health.ok(sensor.name)
+                value = await self._read(sensor.name, sensor.read)
+                if value is not None:
                     self.ambient[container] = (value, self._clock.now())
             await self._clock.sleep(self._sensor_interval_s)
 
@@ -109,14 +105,8 @@ class Measurements:
         while True:
             started = self._clock.time()
             sample: MeterSample | None = None
-            try:
-                reading = await meter.read()
-            except DriverError as err:
-                self.health.failed(meter.name, err)
-            except Exception as err:  # noqa: BLE001 - one broken device must not stop the loop
-                self.health.failed(meter.name, driver_bug(meter.name, "read", err))
-            else:
-                self.health.ok(meter.name)
+            reading = await self._read(meter.name, meter.read)
+            if reading is not None:
                 sample = self.last = MeterSample(reading, self._clock.now())
                 self.meter_reads += 1
             if self.on_meter is not None:
@@ -141,20 +131,28 @@ class Measurements:
             await self._clock.sleep(max(0.0, self._pdu_interval_s - spent))
 
     async def _read_pdu(self, name: str, pdu: ModbusPdu) -> None:
-        try:
-            reading = await pdu.read()
-        except DriverError as err:
-            self.health.failed(name, err)
+        reading = await self._read(name, pdu.read)
+        if reading is None:
             return
-        except Exception as err:  # noqa: BLE001 - one broken device must not stop the loop
-            self.health.failed(name, driver_bug(name, "read", err))
-            return
-        self.health.ok(name)
         at = self._clock.now()
         for outlet in reading.outlets:
             miner_id = self._wiring.get((name, outlet.outlet))
             if miner_id is not None:
                 self._readings.record_outlet(miner_id, OutletReading(outlet.on, outlet.power_w, at))
+
+    async def _read(self, device: str, read: Callable[[], Awaitable[T]]) -> T | None:
+        """One device read; a failure is logged once as the device's health and gives None
+        (what it last said ages toward unknown). A bug in a driver stays with its device."""
+        try:
+            value = await read()
+        except DriverError as err:
+            self.health.failed(device, err)
+            return None
+        except Exception as err:  # noqa: BLE001 - one broken device must not stop the loop
+            self.health.failed(device, driver_bug(device, "read", err))
+            return None
+        self.health.ok(device)
+        return value
 
     def meter_fresh(self, now: datetime, stale_after_s: float) -> MeterSample | None:
         last = self.last
