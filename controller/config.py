@@ -30,6 +30,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from controller.core.frequency import FrequencyRules
 from controller.core.model import PlanRules
+from controller.core.safety import ColdRules, Safety
 from controller.core.signals import GridMode, GridPolicy, SourcePolicy, StalePolicy
 from drivers.modbus_map import MapError, RegisterMap, load_map
 from drivers.registry import MinerRegistry, UnknownDriverError, default_registry
@@ -375,6 +376,30 @@ class EscalationCfg(_Model):
     switch_timeout_s: Seconds = 3.0
 
 
+Celsius = Annotated[float, Field(ge=-80, le=80, allow_inf_nan=False)]
+Duration = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+
+class ContainerSafetyCfg(_Model):
+    """One container's cold-weather rules; only the keys given override the site's."""
+
+    hard_off_below_c: Celsius | None = -10.0  # no outlet cut below this ambient (None: off)
+    floor_below_c: Celsius | None = 0.0  # the heater floor applies below this ambient
+    floor_kw: Kilowatts = 0.0  # keep at least this much running there (lowest profile) ...
+    floor_miners: Annotated[int, Field(ge=0)] = 0  # ... and at least this many miners
+    warm_below_c: Celsius | None = 10.0  # boards colder than this wake gently
+    warm_up_s: Duration = 120.0  # at the gentle level this long before stepping up
+    min_on_s: Duration = 300.0  # a woken miner is shed last for this long
+    min_off_s: Duration = 120.0  # a shed miner is not woken again before this
+
+
+class SafetyCfg(ContainerSafetyCfg):
+    """Cold-weather protection, dwell times and warm restarts (controller/core/safety.py)."""
+
+    temperature_stale_after_s: Seconds = 300.0  # older ambient readings count as cold
+    containers: dict[Ident, ContainerSafetyCfg] = Field(default_factory=dict)
+
+
 class FrequencyCfg(_Model):
     """Local under-frequency response from the site meter's frequency."""
 
@@ -421,6 +446,14 @@ class LoggingCfg(_Model):
     format: Literal["json", "console"] = "json"
 
 
+class SimBreakerCfg(_Model):
+    """A simulated PDU's breaker: more outlets switched on within `window_s` than
+    `max_switch_on` is an inrush the breaker does not survive (every outlet goes dark)."""
+
+    max_switch_on: Annotated[int, Field(ge=1, le=1000)] = 8
+    window_s: Annotated[float, Field(gt=0, le=60, allow_inf_nan=False)] = 1.0
+
+
 class SimulationCfg(_Model):
     """Only for `curtaild sim` and `curtaild demo`: how the simulated farm behaves."""
 
@@ -430,6 +463,7 @@ class SimulationCfg(_Model):
     faults: dict[str, Fault] = Field(default_factory=dict)  # miners and Modbus devices
     seed: int = 1
     meter: SimMeterCfg = SimMeterCfg()
+    breaker: SimBreakerCfg = SimBreakerCfg()
     control_listen: str | None = None  # host:port of the simulator's control API
 
     @field_validator("control_listen")
@@ -457,6 +491,7 @@ class SiteConfig(BaseSettings):
     sensors: list[SensorCfg] = Field(default_factory=list)
     escalation: EscalationCfg = EscalationCfg()
     frequency: FrequencyCfg | None = None
+    safety: SafetyCfg | None = None  # absent: no cold-weather rules
     logging: LoggingCfg = LoggingCfg()
     simulation: SimulationCfg | None = None
 
@@ -539,7 +574,16 @@ class Loaded:
             lower_first=self.config.escalation.lower_first,
             restore_min_off=timedelta(seconds=self.config.escalation.restore_min_off_s),
             restore_boot=timedelta(seconds=self.config.escalation.restore_boot_s),
+            safety=self.safety(),
         )
+
+    def safety(self) -> Safety | None:
+        cfg = self.config.safety
+        if cfg is None:
+            return None
+        stale = timedelta(seconds=cfg.temperature_stale_after_s)
+        containers = {name: _cold_rules(_container(cfg, name), stale) for name in cfg.containers}
+        return Safety(_cold_rules(_container(cfg, None), stale), containers)
 
     def frequency_rules(self) -> FrequencyRules | None:
         f = self.config.frequency
@@ -672,9 +716,71 @@ def _maps(config: SiteConfig, origin: str, problems: list[str]) -> dict[str, Reg
     return maps
 
 
+def _container(cfg: SafetyCfg, name: str | None) -> ContainerSafetyCfg:
+    """A container's rules: the site's, with the keys its own entry gives."""
+    site = ContainerSafetyCfg(**cfg.model_dump(include=set(ContainerSafetyCfg.model_fields)))
+    override = cfg.containers.get(name) if name is not None else None
+    if override is None:
+        return site
+    return site.model_copy(update=override.model_dump(include=override.model_fields_set))
+
+
+def _cold_rules(cfg: ContainerSafetyCfg, stale: timedelta) -> ColdRules:
+    return ColdRules(
+        hard_off_below_c=cfg.hard_off_below_c,
+        floor_below_c=cfg.floor_below_c,
+        floor_w=_watts(cfg.floor_kw),
+        floor_miners=cfg.floor_miners,
+        warm_below_c=cfg.warm_below_c,
+        warm_up=timedelta(seconds=cfg.warm_up_s),
+        min_on=timedelta(seconds=cfg.min_on_s),
+        min_off=timedelta(seconds=cfg.min_off_s),
+        temperature_stale_after=stale,
+    )
+
+
+def _safety_checks(config: SiteConfig, miners: list[MinerConfig]) -> list[str]:
+    """Cold-weather rules that name no container, or a floor a container can never hold."""
+    problems: list[str] = []
+    seen: dict[str, str] = {}
+    for sensor in config.sensors:
+        if sensor.container in seen:
+            problems.append(
+                f"sensors: {sensor.id} and {seen[sensor.container]} both measure container "
+                f"{sensor.container}; one would silently override the other"
+            )
+        seen[sensor.container] = sensor.id
+    cfg = config.safety
+    if cfg is None:
+        return problems
+    rated: dict[str, list[int]] = {}
+    for m in miners:
+        rated.setdefault(m.container, []).append(m.rated_power_w)
+    problems.extend(
+        f"safety.containers.{name}: no miner is in container {name!r}"
+        for name in cfg.containers
+        if name not in rated
+    )
+    for name, watts in rated.items():
+        rules = _container(cfg, name)
+        floor_kw, floor_n = rules.floor_kw, rules.floor_miners
+        where = f"safety.containers.{name}" if name in cfg.containers else "safety"
+        if floor_kw * 1000 > sum(watts):
+            problems.append(
+                f"{where}.floor_kw: {floor_kw:g} kW is more than container {name}'s "
+                f"{sum(watts) / 1000:g} kW rated: the heater floor could never be held"
+            )
+        if floor_n > len(watts):
+            problems.append(
+                f"{where}.floor_miners: {floor_n} is more than the {len(watts)} miners in "
+                f"container {name}"
+            )
+    return problems
+
+
 def _cross_checks(config: SiteConfig, miners: list[MinerConfig]) -> list[str]:
     """Settings that are each valid alone but together would misbehave."""
-    problems = []
+    problems = _safety_checks(config, miners)
     telemetry = config.telemetry
     if telemetry.stale_after_s < 2 * telemetry.interval_s:
         problems.append(

@@ -33,6 +33,7 @@ from controller.core.model import (
     Plan,
     PlanRules,
     Snapshot,
+    coming_back_w,
     measured_w,
 )
 from controller.core.signals import (
@@ -57,7 +58,7 @@ from drivers.deadline import within
 from drivers.errors import DeviceTimeoutError, DriverError, VerificationError, driver_bug
 from drivers.pdu.modbus_pdu import ModbusPdu
 from drivers.transport.admission import Gate
-from drivers.types import MinerDriver, MinerReading, Mode
+from drivers.types import Capability, MinerDriver, MinerReading, Mode
 
 log = structlog.get_logger("curtaild.supervisor")
 
@@ -199,6 +200,8 @@ class Supervisor:
         self._freq_rules = frequency_rules
         self._freq = FrequencyState()
         self.frequency_events: list[tuple[datetime, str, float | None]] = []
+        self.alarms: dict[tuple[str, str], tuple[datetime, str]] = {}  # standing heater floors
+        self.cold_cuts: list[tuple[datetime, str, str]] = []  # (at, miner, why)
         if measurements is not None:
             measurements.on_meter = self.on_meter
 
@@ -407,7 +410,10 @@ class Supervisor:
         self, cause: str, now: datetime, limit: Limit, views: tuple[MinerView, ...]
     ) -> None:
         self._trim_wakes(now)
-        snapshot = Snapshot(now, views, tuple(self._recent_wakes), self._last_shed_at, self._order)
+        ambient = self._measurements.ambient if self._measurements is not None else {}
+        snapshot = Snapshot(
+            now, views, tuple(self._recent_wakes), self._last_shed_at, self._order, ambient
+        )
         budget = replace(limit, limit_w=limit.limit_w - self.offset_w) if self.offset_w else limit
         plan = planner.plan(snapshot, budget, self._rules)
         self._planned_at = now
@@ -430,8 +436,31 @@ class Supervisor:
                     notes=list(plan.notes),
                 )
         self.limit, self.plan = limit, plan
+        self._alarm(now, plan)
         if plan.actions:
             await self._dispatch(plan.actions, seq, now)
+
+    def _alarm(self, now: datetime, plan: Plan) -> None:
+        """Journal and log what the operator must hear about. A cold cut is an alarm each
+        time; a heater floor not held is one while it stands (journaled when it starts and
+        when it clears), not once per plan."""
+        standing: dict[tuple[str, str], tuple[datetime, str]] = {}
+        for alarm in plan.alarms:
+            key = (alarm.kind, alarm.subject)
+            if alarm.kind == "cold-cut":
+                self.cold_cuts.append((now, alarm.subject, alarm.detail))
+            elif key in self.alarms:
+                standing[key] = self.alarms[key]
+                continue
+            else:
+                standing[key] = (now, alarm.detail)
+            self._journal.record_event(now, "alarm", alarm.subject, alarm.detail)
+            log.warning(alarm.kind, subject=alarm.subject, detail=alarm.detail)
+        # A shed plan judges floors; a wake plan judges them only while it has floor wakes.
+        for key in self.alarms.keys() - standing.keys():
+            self._journal.record_event(now, "alarm-cleared", key[1], key[0])
+            log.info("alarm cleared", kind=key[0], subject=key[1])
+        self.alarms = standing
 
     # -- signals and deadlines -------------------------------------------------------------
 
@@ -514,7 +543,7 @@ class Supervisor:
                 self._last_shed_at = now
                 self.escalations[kind.value].add(action.miner_id)
             else:
-                self._recent_wakes.append((now, spec.rated_power_w))
+                self._recent_wakes.append((now, coming_back_w(spec, kind)))
             self.in_flight += 1
             if kind is ActionKind.CUT or kind is ActionKind.RESTORE:
                 # Busy only while on the wire, not while queued for the next batch: tests
@@ -565,7 +594,9 @@ class Supervisor:
             if kind is ActionKind.LOWER:
                 self._readings.set_ladder(miner_id, lowered_at=started)
             elif kind is ActionKind.RAISE:
-                self._readings.set_ladder(miner_id, lowered_at=None)
+                self._readings.set_ladder(miner_id, lowered_at=None, warming_until=None)
+            elif kind is ActionKind.WARM:
+                self._warming(miner_id, started)
         finally:
             self._finish(seq, action, started, finished, outcome, detail)
 
@@ -591,6 +622,15 @@ class Supervisor:
                 gc.collect(0)  # what the fan-out left behind, young objects only
             self._inbox.wake.set()  # verify at once rather than at the next tick
         self._activity.end()
+
+    def _warming(self, miner_id: str, started: datetime) -> None:
+        """Woken gently: it runs at its family's low level (a power target or work mode,
+        which the ladder walks back with RAISE) until its warm-up is over."""
+        spec = self._specs[miner_id]
+        safety = self._rules.safety
+        warm_up = safety.rules(spec.container).warm_up if safety is not None else timedelta(0)
+        if spec.traits.gentle_fraction is not None:
+            self._readings.set_ladder(miner_id, lowered_at=started, warming_until=started + warm_up)
 
     def _target_failed(self, miner_id: str, err: DriverError) -> None:
         """A power target that could not be set says nothing against sleeping the miner:
@@ -717,17 +757,23 @@ class Supervisor:
 
     async def _run(self, action: Action) -> MinerReading:
         driver = self._drivers[action.miner_id]
+        spec = self._specs[action.miner_id]
+        kind = action.kind
         timeout = self._settings.command_timeouts.get(
             action.miner_id, self._settings.command_timeout_s
         )
+        if kind is ActionKind.WARM:
+            timeout += spec.traits.gentle_extra_s  # a pre-heat, a profile set first
         try:
             with within(timeout):
-                kind = action.kind
                 if kind is ActionKind.SLEEP:
                     return await driver.sleep()
                 if kind is ActionKind.WAKE:
                     return await driver.wake()
-                spec = self._specs[action.miner_id]
+                if kind is ActionKind.WARM:
+                    return await driver.wake(gentle=True)
+                if kind is ActionKind.RAISE and Capability.POWER_TARGET not in driver.capabilities:
+                    return await driver.wake()  # from a gentle start's low work mode
                 floor = spec.floor_w() if kind is ActionKind.LOWER else None
                 return await driver.set_power_target(floor or spec.rated_power_w)
         except TimeoutError:
@@ -806,7 +852,7 @@ class Supervisor:
         return {
             "state": "online",
             "site": self.site_id,
-            "at": now.isoformat().replace("+00:00", "Z"),
+            "at": _iso(now),
             "limit_kw": limit.limit_w / 1000 if limit else None,
             "reasons": list(limit.reasons) if limit else [],
             "measured_kw": None if self.measured_w is None else round(self.measured_w / 1000, 3),
@@ -814,6 +860,11 @@ class Supervisor:
             "meter": self._meter_status(now),
             "unexplained_kw": round(self.offset_w / 1000, 3),
             "escalations": {k: len(v) for k, v in self.escalations.items()},
+            "alarms": [
+                {"kind": kind, "subject": subject, "since": _iso(at), "detail": detail}
+                for (kind, subject), (at, detail) in sorted(self.alarms.items())
+            ],
+            "cold_cuts": len(self.cold_cuts),
             "lying": sorted(self.lying_detected),
             "expected_kw": round(self.plan.expected_w / 1000, 3) if self.plan else None,
             "miners": {"total": len(views), **counts},
@@ -827,7 +878,7 @@ class Supervisor:
                     "revision": o.revision,
                     "kind": o.kind,
                     "limit_kw": o.limit_w / 1000,
-                    "due": o.due_at.isoformat().replace("+00:00", "Z"),
+                    "due": _iso(o.due_at),
                 }
                 for o in self.obligations
             ],
@@ -853,3 +904,7 @@ def _settled_at(views: tuple[MinerView, ...]) -> datetime | None:
         if view.cut_at is not None and (latest is None or view.cut_at > latest):
             latest = view.cut_at  # a cut lands at once, but the meter has yet to see it
     return latest
+
+
+def _iso(at: datetime) -> str:
+    return at.isoformat().replace("+00:00", "Z")

@@ -109,6 +109,7 @@ class Readings:
             view.lying,
             view.no_lower,
             view.restored_at,
+            view.warming_until,
         )
 
     def fail(
@@ -167,9 +168,12 @@ class Readings:
         cut_at: datetime | _Keep | None = KEEP,
         restored_at: datetime | _Keep | None = KEEP,
         no_lower: bool | None = None,
+        warming_until: datetime | _Keep | None = KEEP,
     ) -> None:
         """Where the escalation ladder left this miner."""
         view = self._views[miner_id]
+        if not isinstance(warming_until, _Keep):
+            view = replace(view, warming_until=warming_until)
         if not isinstance(restored_at, _Keep):
             view = replace(view, restored_at=restored_at)
         if no_lower is not None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from controller.core.model import MinerView, PlanRules
+from controller.core.model import MinerView
 from drivers.types import Mode
 
 # Measured draw this far above what the firmware claims is a lie, not meter error: an
@@ -47,13 +47,12 @@ def lie(view: MinerView, now: datetime, stale_after: timedelta, grace: timedelta
     return None
 
 
-def cut_refusal(view: MinerView, now: datetime, rules: PlanRules, emergency: bool) -> str | None:
-    """Why this miner's outlet may not be cut now, or None if it may."""
+def cut_refusal(view: MinerView) -> str | None:
+    """Why this miner's outlet cannot be cut, or None if it can. (Whether the cold forbids
+    it is the safety rules' judgement: controller.core.safety.Climate.cut_refusal.)"""
     if view.spec.outlet is None:
         return "no switched outlet"
     outlet = view.outlet
     if outlet is not None and not outlet.on:
         return "outlet already off"
-    if rules.cut_veto is not None:
-        return rules.cut_veto(view, now, emergency)
     return None

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from drivers.types import DriverTraits, MinerReading, Mode
+
+if TYPE_CHECKING:
+    from controller.core.safety import Safety
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +31,11 @@ class MinerSpec:
         fraction = self.traits.power_floor_fraction
         return None if fraction is None else round(self.rated_power_w * fraction)
 
+    def gentle_w(self) -> int:
+        """The draw a gentle (warm) wake starts at: the family's low level, else rated."""
+        fraction = self.traits.gentle_fraction
+        return self.rated_power_w if fraction is None else round(self.rated_power_w * fraction)
+
 
 class ActionKind(enum.StrEnum):
     """The escalation ladder, gentle to hard (LOWER, SLEEP, CUT), and its way back."""
@@ -37,10 +45,22 @@ class ActionKind(enum.StrEnum):
     CUT = "cut"  # the PDU outlet off: the last resort
     RAISE = "raise"  # back to the default power target
     WAKE = "wake"
+    WARM = "warm"  # a wake with cold boards: at the gentle level or after pre-heat
     RESTORE = "restore"  # the PDU outlet on: the miner boots for minutes
 
 
 SHEDS = frozenset({ActionKind.LOWER, ActionKind.SLEEP, ActionKind.CUT})
+
+
+def coming_back_w(spec: MinerSpec, kind: ActionKind) -> int:
+    """The draw a step back brings on, as the restart rate (kW per second) counts it: a
+    wake or restore its full level, a gentle wake its low level, a raise the difference."""
+    if kind is ActionKind.WARM:
+        return spec.gentle_w()
+    if kind is ActionKind.RAISE:
+        low = spec.floor_w() or round(spec.rated_power_w * (spec.traits.gentle_fraction or 0))
+        return spec.rated_power_w - low
+    return spec.rated_power_w
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +90,7 @@ class MinerView:
     lying: str | None = None  # measured power contradicts its firmware: why we think so
     no_lower: bool = False  # its power target could not be set: the ladder skips that step
     restored_at: datetime | None = None  # its outlet came back on: it boots for minutes
+    warming_until: datetime | None = None  # woken gently: held at the low level till then
 
     def fresh(self, now: datetime, stale_after: timedelta) -> bool:
         return (
@@ -90,6 +111,9 @@ class Snapshot:
     # Indices of `miners` in shed order (planner.shed_order), if the caller keeps them:
     # the fleet does not change, so a daemon sorts it once instead of once per plan.
     order: tuple[int, ...] | None = None
+    # Container ambient temperatures: container -> (degC, read at). The cold-weather rules
+    # judge their age; a container without one counts as cold.
+    ambient: Mapping[str, tuple[float, datetime]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,9 +143,8 @@ class PlanRules:
     # After its outlet is restored a miner boots, initialises its boards and ramps up: it
     # counts at rated power, and is not "stuck", for this long (a cold boot: ~5 minutes).
     restore_boot: timedelta = timedelta(minutes=10)
-    # Cold-weather rules (a later issue) may forbid cutting an outlet: given the miner, the
-    # time and whether the limit is an emergency, a reason to refuse, or None to allow.
-    cut_veto: Callable[[MinerView, datetime, bool], str | None] | None = None
+    # Cold-weather protection, dwell times and warm restarts per container (None: none).
+    safety: Safety | None = None
 
 
 class Action(NamedTuple):
@@ -136,6 +159,14 @@ class Action(NamedTuple):
     reason: str
 
 
+class Alarm(NamedTuple):
+    """Something an operator must hear about, from a plan."""
+
+    kind: str  # "cold-cut": an outlet cut below hard-off; "heater-floor": a floor not held
+    subject: str  # the miner or the container
+    detail: str
+
+
 @dataclass(frozen=True, slots=True)
 class Plan:
     """What to do now, what the fleet should draw after it, and why."""
@@ -145,6 +176,9 @@ class Plan:
     expected_w: int  # estimated fleet draw once the actions have landed
     feasible: bool  # False when even sleeping everything cannot meet the budget
     notes: tuple[str, ...] = field(default=())
+    # What an operator must hear about: a heater floor the limit cannot carry, an outlet
+    # cut in a container below its hard-off temperature. Journaled and logged as alarms.
+    alarms: tuple[Alarm, ...] = field(default=())
 
 
 def estimate_w(view: MinerView, now: datetime, stale_after: timedelta) -> int:
@@ -182,7 +216,7 @@ class Horizon:
     def fresh(self, view: MinerView) -> bool:
         return view.read_at is not None and view.read_at >= self.fresh_from
 
-    def _settled(self, view: MinerView) -> int | None:
+    def _settled(self, view: MinerView) -> int | None:  # noqa: PLR0911 - one per case
         """The estimate where readings do not decide it: commands in flight count as landed
         (verification and retries catch failures), unknown miners at rated power."""
         spec = view.spec
@@ -195,6 +229,8 @@ class Horizon:
         fresh = view.read_at is not None and view.read_at >= self.fresh_from
         if pending is ActionKind.SLEEP and fresh:
             return spec.traits.sleep_power_w
+        if pending is ActionKind.WARM:
+            return spec.gentle_w()
         if pending is ActionKind.LOWER and fresh:
             floor = spec.floor_w()
             return spec.rated_power_w if floor is None else floor

@@ -21,6 +21,7 @@ from controller.core.escalation import cut_refusal
 from controller.core.model import (
     Action,
     ActionKind,
+    Alarm,
     Horizon,
     Limit,
     MinerSpec,
@@ -28,7 +29,9 @@ from controller.core.model import (
     Plan,
     PlanRules,
     Snapshot,
+    coming_back_w,
 )
+from controller.core.safety import Climate
 from drivers.types import DriverTraits, Mode
 
 UNKNOWN_REASON = "shed: no fresh reading, counted at rated power"
@@ -52,19 +55,35 @@ def plan(snapshot: Snapshot, limit: Limit, rules: PlanRules) -> Plan:
     costs = [horizon.estimate(v) for v in snapshot.miners]
     total = sum(costs)
     order = snapshot.order if snapshot.order is not None else shed_order(snapshot.miners)
-    fleet = _Fleet(snapshot, horizon, costs, order)
-    if total > budget:
-        return _shed(fleet, total, budget, limit, rules)
-    return _wake(fleet, total, budget, rules)
+    climate = None
+    if rules.safety is not None:
+        containers = {v.spec.container for v in snapshot.miners}
+        climate = Climate(rules.safety, snapshot.ambient, snapshot.taken_at, containers)
+    fleet = _Fleet(snapshot, horizon, costs, order, climate)
+    if total <= budget:
+        return _wake(fleet, total, budget, rules)
+    shed = _shed(fleet, total, budget, limit, rules, cold_ok=False)
+    if climate is None or not limit.emergency or not shed.cold_refused or shed.in_time <= budget:
+        return shed.plan
+    # An emergency that nothing else can meet in time: the cold gives way, with an alarm.
+    return _shed(fleet, total, budget, limit, rules, cold_ok=True).plan
 
 
 class _Fleet(NamedTuple):
-    """What both phases walk: the snapshot, its horizon, each miner's cost, shed order."""
+    """What both phases walk: the snapshot, its horizon, each miner's cost, shed order,
+    and the cold-weather judgement of every container (None: no such rules)."""
 
     snapshot: Snapshot
     horizon: Horizon
     costs: list[int]
     order: Sequence[int]
+    climate: Climate | None
+
+
+class _Shed(NamedTuple):
+    plan: Plan
+    in_time: int  # the estimate counting only what lands by the deadline
+    cold_refused: bool  # a cut the cold forbade would have helped
 
 
 def _lower_saving(view: MinerView, cost: int, now: datetime, due_at: datetime | None) -> int:
@@ -78,24 +97,31 @@ def _lower_saving(view: MinerView, cost: int, now: datetime, due_at: datetime | 
     return cost - floor
 
 
-def _shed(fleet: _Fleet, total: int, budget: int, limit: Limit, rules: PlanRules) -> Plan:
+def _shed(
+    fleet: _Fleet, total: int, budget: int, limit: Limit, rules: PlanRules, *, cold_ok: bool
+) -> _Shed:
     """The ladder, per miner in shed order: lower its power target, else sleep it, else cut
-    its outlet. Sleeps are the fewest that leave the rest to lowering (the least efficient
-    sleep; the next ones are lowered); an outlet is cut only where sleeping failed (a
-    stalled API, a lie the outlet measured) or cannot land before the deadline.
+    its outlet. Sleeps are the fewest that leave the rest of the shed to lowering (the least
+    efficient sleep; the next ones are lowered); an outlet is cut only where sleeping failed
+    (a stalled API, a lie the outlet measured) or cannot land before the deadline, and not
+    in a container below its hard-off temperature unless `cold_ok`. Miners that keep a cold
+    container's heater floor are only lowered; they sleep (never cut) last, if the limit
+    cannot carry the floor.
 
     The loop handles a running, obeying miner inline (nearly every miner of a fleet-wide
     shed, on the path to the first command) and hands every other case to _Ladder.step.
     """
-    snapshot, horizon, costs, order = fleet
+    snapshot, horizon, costs, order, climate = fleet
     now = snapshot.taken_at
     due_at = limit.due_at
     miners = snapshot.miners
-    ladder = _Ladder(fleet, limit, rules)
-    walk = list(_in_time_first(miners, order, now, due_at))
-    lowering = _lowering(fleet, walk, due_at) if rules.lower_first else None
+    ladder = _Ladder(fleet, limit, rules, cold_ok=cold_ok)
+    walk = list(_in_time_first(miners, order, now, due_at, climate))
+    keep = _keepers(fleet) if climate is not None else None
+    lowering = _lowering(fleet, walk, due_at, everywhere=rules.lower_first)
     potential = sum(lowering) if lowering is not None else 0
-    actions: list[Action] = []
+    actions: list[Action | None] = []
+    lowered: dict[int, tuple[int, int]] = {}  # kept miners lowered: (action index, saving)
     counts = dict.fromkeys(ActionKind, 0)
     sleeping = Mode.SLEEPING
     fresh_from = horizon.fresh_from
@@ -104,15 +130,17 @@ def _shed(fleet: _Fleet, total: int, budget: int, limit: Limit, rules: PlanRules
         if total <= budget:
             break
         view = miners[i]
+        kept = keep is not None and keep[i]
         lower = 0
         if lowering is not None:
             lower = lowering[i]
             potential -= lower
-            if lower and total - potential - lower > budget:
+            if lower and not kept and total - potential - lower > budget:
                 lower = 0  # this one must sleep: lowering the rest cannot cover it
         read_at, reading = view.read_at, view.reading
         if (
-            view.pending is None
+            not kept
+            and view.pending is None
             and view.cut_at is None
             and view.lying is None
             and not lower
@@ -128,15 +156,58 @@ def _shed(fleet: _Fleet, total: int, budget: int, limit: Limit, rules: PlanRules
                 reason = ladder.sleep_reason(spec.efficiency_j_th, slow)
                 actions.append(_tuple_new(Action, (spec.id, sleep_kind, reason)))
                 counts[sleep_kind] += 1
-                total -= costs[i] - spec.traits.sleep_power_w
+                saving = costs[i] - spec.traits.sleep_power_w
+                total -= saving
+                ladder.late_w += saving if slow else 0
                 continue
-        step = ladder.step(i, lower)
+        step = ladder.keep_step(i, lower) if kept else ladder.step(i, lower)
         if step is not None:
+            if kept:
+                lowered[i] = (len(actions), step[1])
             actions.append(step[0])
             counts[step[0].kind] += 1
             total -= step[1]
+    if keep is not None and total > budget:
+        total = ladder.give_up_floors(walk, keep, lowered, actions, counts, total, budget)
     notes = _notes(ladder, counts, sum(costs) - budget, total - budget)
-    return Plan(tuple(actions), budget, total, feasible=total <= budget, notes=notes)
+    plan = Plan(
+        tuple(a for a in actions if a is not None),
+        budget,
+        total,
+        feasible=total <= budget,
+        notes=notes,
+        alarms=tuple(ladder.alarms),
+    )
+    return _Shed(plan, total + ladder.late_w, ladder.cold_refused)
+
+
+def _keepers(fleet: _Fleet) -> list[bool] | None:
+    """The miners that keep each cold container's heater floor: its most efficient running,
+    obeying miners, counted at their lowest power target, until the floor's watts and
+    miner count are met. None where no container needs one."""
+    snapshot, horizon, costs, order, climate = fleet
+    assert climate is not None
+    need: dict[str, list[int]] = {
+        container: [rules.floor_w, rules.floor_miners]
+        for container, rules in climate.rules.items()
+        if climate.cold[container] and rules.has_floor
+    }
+    if not need:
+        return None
+    miners = snapshot.miners
+    keep = [False] * len(miners)
+    for i in reversed(order):
+        view = miners[i]
+        left = need.get(view.spec.container)
+        if left is None or (left[0] <= 0 and left[1] <= 0):
+            continue
+        if view.cut_at is not None or not _runs_and_obeys(view, horizon):
+            continue
+        keep[i] = True
+        floor = view.spec.floor_w()
+        left[0] -= floor if floor is not None and not view.no_lower else costs[i]
+        left[1] -= 1
+    return keep
 
 
 def _notes(ladder: _Ladder, counts: dict[ActionKind, int], over: int, left: int) -> tuple[str, ...]:
@@ -151,10 +222,17 @@ def _notes(ladder: _Ladder, counts: dict[ActionKind, int], over: int, left: int)
     return tuple(notes)
 
 
-def _lowering(fleet: _Fleet, walk: Sequence[int], due_at: datetime | None) -> list[int] | None:
+def _lowering(
+    fleet: _Fleet, walk: Sequence[int], due_at: datetime | None, *, everywhere: bool
+) -> list[int] | None:
     """What lowering each running, obeying miner's power target saves by `due_at`; None
-    when no miner can be lowered in time (most fleet-wide sheds of sleep-only families)."""
-    snapshot, horizon, costs, _ = fleet
+    when no miner can be lowered in time (most fleet-wide sheds of sleep-only families).
+    Not `everywhere` (the site sleeps first), only miners in cold containers: the cold
+    prefers a lower power target to sleep."""
+    snapshot, horizon, costs, _, climate = fleet
+    cold = climate.cold if climate is not None else {}
+    if not everywhere and not any(cold.values()):
+        return None
     now = snapshot.taken_at
     miners = snapshot.miners
     lands: dict[DriverTraits, bool] = {}
@@ -164,6 +242,8 @@ def _lowering(fleet: _Fleet, walk: Sequence[int], due_at: datetime | None) -> li
         view = miners[i]
         traits = view.spec.traits
         if traits.power_floor_fraction is None:
+            continue
+        if not everywhere and not cold.get(view.spec.container, False):
             continue
         in_time = lands.get(traits)
         if in_time is None:
@@ -191,14 +271,27 @@ def _runs_and_obeys(view: MinerView, horizon: Horizon) -> bool:
 class _Ladder:
     """Chooses one miner's step on the ladder and what it saves."""
 
-    def __init__(self, fleet: _Fleet, limit: Limit, rules: PlanRules) -> None:
+    def __init__(self, fleet: _Fleet, limit: Limit, rules: PlanRules, *, cold_ok: bool) -> None:
         self.fleet = fleet
         self.limit = limit
         self.rules = rules
+        self.climate = fleet.climate
+        self.cold_ok = cold_ok
         self.now = fleet.snapshot.taken_at
         self.reasons: dict[tuple[float, bool], str] = {}
         self.late = 0
+        self.late_w = 0  # savings counted that land after the deadline
         self.vetoed = 0
+        self.cold_refused = False
+        self.alarms: list[Alarm] = []
+
+    def keep_step(self, i: int, lower: int) -> tuple[Action, int] | None:
+        """A miner keeping its container's heater floor: its lowest power target at most."""
+        if not lower:
+            return None
+        container = self.fleet.snapshot.miners[i].spec.container
+        why = f"lower: keeps the heater floor in {container} (lowest profile)"
+        return Action(self.fleet.snapshot.miners[i].spec.id, ActionKind.LOWER, why), lower
 
     def step(self, i: int, lower: int) -> tuple[Action, int] | None:  # noqa: PLR0911 - one per rung
         view = self.fleet.snapshot.miners[i]
@@ -220,7 +313,7 @@ class _Ladder:
             return None
         due_at = self.limit.due_at
         slow = due_at is not None and now + _ramp(spec) > due_at
-        cut_ok = slow and cut_refusal(view, now, self.rules, self.limit.emergency) is None
+        cut_ok = slow and self.refusal(view) is None
         if booting:  # power-cycling it again only when an emergency needs it now
             return self._cut(view, cost, "booting", stuck=False) if cut_ok else None
         if not fresh:  # counts at rated power until it answers; try its API first
@@ -233,6 +326,7 @@ class _Ladder:
             return self._cut(view, cost, "sleep would land after the deadline", stuck=False)
         reason = self.sleep_reason(spec.efficiency_j_th, slow)
         saving = cost - spec.traits.sleep_power_w
+        self.late_w += saving if slow else 0
         return _tuple_new(Action, (spec.id, ActionKind.SLEEP, reason)), saving
 
     def sleep_reason(self, efficiency: float, slow: bool) -> str:
@@ -246,28 +340,90 @@ class _Ladder:
             )
         return reason
 
+    def refusal(self, view: MinerView) -> str | None:
+        """Why this miner's outlet may not be cut: the hardware, or the cold (unless an
+        emergency that nothing else can meet has overridden it)."""
+        refusal = cut_refusal(view)
+        if refusal is None and self.climate is not None and not self.cold_ok:
+            refusal = self.climate.cut_refusal(view)
+            self.cold_refused |= refusal is not None
+        return refusal
+
     def _cut(
         self, view: MinerView, cost: int, why: str, *, stuck: bool
     ) -> tuple[Action, int] | None:
-        refusal = cut_refusal(view, self.now, self.rules, self.limit.emergency)
+        refusal = self.refusal(view)
         if refusal is not None:
             self.vetoed += stuck and view.spec.outlet is not None
             return None
-        return Action(view.spec.id, ActionKind.CUT, f"cut: {why}"), cost
+        miner_id = view.spec.id
+        cold = self.climate.cut_refusal(view) if self.climate is not None else None
+        if cold is not None:  # allowed only because an emergency needs it: an alarm
+            why = f"{why}; {cold}, but an emergency that nothing else meets"
+            self.alarms.append(Alarm("cold-cut", miner_id, why))
+        return Action(miner_id, ActionKind.CUT, f"cut: {why}"), cost
+
+    def give_up_floors(  # noqa: PLR0917 - the walk's state, handed over once
+        self,
+        walk: Sequence[int],
+        keep: list[bool],
+        lowered: dict[int, tuple[int, int]],
+        actions: list[Action | None],
+        counts: dict[ActionKind, int],
+        total: int,
+        budget: int,
+    ) -> int:
+        """The limit cannot carry every heater floor: the grid wins. Floor keepers sleep,
+        least efficient first (never cut: their containers are cold), each container's
+        loss an alarm. Returns the new estimate."""
+        miners, costs = self.fleet.snapshot.miners, self.fleet.costs
+        slept: dict[str, int] = {}
+        for i in walk:
+            if total <= budget:
+                break
+            if not keep[i]:
+                continue
+            view = miners[i]
+            spec = view.spec
+            if i in lowered:  # sleeping it replaces the lower planned above
+                position, saving = lowered[i]
+                actions[position] = None
+                counts[ActionKind.LOWER] -= 1
+                total += saving
+            reason = f"shed: the limit cannot carry the heater floor in {spec.container}"
+            actions.append(Action(spec.id, ActionKind.SLEEP, reason))
+            counts[ActionKind.SLEEP] += 1
+            saving = costs[i] - spec.traits.sleep_power_w
+            total -= saving
+            if self.limit.due_at is not None and self.now + _ramp(spec) > self.limit.due_at:
+                self.late_w += saving
+            slept[spec.container] = slept.get(spec.container, 0) + 1
+        climate = self.climate
+        assert climate is not None
+        for container, n in slept.items():
+            rules = climate.rules[container]
+            self.alarms.append(
+                Alarm(
+                    "heater-floor",
+                    container,
+                    f"heater floor not held: {climate.describe(container)}; the limit of "
+                    f"{self.limit.limit_w / 1000:g} kW cannot carry {rules.floor_w / 1000:g} kW "
+                    f"there; {n} miners slept (control boards up), none cut",
+                )
+            )
+        return total
 
 
 def _wake(fleet: _Fleet, total: int, budget: int, rules: PlanRules) -> Plan:
     """The ladder walked back, most efficient first: raise lowered targets, then wake
-    sleepers, then restore cut outlets (each only after its minimum time off)."""
-    snapshot, horizon, costs, order = fleet
+    sleepers, then restore cut outlets (each only after its minimum time off). A cold
+    container below its heater floor goes first; a sleeper with cold boards wakes gently.
+    The order does not depend on the limit, so a lower limit wakes a prefix of it."""
+    snapshot, horizon, costs, _, climate = fleet
     now = snapshot.taken_at
     miners = snapshot.miners
-    steps: list[tuple[MinerView, int, ActionKind]] = []
-    for kind in (ActionKind.RAISE, ActionKind.WAKE, ActionKind.RESTORE):
-        for i in reversed(order):
-            view = miners[i]
-            if _may_command(view, now) and _step_back(view, horizon, now, rules) is kind:
-                steps.append((view, costs[i], kind))
+    first = _floor_wakes(fleet, rules) if climate is not None else []
+    steps = _wake_order(fleet, rules, first)
     if not steps:
         return Plan((), budget, total, feasible=True)
     shed_at = snapshot.last_shed_at
@@ -279,63 +435,196 @@ def _wake(fleet: _Fleet, total: int, budget: int, rules: PlanRules) -> Plan:
             total,
             feasible=True,
             notes=(f"wake held after shed until {until:%H:%M:%S}",),
+            alarms=_floors_without_room(fleet, first, total, budget - rules.wake_headroom_w),
         )
     recent = [(t, w) for t, w in snapshot.recent_wakes if now - t < rules.wake_window]
     slots = rules.wake_max_per_window - len(recent)
     watts = rules.wake_max_w_per_window - sum(w for _, w in recent)
     actions: list[Action] = []
     notes: list[str] = []
-    for view, cost, kind in steps:
+    alarms: list[Alarm] = []
+    for n, i in enumerate(steps):
+        view = miners[i]
         spec = view.spec
-        extra = spec.rated_power_w - cost
+        kind = _step_back(view, horizon, now, rules, climate)
+        assert kind is not None
+        cold = None
+        if kind is ActionKind.WAKE and climate is not None:
+            cold = climate.boards_cold(view, fresh=True)
+            kind = ActionKind.WARM if cold is not None else kind
+        level = spec.gentle_w() if kind is ActionKind.WARM else spec.rated_power_w
+        extra = level - costs[i]
         if total + extra > budget - rules.wake_headroom_w:
+            if n < len(first) and climate is not None:
+                alarms.append(_floor_short(climate, spec.container, budget))
             break
-        if slots <= 0 or watts < extra:
+        coming = coming_back_w(spec, kind)
+        if slots <= 0 or watts < coming:
             notes.append("wake rate limit reached")
             break
         why = "fits the limit" if kind is not ActionKind.RESTORE else "outlet back on, boots"
+        if n < len(first):
+            why = f"keeps the heater floor in {spec.container}"
+        if cold is not None:
+            why = f"{why}; {cold}: starts at {level / 1000:g} kW, steps up after a warm-up"
         actions.append(Action(spec.id, kind, f"{kind.value}: {spec.efficiency_j_th:g} J/TH {why}"))
         total += extra
         slots -= 1
-        watts -= extra
-    return Plan(tuple(actions), budget, total, feasible=True, notes=tuple(notes))
+        watts -= coming
+    return Plan(
+        tuple(actions), budget, total, feasible=True, notes=tuple(notes), alarms=tuple(alarms)
+    )
+
+
+def _wake_order(fleet: _Fleet, rules: PlanRules, first: list[int]) -> list[int]:
+    """`first`, then raises, wakes and restores, each most efficient first."""
+    snapshot, horizon, _, order, climate = fleet
+    now = snapshot.taken_at
+    miners = snapshot.miners
+    buckets: dict[ActionKind, list[int]] = {
+        ActionKind.RAISE: [],
+        ActionKind.WAKE: [],
+        ActionKind.RESTORE: [],
+    }
+    taken = set(first)
+    for i in reversed(order):
+        view = miners[i]
+        if i not in taken and _may_command(view, now):
+            kind = _step_back(view, horizon, now, rules, climate)
+            if kind is not None:
+                buckets[kind].append(i)
+    return [*first, *(i for bucket in buckets.values() for i in bucket)]
+
+
+def _floor_wakes(fleet: _Fleet, rules: PlanRules) -> list[int]:
+    """Sleepers to wake first, most efficient first: enough to bring each cold container
+    up to its heater floor, counting what already runs there at its estimate."""
+    snapshot, horizon, costs, order, climate = fleet
+    assert climate is not None
+    need: dict[str, list[int]] = {
+        container: [cold.floor_w, cold.floor_miners]
+        for container, cold in climate.rules.items()
+        if climate.cold[container] and cold.has_floor
+    }
+    if not need:
+        return []
+    miners = snapshot.miners
+    for i, view in enumerate(miners):
+        left = need.get(view.spec.container)
+        if left is not None and costs[i] > view.spec.traits.sleep_power_w:
+            left[0] -= costs[i]
+            left[1] -= 1
+    now = snapshot.taken_at
+    wakes = []
+    for i in reversed(order):
+        view = miners[i]
+        left = need.get(view.spec.container)
+        if left is None or (left[0] <= 0 and left[1] <= 0) or not _may_command(view, now):
+            continue
+        if _step_back(view, horizon, now, rules, climate) is not ActionKind.WAKE:
+            continue  # a cut outlet's restore is a cold boot at full power: not for heat
+        wakes.append(i)
+        left[0] -= view.spec.gentle_w()
+        left[1] -= 1
+    return wakes
+
+
+def _floors_without_room(
+    fleet: _Fleet, first: list[int], total: int, room: int
+) -> tuple[Alarm, ...]:
+    """While wakes are held: the heater floors the limit would have no room for anyway
+    (so a standing alarm does not clear and return with every hold)."""
+    if fleet.climate is None:
+        return ()
+    alarms: dict[str, Alarm] = {}
+    for i in first:
+        spec = fleet.snapshot.miners[i].spec
+        total += spec.gentle_w() - fleet.costs[i]
+        if total > room and spec.container not in alarms:
+            alarms[spec.container] = _floor_short(fleet.climate, spec.container, room)
+    return tuple(alarms.values())
+
+
+def _floor_short(climate: Climate, container: str, budget: int) -> Alarm:
+    floor_w = climate.rules[container].floor_w
+    return Alarm(
+        "heater-floor",
+        container,
+        f"heater floor not held: {climate.describe(container)}; the limit leaves no room "
+        f"to wake miners there toward {floor_w / 1000:g} kW (budget {budget / 1000:g} kW)",
+    )
 
 
 def _step_back(
-    view: MinerView, horizon: Horizon, now: datetime, rules: PlanRules
+    view: MinerView,
+    horizon: Horizon,
+    now: datetime,
+    rules: PlanRules,
+    climate: Climate | None = None,
 ) -> ActionKind | None:
-    """The step that undoes where the ladder left this miner, if any."""
+    """The step that undoes where the ladder left this miner, if any and if its dwell
+    and warm-up times allow it now."""
     if view.cut_at is not None:
-        return ActionKind.RESTORE if now - view.cut_at >= rules.restore_min_off else None
+        rested = now - view.cut_at >= rules.restore_min_off
+        if rested and climate is not None:
+            rested = climate.rested(view, view.cut_at)
+        return ActionKind.RESTORE if rested else None
     if not horizon.fresh(view) or view.reading is None:
         return None
     if view.reading.mode is Mode.SLEEPING:
+        if climate is not None and not climate.rested(view, view.mode_since):
+            return None
         return ActionKind.WAKE
-    return ActionKind.RAISE if view.lowered_at is not None else None
+    if view.lowered_at is None:
+        return None
+    warming = view.warming_until
+    return ActionKind.RAISE if warming is None or now >= warming else None
 
 
 def _in_time_first(
-    miners: Sequence[MinerView], order: Sequence[int], now: datetime, due_at: datetime | None
+    miners: Sequence[MinerView],
+    order: Sequence[int],
+    now: datetime,
+    due_at: datetime | None,
+    climate: Climate | None = None,
 ) -> Iterator[int]:
     """The shed order in three tiers: miners that can ramp down before `due_at` first;
     then slow ones on a switched outlet (a cut lands at once, so they can still make it);
     then the rest, whose sleep lands late: shedding a slow miner (a stock Antminer restarts
     its mining process for tens of seconds) gives nothing by a ten-second deadline.
+    With cold-weather rules, slow miners in cold containers come after the warm ones of
+    their tier (sleep rather than cut in the cold), and within each tier miners still
+    inside their minimum on-time come last.
     Independent of the limit, so a lower limit still sheds a superset."""
-    if due_at is None:
-        yield from order
+    if climate is None:
+        if due_at is None:
+            yield from order
+            return
+        plugged, late = [], []
+        for i in order:
+            spec = miners[i].spec
+            if now + _ramp(spec) <= due_at:
+                yield i
+            elif spec.outlet is not None:
+                plugged.append(i)
+            else:
+                late.append(i)
+        yield from plugged
+        yield from late
         return
-    plugged, late = [], []
+    tiers: list[list[int]] = [[] for _ in range(8)]  # (in time, plugged, cold plugged, late)
     for i in order:
-        spec = miners[i].spec
-        if now + _ramp(spec) <= due_at:
-            yield i
-        elif spec.outlet is not None:
-            plugged.append(i)
+        view = miners[i]
+        spec = view.spec
+        if due_at is None or now + _ramp(spec) <= due_at:
+            tier = 0
+        elif spec.outlet is None:
+            tier = 3
         else:
-            late.append(i)
-    yield from plugged
-    yield from late
+            tier = 2 if climate.cold[spec.container] else 1
+        tiers[2 * tier + climate.young(view)].append(i)
+    for tier_list in tiers:
+        yield from tier_list
 
 
 def _ramp(spec: MinerSpec) -> timedelta:

@@ -1,6 +1,6 @@
 """The escalation ladder in the pure planner: lower power target -> sleep -> cut the outlet,
-each step only when the one before failed or will not land in time; the way back; the cut
-veto hook; and what a PDU outlet's measurement does to the estimates."""
+each step only when the one before failed or will not land in time; the way back; the
+cold's refusal to cut; and what a PDU outlet's measurement does to the estimates."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from controller.core.model import (
     measured_w,
 )
 from controller.core.planner import plan
+from controller.core.safety import ColdRules, Safety
 from drivers.types import DriverTraits, MinerReading, Mode
 
 NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
@@ -71,10 +72,13 @@ def run(
     due_in_s: float | None = 10,
     rules: PlanRules = RULES,
     emergency: bool = False,
+    ambient: dict[str, tuple[float, datetime]] | None = None,
 ) -> Plan:
     due = None if due_in_s is None else NOW + timedelta(seconds=due_in_s)
     return plan(
-        Snapshot(NOW, tuple(views)), Limit(limit_w, ("test",), due, emergency=emergency), rules
+        Snapshot(NOW, tuple(views), ambient=ambient or {}),
+        Limit(limit_w, ("test",), due, emergency=emergency),
+        rules,
     )
 
 
@@ -146,22 +150,26 @@ def test_a_sleep_that_would_land_late_is_a_cut_where_there_is_an_outlet() -> Non
     assert any("deadline at risk" in n for n in result.notes)
 
 
-def test_the_cut_veto_hook_is_asked_and_obeyed() -> None:
-    asked: list[tuple[str, bool]] = []
-
-    def veto(v: MinerView, now: datetime, emergency: bool) -> str | None:
-        asked.append((v.spec.id, emergency))
-        return None if emergency else "container c1 below its hard-off temperature"
-
-    rules = replace(RULES, lower_first=False, cut_veto=veto)
+def test_a_cold_container_refuses_a_cut_unless_an_emergency_needs_it() -> None:
+    cold = Safety(ColdRules(hard_off_below_c=-20.0))
+    rules = replace(RULES, lower_first=False, safety=cold)
     liar = view(0, 34.0, mode=Mode.SLEEPING, lying="measured 3000 W while asleep")
     liar = replace(liar, outlet=plug(3000.0, SEEN))
-    refused = run([liar, view(1, 20.0)], 3_500, rules=rules)
+    frozen = {"c1": (-35.0, SEEN)}
+    refused = run([liar, view(1, 20.0)], 3_500, rules=rules, ambient=frozen)
     assert "m00" not in kinds(refused)
     assert any("vetoed" in n for n in refused.notes)
-    allowed = run([liar, view(1, 20.0)], 3_500, rules=rules, emergency=True)
+    assert not refused.alarms
+    # An emergency that sleeping m01 meets in time: still no cut.
+    spared = run([liar, view(1, 20.0)], 3_500, rules=rules, emergency=True, ambient=frozen)
+    assert kinds(spared) == {"m01": ActionKind.SLEEP}
+    # One nothing else meets: the cold gives way, with an alarm.
+    allowed = run([liar, view(1, 20.0)], 3_000, rules=rules, emergency=True, ambient=frozen)
     assert kinds(allowed)["m00"] is ActionKind.CUT
-    assert asked == [("m00", False), ("m00", True)]
+    assert [a.kind for a in allowed.alarms] == ["cold-cut"]
+    warm = run([liar, view(1, 20.0)], 3_500, rules=rules, ambient={"c1": (-5.0, SEEN)})
+    assert kinds(warm)["m00"] is ActionKind.CUT
+    assert not warm.alarms
 
 
 def test_the_way_back_raises_then_wakes_then_restores_after_the_minimum_off_time() -> None:
