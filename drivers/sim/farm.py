@@ -4,6 +4,7 @@ loopback address."""
 from __future__ import annotations
 
 import asyncio
+import bisect
 import hashlib
 import random
 import time
@@ -63,6 +64,11 @@ class SimFarm:
         self.default_ambient_c = default_ambient_c
         # Devices beside the miners (simulated PDUs, the site meter), by name.
         self.devices: dict[str, SimServer] = {}
+        # Winter checks: every start that succeeded (time, miner, watts it starts toward),
+        # from a wake out of sleep or an outlet restored; every outlet switched off (time,
+        # miner, container, ambient degC). Appended by hooks, so 10,000 miners cost nothing.
+        self.starts: list[tuple[float, str, float]] = []
+        self.cuts: list[tuple[float, str, str, float]] = []
         now = time_fn()
         for spec in specs:
             ambient = self.ambient_c.get(spec.container, default_ambient_c)
@@ -77,6 +83,10 @@ class SimFarm:
     def reset_counters(self) -> None:
         self.commands.clear()
         self.first_at.clear()
+        self.starts.clear()
+        self.cuts.clear()
+        for miner in self.miners.values():
+            miner.physics.failed_cold_boots = 0
 
     def _observe(self, command: str) -> None:
         if command not in self.first_at:
@@ -136,9 +146,39 @@ class SimFarm:
     def cut_count(self) -> int:
         return sum(not m.physics.powered for m in self.miners.values())
 
+    def failed_cold_boots(self) -> int:
+        """Starts whose hashboards failed to initialise in the cold, farm-wide."""
+        return sum(m.physics.failed_cold_boots for m in self.miners.values())
+
+    def breaker_trips(self) -> int:
+        """Breakers tripped by inrush, over every device that has one (the PDUs)."""
+        return sum(getattr(d, "breaker_trips", 0) for d in self.devices.values())
+
+    def peak_start_w_per_s(self, window_s: float = 1.0) -> float:
+        """The steepest run of starts: the most starting power (the watts each start ramps
+        toward) within any `window_s`, per second; what the grid sees as a load step."""
+        if not window_s > 0:
+            raise ValueError("window_s must be positive")
+        starts = sorted((t, w) for t, _, w in self.starts)
+        times = [t for t, _ in starts]
+        sums = [0.0]
+        for _, watts in starts:
+            sums.append(sums[-1] + watts)
+        best = 0.0
+        for i, t in enumerate(times):
+            end = bisect.bisect_left(times, t + window_s, lo=i)  # [t, t + window_s)
+            best = max(best, sums[end] - sums[i])
+        return best / window_s
+
     def outlet(self, miner_id: str) -> MinerOutlet:
         """The PDU outlet this miner is plugged into, as a PDU simulator drives it."""
-        return MinerOutlet(self.miners[miner_id].physics, self._time)
+        miner = self.miners[miner_id]
+        spec = miner.spec
+
+        def cut(now: float) -> None:
+            self.cuts.append((now, spec.id, spec.container, miner.physics.ambient_c))
+
+        return MinerOutlet(miner.physics, self._time, on_cut=cut)
 
     async def set_fault(self, miner_id: str, fault: Fault, *, slow_s: float | None = None) -> None:
         """Change a miner's (or a device's) fault live on every endpoint it serves."""
@@ -150,6 +190,10 @@ class SimFarm:
             await server.set_fault(fault, slow_s=slow_s)
         miner.spec = replace(miner.spec, fault=fault)
         miner.physics.deceive(fault is Fault.DECEIVE, self._time())
+
+    def ambient_of(self, container: str) -> float:
+        """A container's ambient temperature now (a sensor there reads this)."""
+        return self.ambient_c.get(container, self.default_ambient_c)
 
     def set_ambient(self, container: str, ambient_c: float) -> None:
         now = self._time()
@@ -169,13 +213,18 @@ class SimFarm:
         rng = random.Random(digest)  # noqa: S311 - simulation, not crypto
         base = family.model(spec)
         # Real units differ: ramps within +-15 %, thermal behaviour within +-10 %.
+        ramp_down = rng.uniform(0.85, 1.15)
+        ramp_up = rng.uniform(0.85, 1.15)
+        thermal = rng.uniform(0.9, 1.1)  # one draw for both rises: the same airflow
         model = replace(
             base,
-            ramp_down_s=base.ramp_down_s * rng.uniform(0.85, 1.15),
-            ramp_up_s=base.ramp_up_s * rng.uniform(0.85, 1.15),
-            temp_rise_c=base.temp_rise_c * rng.uniform(0.9, 1.1),
+            ramp_down_s=base.ramp_down_s * ramp_down,
+            ramp_up_s=base.ramp_up_s * ramp_up,
+            temp_rise_c=base.temp_rise_c * thermal,
+            max_rise_c=base.max_rise_c * thermal,
         )
         physics = MinerPhysics(model, ambient_c=ambient_c, now=now, mode=spec.mode)
+        physics.on_start = lambda t, watts: self.starts.append((t, spec.id, watts))
         fault = FaultState(spec.fault, control_up=lambda: physics.control_up(self._time()))
         physics.deceive(spec.fault is Fault.DECEIVE, now)
         context = BuildContext(
@@ -195,11 +244,18 @@ class MinerOutlet:
     """A miner's side of a PDU outlet: cutting it stops the miner's draw at once (its boards
     cool); restoring it boots the miner, which takes minutes before it mines again."""
 
-    __slots__ = ("_physics", "_time")
+    __slots__ = ("_on_cut", "_physics", "_time")
 
-    def __init__(self, physics: MinerPhysics, time_fn: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        physics: MinerPhysics,
+        time_fn: Callable[[], float],
+        *,
+        on_cut: Callable[[float], None] | None = None,
+    ) -> None:
         self._physics = physics
         self._time = time_fn
+        self._on_cut = on_cut  # told when power actually goes off
 
     @property
     def on(self) -> bool:
@@ -209,10 +265,13 @@ class MinerOutlet:
         return self._physics.true_power_w(self._time())
 
     def set_on(self, on: bool) -> None:
+        now = self._time()
         if on:
-            self._physics.restore(self._time())
-        else:
-            self._physics.cut(self._time())
+            self._physics.restore(now)
+        elif self._physics.powered:
+            self._physics.cut(now)
+            if self._on_cut is not None:
+                self._on_cut(now)
 
 
 async def _close(server: SimServer) -> None:

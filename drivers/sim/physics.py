@@ -2,12 +2,18 @@
 
 State is advanced lazily, on access, so a farm of 10,000 idle miners costs nothing between
 requests. Power ramps linearly between levels (firmware steps frequency and voltage);
-board temperature is a first-order lag toward ambient plus a rise proportional to power.
+board temperature is a first-order lag toward a steady value set by the firmware's fan
+control (see `MinerModel.board_steady_c`).
+
+Winter: hashboards below `cold_boot_c` fail to initialise on a hard start (sensor and board
+init errors on sub-5 degC cold boots; datasheets rate operation from 0 degC). A gentle start
+(a low profile), or one after pre-heating, warms them slowly enough and succeeds.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from drivers.types import Mode
@@ -39,8 +45,28 @@ class MinerModel:
     # "Minutes" in the field; a LuxOS cold boot "can take up to 5 minutes".
     boot_s: float = 90.0
     board_init_s: float = 120.0
-    temp_rise_c: float = 42.0  # boards above ambient at rated power
+    temp_rise_c: float = 42.0  # boards above ambient at rated power, fans at full speed
+    board_target_c: float = 60.0  # where firmware fan control holds the boards
+    max_rise_c: float = 90.0  # boards above ambient at rated power, fans at their minimum
+    cold_boot_c: float = 0.0  # below this a hard start's hashboards fail to initialise
+    gentle_max_fraction: float = 0.75  # a start toward at most this share of rated is gentle
     profiles: tuple[Profile, ...] = field(default=())
+
+    def board_steady_c(self, ambient_c: float, power_w: float) -> float:
+        """Where the boards settle at `power_w` (board 0; the others run a little warmer).
+
+        Fans regulate toward `board_target_c`; in the cold they bottom out and the boards
+        stay below it; in heat they run flat out and the boards climb above it. Asleep or
+        cut, the draw is next to nothing and the boards settle at ambient."""
+        load = max(0.0, power_w) / max(self.rated_power_w, 1)
+        fans_at_minimum = ambient_c + self.max_rise_c * load
+        if fans_at_minimum <= self.board_target_c:
+            return fans_at_minimum
+        return max(self.board_target_c, ambient_c + self.temp_rise_c * load)
+
+    def gentle(self, profile: Profile) -> bool:
+        """Whether a start toward `profile` warms cold boards slowly enough to succeed."""
+        return profile.power_w <= self.gentle_max_fraction * self.rated_power_w
 
     def profile(self, name: str) -> Profile | None:
         return next((p for p in self.all_profiles() if p.name == name), None)
@@ -63,6 +89,10 @@ class MinerModel:
         return tuple(steps)
 
 
+StartHook = Callable[[float, float], None]
+"""Called with (time, watts of the profile it starts toward) when a unit starts."""
+
+
 class MinerPhysics:
     """One miner's draw and temperatures, advanced on demand to `now` (seconds)."""
 
@@ -75,8 +105,11 @@ class MinerPhysics:
         "_t",
         "ambient_c",
         "board_temps_c",
+        "cold_failed",
+        "failed_cold_boots",
         "mode",
         "model",
+        "on_start",
         "powered",
         "profile",
         "target_w",
@@ -103,8 +136,11 @@ class MinerPhysics:
         self.powered = True  # the outlet feeding it is on
         self._boot_until = now  # the control board answers from then on
         self._real: MinerPhysics | None = None  # what it really does, when it deceives
-        steady = ambient_c + model.temp_rise_c * self.target_w / model.rated_power_w
+        steady = model.board_steady_c(ambient_c, self.target_w)
         self.board_temps_c = [steady + 0.7 * i for i in range(model.boards)]
+        self.failed_cold_boots = 0  # starts whose hashboards failed to initialise
+        self.cold_failed = False  # the last start failed cold: it needs a warm-up
+        self.on_start: StartHook | None = None  # told of every start that succeeds
 
     def power_w(self, now: float) -> float:
         """Draw at `now` as the firmware knows it (what a deceiving unit claims)."""
@@ -136,6 +172,7 @@ class MinerPhysics:
             real._from_w = self._power_at(now)
             real._ramp_start, real._ramp_end = self._ramp_start, self._ramp_end
             real.board_temps_c = list(self.board_temps_c)
+            real.cold_failed = self.cold_failed
             self._real = real
         elif not on:
             self._real = None
@@ -153,19 +190,18 @@ class MinerPhysics:
 
     def restore(self, now: float) -> None:
         """The outlet is switched on: the control board boots for `boot_s` at standby draw,
-        the hashboards initialise, then the unit ramps up mining (as after any power loss)."""
+        the hashboards initialise, then the unit ramps up toward its saved profile (as after
+        any power loss). Cold boards and a profile that is not gentle: the initialisation
+        fails and the unit stays at standby, its API up, not mining."""
         if self.powered:
             return
         self.advance(now)
-        self.powered = True
-        self._boot_until = now + self.model.boot_s
-        self.mode = Mode.MINING
-        self.target_w = self.profile.power_w
-        self._from_w = float(self.model.sleep_power_w)
-        self._ramp_start = self._boot_until + self.model.board_init_s
-        self._ramp_end = self._ramp_start + self.model.ramp_up_s
-        if self._real is not None:
-            self._real.restore(now)
+        unit: MinerPhysics = self._hardware(now)
+        fails = unit.cold_start_fails(preheated=False)
+        self._boot(now, fails=fails)
+        if unit is not self:
+            unit._boot(now, fails=fails)
+        self._started(now, unit.profile.power_w, fails=fails)
 
     def hashrate_ths(self, now: float) -> float:
         """Hashrate at `now`: proportional to how far the boards are into their ramp."""
@@ -179,12 +215,32 @@ class MinerPhysics:
     def sleep(self, now: float) -> None:
         self._retarget(now, Mode.SLEEPING)
 
-    def wake(self, now: float) -> None:
+    def wake(self, now: float, *, preheated: bool = False) -> None:
+        """Mine toward the current profile. From sleep this starts the hashboards: with
+        boards below `cold_boot_c`, a start that is neither gentle nor `preheated` fails;
+        the unit stays asleep at standby draw and is counted in `failed_cold_boots`."""
+        self.advance(now)
+        if not self.powered:
+            return  # no firmware to obey: it is gone until the outlet is restored
+        unit: MinerPhysics = self._hardware(now)
+        starting = unit.mode is Mode.SLEEPING
+        if starting and unit.cold_start_fails(preheated=preheated):
+            self._started(now, unit.profile.power_w, fails=True)
+            return
         self._retarget(now, Mode.MINING)
-        if self._real is not None:
-            self._real.wake(now)  # a deceiving unit obeys whatever raises its draw
+        if unit is not self:
+            unit._retarget(now, Mode.MINING)  # a deceiving unit obeys what raises its draw
+        if starting:
+            self._started(now, unit.profile.power_w, fails=False)
+
+    def cold_start_fails(self, *, preheated: bool) -> bool:
+        """Whether starting now, toward the current profile, fails for cold boards."""
+        if preheated or self.model.gentle(self.profile):
+            return False
+        return min(self.board_temps_c, default=self.ambient_c) < self.model.cold_boot_c
 
     def set_profile(self, profile: Profile, now: float) -> None:
+        """Take `profile`; asleep, it is kept for the next start."""
         self.advance(now)
         self.profile = profile
         if self.mode is Mode.MINING:
@@ -202,12 +258,16 @@ class MinerPhysics:
         self.target_w = self._level(mode)
         self._from_w = float(self.target_w)
         self._ramp_start = self._ramp_end = now
+        if mode is Mode.MINING:
+            self.cold_failed = False
         if self._real is not None:
             self._real.force(mode, now)
 
     def set_ambient(self, ambient_c: float, now: float) -> None:
         self.advance(now)
         self.ambient_c = ambient_c
+        if self._real is not None:
+            self._real.set_ambient(ambient_c, now)
 
     def advance(self, now: float) -> None:
         """Integrate board temperatures from the last update to `now`."""
@@ -223,6 +283,39 @@ class MinerPhysics:
         if t < now:
             self._relax(self._power_at(now), now - t)
         self._t = now
+
+    def _hardware(self, now: float) -> MinerPhysics:
+        """What really runs (the mirror of a deceiving unit), brought up to `now`."""
+        if self._real is None:
+            return self
+        self._real.advance(now)
+        return self._real
+
+    def _started(self, now: float, power_w: float, *, fails: bool) -> None:
+        """Book a start: a failed one is counted and marks the unit for a warm-up."""
+        for unit in (self, self._real):
+            if unit is not None:
+                unit.cold_failed = fails
+        if fails:
+            self.failed_cold_boots += 1
+        elif self.on_start is not None:
+            self.on_start(now, power_w)
+
+    def _boot(self, now: float, *, fails: bool) -> None:
+        self.powered = True
+        self._boot_until = now + self.model.boot_s
+        self._from_w = float(self.model.sleep_power_w)
+        self._ramp_start = self._boot_until + self.model.board_init_s
+        if fails:
+            # Decided now, while the boards are as cold as they will be; the API cannot
+            # answer until the control board is up, and then reports a unit not mining.
+            self.mode = Mode.SLEEPING
+            self.target_w = self.model.sleep_power_w
+            self._ramp_end = self._ramp_start
+        else:
+            self.mode = Mode.MINING
+            self.target_w = self.profile.power_w
+            self._ramp_end = self._ramp_start + self.model.ramp_up_s
 
     def _retarget(self, now: float, mode: Mode) -> None:
         self.advance(now)
@@ -247,7 +340,7 @@ class MinerPhysics:
         return self._from_w + (self.target_w - self._from_w) * max(0.0, frac)
 
     def _relax(self, power_w: float, dt: float) -> None:
-        steady = self.ambient_c + self.model.temp_rise_c * power_w / self.model.rated_power_w
+        steady = self.model.board_steady_c(self.ambient_c, power_w)
         k = 1.0 - math.exp(-dt / self.model.thermal_tau_s)
         self.board_temps_c = [
             temp + (steady + 0.7 * i - temp) * k for i, temp in enumerate(self.board_temps_c)

@@ -30,7 +30,8 @@ async def test_sim_control_reads_state_and_injects_faults(make_farm: MakeFarm, c
             clock.now += 3600
             async with http.get(f"{base}/miners/m0") as reply:
                 state = await reply.json()
-            assert state["board_temps_c"][0] < 15  # cooling toward -35 while mining
+            # Fans at their minimum: mining boards stay warm, just below the 60 degC target.
+            assert 20 < state["board_temps_c"][0] < 60
             async with http.put(f"{base}/miners/m0/fault", json={"mode": "sparks"}) as reply:
                 assert reply.status == 400
             async with http.get(f"{base}/miners/nope") as reply:
