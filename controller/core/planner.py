@@ -390,13 +390,30 @@ class _Ladder:
                 actions[position] = None
                 counts[ActionKind.LOWER] -= 1
                 total += saving
+            slow = self.limit.due_at is not None and self.now + _ramp(spec) > self.limit.due_at
+            if slow and cut_refusal(view) is None:
+                if self.cold_ok:  # an emergency that nothing else meets in time
+                    cut = self._cut(
+                        view,
+                        costs[i],
+                        "the limit cannot carry the heater floor, and "
+                        "a sleep would land after the deadline",
+                        stuck=False,
+                    )
+                    if cut is not None:
+                        actions.append(cut[0])
+                        counts[ActionKind.CUT] += 1
+                        total -= cut[1]
+                        slept[spec.container] = slept.get(spec.container, 0) + 1
+                        continue
+                self.cold_refused = True  # a cut would land in time where this sleep cannot
             reason = f"shed: the limit cannot carry the heater floor in {spec.container}"
             actions.append(Action(spec.id, ActionKind.SLEEP, reason))
             counts[ActionKind.SLEEP] += 1
             saving = costs[i] - spec.traits.sleep_power_w
             total -= saving
-            if self.limit.due_at is not None and self.now + _ramp(spec) > self.limit.due_at:
-                self.late_w += saving
+            self.late_w += saving if slow else 0
+            self.late += slow
             slept[spec.container] = slept.get(spec.container, 0) + 1
         climate = self.climate
         assert climate is not None
@@ -408,7 +425,8 @@ class _Ladder:
                     container,
                     f"heater floor not held: {climate.describe(container)}; the limit of "
                     f"{self.limit.limit_w / 1000:g} kW cannot carry {rules.floor_w / 1000:g} kW "
-                    f"there; {n} miners slept (control boards up), none cut",
+                    f"there; {n} miners shed (asleep with control boards up, unless an "
+                    "emergency needed a cut)",
                 )
             )
         return total
