@@ -1,5 +1,6 @@
 """Builds a simulated farm from a site config (drivers/sim must not import the controller):
-its miners, and the PDUs and site meter the config names, wired to the miners' physics."""
+its miners, and the PDUs, site meter and ambient sensors the config names, wired to the
+miners' physics and the containers' simulated ambient."""
 
 from __future__ import annotations
 
@@ -9,11 +10,12 @@ from collections.abc import Callable
 from controller.config import Loaded, SimulationCfg
 from drivers.sim.farm import SimFarm, SimMinerSpec
 from drivers.sim.faults import Fault, FaultState
-from drivers.sim.modbus import EmptyOutlet, OutletPort, SimMeter, SimPdu
+from drivers.sim.modbus import EmptyOutlet, OutletPort, SimMeter, SimPdu, SimSensor
 
 
 def farm_from_config(loaded: Loaded, time_fn: Callable[[], float]) -> SimFarm:
-    """Every configured miner simulated at its configured address, with its PDU and meter."""
+    """Every configured miner simulated at its configured address, with its PDUs (each
+    behind a breaker), the meter and the containers' temperature sensors."""
     sim = loaded.config.simulation or SimulationCfg()
     specs = [
         SimMinerSpec(
@@ -57,6 +59,24 @@ def farm_from_config(loaded: Loaded, time_fn: Callable[[], float]) -> SimFarm:
                 unit=pdu.unit,
                 fault=FaultState(sim.faults.get(pdu.id, Fault.NONE)),
                 rng=random.Random(f"{sim.seed}:{pdu.id}"),  # noqa: S311 - simulation
+                # The farm's clock: inrush is judged on the time the miners live in.
+                time_fn=time_fn,
+                breaker_max_on=sim.breaker.max_switch_on,
+                breaker_window_s=sim.breaker.window_s,
+            ),
+        )
+    for sensor in config.sensors:
+        farm.add_device(
+            sensor.id,
+            SimSensor(
+                sensor.id,
+                sensor.host,
+                sensor.port,
+                loaded.maps[sensor.id],
+                temperature_c=_ambient(farm, sensor.container),
+                unit=sensor.unit,
+                fault=FaultState(sim.faults.get(sensor.id, Fault.NONE)),
+                time_fn=time_fn,
             ),
         )
     meter = config.meter
@@ -83,3 +103,8 @@ def farm_from_config(loaded: Loaded, time_fn: Callable[[], float]) -> SimFarm:
             ),
         )
     return farm
+
+
+def _ambient(farm: SimFarm, container: str) -> Callable[[], float]:
+    """The container's ambient, read live so scripted changes show at the sensor."""
+    return lambda: farm.ambient_of(container)

@@ -6,6 +6,9 @@ Faults: refuse (nothing listens), stall (a request is read and never answered), 
 exception (every request gets Modbus exception 4), drop (each connection serves a few
 requests, then is cut mid-batch), lie (PDU: switch writes are acknowledged and read back as
 commanded, but the outlet keeps its power).
+
+A PDU may have a breaker: too many outlets switched on at once (inrush) trips it, and every
+outlet goes dark while the PDU itself keeps answering.
 """
 
 from __future__ import annotations
@@ -15,9 +18,11 @@ import itertools
 import math
 import random
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import NoReturn, Protocol, cast
 
+import structlog
 from pymodbus.constants import ExcCodes
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
@@ -37,6 +42,8 @@ from drivers.modbus_map import (
     encode_state,
 )
 from drivers.sim.faults import Fault, FaultState
+
+log = structlog.get_logger("curtaild.sim")
 
 STALL_HOLD_S = 60.0  # a stalled request is released at stop, or after this long
 DROP_AFTER = 2  # requests each connection serves under the drop fault before it is cut
@@ -280,7 +287,10 @@ class ModbusSim:
 
 
 class SimPdu(ModbusSim):
-    """A switched PDU: outlet states, per-outlet and total power, switching per the map."""
+    """A switched PDU: outlet states, per-outlet and total power, switching per the map.
+
+    With `breaker_max_on`, switching more outlets on than that within any `breaker_window_s`
+    trips its breaker: every outlet goes off (its miner loses power) and reads off."""
 
     def __init__(
         self,
@@ -295,11 +305,17 @@ class SimPdu(ModbusSim):
         rng: random.Random | None = None,
         noise_w: float = 0.0,
         time_fn: Callable[[], float] = time.monotonic,
+        breaker_max_on: int | None = None,
+        breaker_window_s: float = 1.0,
     ) -> None:
         if regmap.kind != "pdu":
             raise ValueError(f"{name}: {regmap.source} is a {regmap.kind} map, not a PDU map")
         if len(outlets) > regmap.outlets:
             raise ValueError(f"{name}: {len(outlets)} ports for {regmap.outlets} outlets")
+        if breaker_max_on is not None and breaker_max_on < 1:
+            raise ValueError(f"{name}: breaker_max_on must be at least 1")
+        if not breaker_window_s > 0:
+            raise ValueError(f"{name}: breaker_window_s must be positive")
         super().__init__(name, host, port, regmap, unit=unit, fault=fault, time_fn=time_fn)
         # Outlets the caller left out have nothing plugged in.
         self.outlets: list[OutletPort] = [
@@ -310,6 +326,10 @@ class SimPdu(ModbusSim):
         self.rng = rng or random.Random(f"{name}:{host}:{port}")  # noqa: S311 - not crypto
         self.switches: list[tuple[float, int, bool]] = []  # (time_fn, outlet, on) commanded
         self._commanded: dict[int, bool] = {}  # lie: what reads show instead of the truth
+        self.breaker_max_on = breaker_max_on
+        self.breaker_window_s = breaker_window_s
+        self.breaker_trips = 0
+        self._switched_on: deque[float] = deque()  # when outlets last went on, for inrush
         self._targets: dict[tuple[Table, int], tuple[Point, int]] = {}
         for point in (regmap.get("outlet_state"), regmap.get("outlet_switch")):
             if point is not None and point.writable:
@@ -373,12 +393,38 @@ class SimPdu(ModbusSim):
             self._switch(outlet, on)
         return None
 
+    def trip(self) -> None:
+        """The breaker opens: every outlet loses power; the PDU's own supply stays up."""
+        self.breaker_trips += 1
+        self._switched_on.clear()
+        self._commanded.clear()  # nothing to pretend about: the relays all dropped
+        for port in self.outlets:
+            if port.on:
+                port.set_on(False)
+
     def _switch(self, outlet: int, on: bool) -> None:
-        self.switches.append((self.time_fn(), outlet, on))
+        now = self.time_fn()
+        self.switches.append((now, outlet, on))
         if self.fault.lying:
             self._commanded[outlet] = on
             return
-        self.outlets[outlet - 1].set_on(on)
+        port = self.outlets[outlet - 1]
+        inrush = on and not port.on  # an outlet already on draws no inrush
+        port.set_on(on)
+        if inrush and self.breaker_max_on is not None:
+            recent = self._switched_on
+            while recent and recent[0] <= now - self.breaker_window_s:
+                recent.popleft()
+            recent.append(now)
+            if len(recent) > self.breaker_max_on:
+                log.warning(
+                    "sim_breaker_trip",
+                    pdu=self.name,
+                    switched_on=len(recent),
+                    window_s=self.breaker_window_s,
+                    max_on=self.breaker_max_on,
+                )
+                self.trip()
 
 
 class SimMeter(ModbusSim):
