@@ -3,6 +3,7 @@
 Loopback only, for tests, the demo and third-party witness clients that run in another
 process (and another virtualenv) and must check what the simulated hardware really did.
 
+  GET  /v1/farm                         farm-wide winter counts: cold boots, breakers, starts
   GET  /v1/miners                       every miner's true state
   GET  /v1/miners/{id}
   PUT  /v1/miners/{id}/fault            {"mode": "lie", "slow_s": 2.0}
@@ -31,6 +32,7 @@ class SimControl:
         self._port = port
         self.port: int | None = None
         app = web.Application()
+        app.router.add_get("/v1/farm", self._summary)
         app.router.add_get("/v1/miners", self._miners)
         app.router.add_get("/v1/miners/{miner}", self._miner)
         app.router.add_put("/v1/miners/{miner}/fault", self._fault)
@@ -48,6 +50,21 @@ class SimControl:
 
     async def stop(self) -> None:
         await self._runner.cleanup()
+
+    async def _summary(self, _: web.Request) -> web.Response:
+        farm = self._farm
+        return web.json_response(
+            {
+                "miners": len(farm.miners),
+                "power_w": round(farm.total_power_w(), 1),
+                "failed_cold_boots": farm.failed_cold_boots(),
+                "breaker_trips": farm.breaker_trips(),
+                "starts": len(farm.starts),
+                "peak_start_w_per_s": round(farm.peak_start_w_per_s(), 1),
+                "cuts": len(farm.cuts),
+                "ambient_c": {c: farm.ambient_of(c) for c in _containers(farm)},
+            }
+        )
 
     async def _miners(self, _: web.Request) -> web.Response:
         return web.json_response([self._state(m) for m in self._farm.miners.values()])
@@ -110,10 +127,18 @@ class SimControl:
             "profile": physics.profile.name,
             "power_w": round(power, 1),
             "board_temps_c": [round(t, 1) for t in physics.board_temps_c],
+            "powered": physics.powered,
+            "cold_failed": physics.cold_failed,
+            "failed_cold_boots": physics.failed_cold_boots,
             "fault": miner.fault.mode.value,
             "commands": list(miner.device.commands),
             "requests": sum(s.requests for s in miner.servers),
         }
+
+
+def _containers(farm: SimFarm) -> list[str]:
+    """Every container with a miner or a scripted ambient, in order."""
+    return sorted({m.spec.container for m in farm.miners.values()} | set(farm.ambient_c))
 
 
 async def _body(request: web.Request) -> dict[str, Any]:

@@ -3,11 +3,13 @@ the simulated farm's PDUs and ambient sensors as built from a site config."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from controller.simfarm import farm_from_config
@@ -15,6 +17,7 @@ from drivers.errors import VerificationError
 from drivers.meter.sensor import ModbusTemperature
 from drivers.modbus_map import load_map
 from drivers.pdu.modbus_pdu import ModbusPdu
+from drivers.sim.control import SimControl
 from drivers.sim.farm import SimFarm, SimMinerSpec
 from drivers.sim.faults import Fault
 from drivers.sim.modbus import SimPdu, SimSensor
@@ -225,3 +228,32 @@ async def test_config_wires_breakers_on_the_farm_clock_and_live_sensors(
             await link.close()
         for device in farm.devices.values():
             await device.stop()
+
+
+async def test_control_api_shows_trips_cold_boots_and_starts_to_a_witness(clock: Time) -> None:
+    async with pdu_rig(clock, f"{NET}.1.6") as (farm, _, pdu):
+        await all_off(pdu, clock)
+        for outlet in range(1, 10):  # the ninth trips the breaker
+            with contextlib.suppress(VerificationError):
+                await pdu.switch(outlet, on=True)
+        clock.now += 3600  # the boards cool to the container's ambient
+        farm.set_ambient("c1", -35.0)
+        clock.now += 3600
+        await pdu.switch(1, on=True)  # a cold full-power boot: faults
+        control = SimControl(farm, host=f"{NET}.1.7")
+        await control.start()
+        try:
+            async with aiohttp.ClientSession() as http:
+                async with http.get(f"http://{NET}.1.7:{control.port}/v1/farm") as reply:
+                    summary = await reply.json()
+                async with http.get(f"http://{NET}.1.7:{control.port}/v1/miners/m0") as reply:
+                    m0 = await reply.json()
+        finally:
+            await control.stop()
+    assert summary["breaker_trips"] == 1
+    assert summary["failed_cold_boots"] == 1
+    assert summary["starts"] == 9  # the nine restores before the trip; the cold one failed
+    assert summary["peak_start_w_per_s"] == 9 * RATED_W  # all nine within the same second
+    assert summary["ambient_c"] == {"c1": -35.0}
+    assert (m0["powered"], m0["cold_failed"], m0["failed_cold_boots"]) == (True, True, 1)
+    assert m0["mode"] == "sleeping"
