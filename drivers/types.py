@@ -63,6 +63,13 @@ class DriverTraits:
     # how long a new target takes to land. A lower target keeps boards warm and hashing.
     power_floor_fraction: float | None = None
     retarget_s: float = 0.0
+    # Waking with cold boards (a cold boot at full power fails below the vendor's
+    # threshold): the family's gentle start as a fraction of rated power, a low power
+    # target or work mode the boards warm up at (None: no low start; the wake relies on
+    # the vendor's pre-heat, or on nothing), and how much longer a gentle wake may take
+    # than a plain one (a Whatsminer pre-heats its boards for up to a minute first).
+    gentle_fraction: float | None = None
+    gentle_extra_s: float = 0.0
 
 
 class MinerDriver(Protocol):
@@ -82,8 +89,14 @@ class MinerDriver(Protocol):
         """Put the miner to sleep; return the read-back that proves it."""
         ...
 
-    async def wake(self) -> MinerReading:
-        """Wake the miner; return the read-back that proves it."""
+    async def wake(self, *, gentle: bool = False) -> MinerReading:
+        """Wake the miner; return the read-back that proves it.
+
+        `gentle`: its boards are cold. Start at the family's gentle level (a low power
+        target or work mode: `DriverTraits.gentle_fraction`) or after the vendor's
+        pre-heat, so the cold boot does not fail. The supervisor steps it up after the
+        warm-up: with set_power_target, or with a plain wake() where the family has no
+        power target (a plain wake always ends at the default power)."""
         ...
 
     async def set_profile(self, profile: str) -> MinerReading:

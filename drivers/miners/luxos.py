@@ -49,6 +49,11 @@ TRAITS = DriverTraits(
     # published profile steps); a profile change steps frequency as fast as curtail does.
     power_floor_fraction=0.70,
     retarget_s=5.0,
+    # A gentle wake starts at the lowest stock profile, so a cold boot draws what the
+    # ladder's lowest step does. It costs five more requests than a plain wake (profiles,
+    # logon, profileset, logoff, the profile's read-back) at the default 3 s deadline.
+    gentle_fraction=0.70,
+    gentle_extra_s=15.0,
 )
 
 
@@ -91,40 +96,35 @@ class LuxosMiner:
             await self._write("curtail", "sleep")
             return await self._verify("sleep", lambda r: r.mode is Mode.SLEEPING, VERIFY_PARTS)
 
-    async def wake(self) -> MinerReading:
+    async def wake(self, *, gentle: bool = False) -> MinerReading:
+        """Curtail wakeup. Gentle: first the lowest stock profile, proven before the wakeup
+        (asleep, the miner keeps it for the next start), so cold boards start at the lowest
+        draw; the supervisor steps the miner up with set_power_target after the warm-up."""
         async with self._lock:
+            if not gentle:
+                await self._write("curtail", "wakeup")
+                return await self._verify("wake", lambda r: r.mode is Mode.MINING, VERIFY_PARTS)
+            lowest = (await self._profiles("wake"))[0][1]
+            await self._set_profile(lowest)
             await self._write("curtail", "wakeup")
-            return await self._verify("wake", lambda r: r.mode is Mode.MINING, VERIFY_PARTS)
+            return await self._verify(
+                "wake",
+                lambda r: r.mode is Mode.MINING and r.profile == lowest,
+                VERIFY_PROFILE_PARTS,
+            )
 
     async def set_profile(self, profile: str) -> MinerReading:
         if "," in profile or not profile:
             raise RejectedError(self.miner_id, "profileset", f"invalid profile name {profile!r}")
         async with self._lock:
-            reply = await self._write("profileset", profile)
-            acked = _first(reply, "PROFILE", self.miner_id, "profileset").get("Profile")
-            if acked != profile:
-                raise ProtocolError(
-                    self.miner_id,
-                    "profileset",
-                    f"acknowledged profile {acked!r}, asked for {profile!r}",
-                )
-            return await self._verify(
-                "profileset", lambda r: r.profile == profile, VERIFY_PROFILE_PARTS
-            )
+            return await self._set_profile(profile)
 
     async def set_power_target(self, watts: int) -> MinerReading:
         """The largest profile drawing at most `watts` (the lowest profile if none does)."""
         async with self._lock:
-            reply = await self._call("profiles")
-        profiles = cgminer_tcp.section(reply, "PROFILES", device=self.miner_id, op="profiles")
-        try:
-            offered = sorted((float(p["Watts"]), str(p["Profile Name"])) for p in profiles)
-        except (KeyError, TypeError, ValueError) as err:
-            raise ProtocolError(self.miner_id, "profiles", f"unexpected layout: {err!r}") from None
-        if not offered:
-            raise UnsupportedError(self.miner_id, "set_power_target", "no power profiles")
-        fitting = [name for w, name in offered if w <= watts]
-        return await self.set_profile(fitting[-1] if fitting else offered[0][1])
+            offered = await self._profiles("set_power_target")
+            fitting = [name for w, name in offered if w <= watts]
+            return await self._set_profile(fitting[-1] if fitting else offered[0][1])
 
     async def close(self) -> None:
         """Nothing is held between calls: one connection per request."""
@@ -139,6 +139,31 @@ class LuxosMiner:
             parameter,
             timeout_s=self._ep.timeout_s,
             device=self.miner_id,
+        )
+
+    async def _profiles(self, op: str) -> list[tuple[float, str]]:
+        """The stock profiles as (watts, name), lowest draw first; never empty."""
+        reply = await self._call("profiles")
+        profiles = cgminer_tcp.section(reply, "PROFILES", device=self.miner_id, op="profiles")
+        try:
+            offered = sorted((float(p["Watts"]), str(p["Profile Name"])) for p in profiles)
+        except (KeyError, TypeError, ValueError) as err:
+            raise ProtocolError(self.miner_id, "profiles", f"unexpected layout: {err!r}") from None
+        if not offered:
+            raise UnsupportedError(self.miner_id, op, "no power profiles")
+        return offered
+
+    async def _set_profile(self, profile: str) -> MinerReading:
+        reply = await self._write("profileset", profile)
+        acked = _first(reply, "PROFILE", self.miner_id, "profileset").get("Profile")
+        if acked != profile:
+            raise ProtocolError(
+                self.miner_id,
+                "profileset",
+                f"acknowledged profile {acked!r}, asked for {profile!r}",
+            )
+        return await self._verify(
+            "profileset", lambda r: r.profile == profile, VERIFY_PROFILE_PARTS
         )
 
     async def _read(self, parts: tuple[str, ...] = READ_PARTS) -> MinerReading:
@@ -248,11 +273,11 @@ class LuxosMiner:
         reading, shown = await readback.until(lambda: self._read(parts), done)
         if shown:
             return reading
+        shows = f"{reading.mode.value} at {reading.power_w} W"
+        if "config" in parts:
+            shows += f", profile {reading.profile}"
         raise VerificationError(
-            self.miner_id,
-            op,
-            f"acknowledged {op} but reads back {reading.mode.value} at {reading.power_w} W",
-            reading,
+            self.miner_id, op, f"acknowledged {op} but reads back {shows}", reading
         )
 
 

@@ -20,6 +20,7 @@ from drivers.sim.cgminer_server import CgminerServer
 from drivers.sim.farm import SimFarm
 from drivers.sim.faults import Fault
 from drivers.sim.luxos import LuxosDevice
+from drivers.sim.physics import Profile
 from drivers.transport import cgminer_tcp
 from drivers.types import Capability, Mode
 from tests.unit.conftest import MakeFarm, Time
@@ -258,3 +259,64 @@ async def test_luxos_power_target_picks_the_largest_profile_that_fits(farm: SimF
     assert (await miner.set_power_target(2900)).profile == below.name
     lowest = min(profiles, key=lambda p: p.power_w)
     assert (await miner.set_power_target(10)).profile == lowest.name
+
+
+# -- a gentle wake, for cold boards --------------------------------------------------------
+
+
+def lowest_profile(farm: SimFarm, miner: str = "m0") -> Profile:
+    return min(farm.miners[miner].physics.model.all_profiles(), key=lambda p: p.power_w)
+
+
+def test_luxos_gentle_start_is_its_lowest_step() -> None:
+    traits = default_registry().get("luxos").traits
+    assert traits.gentle_fraction == traits.power_floor_fraction == 0.70
+    assert traits.gentle_extra_s > 0  # the profile's round trips come first
+
+
+async def test_luxos_gentle_wake_starts_at_the_lowest_profile(farm: SimFarm, clock: Time) -> None:
+    miner = driver(farm)
+    await miner.sleep()
+    clock.now += 60
+    lowest = lowest_profile(farm)
+    reading = await miner.wake(gentle=True)
+    assert reading.mode is Mode.MINING
+    assert reading.profile == lowest.name
+    commands = list(farm.miners["m0"].device.commands)
+    assert commands == ["sleep", f"profileset {lowest.name}", "wakeup"]
+    assert await session(farm) == ""  # both writes released the session
+    clock.now += 15
+    assert farm.power_w("m0") == lowest.power_w
+    assert (await miner.read()).power_w == lowest.power_w
+    # The supervisor steps it up after the warm-up; a plain wake does not touch the profile.
+    assert (await miner.set_power_target(3010)).profile == "default"
+
+
+async def test_luxos_cold_boards_start_only_gently(make_farm: MakeFarm, clock: Time) -> None:
+    farm = await make_farm(1, 3010, 21.5, ambient_c={"c1": -35.0})
+    physics = farm.miners["m0"].physics
+    miner = driver(farm)
+    await miner.sleep()
+    clock.now += 3600  # the boards cool to the container's -35 degC
+    physics.advance(clock.now)
+    assert max(physics.board_temps_c) < 0
+    await miner.wake()  # LuxOS reads back no SLEEP event: the failure shows in the draw
+    assert physics.failed_cold_boots == 1
+    assert physics.mode is Mode.SLEEPING
+    assert (await miner.wake(gentle=True)).profile == lowest_profile(farm).name
+    assert physics.failed_cold_boots == 1  # the gentle start took
+    clock.now += 15
+    assert farm.power_w("m0") == lowest_profile(farm).power_w
+
+
+async def test_luxos_gentle_wake_stops_when_the_low_profile_does_not_land(
+    farm: SimFarm,
+) -> None:
+    farm.reset(Mode.SLEEPING)
+    await farm.set_fault("m1", Fault.LIE)  # acknowledges profileset and does nothing
+    with pytest.raises(VerificationError, match="acknowledged profileset but") as err:
+        await driver(farm, "m1").wake(gentle=True)
+    assert err.value.reading is not None
+    assert err.value.reading.profile == "default"
+    assert farm.commands["curtail"] == 0  # never woken at full power
+    assert farm.miners["m1"].physics.mode is Mode.SLEEPING
