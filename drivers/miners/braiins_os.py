@@ -78,7 +78,16 @@ TRAITS = DriverTraits(
     # (inferred); the ladder uses it only when a deadline leaves that much time.
     power_floor_fraction=0.60,
     retarget_s=120.0,
+    # A gentle wake resumes at the firmware's lowest power target (_gentle_target_w). The
+    # planner counts it at the ladder's floor: reported minimums sit lower (1220 of 3050 W
+    # in the 25.07 constraints), so it over-counts the draw. Five more requests than a
+    # plain wake (the constraints once, the target, its read-back) at the default 3 s.
+    gentle_fraction=0.60,
+    gentle_extra_s=15.0,
 )
+# Without a reported minimum power target: this share of the default one (the ladder's
+# floor, which the firmware accepts as a target).
+GENTLE_DEFAULT_FRACTION = 0.60
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +131,8 @@ class BraiinsOsMiner:
         # What the miner ramps with, once checked; None when its firmware has no setting.
         self.quick_ramping: QuickRamping | None = None
         self._ramping_checked = False
+        # The firmware's (minimum, default) power target, once read: they do not change.
+        self._target_limits: tuple[int | None, int | None] | None = None
         self.api_version: str | None = None
         self.firmware: str | None = None
         self.model: str | None = None
@@ -163,10 +174,23 @@ class BraiinsOsMiner:
             await self._action("pause")
             return await self._verify("pause", lambda r: r.mode is Mode.SLEEPING, VERIFY_PARTS)
 
-    async def wake(self) -> MinerReading:
+    async def wake(self, *, gentle: bool = False) -> MinerReading:
+        """Resume. Gentle: first the lowest power target, proven before the resume (paused,
+        the tuner keeps it for the start), so cold boards start at the lowest draw; the
+        supervisor steps the miner up with set_power_target after the warm-up."""
         async with self._lock:
+            if not gentle:
+                await self._action("resume")
+                return await self._verify("resume", lambda r: r.mode is Mode.MINING, VERIFY_PARTS)
+            watts = await self._gentle_target_w()
+            await self._set_power_target(watts)
             await self._action("resume")
-            return await self._verify("resume", lambda r: r.mode is Mode.MINING, VERIFY_PARTS)
+            profile = target_profile(watts)
+            return await self._verify(
+                "resume",
+                lambda r: r.mode is Mode.MINING and r.profile == profile,
+                VERIFY_TARGET_PARTS,
+            )
 
     async def set_profile(self, profile: str) -> MinerReading:
         raise UnsupportedError(
@@ -179,19 +203,7 @@ class BraiinsOsMiner:
         if watts <= 0:
             raise RejectedError(self.miner_id, "power-target", f"invalid power target {watts} W")
         async with self._lock:
-            reply = await self._call(
-                "PUT", "/performance/power-target", "power-target", {"watt": watts}
-            )
-            acked = reply.get("watt") if isinstance(reply, dict) else None
-            if acked != watts:
-                raise ProtocolError(
-                    self.miner_id,
-                    "power-target",
-                    f"acknowledged power target {acked!r}, asked for {watts} W",
-                )
-            return await self._verify(
-                "power-target", lambda r: r.profile == target_profile(watts), VERIFY_TARGET_PARTS
-            )
+            return await self._set_power_target(watts)
 
     async def set_quick_ramping(self, up_s: int, down_s: int) -> QuickRamping:
         """Set how fast pause powers down and resume powers up; return the read-back."""
@@ -273,6 +285,43 @@ class BraiinsOsMiner:
         reading = parse_reading(replies, self.miner_id, self._last)
         self._last = reading
         return reading
+
+    async def _set_power_target(self, watts: int) -> MinerReading:
+        reply = await self._call(
+            "PUT", "/performance/power-target", "power-target", {"watt": watts}
+        )
+        acked = reply.get("watt") if isinstance(reply, dict) else None
+        if acked != watts:
+            raise ProtocolError(
+                self.miner_id,
+                "power-target",
+                f"acknowledged power target {acked!r}, asked for {watts} W",
+            )
+        return await self._verify(
+            "power-target", lambda r: r.profile == target_profile(watts), VERIFY_TARGET_PARTS
+        )
+
+    async def _gentle_target_w(self) -> int:
+        """The power target a gentle wake starts at: the firmware's own minimum (GET
+        configuration/constraints), else GENTLE_DEFAULT_FRACTION of its default target,
+        else of the configured one (firmware without constraints)."""
+        if self._target_limits is None:
+            try:
+                reply = await self._call("GET", "/configuration/constraints", "constraints")
+            except UnsupportedError:
+                reply = None  # older REST: no constraints endpoint
+            self._target_limits = _target_limits(reply, self.miner_id)
+        low, default = self._target_limits
+        if low is not None:
+            return low
+        if default is None:
+            config = await self._configuration()
+            default = _power_watt(config, "tuner", "power_target", device=self.miner_id)
+        if default is None:
+            raise UnsupportedError(
+                self.miner_id, "wake", "no minimum, default or configured power target"
+            )
+        return round(default * GENTLE_DEFAULT_FRACTION)
 
     async def _action(self, action: str) -> None:
         reply = await self._call("PUT", f"/actions/{action}", action)
@@ -451,6 +500,31 @@ def _board_temp(board: dict[str, Any]) -> float:
     if temp is None:
         temp = _path(board, "highest_chip_temp", "temperature", "degree_c")
     return float("nan") if temp is None else _number(temp)
+
+
+def _target_limits(reply: object, device: str) -> tuple[int | None, int | None]:
+    """(minimum, default) power target from GetConstraintsResponse; None where not given."""
+    if reply is None:
+        return None, None
+    target = ("tuner_constraints", "power_target")
+    return (
+        _power_watt(reply, *target, "min", device=device, op="constraints"),
+        _power_watt(reply, *target, "default", device=device, op="constraints"),
+    )
+
+
+def _power_watt(value: object, *keys: str, device: str, op: str = "configuration") -> int | None:
+    """The watts of the Power object at value[k1][k2]... ({"watt": 1220}); None if null."""
+    try:
+        watt = _path(value, *keys, "watt")
+        if watt is None:
+            return None
+        watts = round(_number(watt))
+    except (TypeError, ValueError, OverflowError) as err:
+        raise ProtocolError(device, op, f"unexpected power: {err!r}") from None
+    if watts <= 0:
+        raise ProtocolError(device, op, f"power target of {watts} W")
+    return watts
 
 
 def _quick_ramping(config: dict[str, Any], device: str) -> QuickRamping:

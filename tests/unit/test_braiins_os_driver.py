@@ -31,6 +31,7 @@ from drivers.miners.braiins_os import (
     _cooling_mode,
     _pause_fans,
     _quick_ramping,
+    _target_limits,
     parse_reading,
 )
 from drivers.registry import MinerEndpoint, MinerRegistry
@@ -388,3 +389,86 @@ async def test_braiins_os_first_read_applies_the_quick_ramping_the_traits_assume
     await miner.read()
     assert farm.miners["m1"].server.requests == requests + len(READ_PARTS)
     assert list(sim.commands) == [f"quick-ramping {QUICK_RAMP_UP_S}/{QUICK_RAMP_DOWN_S}"]
+
+
+# -- a gentle wake, for cold boards --------------------------------------------------------
+
+CONSTRAINTS = "GET /api/v1/configuration/constraints"
+
+
+def test_braiins_os_gentle_start_is_counted_at_the_ladders_floor() -> None:
+    assert TRAITS.gentle_fraction == TRAITS.power_floor_fraction == 0.60
+    assert TRAITS.gentle_extra_s > 0  # the target and its read-back come first
+
+
+async def test_braiins_os_gentle_wake_resumes_at_the_minimum_power_target(
+    farm: SimFarm, clock: Time
+) -> None:
+    miner = driver(farm)
+    await miner.sleep()
+    clock.now += 60
+    low, _ = device(farm).target_range_w()  # what configuration/constraints reports
+    reading = await miner.wake(gentle=True)
+    assert reading.mode is Mode.MINING
+    assert reading.profile == f"{low}W"
+    assert list(device(farm).commands) == ["pause", f"power-target {low}", "resume"]
+    clock.now += 10  # quick ramping up: 5 s
+    assert farm.power_w("m0") == low
+    assert (await miner.read()).power_w == low
+    # Asleep and gently woken again: the constraints are not read twice.
+    await miner.sleep()
+    assert (await miner.wake(gentle=True)).profile == f"{low}W"
+    assert farm.commands[CONSTRAINTS] == 1
+    # The supervisor steps it up after the warm-up.
+    assert (await miner.set_power_target(3250)).profile == "3250W"
+
+
+async def test_braiins_os_cold_boards_start_only_gently(make_farm: MakeFarm, clock: Time) -> None:
+    farm = await make_farm(
+        1, 3250, 29.5, driver="braiins-os", port=REST_PORT, ambient_c={"c1": -35.0}
+    )
+    physics = farm.miners["m0"].physics
+    miner = driver(farm)
+    await miner.sleep()
+    clock.now += 3600  # the boards cool to the container's -35 degC
+    physics.advance(clock.now)
+    assert max(physics.board_temps_c) < 0
+    with pytest.raises(VerificationError, match="acknowledged resume but reads back sleeping"):
+        await miner.wake()
+    assert physics.failed_cold_boots == 1
+    assert (await miner.wake(gentle=True)).mode is Mode.MINING
+    assert physics.failed_cold_boots == 1  # the gentle start took
+
+
+async def test_braiins_os_gentle_wake_stops_when_the_low_target_does_not_land(
+    farm: SimFarm,
+) -> None:
+    farm.reset(Mode.SLEEPING)
+    await farm.set_fault("m1", Fault.LIE)  # acknowledges the target and does nothing
+    with pytest.raises(VerificationError, match="m1: power-target: acknowledged") as err:
+        await driver(farm, "m1").wake(gentle=True)
+    assert err.value.reading is not None
+    assert err.value.reading.profile == "3250W"
+    assert farm.commands["PUT /api/v1/actions/resume"] == 0  # never resumed at full power
+    assert farm.miners["m1"].physics.mode is Mode.SLEEPING
+
+
+def test_braiins_os_gentle_target_from_the_constraints() -> None:
+    constraints = fixture("configuration_constraints")
+    assert _target_limits(constraints, "m0") == (1220, 3050)
+    constraints["tuner_constraints"]["power_target"]["min"] = None
+    assert _target_limits(constraints, "m0") == (None, 3050)
+    assert _target_limits(None, "m0") == (None, None)  # firmware without the endpoint
+    constraints["tuner_constraints"]["power_target"]["min"] = {"watt": "many"}
+    with pytest.raises(ProtocolError, match="m0: constraints: unexpected power"):
+        _target_limits(constraints, "m0")
+
+
+async def test_braiins_os_gentle_wake_without_a_minimum_takes_60_percent_of_the_default(
+    farm: SimFarm,
+) -> None:
+    farm.reset(Mode.SLEEPING)
+    miner = driver(farm)
+    miner._target_limits = (None, 3250)  # as firmware that reports no minimum
+    assert (await miner.wake(gentle=True)).profile == "1950W"
+    assert farm.commands[CONSTRAINTS] == 0
