@@ -70,6 +70,9 @@ TRAITS = DriverTraits(
     # poll's pause; the reads around them have their own request deadlines.
     command_budget_s=WRITE_TIMEOUT_S + VERIFY_WINDOW_S + POLL_INTERVAL_S,
     reports_power=False,  # see NOMINAL_J_TH
+    # A gentle wake starts in the low-power work mode (0.7 of normal draw, hass-miner #525)
+    # with the same requests as a plain wake; a later plain wake steps it up.
+    gentle_fraction=0.70,
 )
 
 # Stock firmware reports no watts (pyasic: wattage None; Tether: "S19XP ❌"). Mining power
@@ -135,6 +138,7 @@ class AntminerStockMiner:
         self._joined = True  # bmminer-mix joins "a+b"; some builds answer E 14 instead
         self._stats_cgi = True  # older builds have no stats.cgi (404): RPC only then
         self._wake_mode = MODE_NORMAL  # the mode sleep interrupted (a HEM or low unit stays so)
+        self._warming = False  # runs low-power because a gentle wake chose it, not a person
         self.firmware: str | None = None
         self.model: str | None = None
 
@@ -175,11 +179,25 @@ class AntminerStockMiner:
 
     async def sleep(self) -> MinerReading:
         async with self._lock:
-            return await self._set_mode(MODE_SLEEP, "sleep")
+            reading, _ = await self._set_mode(MODE_SLEEP, "sleep")
+            self._warming = False  # the mode to come back to is still the one before
+            return reading
 
-    async def wake(self) -> MinerReading:
+    async def wake(self, *, gentle: bool = False) -> MinerReading:
+        """Back to the mode sleep interrupted; gentle: into low-power mode instead (a unit
+        already awake is left alone: its boards are warm, and a save restarts bmminer)."""
+        # A plain wake after a gentle one steps the unit up from low-power. Otherwise a unit
+        # running low-power counts as awake: a person who chose low-power (a weak circuit, a
+        # hot row) keeps it, and our sleep and wake bring it back to low-power. A daemon
+        # restart forgets that we chose it: such a unit stays low until a person steps it up.
         async with self._lock:
-            return await self._set_mode(self._wake_mode, "wake")
+            if gentle:
+                reading, wrote = await self._set_mode(MODE_LOW, "wake", exact=True, warm_ok=True)
+                self._warming |= wrote
+                return reading
+            reading, _ = await self._set_mode(self._wake_mode, "wake", exact=self._warming)
+            self._warming = False
+            return reading
 
     async def set_profile(self, profile: str) -> MinerReading:
         raise UnsupportedError(
@@ -196,16 +214,25 @@ class AntminerStockMiner:
 
     # -- the write -------------------------------------------------------------------------
 
-    async def _set_mode(self, target: int, op: str) -> MinerReading:
+    async def _set_mode(
+        self, target: int, op: str, *, exact: bool = False, warm_ok: bool = False
+    ) -> tuple[MinerReading, bool]:
+        """Save `target` and verify it runs; the read-back, and whether a save was sent.
+
+        Not `exact`: any awake mode satisfies a wake target. `warm_ok`: a unit already
+        awake in any mode is left as it is."""
         before = await self._observe(op)
         conf = await self._web("GET", "get_miner_conf", op)
-        if _reached(before, target) and _stored_agrees(conf, target):
-            # Already there (a low-power or HEM unit counts as awake): a save would restart
-            # bmminer for nothing.
-            return before.reading
+        if _reached(before, target, exact=exact) and _stored_agrees(conf, target, exact=exact):
+            # Already there (not exact: a low-power or HEM unit counts as awake): a save
+            # would restart bmminer for nothing.
+            return before.reading, False
+        if warm_ok and _reached(before, MODE_NORMAL) and _stored_agrees(conf, MODE_NORMAL):
+            return before.reading, False
         body = write_body(conf, target, device=self.miner_id, op=op)  # raises before writing
         running = before.web_mode if before.web_mode is not None else before.rpc_mode
-        if target == MODE_SLEEP and running in (MODE_NORMAL, MODE_HIGH, MODE_LOW):
+        ours = self._warming and running == MODE_LOW  # a gentle wake's mode, not a choice
+        if target == MODE_SLEEP and running in (MODE_NORMAL, MODE_HIGH, MODE_LOW) and not ours:
             self._wake_mode = running
         unacked: DeviceTimeoutError | None = None
         try:
@@ -222,10 +249,10 @@ class AntminerStockMiner:
             unacked = err  # the reply comes after the restart; the save may well have landed
         else:
             _check_ack(ack, device=self.miner_id, op=op)
-        return await self._verify(op, target, unacked)
+        return await self._verify(op, target, unacked, exact=exact), True
 
     async def _verify(
-        self, op: str, target: int, unacked: DeviceTimeoutError | None
+        self, op: str, target: int, unacked: DeviceTimeoutError | None, *, exact: bool
     ) -> MinerReading:
         """Poll until the running process reports `target`, tolerating the restart gap."""
         loop = asyncio.get_running_loop()
@@ -239,7 +266,7 @@ class AntminerStockMiner:
                 failure = err  # 4028 refuses and the CGIs are empty while bmminer restarts
             else:
                 failure = None
-                if _reached(seen, target):
+                if _reached(seen, target, exact=exact):
                     return seen.reading
             if loop.time() >= deadline:
                 break
@@ -551,22 +578,27 @@ def _mode_code(value: object) -> int | None:
     return None
 
 
-def _stored_agrees(conf: object, target: int) -> bool:
-    """The saved config is asleep (or not) as asked, so a reboot keeps the state."""
+def _same(code: int, target: int, *, exact: bool) -> bool:
+    return code == target if exact else (code == MODE_SLEEP) == (target == MODE_SLEEP)
+
+
+def _stored_agrees(conf: object, target: int, *, exact: bool = False) -> bool:
+    """The saved config is asleep (or not; `exact`: in `target`) as asked, so a reboot
+    keeps the state."""
     if not isinstance(conf, dict):
         return False
     stored = _mode_code(conf.get("bitmain-work-mode", conf.get("miner-mode")))
-    return stored is not None and (stored == MODE_SLEEP) == (target == MODE_SLEEP)
+    return stored is not None and _same(stored, target, exact=exact)
 
 
-def _reached(seen: Observation, target: int) -> bool:
-    """Every runtime mode source agrees the unit is asleep (or not) as asked."""
-    asleep = target == MODE_SLEEP
+def _reached(seen: Observation, target: int, *, exact: bool = False) -> bool:
+    """Every runtime mode source agrees the unit is asleep (or not; `exact`: in `target`)
+    as asked."""
     codes = [c for c in (seen.rpc_mode, seen.web_mode) if c is not None]
     if codes:
-        return all((c == MODE_SLEEP) == asleep for c in codes)
+        return all(_same(c, target, exact=exact) for c in codes)
     # No mode field anywhere (older builds): judge by hashing alone.
-    return (seen.reading.hashrate_ths <= 0) == asleep
+    return (seen.reading.hashrate_ths <= 0) == (target == MODE_SLEEP)
 
 
 def _describe(seen: Observation) -> str:

@@ -281,6 +281,72 @@ async def test_antminer_stock_wakes_a_low_power_unit_back_to_low_power(
     assert sim.conf["bitmain-work-mode"] == "3"
 
 
+async def test_antminer_stock_gentle_wake_starts_in_low_power_then_steps_up(
+    farm: SimFarm, clock: Time
+) -> None:
+    miner = driver(farm)
+    await across_restart(farm, clock, miner.sleep())
+    clock.now += 60
+    sim = device(farm)
+    warm = await across_restart(farm, clock, miner.wake(gentle=True), changes=2)
+    assert warm.mode is Mode.MINING
+    assert warm.profile == "low"
+    assert (sim.posts[-1]["miner-mode"], sim.conf["bitmain-work-mode"]) == (3, "3")
+    clock.now += 120
+    assert farm.power_w("m0") == round(3250 * ENTRY.traits.gentle_fraction)  # the sim's 0.7
+    # The supervisor steps it up with a plain wake: low-power is ours, not a person's.
+    stepped = await across_restart(farm, clock, miner.wake(), changes=3)
+    assert stepped.profile == "normal"
+    assert list(sim.commands) == ["sleep", "low", "normal"]
+    assert sim.conf["bitmain-work-mode"] == "0"
+    clock.now += 120
+    assert farm.power_w("m0") == 3250
+
+
+async def test_antminer_stock_sleep_while_warming_keeps_the_mode_to_come_back_to(
+    farm: SimFarm, clock: Time
+) -> None:
+    miner = driver(farm)
+    await across_restart(farm, clock, miner.sleep())
+    await across_restart(farm, clock, miner.wake(gentle=True), changes=2)
+    await across_restart(farm, clock, miner.sleep(), changes=3)  # a shed before the step-up
+    awake = await across_restart(farm, clock, miner.wake(), changes=4)
+    assert awake.profile == "normal"
+    assert list(device(farm).commands) == ["sleep", "low", "sleep", "normal"]
+
+
+async def test_antminer_stock_gentle_wake_leaves_a_running_unit_alone(farm: SimFarm) -> None:
+    reading = await driver(farm).wake(gentle=True)
+    assert (reading.mode, reading.profile) == (Mode.MINING, "normal")
+    assert not device(farm).posts  # a save would restart its warm boards for nothing
+
+
+async def test_antminer_stock_cold_boards_start_only_gently(
+    make_farm: MakeFarm, clock: Time
+) -> None:
+    ensure(FAMILY)
+    farm = await make_farm(
+        2, 3250, 29.5, driver="antminer-stock", web_port=WEB_PORT, ambient_c={"c1": -35.0}
+    )
+    for miner in farm.miners:
+        device(farm, miner).conf_reply_delay_s = 0.01
+    plain, gentle = driver(farm, "m0"), driver(farm, "m1")
+    await across_restart(farm, clock, plain.sleep(), "m0")
+    await across_restart(farm, clock, gentle.sleep(), "m1")
+    clock.now += 3600  # the boards cool to the container's -35 degC
+    cold = [farm.miners[m].physics for m in ("m0", "m1")]
+    for physics in cold:
+        physics.advance(clock.now)
+        assert max(physics.board_temps_c) < 0
+    await across_restart(farm, clock, plain.wake(), "m0", changes=2)
+    assert cold[0].failed_cold_boots == 1  # boards failed to initialise at full power
+    assert cold[0].mode is Mode.SLEEPING
+    warm = await across_restart(farm, clock, gentle.wake(gentle=True), "m1", changes=2)
+    assert warm.profile == "low"
+    assert cold[1].failed_cold_boots == 0
+    assert cold[1].mode is Mode.MINING
+
+
 async def test_antminer_stock_restart_outlasting_the_window_is_not_called_a_lie(
     farm: SimFarm,
 ) -> None:
