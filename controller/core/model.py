@@ -272,7 +272,9 @@ class Horizon:
         if reading.mode is Mode.SLEEPING:
             return spec.traits.sleep_power_w if seen_at < since + ramps[0] else power
         if seen_at < since + ramps[1]:
-            return max(power, spec.rated_power_w)
+            # Ramping up: to its lowered target (a gentle wake) if it has one, else rated.
+            top = spec.floor_w() if view.lowered_at is not None else None
+            return max(power, top or spec.rated_power_w)
         return power
 
 
