@@ -43,6 +43,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="the simulated farm (default: the bundled demo farm)",
     )
     demo.add_argument("--json", action="store_true", help="print one JSON summary")
+    demo.add_argument(
+        "--scenario",
+        choices=("day", "winter"),
+        default="day",
+        help="day: a Kazakhstan surplus day; winter: the same farm at -35 °C",
+    )
     demo.add_argument("--mqtt-url", default=None, help="use this broker instead of an embedded one")
     args = parser.parse_args(argv)
     handlers: dict[str, Callable[[argparse.Namespace], int]] = {
@@ -133,7 +139,11 @@ def _sim(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from controller.demo import run_demo  # noqa: PLC0415
 
-    return run_loop(run_demo(config=args.config, as_json=args.json, mqtt_url=args.mqtt_url))
+    return run_loop(
+        run_demo(
+            config=args.config, as_json=args.json, mqtt_url=args.mqtt_url, scenario=args.scenario
+        )
+    )
 
 
 def run_until_signalled(main: Callable[[], Awaitable[None]]) -> int:

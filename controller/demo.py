@@ -33,7 +33,7 @@ from typing import Any, TextIO
 import aiohttp
 import yaml
 
-from controller import logs, wire
+from controller import demo_winter, logs, wire
 from controller.adapters.mqtt_signals import GridSide
 from controller.app import Daemon
 from controller.clock import SystemClock
@@ -52,18 +52,22 @@ SETTLE_TIMEOUT_S = 30.0
 HOLD_S = 8.0  # how long the tighter revision holds before the cancel
 
 
-async def run_demo(*, config: Path | None, as_json: bool, mqtt_url: str | None) -> int:
+async def run_demo(
+    *, config: Path | None, as_json: bool, mqtt_url: str | None, scenario: str = "day"
+) -> int:
     out = sys.stderr if as_json else sys.stdout
     logs.configure("WARNING", "console", stream=sys.stderr)
     for noisy in ("amqtt", "transitions", "aiohttp"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory(prefix="curtaild-demo-") as tmp:
         try:
-            loaded, key = _demo_config(config or DEFAULT_FARM, Path(tmp), mqtt_url)
+            loaded, key = _demo_config(config or DEFAULT_FARM, Path(tmp), mqtt_url, scenario)
         except ConfigError as err:
             print(str(err), file=sys.stderr)
             return 2
-        summary = await _scenario(loaded, key, out, embed_broker=mqtt_url is None)
+        summary = await _scenario(
+            loaded, key, out, embed_broker=mqtt_url is None, winter=scenario == "winter"
+        )
     if as_json:
         print(json.dumps(summary, indent=2))
     else:
@@ -71,10 +75,15 @@ async def run_demo(*, config: Path | None, as_json: bool, mqtt_url: str | None) 
     return 0 if summary["ok"] else 1
 
 
-def _demo_config(path: Path, tmp: Path, mqtt_url: str | None) -> tuple[Loaded, bytes]:
-    """The farm config pointed at a scratch journal, a free HTTP port and the broker."""
+def _demo_config(
+    path: Path, tmp: Path, mqtt_url: str | None, scenario: str = "day"
+) -> tuple[Loaded, bytes]:
+    """The farm config pointed at a scratch journal, a free HTTP port and the broker; in
+    winter, with the winter overlay (cold, sensors, the safety rules) merged on."""
     try:
         data = yaml.safe_load(path.read_text())
+        if scenario == "winter":
+            data = demo_winter.merge(data, yaml.safe_load(demo_winter.OVERLAY.read_text()))
     except OSError as err:
         problem = f"cannot read the demo farm: {err.strerror}; pass one with -c"
         raise ConfigError(str(path), [problem]) from None
@@ -89,7 +98,7 @@ def _demo_config(path: Path, tmp: Path, mqtt_url: str | None) -> tuple[Loaded, b
 
 
 async def _scenario(
-    loaded: Loaded, key: bytes, out: TextIO, *, embed_broker: bool
+    loaded: Loaded, key: bytes, out: TextIO, *, embed_broker: bool, winter: bool = False
 ) -> dict[str, Any]:
     clock = SystemClock()
     mqtt = loaded.config.signals.mqtt
@@ -119,9 +128,14 @@ async def _scenario(
             GridSide(mqtt.host, mqtt.port, site_id=loaded.config.site.id, prefix=mqtt.topic_prefix)
         )
         progress = asyncio.create_task(_progress(daemon, farm, say), name="demo.progress")
+        watch = demo_winter.FloorWatch(loaded, farm, daemon) if winter else None
         try:
             operator = _Operator(grid, key, clock, daemon.http.port, say)
-            await operator.play(daemon, rated_kw)
+            if watch is not None:
+                async with demo_winter.watching(watch, clock.time):
+                    await demo_winter.play(operator, daemon, rated_kw)
+            else:
+                await operator.play(daemon, rated_kw)
         finally:
             progress.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -130,7 +144,11 @@ async def _scenario(
             [*daemon.supervisor.finished, *daemon.supervisor.obligations],
             key=lambda o: (o.starts_at, o.key),
         )
-        return _summary(loaded, obligations, farm, operator.kinds, daemon)
+        summary = _summary(loaded, obligations, farm, operator.kinds, daemon)
+        if watch is not None:
+            summary["winter"] = demo_winter.summary(loaded, farm, daemon, watch)
+            summary["ok"] = summary["ok"] and demo_winter.passed(summary["winter"])
+        return summary
 
 
 class _Operator:
@@ -146,16 +164,16 @@ class _Operator:
     ) -> None:
         self._grid = grid
         self._key = key
-        self._clock = clock
+        self.clock = clock
         self._http = f"http://127.0.0.1:{http_port}/grid/v1/signals"
         self._say = say
         self.kinds: dict[str, str] = {}
 
     async def play(self, daemon: Daemon, rated_kw: float) -> None:
         sup = daemon.supervisor
-        now = self._clock.now()
+        now = self.clock.now()
         grant_end = now + timedelta(seconds=GRANT_LENGTH_S)
-        await self._mqtt(
+        await self.mqtt(
             {
                 "type": "grant",
                 "id": "korem-demo-h10",
@@ -172,58 +190,65 @@ class _Operator:
         # Limits are fractions of the farm's full draw: the slow families are still
         # ramping up (a stock Antminer needs ~90 s), and count at full draw in the plan.
         first = round(rated_kw * CURTAIL_FRACTION)
-        await self._mqtt(
-            self._curtailment(1, first),
+        await self.mqtt(
+            self.curtailment("evt-demo-1", 1, first),
             f"curtailment evt-demo-1 to {first} kW (40 % of the farm's {rated_kw:.0f} kW; "
             f"drawing {(sup.measured_w or 0) / 1000:.0f} kW now) within {DEADLINE_S:g} s",
         )
-        await self._reached("evt-demo-1", 1)
+        await self.reached("evt-demo-1", 1)
         await asyncio.sleep(2)
         tighter = round(rated_kw * TIGHTER_FRACTION)
         await self._post(
-            self._curtailment(2, tighter), f"tighter revision r2 to {tighter} kW (30 %), over HTTP"
+            self.curtailment("evt-demo-1", 2, tighter),
+            f"tighter revision r2 to {tighter} kW (30 %), over HTTP",
         )
-        await self._reached("evt-demo-1", 2)
+        await self.reached("evt-demo-1", 2)
         # The grid holds the curtailment long enough for the farm's two deceiving units to
         # be caught by their outlets' measurements (their firmware says they sleep).
         await asyncio.sleep(HOLD_S)
-        await self._mqtt(
+        await self.mqtt(
             {
                 "type": "cancel",
                 "id": "evt-demo-1",
                 "revision": 3,
-                "issued_at": _iso(self._clock.now()),
+                "issued_at": _iso(self.clock.now()),
             },
             "cancel evt-demo-1",
         )
-        remaining = (grant_end - self._clock.now()).total_seconds()
+        remaining = (grant_end - self.clock.now()).total_seconds()
         self._say(f"waiting for the grant to end in {remaining:.0f} s")
         await asyncio.sleep(max(0.0, remaining))
         await _until(lambda: not sup.pending_deadlines(), SETTLE_TIMEOUT_S)
 
-    def _curtailment(self, revision: int, limit_kw: int) -> dict[str, Any]:
+    def curtailment(
+        self, signal_id: str, revision: int, limit_kw: int, deadline_s: float = DEADLINE_S
+    ) -> dict[str, Any]:
         return {
             "type": "curtailment",
-            "id": "evt-demo-1",
+            "id": signal_id,
             "revision": revision,
-            "issued_at": _iso(self._clock.now()),
+            "issued_at": _iso(self.clock.now()),
             "limit_kw": limit_kw,
-            "deadline_s": DEADLINE_S,
+            "deadline_s": deadline_s,
             "emergency": False,
         }
 
-    async def _mqtt(self, signal: dict[str, Any], what: str) -> None:
+    @staticmethod
+    def iso(value: datetime) -> str:
+        return _iso(value)
+
+    async def mqtt(self, signal: dict[str, Any], what: str) -> None:
         body = json.dumps(signal).encode()
         self.kinds[f"{signal['id']}#r{signal['revision']}"] = signal["type"]
         self._say(f"grid -> MQTT: {what}")
-        await self._grid.publish(wire.seal(self._key, int(self._clock.time()), body))
+        await self._grid.publish(wire.seal(self._key, int(self.clock.time()), body))
         ack = await self._grid.wait_ack(signal["id"], signal["revision"])
         self._say(f"ack: {ack['status']} ({ack['detail']})")
 
     async def _post(self, signal: dict[str, Any], what: str) -> None:
         body = json.dumps(signal).encode()
         self.kinds[f"{signal['id']}#r{signal['revision']}"] = signal["type"]
-        ts = int(self._clock.time())
+        ts = int(self.clock.time())
         self._say(f"grid -> HTTP: {what}")
         timeout = aiohttp.ClientTimeout(total=10)
         async with (
@@ -239,18 +264,20 @@ class _Operator:
         ):
             self._say(f"HTTP {reply.status}: {await reply.text()}")
 
-    async def _reached(self, signal_id: str, revision: int) -> None:
+    async def reached(self, signal_id: str, revision: int, deadline_s: float = DEADLINE_S) -> None:
         with contextlib.suppress(TimeoutError):
-            ack = await self._grid.wait_ack(signal_id, revision, timeout_s=DEADLINE_S + 5)
+            ack = await self._grid.wait_ack(signal_id, revision, timeout_s=deadline_s + 5)
             while ack["status"] not in ("reached", "missed"):
-                ack = await self._next_verdict(signal_id, revision)
+                ack = await self._next_verdict(signal_id, revision, deadline_s)
             self._say(f"ack: {ack['status']} ({ack['detail']})")
 
-    async def _next_verdict(self, signal_id: str, revision: int) -> dict[str, Any]:
+    async def _next_verdict(
+        self, signal_id: str, revision: int, deadline_s: float
+    ) -> dict[str, Any]:
         for status in ("reached", "missed"):
             with contextlib.suppress(TimeoutError):
                 return await self._grid.wait_ack(
-                    signal_id, revision, status, timeout_s=DEADLINE_S / 2
+                    signal_id, revision, status, timeout_s=deadline_s / 2
                 )
         return {"status": "missed", "detail": "no verdict acknowledged"}
 
@@ -347,6 +374,20 @@ def _print_summary(summary: dict[str, Any], out: TextIO) -> None:
         f"{summary['lying_miners_detected']} ({', '.join(summary['lying_miners']) or 'none'})",
         file=out,
     )
+    winter = summary.get("winter")
+    if winter is not None:
+        ambient = ", ".join(f"{c} {t:g} °C" for c, t in winter["ambient_c"].items())
+        lowest = ", ".join(f"{c} {kw:g} kW" for c, kw in winter["heater_floor_lowest_kw"].items())
+        print(
+            f"winter at {ambient}: {winter['cold_cuts']} cold cuts outside emergencies, "
+            f"{winter['failed_cold_boots']} failed cold boots, "
+            f"{winter['breaker_trips']} breaker trips, "
+            f"{winter['heater_floor_violations']} heater-floor violations (lowest container "
+            f"draw while the limit allowed the floor: {lowest}); {winter['warm_wakes']} warm "
+            f"wakes; peak restart {winter['peak_wake_kw_per_s']:g} kW/s (planned limit "
+            f"{winter['wake_limit_kw_per_s']:g} kW/s)",
+            file=out,
+        )
     print(
         f"time to target measured by: the {summary['measured_by']}; every deadline met: "
         f"{'yes' if summary['ok'] else 'NO'}",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -202,6 +202,8 @@ class Supervisor:
         self.frequency_events: list[tuple[datetime, str, float | None]] = []
         self.alarms: dict[tuple[str, str], tuple[datetime, str]] = {}  # standing heater floors
         self.cold_cuts: list[tuple[datetime, str, str]] = []  # (at, miner, why)
+        self.alarm_counts: Counter[str] = Counter()  # alarms raised, by kind
+        self.warm_wakes: set[str] = set()  # miners woken gently
         if measurements is not None:
             measurements.on_meter = self.on_meter
 
@@ -454,6 +456,7 @@ class Supervisor:
                 continue
             else:
                 standing[key] = (now, alarm.detail)
+            self.alarm_counts[alarm.kind] += 1
             self._journal.record_event(now, "alarm", alarm.subject, alarm.detail)
             log.warning(alarm.kind, subject=alarm.subject, detail=alarm.detail)
         # A shed plan judges floors; a wake plan judges them only while it has floor wakes.
@@ -544,6 +547,8 @@ class Supervisor:
                 self.escalations[kind.value].add(action.miner_id)
             else:
                 self._recent_wakes.append((now, coming_back_w(spec, kind)))
+                if kind is ActionKind.WARM:
+                    self.warm_wakes.add(action.miner_id)
             self.in_flight += 1
             if kind is ActionKind.CUT or kind is ActionKind.RESTORE:
                 # Busy only while on the wire, not while queued for the next batch: tests
