@@ -19,9 +19,10 @@ real M50 capture (get.device.info), apidoc.whatsminer.com, pyasic 0.79.0 and Tet
 Where a code or field is inferred rather than seen, it is marked (inferred).
 
 Physics: power_off drops draw in seconds; power_on brings draw back in seconds while the
-hashrate climbs for minutes (upfreq); pre_power_on warms cold boards so that climb is
-shorter; adjust_power_limit and set.miner.power_limit restart btminer: draw falls to the
-control board's and comes back over minutes.
+hashrate climbs for minutes (upfreq); pre_power_on (v3: set.miner.pre_power_on) warms cold
+boards so that a full-power start succeeds (see physics) and that climb is shorter;
+adjust_power_limit and set.miner.power_limit restart btminer: draw falls to the control
+board's and comes back over minutes.
 """
 
 from __future__ import annotations
@@ -157,6 +158,7 @@ class WhatsminerDevice:
         self.salt = self._random(string.ascii_letters + string.digits, 8)
         self.write_enabled = True  # WhatsMinerTool's "API switch"
         self.answers_power_off = True  # False: power_off acts and never answers (seen live)
+        self.has_pre_power_on = True  # False: firmware without it (invalid command)
         self.power_limit_w = physics.model.rated_power_w
         self.power_pct = FULL_PCT
         self.poweroff_cool = False
@@ -263,6 +265,8 @@ class WhatsminerDevice:
         return self._v2_ok()
 
     def _w_pre_power_on(self, _: Reply, now: float) -> Reply:
+        if not self.has_pre_power_on:
+            return self._fail(CODE_INVALID_COMMAND, "invalid cmd")
         return self._v2_ok(self._pre_power_on(now, act=not self.fault.lying))
 
     def _w_set_power_pct(self, command: Reply, now: float) -> Reply:
@@ -569,12 +573,15 @@ class WhatsminerDevice:
         method = _V3_WRITES.get(cmd)
         if method is None:
             return self._v3(V3_INVALID, "invalid command", cmd)
-        done: bool = getattr(self, method)(param, self._now())
+        done: bool | Reply | None = getattr(self, method)(param, self._now())
+        if done is None:
+            return self._v3(V3_INVALID, "invalid command", cmd)
         if not done:
             return self._v3(V3_INVALID, f"invalid param: {param}", cmd)
-        return self._v3(0, "ok", cmd)
+        return self._v3(0, done if isinstance(done, dict) else "ok", cmd)
 
-    # Each v3 write returns False for an invalid param; under `lie` it is acknowledged only.
+    # Each v3 write returns False for an invalid param (None: this firmware has no such
+    # command; an object: the reply's msg); under `lie` it is acknowledged only.
 
     def _s_service(self, param: object, now: float) -> bool:
         if param not in V3_SERVICE:
@@ -607,6 +614,13 @@ class WhatsminerDevice:
             self._apply_profile(now)
             self.commands.append(f"set.miner.power_percent {pct}")
         return True
+
+    def _s_pre_power_on(self, _: object, now: float) -> Reply | None:
+        """v2's pre_power_on (in the notes' v3 command list): its progress as the msg, in
+        v2's shape (inferred); None where the firmware has no such command."""
+        if not self.has_pre_power_on:
+            return None
+        return self._pre_power_on(now, act=not self.fault.lying, name="set.miner.pre_power_on")
 
     def _s_poweroff_cool(self, param: object, _: float) -> bool:
         cool = {"enable": 1, "disable": 0}.get(str(param), _integer(param))
@@ -770,19 +784,19 @@ class WhatsminerDevice:
         if self.physics.mode is Mode.MINING:
             return
         preheated = self._preheat_done(now)
-        self.physics.wake(now)
+        self.physics.wake(now, preheated=preheated)
         self._btminer_since = now
         self._upfreq_from = now
         self._upfreq_s = UPFREQ_PREHEATED_S if preheated else UPFREQ_S
         self._preheat_since = None
         self._off_since = None
 
-    def _pre_power_on(self, now: float, *, act: bool) -> dict[str, str]:
+    def _pre_power_on(self, now: float, *, act: bool, name: str = "pre_power_on") -> dict[str, str]:
         if self.physics.mode is Mode.MINING or not act:
             return {"complete": "true", "msg": "adjust complete"}
         if self._preheat_since is None:
             self._preheat_since = now
-            self.commands.append("pre_power_on")
+            self.commands.append(name)
         if self._preheat_done(now):
             return {"complete": "true", "msg": "adjust complete"}
         return {"complete": "false", "msg": "wait for adjust temp"}
@@ -872,6 +886,7 @@ _V3_WRITES = {
     "set.miner.service": "_s_service",
     "set.miner.power_limit": "_s_power_limit",
     "set.miner.power_percent": "_s_power_percent",
+    "set.miner.pre_power_on": "_s_pre_power_on",
     "set.fan.poweroff_cool": "_s_poweroff_cool",
 }
 

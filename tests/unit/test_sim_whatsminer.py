@@ -429,6 +429,39 @@ async def test_sim_whatsminer_pre_power_on_warms_cold_boards_first(
     assert warm["MHS 1m"] > cold["MHS 1m"]
 
 
+async def test_sim_whatsminer_v3_pre_power_on_lets_a_cold_start_succeed(
+    make_farm: MakeFarm, clock: Time
+) -> None:
+    farm = await make_farm(
+        1, RATED_W, 29.0, driver="whatsminer-v3", port=V2_PORT, web_port=V3_PORT,
+        ambient_c={"c1": -30.0},
+    )  # fmt: skip
+
+    def signed(cmd: str, param: str | None = None) -> dict[str, Any]:
+        ts = int(clock.now)
+        tok = v3_token(cmd, "super", device(farm).salt, ts)
+        return {"cmd": cmd, "param": param, "ts": ts, "account": "super", "token": tok}
+
+    await frames(farm, signed("set.miner.service", "stop"))
+    clock.now += 3600  # boards at the container's -30 degC
+    (first,) = await frames(farm, signed("set.miner.pre_power_on"))
+    assert (first["code"], first["msg"]["complete"]) == (0, "false")
+    clock.now += PREHEAT_S
+    (done,) = await frames(farm, signed("set.miner.pre_power_on"))
+    assert done["msg"] == {"complete": "true", "msg": "adjust complete"}
+    await frames(farm, signed("set.miner.service", "start"))
+    physics = farm.miners["m0"].physics
+    assert (physics.mode, physics.failed_cold_boots) == (Mode.MINING, 0)
+    assert list(device(farm).commands) == [
+        "set.miner.service stop",
+        "set.miner.pre_power_on",
+        "set.miner.service start",
+    ]
+    device(farm).has_pre_power_on = False  # firmware without it
+    (unknown,) = await frames(farm, signed("set.miner.pre_power_on"))
+    assert (unknown["code"], unknown["msg"]) == (-2, "invalid command")
+
+
 @pytest.mark.parametrize("api", ["v2", "v3"])
 async def test_sim_whatsminer_power_limit_restarts_btminer(
     v3farm: SimFarm, clock: Time, api: str
