@@ -9,10 +9,12 @@ JSON each way, several frames per connection; writes carry ts, account and an 8-
 token over cmd + password + salt + ts.
 
 Sleep is power_off / `set.miner.service stop` (hashboards off, control board up); wake is
-power_on / `start`. A power target uses set_power_pct / `set.miner.power_percent`, which
-apply without a restart. adjust_power_limit / `set.miner.power_limit` restart the mining
-process (minutes at low draw, then a slow ramp), so they are offered as set_power_limit()
-for operators and never used for a power target. Every write is verified by read-back.
+power_on / `start`, and a gentle wake (cold boards) first waits for pre_power_on /
+`set.miner.pre_power_on` to finish the vendor's pre-heat. A power target uses
+set_power_pct / `set.miner.power_percent`, which apply without a restart.
+adjust_power_limit / `set.miner.power_limit` restart the mining process (minutes at low
+draw, then a slow ramp), so they are offered as set_power_limit() for operators and never
+used for a power target. Every write is verified by read-back.
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ WRITE_LOCKED = "can't access write cmd"  # the write API was never switched on
 BTMINER_DOWN = b"Socket connect failed"  # old API daemons say this while btminer is stopped
 
 V3_CODE_FAIL = -1  # generic failure; a refused token lands here too
+V3_CODE_INVALID = -2  # invalid command (or param)
 V3_CODE_NO_PERMISSION = -4  # "no permission for write command": write API switched off
 
 # The miner drops a token 30 min after it issued it; ours starts counting a little later.
@@ -76,6 +79,10 @@ TOKEN_RENEW_S = 20 * 60.0  # reads renew a token this old, so commands rarely ha
 V3_MAX_FRAME_BYTES = 1 << 20  # btminer's largest replies (error lists) stay far below this
 PRE_POWER_ON_POLLS = 4
 PRE_POWER_ON_INTERVAL_S = 0.25  # Tether's client polls every 200 ms
+# A gentle wake waits for the pre-heat to complete (it takes up to a minute) before power_on:
+# a full-power start with cold boards fails. Each poll is a command, so not too often.
+PREHEAT_POLL_S = 2.0
+PREHEAT_WAIT_S = 70.0
 # Where firmware does not report the percent it holds, draw decides: at most 10 % above the
 # target, or at least 2 % below the draw before the command (still ramping down to it).
 POWER_TARGET_SLACK = 1.10
@@ -90,6 +97,9 @@ TRAITS = DriverTraits(
     ramp_down_s=15.0,
     ramp_up_s=60.0,
     fans_when_asleep=FanPause.CONFIGURABLE,
+    # A gentle wake is the pre-heat, then power_on at full power: no low start.
+    gentle_fraction=None,
+    gentle_extra_s=PREHEAT_WAIT_S + 5.0,  # and the poll under way when it completes
 )
 
 Reply = dict[str, Any]
@@ -335,6 +345,36 @@ async def _verify(
     )
 
 
+def _preheat_progress(msg: object) -> bool | None:
+    """Whether pre_power_on's reply says the pre-heat is complete; None if it says nothing
+    ({"complete": "false", "msg": "wait for adjust temp"} until it is)."""
+    if not isinstance(msg, dict) or "complete" not in msg:
+        return None
+    return str(msg["complete"]).lower() == "true"
+
+
+async def _until_pre_heated(device: str, poll: Callable[[], Awaitable[bool | None]]) -> None:
+    """Poll the pre-heat until it completes, for at most PREHEAT_WAIT_S.
+
+    Still warming at the deadline: DeviceTimeoutError, without power_on (it would fail on
+    cold boards; the firmware keeps warming for the next try). Firmware that reports no
+    progress has warmed for the whole wait, and may start."""
+    silent = False  # the last reply said nothing about progress
+    try:
+        with within(PREHEAT_WAIT_S):
+            while not (progress := await poll()):
+                silent = progress is None
+                await asyncio.sleep(PREHEAT_POLL_S)
+    except TimeoutError:
+        if silent:
+            return
+        raise DeviceTimeoutError(
+            device,
+            "pre_power_on",
+            f"pre-heat not complete within {PREHEAT_WAIT_S:g} s; not powering on cold boards",
+        ) from None
+
+
 # -- API v2 --------------------------------------------------------------------------------
 
 
@@ -407,9 +447,13 @@ class WhatsminerV2Miner:
             unanswered = await self._command_allowing_silence("power_off", respbefore="true")
             return await self._verify("sleep", _asleep, unanswered)
 
-    async def wake(self) -> MinerReading:
+    async def wake(self, *, gentle: bool = False) -> MinerReading:
+        """power_on; gentle: only once pre_power_on reports the pre-heat complete."""
         async with self._lock:
-            await self._pre_heat()
+            if gentle:
+                await _until_pre_heated(self.miner_id, self._poll_pre_heat)
+            else:
+                await self._pre_heat()
             await self._command("power_on")
             return await self._verify("wake", _mining)
 
@@ -579,24 +623,27 @@ class WhatsminerV2Miner:
         return reply
 
     async def _pre_heat(self) -> None:
-        """pre_power_on warms the hashboards so that power_on reaches full hashrate sooner,
-        which matters in a cold container. We wait for it only briefly: the wake itself
-        matters more than a faster ramp, and power_on works without it."""
-        if not self._pre_power_on:
-            return
+        """pre_power_on warms the hashboards so that power_on reaches full hashrate sooner.
+        A plain wake waits for it only briefly: its boards are warm enough to start (a
+        gentle wake is for cold ones), and the wake matters more than a faster ramp."""
         for poll in range(PRE_POWER_ON_POLLS):
-            try:
-                reply = await self._command("pre_power_on")
-            except RejectedError as err:
-                if err.code not in (CODE_INVALID_COMMAND, CODE_COMMAND_ERROR):
-                    raise
-                self._pre_power_on = False  # firmware without it: plain power_on
-                return
-            msg = reply.get("Msg")
-            if isinstance(msg, dict) and str(msg.get("complete")).lower() == "true":
+            if await self._poll_pre_heat():
                 return
             if poll + 1 < PRE_POWER_ON_POLLS:
                 await asyncio.sleep(PRE_POWER_ON_INTERVAL_S)
+
+    async def _poll_pre_heat(self) -> bool | None:
+        """One pre_power_on: its progress (see _preheat_progress); True without one."""
+        if not self._pre_power_on:
+            return True
+        try:
+            reply = await self._command("pre_power_on")
+        except RejectedError as err:
+            if err.code not in (CODE_INVALID_COMMAND, CODE_COMMAND_ERROR):
+                raise
+            self._pre_power_on = False  # firmware without it: plain power_on
+            return True
+        return _preheat_progress(reply.get("Msg"))
 
     async def _exchange(self, payload: bytes, op: str) -> bytes:
         return await cgminer_tcp.exchange(
@@ -697,6 +744,7 @@ class WhatsminerV3Miner:
         self._password = endpoint.password or V3_DEFAULT_PASSWORD
         self._lock = asyncio.Lock()
         self._salt: str | None = None  # stable while the miner runs; refetched when refused
+        self._pre_power_on = True  # until the firmware says it has no such command
         self.firmware: str | None = None
         self.model: str | None = None
         self.api_version: str | None = None
@@ -729,9 +777,13 @@ class WhatsminerV3Miner:
             await self._write("set.miner.service", "stop")
             return await self._verify("sleep", _asleep)
 
-    async def wake(self) -> MinerReading:
-        # API v3 has no pre_power_on (not in the official command list).
+    async def wake(self, *, gentle: bool = False) -> MinerReading:
+        """start; gentle: only once set.miner.pre_power_on reports the pre-heat complete."""
+        # A plain wake does not pre-heat: v2's brief wait only shortens the ramp a little,
+        # and the command is missing from the 3.0.x command lists (firmware may lack it).
         async with self._lock:
+            if gentle:
+                await _until_pre_heated(self.miner_id, self._poll_pre_heat)
             await self._write("set.miner.service", "start")
             return await self._verify("wake", _mining)
 
@@ -776,6 +828,20 @@ class WhatsminerV3Miner:
     ) -> MinerReading:
         return await _verify(self.miner_id, lambda: self._read_state(fans=fans), op, done)
 
+    async def _poll_pre_heat(self) -> bool | None:
+        """One set.miner.pre_power_on: its progress, in v2's shape (inferred: no capture
+        has it); True where the firmware has no such command."""
+        if not self._pre_power_on:
+            return True
+        try:
+            reply = await self._write("set.miner.pre_power_on", None)
+        except RejectedError as err:
+            if err.code != V3_CODE_INVALID:
+                raise
+            self._pre_power_on = False  # firmware without it: a plain start
+            return True
+        return _preheat_progress(reply.get("msg"))
+
     async def _read_state(self, *, fans: bool = False) -> WhatsminerState:
         async def steps(link: _V3Link) -> WhatsminerState:
             info = await self._get(link, "get.device.info", "miner")
@@ -813,11 +879,12 @@ class WhatsminerV3Miner:
                 ts = int(time.time())
                 request = {
                     "cmd": cmd,
-                    "param": param,
                     "ts": ts,
                     "account": V3_ACCOUNT,
                     "token": v3_token(cmd, self._password, self._salt, ts),
                 }
+                if param is not None:
+                    request["param"] = param
                 reply = await link.call(request, device=self.miner_id, op=cmd)
                 if reply["code"] == V3_CODE_FAIL:
                     if not attempt:
@@ -936,8 +1003,8 @@ class WhatsminerMiner:
     async def sleep(self) -> MinerReading:
         return await (await self._impl()).sleep()
 
-    async def wake(self) -> MinerReading:
-        return await (await self._impl()).wake()
+    async def wake(self, *, gentle: bool = False) -> MinerReading:
+        return await (await self._impl()).wake(gentle=gentle)
 
     async def set_profile(self, profile: str) -> MinerReading:
         return await (await self._impl()).set_profile(profile)

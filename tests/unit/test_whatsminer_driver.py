@@ -25,6 +25,7 @@ from drivers.errors import (
     UnsupportedError,
     VerificationError,
 )
+from drivers.miners import whatsminer
 from drivers.miners.whatsminer import (
     ENTRIES,
     TOKEN_RENEW_S,
@@ -45,7 +46,7 @@ from drivers.registry import MinerEndpoint, MinerRegistry
 from drivers.sim.families import ensure
 from drivers.sim.farm import SimFarm
 from drivers.sim.faults import Fault
-from drivers.sim.whatsminer import FAMILY, MAX_TOKENS, WhatsminerDevice
+from drivers.sim.whatsminer import FAMILY, MAX_TOKENS, PREHEAT_S, WhatsminerDevice
 from drivers.transport import cgminer_tcp
 from drivers.types import Capability, FanPause, Mode
 from tests.unit.conftest import MakeFarm, Time
@@ -493,18 +494,6 @@ async def test_whatsminer_v2_power_off_without_an_answer_is_judged_by_read_back(
     assert device(v2farm).commands[-1] == "power_off"
 
 
-async def test_whatsminer_v2_wake_pre_heats_cold_boards(make_farm: MakeFarm, clock: Time) -> None:
-    farm = await make_farm(
-        1, RATED_W, 34.0, driver="whatsminer-v2", port=V2_PORT, ambient_c={"c1": -30.0}
-    )
-    miner = driver(farm, timeout_s=1.0)
-    await miner.sleep()
-    clock.now += 3600  # the boards cool to the container's -30 degC
-    assert (await miner.wake()).mode is Mode.MINING
-    assert list(device(farm).commands) == ["power_off", "pre_power_on", "power_on"]
-    assert farm.commands["pre_power_on"] >= 2  # polled: still warming when we went ahead
-
-
 @pytest.mark.parametrize("lying", [False, True])
 async def test_whatsminer_v2_power_target_judged_by_draw_without_power_pct(
     v2farm: SimFarm, clock: Time, lying: bool
@@ -629,3 +618,101 @@ def test_whatsminer_v3_only_a_failure_naming_the_token_is_an_auth_error() -> Non
     assert _mentions_auth("Permission denied")
     assert not _mentions_auth("power limit out of range")
     assert not _mentions_auth(None)
+
+
+# -- a gentle wake: the vendor's pre-heat, for cold boards ---------------------------------
+
+PREHEAT_POLL = {"v2": "pre_power_on", "v3": "set.miner.pre_power_on"}
+
+
+@pytest.fixture(params=["v2", "v3"])
+async def cold(request: pytest.FixtureRequest, make_farm: MakeFarm, clock: Time) -> SimFarm:
+    """Two miners of each API's firmware asleep for an hour at -30 degC: cold boards."""
+    driver_name = f"whatsminer-{request.param}"
+    farm = await make_farm(
+        2, RATED_W, 29.0, driver=driver_name, port=V2_PORT, web_port=V3_PORT,
+        ambient_c={"c1": -30.0},
+    )  # fmt: skip
+    for miner in farm.miners:
+        await driver(farm, miner).sleep()
+    clock.now += 3600
+    for miner in farm.miners:
+        physics = farm.miners[miner].physics
+        physics.advance(clock.now)
+        assert max(physics.board_temps_c) < 0
+    return farm
+
+
+def api_of(farm: SimFarm) -> str:
+    return "v2" if farm.miners["m0"].spec.driver == "whatsminer-v2" else "v3"
+
+
+def warming(farm: SimFarm, clock: Time, monkeypatch: pytest.MonkeyPatch, miner: str) -> None:
+    """Each pre-heat poll finds the simulated clock 15 s on, and the driver polls at once."""
+    sim = device(farm, miner)
+    original = sim._pre_power_on
+
+    def later(now: float, **options: Any) -> dict[str, str]:
+        del now
+        clock.now += 15.0
+        return original(clock.now, **options)
+
+    monkeypatch.setattr(sim, "_pre_power_on", later)
+    monkeypatch.setattr(whatsminer, "PREHEAT_POLL_S", 0.0)
+
+
+def test_whatsminer_gentle_wake_is_the_pre_heat_at_full_power() -> None:
+    assert TRAITS.gentle_fraction is None  # no low start: full power after the pre-heat
+    assert TRAITS.gentle_extra_s > whatsminer.PREHEAT_WAIT_S > PREHEAT_S
+
+
+async def test_whatsminer_gentle_wake_pre_heats_until_complete_then_starts(
+    cold: SimFarm, clock: Time, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    api = api_of(cold)
+    warming(cold, clock, monkeypatch, "m1")
+    # A plain wake does not wait for the pre-heat: cold boards fail a full-power start.
+    with pytest.raises(VerificationError, match="acknowledged wake but reads back sleeping"):
+        await driver(cold, "m0").wake()
+    assert cold.miners["m0"].physics.failed_cold_boots == 1
+    polls = cold.commands[PREHEAT_POLL[api]]
+    reading = await driver(cold, "m1").wake(gentle=True)
+    assert reading.mode is Mode.MINING
+    physics = cold.miners["m1"].physics
+    assert (physics.mode, physics.failed_cold_boots) == (Mode.MINING, 0)
+    # Polled 15 s apart until the minute's pre-heat was complete, then started.
+    assert cold.commands[PREHEAT_POLL[api]] - polls == 5
+    expected = {
+        "v2": ["power_off", "pre_power_on", "power_on"],
+        "v3": ["set.miner.service stop", "set.miner.pre_power_on", "set.miner.service start"],
+    }
+    assert list(device(cold, "m1").commands) == expected[api]
+
+
+async def test_whatsminer_gentle_wake_never_starts_boards_still_warming(
+    cold: SimFarm, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(whatsminer, "PREHEAT_WAIT_S", 0.3)  # the simulated clock stands still
+    monkeypatch.setattr(whatsminer, "PREHEAT_POLL_S", 0.05)
+    with pytest.raises(DeviceTimeoutError, match=r"pre-heat not complete within 0\.3 s") as err:
+        await driver(cold, "m1").wake(gentle=True)
+    assert err.value.op == "pre_power_on"
+    assert cold.commands[PREHEAT_POLL[api_of(cold)]] >= 2
+    assert len(device(cold, "m1").commands) == 2  # the sleep and the pre-heat: no start
+    assert cold.miners["m1"].physics.mode is Mode.SLEEPING
+
+
+async def test_whatsminer_gentle_wake_without_pre_power_on_is_a_plain_start(
+    farm: SimFarm,
+) -> None:
+    farm.reset(Mode.SLEEPING)
+    device(farm).has_pre_power_on = False  # firmware without the command
+    miner = WhatsminerMiner(endpoint(farm, "m0", 0.5, None))  # the API it chooses
+    assert (await miner.wake(gentle=True)).mode is Mode.MINING
+    api = api_of(farm)
+    assert farm.commands[PREHEAT_POLL[api]] == 1  # refused once, then not asked again
+    await miner.sleep()
+    assert (await miner.wake(gentle=True)).mode is Mode.MINING
+    assert farm.commands[PREHEAT_POLL[api]] == 1
+    starts = {"v2": "power_on", "v3": "set.miner.service start"}
+    assert list(device(farm).commands).count(starts[api]) == 2
