@@ -293,7 +293,8 @@ async def test_antminer_stock_gentle_wake_starts_in_low_power_then_steps_up(
     assert warm.profile == "low"
     assert (sim.posts[-1]["miner-mode"], sim.conf["bitmain-work-mode"]) == (3, "3")
     clock.now += 120
-    assert farm.power_w("m0") == round(3250 * ENTRY.traits.gentle_fraction)  # the sim's 0.7
+    assert farm.power_w("m0") == round(3250 * 0.7)  # the sim's low-power mode, as the traits say
+    assert ENTRY.traits.gentle_fraction == 0.7
     # The supervisor steps it up with a plain wake: low-power is ours, not a person's.
     stepped = await across_restart(farm, clock, miner.wake(), changes=3)
     assert stepped.profile == "normal"
