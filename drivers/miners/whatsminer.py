@@ -99,7 +99,7 @@ TRAITS = DriverTraits(
     fans_when_asleep=FanPause.CONFIGURABLE,
     # A gentle wake is the pre-heat, then power_on at full power: no low start.
     gentle_fraction=None,
-    gentle_extra_s=PREHEAT_WAIT_S + 5.0,  # and the poll under way when it completes
+    gentle_extra_s=PREHEAT_WAIT_S + 5.0,  # the pre-heat wait, and slack for its deadline
 )
 
 Reply = dict[str, Any]
