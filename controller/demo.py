@@ -245,6 +245,10 @@ class _Operator:
         ack = await self._grid.wait_ack(signal["id"], signal["revision"])
         self._say(f"ack: {ack['status']} ({ack['detail']})")
 
+    async def heartbeat(self) -> None:
+        body = json.dumps({"type": "heartbeat", "issued_at": _iso(self.clock.now())}).encode()
+        await self._grid.publish(wire.seal(self._key, int(self.clock.time()), body))
+
     async def _post(self, signal: dict[str, Any], what: str) -> None:
         body = json.dumps(signal).encode()
         self.kinds[f"{signal['id']}#r{signal['revision']}"] = signal["type"]

@@ -37,6 +37,7 @@ WAKE_FRACTION = 0.75
 HOLD_S = 20.0
 FLOOR_GRACE_S = 150.0  # a floor may be short this long after it is first needed
 SAMPLE_S = 1.0
+HEARTBEAT_S = 30.0
 
 
 def merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
@@ -101,8 +102,25 @@ class FloorWatch:
             await asyncio.sleep(SAMPLE_S)
 
 
+async def heartbeats(operator: _Operator) -> None:
+    """The grid operator's heartbeat: the demo outlasts the source's silence timeout."""
+    while True:
+        await operator.heartbeat()
+        await asyncio.sleep(HEARTBEAT_S)
+
+
 async def play(operator: _Operator, daemon: Daemon, rated_kw: float) -> None:
     """The grid operator's winter day."""
+    beating = asyncio.create_task(heartbeats(operator), name="demo.heartbeat")
+    try:
+        await _play(operator, daemon, rated_kw)
+    finally:
+        beating.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await beating
+
+
+async def _play(operator: _Operator, daemon: Daemon, rated_kw: float) -> None:
     sup = daemon.supervisor
     clock = operator.clock
     from controller.demo import _until  # noqa: PLC0415 - shared helper, no import cycle at load
@@ -141,6 +159,15 @@ async def play(operator: _Operator, daemon: Daemon, rated_kw: float) -> None:
         "KEGOC cancels the grant at short notice: back to the base allowance",
     )
     await _until(lambda: not sup.pending_deadlines(), 30)
+    await operator.mqtt(
+        {
+            "type": "cancel",
+            "id": "evt-winter-1",
+            "revision": 2,
+            "issued_at": operator.iso(clock.now()),
+        },
+        "the curtailment event is over too",
+    )
     await asyncio.sleep(HOLD_S)  # boards of sleeping miners cool toward -35 °C
     now = clock.now()
     await operator.mqtt(
@@ -177,6 +204,9 @@ def summary(loaded: Loaded, farm: SimFarm, daemon: Daemon, watch: FloorWatch) ->
         "cold_cuts": len([m for m in cold_cuts if m not in emergency]),
         "cold_cuts_in_emergencies": len([m for m in cold_cuts if m in emergency]),
         "failed_cold_boots": farm.failed_cold_boots(),
+        "failed_cold_boot_miners": sorted(
+            m for m, sim in farm.miners.items() if sim.physics.failed_cold_boots
+        ),
         "breaker_trips": farm.breaker_trips(),
         "heater_floor_violations": watch.violations,
         "heater_floor_lowest_kw": {c: round(v, 1) for c, v in sorted(watch.lowest_kw.items())},

@@ -406,6 +406,9 @@ class Supervisor:
             or self.in_flight == 0
             or self._failed_since_plan
             or self._planned_at is None
+            # Staggered wakes go out a window at a time while the slow ones (a pre-heat, a
+            # bmminer restart) are still on the wire; only a shed's fan-out waits for quiet.
+            or (self.plan is not None and not any(a.kind in SHEDS for a in self.plan.actions))
         )
 
     async def _decide(

@@ -183,8 +183,8 @@ def _shed(
 
 def _keepers(fleet: _Fleet) -> list[bool] | None:
     """The miners that keep each cold container's heater floor: its most efficient running,
-    obeying miners, counted at their lowest power target, until the floor's watts and
-    miner count are met. None where no container needs one."""
+    obeying miners with a power target (counted at their lowest), then without one, until
+    the floor's watts and miner count are met. None where no container needs one."""
     snapshot, horizon, costs, order, climate = fleet
     assert climate is not None
     need: dict[str, list[int]] = {
@@ -196,17 +196,21 @@ def _keepers(fleet: _Fleet) -> list[bool] | None:
         return None
     miners = snapshot.miners
     keep = [False] * len(miners)
-    for i in reversed(order):
-        view = miners[i]
-        left = need.get(view.spec.container)
-        if left is None or (left[0] <= 0 and left[1] <= 0):
-            continue
-        if view.cut_at is not None or not _runs_and_obeys(view, horizon):
-            continue
-        keep[i] = True
-        floor = view.spec.floor_w()
-        left[0] -= floor if floor is not None and not view.no_lower else costs[i]
-        left[1] -= 1
+    # Miners with a power target first: they keep the floor at their lowest profile.
+    for lowerable in (True, False):
+        for i in reversed(order):
+            view = miners[i]
+            left = need.get(view.spec.container)
+            if left is None or (left[0] <= 0 and left[1] <= 0) or keep[i]:
+                continue
+            floor = view.spec.floor_w() if not view.no_lower else None
+            if (floor is not None) is not lowerable:
+                continue
+            if view.cut_at is not None or not _runs_and_obeys(view, horizon):
+                continue
+            keep[i] = True
+            left[0] -= floor if floor is not None else costs[i]
+            left[1] -= 1
     return keep
 
 
