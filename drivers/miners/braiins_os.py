@@ -78,10 +78,10 @@ TRAITS = DriverTraits(
     # (inferred); the ladder uses it only when a deadline leaves that much time.
     power_floor_fraction=0.60,
     retarget_s=120.0,
-    # A gentle wake resumes at the firmware's lowest power target (_gentle_target_w). The
-    # planner counts it at the ladder's floor: reported minimums sit lower (1220 of 3050 W
-    # in the 25.07 constraints), so it over-counts the draw. Five more requests than a
-    # plain wake (the constraints once, the target, its read-back) at the default 3 s.
+    # A gentle wake resumes at the ladder's floor (_gentle_target_w), what the planner
+    # counts: reported minimums sit lower (1220 of 3050 W in the 25.07 constraints) and
+    # would give a cold container less heat than counted. Five more requests than a plain
+    # wake (the constraints once, the target, its read-back) at the default 3 s.
     gentle_fraction=0.60,
     gentle_extra_s=15.0,
 )
@@ -302,9 +302,11 @@ class BraiinsOsMiner:
         )
 
     async def _gentle_target_w(self) -> int:
-        """The power target a gentle wake starts at: the firmware's own minimum (GET
-        configuration/constraints), else GENTLE_DEFAULT_FRACTION of its default target,
-        else of the configured one (firmware without constraints)."""
+        """The power target a gentle wake starts at: GENTLE_DEFAULT_FRACTION of the default
+        target (of the configured one on firmware without constraints), which is what the
+        planner counts and the heat a cold container's floor is counted on; never below
+        the firmware's own minimum (GET configuration/constraints), which is the start
+        where no default is known."""
         if self._target_limits is None:
             try:
                 reply = await self._call("GET", "/configuration/constraints", "constraints")
@@ -312,16 +314,17 @@ class BraiinsOsMiner:
                 reply = None  # older REST: no constraints endpoint
             self._target_limits = _target_limits(reply, self.miner_id)
         low, default = self._target_limits
-        if low is not None:
-            return low
         if default is None:
             config = await self._configuration()
             default = _power_watt(config, "tuner", "power_target", device=self.miner_id)
-        if default is None:
-            raise UnsupportedError(
-                self.miner_id, "wake", "no minimum, default or configured power target"
-            )
-        return round(default * GENTLE_DEFAULT_FRACTION)
+        if default is not None:
+            gentle = round(default * GENTLE_DEFAULT_FRACTION)
+            return gentle if low is None else max(gentle, low)
+        if low is not None:
+            return low
+        raise UnsupportedError(
+            self.miner_id, "wake", "no minimum, default or configured power target"
+        )
 
     async def _action(self, action: str) -> None:
         reply = await self._call("PUT", f"/actions/{action}", action)

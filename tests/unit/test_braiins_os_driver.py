@@ -401,23 +401,26 @@ def test_braiins_os_gentle_start_is_counted_at_the_ladders_floor() -> None:
     assert TRAITS.gentle_extra_s > 0  # the target and its read-back come first
 
 
-async def test_braiins_os_gentle_wake_resumes_at_the_minimum_power_target(
+async def test_braiins_os_gentle_wake_resumes_at_the_ladder_floor_not_below_the_minimum(
     farm: SimFarm, clock: Time
 ) -> None:
     miner = driver(farm)
     await miner.sleep()
     clock.now += 60
     low, _ = device(farm).target_range_w()  # what configuration/constraints reports
+    rated = farm.miners["m0"].physics.model.rated_power_w  # the default target
+    gentle = round(rated * 0.60)  # what the planner counts (DriverTraits.gentle_fraction)
+    assert gentle > low
     reading = await miner.wake(gentle=True)
     assert reading.mode is Mode.MINING
-    assert reading.profile == f"{low}W"
-    assert list(device(farm).commands) == ["pause", f"power-target {low}", "resume"]
+    assert reading.profile == f"{gentle}W"
+    assert list(device(farm).commands) == ["pause", f"power-target {gentle}", "resume"]
     clock.now += 10  # quick ramping up: 5 s
-    assert farm.power_w("m0") == low
-    assert (await miner.read()).power_w == low
+    assert farm.power_w("m0") == gentle
+    assert (await miner.read()).power_w == gentle
     # Asleep and gently woken again: the constraints are not read twice.
     await miner.sleep()
-    assert (await miner.wake(gentle=True)).profile == f"{low}W"
+    assert (await miner.wake(gentle=True)).profile == f"{gentle}W"
     assert farm.commands[CONSTRAINTS] == 1
     # The supervisor steps it up after the warm-up.
     assert (await miner.set_power_target(3250)).profile == "3250W"
