@@ -35,16 +35,16 @@ DEEP_DEADLINE_S = 45.0  # ... within 45 s: the slowest family takes ~30 s to ram
 WAKE_TIMEOUT_S = 150.0  # gentle starts, warm-ups and staggering take minutes
 WAKE_FRACTION = 0.75
 HOLD_S = 20.0
-FLOOR_GRACE_S = 150.0  # a floor may be short this long after it is first needed
+FLOOR_GRACE_S = 60.0  # a floor may be short this long: gentle starts ramp for ~a minute
 SAMPLE_S = 1.0
 HEARTBEAT_S = 30.0
 
 
 def merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
-    """`overlay` onto `base`, key by key; lists and scalars are replaced."""
+    """`overlay` onto `base`, key by key; lists, scalars and empty mappings replace."""
     out = dict(base)
     for key, value in overlay.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
+        if isinstance(value, dict) and value and isinstance(out.get(key), dict):
             out[key] = merge(out[key], value)
         else:
             out[key] = value
@@ -213,9 +213,28 @@ def summary(loaded: Loaded, farm: SimFarm, daemon: Daemon, watch: FloorWatch) ->
         "heater_floor_alarms": sup.alarm_counts.get("heater-floor", 0),
         "warm_wakes": len(sup.warm_wakes),
         "peak_wake_kw_per_s": round(farm.peak_start_w_per_s() / 1000, 1),
+        "peak_wake_by_driver": _peak_window(loaded, farm),
+        "peak_planned_kw_per_s": round(sup.peak_wake_w / 1000, 1),
         "wake_limit_kw_per_s": control.wake_max_kw_per_s,
         "wake_limit_per_s": control.wake_max_per_s,
     }
+
+
+def _peak_window(loaded: Loaded, farm: SimFarm) -> dict[str, float]:
+    """Which families' starts made the steepest second, in kW: where the rate came from."""
+    driver = {m.id: m.driver for m in loaded.miners}
+    starts = sorted(farm.starts)
+    best: dict[str, float] = {}
+    best_w = 0.0
+    for i, (t, _, _) in enumerate(starts):
+        window: dict[str, float] = {}
+        for u, miner, watts in starts[i:]:
+            if u >= t + 1.0:
+                break
+            window[driver[miner]] = window.get(driver[miner], 0.0) + watts / 1000
+        if sum(window.values()) > best_w:
+            best, best_w = window, sum(window.values())
+    return {d: round(kw, 1) for d, kw in sorted(best.items())}
 
 
 def passed(winter: dict[str, Any]) -> bool:

@@ -204,6 +204,9 @@ class Supervisor:
         self.cold_cuts: list[tuple[datetime, str, str]] = []  # (at, miner, why)
         self.alarm_counts: Counter[str] = Counter()  # alarms raised, by kind
         self.warm_wakes: set[str] = set()  # miners woken gently
+        self.peak_wake_w = 0  # the steepest restart rate sent, W per second
+        self._preheats: dict[str, asyncio.Task[None]] = {}  # gentle wakes still pre-heating
+        self._withdrawn: set[str] = set()
         if measurements is not None:
             measurements.on_meter = self.on_meter
 
@@ -542,16 +545,7 @@ class Supervisor:
         for action in actions:
             spec = self._specs[action.miner_id]
             kind = action.kind
-            self._readings.set_pending(action.miner_id, kind)
-            if kind in SHEDS:
-                if self._last_shed_at != now:
-                    self._drop_queued_restores()
-                self._last_shed_at = now
-                self.escalations[kind.value].add(action.miner_id)
-            else:
-                self._recent_wakes.append((now, coming_back_w(spec, kind)))
-                if kind is ActionKind.WARM:
-                    self.warm_wakes.add(action.miner_id)
+            self._account(action, spec, now)
             self.in_flight += 1
             if kind is ActionKind.CUT or kind is ActionKind.RESTORE:
                 # Busy only while on the wire, not while queued for the next batch: tests
@@ -560,9 +554,11 @@ class Supervisor:
                 self._switch_wake.set()
                 continue
             self._activity.begin()
-            self._tg.create_task(
+            task = self._tg.create_task(
                 self._command(action, seq), name=f"curtaild.command.{action.miner_id}"
             )
+            if kind is ActionKind.WARM and spec.traits.gentle_fraction is None:
+                self._preheats[action.miner_id] = task
             left -= 1
             if not left:
                 await asyncio.sleep(0)
@@ -571,6 +567,23 @@ class Supervisor:
                 batch = min(batch * 8, DISPATCH_MAX_BATCH)
                 left = batch
 
+    def _account(self, action: Action, spec: MinerSpec, now: datetime) -> None:
+        """A command is about to go: the miner is pending, and sheds and wakes are counted."""
+        kind = action.kind
+        if kind is ActionKind.SLEEP and action.miner_id in self._preheats:
+            self._withdraw_preheat(action.miner_id)
+        self._readings.set_pending(action.miner_id, kind)
+        if kind in SHEDS:
+            if self._last_shed_at != now:
+                self._drop_queued_restores()
+            self._last_shed_at = now
+            self.escalations[kind.value].add(action.miner_id)
+        else:
+            self._recent_wakes.append((now, coming_back_w(spec, kind)))
+            self._note_wake_rate(now)
+            if kind is ActionKind.WARM:
+                self.warm_wakes.add(action.miner_id)
+
     async def _command(self, action: Action, seq: int | None) -> None:
         miner_id = action.miner_id
         started = self._clock.now()
@@ -578,6 +591,12 @@ class Supervisor:
         try:
             async with self._slots:
                 reading = await self._run(action)
+        except asyncio.CancelledError:
+            if miner_id not in self._withdrawn:
+                raise  # shutting down
+            self._withdrawn.discard(miner_id)
+            outcome, detail = "withdrawn", "slept while pre-heating: the wake stops"
+            return
         except DriverError as err:
             finished = self._clock.now()
             outcome, detail = err.kind, err.detail
@@ -606,7 +625,17 @@ class Supervisor:
             elif kind is ActionKind.WARM:
                 self._warming(miner_id, started)
         finally:
+            if self._preheats.get(miner_id) is asyncio.current_task():
+                del self._preheats[miner_id]
             self._finish(seq, action, started, finished, outcome, detail)
+
+    def _withdraw_preheat(self, miner_id: str) -> None:
+        """The plan sleeps a miner whose gentle wake is still pre-heating its boards (a
+        Whatsminer, for up to a minute): the wake stops before it starts the miner."""
+        task = self._preheats.pop(miner_id, None)
+        if task is not None:
+            self._withdrawn.add(miner_id)
+            task.cancel()
 
     def _finish(  # noqa: PLR0917 - one record's fields
         self,
@@ -794,6 +823,12 @@ class Supervisor:
             raise driver_bug(action.miner_id, action.kind.value, err) from err
 
     # -- bookkeeping -----------------------------------------------------------------------
+
+    def _note_wake_rate(self, now: datetime) -> None:
+        """The steepest restart rate sent so far (planned; the hardware's may differ)."""
+        window = self._rules.wake_window
+        sent = sum(w for t, w in self._recent_wakes if now - t < window)
+        self.peak_wake_w = max(self.peak_wake_w, round(sent / window.total_seconds()))
 
     def _trim_wakes(self, now: datetime) -> None:
         while self._recent_wakes and now - self._recent_wakes[0][0] >= self._rules.wake_window:

@@ -299,11 +299,15 @@ class _Ladder:
 
     def step(self, i: int, lower: int) -> tuple[Action, int] | None:  # noqa: PLR0911 - one per rung
         view = self.fleet.snapshot.miners[i]
+        spec = view.spec
+        cost = self.fleet.costs[i]
+        if view.pending is ActionKind.WARM and spec.traits.gentle_fraction is None:
+            # Still pre-heating (minutes, counted at full power): sleeping it stops the wake.
+            reason = "shed: stops its wake while it pre-heats"
+            return Action(spec.id, ActionKind.SLEEP, reason), cost - spec.traits.sleep_power_w
         if view.pending is not None or view.cut_at is not None:
             return None
         now = self.now
-        spec = view.spec
-        cost = self.fleet.costs[i]
         failed = view.retry_after is not None and now < view.retry_after
         fresh = self.fleet.horizon.fresh(view)
         asleep = view.reading is not None and view.reading.mode is Mode.SLEEPING

@@ -462,3 +462,14 @@ def test_a_young_miner_is_shed_only_when_every_older_one_is(
     young = {v.spec.id for v in views if NOW - v.mode_since < COLD.min_on}  # type: ignore[operator]
     if slept & young:
         assert {v.spec.id for v in views} - young <= slept
+
+
+def test_a_miner_still_pre_heating_can_be_shed_and_counts_at_full_power_till_then() -> None:
+    preheating = miner(0, 25.0, traits=WM, mode=Mode.SLEEPING, pending=ActionKind.WARM)
+    preheating = replace(preheating, read_at=NOW - timedelta(seconds=40))  # not polled
+    assert estimate_w(preheating, NOW, STALE) == 3000
+    result = run([preheating], 1_000, ambient={"c1": (15.0, SEEN)})
+    assert kinds(result) == {"m00": ActionKind.SLEEP}
+    assert result.feasible
+    lux = miner(1, 25.0, mode=Mode.SLEEPING, pending=ActionKind.WARM)  # lands in a second
+    assert kinds(run([lux], 1_000, ambient={"c1": (15.0, SEEN)})) == {}
