@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from controller.demo import _Operator
     from drivers.sim.farm import SimFarm
 
-OVERLAY = Path(__file__).resolve().parent.parent / "config" / "sim-winter.yaml"
+OVERLAY = Path(__file__).resolve().parent.parent / "config" / "scenarios" / "winter.yaml"
 DEEP_FRACTION = 0.25  # the curtailment: a quarter of the farm's rated draw ...
 DEEP_DEADLINE_S = 45.0  # ... within 45 s: the slowest family takes ~30 s to ramp down
 WAKE_TIMEOUT_S = 150.0  # gentle starts, warm-ups and staggering take minutes

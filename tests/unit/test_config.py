@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 import yaml
 
-from controller import cli
+from controller import cli, demo_winter
 from controller.config import ConfigError, expand_hosts, load, parse
-from tests.conftest import KEY_ENV, site_dict
+from tests.conftest import KEY_ENV, load_site, site_dict
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -209,3 +209,41 @@ def test_config_grant_end_lead_must_cover_the_slowest_ramp(tmp_path: Path) -> No
     data["grid"]["grant_end_lead_s"] = 15
     [problem] = problems(data)
     assert problem.startswith("grid.grant_end_lead_s: 15 s is less than the 30 s antminer-stock")
+
+
+def test_config_winter_scenario_merged_onto_the_demo_farm_is_valid(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CURTAILD_DEMO_KEY_KEGOC", "x")
+    base = yaml.safe_load((REPO / "config" / "sim-farm.yaml").read_text())
+    overlay = yaml.safe_load(demo_winter.OVERLAY.read_text())
+    loaded = parse(yaml.safe_dump(demo_winter.merge(base, overlay)), origin="winter")
+    safety = loaded.plan_rules().safety
+    assert safety is not None
+    assert safety.rules("c1").hard_off_below_c == -20
+    assert {s.container for s in loaded.config.sensors} == {"c1", "c2"}
+    sim = loaded.config.simulation
+    assert sim is not None
+    assert sim.ambient_c == {"c1": -35, "c2": -35}
+    assert sim.faults == {}  # an empty mapping in the overlay replaces the day's faults
+
+
+def test_config_safety_overrides_per_container_and_names_what_is_wrong(tmp_path: Path) -> None:
+    data = site_dict(tmp_path, miners=4)
+    data["safety"] = {"floor_kw": 3, "containers": {"c2": {"hard_off_below_c": None}}}
+    safety = load_site(data).plan_rules().safety
+    assert safety is not None
+    assert safety.rules("c1").hard_off_below_c == -10  # the site default
+    assert safety.rules("c2").hard_off_below_c is None  # switched off there
+    assert safety.rules("c2").floor_w == 3000  # the site's, not overridden
+    data["safety"] = {"floor_kw": 7, "containers": {"c9": {"floor_kw": 1}}}
+    data["sensors"] = [
+        {"id": f"s{i}", "host": "127.0.0.1", "map": "sensor-temp", "container": "c1"}
+        for i in range(2)
+    ]
+    with pytest.raises(ConfigError) as err:
+        load_site(data)
+    text = str(err.value)
+    assert "safety.containers.c9: no miner is in container 'c9'" in text
+    assert "safety.floor_kw: 7 kW is more than container c1's" in text
+    assert "s1 and s0 both measure container c1" in text
