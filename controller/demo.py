@@ -174,15 +174,7 @@ class _Operator:
         now = self.clock.now()
         grant_end = now + timedelta(seconds=GRANT_LENGTH_S)
         await self.mqtt(
-            {
-                "type": "grant",
-                "id": "korem-demo-h10",
-                "revision": 1,
-                "issued_at": _iso(now),
-                "start": _iso(now),
-                "end": _iso(grant_end),
-                "granted_kw": round(rated_kw * 1.05),
-            },
+            self.grant("korem-demo-h10", round(rated_kw * 1.05), grant_end),
             f"surplus grant {round(rated_kw * 1.05)} kW until {grant_end:%H:%M:%S}",
         )
         # Stock Antminers take ~90 s to full power; the episode starts once most are up.
@@ -206,15 +198,7 @@ class _Operator:
         # The grid holds the curtailment long enough for the farm's two deceiving units to
         # be caught by their outlets' measurements (their firmware says they sleep).
         await asyncio.sleep(HOLD_S)
-        await self.mqtt(
-            {
-                "type": "cancel",
-                "id": "evt-demo-1",
-                "revision": 3,
-                "issued_at": _iso(self.clock.now()),
-            },
-            "cancel evt-demo-1",
-        )
+        await self.mqtt(self.cancel("evt-demo-1", 3), "cancel evt-demo-1")
         remaining = (grant_end - self.clock.now()).total_seconds()
         self._say(f"waiting for the grant to end in {remaining:.0f} s")
         await asyncio.sleep(max(0.0, remaining))
@@ -233,9 +217,25 @@ class _Operator:
             "emergency": False,
         }
 
-    @staticmethod
-    def iso(value: datetime) -> str:
-        return _iso(value)
+    def grant(self, signal_id: str, granted_kw: int, end: datetime) -> dict[str, Any]:
+        now = self.clock.now()
+        return {
+            "type": "grant",
+            "id": signal_id,
+            "revision": 1,
+            "issued_at": _iso(now),
+            "start": _iso(now),
+            "end": _iso(end),
+            "granted_kw": granted_kw,
+        }
+
+    def cancel(self, signal_id: str, revision: int) -> dict[str, Any]:
+        return {
+            "type": "cancel",
+            "id": signal_id,
+            "revision": revision,
+            "issued_at": _iso(self.clock.now()),
+        }
 
     async def mqtt(self, signal: dict[str, Any], what: str) -> None:
         body = json.dumps(signal).encode()

@@ -126,18 +126,9 @@ async def _play(operator: _Operator, daemon: Daemon, rated_kw: float) -> None:
     from controller.demo import _until  # noqa: PLC0415 - shared helper, no import cycle at load
 
     await asyncio.sleep(5)  # the frozen farm's heater floors wake within the base allowance
-    now = clock.now()
     granted = round(rated_kw * 1.05)
     await operator.mqtt(
-        {
-            "type": "grant",
-            "id": "korem-winter-h10",
-            "revision": 1,
-            "issued_at": operator.iso(now),
-            "start": operator.iso(now),
-            "end": operator.iso(now + timedelta(hours=1)),
-            "granted_kw": granted,
-        },
+        operator.grant("korem-winter-h10", granted, clock.now() + timedelta(hours=1)),
         f"surplus grant {granted} kW for an hour",
     )
     await _until(lambda: (sup.measured_w or 0) >= rated_kw * 1000 * WAKE_FRACTION, WAKE_TIMEOUT_S)
@@ -150,36 +141,17 @@ async def _play(operator: _Operator, daemon: Daemon, rated_kw: float) -> None:
     await operator.reached("evt-winter-1", 1, DEEP_DEADLINE_S)
     await asyncio.sleep(HOLD_S)
     await operator.mqtt(
-        {
-            "type": "cancel",
-            "id": "korem-winter-h10",
-            "revision": 2,
-            "issued_at": operator.iso(clock.now()),
-        },
+        operator.cancel("korem-winter-h10", 2),
         "KEGOC cancels the grant at short notice: back to the base allowance",
     )
     await _until(lambda: not sup.pending_deadlines(), 30)
     await operator.mqtt(
-        {
-            "type": "cancel",
-            "id": "evt-winter-1",
-            "revision": 2,
-            "issued_at": operator.iso(clock.now()),
-        },
+        operator.cancel("evt-winter-1", 2),
         "the curtailment event is over too",
     )
     await asyncio.sleep(HOLD_S)  # boards of sleeping miners cool toward -35 °C
-    now = clock.now()
     await operator.mqtt(
-        {
-            "type": "grant",
-            "id": "korem-winter-h11",
-            "revision": 1,
-            "issued_at": operator.iso(now),
-            "start": operator.iso(now),
-            "end": operator.iso(now + timedelta(hours=1)),
-            "granted_kw": granted,
-        },
+        operator.grant("korem-winter-h11", granted, clock.now() + timedelta(hours=1)),
         f"a new surplus grant {granted} kW: restore, gently and staggered",
     )
     await _until(lambda: (sup.measured_w or 0) >= rated_kw * 1000 * WAKE_FRACTION, WAKE_TIMEOUT_S)

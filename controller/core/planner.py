@@ -187,11 +187,7 @@ def _keepers(fleet: _Fleet) -> list[bool] | None:
     the floor's watts and miner count are met. None where no container needs one."""
     snapshot, horizon, costs, order, climate = fleet
     assert climate is not None
-    need: dict[str, list[int]] = {
-        container: [rules.floor_w, rules.floor_miners]
-        for container, rules in climate.rules.items()
-        if climate.cold[container] and rules.has_floor
-    }
+    need = climate.floor_needs()
     if not need:
         return None
     miners = snapshot.miners
@@ -527,11 +523,7 @@ def _floor_wakes(fleet: _Fleet, rules: PlanRules) -> list[int]:
     up to its heater floor, counting what already runs there at its estimate."""
     snapshot, horizon, costs, order, climate = fleet
     assert climate is not None
-    need: dict[str, list[int]] = {
-        container: [cold.floor_w, cold.floor_miners]
-        for container, cold in climate.rules.items()
-        if climate.cold[container] and cold.has_floor
-    }
+    need = climate.floor_needs()
     if not need:
         return []
     miners = snapshot.miners

@@ -85,6 +85,14 @@ class Climate:
             self.hard_off[container] = _below(temp, rules.hard_off_below_c)
             self.cold[container] = _below(temp, rules.floor_below_c)
 
+    def floor_needs(self) -> dict[str, list[int]]:
+        """Each cold container with a heater floor: [watts, miners] still to be found."""
+        return {
+            container: [rules.floor_w, rules.floor_miners]
+            for container, rules in self.rules.items()
+            if self.cold[container] and rules.has_floor
+        }
+
     def describe(self, container: str) -> str:
         temp = self.temps.get(container)
         if temp is None:
