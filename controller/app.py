@@ -13,6 +13,7 @@ import structlog
 
 from controller.adapters.grid_http import GridHttp
 from controller.adapters.mqtt_signals import MqttSignals
+from controller.adapters.systemd import Notifier
 from controller.clock import Clock
 from controller.config import Loaded, ModbusDeviceCfg
 from controller.core.model import MinerSpec
@@ -57,6 +58,11 @@ def _fd_bounded(wanted: int, what: str) -> int:
     return min(wanted, allowed)
 
 
+# SIGTERM to exit: the commands in flight finish within their own deadlines (seconds; a
+# stock Antminer's restart, tens), well inside systemd's TimeoutStopSec.
+STOP_GRACE_S = 45.0
+
+
 class DaemonError(Exception):
     """The daemon could not start."""
 
@@ -71,10 +77,13 @@ class Daemon:
         *,
         registry: MinerRegistry | None = None,
         tune_gc: bool = False,
+        notifier: Notifier | None = None,
     ) -> None:
         """`tune_gc` is for the process that hosts the daemon (the CLI, the benchmark):
-        it changes the interpreter's collector for the whole process."""
+        it changes the interpreter's collector for the whole process. `notifier` speaks
+        to systemd (READY, WATCHDOG, STOPPING); none: not under systemd."""
         self.tune_gc = tune_gc
+        self.notifier = notifier or Notifier(None)
         config = loaded.config
         self.loaded = loaded
         self.clock = clock
@@ -251,6 +260,7 @@ class Daemon:
                 if self.sensors:
                     tg.create_task(self.measurements.run_sensors(), name="curtaild.sensors")
                 tg.create_task(self.supervisor.run(), name="curtaild.supervisor")
+                tg.create_task(self._ready(), name="curtaild.systemd")
                 if self.tune_gc:
                     tg.create_task(self._tune_gc(), name="curtaild.gc")
                 if self.mqtt is not None:
@@ -267,6 +277,41 @@ class Daemon:
             )
             await http.close_sessions()
             self.journal.close()
+
+    async def _ready(self) -> None:
+        """READY once the config is validated (it was, to build the daemon) and the first
+        telemetry is in and planned on; from then on every loop cycle feeds the watchdog."""
+        await self.supervisor.ready.wait()
+        self.notifier.ready(f"controlling {len(self.specs)} miners")
+        self.supervisor.on_cycle = lambda: self.notifier.cycle(self.clock.time())
+        log.info("ready", miners=len(self.specs), systemd=self.notifier.enabled)
+
+    async def serve(self, stop: asyncio.Event, grace_s: float = STOP_GRACE_S) -> None:
+        """Run until `stop` is set (SIGTERM), then stop gracefully. A part that fails
+        stops the daemon and its error propagates (systemd restarts it)."""
+        self._task = asyncio.create_task(self.run(), name="curtaild")
+        waiter = asyncio.create_task(stop.wait(), name="curtaild.stop")
+        try:
+            await asyncio.wait({self._task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+        if self._task.done():
+            self._task.result()
+            return
+        await self.shutdown(grace_s)
+
+    async def shutdown(self, grace_s: float = STOP_GRACE_S) -> None:
+        """A graceful stop: tell systemd, let the commands in flight finish (within
+        `grace_s`; no new ones start), flush the journal, then stop every part."""
+        self.notifier.stopping()
+        log.info("stopping", in_flight=self.supervisor.in_flight)
+        finished = await self.supervisor.drain(grace_s)
+        if not finished:
+            log.warning(
+                "stopping with commands still in flight", in_flight=self.supervisor.in_flight
+            )
+        await self.stop()
+        self.notifier.close()
 
     async def _tune_gc(self) -> None:
         """Once start-up is over, move everything that lives as long as the daemon (config,

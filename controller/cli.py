@@ -98,12 +98,18 @@ def _run(args: argparse.Namespace) -> int:
     if loaded is None:
         return EXIT_CONFIG
     logs.configure(loaded.config.logging.level, loaded.config.logging.format)
+    from controller.adapters.systemd import Notifier  # noqa: PLC0415
     from controller.app import Daemon  # noqa: PLC0415 - keep check-config fast
 
     async def daemon() -> None:
-        await Daemon(loaded, SystemClock(), tune_gc=True).run()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):  # graceful: finish, flush, then exit
+            loop.add_signal_handler(sig, stop.set)
+        notifier = Notifier.from_env()
+        await Daemon(loaded, SystemClock(), tune_gc=True, notifier=notifier).serve(stop)
 
-    return run_until_signalled(daemon)
+    return run_loop(_returning_zero(daemon))
 
 
 def _sim(args: argparse.Namespace) -> int:
@@ -144,6 +150,11 @@ def _demo(args: argparse.Namespace) -> int:
             config=args.config, as_json=args.json, mqtt_url=args.mqtt_url, scenario=args.scenario
         )
     )
+
+
+async def _returning_zero(main: Callable[[], Awaitable[None]]) -> int:
+    await main()
+    return 0
 
 
 def run_until_signalled(main: Callable[[], Awaitable[None]]) -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import gc
 from collections import Counter, deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -206,6 +206,8 @@ class Supervisor:
         self.warm_wakes: set[str] = set()  # miners woken gently
         self.peak_wake_w = 0  # the steepest restart rate sent, W per second
         self._preheats: dict[str, asyncio.Task[None]] = {}  # gentle wakes still pre-heating
+        self.on_cycle: Callable[[], None] | None = None  # a healthy cycle ended (watchdog)
+        self.draining = False  # stopping: no new commands
         self._withdrawn: set[str] = set()
         if measurements is not None:
             measurements.on_meter = self.on_meter
@@ -263,7 +265,7 @@ class Supervisor:
             if self._watched:
                 self._detect_lies(now)
                 views = self._readings.views()
-            if self._must_plan(cause, limit):
+            if not self.draining and self._must_plan(cause, limit):
                 await self._decide(cause, now, limit, views)
             # After the decision: a fleet-wide sum is not on the path to the first command.
             self.measured_w = self._measured(now, views)
@@ -274,8 +276,24 @@ class Supervisor:
                 self._flush(now)
             self._report(now, views)
             self.cycles += 1
+            if self.on_cycle is not None:
+                self.on_cycle()
         finally:
             self._activity.end()
+
+    async def drain(self, grace_s: float) -> bool:
+        """Stop planning, let the commands in flight finish (restores still queued are
+        dropped: no power-up while stopping), flush the journal. False if `grace_s`
+        passed with commands still in flight."""
+        self.draining = True
+        self._drop_queued_restores()
+        deadline = self._clock.time() + grace_s
+        while self.in_flight > 0 and self._clock.time() < deadline:
+            self._inbox.wake.clear()
+            await self._clock.wait(self._inbox.wake, min(0.25, deadline - self._clock.time()))
+        if self._records:
+            self._flush(self._clock.now())
+        return self.in_flight == 0
 
     def _limit(self, now: datetime) -> Limit:
         relay = self._relay(now)

@@ -12,6 +12,7 @@ from typing import Any
 import aiohttp
 
 from controller import wire
+from controller.adapters.systemd import Notifier
 from controller.app import Daemon
 from controller.clock import FakeClock
 from controller.config import Loaded
@@ -153,10 +154,12 @@ def iso(clock: FakeClock) -> str:
 
 
 @asynccontextmanager
-async def rig(loaded: Loaded, clock: FakeClock | None = None) -> AsyncIterator[Rig]:
+async def rig(
+    loaded: Loaded, clock: FakeClock | None = None, *, notifier: Notifier | None = None
+) -> AsyncIterator[Rig]:
     clock = clock or FakeClock()
     farm = farm_from_config(loaded, clock.time)
-    async with farm, Daemon(loaded, clock) as daemon:
+    async with farm, Daemon(loaded, clock, notifier=notifier) as daemon:
         r = Rig(loaded, clock, farm, daemon)
         await r.settle()
         yield r

@@ -42,8 +42,8 @@ def _no_leftover_processes() -> Iterator[None]:
             proc.wait(10)
 
 
-def start(*args: str, log: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, KEY_ENV: KEY.decode(), "PYTHONUNBUFFERED": "1"}
+def start(*args: str, log: Path, **extra_env: str) -> subprocess.Popen[bytes]:
+    env = {**os.environ, KEY_ENV: KEY.decode(), "PYTHONUNBUFFERED": "1", **extra_env}
     with log.open("ab") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "controller.cli", *args],
@@ -176,3 +176,30 @@ def test_service_config_error_stops_before_touching_anything(tmp_path: Path) -> 
     assert "braiins-os" in out  # the message lists what would have been right
     assert "grid.cap_kw: Input should be greater than 0" in out
     assert not Path(data["journal"]["path"]).exists()  # nothing opened, nothing contacted
+
+
+async def test_service_speaks_systemds_notify_protocol(
+    tmp_path: Path, broker: Broker, farm_file: Path
+) -> None:
+    # systemd's end of $NOTIFY_SOCKET, as `Type=notify` with `WatchdogSec=2` sets it up.
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(tmp_path / "notify"))
+    sock.settimeout(20)
+    with sock:
+        run = start(
+            "run",
+            "-c",
+            str(farm_file),
+            log=tmp_path / "run.log",
+            NOTIFY_SOCKET=str(tmp_path / "notify"),
+            WATCHDOG_USEC="2000000",
+        )
+        assert sock.recv(4096).decode() == "READY=1\nSTATUS=controlling 6 miners"
+        assert sock.recv(4096).decode() == "WATCHDOG=1"  # then every second or so
+        assert sock.recv(4096).decode() == "WATCHDOG=1"
+        run.send_signal(signal.SIGTERM)
+        message = sock.recv(4096).decode()
+        while message == "WATCHDOG=1":  # one may have been on its way
+            message = sock.recv(4096).decode()
+        assert message.startswith("STOPPING=1"), message
+        assert run.wait(15) == 0
