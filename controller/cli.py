@@ -9,6 +9,7 @@ import signal
 import sys
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     check = sub.add_parser("check-config", help="validate a site config and exit")
     check.add_argument("-c", "--config", type=Path, required=True)
+    report = sub.add_parser("report", help="export the journal's signal history (evidence)")
+    report.add_argument("-c", "--config", type=Path, required=True, help="site config")
+    report.add_argument("--format", choices=("json", "csv"), default="json")
+    report.add_argument(
+        "--since", default=None, help="only from this instant on (ISO 8601, e.g. 2026-11-23)"
+    )
     demo = sub.add_parser("demo", help="simulated farm + broker + daemon + scripted grid")
     demo.add_argument(
         "-c",
@@ -56,6 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "sim": _sim,
         "check-config": _check,
         "demo": _demo,
+        "report": _report,
     }
     return handlers[args.command](args)
 
@@ -110,6 +118,29 @@ def _run(args: argparse.Namespace) -> int:
         await Daemon(loaded, SystemClock(), tune_gc=True, notifier=notifier).serve(stop)
 
     return run_loop(_returning_zero(daemon))
+
+
+def _report(args: argparse.Namespace) -> int:
+    from controller.report import ReportError, render, signal_history  # noqa: PLC0415
+
+    loaded = _load(args.config, resolve_secrets=False)
+    if loaded is None:
+        return EXIT_CONFIG
+    since = None
+    if args.since is not None:
+        try:
+            since = datetime.fromisoformat(args.since)  # 3.11 reads a trailing Z
+        except ValueError:
+            print(f"--since: {args.since!r} is not an ISO 8601 instant", file=sys.stderr)
+            return EXIT_CONFIG
+        since = since if since.tzinfo is not None else since.replace(tzinfo=UTC)
+    try:
+        history = signal_history(loaded.config.journal.path, since)
+    except ReportError as err:
+        print(str(err), file=sys.stderr)
+        return 1
+    sys.stdout.write(render(history, args.format))
+    return 0
 
 
 def _sim(args: argparse.Namespace) -> int:
