@@ -1,0 +1,121 @@
+"""deploy/install.sh into a scratch root, twice: what it creates, that it leaves an
+operator's config alone, and that the second run changes nothing and says so."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+# Building the virtualenv is a real pip install (about 25 s here); the fixture's set-up
+# counts against the first test's timeout.
+pytestmark = [pytest.mark.system, pytest.mark.timeout(300)]
+
+REPO = Path(__file__).resolve().parents[2]
+INSTALL = REPO / "deploy" / "install.sh"
+VERIFY = REPO / "deploy" / "verify-unit.sh"
+OPERATOR_EDIT = "\n# the operator's own edit: must survive a reinstall\n"
+
+
+@dataclass(frozen=True)
+class Installed:
+    root: Path
+    first: subprocess.CompletedProcess[str]
+    second: subprocess.CompletedProcess[str]
+    edited_config: str
+
+
+def _install(root: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "CURTAILD_ROOT"}
+    return subprocess.run(
+        [str(INSTALL), "--root", str(root)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+        timeout=280,
+    )
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
+    root = tmp_path_factory.mktemp("root")
+    first = _install(root)
+    assert first.returncode == 0, first.stdout + first.stderr
+    site = root / "etc/curtaild/site.yaml"
+    edited = site.read_text() + OPERATOR_EDIT
+    site.write_text(edited)
+    second = _install(root)
+    assert second.returncode == 0, second.stdout + second.stderr
+    return Installed(root, first, second, edited)
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def _entry(path: Path, name: str) -> list[list[str]]:
+    return [
+        line.split(":") for line in path.read_text().splitlines() if line.startswith(f"{name}:")
+    ]
+
+
+def test_install_creates_config_unit_and_modes(installed: Installed) -> None:
+    etc = installed.root / "etc/curtaild"
+    assert _mode(etc) == 0o750
+    assert _mode(etc / "keys") == 0o750
+    assert _mode(etc / "site.yaml") == 0o640
+    assert _mode(etc / "curtaild.env") == 0o600  # systemd reads it as root
+    unit = installed.root / "etc/systemd/system/curtaild.service"
+    assert _mode(unit) == 0o644
+    assert unit.read_bytes() == (REPO / "deploy/curtaild.service").read_bytes()
+    if os.geteuid() == 0:  # chown is skipped otherwise
+        gid = int(_entry(installed.root / "etc/group", "curtaild")[0][2])
+        for path in (etc, etc / "keys", etc / "site.yaml"):
+            assert (path.stat().st_uid, path.stat().st_gid) == (0, gid), path
+
+
+def test_install_records_user_and_group_once(installed: Installed) -> None:
+    groups = _entry(installed.root / "etc/group", "curtaild")
+    users = _entry(installed.root / "etc/passwd", "curtaild")
+    assert len(groups) == 1
+    assert len(users) == 1
+    _, _, uid, gid, _, home, shell = users[0]
+    assert int(uid) < 1000  # a system user
+    assert gid == groups[0][2]
+    assert home == "/var/lib/curtaild"
+    assert shell == "/usr/sbin/nologin"
+
+
+def test_install_never_overwrites_the_operators_config(installed: Installed) -> None:
+    site = installed.root / "etc/curtaild/site.yaml"
+    assert site.read_text() == installed.edited_config
+    assert site.read_text().startswith((REPO / "config/site.example.yaml").read_text())
+
+
+def test_install_venv_runs_curtaild(installed: Installed) -> None:
+    curtaild = installed.root / "opt/curtaild/venv/bin/curtaild"
+    result = subprocess.run(
+        [str(curtaild), "--help"], capture_output=True, text=True, check=False, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert "check-config" in result.stdout
+
+
+def test_install_second_run_changes_nothing(installed: Installed) -> None:
+    assert "changed:" in installed.first.stdout
+    assert "changed:" not in installed.second.stdout, installed.second.stdout
+    assert "nothing changed" in installed.second.stdout
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze")
+def test_install_unit_passes_systemd_analyze_verify(installed: Installed) -> None:
+    result = subprocess.run(
+        [str(VERIFY), str(installed.root)], capture_output=True, text=True, check=False, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
