@@ -40,10 +40,11 @@ from controller.clock import SystemClock
 from controller.config import ConfigError, Loaded, parse
 from controller.core.signals import Obligation, ObligationStatus
 from controller.simfarm import farm_from_config
+from drivers.shipped import shipped
 from drivers.sim.farm import SimFarm
 from drivers.types import Mode
 
-DEFAULT_FARM = Path(__file__).resolve().parent.parent / "config" / "sim-farm.yaml"
+DEFAULT_FARM = shipped("sim-farm.yaml")
 GRANT_LENGTH_S = 90.0  # the curtailment episode, a restore, then the 40 s lead to the end
 CURTAIL_FRACTION = 0.40
 TIGHTER_FRACTION = 0.30  # what the fast-shedding families can carry within 10 s

@@ -19,17 +19,17 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from controller.config import Loaded
+from drivers.shipped import shipped
 
 if TYPE_CHECKING:
     from controller.app import Daemon
     from controller.demo import _Operator
     from drivers.sim.farm import SimFarm
 
-OVERLAY = Path(__file__).resolve().parent.parent / "config" / "scenarios" / "winter.yaml"
+OVERLAY = shipped("scenarios", "winter.yaml")
 DEEP_FRACTION = 0.25  # the curtailment: a quarter of the farm's rated draw ...
 DEEP_DEADLINE_S = 45.0  # ... within 45 s: the slowest family takes ~30 s to ramp down
 WAKE_TIMEOUT_S = 150.0  # gentle starts, warm-ups and staggering take minutes

@@ -116,7 +116,8 @@ own() {
 # The project's files as pip builds them; their hash (with the interpreter's version) says
 # whether the installed virtualenv is this source tree's.
 project_files() {
-  (cd "$SRC" && find pyproject.toml constraints.txt README.md controller drivers -type f \
+  # config/: the register maps and demo farms the wheel ships (pyproject's data-files).
+  (cd "$SRC" && find pyproject.toml constraints.txt README.md controller drivers config -type f \
     ! -path '*/__pycache__/*' ! -name '*.py[co]' | LC_ALL=C sort)
 }
 want=$({

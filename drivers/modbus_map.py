@@ -17,6 +17,8 @@ from typing import Any, Literal, TypeGuard, TypeVar, get_args
 
 import yaml
 
+from drivers.shipped import shipped
+
 Table = Literal["coil", "discrete", "holding", "input"]
 ValueType = Literal[
     "bool", "uint16", "int16", "uint32", "int32", "float32", "uint64", "int64", "float64"
@@ -74,7 +76,7 @@ REQUIRED: dict[Kind, tuple[str, ...]] = {
 PER_OUTLET = frozenset({"outlet_state", "outlet_switch", "outlet_power_w"})
 ON_OFF = frozenset({"outlet_state", "outlet_switch"})  # points that hold on/off, not numbers
 
-MAPS_DIR = Path(__file__).resolve().parent.parent / "config" / "modbus"
+MAPS_DIR = shipped("modbus")
 
 _MAP_KEYS = frozenset({"name", "kind", "outlets", "byte_order", "word_order", "read_gap", "points"})
 _POINT_KEYS = frozenset(

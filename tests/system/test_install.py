@@ -11,6 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
+
+from tests.conftest import KEY, KEY_ENV, site_dict
 
 # Building the virtualenv is a real pip install (about 25 s here); the fixture's set-up
 # counts against the first test's timeout.
@@ -105,6 +108,42 @@ def test_install_venv_runs_curtaild(installed: Installed) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "check-config" in result.stdout
+
+
+def test_install_ships_the_register_maps_and_the_demo_farm(
+    installed: Installed, tmp_path: Path
+) -> None:
+    # A site with a PDU: check-config resolves its shipped register map from the install,
+    # not from this checkout (the installed copy is not a checkout).
+    data = site_dict(tmp_path, miners=2)
+    data["pdus"] = [
+        {"id": "pdu-1", "host": "10.0.0.9", "map": "pdu-coil-24", "outlets": {1: "m000"}}
+    ]
+    site = tmp_path / "site.yaml"
+    site.write_text(yaml.safe_dump(data))
+    venv = installed.root / "opt/curtaild/venv"
+    env = {**os.environ, KEY_ENV: KEY.decode()}
+    check = subprocess.run(
+        [str(venv / "bin/curtaild"), "check-config", "-c", str(site)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+        cwd=tmp_path,
+        env=env,
+    )
+    assert check.returncode == 0, check.stderr
+    found = subprocess.run(
+        [str(venv / "bin/python"), "-c", "from controller.demo import DEFAULT_FARM as f; print(f)"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    farm = Path(found.stdout.strip())
+    assert farm.is_file()
+    assert farm.is_relative_to(venv)
 
 
 def test_install_second_run_changes_nothing(installed: Installed) -> None:
