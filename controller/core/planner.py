@@ -441,7 +441,7 @@ def _wake(fleet: _Fleet, total: int, budget: int, rules: PlanRules) -> Plan:
     sleepers, then restore cut outlets (each only after its minimum time off). A cold
     container below its heater floor goes first; a sleeper with cold boards wakes gently.
     The order does not depend on the limit, so a lower limit wakes a prefix of it."""
-    snapshot, horizon, costs, _, climate = fleet
+    snapshot, _, costs, _, climate = fleet
     now = snapshot.taken_at
     miners = snapshot.miners
     first = _floor_wakes(fleet, rules) if climate is not None else []
@@ -465,15 +465,13 @@ def _wake(fleet: _Fleet, total: int, budget: int, rules: PlanRules) -> Plan:
     actions: list[Action] = []
     notes: list[str] = []
     alarms: list[Alarm] = []
-    for n, i in enumerate(steps):
+    for n, (i, back) in enumerate(steps):
         view = miners[i]
         spec = view.spec
-        kind = _step_back(view, horizon, now, rules, climate)
-        assert kind is not None
-        cold = None
-        if kind is ActionKind.WAKE and climate is not None:
+        kind, cold = back, None
+        if back is ActionKind.WAKE and climate is not None:
             cold = climate.boards_cold(view, fresh=True)
-            kind = ActionKind.WARM if cold is not None else kind
+            kind = ActionKind.WARM if cold is not None else back
         level = spec.gentle_w() if kind is ActionKind.WARM else spec.rated_power_w
         extra = level - costs[i]
         if total + extra > budget - rules.wake_headroom_w:
@@ -498,8 +496,9 @@ def _wake(fleet: _Fleet, total: int, budget: int, rules: PlanRules) -> Plan:
     )
 
 
-def _wake_order(fleet: _Fleet, rules: PlanRules, first: list[int]) -> list[int]:
-    """`first`, then raises, wakes and restores, each most efficient first."""
+def _wake_order(fleet: _Fleet, rules: PlanRules, first: list[int]) -> list[tuple[int, ActionKind]]:
+    """`first` (floor wakes), then raises, wakes and restores, each most efficient first;
+    each with the step that walks it back."""
     snapshot, horizon, _, order, climate = fleet
     now = snapshot.taken_at
     miners = snapshot.miners
@@ -515,7 +514,10 @@ def _wake_order(fleet: _Fleet, rules: PlanRules, first: list[int]) -> list[int]:
             kind = _step_back(view, horizon, now, rules, climate)
             if kind is not None:
                 buckets[kind].append(i)
-    return [*first, *(i for bucket in buckets.values() for i in bucket)]
+    return [
+        *((i, ActionKind.WAKE) for i in first),
+        *((i, kind) for kind, bucket in buckets.items() for i in bucket),
+    ]
 
 
 def _floor_wakes(fleet: _Fleet, rules: PlanRules) -> list[int]:
