@@ -173,6 +173,50 @@ class HttpCfg(_Model):
         return int(self.listen.rpartition(":")[2])
 
 
+Role = Literal["viewer", "operator", "admin"]
+
+
+class ApiTokenCfg(_Model):
+    """One operator's bearer token, stored as its SHA-256 only (`curtaild token` makes
+    one). Tokens are 256 random bits, so a fast hash is enough: nothing to brute-force."""
+
+    name: Ident  # who: every change made with this token is journaled under this name
+    role: Role
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+class ApiCfg(_Model):
+    """The operator API, the dashboard and /metrics, on their own listener."""
+
+    listen: str = "127.0.0.1:8481"
+    tokens: list[ApiTokenCfg] = Field(default_factory=list)  # none: every request is 401
+    history_s: Annotated[float, Field(ge=60, le=86_400, allow_inf_nan=False)] = 3600.0
+    metrics_public: bool = True  # Prometheus scrapes /metrics without a token
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        return check_listen(value)
+
+    @field_validator("tokens")
+    @classmethod
+    def _unique(cls, tokens: list[ApiTokenCfg]) -> list[ApiTokenCfg]:
+        for what in ("name", "sha256"):
+            seen = [getattr(t, what) for t in tokens]
+            dupes = sorted({v for v in seen if seen.count(v) > 1})
+            if dupes:
+                raise ValueError(f"two tokens share a {what}: {', '.join(dupes)}")
+        return tokens
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+
 class SignalsCfg(_Model):
     sources: Annotated[list[SourceCfg], Field(min_length=1)]
     mqtt: MqttCfg | None = None
@@ -492,6 +536,7 @@ class SiteConfig(BaseSettings):
     escalation: EscalationCfg = EscalationCfg()
     frequency: FrequencyCfg | None = None
     safety: SafetyCfg | None = None  # absent: no cold-weather rules
+    api: ApiCfg | None = None  # absent: no operator API, dashboard or /metrics
     logging: LoggingCfg = LoggingCfg()
     simulation: SimulationCfg | None = None
 

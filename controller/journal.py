@@ -60,6 +60,7 @@ CREATE TABLE IF NOT EXISTS obligations (
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY, at TEXT NOT NULL, kind TEXT NOT NULL, subject TEXT,
     detail TEXT);
+CREATE TABLE IF NOT EXISTS operator (key TEXT PRIMARY KEY, state TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS commands_decision ON commands (decision_seq);
 CREATE INDEX IF NOT EXISTS signals_at ON signals (at);
 """
@@ -251,6 +252,53 @@ class Journal:
                 "INSERT INTO events (at, kind, subject, detail) VALUES (?,?,?,?)",
                 (_ts(at), kind, subject, text),
             )
+
+    def record_operator(
+        self,
+        at: datetime,
+        subject: str,
+        detail: dict[str, Any],
+        *,
+        key: str,
+        state: dict[str, Any] | None,
+    ) -> int:
+        """An operator's change: the event (who, what, why) and the standing state it
+        leaves (None: the key is gone) in one transaction. Returns the event's seq."""
+        with self._tx() as db:
+            cur = db.execute(
+                "INSERT INTO events (at, kind, subject, detail) VALUES (?,?,?,?)",
+                (_ts(at), "operator", subject, json.dumps(detail)),
+            )
+            if state is None:
+                db.execute("DELETE FROM operator WHERE key=?", (key,))
+            else:
+                db.execute(
+                    "INSERT OR REPLACE INTO operator (key, state) VALUES (?,?)",
+                    (key, json.dumps(state)),
+                )
+            return int(cur.lastrowid or 0)
+
+    def operator_state(self) -> dict[str, dict[str, Any]]:
+        """Every standing operator change (overrides, holds, automation), by key."""
+        return {
+            key: json.loads(text)
+            for key, text in self._db.execute("SELECT key, state FROM operator ORDER BY key")
+        }
+
+    def events(
+        self, *, after: int = 0, since: datetime | None = None, limit: int = 500
+    ) -> list[tuple[int, str, str, str | None, str | None]]:
+        """Journal events (seq, at, kind, subject, detail) after `after` and from `since`,
+        oldest first, at most `limit`."""
+        floor = _ts(since) if since is not None else ""
+        return [
+            (int(r[0]), r[1], r[2], r[3], r[4])
+            for r in self._db.execute(
+                "SELECT seq, at, kind, subject, detail FROM events"
+                " WHERE seq > ? AND at >= ? ORDER BY seq LIMIT ?",
+                (after, floor, limit),
+            )
+        ]
 
     def prune_held(self, signal_ids: Sequence[str]) -> None:
         if not signal_ids:

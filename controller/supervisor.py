@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import time
 from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
@@ -52,6 +53,7 @@ from controller.core.signals import (
 from controller.inbox import Inbox
 from controller.journal import CommandRecord, Journal
 from controller.measure import Measurements, MeterSample
+from controller.operator import Desk, HoldMode
 from controller.publish import Ack, Publisher
 from controller.telemetry import Activity, Poller, Readings
 from drivers.deadline import within
@@ -75,6 +77,17 @@ OFFSET_DECAY = 0.1
 KEEP_FINISHED = 200  # finished deadlines kept in memory for status and the demo
 # Command results are journaled in batches (the decision before them is write-ahead).
 FLUSH_INTERVAL = timedelta(seconds=1)
+
+
+COMING_BACK = frozenset({ActionKind.WAKE, ActionKind.WARM, ActionKind.RAISE, ActionKind.RESTORE})
+
+
+class LoopObserver(Protocol):
+    """What the loop reports as it goes (Prometheus metrics; see adapters/metrics.py)."""
+
+    def command(self, action: str, family: str, seconds: float, outcome: str) -> None: ...
+    def cycle(self, seconds: float) -> None: ...
+    def deadline(self, kind: str, status: str) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,9 +148,10 @@ class Supervisor:
         outlets: Mapping[str, tuple[ModbusPdu, int]] | None = None,
         measure: MeasureSettings | None = None,
         frequency_rules: FrequencyRules | None = None,
+        desk: Desk | None = None,
     ) -> None:
         """`known_keys`: every deadline ever journaled, so a restart never re-creates one
-        that was already settled."""
+        that was already settled. `desk`: the operator's holds and automation switch."""
         self.site_id = site_id
         self._specs = specs
         self._drivers = drivers
@@ -171,8 +185,14 @@ class Supervisor:
         self.commands_sent = 0
         self.commands_failed = 0
         self.ready = asyncio.Event()
-        # The fleet never changes, so its shed order is computed once, not per plan.
-        self._order = planner.shed_order(readings.views())
+        # The fleet never changes, so its shed order is computed once, not per plan; an
+        # operator's run holds move miners to its end (shed last, woken first).
+        self._base_order = planner.shed_order(readings.views())
+        self._order = self._base_order
+        self._desk = desk
+        self._desk_version = -1
+        self._nudged: str | None = None
+        self.observer: LoopObserver | None = None
         self._init_measured(specs, measurements, outlets, measure, frequency_rules)
 
     def _init_measured(
@@ -230,7 +250,8 @@ class Supervisor:
                     tick = self._settings.fast_tick_s if busy else self._settings.tick_s
                     await self._clock.wait(self._inbox.wake, tick)
                     self._inbox.wake.clear()
-                    await self.cycle("signal" if self._inbox.admitted else "tick")
+                    cause, self._nudged = self._nudged, None
+                    await self.cycle("signal" if self._inbox.admitted else cause or "tick")
         finally:
             if self._settings.pause_gc_in_fanout:
                 gc.enable()  # never leave the collector off behind us
@@ -253,18 +274,25 @@ class Supervisor:
             o.status is ObligationStatus.PENDING and o.starts_at <= now for o in self.obligations
         )
 
+    def nudge(self, cause: str) -> None:
+        """Something outside the inbox changed what the loop must do (an operator): plan
+        again at once."""
+        self._nudged = f"operator {cause}"
+        self._inbox.wake.set()
+
     async def cycle(self, cause: str) -> None:
         """One pass: freeze, decide, journal, write, track, report."""
         self._activity.begin()
+        started = time.perf_counter()  # cost of the pass, for metrics; never for control
         try:
             now = self._clock.now()
             self._absorb_signals()
             self._inbox.prune(now)
+            self._follow_desk(now)
             limit = self._limit(now)
-            views = self._readings.views()
             if self._watched:
                 self._detect_lies(now)
-                views = self._readings.views()
+            views = self._views()
             if not self.draining and self._must_plan(cause, limit):
                 await self._decide(cause, now, limit, views)
             # After the decision: a fleet-wide sum is not on the path to the first command.
@@ -276,6 +304,8 @@ class Supervisor:
                 self._flush(now)
             self._report(now, views)
             self.cycles += 1
+            if self.observer is not None:
+                self.observer.cycle(time.perf_counter() - started)
             if self.on_cycle is not None:
                 self.on_cycle()
         finally:
@@ -294,6 +324,81 @@ class Supervisor:
         if self._records:
             self._flush(self._clock.now())
         return self.in_flight == 0
+
+    def _follow_desk(self, now: datetime) -> None:
+        """Drop the operator's expired changes; re-derive the shed order on a change."""
+        desk = self._desk
+        if desk is None:
+            return
+        desk.expire(now)
+        if desk.version == self._desk_version:
+            return
+        self._desk_version = desk.version
+        run = desk.held(HoldMode.RUN)
+        ids = [v.spec.id for v in self._readings.views()]
+        base = self._base_order
+        self._order = (
+            tuple(i for i in base if ids[i] not in run) + tuple(i for i in base if ids[i] in run)
+            if run
+            else base
+        )
+
+    def _views(self) -> tuple[MinerView, ...]:
+        """The readings, with the operator's sleep holds marked (the planner never walks
+        a held-asleep miner back)."""
+        views = self._readings.views()
+        asleep = self._desk.held(HoldMode.SLEEP) if self._desk is not None else ()
+        if not asleep:
+            return views
+        return tuple(replace(v, held_asleep=True) if v.spec.id in asleep else v for v in views)
+
+    def grid_limit(self, now: datetime) -> Limit:
+        """What the grid (and the frequency relay) allows now, without operator overrides:
+        an override above it would never bind."""
+        return arbitrate(
+            self._inbox.book,
+            self._policy,
+            now,
+            last_heard=self._inbox.last_heard,
+            overrides=self._relay(now),
+        )
+
+    def _operator_steps(self, plan: Plan, views: tuple[MinerView, ...], now: datetime) -> Plan:
+        """The operator's say in a plan: a miner held asleep that runs is put to sleep;
+        while automation is paused nothing comes back (wakes, raises, restores are
+        withheld, except for miners held running). Sheds always stand: grid limits win."""
+        desk = self._desk
+        if desk is None:
+            return plan
+        actions = list(plan.actions)
+        notes = list(plan.notes)
+        if desk.paused:
+            run = desk.held(HoldMode.RUN)
+            kept = [a for a in actions if a.kind not in COMING_BACK or a.miner_id in run]
+            if len(kept) < len(actions):
+                notes.append(
+                    f"automation paused by {desk.automation.by}: "
+                    f"{len(actions) - len(kept)} steps back withheld"
+                )
+            actions = kept
+        planned = {a.miner_id for a in actions}
+        for view in views:
+            hold = desk.holds.get(view.spec.id) if view.held_asleep else None
+            if (
+                hold is None
+                or view.spec.id in planned
+                or view.pending is not None
+                or view.cut_at is not None
+                or view.reading is None
+                or view.reading.mode is not Mode.MINING
+                or (view.retry_after is not None and now < view.retry_after)
+            ):
+                continue
+            why = f"sleep: held asleep by {hold.by} until {hold.expires_at:%H:%M:%S}: {hold.reason}"
+            actions.append(Action(view.spec.id, ActionKind.SLEEP, why))
+        if len(actions) == len(plan.actions) and notes == list(plan.notes):
+            return plan
+        return replace(plan, actions=tuple(actions), notes=tuple(notes))
 
     def _limit(self, now: datetime) -> Limit:
         relay = self._relay(now)
@@ -441,7 +546,7 @@ class Supervisor:
             now, views, tuple(self._recent_wakes), self._last_shed_at, self._order, ambient
         )
         budget = replace(limit, limit_w=limit.limit_w - self.offset_w) if self.offset_w else limit
-        plan = planner.plan(snapshot, budget, self._rules)
+        plan = self._operator_steps(planner.plan(snapshot, budget, self._rules), views, now)
         self._planned_at = now
         self._failed_since_plan = False
         seq = None
@@ -547,6 +652,8 @@ class Supervisor:
                 detail=detail,
             )
             self._publisher.ack(Ack(ob.signal_id, ob.revision, kind, now, detail))
+            if self.observer is not None:
+                self.observer.deadline(ob.kind, kind)
         self._journal.record_obligations([*ends, *changed], self.measured_by)
         for ob in self.obligations:
             if ob.status is not ObligationStatus.PENDING:
@@ -669,6 +776,10 @@ class Supervisor:
         self._records.append(
             CommandRecord(seq, action.miner_id, action.kind.value, started, ended, outcome, detail)
         )
+        if self.observer is not None:
+            family = self._specs[action.miner_id].driver
+            took = (ended - started).total_seconds()
+            self.observer.command(action.kind.value, family, took, outcome)
         self.commands_sent += 1
         self.in_flight -= 1
         if self.in_flight == 0:

@@ -91,6 +91,7 @@ class MinerView:
     no_lower: bool = False  # its power target could not be set: the ladder skips that step
     restored_at: datetime | None = None  # its outlet came back on: it boots for minutes
     warming_until: datetime | None = None  # woken gently: held at the low level till then
+    held_asleep: bool = False  # an operator holds it asleep: no step ever walks it back
 
     def fresh(self, now: datetime, stale_after: timedelta) -> bool:
         return (

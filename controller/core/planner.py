@@ -510,7 +510,7 @@ def _wake_order(fleet: _Fleet, rules: PlanRules, first: list[int]) -> list[tuple
     taken = set(first)
     for i in reversed(order):
         view = miners[i]
-        if i not in taken and _may_command(view, now):
+        if i not in taken and _may_wake(view, now):
             kind = _step_back(view, horizon, now, rules, climate)
             if kind is not None:
                 buckets[kind].append(i)
@@ -539,7 +539,7 @@ def _floor_wakes(fleet: _Fleet, rules: PlanRules) -> list[int]:
     for i in reversed(order):
         view = miners[i]
         left = need.get(view.spec.container)
-        if left is None or (left[0] <= 0 and left[1] <= 0) or not _may_command(view, now):
+        if left is None or (left[0] <= 0 and left[1] <= 0) or not _may_wake(view, now):
             continue
         if _step_back(view, horizon, now, rules, climate) is not ActionKind.WAKE:
             continue  # a cut outlet's restore is a cold boot at full power: not for heat
@@ -653,3 +653,7 @@ def _ramp(spec: MinerSpec) -> timedelta:
 
 def _may_command(view: MinerView, now: datetime) -> bool:
     return view.pending is None and (view.retry_after is None or now >= view.retry_after)
+
+
+def _may_wake(view: MinerView, now: datetime) -> bool:
+    return not view.held_asleep and _may_command(view, now)
