@@ -1,0 +1,254 @@
+"""The operator API's bodies: the pydantic models the handlers parse and answer with, and
+from which /openapi.json is generated (there is no hand-kept copy of the schema)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+
+Reason = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=3, max_length=500),
+    Field(description="Why: journaled with the change, shown to every other operator"),
+]
+Kw = Annotated[float, Field(ge=0, le=10_000_000, allow_inf_nan=False)]
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+# -- requests ------------------------------------------------------------------------------
+
+
+class OverrideIn(_In):
+    """A limit tighter than the grid's, until it expires."""
+
+    limit_kw: Kw = Field(description="Draw at most this; must not be above the grid's limit")
+    expires_at: AwareDatetime = Field(description="When it lapses (at most 30 days ahead)")
+    reason: Reason
+
+
+class HoldIn(_In):
+    """Hold one miner asleep or running until `until`; `auto` hands it back."""
+
+    mode: Literal["sleep", "run", "auto"] = Field(
+        description="sleep: kept asleep; run: shed last and woken first (grid limits still "
+        "win); auto: release the hold"
+    )
+    until: AwareDatetime | None = Field(default=None, description="Required unless mode is auto")
+    reason: Reason
+
+
+class AutomationIn(_In):
+    """Pause: nothing is woken, raised or restored; sheds for grid limits go on."""
+
+    paused: bool
+    reason: Reason
+
+
+# -- answers -------------------------------------------------------------------------------
+
+
+class Problem(_Out):
+    """RFC 9457 problem details."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    field: str | None = Field(default=None, description="The request field at fault")
+
+
+class LimitOut(_Out):
+    limit_kw: float
+    reasons: list[str] = Field(description="The constraints that bind, each with its kW")
+    due: datetime | None = Field(default=None, description="When the draw must be within it")
+    emergency: bool = False
+
+
+class AutomationOut(_Out):
+    paused: bool
+    by: str | None = None
+    reason: str | None = None
+    since: datetime | None = None
+
+
+class OverrideOut(_Out):
+    id: str
+    limit_kw: float
+    reason: str
+    by: str
+    created_at: datetime | None
+    expires_at: datetime | None
+
+
+class HoldOut(_Out):
+    miner: str
+    mode: Literal["sleep", "run"]
+    reason: str
+    by: str
+    since: datetime
+    until: datetime
+
+
+class ModeCounts(_Out):
+    total: int = 0
+    mining: int = 0
+    sleeping: int = 0
+    unknown: int = Field(default=0, description="No fresh reading: counted at rated power")
+    unhealthy: int = 0
+    pending: int = Field(default=0, description="A command is on the wire")
+    lowered: int = 0
+    cut: int = Field(default=0, description="Its PDU outlet was cut by curtaild")
+
+
+class ContainerOut(_Out):
+    name: str
+    ambient_c: float | None = Field(description="The container's sensor; None: none or stale")
+    ambient_age_s: float | None
+    board_temp_max_c: float | None = Field(description="Hottest fresh board reading")
+    draw_kw: float = Field(description="Sum of the miners' estimates (rated where unknown)")
+    miners: ModeCounts
+
+
+class SignalOut(_Out):
+    id: str
+    revision: int
+    type: str
+    source: str
+    received_at: datetime
+    start: datetime | None
+    end: datetime | None
+    limit_kw: float | None = None
+    granted_kw: float | None = None
+    deadline_s: float | None = None
+    emergency: bool = False
+    active: bool
+
+
+class DeadlineOut(_Out):
+    signal_id: str
+    revision: int
+    kind: str
+    limit_kw: float
+    starts_at: datetime
+    due_at: datetime
+    status: str
+    time_to_target_s: float | None = None
+    measured_kw: float | None = None
+
+
+class AlarmOut(_Out):
+    kind: str
+    subject: str
+    since: datetime
+    detail: str
+
+
+class StatusOut(_Out):
+    site: str
+    at: datetime
+    automation: AutomationOut
+    limit: LimitOut | None = Field(description="The effective limit (None before the first plan)")
+    grid_limit_kw: float = Field(description="What the grid allows now, without overrides")
+    measured_kw: float | None = Field(description="Grid draw; None: the meter is stale")
+    measured_by: Literal["meter", "firmware"]
+    expected_kw: float | None
+    miners: ModeCounts
+    containers: list[ContainerOut]
+    signals: list[SignalOut]
+    deadlines: list[DeadlineOut] = Field(description="Running and recently finished")
+    overrides: list[OverrideOut]
+    holds: list[HoldOut]
+    alarms: list[AlarmOut]
+    lying: list[str] = Field(description="Miners whose measured power contradicts them")
+
+
+class MinerOut(_Out):
+    id: str
+    family: str
+    container: str
+    rated_kw: float
+    efficiency_j_th: float
+    outlet: str | None
+    mode: Literal["mining", "sleeping", "unknown", "cut"]
+    health: Literal["ok", "unhealthy", "stale"]
+    health_reason: str | None
+    power_kw: float | None = Field(description="Firmware's figure (None: no fresh reading)")
+    hashrate_ths: float | None
+    board_temps_c: list[float]
+    read_age_s: float | None
+    pending: str | None = Field(description="The command on the wire, if any")
+    lowered: bool
+    warming_until: datetime | None
+    lying: str | None
+    hold: HoldOut | None
+
+
+class MinersOut(_Out):
+    miners: list[MinerOut]
+    total: int = Field(description="Matches before paging")
+
+
+class EventOut(_Out):
+    seq: int
+    at: datetime
+    kind: str = Field(description="operator, alarm, alarm-cleared, lying, frequency, ...")
+    subject: str | None
+    detail: str | dict[str, object] | None
+
+
+class EventsOut(_Out):
+    events: list[EventOut]
+    next: int = Field(description="Pass as `after` to read on from here")
+
+
+class HistoryPoint(_Out):
+    at: datetime
+    measured_kw: float | None
+    limit_kw: float | None
+
+
+class HistoryOut(_Out):
+    interval_s: float
+    points: list[HistoryPoint]
+
+
+class SignalReportRow(_Out):
+    received_at: str | None
+    transport: str | None
+    source: str | None
+    signal_id: str | None
+    revision: int | None
+    type: str | None
+    verdict: str | None
+    detail: str | None
+    deadline_kind: str | None
+    limit_kw: float | None
+    starts_at: str | None
+    due_at: str | None
+    status: str | None
+    reached_at: str | None
+    time_to_target_s: float | None
+    measured_kw: float | None
+    measured_by: str | None
+
+
+class SignalReportOut(_Out):
+    signals: list[SignalReportRow]
+
+
+class HealthOut(_Out):
+    status: Literal["ok", "starting", "degraded"]
+    ready: bool
+    cycles: int
+    last_cycle_age_s: float | None = Field(description="Seconds since the loop last finished")
+    journal: Literal["ok"] = "ok"
+    devices: dict[str, bool] = Field(description="Modbus devices: True while read fresh")
