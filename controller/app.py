@@ -6,13 +6,16 @@ import asyncio
 import contextlib
 import gc
 import resource
+from collections import deque
 from types import TracebackType
 from typing import Self
 
 import structlog
 
 from controller.adapters.grid_http import GridHttp
+from controller.adapters.metrics import Metrics
 from controller.adapters.mqtt_signals import MqttSignals
+from controller.adapters.operator_api import OperatorApi
 from controller.adapters.systemd import Notifier
 from controller.clock import Clock
 from controller.config import Loaded, ModbusDeviceCfg
@@ -20,8 +23,14 @@ from controller.core.model import MinerSpec
 from controller.inbox import Inbox
 from controller.journal import Journal
 from controller.measure import Measurements
+from controller.operator import Desk
 from controller.publish import Fanout, Recorder
-from controller.supervisor import LoopSettings, MeasureSettings, Supervisor
+from controller.supervisor import (
+    HISTORY_INTERVAL,
+    LoopSettings,
+    MeasureSettings,
+    Supervisor,
+)
 from controller.telemetry import Activity, Poller, Readings
 from drivers.meter.modbus_meter import ModbusMeter
 from drivers.meter.sensor import ModbusTemperature
@@ -161,6 +170,8 @@ class Daemon:
             if signals.http is not None
             else None
         )
+        # The operator's overrides, holds and automation switch, restored from the journal.
+        self.desk = Desk(journal=self.journal, inbox=self.inbox, miners=self.specs, now=clock.now())
         control = config.control
         slowest = max((m.timeout_s for m in loaded.miners), default=3.0)
         self.supervisor = Supervisor(
@@ -209,8 +220,24 @@ class Daemon:
                 lie_grace_s=config.escalation.lie_grace_s,
             ),
             frequency_rules=loaded.frequency_rules(),
+            desk=self.desk,
         )
+        self.desk.on_change = self.supervisor.nudge
+        self.metrics: Metrics | None = None
+        self.api: OperatorApi | None = None
+        if config.api is not None:
+            self.metrics = Metrics(self)
+            self.supervisor.observer = self.metrics
+            points = round(config.api.history_s / HISTORY_INTERVAL.total_seconds())
+            self.supervisor.history = deque(maxlen=points)
+            self.api = OperatorApi(self, self.desk, config.api)
         self._task: asyncio.Task[None] | None = None
+
+    def device_ids(self) -> list[str]:
+        """Every Modbus device: the meter, the PDUs, the temperature sensors."""
+        config = self.loaded.config
+        meter = [config.meter.id] if config.meter is not None else []
+        return [*meter, *(p.id for p in config.pdus), *(s.id for s in config.sensors)]
 
     def _modbus(self, loaded: Loaded, clock: Clock) -> None:
         """The PDUs, the site meter and temperature sensors, each on its own Modbus link."""
@@ -267,6 +294,8 @@ class Daemon:
                     tg.create_task(self.mqtt.run(), name="curtaild.mqtt_signals")
                 if self.http is not None:
                     tg.create_task(self.http.run(), name="curtaild.grid_http")
+                if self.api is not None:
+                    tg.create_task(self.api.run(), name="curtaild.operator_api")
         finally:
             await asyncio.gather(
                 *(d.close() for d in self.drivers.values()),
@@ -335,6 +364,8 @@ class Daemon:
             raise DaemonError("the daemon stopped during start-up")
         if self.http is not None:
             await self.http.started.wait()
+        if self.api is not None:
+            await self.api.started.wait()
         return self
 
     async def __aexit__(

@@ -77,6 +77,9 @@ OFFSET_DECAY = 0.1
 KEEP_FINISHED = 200  # finished deadlines kept in memory for status and the demo
 # Command results are journaled in batches (the decision before them is write-ahead).
 FLUSH_INTERVAL = timedelta(seconds=1)
+# Site draw against the limit, for the dashboard's last hour (720 points at 5 s).
+HISTORY_INTERVAL = timedelta(seconds=5)
+HISTORY_POINTS = 720
 
 
 COMING_BACK = frozenset({ActionKind.WAKE, ActionKind.WARM, ActionKind.RAISE, ActionKind.RESTORE})
@@ -193,6 +196,10 @@ class Supervisor:
         self._desk_version = -1
         self._nudged: str | None = None
         self.observer: LoopObserver | None = None
+        self.history: deque[tuple[datetime, int | None, int | None]] = deque(
+            maxlen=HISTORY_POINTS
+        )  # (at, measured W, limit W)
+        self.last_cycle_at: datetime | None = None
         self._init_measured(specs, measurements, outlets, measure, frequency_rules)
 
     def _init_measured(
@@ -304,6 +311,7 @@ class Supervisor:
                 self._flush(now)
             self._report(now, views)
             self.cycles += 1
+            self.last_cycle_at = now
             if self.observer is not None:
                 self.observer.cycle(time.perf_counter() - started)
             if self.on_cycle is not None:
@@ -976,6 +984,9 @@ class Supervisor:
         if due:
             self._last_status = now
             self._publisher.status(self.status(now, views))
+        if not self.history or now - self.history[-1][0] >= HISTORY_INTERVAL:
+            limit = self.limit.limit_w if self.limit is not None else None
+            self.history.append((now, self.measured_w, limit))
 
     def _meter_status(self, now: datetime) -> dict[str, Any] | None:
         if self._measurements is None or self._measurements.meter is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 import os
 import shutil
@@ -22,6 +23,24 @@ from controller.config import Loaded, parse
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 KEY = b"test-key-kegoc-0123456789abcdef"
 KEY_ENV = "CURTAILD_TEST_KEY_KEGOC"
+# One operator API token per role (the config holds only their SHA-256).
+API_TOKENS = {
+    "viewer": "viewer-token-6f0c1d2e3a4b5c6d7e8f90a1b2c3d4e5",
+    "operator": "operator-token-0a1b2c3d4e5f60718293a4b5c6d7e8f9",
+    "admin": "admin-token-9f8e7d6c5b4a39281706f5e4d3c2b1a0",
+}
+
+
+def api_section() -> dict[str, Any]:
+    """An `api:` config section on a free port with one token per role."""
+    return {
+        "listen": "127.0.0.1:0",
+        "tokens": [
+            {"name": f"{role}-1", "role": role, "sha256": hashlib.sha256(t.encode()).hexdigest()}
+            for role, t in API_TOKENS.items()
+        ],
+    }
+
 
 _subnets = itertools.count(0)
 

@@ -89,6 +89,10 @@ class OverrideOut(_Out):
     expires_at: datetime | None
 
 
+class OverridesOut(_Out):
+    overrides: list[OverrideOut]
+
+
 class HoldOut(_Out):
     miner: str
     mode: Literal["sleep", "run"]

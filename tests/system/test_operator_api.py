@@ -1,0 +1,407 @@
+"""The operator API against the running daemon and its simulated farm: every endpoint and
+role, overrides that shed the farm, holds, pause and resume, the journal's record of who
+did what and why, and bad input that changes nothing."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from controller.adapters.operator_api import ROUTES
+from controller.clock import FakeClock
+from controller.simfarm import farm_from_config
+from drivers.types import Mode
+from tests.conftest import API_TOKENS, api_section, load_site, site_dict
+from tests.system.harness import Rig, daemon_on, rig
+
+pytestmark = pytest.mark.system
+
+
+class Api:
+    """A client for one daemon's operator API."""
+
+    def __init__(self, session: aiohttp.ClientSession, port: int) -> None:
+        self.session = session
+        self.base = f"http://127.0.0.1:{port}"
+
+    async def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        role: str | None = "viewer",
+        token: str | None = None,
+        body: Any = None,
+        raw: bytes | None = None,
+    ) -> tuple[int, Any, aiohttp.ClientResponse]:
+        headers = {}
+        if token is None and role is not None:
+            token = API_TOKENS[role]
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        data = raw if raw is not None else None if body is None else json.dumps(body).encode()
+        async with self.session.request(method, self.base + path, data=data, headers=headers) as r:
+            text = await r.text()
+            kind = r.headers.get("Content-Type", "")
+            parsed = json.loads(text) if "json" in kind and text else text
+            return r.status, parsed, r
+
+
+@asynccontextmanager
+async def api_rig(tmp_path: Path, **kw: Any) -> AsyncIterator[tuple[Rig, Api]]:
+    loaded = load_site(site_dict(tmp_path, api=api_section(), **kw))
+    async with (
+        rig(loaded) as r,
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session,
+    ):
+        assert r.daemon.api is not None
+        assert r.daemon.api.port is not None
+        yield r, Api(session, r.daemon.api.port)
+
+
+def later(r: Rig, seconds: float) -> str:
+    return (r.clock.now() + timedelta(seconds=seconds)).isoformat()
+
+
+def operator_events(r: Rig) -> list[dict[str, Any]]:
+    rows = r.daemon.journal.rows("SELECT subject, detail FROM events WHERE kind='operator'")
+    return [{"subject": s, **json.loads(d)} for s, d in rows]
+
+
+async def test_system_every_route_answers_by_role(tmp_path: Path) -> None:
+    """No token, a wrong one and a weaker role are refused with a problem that leaks
+    nothing; the right role gets through (a 400 for an empty body is past the door)."""
+    async with api_rig(tmp_path, miners=4) as (_, api):
+        for route in ROUTES:
+            path = route.path.replace("{id}", "m000").replace("{name}", "app.js")
+            if route.path == "/api/v1/overrides/{id}":
+                path = "/api/v1/overrides/ov-none?reason=test"
+            if route.role is None or route.path == "/metrics":
+                status, _, _ = await api.call(route.method, path, role=None)
+                assert status < 500, route.path
+                continue
+            for token in (None, "not-a-token", API_TOKENS["viewer"] + "x"):
+                status, body, reply = await api.call(route.method, path, role=None, token=token)
+                assert status == 401, (route.path, token)
+                assert reply.headers["Content-Type"].startswith("application/problem+json")
+                assert reply.headers["WWW-Authenticate"].startswith("Bearer")
+                assert body["detail"] == "a valid bearer token is required"
+            roles = ["viewer", "operator", "admin"]
+            needed = route.role.name.lower()
+            for role in roles[: roles.index(needed)]:
+                status, body, _ = await api.call(route.method, path, role=role)
+                assert status == 403, (route.path, role)
+                assert body["detail"] == f"this needs the {needed} role"
+            for role in roles[roles.index(needed) :]:
+                if route.path == "/api/v1/stream":
+                    continue  # endless: read by the dashboard test
+                status, _, _ = await api.call(route.method, path, role=role)
+                assert status in {200, 201, 204, 400, 404}, (route.path, role, status)
+
+
+async def test_system_override_sheds_the_farm_and_is_journaled(tmp_path: Path) -> None:
+    async with api_rig(tmp_path, miners=12) as (r, api):
+        draw_kw = r.sup.measured_w / 1000
+        limit_kw = round(draw_kw * 0.5, 1)
+        status, body, reply = await api.call(
+            "POST",
+            "/api/v1/overrides",
+            role="operator",
+            body={
+                "limit_kw": limit_kw,
+                "expires_at": later(r, 3600),
+                "reason": "transformer T2 runs hot",
+            },
+        )
+        assert status == 201, body
+        assert reply.headers["Location"] == f"/api/v1/overrides/{body['id']}"
+        assert (body["limit_kw"], body["by"]) == (limit_kw, "operator-1")
+        await r.step(8)
+        assert r.farm.total_power_w() <= limit_kw * 1000  # the simulator's truth
+        _, state, _ = await api.call("GET", "/api/v1/status")
+        assert state["limit"]["limit_kw"] == limit_kw
+        assert any(
+            "operator-1: transformer T2 runs hot" in why for why in state["limit"]["reasons"]
+        )
+        assert [o["id"] for o in state["overrides"]] == [body["id"]]
+        assert state["grid_limit_kw"] > limit_kw
+        assert state["miners"]["sleeping"] > 0
+        assert sum(c["miners"]["total"] for c in state["containers"]) == 12
+        # Withdrawn, with a reason; the farm comes back.
+        path = f"/api/v1/overrides/{body['id']}?reason=T2+inspected"
+        status, _, _ = await api.call("DELETE", path, role="operator")
+        assert status == 204
+        await r.step(30)
+        assert r.asleep() == set()
+        events = operator_events(r)
+        assert [(e["what"], e["by"], e["why"]) for e in events] == [
+            ("override created", "operator-1", "transformer T2 runs hot"),
+            ("override removed", "operator-1", "T2 inspected"),
+        ]
+        status, page, _ = await api.call("GET", "/api/v1/events?limit=1")
+        assert status == 200
+        [first] = page["events"]
+        assert first["kind"] == "operator"
+        assert first["detail"]["what"] == "override created"
+        _, rest, _ = await api.call("GET", f"/api/v1/events?after={page['next']}")
+        assert [e["detail"]["what"] for e in rest["events"]] == ["override removed"]
+
+
+async def test_system_bad_requests_change_nothing(tmp_path: Path) -> None:
+    async with api_rig(tmp_path, miners=4) as (r, api):
+        grid_kw = r.sup.grid_limit(r.clock.now()).limit_w / 1000
+        cases: list[tuple[dict[str, Any] | bytes, int, str]] = [
+            ({"limit_kw": -5, "expires_at": later(r, 60), "reason": "why"}, 400, "limit_kw"),
+            ({"limit_kw": 5, "expires_at": later(r, 60)}, 400, "reason"),
+            ({"limit_kw": 5, "expires_at": later(r, 60), "reason": "x", "y": 1}, 400, "reason"),
+            ({"limit_kw": 5, "expires_at": "tomorrow", "reason": "why"}, 400, "expires_at"),
+            (
+                {"limit_kw": 5, "expires_at": "2026-11-23T10:00:00", "reason": "why"},
+                400,
+                "expires_at",
+            ),
+            ({"limit_kw": 5, "expires_at": later(r, -1), "reason": "why"}, 422, "expires_at"),
+            (
+                {"limit_kw": 5, "expires_at": later(r, 86400 * 40), "reason": "why"},
+                422,
+                "expires_at",
+            ),
+            (b"{not json", 400, "body"),
+            (b"", 400, "body"),
+            (b"x" * 20_000, 413, ""),
+        ]
+        for body, status, field in cases:
+            raw = body if isinstance(body, bytes) else None
+            got, problem, reply = await api.call(
+                "POST",
+                "/api/v1/overrides",
+                role="operator",
+                body=None if raw is not None else body,
+                raw=raw,
+            )
+            assert got == status, (body, problem)
+            assert reply.headers["Content-Type"].startswith("application/problem+json")
+            if field:
+                assert problem["detail"].startswith(field) or problem.get("field") == field, problem
+        # Looser than the grid: 422, saying that grid limits win.
+        got, problem, _ = await api.call(
+            "POST",
+            "/api/v1/overrides",
+            role="operator",
+            body={"limit_kw": grid_kw + 1, "expires_at": later(r, 60), "reason": "more please"},
+        )
+        assert got == 422
+        assert problem["field"] == "limit_kw"
+        assert "grid limits always win" in problem["detail"]
+        bad_holds: list[tuple[str, dict[str, Any], int]] = [
+            ("m000", {"mode": "sleep", "reason": "no until"}, 422),
+            ("m000", {"mode": "nap", "until": later(r, 60), "reason": "bad mode"}, 400),
+            ("m000", {"mode": "auto", "reason": "not held"}, 404),
+            ("nope", {"mode": "sleep", "until": later(r, 60), "reason": "no such"}, 404),
+        ]
+        for miner, body, status in bad_holds:
+            got, problem, _ = await api.call(
+                "POST", f"/api/v1/miners/{miner}/mode", role="operator", body=body
+            )
+            assert got == status, (body, problem)
+        got, _, _ = await api.call("PUT", "/api/v1/automation", role="operator", body={"paused": 1})
+        assert got == 400
+        got, _, _ = await api.call("GET", "/api/v1/miners?mode=dozing")
+        assert got == 400
+        got, _, _ = await api.call("GET", "/api/v1/events?since=yesterday")
+        assert got == 400
+        got, _, _ = await api.call("DELETE", "/api/v1/overrides/ov-x?reason=gone", role="operator")
+        assert got == 404
+        # Nothing held changed, and nothing was journaled.
+        assert r.daemon.desk.overrides == {}
+        assert r.daemon.desk.holds == {}
+        assert not r.daemon.desk.paused
+        assert r.daemon.inbox.overrides == ()
+        assert operator_events(r) == []
+
+
+async def test_system_holds_keep_a_miner_asleep_or_running(tmp_path: Path) -> None:
+    async with api_rig(tmp_path, miners=8) as (r, api):
+        # m000 is among the least efficient (shed first); hold it running, m001 asleep.
+        status, out, _ = await api.call(
+            "POST",
+            "/api/v1/miners/m001/mode",
+            role="operator",
+            body={"mode": "sleep", "until": later(r, 600), "reason": "fan replacement"},
+        )
+        assert status == 200, out
+        assert out["hold"]["mode"] == "sleep"
+        most_wasteful = max(r.loaded.miners, key=lambda m: (m.efficiency_j_th, m.rated_power_w))
+        keep = most_wasteful.id
+        status, _, _ = await api.call(
+            "POST",
+            f"/api/v1/miners/{keep}/mode",
+            role="operator",
+            body={"mode": "run", "until": later(r, 600), "reason": "pool test"},
+        )
+        assert status == 200
+        await r.step(6)
+        assert r.asleep() == {"m001"}
+        # A curtailment sheds the held-running miner last: others of its class go first.
+        draw_kw = r.sup.measured_w / 1000
+        await r.post(*r.signed(r.curtailment(round(draw_kw * 0.7, 1))))
+        await r.settled("evt-0017#r1", within_s=15)
+        asleep = r.asleep()
+        assert keep not in asleep
+        same_class = {
+            m.id for m in r.loaded.miners if m.efficiency_j_th == most_wasteful.efficiency_j_th
+        }
+        assert same_class - {keep} <= asleep
+        # Cancelled: everything comes back except the miner held asleep.
+        cancel = {
+            "type": "cancel",
+            "id": "evt-0017",
+            "revision": 2,
+            "issued_at": r.curtailment(1)["issued_at"],
+        }
+        await r.post(*r.signed(cancel))
+        await r.step(30)
+        assert r.asleep() == {"m001"}
+        _, miners, _ = await api.call("GET", "/api/v1/miners?mode=sleeping")
+        assert [m["id"] for m in miners["miners"]] == ["m001"]
+        # Handed back: it wakes.
+        status, out, _ = await api.call(
+            "POST",
+            "/api/v1/miners/m001/mode",
+            role="operator",
+            body={"mode": "auto", "reason": "fans replaced"},
+        )
+        assert status == 200
+        assert out["hold"] is None
+        await r.step(15)
+        assert r.asleep() == set()
+        whats = [e["what"] for e in operator_events(r)]
+        assert whats == ["hold sleep", "hold run", "hold released"]
+
+
+async def test_system_paused_automation_still_enforces_the_grid(tmp_path: Path) -> None:
+    async with api_rig(tmp_path, miners=8) as (r, api):
+        status, out, _ = await api.call(
+            "PUT",
+            "/api/v1/automation",
+            role="operator",
+            body={"paused": True, "reason": "firmware rollout"},
+        )
+        assert (status, out["paused"], out["by"]) == (200, True, "operator-1")
+        limit_kw = round(r.sup.measured_w / 1000 * 0.5, 1)
+        await r.post(*r.signed(r.curtailment(limit_kw)))
+        ob = await r.settled("evt-0017#r1", within_s=15)
+        assert ob.status.value == "reached"  # the grid limit is still enforced
+        shed = r.asleep()
+        assert shed
+        cancel = {
+            "type": "cancel",
+            "id": "evt-0017",
+            "revision": 2,
+            "issued_at": r.curtailment(1)["issued_at"],
+        }
+        await r.post(*r.signed(cancel))
+        await r.step(30)
+        assert r.asleep() == shed  # paused: nothing comes back
+        assert any("automation paused by operator-1" in n for n in r.sup.plan.notes)
+        status, out, _ = await api.call(
+            "PUT",
+            "/api/v1/automation",
+            role="operator",
+            body={"paused": False, "reason": "rollout done"},
+        )
+        assert (status, out["paused"]) == (200, False)
+        await r.step(30)
+        assert r.asleep() == set()
+
+
+async def test_system_operator_state_survives_a_restart_and_expires(tmp_path: Path) -> None:
+    loaded = load_site(site_dict(tmp_path, miners=6, api=api_section()))
+    clock = FakeClock()
+    farm = farm_from_config(loaded, clock.time)
+    async with farm:
+        async with daemon_on(loaded, clock, farm) as r:
+            assert r.daemon.api is not None
+            async with aiohttp.ClientSession() as session:
+                api = Api(session, r.daemon.api.port or 0)
+                grid_kw = r.sup.grid_limit(clock.now()).limit_w / 1000
+                await api.call(
+                    "POST",
+                    "/api/v1/overrides",
+                    role="admin",
+                    body={"limit_kw": grid_kw / 2, "expires_at": later(r, 120), "reason": "a"
+                          " short test"},
+                )  # fmt: skip
+                await api.call(
+                    "POST",
+                    "/api/v1/miners/m002/mode",
+                    role="operator",
+                    body={"mode": "sleep", "until": later(r, 600), "reason": "inspection"},
+                )
+                await api.call(
+                    "PUT",
+                    "/api/v1/automation",
+                    role="operator",
+                    body={"paused": True, "reason": "night shift"},
+                )
+        async with daemon_on(loaded, clock, farm) as r:
+            desk = r.daemon.desk
+            assert len(desk.overrides) == 1
+            assert set(desk.holds) == {"m002"}
+            assert desk.paused
+            assert r.daemon.inbox.overrides  # in force again
+            await r.step(125)  # the override lapses; the hold stays
+            assert desk.overrides == {}
+            assert set(desk.holds) == {"m002"}
+            whats = [e["what"] for e in operator_events(r)]
+            assert whats[-1] == "override expired"
+            assert operator_events(r)[-1]["by"] == "curtaild"
+
+
+async def test_system_reports_health_docs_and_schema(tmp_path: Path) -> None:
+    async with api_rig(tmp_path, miners=4) as (r, api):
+        await r.post(*r.signed(r.curtailment(5)))
+        await r.settled("evt-0017#r1", within_s=15)
+        status, report, _ = await api.call("GET", "/api/v1/reports/signals")
+        assert status == 200
+        [row] = report["signals"]
+        assert (row["signal_id"], row["verdict"], row["status"]) == (
+            "evt-0017",
+            "received",
+            "reached",
+        )
+        status, csv_text, reply = await api.call("GET", "/api/v1/reports/signals?format=csv")
+        assert status == 200
+        assert reply.headers["Content-Type"].startswith("text/csv")
+        assert csv_text.splitlines()[0].startswith("received_at,")
+        assert "evt-0017" in csv_text.splitlines()[1]
+        status, health, _ = await api.call("GET", "/healthz", role=None)
+        assert (status, health["status"], health["ready"]) == (200, "ok", True)
+        status, doc, _ = await api.call("GET", "/openapi.json", role=None)
+        assert doc["openapi"] == "3.1.0"
+        assert set(doc["paths"]) >= {"/api/v1/status", "/api/v1/overrides", "/metrics"}
+        schema = doc["components"]["schemas"]["OverrideIn"]
+        assert set(schema["required"]) == {"limit_kw", "expires_at", "reason"}
+        status, page, _ = await api.call("GET", "/docs", role=None)
+        assert status == 200
+        assert "/api/v1/overrides" in page
+        assert "<script" not in page
+        assert "https://" not in page  # offline: nothing from a CDN
+        await r.step(6)  # a point every 5 s
+        _, history, _ = await api.call("GET", "/api/v1/history")
+        assert history["points"]
+        assert history["points"][-1]["limit_kw"] == 5
+        status, metrics, _ = await api.call("GET", "/metrics", role=None)
+        assert status == 200
+        assert "curtaild_deadlines_total" in metrics
+        _, one, _ = await api.call("GET", "/api/v1/miners/m000")
+        assert one["id"] == "m000"
+        assert one["mode"] in {"mining", "sleeping"}
+        assert r.farm.miners["m000"].physics.mode in {Mode.MINING, Mode.SLEEPING}
