@@ -8,9 +8,11 @@ from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
+# At least one letter or digit: the same rule in pydantic, JSON Schema and the fuzzer.
+REASON_PATTERN = "[A-Za-z0-9]"
 Reason = Annotated[
     str,
-    StringConstraints(strip_whitespace=True, min_length=3, max_length=500),
+    StringConstraints(min_length=3, max_length=500, pattern=REASON_PATTERN),
     Field(description="Why: journaled with the change, shown to every other operator"),
 ]
 Kw = Annotated[float, Field(ge=0, le=10_000_000, allow_inf_nan=False)]

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import structlog
 from aiohttp import web
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 from pydantic.json_schema import models_json_schema
 
 from controller.adapters import api_models as m
@@ -54,12 +54,16 @@ SHUTDOWN_TIMEOUT_S = 5.0
 STREAM_INTERVAL_S = 1.0  # a status message a second: the dashboard's live view
 STREAM_WRITE_TIMEOUT_S = 5.0  # a reader that stops reading is dropped, not waited on
 MAX_PAGE = 1000
+MAX_OFFSET = 10**9
+MAX_SEQ = 2**62  # SQLite's rowid is a signed 64-bit integer
 STATIC = Path(__file__).parent / "dashboard"
 STATIC_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css"}
 PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal", Principal)
 VERSION = "1.0.0"
 
 _M = TypeVar("_M", bound=BaseModel)
+REASON: TypeAdapter[str] = TypeAdapter(m.Reason)
+Answer = type[BaseModel] | str | tuple[type[BaseModel], str] | None
 Handler = Callable[["OperatorApi", web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -133,7 +137,8 @@ class Route:
     summary: str
     role: Role | None  # None: no token needed
     body: type[BaseModel] | None = None
-    answers: Mapping[int, type[BaseModel] | str | None] = field(default_factory=dict)
+    # Per status: a model (JSON), a media type, both, or None (no body).
+    answers: Mapping[int, Answer] = field(default_factory=dict)
     query: Sequence[Query] = ()
     tag: str = "status"
 
@@ -157,7 +162,9 @@ class OperatorApi:
         self.port: int | None = None
         self.started = asyncio.Event()
         self._streams: set[web.StreamResponse] = set()
-        self.openapi = openapi_document(ROUTES)
+        self.openapi = openapi_document(
+            ROUTES, frozenset({"/metrics"}) if cfg.metrics_public else frozenset()
+        )
 
     # -- serving ---------------------------------------------------------------------------
 
@@ -437,7 +444,7 @@ class OperatorApi:
         _choice("mode", mode, ("mining", "sleeping", "unknown", "cut"))
         _choice("health", health, ("ok", "unhealthy", "stale"))
         limit = _int_query(q, "limit", 100, 1, MAX_PAGE)
-        offset = _int_query(q, "offset", 0, 0, 10**9)
+        offset = _int_query(q, "offset", 0, 0, MAX_OFFSET)
         now = self._now()
         miners = [
             out
@@ -462,7 +469,7 @@ class OperatorApi:
 
     async def get_events(self, request: web.Request) -> web.StreamResponse:
         q = request.query
-        after = _int_query(q, "after", 0, 0, 2**62)
+        after = _int_query(q, "after", 0, 0, MAX_SEQ)
         limit = _int_query(q, "limit", 500, 1, MAX_PAGE)
         since = _time_query(q, "since")
         rows = self._daemon.journal.events(after=after, since=since, limit=limit)
@@ -595,9 +602,10 @@ class OperatorApi:
         return response
 
     async def delete_override(self, request: web.Request) -> web.StreamResponse:
-        reason = request.query.get("reason", "").strip()
-        if len(reason) < 3:  # noqa: PLR2004
-            raise ProblemError(400, "reason: say why (at least 3 characters)", "reason")
+        try:
+            reason = REASON.validate_python(request.query.get("reason", ""))
+        except ValidationError as err:
+            raise ProblemError(400, f"reason: {err.errors()[0]['msg']}", "reason") from None
         self._desk.remove_override(
             request.match_info["id"],
             reason=reason,
@@ -726,7 +734,8 @@ ROUTES: tuple[Route, ...] = (
                  {"type": "string", "enum": ["ok", "unhealthy", "stale"]}),
               _q("container", "Only this container's miners", {"type": "string"}),
               _q("limit", "Page size", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE}),
-              _q("offset", "Skip this many", {"type": "integer", "minimum": 0}),
+              _q("offset", "Skip this many", {"type": "integer", "minimum": 0,
+                                                "maximum": MAX_OFFSET}),
           )),
     Route("GET", "/api/v1/miners/{id}", OperatorApi.get_miner, "One miner", Role.VIEWER,
           answers={200: m.MinerOut, 404: m.Problem}, tag="miners"),
@@ -740,8 +749,7 @@ ROUTES: tuple[Route, ...] = (
           body=m.OverrideIn, answers={201: m.OverrideOut, 422: m.Problem}, tag="overrides"),
     Route("DELETE", "/api/v1/overrides/{id}", OperatorApi.delete_override, "Withdraw an "
           "override", Role.OPERATOR, answers={204: None, 404: m.Problem}, tag="overrides",
-          query=(_q("reason", "Why (journaled)", {"type": "string", "minLength": 3},
-                    required=True),)),
+          query=(_q("reason", "Why (journaled)", REASON.json_schema(), required=True),)),
     Route("GET", "/api/v1/automation", OperatorApi.get_automation, "Automation state",
           Role.VIEWER, answers={200: m.AutomationOut}, tag="automation"),
     Route("PUT", "/api/v1/automation", OperatorApi.put_automation, "Pause or resume: "
@@ -750,14 +758,15 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/api/v1/events", OperatorApi.get_events, "The journal's events (operator "
           "changes with who and why, alarms, lies, frequency trips), oldest first",
           Role.VIEWER, answers={200: m.EventsOut}, tag="journal", query=(
-              _q("after", "Only events after this seq", {"type": "integer", "minimum": 0}),
+              _q("after", "Only events after this seq", {"type": "integer", "minimum": 0,
+                                                          "maximum": MAX_SEQ}),
               _q("since", "Only events from this time", ISO),
               _q("limit", "At most this many", {"type": "integer", "minimum": 1,
                                                  "maximum": MAX_PAGE}),
           )),
     Route("GET", "/api/v1/reports/signals", OperatorApi.get_signal_report, "Every signal "
           "and deadline, as evidence (JSON or CSV)", Role.VIEWER,
-          answers={200: m.SignalReportOut}, tag="journal", query=(
+          answers={200: (m.SignalReportOut, "text/csv")}, tag="journal", query=(
               _q("format", "json or csv", {"type": "string", "enum": ["json", "csv"]}),
               _q("since", "From this time", ISO),
           )),
@@ -783,54 +792,26 @@ ROUTES: tuple[Route, ...] = (
 # -- OpenAPI 3.1 from the route table -----------------------------------------------------
 
 
-def openapi_document(routes: Sequence[Route]) -> dict[str, Any]:
-    """OpenAPI 3.1 (JSON Schema 2020-12, which pydantic writes) for `routes`."""
+def openapi_document(
+    routes: Sequence[Route], public: frozenset[str] = frozenset()
+) -> dict[str, Any]:
+    """OpenAPI 3.1 (JSON Schema 2020-12, which pydantic writes) for `routes`; the paths in
+    `public` need no token here (this site's choice, e.g. /metrics for Prometheus)."""
     models: set[type[BaseModel]] = {m.Problem}
     for route in routes:
         if route.body is not None:
             models.add(route.body)
-        models.update(a for a in route.answers.values() if isinstance(a, type))
+        for answer in route.answers.values():
+            model = answer[0] if isinstance(answer, tuple) else answer
+            if isinstance(model, type):
+                models.add(model)
     keyed = sorted(models, key=lambda c: c.__name__)
     _, schema = models_json_schema(
         [(c, "validation") for c in keyed], ref_template="#/components/schemas/{model}"
     )
     paths: dict[str, dict[str, Any]] = {}
     for route in routes:
-        op: dict[str, Any] = {
-            "summary": route.summary,
-            "operationId": route.handler.__name__,
-            "tags": [route.tag],
-            "responses": {},
-        }
-        params = [
-            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
-            for name in _path_names(route.path)
-        ]
-        params += [
-            {"name": q.name, "in": "query", "required": q.required,
-             "description": q.description, "schema": q.schema}
-            for q in route.query
-        ]  # fmt: skip
-        if params:
-            op["parameters"] = params
-        if route.body is not None:
-            op["requestBody"] = {
-                "required": True,
-                "content": {"application/json": {"schema": _ref(route.body)}},
-            }
-        for status, answer in route.answers.items():
-            op["responses"][str(status)] = _response(status, answer)
-        if route.body is not None or route.query or _path_names(route.path):
-            op["responses"].setdefault("400", _response(400, m.Problem))
-        if route.role is not None:
-            op["security"] = [{"bearer": []}]
-            op["responses"]["401"] = _response(401, m.Problem)
-            op["responses"]["403"] = _response(403, m.Problem)
-            op["description"] = f"Needs the {route.role.name.lower()} role."
-        if route.body is not None:
-            op["responses"]["413"] = _response(413, m.Problem)
-            op["responses"]["503"] = _response(503, m.Problem)
-        paths.setdefault(route.path, {})[route.method.lower()] = op
+        paths.setdefault(route.path, {})[route.method.lower()] = _operation(route, public)
     return {
         "openapi": "3.1.0",
         "info": {
@@ -847,6 +828,45 @@ def openapi_document(routes: Sequence[Route]) -> dict[str, Any]:
     }
 
 
+def _operation(route: Route, public: frozenset[str]) -> dict[str, Any]:
+    """One route's OpenAPI operation."""
+    op: dict[str, Any] = {
+        "summary": route.summary,
+        "operationId": route.handler.__name__,
+        "tags": [route.tag],
+        "responses": {},
+    }
+    params = [
+        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+        for name in _path_names(route.path)
+    ]
+    params += [
+        {"name": q.name, "in": "query", "required": q.required,
+         "description": q.description, "schema": q.schema}
+        for q in route.query
+    ]  # fmt: skip
+    if params:
+        op["parameters"] = params
+    if route.body is not None:
+        op["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": _ref(route.body)}},
+        }
+    for status, answer in route.answers.items():
+        op["responses"][str(status)] = _response(status, answer)
+    if route.body is not None or route.query or _path_names(route.path):
+        op["responses"].setdefault("400", _response(400, m.Problem))
+    if route.role is not None and route.path not in public:
+        op["security"] = [{"bearer": []}]
+        op["responses"]["401"] = _response(401, m.Problem)
+        op["responses"]["403"] = _response(403, m.Problem)
+        op["description"] = f"Needs the {route.role.name.lower()} role."
+    if route.body is not None:
+        op["responses"]["413"] = _response(413, m.Problem)
+        op["responses"]["503"] = _response(503, m.Problem)
+    return op
+
+
 def _path_names(path: str) -> list[str]:
     return [part[1:-1] for part in path.split("/") if part.startswith("{")]
 
@@ -855,14 +875,19 @@ def _ref(model: type[BaseModel]) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{model.__name__}"}
 
 
-def _response(status: int, answer: type[BaseModel] | str | None) -> dict[str, Any]:
+def _response(status: int, answer: Answer) -> dict[str, Any]:
     description = TITLES.get(status, "ok") if status >= 400 else "ok"  # noqa: PLR2004
     if answer is None:
         return {"description": description}
-    if isinstance(answer, str):
-        return {"description": description, "content": {answer: {"schema": {"type": "string"}}}}
-    kind = "application/problem+json" if answer is m.Problem else "application/json"
-    return {"description": description, "content": {kind: {"schema": _ref(answer)}}}
+    content: dict[str, Any] = {}
+    for part in answer if isinstance(answer, tuple) else (answer,):
+        if isinstance(part, str):
+            shape = "object" if part.endswith("json") else "string"
+            content[part] = {"schema": {"type": shape}}
+        else:
+            kind = "application/problem+json" if part is m.Problem else "application/json"
+            content[kind] = {"schema": _ref(part)}
+    return {"description": description, "content": content}
 
 
 def docs_page(doc: Mapping[str, Any]) -> str:
