@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hashlib
+import re
+import secrets
 import signal
 import sys
 from collections import Counter
@@ -57,6 +60,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="day: a Kazakhstan surplus day; winter: the same farm at -35 °C",
     )
     demo.add_argument("--mqtt-url", default=None, help="use this broker instead of an embedded one")
+    demo.add_argument(
+        "--api",
+        default="127.0.0.1:8481",
+        metavar="HOST:PORT",
+        help="where the dashboard and operator API listen (a free port if taken)",
+    )
+    token = sub.add_parser("token", help="make an operator API token and its config entry")
+    token.add_argument("--name", required=True, help="who holds it (journaled with each change)")
+    token.add_argument("--role", choices=("viewer", "operator", "admin"), required=True)
     args = parser.parse_args(argv)
     handlers: dict[str, Callable[[argparse.Namespace], int]] = {
         "run": _run,
@@ -64,6 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "check-config": _check,
         "demo": _demo,
         "report": _report,
+        "token": _token,
     }
     return handlers[args.command](args)
 
@@ -178,9 +191,27 @@ def _demo(args: argparse.Namespace) -> int:
 
     return run_loop(
         run_demo(
-            config=args.config, as_json=args.json, mqtt_url=args.mqtt_url, scenario=args.scenario
+            config=args.config,
+            as_json=args.json,
+            mqtt_url=args.mqtt_url,
+            scenario=args.scenario,
+            api_listen=args.api,
         )
     )
+
+
+def _token(args: argparse.Namespace) -> int:
+    """A new random token: printed once (give it to its holder); the config keeps only
+    its SHA-256 under api.tokens."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", args.name):
+        print(f"--name {args.name!r}: letters, digits, '.', '_' or '-' only", file=sys.stderr)
+        return EXIT_CONFIG
+    value = secrets.token_hex(32)
+    digest = hashlib.sha256(value.encode()).hexdigest()
+    print(f"token for {args.name} ({args.role}), shown once: {value}")
+    print("add to the site config under api.tokens:")
+    print(f"  - {{name: {args.name}, role: {args.role}, sha256: {digest}}}")
+    return 0
 
 
 async def _returning_zero(main: Callable[[], Awaitable[None]]) -> int:

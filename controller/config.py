@@ -201,6 +201,8 @@ class ApiCfg(_Model):
     @field_validator("tokens")
     @classmethod
     def _unique(cls, tokens: list[ApiTokenCfg]) -> list[ApiTokenCfg]:
+        if any(t.name == "curtaild" for t in tokens):
+            raise ValueError("the name curtaild is the daemon's own in the journal")
         for what in ("name", "sha256"):
             seen = [getattr(t, what) for t in tokens]
             dupes = sorted({v for v in seen if seen.count(v) > 1})

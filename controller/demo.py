@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -45,6 +46,7 @@ from drivers.sim.farm import SimFarm
 from drivers.types import Mode
 
 DEFAULT_FARM = shipped("sim-farm.yaml")
+DEFAULT_API = "127.0.0.1:8481"  # the dashboard; a free port instead if this one is taken
 GRANT_LENGTH_S = 90.0  # the curtailment episode, a restore, then the 40 s lead to the end
 CURTAIL_FRACTION = 0.40
 TIGHTER_FRACTION = 0.30  # what the fast-shedding families can carry within 10 s
@@ -54,7 +56,12 @@ HOLD_S = 8.0  # how long the tighter revision holds before the cancel
 
 
 async def run_demo(
-    *, config: Path | None, as_json: bool, mqtt_url: str | None, scenario: str = "day"
+    *,
+    config: Path | None,
+    as_json: bool,
+    mqtt_url: str | None,
+    scenario: str = "day",
+    api_listen: str = DEFAULT_API,
 ) -> int:
     out = sys.stderr if as_json else sys.stdout
     logs.configure("WARNING", "console", stream=sys.stderr)
@@ -62,12 +69,20 @@ async def run_demo(
         logging.getLogger(noisy).setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory(prefix="curtaild-demo-") as tmp:
         try:
-            loaded, key = _demo_config(config or DEFAULT_FARM, Path(tmp), mqtt_url, scenario)
+            token = secrets.token_urlsafe(24)
+            loaded, key = _demo_config(
+                config or DEFAULT_FARM, Path(tmp), mqtt_url, scenario, (api_listen, token)
+            )
         except ConfigError as err:
             print(str(err), file=sys.stderr)
             return 2
         summary = await _scenario(
-            loaded, key, out, embed_broker=mqtt_url is None, winter=scenario == "winter"
+            loaded,
+            key,
+            out,
+            embed_broker=mqtt_url is None,
+            winter=scenario == "winter",
+            token=token,
         )
     if as_json:
         print(json.dumps(summary, indent=2))
@@ -77,10 +92,16 @@ async def run_demo(
 
 
 def _demo_config(
-    path: Path, tmp: Path, mqtt_url: str | None, scenario: str = "day"
+    path: Path,
+    tmp: Path,
+    mqtt_url: str | None,
+    scenario: str = "day",
+    api: tuple[str, str] = (DEFAULT_API, ""),
 ) -> tuple[Loaded, bytes]:
     """The farm config pointed at a scratch journal, a free HTTP port and the broker; in
-    winter, with the winter overlay (cold, sensors, the safety rules) merged on."""
+    winter, with the winter overlay (cold, sensors, the safety rules) merged on. The
+    operator API and dashboard listen on `api` (a free port if that one is taken), with
+    a viewer token made for this run (printed, never stored)."""
     try:
         data = yaml.safe_load(path.read_text())
         if scenario == "winter":
@@ -94,12 +115,27 @@ def _demo_config(
     data["journal"]["path"] = str(tmp / "journal.db")
     data["signals"]["mqtt"]["url"] = mqtt_url or f"mqtt://127.0.0.1:{_free_port()}"
     data["signals"]["http"] = {"listen": "127.0.0.1:0"}
+    listen, token = api
+    host, _, port = listen.rpartition(":")
+    if port != "0" and not _port_free(host, int(port)):
+        listen = f"{host}:0"
+    digest = hashlib.sha256(token.encode()).hexdigest()
+    data["api"] = {
+        "listen": listen,
+        "tokens": [{"name": "demo-viewer", "role": "viewer", "sha256": digest}],
+    }
     loaded = parse(yaml.safe_dump(data), origin=str(path))
     return loaded, loaded.source_keys[source["id"]]
 
 
 async def _scenario(
-    loaded: Loaded, key: bytes, out: TextIO, *, embed_broker: bool, winter: bool = False
+    loaded: Loaded,
+    key: bytes,
+    out: TextIO,
+    *,
+    embed_broker: bool,
+    winter: bool = False,
+    token: str = "",
 ) -> dict[str, Any]:
     clock = SystemClock()
     mqtt = loaded.config.signals.mqtt
@@ -121,6 +157,12 @@ async def _scenario(
             f"{rated_kw:g} kW rated, asleep outside any grant"
         )
         daemon = await stack.enter_async_context(Daemon(loaded, clock, tune_gc=True))
+        if daemon.api is not None:
+            api_host = loaded.config.api.host if loaded.config.api else "127.0.0.1"
+            say(
+                f"dashboard: http://{api_host}:{daemon.api.port}/  "
+                f"(viewer token for this run: {token})"
+            )
         assert daemon.mqtt is not None
         assert daemon.http is not None
         assert daemon.http.port is not None
@@ -424,6 +466,15 @@ async def _embedded_broker(host: str, port: int) -> AsyncIterator[None]:
         yield
     finally:
         await broker.shutdown()
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+        return True
 
 
 def _free_port() -> int:
