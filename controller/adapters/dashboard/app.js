@@ -336,7 +336,11 @@ function showPower(s) {
   const due = $("limit-due");
   due.replaceChildren();
   if (limit && limit.emergency) due.append(el("span", "EMERGENCY", "badge danger"), " ");
-  if (limit && limit.due) due.append(`reach by ${when(limit.due)} (${relative(limit.due)})`);
+  if (limit && limit.due) {
+    const deadline = s.deadlines.find((d) => Date.parse(d.due_at) === Date.parse(limit.due));
+    if (deadline && deadline.status !== "pending") due.append(`due ${when(limit.due)}: ${deadline.status}`);
+    else due.append(`reach by ${when(limit.due)} (${relative(limit.due)})`);
+  }
   if (!limit) due.append("no plan yet");
   text("grid-limit-kw", kw(s.grid_limit_kw));
   text("expected-kw", kw(s.expected_kw));
@@ -601,7 +605,6 @@ function draw() {
     nodes.push(svg("line", { x1: x(t), x2: x(t), y1: pad.top, y2: height - pad.bottom, class: "grid" }));
     nodes.push(svg("text", { x: x(t), y: height - 8, class: "xlabel" }, clock(t).slice(0, tStep < 60000 ? 8 : 5)));
   }
-  nodes.push(svg("text", { x: 4, y: pad.top + 4, class: "yunit" }, "kW"));
 
   // The limit is a step line: it holds until the next point changes it.
   let limitPath = "";
