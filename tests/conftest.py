@@ -42,7 +42,8 @@ def api_section() -> dict[str, Any]:
     }
 
 
-_subnets = itertools.count(0)
+# Two pytest runs at once (a helper's, CI's) start apart, not both at 127.64.
+_subnets = itertools.count(os.getpid() % 150)
 
 
 def free_port() -> int:
