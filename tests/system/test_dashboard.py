@@ -119,6 +119,14 @@ async def test_system_dashboard_shows_a_curtailment_as_it_lands(
         await expect(chart).to_have_attribute("data-points", re.compile(r"^([2-9]|\d{2,})$"))
         await expect(chart.get_by_test_id("chart-measured")).to_have_count(1)
         await expect(chart.get_by_test_id("chart-limit")).to_have_count(1)
+        # The miners list asks /api/v1/miners with the chosen filter.
+        await page.select_option("#filter-mode", "sleeping")
+        await page.click("#miners-load")
+        await expect(page.locator("#miners-note")).to_contain_text(
+            re.compile(r"^[1-9]\d* shown of [1-9]"), timeout=WAIT_MS
+        )
+        modes = page.locator("#miners tbody td:nth-child(4)")
+        assert set(await modes.all_text_contents()) == {"sleeping"}
         after = await page.screenshot(path=tmp_path / "dashboard-after.png")
 
         assert before != after, f"the page looks the same: {tmp_path}/dashboard-*.png"

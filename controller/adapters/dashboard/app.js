@@ -653,6 +653,7 @@ function clearData() {
   for (const id of ["measured-kw", "limit-kw", "grid-limit-kw", "expected-kw"]) text(id, "—");
   for (const id of ["limit-reasons", "alarms", "automation", "lying"]) $(id).replaceChildren();
   for (const table of document.querySelectorAll("main table")) table.tBodies[0].replaceChildren();
+  fillTable("miners", [], "Choose filters and press Show");
   document.querySelectorAll(".modes .n").forEach((n) => { n.textContent = "—"; });
   draw();
 }
