@@ -389,11 +389,13 @@ async def test_system_reports_health_docs_and_schema(tmp_path: Path) -> None:
         assert set(doc["paths"]) >= {"/api/v1/status", "/api/v1/overrides", "/metrics"}
         schema = doc["components"]["schemas"]["OverrideIn"]
         assert set(schema["required"]) == {"limit_kw", "expires_at", "reason"}
-        status, page, _ = await api.call("GET", "/docs", role=None)
+        status, page, reply = await api.call("GET", "/docs", role=None)
         assert status == 200
         assert "/api/v1/overrides" in page
         assert "<script" not in page
         assert "https://" not in page  # offline: nothing from a CDN
+        assert reply.headers["Content-Security-Policy"].startswith("default-src 'none'")
+        assert reply.headers["X-Content-Type-Options"] == "nosniff"
         await r.step(6)  # a point every 5 s
         _, history, _ = await api.call("GET", "/api/v1/history")
         assert history["points"]
