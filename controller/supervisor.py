@@ -36,6 +36,7 @@ from controller.core.model import (
     Snapshot,
     coming_back_w,
     measured_w,
+    tally,
 )
 from controller.core.signals import (
     Curtailment,
@@ -1007,30 +1008,11 @@ class Supervisor:
     def status(self, now: datetime, views: tuple[MinerView, ...] | None = None) -> dict[str, Any]:
         """The daemon's state as published (retained) and served."""
         views = views if views is not None else self._readings.views()
-        counts = {
-            "mining": 0,
-            "sleeping": 0,
-            "unknown": 0,
-            "unhealthy": 0,
-            "pending": 0,
-            "lowered": 0,
-            "cut": 0,
-        }
+        counts = dict.fromkeys(
+            ("mining", "sleeping", "unknown", "unhealthy", "pending", "lowered", "cut"), 0
+        )
         for view in views:
-            counts["lowered"] += view.lowered_at is not None
-            if view.cut_at is not None:
-                counts["cut"] += 1
-                continue
-            if view.pending is not None:
-                counts["pending"] += 1
-            if not view.healthy:
-                counts["unhealthy"] += 1
-            if view.reading is None or not view.fresh(now, self._rules.stale_after):
-                counts["unknown"] += 1
-            elif view.reading.mode is Mode.SLEEPING:
-                counts["sleeping"] += 1
-            else:
-                counts["mining"] += 1
+            tally(view, now, self._rules.stale_after, counts)
         limit = self.limit
         return {
             "state": "online",

@@ -25,10 +25,9 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from prometheus_client.registry import Collector
 
 from controller.config import SafetyCfg
-from controller.core.model import MinerView
+from controller.core.model import FLEET_MODES, MinerView, fleet_mode, tally
 from controller.core.signals import ObligationStatus
 from controller.operator import Desk, HoldMode
-from drivers.types import Mode
 
 if TYPE_CHECKING:
     from controller.app import Daemon
@@ -43,7 +42,7 @@ DEADLINE_KINDS = ("curtailment", "grant", "grant-end", "cancel", "under-frequenc
 DEADLINE_STATUSES = (ObligationStatus.REACHED.value, ObligationStatus.MISSED.value)
 ALARM_KINDS = ("heater-floor",)
 # One of these per miner: they partition the fleet, so a sum over `mode` is its size.
-MODES = ("mining", "sleeping", "unknown", "cut")
+MODES = FLEET_MODES
 
 
 class Metrics:
@@ -165,17 +164,13 @@ class StateCollector(Collector):
 
     def _miners(self, views: tuple[MinerView, ...], now: datetime) -> Iterator[Metric]:
         """Counted as Supervisor.status() counts them."""
-        modes: Counter[str] = Counter(dict.fromkeys(MODES, 0))
+        counts = dict.fromkeys((*MODES, "pending", "lowered", "unhealthy"), 0)
         by_container: Counter[tuple[str, ...]] = Counter()
-        pending = lowered = unhealthy = 0
         for view in views:
-            lowered += view.lowered_at is not None
-            mode = _mode(view, now, self._miner_stale)
-            if mode != "cut":
-                pending += view.pending is not None
-                unhealthy += not view.healthy
-            modes[mode] += 1
-            by_container[view.spec.container, mode] += 1
+            tally(view, now, self._miner_stale, counts)
+            by_container[view.spec.container, fleet_mode(view, now, self._miner_stale)] += 1
+        modes = {mode: counts[mode] for mode in MODES}
+        pending, lowered, unhealthy = counts["pending"], counts["lowered"], counts["unhealthy"]
         containers = sorted({v.spec.container for v in views})
         yield _gauge(
             "curtaild_miners",
@@ -245,14 +240,6 @@ class StateCollector(Collector):
             ("mode",),
             {(mode.value,): n for mode, n in holds.items()},
         )
-
-
-def _mode(view: MinerView, now: datetime, stale_after: timedelta) -> str:
-    if view.cut_at is not None:
-        return "cut"
-    if view.reading is None or not view.fresh(now, stale_after):
-        return "unknown"
-    return "sleeping" if view.reading.mode is Mode.SLEEPING else "mining"
 
 
 def _gauge(

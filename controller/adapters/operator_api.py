@@ -18,7 +18,7 @@ import html
 import json
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
@@ -28,7 +28,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from pydantic.json_schema import models_json_schema
 
 from controller.adapters import api_models as m
-from controller.core.model import MinerView, estimate_w
+from controller.core.model import MinerView, estimate_w, fleet_mode, tally
 from controller.core.signals import Curtailment, Grant, ObligationStatus, curtailment_active
 from controller.journal import JournalError
 from controller.operator import (
@@ -41,7 +41,6 @@ from controller.operator import (
 )
 from controller.report import ReportError, render, signal_history
 from controller.supervisor import HISTORY_INTERVAL
-from drivers.types import Mode
 
 if TYPE_CHECKING:
     from controller.app import Daemon
@@ -295,8 +294,10 @@ class OperatorApi:
         for view in views:
             container = view.spec.container
             bucket = counts.setdefault(container, _counts())
-            _count(view, now, stale_after, bucket)
-            _count(view, now, stale_after, total)
+            tally(view, now, stale_after, bucket)
+            tally(view, now, stale_after, total)
+            bucket["total"] += 1
+            total["total"] += 1
             draws[container] = draws.get(container, 0) + estimate_w(view, now, stale_after)
             if view.reading is not None and view.fresh(now, stale_after):
                 temps = view.reading.board_temps_c
@@ -408,15 +409,7 @@ class OperatorApi:
         stale_after = self._daemon.loaded.plan_rules().stale_after
         spec, reading = view.spec, view.reading
         fresh = reading is not None and view.fresh(now, stale_after)
-        mode: Literal["mining", "sleeping", "unknown", "cut"] = (
-            "cut"
-            if view.cut_at is not None
-            else "unknown"
-            if reading is None or not fresh
-            else "sleeping"
-            if reading.mode is Mode.SLEEPING
-            else "mining"
-        )
+        mode = fleet_mode(view, now, stale_after)
         hold = self._desk.holds.get(spec.id)
         return m.MinerOut(
             id=spec.id,
@@ -663,23 +656,6 @@ async def _security_headers(_: web.Request, response: web.StreamResponse) -> Non
 
 def _counts() -> dict[str, int]:
     return dict.fromkeys(m.ModeCounts.model_fields, 0)
-
-
-def _count(view: MinerView, now: datetime, stale_after: timedelta, into: dict[str, int]) -> None:
-    """One miner into its mode counts, as Supervisor.status counts them."""
-    into["total"] += 1
-    into["lowered"] += view.lowered_at is not None
-    if view.cut_at is not None:
-        into["cut"] += 1
-        return
-    into["pending"] += view.pending is not None
-    into["unhealthy"] += not view.healthy
-    if view.reading is None or not view.fresh(now, stale_after):
-        into["unknown"] += 1
-    elif view.reading.mode is Mode.SLEEPING:
-        into["sleeping"] += 1
-    else:
-        into["mining"] += 1
 
 
 def _hold(h: Hold) -> m.HoldOut:

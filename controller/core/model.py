@@ -6,7 +6,7 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 from drivers.types import DriverTraits, MinerReading, Mode
 
@@ -180,6 +180,30 @@ class Plan:
     # What an operator must hear about: a heater floor the limit cannot carry, an outlet
     # cut in a container below its hard-off temperature. Journaled and logged as alarms.
     alarms: tuple[Alarm, ...] = field(default=())
+
+
+FleetMode = Literal["mining", "sleeping", "unknown", "cut"]
+FLEET_MODES: tuple[FleetMode, ...] = ("mining", "sleeping", "unknown", "cut")
+
+
+def fleet_mode(view: MinerView, now: datetime, stale_after: timedelta) -> FleetMode:
+    """What an operator is told a miner is doing; the four split the fleet exactly."""
+    if view.cut_at is not None:
+        return "cut"
+    if view.reading is None or not view.fresh(now, stale_after):
+        return "unknown"
+    return "sleeping" if view.reading.mode is Mode.SLEEPING else "mining"
+
+
+def tally(view: MinerView, now: datetime, stale_after: timedelta, into: dict[str, int]) -> None:
+    """One miner into mode counts (status, API, metrics): its fleet mode, plus lowered,
+    and, unless cut, pending and unhealthy (which overlap the modes)."""
+    mode = fleet_mode(view, now, stale_after)
+    into[mode] += 1
+    into["lowered"] += view.lowered_at is not None
+    if mode != "cut":
+        into["pending"] += view.pending is not None
+        into["unhealthy"] += not view.healthy
 
 
 def estimate_w(view: MinerView, now: datetime, stale_after: timedelta) -> int:
