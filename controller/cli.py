@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import hashlib
+import json
 import re
 import secrets
 import signal
@@ -18,7 +19,7 @@ from typing import Any
 
 from controller import logs
 from controller.clock import SystemClock
-from controller.config import ConfigError, Loaded, load
+from controller.config import ConfigError, Loaded, check_listen, load
 
 EXIT_CONFIG = 2
 
@@ -63,6 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument(
         "--api",
         default="127.0.0.1:8481",
+        type=_listen,
         metavar="HOST:PORT",
         help="where the dashboard and operator API listen (a free port if taken)",
     )
@@ -200,6 +202,13 @@ def _demo(args: argparse.Namespace) -> int:
     )
 
 
+def _listen(value: str) -> str:
+    try:
+        return check_listen(value)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def _token(args: argparse.Namespace) -> int:
     """A new random token: printed once (give it to its holder); the config keeps only
     its SHA-256 under api.tokens."""
@@ -210,7 +219,7 @@ def _token(args: argparse.Namespace) -> int:
     digest = hashlib.sha256(value.encode()).hexdigest()
     print(f"token for {args.name} ({args.role}), shown once: {value}")
     print("add to the site config under api.tokens:")
-    print(f"  - {{name: {args.name}, role: {args.role}, sha256: {digest}}}")
+    print(f"  - {{name: {json.dumps(args.name)}, role: {args.role}, sha256: {digest}}}")
     return 0
 
 

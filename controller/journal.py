@@ -280,10 +280,13 @@ class Journal:
 
     def operator_state(self) -> dict[str, dict[str, Any]]:
         """Every standing operator change (overrides, holds, automation), by key."""
-        return {
-            key: json.loads(text)
-            for key, text in self._db.execute("SELECT key, state FROM operator ORDER BY key")
-        }
+        standing: dict[str, dict[str, Any]] = {}
+        for key, text in self._db.execute("SELECT key, state FROM operator ORDER BY key"):
+            try:
+                standing[key] = json.loads(text)
+            except ValueError:  # handed on as such: the desk logs it and goes on
+                standing[key] = {"type": "unreadable", "text": str(text)[:200]}
+        return standing
 
     def events(
         self, *, after: int = 0, since: datetime | None = None, limit: int = 500

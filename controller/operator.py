@@ -13,14 +13,14 @@ import enum
 import secrets
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
 
 from controller.core.signals import Override
 from controller.inbox import Inbox
-from controller.journal import Journal
+from controller.journal import Journal, JournalError
 
 log = structlog.get_logger("curtaild.operator")
 
@@ -114,7 +114,10 @@ class Desk:
         self.automation = Automation()
         self.version = 0  # bumped on every change: the supervisor re-derives what it keeps
         self._restore(journal.operator_state())
-        self.expire(now)
+        try:
+            self.expire(now)
+        except JournalError:  # only loosens; the loop journals it again each cycle
+            log.exception("operator expiry could not be journaled at start-up")
         self._publish()
 
     # -- reads -----------------------------------------------------------------------------
@@ -197,8 +200,8 @@ class Desk:
             self._changed("hold")
             return None
         if expires_at is None:
-            raise OperatorError("a hold needs an expiry (until)", field="until")
-        self._check_expiry(expires_at, now)
+            raise OperatorError("until: a hold needs an expiry", field="until")
+        self._check_expiry(expires_at, now, "until")
         hold = Hold(miner_id, mode, reason, by.name, now, expires_at)
         state = {
             "type": "hold",
@@ -233,25 +236,28 @@ class Desk:
             o for o in self.overrides.values() if o.expires_at and now >= o.expires_at
         ]
         gone_holds = [h for h in self.holds.values() if now >= h.expires_at]
-        for o in gone_overrides:
-            self._record(now, daemon, "override expired", f"override:{o.id}", "expired", None)
-            del self.overrides[o.id]
-            self.created.pop(o.id, None)
-        for h in gone_holds:
-            self._record(now, daemon, "hold expired", f"hold:{h.miner_id}", "expired", None)
-            del self.holds[h.miner_id]
-        if gone_overrides or gone_holds:
-            self._changed("expiry")
+        try:  # each one journaled, then dropped; what was dropped is published even if
+            # a later write fails (JournalError propagates: the caller retries)
+            for o in gone_overrides:
+                self._record(now, daemon, "override expired", f"override:{o.id}", "expired", None)
+                del self.overrides[o.id]
+                self.created.pop(o.id, None)
+            for h in gone_holds:
+                self._record(now, daemon, "hold expired", f"hold:{h.miner_id}", "expired", None)
+                del self.holds[h.miner_id]
+        finally:
+            if gone_overrides or gone_holds:
+                self._changed("expiry")
 
     # -- internals -------------------------------------------------------------------------
 
     @staticmethod
-    def _check_expiry(expires_at: datetime, now: datetime) -> None:
+    def _check_expiry(expires_at: datetime, now: datetime, field: str = "expires_at") -> None:
         if expires_at <= now:
-            raise OperatorError("the expiry has already passed", field="expires_at")
+            raise OperatorError(f"{field}: the expiry has already passed", field=field)
         if expires_at - now > MAX_EXPIRY:
             raise OperatorError(
-                f"the expiry is more than {MAX_EXPIRY.days} days away", field="expires_at"
+                f"{field}: the expiry is more than {MAX_EXPIRY.days} days away", field=field
             )
 
     def _record(  # noqa: PLR0917 - one journaled change, spelled out
@@ -286,34 +292,11 @@ class Desk:
 
     def _restore(self, standing: Mapping[str, dict[str, Any]]) -> None:
         for key, state in standing.items():
-            kind = state.get("type")
-            if kind == "override":
-                self.overrides[state["id"]] = Override(
-                    state["id"],
-                    int(state["limit_w"]),
-                    state["reason"],
-                    state["by"],
-                    datetime.fromisoformat(state["expires_at"]),
-                )
-                self.created[state["id"]] = datetime.fromisoformat(state["created_at"])
-            elif kind == "hold" and state["miner"] in self._miners:
-                self.holds[state["miner"]] = Hold(
-                    state["miner"],
-                    HoldMode(state["mode"]),
-                    state["reason"],
-                    state["by"],
-                    datetime.fromisoformat(state["since"]),
-                    datetime.fromisoformat(state["expires_at"]),
-                )
-            elif kind == "automation":
-                self.automation = Automation(
-                    paused=True,
-                    reason=state["reason"],
-                    by=state["by"],
-                    since=datetime.fromisoformat(state["since"]),
-                )
-            else:
-                log.warning("journaled operator state ignored", key=key, state=state)
+            try:
+                self._restore_one(key, state)
+            except (KeyError, TypeError, ValueError):
+                # One unreadable row must not keep the daemon (and every grid limit) down.
+                log.exception("journaled operator state unreadable; ignored", key=key)
         if standing:
             log.info(
                 "operator state restored",
@@ -321,3 +304,39 @@ class Desk:
                 holds=sorted(self.holds),
                 paused=self.automation.paused,
             )
+
+    def _restore_one(self, key: str, state: dict[str, Any]) -> None:
+        kind = state.get("type")
+        if kind == "override":
+            self.overrides[state["id"]] = Override(
+                state["id"],
+                int(state["limit_w"]),
+                state["reason"],
+                state["by"],
+                _aware(state["expires_at"]),
+            )
+            self.created[state["id"]] = _aware(state["created_at"])
+        elif kind == "hold" and state["miner"] in self._miners:
+            self.holds[state["miner"]] = Hold(
+                state["miner"],
+                HoldMode(state["mode"]),
+                state["reason"],
+                state["by"],
+                _aware(state["since"]),
+                _aware(state["expires_at"]),
+            )
+        elif kind == "automation":
+            self.automation = Automation(
+                paused=True,
+                reason=state["reason"],
+                by=state["by"],
+                since=_aware(state["since"]),
+            )
+        else:
+            log.warning("journaled operator state ignored", key=key, state=state)
+
+
+def _aware(text: str) -> datetime:
+    """A journaled time; one without an offset (never written so) is taken as UTC."""
+    value = datetime.fromisoformat(text)
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)

@@ -52,7 +52,7 @@ from controller.core.signals import (
     withdraw,
 )
 from controller.inbox import Inbox
-from controller.journal import CommandRecord, Journal
+from controller.journal import CommandRecord, Journal, JournalError
 from controller.measure import Measurements, MeterSample
 from controller.operator import Desk, HoldMode
 from controller.publish import Ack, Publisher
@@ -195,6 +195,9 @@ class Supervisor:
         self._order = self._base_order
         self._desk = desk
         self._desk_version = -1
+        # Sleeps an operator's hold forces: not grid sheds, so they neither hold the
+        # fleet's wakes nor withdraw queued restores.
+        self._hold_sleeps: set[str] = set()
         self._nudged: str | None = None
         self.observer: LoopObserver | None = None
         self.history: deque[tuple[datetime, int | None, int | None]] = deque(
@@ -339,7 +342,12 @@ class Supervisor:
         desk = self._desk
         if desk is None:
             return
-        desk.expire(now)
+        try:
+            desk.expire(now)
+        except JournalError:
+            # An expiry only loosens (arbitrate ignores a lapsed override anyway): keep
+            # controlling, and try to journal it again next cycle.
+            log.exception("operator expiry could not be journaled; retrying next cycle")
         if desk.version == self._desk_version:
             return
         self._desk_version = desk.version
@@ -383,7 +391,11 @@ class Supervisor:
         notes = list(plan.notes)
         if desk.paused:
             run = desk.held(HoldMode.RUN)
-            kept = [a for a in actions if a.kind not in COMING_BACK or a.miner_id in run]
+            kept = [
+                a
+                for a in actions
+                if a.kind not in COMING_BACK or a.miner_id in run or planner.FLOOR_WAKE in a.reason
+            ]
             if len(kept) < len(actions):
                 notes.append(
                     f"automation paused by {desk.automation.by}: "
@@ -405,6 +417,7 @@ class Supervisor:
                 continue
             why = f"sleep: held asleep by {hold.by} until {hold.expires_at:%H:%M:%S}: {hold.reason}"
             actions.append(Action(view.spec.id, ActionKind.SLEEP, why))
+            self._hold_sleeps.add(view.spec.id)
         if len(actions) == len(plan.actions) and notes == list(plan.notes):
             return plan
         return replace(plan, actions=tuple(actions), notes=tuple(notes))
@@ -620,8 +633,7 @@ class Supervisor:
                 self._policy,
                 item.received_at,
                 last_heard=self._inbox.last_heard,
-                overrides=self._inbox.overrides,
-            )
+            )  # the grid's promise: judged against the grid's limits, not an operator's
             if ob is not None and ob.key not in self._known_keys:
                 self._known_keys.add(ob.key)
                 self.obligations.append(ob)
@@ -635,7 +647,6 @@ class Supervisor:
             now,
             self._known_keys,
             last_heard=self._inbox.last_heard,
-            overrides=self._inbox.overrides,
         )
         for ob in ends:
             self._known_keys.add(ob.key)
@@ -707,7 +718,9 @@ class Supervisor:
         if kind is ActionKind.SLEEP and action.miner_id in self._preheats:
             self._withdraw_preheat(action.miner_id)
         self._readings.set_pending(action.miner_id, kind)
-        if kind in SHEDS:
+        if kind in SHEDS and action.miner_id in self._hold_sleeps:
+            self._hold_sleeps.discard(action.miner_id)
+        elif kind in SHEDS:
             if self._last_shed_at != now:
                 self._drop_queued_restores()
             self._last_shed_at = now
@@ -1019,7 +1032,7 @@ class Supervisor:
             "site": self.site_id,
             "at": _iso(now),
             "limit_kw": limit.limit_w / 1000 if limit else None,
-            "reasons": list(limit.reasons) if limit else [],
+            "reasons": [_published(r) for r in limit.reasons] if limit else [],
             "measured_kw": None if self.measured_w is None else round(self.measured_w / 1000, 3),
             "measured_by": self.measured_by,
             "meter": self._meter_status(now),
@@ -1069,6 +1082,14 @@ def _settled_at(views: tuple[MinerView, ...]) -> datetime | None:
         if view.cut_at is not None and (latest is None or view.cut_at > latest):
             latest = view.cut_at  # a cut lands at once, but the meter has yet to see it
     return latest
+
+
+def _published(reason: str) -> str:
+    """A limit's reason as published on MQTT: an operator override without its author
+    and free text (those stay on the authenticated operator API)."""
+    if reason.startswith("override "):
+        return f"operator override: {reason.rsplit(': ', 1)[-1]}"
+    return reason
 
 
 def _iso(at: datetime) -> str:

@@ -115,9 +115,14 @@ class ModeCounts(_Out):
     cut: int = Field(default=0, description="Its PDU outlet was cut by curtaild")
 
 
+Health = Literal["ok", "unhealthy", "stale"]
+
+
 class ContainerOut(_Out):
     name: str
-    ambient_c: float | None = Field(description="The container's sensor; None: none or stale")
+    ambient_c: float | None = Field(
+        description="The container's sensor's last reading (None: no sensor); see its age"
+    )
     ambient_age_s: float | None
     board_temp_max_c: float | None = Field(description="Hottest fresh board reading")
     draw_kw: float = Field(description="Sum of the miners' estimates (rated where unknown)")
@@ -185,7 +190,7 @@ class MinerOut(_Out):
     efficiency_j_th: float
     outlet: str | None
     mode: Literal["mining", "sleeping", "unknown", "cut"]
-    health: Literal["ok", "unhealthy", "stale"]
+    health: Health
     health_reason: str | None
     power_kw: float | None = Field(description="Firmware's figure (None: no fresh reading)")
     hashrate_ths: float | None
@@ -252,7 +257,9 @@ class SignalReportOut(_Out):
 
 
 class HealthOut(_Out):
-    status: Literal["ok", "starting", "degraded"]
+    status: Literal["ok", "starting", "degraded", "stalled"] = Field(
+        description="stalled: the loop has not finished a cycle lately (503)"
+    )
     ready: bool
     cycles: int
     last_cycle_age_s: float | None = Field(description="Seconds since the loop last finished")

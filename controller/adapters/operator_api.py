@@ -18,7 +18,7 @@ import html
 import json
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
@@ -53,6 +53,7 @@ SHUTDOWN_TIMEOUT_S = 5.0
 STREAM_INTERVAL_S = 1.0  # a status message a second: the dashboard's live view
 STREAM_WRITE_TIMEOUT_S = 5.0  # a reader that stops reading is dropped, not waited on
 MAX_PAGE = 1000
+MAX_STREAMS = 16  # live dashboards at once: each costs the loop a fleet walk a second
 MAX_OFFSET = 10**9
 MAX_SEQ = 2**62  # SQLite's rowid is a signed 64-bit integer
 STATIC = Path(__file__).parent / "dashboard"
@@ -69,7 +70,7 @@ VERSION = "1.0.0"
 
 _M = TypeVar("_M", bound=BaseModel)
 REASON: TypeAdapter[str] = TypeAdapter(m.Reason)
-Answer = type[BaseModel] | str | tuple[type[BaseModel], str] | None
+Answer = type[BaseModel] | str | tuple[type[BaseModel] | str, ...] | None
 Handler = Callable[["OperatorApi", web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -168,6 +169,10 @@ class OperatorApi:
         self.port: int | None = None
         self.started = asyncio.Event()
         self._streams: set[web.StreamResponse] = set()
+        self._message: tuple[float, bytes] | None = None  # (loop time, the SSE message)
+        self._stale_after = daemon.loaded.plan_rules().stale_after
+        # A loop that has not finished a cycle in this long is stuck (the watchdog's view).
+        self._stall_after_s = max(10.0, 10 * daemon.loaded.config.control.tick_s)
         self.openapi = openapi_document(
             ROUTES, frozenset({"/metrics"}) if cfg.metrics_public else frozenset()
         )
@@ -205,7 +210,7 @@ class OperatorApi:
         finally:
             for stream in list(self._streams):
                 with contextlib.suppress(Exception):
-                    await stream.write_eof()
+                    await asyncio.wait_for(stream.write_eof(), STREAM_WRITE_TIMEOUT_S)
             await runner.cleanup()
 
     @web.middleware
@@ -251,7 +256,10 @@ class OperatorApi:
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             return None
-        digest = hashlib.sha256(token.strip().encode()).hexdigest()
+        try:
+            digest = hashlib.sha256(token.strip().encode()).hexdigest()
+        except UnicodeEncodeError:  # bytes that are no text cannot be one of our tokens
+            return None
         found = None
         for known, principal in self._tokens.items():  # every entry: no timing hint
             if hmac.compare_digest(known, digest):
@@ -286,14 +294,16 @@ class OperatorApi:
         sup = daemon.supervisor
         now = self._now()
         views = daemon.readings.views()
-        stale_after = daemon.loaded.plan_rules().stale_after
+        stale_after = self._stale_after
         counts: dict[str, dict[str, int]] = {}
         draws: dict[str, int] = {}
         hottest: dict[str, float] = {}
         total = _counts()
         for view in views:
             container = view.spec.container
-            bucket = counts.setdefault(container, _counts())
+            bucket = counts.get(container)
+            if bucket is None:
+                bucket = counts[container] = _counts()
             tally(view, now, stale_after, bucket)
             tally(view, now, stale_after, total)
             bucket["total"] += 1
@@ -406,7 +416,7 @@ class OperatorApi:
         return m.AutomationOut(paused=True, by=a.by, reason=a.reason, since=a.since)
 
     def miner(self, view: MinerView, now: datetime) -> m.MinerOut:
-        stale_after = self._daemon.loaded.plan_rules().stale_after
+        stale_after = self._stale_after
         spec, reading = view.spec, view.reading
         fresh = reading is not None and view.fresh(now, stale_after)
         mode = fleet_mode(view, now, stale_after)
@@ -419,7 +429,7 @@ class OperatorApi:
             efficiency_j_th=spec.efficiency_j_th,
             outlet=spec.outlet,
             mode=mode,
-            health="unhealthy" if not view.healthy else "ok" if fresh else "stale",
+            health=_health(view, now, stale_after),
             health_reason=view.health_reason,
             power_kw=_kw(reading.power_w) if reading is not None and fresh else None,
             hashrate_ths=reading.hashrate_ths if reading is not None and fresh else None,
@@ -446,15 +456,17 @@ class OperatorApi:
         _choice("health", health, ("ok", "unhealthy", "stale"))
         limit = _int_query(q, "limit", 100, 1, MAX_PAGE)
         offset = _int_query(q, "offset", 0, 0, MAX_OFFSET)
-        now = self._now()
-        miners = [
-            out
+        now, stale_after = self._now(), self._stale_after
+        # Filter on the views and build answers only for the page: a 10,000-miner site.
+        matching = [
+            view
             for view in self._daemon.readings.views()
-            if container is None or view.spec.container == container
-            for out in (self.miner(view, now),)
-            if (mode is None or out.mode == mode) and (health is None or out.health == health)
+            if (container is None or view.spec.container == container)
+            and (mode is None or fleet_mode(view, now, stale_after) == mode)
+            and (health is None or _health(view, now, stale_after) == health)
         ]
-        return self._json(m.MinersOut(miners=miners[offset : offset + limit], total=len(miners)))
+        page = [self.miner(v, now) for v in matching[offset : offset + limit]]
+        return self._json(m.MinersOut(miners=page, total=len(matching)))
 
     async def get_miner(self, request: web.Request) -> web.StreamResponse:
         miner_id = request.match_info["id"]
@@ -514,8 +526,15 @@ class OperatorApi:
         faults = self._daemon.measurements.health.faults
         devices = {d: d not in faults for d in self._daemon.device_ids()}
         ready = sup.ready.is_set()
-        status: Literal["ok", "starting", "degraded"] = (
-            "starting" if not ready else "ok" if all(devices.values()) else "degraded"
+        stalled = ready and (age is None or age > self._stall_after_s)
+        status: Literal["ok", "starting", "degraded", "stalled"] = (
+            "starting"
+            if not ready
+            else "stalled"
+            if stalled
+            else "ok"
+            if all(devices.values())
+            else "degraded"
         )
         body = m.HealthOut(
             status=status,
@@ -524,7 +543,7 @@ class OperatorApi:
             last_cycle_age_s=None if age is None else round(age, 3),
             devices=devices,
         )
-        return self._json(body, 200 if ready else 503)
+        return self._json(body, 200 if ready and not stalled else 503)
 
     async def get_metrics(self, _: web.Request) -> web.StreamResponse:
         metrics = self._daemon.metrics
@@ -543,19 +562,29 @@ class OperatorApi:
                 "X-Accel-Buffering": "no",
             }
         )
+        if len(self._streams) >= MAX_STREAMS:
+            raise ProblemError(503, f"at most {MAX_STREAMS} live views at once")
         await response.prepare(request)
         self._streams.add(response)
         try:
             while True:
-                data = self.status().model_dump_json()
-                message = f"event: status\ndata: {data}\n\n: keepalive\n\n".encode()
+                message = self._status_message()
                 await asyncio.wait_for(response.write(message), STREAM_WRITE_TIMEOUT_S)
                 await asyncio.sleep(STREAM_INTERVAL_S)
-        except (ConnectionResetError, TimeoutError):
-            pass  # the reader went away
+        except (ConnectionResetError, TimeoutError, RuntimeError):
+            pass  # the reader went away, or the server is closing
         finally:
             self._streams.discard(response)
         return response
+
+    def _status_message(self) -> bytes:
+        """One status as an SSE message, built at most once a second for every reader:
+        building it walks the whole fleet."""
+        at = asyncio.get_running_loop().time()
+        if self._message is None or at - self._message[0] >= STREAM_INTERVAL_S:
+            data = self.status().model_dump_json()
+            self._message = (at, f"event: status\ndata: {data}\n\n: keepalive\n\n".encode())
+        return self._message[1]
 
     async def get_openapi(self, _: web.Request) -> web.StreamResponse:
         return web.json_response(self.openapi)
@@ -656,6 +685,12 @@ async def _security_headers(_: web.Request, response: web.StreamResponse) -> Non
 
 def _counts() -> dict[str, int]:
     return dict.fromkeys(m.ModeCounts.model_fields, 0)
+
+
+def _health(view: MinerView, now: datetime, stale_after: timedelta) -> m.Health:
+    if not view.healthy:
+        return "unhealthy"
+    return "ok" if view.reading is not None and view.fresh(now, stale_after) else "stale"
 
 
 def _hold(h: Hold) -> m.HoldOut:
@@ -759,7 +794,8 @@ ROUTES: tuple[Route, ...] = (
           )),
     Route("GET", "/api/v1/reports/signals", OperatorApi.get_signal_report, "Every signal "
           "and deadline, as evidence (JSON or CSV)", Role.VIEWER,
-          answers={200: (m.SignalReportOut, "text/csv")}, tag="journal", query=(
+          answers={200: (m.SignalReportOut, "text/csv"), 503: m.Problem}, tag="journal",
+          query=(
               _q("format", "json or csv", {"type": "string", "enum": ["json", "csv"]}),
               _q("since", "From this time", ISO),
           )),
@@ -778,7 +814,8 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/", OperatorApi.get_dashboard, "The dashboard", None,
           answers={200: "text/html"}, tag="service"),
     Route("GET", "/static/{name}", OperatorApi.get_static, "The dashboard's files", None,
-          answers={200: "text/plain", 404: m.Problem}, tag="service"),
+          answers={200: ("text/html", "text/javascript", "text/css"), 404: m.Problem},
+          tag="service"),
 )  # fmt: skip
 
 
@@ -795,9 +832,9 @@ def openapi_document(
         if route.body is not None:
             models.add(route.body)
         for answer in route.answers.values():
-            model = answer[0] if isinstance(answer, tuple) else answer
-            if isinstance(model, type):
-                models.add(model)
+            for part in answer if isinstance(answer, tuple) else (answer,):
+                if isinstance(part, type):
+                    models.add(part)
     keyed = sorted(models, key=lambda c: c.__name__)
     _, schema = models_json_schema(
         [(c, "validation") for c in keyed], ref_template="#/components/schemas/{model}"
@@ -856,7 +893,8 @@ def _operation(route: Route, public: frozenset[str]) -> dict[str, Any]:
         op["description"] = f"Needs the {route.role.name.lower()} role."
     if route.body is not None:
         op["responses"]["413"] = _response(413, m.Problem)
-        op["responses"]["503"] = _response(503, m.Problem)
+    if route.role is not None and route.role >= Role.OPERATOR:
+        op["responses"]["503"] = _response(503, m.Problem)  # the journal cannot be written
     return op
 
 

@@ -35,6 +35,7 @@ from controller.core.safety import Climate
 from drivers.types import DriverTraits, Mode
 
 UNKNOWN_REASON = "shed: no fresh reading, counted at rated power"
+FLOOR_WAKE = "keeps the heater floor in"  # a wake for heat: never withheld by a pause
 _tuple_new = tuple.__new__  # builds an Action without NamedTuple's Python-level __new__
 
 
@@ -484,7 +485,7 @@ def _wake(fleet: _Fleet, total: int, budget: int, rules: PlanRules) -> Plan:
             break
         why = "fits the limit" if kind is not ActionKind.RESTORE else "outlet back on, boots"
         if n < len(first):
-            why = f"keeps the heater floor in {spec.container}"
+            why = f"{FLOOR_WAKE} {spec.container}"
         if cold is not None:
             why = f"{why}; {cold}: starts at {level / 1000:g} kW, steps up after a warm-up"
         actions.append(Action(spec.id, kind, f"{kind.value}: {spec.efficiency_j_th:g} J/TH {why}"))

@@ -4,6 +4,7 @@ did what and why, and bad input that changes nothing."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -407,3 +408,53 @@ async def test_system_reports_health_docs_and_schema(tmp_path: Path) -> None:
         assert one["id"] == "m000"
         assert one["mode"] in {"mining", "sleeping"}
         assert r.farm.miners["m000"].physics.mode in {Mode.MINING, Mode.SLEEPING}
+
+
+async def test_system_operator_changes_stay_off_the_grid_side(tmp_path: Path) -> None:
+    """An override binds the farm, but the grid's deadline is judged against the grid's
+    own limit, and the status published on the grid's broker carries no operator's name
+    or free text. A hold's sleep is not a grid shed."""
+    async with api_rig(tmp_path, miners=8) as (r, api):
+        draw_kw = r.sup.measured_w / 1000
+        await api.call(
+            "POST",
+            "/api/v1/overrides",
+            role="operator",
+            body={"limit_kw": round(draw_kw * 0.5, 1), "expires_at": later(r, 600),
+                  "reason": "secret transformer trouble"},
+        )  # fmt: skip
+        grid_kw = round(draw_kw * 0.8, 1)
+        await r.post(*r.signed(r.curtailment(grid_kw)))
+        ob = await r.settled("evt-0017#r1", within_s=15)
+        assert ob.limit_w == round(grid_kw * 1000)
+        await r.step(2)
+        published = r.daemon.recorder.latest_status
+        assert published is not None
+        assert not any("secret" in why or "operator-1" in why for why in published["reasons"])
+        assert any(why.startswith("operator override: ") for why in published["reasons"])
+        awake = next(m for m in sorted(r.loaded.miners, key=lambda m: m.efficiency_j_th)
+                     if m.id not in r.asleep())  # fmt: skip
+        await api.call(
+            "POST",
+            f"/api/v1/miners/{awake.id}/mode",
+            role="operator",
+            body={"mode": "sleep", "until": later(r, 600), "reason": "fan swap"},
+        )
+        await r.step(6)
+        assert awake.id in r.asleep()
+        assert awake.id not in r.sup.escalations["sleep"]  # not counted as a grid shed
+
+
+async def test_system_a_token_that_is_not_text_is_a_plain_401(tmp_path: Path) -> None:
+    async with api_rig(tmp_path, miners=2) as (r, _):
+        assert r.daemon.api is not None
+        reader, writer = await asyncio.open_connection("127.0.0.1", r.daemon.api.port)
+        writer.write(
+            b"GET /api/v1/status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            b"Authorization: Bearer \xff\xfe\xc3(\r\n\r\n"
+        )
+        await writer.drain()
+        head = await asyncio.wait_for(reader.read(4096), 10)
+        writer.close()
+        assert head.startswith(b"HTTP/1.1 401"), head[:200]
+        assert b"application/problem+json" in head
