@@ -156,8 +156,10 @@ class MqttCfg(_Model):
         return self.url.startswith("mqtts://")
 
 
-class HttpCfg(_Model):
-    listen: str = "127.0.0.1:8480"
+class _Listener(_Model):
+    """A section that listens on `listen` (host:port; port 0: any free port)."""
+
+    listen: str
 
     @field_validator("listen")
     @classmethod
@@ -171,6 +173,10 @@ class HttpCfg(_Model):
     @property
     def port(self) -> int:
         return int(self.listen.rpartition(":")[2])
+
+
+class HttpCfg(_Listener):
+    listen: str = "127.0.0.1:8480"
 
 
 Role = Literal["viewer", "operator", "admin"]
@@ -185,18 +191,13 @@ class ApiTokenCfg(_Model):
     sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 
 
-class ApiCfg(_Model):
+class ApiCfg(_Listener):
     """The operator API, the dashboard and /metrics, on their own listener."""
 
     listen: str = "127.0.0.1:8481"
     tokens: list[ApiTokenCfg] = Field(default_factory=list)  # none: every request is 401
     history_s: Annotated[float, Field(ge=60, le=86_400, allow_inf_nan=False)] = 3600.0
     metrics_public: bool = True  # Prometheus scrapes /metrics without a token
-
-    @field_validator("listen")
-    @classmethod
-    def _listen(cls, value: str) -> str:
-        return check_listen(value)
 
     @field_validator("tokens")
     @classmethod
@@ -209,14 +210,6 @@ class ApiCfg(_Model):
             if dupes:
                 raise ValueError(f"two tokens share a {what}: {', '.join(dupes)}")
         return tokens
-
-    @property
-    def host(self) -> str:
-        return self.listen.rpartition(":")[0].strip("[]")
-
-    @property
-    def port(self) -> int:
-        return int(self.listen.rpartition(":")[2])
 
 
 class SignalsCfg(_Model):

@@ -20,7 +20,7 @@ from controller.clock import FakeClock
 from controller.simfarm import farm_from_config
 from drivers.types import Mode
 from tests.conftest import API_TOKENS, api_section, load_site, site_dict
-from tests.system.harness import Rig, daemon_on, rig
+from tests.system.harness import Rig, daemon_on, iso, rig
 
 pytestmark = pytest.mark.system
 
@@ -69,6 +69,11 @@ async def api_rig(tmp_path: Path, **kw: Any) -> AsyncIterator[tuple[Rig, Api]]:
 
 def later(r: Rig, seconds: float) -> str:
     return (r.clock.now() + timedelta(seconds=seconds)).isoformat()
+
+
+def cancel(r: Rig) -> dict[str, Any]:
+    """Cancels the harness's curtailment evt-0017 (revision 1)."""
+    return {"type": "cancel", "id": "evt-0017", "revision": 2, "issued_at": iso(r.clock)}
 
 
 def operator_events(r: Rig) -> list[dict[str, Any]]:
@@ -261,13 +266,7 @@ async def test_system_holds_keep_a_miner_asleep_or_running(tmp_path: Path) -> No
         }
         assert same_class - {keep} <= asleep
         # Cancelled: everything comes back except the miner held asleep.
-        cancel = {
-            "type": "cancel",
-            "id": "evt-0017",
-            "revision": 2,
-            "issued_at": r.curtailment(1)["issued_at"],
-        }
-        await r.post(*r.signed(cancel))
+        await r.post(*r.signed(cancel(r)))
         await r.step(30)
         assert r.asleep() == {"m001"}
         _, miners, _ = await api.call("GET", "/api/v1/miners?mode=sleeping")
@@ -302,13 +301,7 @@ async def test_system_paused_automation_still_enforces_the_grid(tmp_path: Path) 
         assert ob.status.value == "reached"  # the grid limit is still enforced
         shed = r.asleep()
         assert shed
-        cancel = {
-            "type": "cancel",
-            "id": "evt-0017",
-            "revision": 2,
-            "issued_at": r.curtailment(1)["issued_at"],
-        }
-        await r.post(*r.signed(cancel))
+        await r.post(*r.signed(cancel(r)))
         await r.step(30)
         assert r.asleep() == shed  # paused: nothing comes back
         assert any("automation paused by operator-1" in n for n in r.sup.plan.notes)
