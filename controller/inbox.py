@@ -8,6 +8,8 @@ only after the journal write succeeded, so a failed write changes nothing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -95,26 +97,35 @@ class Inbox:
         self.wake = asyncio.Event()
         self._unauthenticated_at: datetime | None = None
         self._suppressed = 0
+        self.unjournaled = 0  # unauthenticated rejections counted but not journaled
+        self.internal_errors = 0  # signals whose handling met a bug (see _contain)
+        self.heartbeats = 0
 
     def submit_http(self, body: bytes, ts: str | None, signature: str | None) -> Outcome:
         """POST /grid/v1/signals: headers carry the signature."""
         try:
-            source = authenticate(
-                self._keys, ts, signature, body, now=self._clock.time(), window_s=self._window_s
-            )
-        except WireError as err:
-            return self._refuse("http", None, body, err)
-        return self._accept("http", source, body)
+            try:
+                source = authenticate(
+                    self._keys, ts, signature, body, now=self._clock.time(), window_s=self._window_s
+                )
+            except WireError as err:
+                return self._refuse("http", None, body, err)
+            return self._accept("http", source, body)
+        except Exception as err:  # noqa: BLE001 - no input may stop the daemon
+            return self._contain("http", body, err)
 
     def submit_mqtt(self, payload: bytes) -> Outcome:
         """A message on the signals topic: an envelope carries the signature."""
         try:
-            source, body = open_envelope(
-                payload, self._keys, now=self._clock.time(), window_s=self._window_s
-            )
-        except WireError as err:
-            return self._refuse("mqtt", None, payload, err)
-        return self._accept("mqtt", source, body)
+            try:
+                source, body = open_envelope(
+                    payload, self._keys, now=self._clock.time(), window_s=self._window_s
+                )
+            except WireError as err:
+                return self._refuse("mqtt", None, payload, err)
+            return self._accept("mqtt", source, body)
+        except Exception as err:  # noqa: BLE001 - no input may stop the daemon
+            return self._contain("mqtt", payload, err)
 
     def prune(self, now: datetime) -> None:
         """Forget signals that ended a while ago (their revisions stay known)."""
@@ -132,6 +143,7 @@ class Inbox:
         except WireError as err:
             return self._refuse(transport, source, body, err)
         if isinstance(signal, Heartbeat):
+            self.heartbeats += 1  # liveness, not evidence: counted, not journaled
             return Outcome("received", "heartbeat", 202, kind="heartbeat")
         end = getattr(signal, "end", None)
         if end is not None and end <= now:
@@ -194,14 +206,44 @@ class Inbox:
             signal.kind,
         )
 
+    def _contain(self, transport: str, payload: bytes, err: Exception) -> Outcome:
+        """A bug met by one message: logged with the message's identity, journaled and
+        counted, and the door stays open. The book changes only after its journal write,
+        and nothing can fail after that, so whatever failed changed nothing held."""
+        self.internal_errors += 1
+        digest = hashlib.sha256(payload).hexdigest()[:16]
+        log.error(
+            "signal handling failed; the signal changed nothing",
+            transport=transport,
+            payload_sha256=digest,
+            payload_bytes=len(payload),
+            exc_info=err,
+        )
+        reason = f"internal error ({type(err).__name__}); the signal changed nothing"
+        with contextlib.suppress(Exception):  # the journal's own failure is logged there
+            self._journal.record_signal(
+                at=self._clock.now(),
+                transport=transport,
+                source=None,
+                signal_id=None,
+                revision=None,
+                kind=None,
+                verdict="rejected",
+                detail=reason,
+                body=payload[:4096],
+            )
+        return Outcome("rejected", reason, 500)
+
     def _refuse(self, transport: str, source: str | None, body: bytes, err: WireError) -> Outcome:
         now = self._clock.now()
         if source is None and transport == "http":
             # Anyone can reach the endpoint: answer every request, but journal (an fsync)
             # and log at most one unauthenticated rejection a second, counting the rest,
             # so a flood cannot stall the control loop or grow the journal without bound.
+            # (MQTT publishers are vouched for by the broker's own authentication.)
             if self._unauthenticated_at is not None and now - self._unauthenticated_at < QUIET:
                 self._suppressed += 1
+                self.unjournaled += 1
                 return Outcome("rejected", err.reason, err.status, err.signal_id, err.revision)
             self._unauthenticated_at = now
             if self._suppressed:

@@ -15,7 +15,9 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, Self
 
+import pydantic_core
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     ConfigDict,
@@ -29,6 +31,13 @@ from controller.core.signals import Cancel, Curtailment, Grant, GridSignal, Hear
 
 MAX_BODY_BYTES = 64 * 1024  # the contract's limit for HTTP bodies and MQTT payloads
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
+# Signing times and every timestamp in a signal lie in this window: wide enough for any
+# real schedule, narrow enough that no date arithmetic downstream (a deadline added to a
+# start, a conversion to UTC) can overflow, and every value fits where it is stored.
+EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+LATEST = datetime(2100, 1, 1, tzinfo=UTC)
+_UNIX_SECONDS = re.compile(r"[0-9]{1,10}")  # a signing time as the contract writes it
+MAX_REVISION = 2**31 - 1
 SIGNATURE_HEADER = "X-Signature"
 TIMESTAMP_HEADER = "X-Signature-Timestamp"
 
@@ -62,8 +71,20 @@ class TooLargeError(WireError):
 SignalId = Annotated[
     str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
 ]
-Revision = Annotated[int, Field(ge=1, le=2**31 - 1)]
+Revision = Annotated[int, Field(ge=1, le=MAX_REVISION)]
 Kilowatts = Annotated[float, Field(ge=0, le=10_000_000, allow_inf_nan=False)]
+
+
+def _within_range(value: datetime) -> datetime:
+    # Judged on the wall-clock fields before any conversion: year 1 at +05:00 cannot even
+    # be converted to UTC.
+    naive = value.replace(tzinfo=None)
+    if not EARLIEST.replace(tzinfo=None) <= naive < LATEST.replace(tzinfo=None):
+        raise ValueError(f"timestamp must lie between {EARLIEST:%Y-%m-%d} and {LATEST:%Y-%m-%d}")
+    return value
+
+
+Stamp = Annotated[AwareDatetime, AfterValidator(_within_range)]
 
 
 class _In(BaseModel):
@@ -71,8 +92,8 @@ class _In(BaseModel):
 
 
 class _Windowed(_In):
-    start: AwareDatetime | None = None
-    end: AwareDatetime | None = None
+    start: Stamp | None = None
+    end: Stamp | None = None
 
     @model_validator(mode="after")
     def _window(self) -> Self:
@@ -85,7 +106,7 @@ class CurtailmentIn(_Windowed):
     type: Literal["curtailment"]
     id: SignalId
     revision: Revision
-    issued_at: AwareDatetime
+    issued_at: Stamp
     limit_kw: Kilowatts
     deadline_s: Annotated[float, Field(gt=0, le=86_400, allow_inf_nan=False)]
     emergency: bool = False
@@ -95,7 +116,7 @@ class GrantIn(_Windowed):
     type: Literal["grant"]
     id: SignalId
     revision: Revision
-    issued_at: AwareDatetime
+    issued_at: Stamp
     granted_kw: Kilowatts
 
 
@@ -103,12 +124,12 @@ class CancelIn(_In):
     type: Literal["cancel"]
     id: SignalId
     revision: Revision
-    issued_at: AwareDatetime
+    issued_at: Stamp
 
 
 class HeartbeatIn(_In):
     type: Literal["heartbeat"]
-    issued_at: AwareDatetime
+    issued_at: Stamp
 
 
 SignalIn = Annotated[CurtailmentIn | GrantIn | CancelIn | HeartbeatIn, Field(discriminator="type")]
@@ -116,7 +137,7 @@ _SIGNAL: TypeAdapter[CurtailmentIn | GrantIn | CancelIn | HeartbeatIn] = TypeAda
 
 
 class EnvelopeIn(_In):
-    ts: Annotated[int, Field(ge=0)]
+    ts: Annotated[int, Field(ge=0, le=int(LATEST.timestamp()))]
     sig: Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$")]
     body: Annotated[str, Field(max_length=MAX_BODY_BYTES)]
 
@@ -154,10 +175,12 @@ def authenticate(
         raise BadSignatureError(f"missing {SIGNATURE_HEADER}")
     if not _HEX64.fullmatch(signature):
         raise BadSignatureError("signature must be 64 hex digits (HMAC-SHA256)")
-    try:
-        stamp = int(ts)
-    except ValueError:
-        raise BadSignatureError("signature timestamp is not unix seconds") from None
+    # Digits only: int() would also take "+12", " 12" or "1_2", and a number of any size.
+    if isinstance(ts, str) and not _UNIX_SECONDS.fullmatch(ts):
+        raise BadSignatureError("signature timestamp is not unix seconds (1 to 10 digits)")
+    stamp = int(ts)
+    if not 0 <= stamp <= LATEST.timestamp():
+        raise BadSignatureError(f"signature timestamp is not before {LATEST:%Y-%m-%d}")
     source = next(
         (
             name
@@ -212,17 +235,25 @@ def describe(err: ValidationError) -> str:
     return "; ".join(parts)
 
 
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+
+
 def _identify(body: bytes) -> tuple[str | None, int | None]:
-    """Best-effort id and revision of a rejected signal, so its ack can name it."""
+    """Best-effort id and revision of a rejected signal, so its ack can name it: only
+    values the contract allows, since they are journaled and published as they are.
+    pydantic's parser bounds nesting depth; the standard library's would recurse."""
     try:
-        data: Any = json.loads(body)
+        data: Any = pydantic_core.from_json(body)
     except ValueError:
         return None, None
     if not isinstance(data, dict):
         return None, None
-    ident = data.get("id") if isinstance(data.get("id"), str) else None
+    ident = data.get("id")
     revision = data.get("revision")
-    return ident, revision if isinstance(revision, int) and not isinstance(revision, bool) else None
+    return (
+        ident if isinstance(ident, str) and _ID.fullmatch(ident) else None,
+        revision if type(revision) is int and 1 <= revision <= MAX_REVISION else None,
+    )
 
 
 def _watts(kw: float) -> int:

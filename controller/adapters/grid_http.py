@@ -12,8 +12,10 @@ from typing import Any
 
 import structlog
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from controller.inbox import Inbox
+from controller.tls import ServerTls, is_loopback
 from controller.wire import MAX_BODY_BYTES, SIGNATURE_HEADER, TIMESTAMP_HEADER
 
 log = structlog.get_logger("curtaild.grid_http")
@@ -23,6 +25,7 @@ PROBLEM_TITLES = {
     401: "unauthenticated signal",
     409: "conflicting revision",
     413: "body too large",
+    500: "internal error",
     503: "journal unavailable",
 }
 SHUTDOWN_TIMEOUT_S = 5.0
@@ -42,18 +45,32 @@ def problem(status: int, detail: str) -> web.Response:
     )
 
 
+@web.middleware
+async def _contained(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A bug in a handler answers a problem document, never aiohttp's plain-text 500 page
+    (the inbox contains and journals the signal's own failures before this)."""
+    try:
+        return await handler(request)
+    except web.HTTPException:
+        raise
+    except Exception as err:  # one request must not take the listener down
+        log.exception("grid request failed", path=request.path, error=repr(err))
+        return problem(500, f"internal error ({type(err).__name__}); nothing changed")
+
+
 class GridHttp:
     """Serves the grid endpoint on its own listener."""
 
-    def __init__(self, inbox: Inbox, host: str, port: int) -> None:
+    def __init__(self, inbox: Inbox, host: str, port: int, *, tls: ServerTls | None = None) -> None:
         self._inbox = inbox
         self._host = host
         self._port = port
+        self._tls = tls
         self.port: int | None = None  # the bound port (config may say 0)
         self.started = asyncio.Event()
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=MAX_BODY_BYTES)
+        app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_contained])
         app.router.add_post("/grid/v1/signals", self._post_signal)
         app.router.add_get("/healthz", self._healthz)
         return app
@@ -62,12 +79,23 @@ class GridHttp:
         runner = web.AppRunner(self.app(), access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
         await runner.setup()
         try:
-            site = web.TCPSite(runner, self._host, self._port)
+            context = self._tls.context if self._tls is not None else None
+            site = web.TCPSite(runner, self._host, self._port, ssl_context=context)
             await site.start()
             server = site._server  # noqa: SLF001 - aiohttp exposes no public bound address
             sockets = getattr(server, "sockets", None) or []
             self.port = sockets[0].getsockname()[1] if sockets else self._port
-            log.info("grid endpoint listening", host=self._host, port=self.port)
+            log.info(
+                "grid endpoint listening", host=self._host, port=self.port, tls=context is not None
+            )
+            if context is None and not is_loopback(self._host):
+                log.warning(
+                    "plain HTTP on a non-loopback address (allow_plaintext: true): signals "
+                    "and their signatures cross the network unencrypted",
+                    listener="signals.http",
+                    host=self._host,
+                    port=self.port,
+                )
             self.started.set()
             await asyncio.Event().wait()
         finally:

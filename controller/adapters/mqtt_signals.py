@@ -71,6 +71,7 @@ class MqttSignals:
         self.connected = asyncio.Event()
         self.connects = 0
         self.received = 0
+        self.errors = 0  # unexpected failures survived (a metric)
         self._down_logged = False
 
     # -- Publisher -------------------------------------------------------------------------
@@ -105,6 +106,9 @@ class MqttSignals:
                     self._down_logged = True
                 else:
                     log.debug("mqtt still unreachable", error=str(err))
+            except Exception as err:  # the adapter must outlive its own bugs
+                self.errors += 1
+                log.exception("mqtt session failed; reconnecting", error=repr(err))
             if self.connected.is_set():
                 self.connected.clear()
                 backoff = BACKOFF_START_S
@@ -171,7 +175,11 @@ class MqttSignals:
                 else str(payload or "").encode()
             )
             self.received += 1
-            self._inbox.submit_mqtt(raw)
+            try:
+                self._inbox.submit_mqtt(raw)
+            except Exception:  # the inbox contains its own; this is the last net
+                self.errors += 1
+                log.exception("mqtt message handling failed", topic=str(message.topic))
 
     async def _send(self, client: aiomqtt.Client) -> None:
         while True:

@@ -174,3 +174,65 @@ def test_wire_signature_must_be_hex() -> None:
     for bad in ("\u00e9" * 64, "zz" * 32, "ab" * 31):
         with pytest.raises(wire.BadSignatureError, match="64 hex digits"):
             wire.authenticate(KEYS, str(int(NOW)), bad, body(), now=NOW, window_s=30)
+
+
+# -- hostile inputs signed with the right key (an outside round stopped the daemon) ----------
+
+
+def _signed_envelope(raw: bytes, ts: int) -> bytes:
+    return json.dumps({"ts": ts, "sig": wire.sign(b"k1", ts, raw), "body": raw.decode()}).encode()
+
+
+def test_wire_huge_signing_time_is_refused_not_an_overflow() -> None:
+    raw = body()
+    for ts in (10**400, 2**63, 5_000_000_000):
+        with pytest.raises(wire.WireError) as err:
+            wire.open_envelope(_signed_envelope(raw, ts), KEYS, now=NOW, window_s=30)
+        assert "ts" in err.value.reason or "2100" in err.value.reason
+    header = "9" * 400
+    with pytest.raises(wire.BadSignatureError, match="not unix seconds"):
+        wire.authenticate(KEYS, header, wire.sign(b"k1", 0, raw), raw, now=NOW, window_s=30)
+
+
+@pytest.mark.parametrize("ts", ["+1795000000", " 1795000000", "1_795_000_000", "-1", "1e9"])
+def test_wire_signing_time_is_digits_only(ts: str) -> None:
+    with pytest.raises(wire.BadSignatureError, match="not unix seconds"):
+        wire.authenticate(KEYS, ts, "ab" * 32, body(), now=NOW, window_s=30)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"[" * 5000, b'{"a":' * 2000 + b"1" + b"}" * 2000, b'{"id": ' + b"[" * 3000 + b"}"],
+    ids=["5000 arrays", "2000 objects", "nested id"],
+)
+def test_wire_deep_nesting_is_invalid_not_a_recursion_error(raw: bytes) -> None:
+    with pytest.raises(wire.InvalidSignalError) as err:
+        wire.parse_signal(raw)
+    assert err.value.signal_id is None
+    assert "recursion limit" in err.value.reason or "Invalid JSON" in err.value.reason
+
+
+def test_wire_out_of_range_revision_is_not_named_in_the_refusal() -> None:
+    """A rejected signal's id and revision are journaled and published: only values the
+    contract allows (SQLite's INTEGER stops at 2**63 - 1)."""
+    with pytest.raises(wire.InvalidSignalError) as err:
+        wire.parse_signal(body(revision=9223372036854775808))
+    assert (err.value.signal_id, err.value.revision) == ("evt-0017", None)
+    with pytest.raises(wire.InvalidSignalError) as err:
+        wire.parse_signal(body(id="x" * 5000, limit_kw=-1))
+    assert err.value.signal_id is None
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"issued_at": "0001-01-01T00:00:00+05:00"},
+        {"issued_at": "9999-12-31T23:59:59-05:00"},
+        {"start": "9999-12-31T23:59:59Z", "end": ...},
+        {"end": "2100-01-01T00:00:00Z"},
+        {"start": "1999-12-31T23:59:59Z"},
+    ],
+)
+def test_wire_timestamps_outside_the_sane_range_are_refused(changes: dict[str, Any]) -> None:
+    with pytest.raises(wire.InvalidSignalError, match="between 2000-01-01 and 2100-01-01"):
+        wire.parse_signal(body(**changes))
