@@ -249,7 +249,7 @@ def measure(
     sleeps = {c: t - t0_mono for c, t in farm.first_at.items() if c in SLEEP_OPENERS}
     first_sleep = min(sleeps.values(), default=None)
     firsts = [t for t in (first_sleep, writes[0][0] if writes else None) if t is not None]
-    verified = [at for at, _, on in sup.switches[switches_before:] if not on]
+    verified = [at for at, _, on in list(sup.switches)[switches_before:] if not on]
     relay = [o for o in [*sup.finished, *sup.obligations] if o.kind == "under-frequency"]
     ob = relay[0] if relay else None
     return {

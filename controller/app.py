@@ -218,6 +218,7 @@ class Daemon:
                 restore_batch_spacing_s=config.escalation.restore_batch_spacing_s,
                 switch_timeout_s=config.escalation.switch_timeout_s,
                 lie_grace_s=config.escalation.lie_grace_s,
+                lie_memory_s=config.escalation.lie_memory_s,
             ),
             frequency_rules=loaded.frequency_rules(),
             desk=self.desk,

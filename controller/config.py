@@ -411,6 +411,10 @@ class EscalationCfg(_Model):
     # Beyond the family's ramp-down (already a conservative bound) before a high outlet
     # reading counts as a lie; the planner counts it at the measured draw from the ramp's end.
     lie_grace_s: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.0
+    # How long a caught lie is remembered (across restarts too) before the outlet judges
+    # the unit afresh: a day, so a firmware fixed or a unit swapped is not cut for good.
+    # null: for good.
+    lie_memory_s: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = 86_400.0
     pdu_interval_s: Seconds = 1.0
     switch_timeout_s: Seconds = 3.0
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -29,7 +29,10 @@ from controller.core.signals import (
     Standing,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Journals an older curtaild wrote, and what opening them here adds (tables only: an older
+# journal is read as it is, and the new tables start empty).
+MIGRATIONS = {1: "the ladder and site-state tables"}
 BUSY_TIMEOUT_S = 5.0  # another process (curtaild report) may hold a read lock briefly
 
 _SCHEMA = """
@@ -61,6 +64,8 @@ CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY, at TEXT NOT NULL, kind TEXT NOT NULL, subject TEXT,
     detail TEXT);
 CREATE TABLE IF NOT EXISTS operator (key TEXT PRIMARY KEY, state TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS ladder (miner_id TEXT PRIMARY KEY, state TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS site_state (key TEXT PRIMARY KEY, state TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS commands_decision ON commands (decision_seq);
 CREATE INDEX IF NOT EXISTS signals_at ON signals (at);
 """
@@ -97,6 +102,10 @@ class Journal:
             version = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
             if version is None:
                 self._db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+            elif int(version[0]) in MIGRATIONS:
+                self._db.execute(
+                    "UPDATE meta SET value=? WHERE key='schema'", (str(SCHEMA_VERSION),)
+                )
             elif int(version[0]) != SCHEMA_VERSION:
                 raise JournalError(f"{path}: schema {version[0]}, expected {SCHEMA_VERSION}")
         except (sqlite3.Error, OSError) as err:
@@ -194,10 +203,37 @@ class Journal:
         assert seq is not None
         return seq
 
-    def record_commands(self, records: Sequence[CommandRecord]) -> None:
-        if not records:
+    def record_commands(
+        self,
+        records: Sequence[CommandRecord],
+        *,
+        ladder: Mapping[str, Mapping[str, Any] | None] | None = None,
+        site: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> None:
+        """Command results, with where they left the ladder: per miner its state (None:
+        nothing to remember) and the site's learned state, in one transaction, so a restart
+        resumes from a consistent point."""
+        if not records and not ladder and not site:
             return
         with self._tx() as db:
+            if ladder:
+                db.executemany(
+                    "DELETE FROM ladder WHERE miner_id=?",
+                    [(m,) for m, state in ladder.items() if state is None],
+                )
+                db.executemany(
+                    "INSERT OR REPLACE INTO ladder (miner_id, state) VALUES (?,?)",
+                    [
+                        (m, json.dumps(state, separators=(",", ":")))
+                        for m, state in ladder.items()
+                        if state is not None
+                    ],
+                )
+            if site:
+                db.executemany(
+                    "INSERT OR REPLACE INTO site_state (key, state) VALUES (?,?)",
+                    [(k, json.dumps(v)) for k, v in site.items()],
+                )
             db.executemany(
                 "INSERT INTO commands (decision_seq, miner_id, action, started_at, finished_at,"
                 " outcome, detail) VALUES (?,?,?,?,?,?,?)",
@@ -310,6 +346,51 @@ class Journal:
             db.executemany("DELETE FROM held WHERE signal_id=?", [(i,) for i in signal_ids])
 
     # -- recovery --------------------------------------------------------------------------
+
+    def ladder_state(self) -> dict[str, dict[str, Any]]:
+        """Where the ladder left each miner at the last flush (see record_commands)."""
+        return {
+            str(miner): json.loads(text)
+            for miner, text in self._db.execute("SELECT miner_id, state FROM ladder")
+        }
+
+    def site_state(self) -> dict[str, dict[str, Any]]:
+        """What the loop had learned about the site (the meter's unexplained draw, the
+        frequency relay), by key."""
+        return {
+            str(key): json.loads(text)
+            for key, text in self._db.execute("SELECT key, state FROM site_state")
+        }
+
+    def unsettled(self, since: datetime) -> list[tuple[int, datetime, str, str, str]]:
+        """Actions decided at or after `since` that have no command record: on the wire (or
+        done but not yet flushed) when the daemon stopped. (decision seq, decided at,
+        miner, action, reason), oldest decision first; a miner's latest one is last."""
+        decisions = list(
+            self._db.execute(
+                "SELECT seq, at, actions FROM decisions WHERE at >= ? ORDER BY seq", (_ts(since),)
+            )
+        )
+        if not decisions:
+            return []
+        done = set(
+            self._db.execute(
+                "SELECT decision_seq, miner_id FROM commands"
+                " WHERE decision_seq >= ? AND outcome != 'cancelled'",
+                (decisions[0][0],),
+            )
+        )
+        out: list[tuple[int, datetime, str, str, str]] = []
+        for seq, at, blob in decisions:
+            grouped: dict[str, dict[str, list[str]]] = json.loads(zlib.decompress(blob))
+            for kind, by_reason in grouped.items():
+                for reason, miners in by_reason.items():
+                    out.extend(
+                        (int(seq), _parse(at), m, kind, reason)
+                        for m in miners
+                        if (seq, m) not in done
+                    )
+        return out
 
     def restore_book(self) -> SignalBook:
         """The signal book as it was at the last commit."""

@@ -76,6 +76,14 @@ DISPATCH_MAX_BATCH = 4096
 # noise cannot loosen the budget between two readings (share of the gap per second).
 OFFSET_DECAY = 0.1
 KEEP_FINISHED = 200  # finished deadlines kept in memory for status and the demo
+# In-memory histories (outlet switches, cold cuts, frequency events) keep a window: a
+# daemon runs for months, and the journal holds the full record.
+KEEP_HISTORY = 1000
+# A resumed sleep (sent before a restart) reads the miner again this often while it
+# cannot answer (a stock Antminer restarting its mining process).
+RESUME_POLL_S = 1.0
+# The unexplained draw learned before a restart is trusted this long after it was learned.
+OFFSET_TRUSTED_FOR = timedelta(minutes=10)
 # Command results are journaled in batches (the decision before them is write-ahead).
 FLUSH_INTERVAL = timedelta(seconds=1)
 # Site draw against the limit, for the dashboard's last hour (720 points at 5 s).
@@ -125,6 +133,7 @@ class MeasureSettings:
     restore_batch_spacing_s: float = 2.0
     switch_timeout_s: float = 3.0
     lie_grace_s: float = 0.0
+    lie_memory_s: float | None = 86_400.0  # a lie is remembered this long (None: for good)
 
 
 class Supervisor:
@@ -224,15 +233,20 @@ class Supervisor:
         self.meter: MeterSample | None = None
         self._switch_queue: deque[tuple[Action, int | None]] = deque()
         self._switch_wake = asyncio.Event()
-        self.switches: list[tuple[datetime, str, bool]] = []  # (done at, miner, on)
+        # (done at, miner, on), the latest KEEP_HISTORY
+        self.switches: deque[tuple[datetime, str, bool]] = deque(maxlen=KEEP_HISTORY)
         self.escalations: dict[str, set[str]] = {k.value: set() for k in SHEDS}
         self.lying_detected: set[str] = set()
         self._watched = [m for m, spec in specs.items() if spec.outlet is not None]
         self._freq_rules = frequency_rules
         self._freq = FrequencyState()
-        self.frequency_events: list[tuple[datetime, str, float | None]] = []
+        self.frequency_events: deque[tuple[datetime, str, float | None]] = deque(
+            maxlen=KEEP_HISTORY
+        )
+        self.frequency_trips = 0
         self.alarms: dict[tuple[str, str], tuple[datetime, str]] = {}  # standing heater floors
-        self.cold_cuts: list[tuple[datetime, str, str]] = []  # (at, miner, why)
+        self.cold_cuts: deque[tuple[datetime, str, str]] = deque(maxlen=KEEP_HISTORY)
+        self.cold_cut_count = 0  # every cold cut since start (the deque keeps the latest)
         self.alarm_counts: Counter[str] = Counter()  # alarms raised, by kind
         self.warm_wakes: set[str] = set()  # miners woken gently
         self.peak_wake_w = 0  # the steepest restart rate sent, W per second
@@ -240,8 +254,14 @@ class Supervisor:
         self.on_cycle: Callable[[], None] | None = None  # a healthy cycle ended (watchdog)
         self.draining = False  # stopping: no new commands
         self._withdrawn: set[str] = set()
+        self._resumed: dict[str, datetime] = {}  # commands resumed after a restart: sent at
+        # The journal could not be written (a full disk): nothing is commanded until it can
+        # be, and what is held stays in force. None while it is writable.
+        self.journal_error: str | None = None
+        self._site_saved: dict[str, Any] = {}
         if measurements is not None:
             measurements.on_meter = self.on_meter
+        self._unsettled = self._restore()
 
     async def run(self) -> None:
         try:
@@ -254,6 +274,7 @@ class Supervisor:
                 )
                 # A restart may come mid-curtailment: hold wakes as if we had just shed.
                 self._last_shed_at = self._clock.now()
+                await self._resume()
                 await self.cycle("startup")
                 self.ready.set()
                 while True:
@@ -297,22 +318,12 @@ class Supervisor:
         started = time.perf_counter()  # cost of the pass, for metrics; never for control
         try:
             now = self._clock.now()
-            self._absorb_signals()
-            self._inbox.prune(now)
-            self._follow_desk(now)
-            limit = self._limit(now)
-            if self._watched:
-                self._detect_lies(now)
-            views = self._views()
-            if not self.draining and self._must_plan(cause, limit):
-                await self._decide(cause, now, limit, views)
-            # After the decision: a fleet-wide sum is not on the path to the first command.
-            self.measured_w = self._measured(now, views)
-            self._learn(now, views)
-            self._track(now)
-            self._poller.set_fast(self.pending_deadlines())
-            if self._records and (self.in_flight == 0 or now - self._flushed_at >= FLUSH_INTERVAL):
-                self._flush(now)
+            views = self._readings.views()
+            try:
+                views = await self._control(cause, now)
+                self._journal_writable()
+            except JournalError as err:
+                self._journal_failed(err)
             self._report(now, views)
             self.cycles += 1
             self.last_cycle_at = now
@@ -322,6 +333,44 @@ class Supervisor:
                 self.on_cycle()
         finally:
             self._activity.end()
+
+    async def _control(self, cause: str, now: datetime) -> tuple[MinerView, ...]:
+        """The cycle's work up to its report. Every change is journaled before it takes
+        effect, so a JournalError leaves what is held as it was, to be tried again."""
+        self._absorb_signals()
+        self._inbox.prune(now)
+        self._follow_desk(now)
+        limit = self._limit(now)
+        if self._watched:
+            self._detect_lies(now)
+        self._forgive(now)
+        views = self._views()
+        if not self.draining and self._must_plan(cause, limit):
+            await self._decide(cause, now, limit, views)
+        # After the decision: a fleet-wide sum is not on the path to the first command.
+        self.measured_w = self._measured(now, views)
+        self._learn(now, views)
+        self._track(now)
+        self._poller.set_fast(self.pending_deadlines())
+        if self.in_flight == 0 or now - self._flushed_at >= FLUSH_INTERVAL:
+            self._flush(now)
+        return views
+
+    def _journal_failed(self, err: JournalError) -> None:
+        """Without its journal curtaild sends nothing (every command is write-ahead); the
+        book, the deadlines and the miners stay as they are, and each cycle tries again."""
+        if self.journal_error is None:
+            log.error(
+                "journal unwritable: commanding nothing until it can be written; "
+                "what is held stays in force",
+                error=str(err),
+            )
+        self.journal_error = str(err)
+
+    def _journal_writable(self) -> None:
+        if self.journal_error is not None:
+            log.warning("journal writable again; control resumes", was=self.journal_error)
+            self.journal_error = None
 
     async def drain(self, grace_s: float) -> bool:
         """Stop planning, let the commands in flight finish (restores still queued are
@@ -333,8 +382,10 @@ class Supervisor:
         while self.in_flight > 0 and self._clock.time() < deadline:
             self._inbox.wake.clear()
             await self._clock.wait(self._inbox.wake, min(0.25, deadline - self._clock.time()))
-        if self._records:
+        try:
             self._flush(self._clock.now())
+        except JournalError as err:
+            self._journal_failed(err)
         return self.in_flight == 0
 
     def _follow_desk(self, now: datetime) -> None:
@@ -499,10 +550,19 @@ class Supervisor:
             if view.lying is not None or view.pending is not None:
                 continue
             why = lie(view, now, self._rules.stale_after, grace)
-            if why is not None and self._readings.mark_lying(miner_id, why):
+            memory = self._measure.lie_memory_s
+            until = None if memory is None else now + timedelta(seconds=memory)
+            if why is not None and self._readings.mark_lying(miner_id, why, until):
                 self.lying_detected.add(miner_id)
                 self._journal.record_event(now, "lying", miner_id, why)
                 self._failed_since_plan = True  # the plan counted it as obeying: re-plan
+
+    def _forgive(self, now: datetime) -> None:
+        """A lie is remembered for `lie_memory_s`: then its outlet judges the unit afresh."""
+        for miner_id in self._readings.expire_lies(now):
+            self.lying_detected.discard(miner_id)
+            self._journal.record_event(now, "lying-expired", miner_id, "judged afresh")
+            log.info("lie forgotten; the outlet judges the miner afresh", miner=miner_id)
 
     def on_meter(self, sample: MeterSample | None) -> None:
         """Every meter poll: the frequency relay judges it at once, not at the next tick."""
@@ -525,14 +585,15 @@ class Supervisor:
         self.frequency_events.append((now, event.value, hz))
         limit = self._freq.limit_w
         detail = {"hz": hz, "limit_kw": None if limit is None else limit / 1000}
-        self._journal.record_event(now, "frequency", event.value, detail)
         (log.warning if event is frequency.Event.TRIP else log.info)(event.value, **detail)
+        ob = None
         if event is frequency.Event.TRIP and limit is not None:
+            self.frequency_trips += 1
             key = f"under-frequency@{now.isoformat()}"
             ob = Obligation(
                 key,
                 "under-frequency",
-                len(self.frequency_events),
+                self.frequency_trips,
                 "under-frequency",
                 limit,
                 now,
@@ -540,8 +601,13 @@ class Supervisor:
             )
             self._known_keys.add(key)
             self.obligations.append(ob)
-            self._journal.record_obligations([ob], self.measured_by)
-        self._inbox.wake.set()
+        self._inbox.wake.set()  # the relay's limit binds now, journaled or not
+        try:
+            self._journal.record_event(now, "frequency", event.value, detail)
+            if ob is not None:
+                self._journal.record_obligations([ob], self.measured_by)
+        except JournalError as err:
+            self._journal_failed(err)
 
     def _must_plan(self, cause: str, limit: Limit) -> bool:
         """Re-planning a large fleet is not free. While a fan-out is on the wire, plan again
@@ -602,6 +668,7 @@ class Supervisor:
             key = (alarm.kind, alarm.subject)
             if alarm.kind == "cold-cut":
                 self.cold_cuts.append((now, alarm.subject, alarm.detail))
+                self.cold_cut_count += 1
             elif key in self.alarms:
                 standing[key] = self.alarms[key]
                 continue
@@ -619,13 +686,17 @@ class Supervisor:
     # -- signals and deadlines -------------------------------------------------------------
 
     def _absorb_signals(self) -> None:
-        admitted, self._inbox.admitted = self._inbox.admitted, []
+        admitted = self._inbox.admitted
+        if not admitted:
+            return
+        obligations = self.obligations
+        known: set[str] = set()
         changed: list[Obligation] = []
         for item in admitted:
             admission = item.admission
             if admission.replaced is not None or admission.withdrawn is not None:
                 # The revision this one replaces (or cancels) no longer binds the farm.
-                self.obligations, gone = withdraw(self.obligations, item.signal.id)
+                obligations, gone = withdraw(obligations, item.signal.id)
                 changed.extend(gone)
             ob = obligation_for(
                 item.admission,
@@ -634,11 +705,15 @@ class Supervisor:
                 item.received_at,
                 last_heard=self._inbox.last_heard,
             )  # the grid's promise: judged against the grid's limits, not an operator's
-            if ob is not None and ob.key not in self._known_keys:
-                self._known_keys.add(ob.key)
-                self.obligations.append(ob)
+            if ob is not None and ob.key not in self._known_keys and ob.key not in known:
+                known.add(ob.key)
+                obligations = [*obligations, ob]
                 changed.append(ob)
+        # Journaled first: if that fails, the signals are absorbed again next cycle.
         self._journal.record_obligations(changed, self.measured_by)
+        self._inbox.admitted = []
+        self._known_keys |= known
+        self.obligations = obligations
 
     def _track(self, now: datetime) -> None:
         ends = grant_end_obligations(
@@ -648,10 +723,10 @@ class Supervisor:
             self._known_keys,
             last_heard=self._inbox.last_heard,
         )
-        for ob in ends:
-            self._known_keys.add(ob.key)
-        self.obligations.extend(ends)
-        self.obligations, changed = track(self.obligations, self.measured_w, now)
+        obligations, changed = track([*self.obligations, *ends], self.measured_w, now)
+        # Journaled before it is acknowledged or kept: a failed write changes nothing.
+        self._journal.record_obligations([*ends, *changed], self.measured_by)
+        self._known_keys.update(ob.key for ob in ends)
         for ob in changed:
             kind = ob.status.value
             measured_kw = (ob.measured_w or 0) / 1000
@@ -674,11 +749,10 @@ class Supervisor:
             self._publisher.ack(Ack(ob.signal_id, ob.revision, kind, now, detail))
             if self.observer is not None:
                 self.observer.deadline(ob.kind, kind)
-        self._journal.record_obligations([*ends, *changed], self.measured_by)
-        for ob in self.obligations:
+        for ob in obligations:
             if ob.status is not ObligationStatus.PENDING:
                 self.finished.append(ob)
-        self.obligations = [o for o in self.obligations if o.status is ObligationStatus.PENDING]
+        self.obligations = [o for o in obligations if o.status is ObligationStatus.PENDING]
 
     # -- commands --------------------------------------------------------------------------
 
@@ -717,7 +791,7 @@ class Supervisor:
         kind = action.kind
         if kind is ActionKind.SLEEP and action.miner_id in self._preheats:
             self._withdraw_preheat(action.miner_id)
-        self._readings.set_pending(action.miner_id, kind)
+        self._readings.set_pending(action.miner_id, kind, resumed=action.miner_id in self._resumed)
         if kind in SHEDS and action.miner_id in self._hold_sleeps:
             self._hold_sleeps.discard(action.miner_id)
         elif kind in SHEDS:
@@ -734,10 +808,12 @@ class Supervisor:
     async def _command(self, action: Action, seq: int | None) -> None:
         miner_id = action.miner_id
         started = self._clock.now()
+        # A resumed command's change dates from when the first run sent it.
+        since = self._resumed.pop(miner_id, started)
         outcome, detail, finished = "cancelled", None, None  # stays so only on shutdown
         try:
             async with self._slots:
-                reading = await self._run(action)
+                reading = await self._run(action, resumed=since != started)
         except asyncio.CancelledError:
             if miner_id not in self._withdrawn:
                 raise  # shutting down
@@ -762,11 +838,11 @@ class Supervisor:
                 reading,
                 finished,
                 command=True,
-                since=started,
+                since=since,
                 transition=kind is not ActionKind.LOWER,
             )
             if kind is ActionKind.LOWER:
-                self._readings.set_ladder(miner_id, lowered_at=started)
+                self._readings.set_ladder(miner_id, lowered_at=since)
             elif kind is ActionKind.RAISE:
                 self._readings.set_ladder(miner_id, lowered_at=None, warming_until=None)
             elif kind is ActionKind.WARM:
@@ -903,6 +979,7 @@ class Supervisor:
         on = action.kind is ActionKind.RESTORE
         pdu, outlet = self._outlets[miner_id]
         started = self._clock.now()
+        since = self._resumed.pop(miner_id, None)  # a resumed cut dates from the first run
         outcome, detail, finished = "cancelled", None, None
         try:
             try:
@@ -930,7 +1007,7 @@ class Supervisor:
             if on:
                 self._readings.set_ladder(miner_id, cut_at=None, restored_at=finished)
             else:
-                self._readings.set_ladder(miner_id, cut_at=finished, restored_at=None)
+                self._readings.set_ladder(miner_id, cut_at=since or finished, restored_at=None)
             self._readings.set_pending(miner_id, None)
             log.info(
                 "outlet switched",
@@ -943,7 +1020,7 @@ class Supervisor:
         finally:
             self._finish(seq, action, started, finished, outcome, detail)
 
-    async def _run(self, action: Action) -> MinerReading:
+    async def _run(self, action: Action, *, resumed: bool = False) -> MinerReading:
         driver = self._drivers[action.miner_id]
         spec = self._specs[action.miner_id]
         kind = action.kind
@@ -954,6 +1031,8 @@ class Supervisor:
             timeout += spec.traits.gentle_extra_s  # a pre-heat, a profile set first
         try:
             with within(timeout):
+                if kind is ActionKind.SLEEP and resumed:
+                    return await _resume_sleep(driver)
                 if kind is ActionKind.SLEEP:
                     return await driver.sleep()
                 if kind is ActionKind.WAKE:
@@ -986,9 +1065,134 @@ class Supervisor:
             self._recent_wakes.popleft()
 
     def _flush(self, now: datetime) -> None:
-        records, self._records = self._records, []
-        self._journal.record_commands(records)
+        """Command results and where they left the ladder, in one transaction; kept in
+        memory until it commits."""
+        site = self._site_changes(now)
+        ladder = self._readings.take_ladder_changes()
+        if not (self._records or ladder or site):
+            return
+        try:
+            self._journal.record_commands(self._records, ladder=ladder, site=site)
+        except JournalError:
+            self._readings.redo_ladder_changes(ladder)
+            raise
+        self._records = []
+        self._site_saved.update(site)
         self._flushed_at = now
+
+    def _site_changes(self, now: datetime) -> dict[str, Any]:
+        """What the loop learned about the site that a restart must not forget: the draw
+        the miners do not explain (to the nearest 100 W: it moves with the meter's noise)
+        and the frequency relay while it is tripped."""
+        state: dict[str, Any] = {
+            "offset": {
+                "w": round(self.offset_w, -2),
+                "at": (self._learned_at or now).isoformat(),
+            },
+            "frequency": frequency.to_json(self._freq),
+        }
+        changed = {}
+        for key, value in state.items():
+            saved = self._site_saved.get(key)
+            if key == "offset" and saved is not None and saved["w"] == value["w"]:
+                continue
+            if saved != value:
+                changed[key] = value
+        return changed
+
+    def _restore(self) -> list[tuple[int, datetime, str, ActionKind, str]]:
+        """Before the first read: where the ladder left every miner, what the loop had
+        learned, and which commands were on the wire when the daemon stopped (their
+        decisions are in the journal without a result). Returns those commands, each
+        miner's latest."""
+        now = self._clock.now()
+        timeouts = [self._settings.command_timeout_s, *self._settings.command_timeouts.values()]
+        ramps = [
+            max(t.ramp_down_s, t.ramp_up_s, t.retarget_s)
+            for t in {spec.traits for spec in self._specs.values()}
+        ]
+        window = timedelta(seconds=max(timeouts) + max(ramps, default=0.0))
+        self._readings.restore_ladder(self._journal.ladder_state(), now, window)
+        site = self._journal.site_state()
+        self._site_saved = dict(site)
+        offset = site.get("offset")
+        if offset is not None and now - datetime.fromisoformat(offset["at"]) < OFFSET_TRUSTED_FOR:
+            self.offset_w = int(offset["w"])
+            self._learned_at = datetime.fromisoformat(offset["at"])
+        if "frequency" in site:
+            self._freq = frequency.from_json(site["frequency"])
+        latest: dict[str, tuple[int, datetime, str, ActionKind, str]] = {}
+        for seq, at, miner, kind, reason in self._journal.unsettled(now - window):
+            if miner in self._specs:
+                latest[miner] = (seq, at, miner, ActionKind(kind), reason)
+        for _, at, miner, kind, _ in latest.values():
+            if kind in (ActionKind.SLEEP, ActionKind.CUT):
+                self._readings.hint(miner, Mode.SLEEPING, at)
+            elif kind in (ActionKind.WAKE, ActionKind.WARM, ActionKind.RESTORE):
+                self._readings.hint(miner, Mode.MINING, at)
+        if latest or self._journal_has_ladder():
+            log.info(
+                "ladder restored from journal",
+                on_the_wire=len(latest),
+                lowered=sum(v.lowered_at is not None for v in self._readings.views()),
+                cut=sum(v.cut_at is not None for v in self._readings.views()),
+                lying=sum(v.lying is not None for v in self._readings.views()),
+            )
+        return list(latest.values())
+
+    def _journal_has_ladder(self) -> bool:
+        return any(
+            v.lowered_at or v.cut_at or v.lying or v.no_lower for v in self._readings.views()
+        )
+
+    def _carry_on(self, view: MinerView, kind: ActionKind, now: datetime) -> bool:
+        """Whether a shed sent before the restart has yet to show."""
+        if kind is ActionKind.SLEEP:
+            reading = view.reading
+            asleep = reading is not None and reading.mode is Mode.SLEEPING
+            return not (asleep and view.fresh(now, self._rules.stale_after))
+        if kind is ActionKind.LOWER:
+            return view.lowered_at is None
+        if kind is ActionKind.CUT:
+            return view.cut_at is None
+        return False
+
+    def _rewarm(self, view: MinerView, at: datetime) -> None:
+        """A gentle wake sent before the restart that shows: it is warming, as if the first
+        run had seen it land, so it is raised after its warm-up."""
+        reading = view.reading
+        if (
+            reading is None
+            or reading.mode is not Mode.MINING
+            or view.lowered_at is not None
+            or view.spec.traits.gentle_fraction is None
+        ):
+            return
+        safety = self._rules.safety
+        warm_up = safety.rules(view.spec.container).warm_up if safety is not None else timedelta(0)
+        self._readings.set_ladder(view.spec.id, lowered_at=at, warming_until=at + warm_up)
+
+    async def _resume(self) -> None:
+        """After a restart, the commands that were on the wire: sheds are carried through
+        (a sleep is waited for, and sent again only if the miner reads awake; a lower
+        target and a cut are sent again: both are idempotent), counted as landed as the
+        first run counted them; steps back are left to the readings (their changes are
+        dated from the command). Nothing new is decided here."""
+        resumed: list[tuple[int, Action, datetime]] = []
+        now = self._clock.now()
+        for seq, at, miner, kind, reason in self._unsettled:
+            view = self._readings.view(miner)
+            if self._carry_on(view, kind, now):
+                resumed.append((seq, Action(miner, kind, reason), at))
+            elif kind is ActionKind.WARM:
+                self._rewarm(view, at)
+        self._unsettled = []
+        if not resumed:
+            return
+        log.info("resuming commands sent before the restart", commands=len(resumed))
+        for seq, action, at in resumed:
+            self._resumed[action.miner_id] = at
+            await self._dispatch((action,), seq, now)
 
     def _report(self, now: datetime, views: tuple[MinerView, ...]) -> None:
         due = (
@@ -1042,7 +1246,8 @@ class Supervisor:
                 {"kind": kind, "subject": subject, "since": _iso(at), "detail": detail}
                 for (kind, subject), (at, detail) in sorted(self.alarms.items())
             ],
-            "cold_cuts": len(self.cold_cuts),
+            "cold_cuts": self.cold_cut_count,
+            "journal": {"writable": self.journal_error is None, "error": self.journal_error},
             "lying": sorted(self.lying_detected),
             "expected_kw": round(self.plan.expected_w / 1000, 3) if self.plan else None,
             "miners": {"total": len(views), **counts},
@@ -1061,6 +1266,24 @@ class Supervisor:
                 for o in self.obligations
             ],
         }
+
+
+async def _resume_sleep(driver: MinerDriver) -> MinerReading:
+    """A sleep sent before a restart: a miner that reads asleep obeyed it; one that cannot
+    answer may be obeying it still (a stock Antminer restarts its mining process), so it is
+    read again until it answers (the caller's deadline bounds this); one that reads awake
+    never got it, and is sent it again."""
+    while True:
+        try:
+            reading = await driver.read()
+        except DriverError as err:
+            if not err.retryable:
+                raise
+            await asyncio.sleep(RESUME_POLL_S)  # real time, as every driver call's
+            continue
+        if reading.mode is Mode.SLEEPING:
+            return reading
+        return await driver.sleep()
 
 
 def _settled_at(views: tuple[MinerView, ...]) -> datetime | None:

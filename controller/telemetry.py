@@ -11,6 +11,7 @@ import asyncio
 from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from datetime import datetime, timedelta
+from typing import Any
 
 import structlog
 
@@ -59,6 +60,11 @@ class Readings:
         self._command_fault: dict[str, str] = {}
         self._aimed: dict[str, Mode] = {}  # the mode a failed command set out to reach
         self._failures: dict[str, int] = {}
+        self._lying_until: dict[str, datetime] = {}
+        # After a restart: the mode each miner was last commanded into and when, so the
+        # first reading that shows it dates the change from the command, as before.
+        self._hints: dict[str, tuple[Mode, datetime]] = {}
+        self._dirty: set[str] = set()  # ladder state changed since the last journal flush
         self.first_sweep = asyncio.Event()
 
     def views(self) -> tuple[MinerView, ...]:
@@ -86,6 +92,12 @@ class Readings:
         # A command's read-back marks a transition even when it is the first reading we have
         # (a new power target is not one: its own timing is judged from `lowered_at`).
         mode_since = (since or at) if changed or (command and transition) else view.mode_since
+        if self._hints:
+            hint = self._hints.pop(miner_id, None)
+            if hint is not None and hint[0] is reading.mode and not command:
+                mode_since = hint[1]
+        if command:
+            self._dirty.add(miner_id)
         self._read_fault.pop(miner_id, None)
         if command or self._aimed.get(miner_id) is reading.mode:
             # A command that failed (a timeout across a slow restart, say) may still have
@@ -110,6 +122,8 @@ class Readings:
             view.no_lower,
             view.restored_at,
             view.warming_until,
+            view.held_asleep,
+            view.resumed if not command else False,
         )
 
     def fail(
@@ -141,8 +155,10 @@ class Readings:
         self._views[miner_id] = self._health(view)
         return count
 
-    def set_pending(self, miner_id: str, kind: ActionKind | None) -> None:
-        self._views[miner_id] = replace(self._views[miner_id], pending=kind)
+    def set_pending(self, miner_id: str, kind: ActionKind | None, *, resumed: bool = False) -> None:
+        """A command is in flight (None: no longer). `resumed`: it resumes one sent before a
+        restart, and counts as landed even while the miner cannot be read."""
+        self._views[miner_id] = replace(self._views[miner_id], pending=kind, resumed=resumed)
 
     def set_retry_after(self, miner_id: str, at: datetime | None) -> None:
         self._views[miner_id] = replace(self._views[miner_id], retry_after=at)
@@ -156,8 +172,10 @@ class Readings:
         if view.pending is None:
             if not outlet.on and view.cut_at is None:
                 view = replace(view, cut_at=outlet.read_at)
+                self._dirty.add(miner_id)
             elif outlet.on and view.cut_at is not None:
                 view = replace(view, cut_at=None, restored_at=outlet.read_at)
+                self._dirty.add(miner_id)
         self._views[miner_id] = replace(view, outlet=outlet)
 
     def set_ladder(
@@ -183,10 +201,12 @@ class Readings:
         if not isinstance(cut_at, _Keep):
             view = replace(view, cut_at=cut_at)
         self._views[miner_id] = view
+        self._dirty.add(miner_id)
 
-    def mark_lying(self, miner_id: str, reason: str) -> bool:
-        """Measured power contradicts the firmware; True the first time. It stays marked:
-        the ladder goes straight to the outlet for a unit that has lied."""
+    def mark_lying(self, miner_id: str, reason: str, until: datetime | None = None) -> bool:
+        """Measured power contradicts the firmware; True the first time. It stays marked
+        until `until` (None: for good): the ladder goes straight to the outlet for a unit
+        that has lied."""
         view = self._views[miner_id]
         if view.lying is not None:
             return False
@@ -194,7 +214,84 @@ class Readings:
             "miner lies: measured power contradicts its firmware", miner=miner_id, reason=reason
         )
         self._views[miner_id] = replace(view, lying=reason)
+        if until is not None:
+            self._lying_until[miner_id] = until
+        self._dirty.add(miner_id)
         return True
+
+    def expire_lies(self, now: datetime) -> list[str]:
+        """Forget the lies marked long enough ago (a firmware fixed, a unit replaced): the
+        next lie is caught again by its outlet. Returns the miners forgiven."""
+        gone = [m for m, until in self._lying_until.items() if until <= now]
+        for miner_id in gone:
+            del self._lying_until[miner_id]
+            self._views[miner_id] = replace(self._views[miner_id], lying=None)
+            self._dirty.add(miner_id)
+        return gone
+
+    # -- what survives a restart -----------------------------------------------------------
+
+    def take_ladder_changes(self) -> dict[str, dict[str, Any] | None]:
+        """The ladder state of every miner changed since the last call, for the journal
+        (None: nothing left to remember about it)."""
+        dirty, self._dirty = self._dirty, set()
+        return {m: self._ladder_row(self._views[m]) for m in dirty}
+
+    def redo_ladder_changes(self, changes: Mapping[str, object]) -> None:
+        """A journal flush failed: these miners are still to be written."""
+        self._dirty.update(changes)
+
+    def restore_ladder(
+        self, rows: Mapping[str, Mapping[str, Any]], now: datetime, hint_within: timedelta
+    ) -> None:
+        """Where the ladder left each miner before a restart: lowered, cut, restored,
+        warming, no power target, lying (until its mark expires), and the mode it was last
+        commanded into, if that was recent enough to still be ramping."""
+        for miner_id, row in rows.items():
+            view = self._views.get(miner_id)
+            if view is None:
+                continue  # a miner no longer in the config
+            until = _when(row.get("lying_until"))
+            lying = row.get("lying")
+            if until is not None and until <= now:
+                lying = None
+            elif lying is not None and until is not None:
+                self._lying_until[miner_id] = until
+            self._views[miner_id] = replace(
+                view,
+                lowered_at=_when(row.get("lowered_at")),
+                cut_at=_when(row.get("cut_at")),
+                restored_at=_when(row.get("restored_at")),
+                warming_until=_when(row.get("warming_until")),
+                no_lower=bool(row.get("no_lower", False)),
+                lying=str(lying) if lying is not None else None,
+            )
+            since = _when(row.get("mode_since"))
+            if since is not None and now - since <= hint_within and row.get("mode"):
+                self.hint(miner_id, Mode(row["mode"]), since)
+
+    def hint(self, miner_id: str, mode: Mode, since: datetime) -> None:
+        """The miner was commanded into `mode` at `since` before a restart: if its first
+        reading shows that mode, the change dates from then (its ramp is timed from it)."""
+        self._hints[miner_id] = (mode, since)
+
+    def _ladder_row(self, view: MinerView) -> dict[str, Any] | None:
+        row: dict[str, Any] = {}
+        for name in ("lowered_at", "cut_at", "restored_at", "warming_until"):
+            value = getattr(view, name)
+            if value is not None:
+                row[name] = value.isoformat()
+        if view.no_lower:
+            row["no_lower"] = True
+        if view.lying is not None:
+            row["lying"] = view.lying
+            until = self._lying_until.get(view.spec.id)
+            if until is not None:
+                row["lying_until"] = until.isoformat()
+        if view.mode_since is not None and view.reading is not None:
+            row["mode"] = view.reading.mode.value
+            row["mode_since"] = view.mode_since.isoformat()
+        return row or None
 
     def _health(self, view: MinerView) -> MinerView:
         healthy, reason = self._judge(view)
@@ -215,6 +312,10 @@ class Readings:
         elif not healthy and reason != view.health_reason:
             log.debug("miner still unhealthy", miner=miner_id, reason=reason)
         return healthy, reason
+
+
+def _when(value: object) -> datetime | None:
+    return datetime.fromisoformat(value) if isinstance(value, str) else None
 
 
 class Poller:

@@ -105,3 +105,33 @@ def limit_at(state: FrequencyState, rules: FrequencyRules, now: datetime) -> int
         return state.limit_w
     risen = rules.restore_w_per_s * max(0.0, (now - state.recovered_at).total_seconds())
     return state.limit_w + round(risen)
+
+
+def to_json(state: FrequencyState) -> dict[str, object]:
+    """The relay's state as the journal keeps it across a restart (a trip stays in force)."""
+    out: dict[str, object] = {}
+    for name in ("below_since", "tripped_at", "above_since", "recovered_at"):
+        value = getattr(state, name)
+        if value is not None:
+            out[name] = value.isoformat()
+    if state.trip_hz is not None:
+        out["trip_hz"] = state.trip_hz
+    if state.limit_w is not None:
+        out["limit_w"] = state.limit_w
+    return out
+
+
+def from_json(data: dict[str, object]) -> FrequencyState:
+    def when(name: str) -> datetime | None:
+        value = data.get(name)
+        return datetime.fromisoformat(value) if isinstance(value, str) else None
+
+    hz, limit = data.get("trip_hz"), data.get("limit_w")
+    return FrequencyState(
+        below_since=when("below_since"),
+        tripped_at=when("tripped_at"),
+        trip_hz=float(hz) if isinstance(hz, (int, float)) else None,
+        limit_w=int(limit) if isinstance(limit, (int, float)) else None,
+        above_since=when("above_since"),
+        recovered_at=when("recovered_at"),
+    )

@@ -92,6 +92,10 @@ class MinerView:
     restored_at: datetime | None = None  # its outlet came back on: it boots for minutes
     warming_until: datetime | None = None  # woken gently: held at the low level till then
     held_asleep: bool = False  # an operator holds it asleep: no step ever walks it back
+    # Its pending command resumes one sent before a restart: counted as landed, as the run
+    # that sent it counted it, even while the miner cannot be read (a stock Antminer
+    # restarting its mining process answers nothing for tens of seconds).
+    resumed: bool = False
 
     def fresh(self, now: datetime, stale_after: timedelta) -> bool:
         return (
@@ -251,7 +255,7 @@ class Horizon:
         outlet = view.outlet
         if outlet is not None and outlet.read_at >= self.fresh_from and not outlet.on:
             return spec.rated_power_w if pending is ActionKind.RESTORE else 0
-        fresh = view.read_at is not None and view.read_at >= self.fresh_from
+        fresh = (view.read_at is not None and view.read_at >= self.fresh_from) or view.resumed
         if pending is ActionKind.SLEEP and fresh:
             return spec.traits.sleep_power_w
         if pending is ActionKind.WARM:
