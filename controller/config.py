@@ -504,6 +504,11 @@ class SimulationCfg(_Model):
     ambient_c: dict[str, Annotated[float, Field(ge=-60, le=60)]] = Field(default_factory=dict)
     start_mode: Mode = Mode.MINING
     faults: dict[str, Fault] = Field(default_factory=dict)  # miners and Modbus devices
+    # Per miner, what its simulated firmware lacks, as an older or newer build does: commands,
+    # HTTP paths or "command:key" reply fields (drivers/sim/missing.py).
+    missing: dict[str, list[Annotated[str, Field(min_length=1, max_length=200)]]] = Field(
+        default_factory=dict
+    )
     seed: int = 1
     meter: SimMeterCfg = SimMeterCfg()
     breaker: SimBreakerCfg = SimBreakerCfg()
@@ -683,6 +688,11 @@ def parse(text: str, *, origin: str = "<config>", resolve_secrets: bool = True) 
             f"simulation.faults.{name}: no such miner or Modbus device"
             for name in config.simulation.faults
             if name not in ids
+        )
+        problems.extend(
+            f"simulation.missing.{name}: no such miner"
+            for name in config.simulation.missing
+            if name not in {m.id for m in miners}
         )
     if problems:
         raise ConfigError(origin, problems)

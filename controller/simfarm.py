@@ -30,6 +30,7 @@ def farm_from_config(loaded: Loaded, time_fn: Callable[[], float]) -> SimFarm:
             sim.faults.get(m.id, Fault.NONE),
             web_port=m.web_port,
             password=m.password,
+            missing=frozenset(sim.missing.get(m.id, ())),
         )
         for m in loaded.miners
     ]

@@ -44,6 +44,7 @@ from drivers.sim.cgminer_server import (
 from drivers.sim.families import BuildContext, Built, Family, SimMinerSpec, recent
 from drivers.sim.faults import Fault, FaultState
 from drivers.sim.http_server import Handler, HttpSimServer
+from drivers.sim.missing import Missing, http_missing
 from drivers.sim.physics import MinerModel, MinerPhysics, Profile, antminer_class
 from drivers.types import Mode
 
@@ -722,8 +723,9 @@ class StockRpcServer(CgminerServer):
         *,
         rng: random.Random | None = None,
         observer: Callable[[str], None] | None = None,
+        missing: Missing | None = None,
     ) -> None:
-        super().__init__(host, port, device, fault, rng=rng, observer=observer)
+        super().__init__(host, port, device, fault, rng=rng, observer=observer, missing=missing)
         self.stock = device
 
     async def start(self) -> None:
@@ -796,7 +798,13 @@ def _build(spec: SimMinerSpec, ctx: BuildContext) -> Built:
         password=spec.password or DEFAULT_PASSWORD,
     )
     rpc = StockRpcServer(
-        spec.host, spec.port, device, ctx.fault, rng=ctx.rng, observer=ctx.observer
+        spec.host,
+        spec.port,
+        device,
+        ctx.fault,
+        rng=ctx.rng,
+        observer=ctx.observer,
+        missing=ctx.missing,
     )
     app = device.app()
     cgi = StockCgiServer(
@@ -808,8 +816,10 @@ def _build(spec: SimMinerSpec, ctx: BuildContext) -> Built:
         rng=ctx.rng,
         observer=ctx.observer,
     )
-    # Inside the server's fault middleware, so wire faults hit the 401s too.
+    # Inside the server's fault middleware, so wire faults hit the 401s too; a CGI the
+    # build lacks is a 404 behind the Digest auth, as any unknown path is (lighttpd).
     app.middlewares.append(device.guard)
+    app.middlewares.append(http_missing(ctx.missing))
     return Built(device, (rpc, cgi))
 
 

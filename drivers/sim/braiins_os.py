@@ -40,6 +40,7 @@ from drivers.sim.cgminer_server import CODE_INVALID_COMMAND, CgminerServer, Repl
 from drivers.sim.families import BuildContext, Built, Family, SimMinerSpec
 from drivers.sim.faults import Fault, FaultState
 from drivers.sim.http_server import HttpSimServer
+from drivers.sim.missing import Missing, http_missing
 from drivers.sim.physics import MinerModel, MinerPhysics, Profile
 from drivers.types import Mode
 
@@ -764,8 +765,13 @@ class RestServer(HttpSimServer):
         *,
         rng: random.Random,
         observer: Callable[[str], None] | None = None,
+        missing: Missing | None = None,
     ) -> None:
-        super().__init__(host, port, api.app(), fault, rng=rng, observer=observer)
+        app = api.app()
+        super().__init__(host, port, app, fault, rng=rng, observer=observer)
+        # An endpoint the build lacks is a 404 before any token check, as an unknown path
+        # is (the router answers before a handler could ask for the token).
+        app.middlewares.append(http_missing(missing or Missing()))
         self._api = api
 
     async def close(self) -> None:
@@ -1334,13 +1340,25 @@ def _build(spec: SimMinerSpec, ctx: BuildContext) -> Built:
         password=spec.password if spec.password is not None else DEFAULT_PASSWORD,
     )
     rest = RestServer(
-        spec.host, spec.port, RestApi(device), ctx.fault, rng=ctx.rng, observer=ctx.observer
+        spec.host,
+        spec.port,
+        RestApi(device),
+        ctx.fault,
+        rng=ctx.rng,
+        observer=ctx.observer,
+        missing=ctx.missing,
     )
     grpc = GrpcSimServer(
         spec.host, grpc_port, device, ctx.fault, rng=ctx.rng, observer=ctx.observer
     )
     bosminer = CgminerServer(
-        spec.host, CGMINER_PORT, BosminerApi(device), ctx.fault, rng=ctx.rng, observer=ctx.observer
+        spec.host,
+        CGMINER_PORT,
+        BosminerApi(device),
+        ctx.fault,
+        rng=ctx.rng,
+        observer=ctx.observer,
+        missing=ctx.missing,
     )
     return Built(device, (rest, grpc, bosminer))
 

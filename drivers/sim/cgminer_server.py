@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any, Protocol, cast
 
 from drivers.sim.faults import Fault, FaultState
+from drivers.sim.missing import Missing
 
 MAX_REQUEST_BYTES = 64 * 1024
 STALL_HOLD_S = 60.0  # a stalled device releases the socket eventually, like a kernel would
@@ -120,9 +121,11 @@ class CgminerServer(TcpListener):
         *,
         rng: random.Random | None = None,
         observer: Callable[[str], None] | None = None,
+        missing: Missing | None = None,
     ) -> None:
         super().__init__(host, port, fault, rng=rng, observer=observer)
         self.device = device
+        self.missing = missing or Missing()
 
     def _protocol(self) -> asyncio.Protocol:
         return _Connection(self)
@@ -131,15 +134,21 @@ class CgminerServer(TcpListener):
         """The device's reply, with cgminer's `a+b` joins expanded."""
         self.counted(command)
         if "+" not in command:
-            return self.device.handle(command, parameter)
-        parts = command.split("+")
-        if any(p not in self.device.joinable for p in parts):
+            return self._one(command, parameter, lacking=self.missing.lacks(command))
+        parts = list(dict.fromkeys(command.split("+")))  # duplicates skipped, as api.c does
+        known = [p for p in parts if p not in self.missing.names]
+        if any(p not in self.device.joinable for p in known):
             return self.device.error(CODE_ACCESS_DENIED, f"Access denied to '{command}' command")
-        joined: Reply = {}
-        for part in dict.fromkeys(parts):  # duplicates are skipped, as api.c does
-            joined[part] = [self.device.handle(part, parameter)]
+        lacking = {p for p in parts if self.missing.lacks(p)}
+        # A build without one of the commands answers that part alone (api.c MSG_INVCMD).
+        joined: Reply = {p: [self._one(p, parameter, lacking=p in lacking)] for p in parts}
         joined["id"] = 1
         return joined
+
+    def _one(self, command: str, parameter: str | None, *, lacking: bool) -> Reply:
+        if lacking:
+            return self.device.error(CODE_INVALID_COMMAND, "Invalid command")
+        return cast("Reply", self.missing.strip(command, self.device.handle(command, parameter)))
 
     def render(self, reply: Reply) -> list[tuple[float, bytes, bool]]:
         """What goes on the wire: (delay, bytes, close after) steps, per the fault."""

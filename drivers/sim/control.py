@@ -7,6 +7,7 @@ process (and another virtualenv) and must check what the simulated hardware real
   GET  /v1/miners                       every miner's true state
   GET  /v1/miners/{id}
   PUT  /v1/miners/{id}/fault            {"mode": "lie", "slow_s": 2.0}
+  PUT  /v1/miners/{id}/missing          {"missing": ["stats", "/cgi-bin/stats.cgi"]}
   PUT  /v1/containers/{name}/ambient    {"ambient_c": -35}
   POST /v1/reset                        {"mode": "mining"}
 """
@@ -36,6 +37,7 @@ class SimControl:
         app.router.add_get("/v1/miners", self._miners)
         app.router.add_get("/v1/miners/{miner}", self._miner)
         app.router.add_put("/v1/miners/{miner}/fault", self._fault)
+        app.router.add_put("/v1/miners/{miner}/missing", self._missing)
         app.router.add_put("/v1/containers/{container}/ambient", self._ambient)
         app.router.add_post("/v1/reset", self._reset)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -85,6 +87,15 @@ class SimControl:
         await self._farm.set_fault(miner.spec.id, mode, slow_s=slow_s)
         return web.json_response(self._state(miner))
 
+    async def _missing(self, request: web.Request) -> web.Response:
+        """What the miner's firmware lacks from now on (drivers.sim.missing names)."""
+        miner = self._find(request)
+        names = (await _body(request)).get("missing")
+        if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
+            raise web.HTTPBadRequest(text="give {'missing': [command, path or command:key, ...]}")
+        self._farm.set_missing(miner.spec.id, names)
+        return web.json_response(self._state(miner))
+
     async def _ambient(self, request: web.Request) -> web.Response:
         body = await _body(request)
         try:
@@ -131,6 +142,8 @@ class SimControl:
             "cold_failed": physics.cold_failed,
             "failed_cold_boots": physics.failed_cold_boots,
             "fault": miner.fault.mode.value,
+            "missing": sorted(miner.missing.names),
+            "missing_asked": dict(miner.missing.asked),  # requests for what it lacks
             "commands": list(miner.device.commands),
             "requests": sum(s.requests for s in miner.servers),
         }

@@ -10,10 +10,11 @@ from __future__ import annotations
 import random
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from drivers.sim.faults import Fault, FaultState
+from drivers.sim.missing import Missing
 from drivers.sim.physics import MinerModel, MinerPhysics
 from drivers.types import Mode
 
@@ -33,6 +34,7 @@ class SimMinerSpec:
     fault: Fault = Fault.NONE
     web_port: int | None = None
     password: str | None = None  # the credential the device accepts (None: its default)
+    missing: frozenset[str] = frozenset()  # what its firmware lacks (drivers.sim.missing)
 
 
 class SimDevice(Protocol):
@@ -69,6 +71,7 @@ class BuildContext:
     observer: Callable[[str], None]
     serial: str
     mac: str
+    missing: Missing = field(default_factory=Missing)  # shared by the device's servers
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,7 @@ from drivers.sim.families import (
     simulated_drivers,
 )
 from drivers.sim.faults import Fault, FaultState
+from drivers.sim.missing import Missing
 from drivers.sim.physics import MinerPhysics
 from drivers.types import Mode
 
@@ -33,6 +34,7 @@ class SimMiner:
     device: SimDevice
     servers: tuple[SimServer, ...]
     fault: FaultState
+    missing: Missing
 
     @property
     def server(self) -> SimServer:
@@ -191,6 +193,12 @@ class SimFarm:
         miner.spec = replace(miner.spec, fault=fault)
         miner.physics.deceive(fault is Fault.DECEIVE, self._time())
 
+    def set_missing(self, miner_id: str, names: Iterable[str]) -> None:
+        """Change what a miner's firmware lacks, live (an upgrade or a downgrade)."""
+        miner = self.miners[miner_id]
+        miner.missing.set(names)
+        miner.spec = replace(miner.spec, missing=miner.missing.names)
+
     def ambient_of(self, container: str) -> float:
         """A container's ambient temperature now (a sensor there reads this)."""
         return self.ambient_c.get(container, self.default_ambient_c)
@@ -227,6 +235,7 @@ class SimFarm:
         physics.on_start = lambda t, watts: self.starts.append((t, spec.id, watts))
         fault = FaultState(spec.fault, control_up=lambda: physics.control_up(self._time()))
         physics.deceive(spec.fault is Fault.DECEIVE, now)
+        missing = Missing(spec.missing)
         context = BuildContext(
             physics=physics,
             fault=fault,
@@ -235,9 +244,10 @@ class SimFarm:
             observer=self._observe,
             serial=digest[5:11].hex().upper(),
             mac=":".join(f"{b:02X}" for b in (0x02, *digest[:5])),
+            missing=missing,
         )
         built = family.build(spec, context)
-        return SimMiner(spec, physics, built.device, built.servers, fault)
+        return SimMiner(spec, physics, built.device, built.servers, fault, missing)
 
 
 class MinerOutlet:

@@ -526,7 +526,13 @@ def _build(spec: SimMinerSpec, ctx: BuildContext) -> Built:
         ctx.physics, ctx.fault, time_fn=ctx.time_fn, rng=ctx.rng, serial=ctx.serial, mac=ctx.mac
     )
     server = CgminerServer(
-        spec.host, spec.port, device, ctx.fault, rng=ctx.rng, observer=ctx.observer
+        spec.host,
+        spec.port,
+        device,
+        ctx.fault,
+        rng=ctx.rng,
+        observer=ctx.observer,
+        missing=ctx.missing,
     )
     return Built(device, (server,))
 

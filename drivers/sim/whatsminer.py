@@ -47,6 +47,7 @@ from passlib.hash import md5_crypt  # type: ignore[import-untyped]  # libpass sh
 from drivers.sim.cgminer_server import TcpListener, quirk
 from drivers.sim.families import BuildContext, Built, Family, SimMinerSpec, SimServer
 from drivers.sim.faults import Fault, FaultState
+from drivers.sim.missing import Missing
 from drivers.sim.physics import MinerModel, MinerPhysics, Profile
 from drivers.types import Mode
 
@@ -140,8 +141,10 @@ class WhatsminerDevice:
         host: str,
         firmware: str,
         password: str | None = None,
+        missing: Missing | None = None,
     ) -> None:
         self.physics = physics
+        self.missing = missing or Missing()  # what this build lacks (drivers.sim.missing)
         self.fault = fault
         self._now = time_fn
         self._rng = rng
@@ -210,9 +213,9 @@ class WhatsminerDevice:
             joined["id"] = 1
             return joined
         method = _V2_READS.get(name)
-        if method is None:
+        if method is None or self.missing.lacks(name):
             return self._fail(CODE_INVALID_COMMAND, "invalid cmd")
-        reply: Reply = getattr(self, method)()
+        reply: Reply = self.missing.strip(name, getattr(self, method)())
         return reply
 
     def _encrypted(self, request: Reply) -> V2Answer:
@@ -227,6 +230,8 @@ class WhatsminerDevice:
             return V2Answer(name, self.v2_error(CODE_TOKEN_CHECK, "check token err"))
         if name not in V2_WRITES:
             reply: Reply | None = self._v2_read(name)
+        elif self.missing.lacks(name):
+            reply = self._fail(CODE_INVALID_COMMAND, "invalid cmd")
         elif not self.write_enabled:
             return V2Answer(name, self.v2_error(CODE_PERMISSION, "can't access write cmd"))
         else:
@@ -527,9 +532,9 @@ class WhatsminerDevice:
         if cmd.startswith("set."):
             return self._v3_write(cmd, param, request)
         method = _V3_READS.get(cmd)
-        if method is None:
+        if method is None or self.missing.lacks(cmd):
             return self._v3(V3_INVALID, "invalid command", cmd)
-        reply: Reply = getattr(self, method)(cmd, param)
+        reply: Reply = self.missing.strip(cmd, getattr(self, method)(cmd, param))
         return reply
 
     def _r_device_info(self, cmd: str, param: object) -> Reply:
@@ -571,7 +576,7 @@ class WhatsminerDevice:
         if not self.write_enabled:
             return self._v3(V3_NO_PERMISSION, "no permission for write command", cmd)
         method = _V3_WRITES.get(cmd)
-        if method is None:
+        if method is None or self.missing.lacks(cmd):
             return self._v3(V3_INVALID, "invalid command", cmd)
         done: bool | Reply | None = getattr(self, method)(param, self._now())
         if done is None:
@@ -1206,6 +1211,7 @@ def _build(spec: SimMinerSpec, ctx: BuildContext) -> Built:
         host=spec.host,
         firmware=FIRMWARE_V3 if new_firmware else FIRMWARE_V2,
         password=spec.password,
+        missing=ctx.missing,
     )
     options: dict[str, Any] = {"rng": ctx.rng, "observer": ctx.observer}
     servers: list[SimServer] = [
