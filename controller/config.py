@@ -11,7 +11,7 @@ import ipaddress
 import math
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Literal, Self
@@ -32,6 +32,7 @@ from controller.core.frequency import FrequencyRules
 from controller.core.model import PlanRules
 from controller.core.safety import ColdRules, Safety
 from controller.core.signals import GridMode, GridPolicy, SourcePolicy, StalePolicy
+from controller.tls import TlsError, TlsFiles, is_loopback, server_context
 from drivers.modbus_map import MapError, RegisterMap, load_map
 from drivers.registry import MinerRegistry, UnknownDriverError, default_registry
 from drivers.sim.faults import Fault
@@ -156,15 +157,58 @@ class MqttCfg(_Model):
         return self.url.startswith("mqtts://")
 
 
+class TlsCfg(_Model):
+    """TLS for a listener. The files are re-read on SIGHUP; the rest needs a restart."""
+
+    cert: Path  # PEM: the server certificate first, then any intermediates
+    key: Path  # PEM private key
+    key_password: SecretRef | None = None  # for an encrypted key
+
+    def files(self) -> TlsFiles:
+        password = self.key_password.resolve if self.key_password is not None else None
+        return TlsFiles(self.cert, self.key, password)
+
+
+class GridTlsCfg(TlsCfg):
+    """The grid endpoint's TLS, which can also verify the grid side's client certificate."""
+
+    client_ca: Path | None = None  # PEM bundle of the CAs that sign the grid side's certs
+    require_client_cert: bool = False  # without one, the handshake fails (no HTTP answer)
+
+    @model_validator(mode="after")
+    def _ca(self) -> Self:
+        if self.require_client_cert and self.client_ca is None:
+            raise ValueError("require_client_cert needs client_ca, the CA bundle to verify with")
+        return self
+
+    def files(self) -> TlsFiles:
+        return replace(
+            super().files(), client_ca=self.client_ca, require_client_cert=self.require_client_cert
+        )
+
+
 class _Listener(_Model):
     """A section that listens on `listen` (host:port; port 0: any free port)."""
 
     listen: str
+    tls: TlsCfg | None = None
+    # Plain HTTP on an address other machines can reach: only when this says so.
+    allow_plaintext: bool = False
 
     @field_validator("listen")
     @classmethod
     def _listen(cls, value: str) -> str:
         return check_listen(value)
+
+    @model_validator(mode="after")
+    def _exposed(self) -> Self:
+        if self.tls is None and not self.allow_plaintext and not is_loopback(self.host):
+            raise ValueError(
+                f"{self.host} is not a loopback address, so requests to it cross the network "
+                "in plain text: add a tls: section (cert, key), or allow_plaintext: true to "
+                "serve plain HTTP there on purpose"
+            )
+        return self
 
     @property
     def host(self) -> str:
@@ -174,9 +218,15 @@ class _Listener(_Model):
     def port(self) -> int:
         return int(self.listen.rpartition(":")[2])
 
+    @property
+    def plaintext_exposed(self) -> bool:
+        """Plain HTTP that other machines can reach (allow_plaintext says so)."""
+        return self.tls is None and not is_loopback(self.host)
+
 
 class HttpCfg(_Listener):
     listen: str = "127.0.0.1:8480"
+    tls: GridTlsCfg | None = None
 
 
 Role = Literal["viewer", "operator", "admin"]
@@ -678,6 +728,8 @@ def parse(text: str, *, origin: str = "<config>", resolve_secrets: bool = True) 
     problems: list[str] = []
     miners = _expand(config, default_registry(), problems, resolve_secrets=resolve_secrets)
     keys, mqtt_password = _signal_secrets(config, problems, resolve=resolve_secrets)
+    if resolve_secrets:  # the key files are secrets too
+        problems.extend(_listener_tls(config))
     problems.extend(_cross_checks(config, miners))
     if config.signals.mqtt is None and config.signals.http is None:
         problems.append("signals: configure mqtt, http or both; otherwise no signal can arrive")
@@ -882,6 +934,25 @@ def _signal_secrets(
         except ValueError as err:
             problems.append(f"signals.mqtt.password: {err}")
     return keys, password
+
+
+def listeners(config: SiteConfig) -> dict[str, _Listener]:
+    """The configured listeners by their place in the config: signals.http, api."""
+    found: dict[str, _Listener | None] = {"signals.http": config.signals.http, "api": config.api}
+    return {name: listener for name, listener in found.items() if listener is not None}
+
+
+def _listener_tls(config: SiteConfig) -> list[str]:
+    """Every listener's certificate and key load and match; its client CA loads."""
+    problems: list[str] = []
+    for name, listener in listeners(config).items():
+        if listener.tls is None:
+            continue
+        try:
+            server_context(listener.tls.files())
+        except TlsError as err:
+            problems.extend(f"{name}.tls.{key}: {detail}" for key, detail in err.problems)
+    return problems
 
 
 def expand_hosts(spec: str) -> list[str]:

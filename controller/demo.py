@@ -123,6 +123,8 @@ def _demo_config(
     data["api"] = {
         "listen": listen,
         "tokens": [{"name": "demo-viewer", "role": "viewer", "sha256": digest}],
+        # --api on a non-loopback address asks for it on the network; the daemon warns.
+        "allow_plaintext": True,
     }
     loaded = parse(yaml.safe_dump(data), origin=str(path))
     return loaded, loaded.source_keys[source["id"]]
