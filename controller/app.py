@@ -18,7 +18,7 @@ from controller.adapters.mqtt_signals import MqttSignals
 from controller.adapters.operator_api import OperatorApi
 from controller.adapters.systemd import Notifier
 from controller.clock import Clock
-from controller.config import Loaded, ModbusDeviceCfg
+from controller.config import Loaded, ModbusDeviceCfg, listeners
 from controller.core.model import MinerSpec
 from controller.inbox import Inbox
 from controller.journal import Journal
@@ -32,6 +32,7 @@ from controller.supervisor import (
     Supervisor,
 )
 from controller.telemetry import Activity, Poller, Readings
+from controller.tls import ServerTls
 from drivers.meter.modbus_meter import ModbusMeter
 from drivers.meter.sensor import ModbusTemperature
 from drivers.pdu.modbus_pdu import ModbusPdu
@@ -165,8 +166,16 @@ class Daemon:
                 backoff_max_s=signals.mqtt.reconnect_max_s,
             )
             self.publisher.add(self.mqtt)
+        # Each TLS listener's certificate; reload_tls (SIGHUP) re-reads them.
+        self.tls = {
+            name: ServerTls(name, listener.tls.files())
+            for name, listener in listeners(config).items()
+            if listener.tls is not None
+        }
         self.http = (
-            GridHttp(self.inbox, signals.http.host, signals.http.port)
+            GridHttp(
+                self.inbox, signals.http.host, signals.http.port, tls=self.tls.get("signals.http")
+            )
             if signals.http is not None
             else None
         )
@@ -231,8 +240,18 @@ class Daemon:
             self.supervisor.observer = self.metrics
             points = round(config.api.history_s / HISTORY_INTERVAL.total_seconds())
             self.supervisor.history = deque(maxlen=points)
-            self.api = OperatorApi(self, self.desk, config.api)
+            self.api = OperatorApi(self, self.desk, config.api, tls=self.tls.get("api"))
         self._task: asyncio.Task[None] | None = None
+
+    def reload_tls(self) -> bool:
+        """SIGHUP: each TLS listener re-reads its certificate, key and client CA for new
+        connections. A listener whose files fail keeps its old ones and logs an error; the
+        daemon runs on either way. True if every listener loaded its new files."""
+        if not self.tls:
+            log.info("reload: no listener uses TLS; nothing to reload")
+            return True
+        loaded = [tls.reload() for tls in self.tls.values()]  # every one, even after a failure
+        return all(loaded)
 
     def device_ids(self) -> list[str]:
         """Every Modbus device: the meter, the PDUs, the temperature sensors."""

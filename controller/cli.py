@@ -130,7 +130,11 @@ def _run(args: argparse.Namespace) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):  # graceful: finish, flush, then exit
             loop.add_signal_handler(sig, stop.set)
         notifier = Notifier.from_env()
-        await Daemon(loaded, SystemClock(), tune_gc=True, notifier=notifier).serve(stop)
+        running = Daemon(loaded, SystemClock(), tune_gc=True, notifier=notifier)
+        # SIGHUP re-reads the listeners' TLS files. Without this handler its default
+        # action would stop the daemon.
+        loop.add_signal_handler(signal.SIGHUP, running.reload_tls)
+        await running.serve(stop)
 
     return run_loop(_returning_zero(daemon))
 

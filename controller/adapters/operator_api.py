@@ -41,6 +41,7 @@ from controller.operator import (
 )
 from controller.report import ReportError, render, signal_history
 from controller.supervisor import HISTORY_INTERVAL
+from controller.tls import ServerTls
 
 if TYPE_CHECKING:
     from controller.app import Daemon
@@ -161,10 +162,13 @@ def _kw(watts: int | None) -> float | None:
 class OperatorApi:
     """Serves the operator API for one daemon."""
 
-    def __init__(self, daemon: Daemon, desk: Desk, cfg: ApiCfg) -> None:
+    def __init__(
+        self, daemon: Daemon, desk: Desk, cfg: ApiCfg, *, tls: ServerTls | None = None
+    ) -> None:
         self._daemon = daemon
         self._desk = desk
         self._cfg = cfg
+        self._tls = tls
         self._tokens = {t.sha256: Principal(t.name, Role.named(t.role)) for t in cfg.tokens}
         self.port: int | None = None
         self.started = asyncio.Event()
@@ -199,12 +203,26 @@ class OperatorApi:
         runner = web.AppRunner(self.app(), access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
         await runner.setup()
         try:
-            site = web.TCPSite(runner, self._cfg.host, self._cfg.port)
+            context = self._tls.context if self._tls is not None else None
+            site = web.TCPSite(runner, self._cfg.host, self._cfg.port, ssl_context=context)
             await site.start()
             server = site._server  # noqa: SLF001 - aiohttp exposes no public bound address
             sockets = getattr(server, "sockets", None) or []
             self.port = sockets[0].getsockname()[1] if sockets else self._cfg.port
-            log.info("operator API listening", host=self._cfg.host, port=self.port)
+            log.info(
+                "operator API listening",
+                host=self._cfg.host,
+                port=self.port,
+                tls=context is not None,
+            )
+            if context is None and self._cfg.plaintext_exposed:
+                log.warning(
+                    "plain HTTP on a non-loopback address (allow_plaintext: true): tokens "
+                    "and site data cross the network unencrypted",
+                    listener="api",
+                    host=self._cfg.host,
+                    port=self.port,
+                )
             self.started.set()
             await asyncio.Event().wait()
         finally:
