@@ -32,6 +32,7 @@ from drivers.errors import (
     UnsupportedError,
     VerificationError,
 )
+from drivers.lacking import Lacking
 from drivers.registry import MinerDriverEntry, MinerEndpoint
 from drivers.transport import cgminer_tcp, http
 from drivers.types import Capability, DriverTraits, FanPause, MinerReading, Mode
@@ -43,6 +44,17 @@ DEFAULT_WEB_PORT = 80
 CODE_INVALID_COMMAND = 14  # a join the firmware does not support
 CODE_ACCESS_DENIED = 45  # the stock api-groups refuse the command
 READ_PARTS = ("summary", "stats")
+# A reading needs the hashrate: the mode where a build reports none, and the power estimate.
+# Both 4028 reads carry it (stats per board, with the work mode and temperatures), so a
+# build without one is read from the other; only a build without both is unreadable.
+OPTIONAL_READS = {
+    "summary": "the hashrate comes from stats",
+    "stats": "readings carry no board temperatures (they count as cold); the work mode "
+    "comes from stats.cgi, else from hashing",
+}
+# Sleep and wake read the whole config and write it back: a build without either CGI
+# cannot be put to sleep over its API (its PDU outlet still can).
+WRITE_CGIS = ("/cgi-bin/get_miner_conf.cgi", "/cgi-bin/set_miner_conf.cgi")
 
 MODE_NORMAL = 0
 MODE_SLEEP = 1
@@ -136,7 +148,7 @@ class AntminerStockMiner:
         self._auth = aiohttp.DigestAuthMiddleware(self._user, endpoint.password or DEFAULT_PASSWORD)
         self._base = http.origin(endpoint.host, endpoint.web_port or DEFAULT_WEB_PORT)
         self._joined = True  # bmminer-mix joins "a+b"; some builds answer E 14 instead
-        self._stats_cgi = True  # older builds have no stats.cgi (404): RPC only then
+        self.lacking = Lacking(endpoint.miner_id)  # commands, CGIs and fields it lacks
         self._wake_mode = MODE_NORMAL  # the mode sleep interrupted (a HEM or low unit stays so)
         self._warming = False  # runs low-power because a gentle wake chose it, not a person
         self.firmware: str | None = None
@@ -150,6 +162,8 @@ class AntminerStockMiner:
     def capabilities(self) -> frozenset[Capability]:
         # No power target: stock firmware has only work modes, and the low-power mode's
         # draw is neither documented nor reported, so a watt target could not be verified.
+        if any(cgi in self.lacking for cgi in WRITE_CGIS):
+            return frozenset()
         return frozenset({Capability.SLEEP})
 
     async def probe(self) -> None:
@@ -168,7 +182,12 @@ class AntminerStockMiner:
                 )
             self.model = model
             self.firmware = str(version.get("CompileTime", version.get("Miner", "")))
-            info = await self._web("GET", "get_system_info", "probe")
+            try:
+                info = await self._web("GET", "get_system_info", "probe")
+            except UnsupportedError:
+                # The 404 came from behind the Digest auth: the credentials are good.
+                self.lacking.learn("/cgi-bin/get_system_info.cgi", "the probe skips it")
+                return
             if not isinstance(info, dict) or "minertype" not in info:
                 raise ProtocolError(self.miner_id, "probe", "get_system_info has no minertype")
 
@@ -222,7 +241,7 @@ class AntminerStockMiner:
         Not `exact`: any awake mode satisfies a wake target. `warm_ok`: a unit already
         awake in any mode is left as it is."""
         before = await self._observe(op)
-        conf = await self._web("GET", "get_miner_conf", op)
+        conf = await self._write_cgi("GET", "get_miner_conf", op)
         if _reached(before, target, exact=exact) and _stored_agrees(conf, target, exact=exact):
             # Already there (not exact: a low-power or HEM unit counts as awake): a save
             # would restart bmminer for nothing.
@@ -237,7 +256,7 @@ class AntminerStockMiner:
         unacked: DeviceTimeoutError | None = None
         try:
             # The reply waits out the restart (20-30 s): not a place at the admission gate.
-            ack = await self._web(
+            ack = await self._write_cgi(
                 "POST",
                 "set_miner_conf",
                 op,
@@ -296,45 +315,91 @@ class AntminerStockMiner:
     # -- reads -----------------------------------------------------------------------------
 
     async def _observe(self, op: str) -> Observation:
-        web_mode = await self._runtime_mode(op) if self._stats_cgi else None
+        web_mode = await self._runtime_mode(op)
         reading, rpc_mode = await self._read_rpc(op, web_mode)
         return Observation(reading, rpc_mode, web_mode)
 
     async def _read_rpc(
         self, op: str, web_mode: int | None = None
     ) -> tuple[MinerReading, int | None]:
-        if self._joined:
+        parts = self.lacking.filter(READ_PARTS)
+        if self._joined and len(parts) > 1:
             try:
-                reply = await self._rpc("+".join(READ_PARTS), op)
+                answers = await cgminer_tcp.request_parts(
+                    self._ep.host,
+                    self._ep.port,
+                    parts,
+                    timeout_s=self._ep.timeout_s,
+                    device=self.miner_id,
+                )
             except RejectedError as err:
                 if err.code not in (CODE_INVALID_COMMAND, CODE_ACCESS_DENIED):
                     raise
                 self._joined = False  # this build does not join: one command at a time
             else:
-                parts = {p: _joined_part(reply, p, self.miner_id, op) for p in READ_PARTS}
-                return self._parse(parts, web_mode, op)
-        parts = {p: await self._rpc(p, op) for p in READ_PARTS}
-        return self._parse(parts, web_mode, op)
+                replies = {}
+                for part, answer in answers.items():
+                    if not isinstance(answer, RejectedError):
+                        replies[part] = answer
+                    elif answer.code == CODE_ACCESS_DENIED:
+                        self._joined = False  # asked alone, a denied read is an AuthError
+                        return await self._read_rpc(op, web_mode)
+                    else:
+                        self._lacks(part, answer, op)
+                return self._parse(replies, web_mode, op)
+        replies = {}
+        for part in parts:
+            try:
+                replies[part] = await self._rpc(part, op)
+            except RejectedError as err:
+                self._lacks(part, err, op)
+        return self._parse(replies, web_mode, op)
+
+    def _lacks(self, part: str, err: RejectedError, op: str) -> None:
+        """A 4028 read refused: learnt if the build lacks it and has the other, else raised."""
+        if err.code != CODE_INVALID_COMMAND:
+            raise err
+        self.lacking.learn(part, OPTIONAL_READS[part])
+        if all(p in self.lacking for p in READ_PARTS):
+            raise self.lacking.essential("summary and stats", op, "every reading") from None
 
     def _parse(
         self, parts: dict[str, cgminer_tcp.Reply], web_mode: int | None, op: str
     ) -> tuple[MinerReading, int | None]:
-        return parse_reading(
-            parts["stats"],
-            parts["summary"],
+        stats = parts.get("stats")
+        reading, rpc_mode = parse_reading(
+            stats,
+            parts.get("summary"),
             device=self.miner_id,
             op=op,
             model=self.model,
             web_mode=web_mode,
         )
+        if rpc_mode is None and stats is not None and _board_lacks_mode(stats):
+            self.lacking.learn("stats:Mode", "the work mode comes from stats.cgi, else hashing")
+        return reading, rpc_mode
 
     async def _runtime_mode(self, op: str) -> int | None:
         """stats.cgi's `miner-mode`: None while bmminer restarts or where the build lacks it."""
-        body = await self._web("GET", "stats", op, missing_ok=True)
-        if body is None:
-            self._stats_cgi = False
+        path = "/cgi-bin/stats.cgi"
+        if path in self.lacking:
+            return None
+        try:
+            body = await self._web("GET", "stats", op)
+        except UnsupportedError:
+            self.lacking.learn(path, "the work mode comes from 4028 stats alone")
             return None
         return runtime_mode_from_stats_cgi(body, device=self.miner_id, op=op)
+
+    async def _write_cgi(self, method: str, cgi: str, op: str, **options: Any) -> Any:  # noqa: ANN401 - JSON
+        """A CGI sleep and wake need; one the build lacks is learnt, and they are off."""
+        path = f"/cgi-bin/{cgi}.cgi"
+        try:
+            if path not in self.lacking:
+                return await self._web(method, cgi, op, **options)
+        except UnsupportedError:
+            self.lacking.learn(path, "no sleep or wake over the API (its outlet still can)")
+        raise self.lacking.essential(path, op, "every sleep and wake")
 
     async def _rpc(self, command: str, op: str) -> cgminer_tcp.Reply:
         try:
@@ -365,7 +430,6 @@ class AntminerStockMiner:
         *,
         json_body: object = None,
         timeout_s: float | None = None,
-        missing_ok: bool = False,
         admit: bool = True,
     ) -> Any:  # noqa: ANN401 - JSON is any shape; callers check it
         response = await http.request(
@@ -380,8 +444,8 @@ class AntminerStockMiner:
         )
         if response.status == HTTPStatus.UNAUTHORIZED:
             raise self._refused(response, op)
-        if response.status == HTTPStatus.NOT_FOUND and missing_ok:
-            return None
+        if response.status == HTTPStatus.NOT_FOUND:
+            raise UnsupportedError(self.miner_id, op, f"{cgi}.cgi answered HTTP 404")
         if response.status != HTTPStatus.OK:
             raise RejectedError(
                 self.miner_id,
@@ -446,7 +510,7 @@ def write_body(conf: object, mode: int, *, device: str, op: str) -> dict[str, An
 
 
 def parse_reading(
-    stats: cgminer_tcp.Reply,
+    stats: cgminer_tcp.Reply | None,
     summary: cgminer_tcp.Reply | None,
     *,
     device: str,
@@ -454,9 +518,10 @@ def parse_reading(
     model: str | None = None,
     web_mode: int | None = None,
 ) -> tuple[MinerReading, int | None]:
-    """A reading from RPC `stats` (and `summary`), with the RPC work mode; see NOMINAL_J_TH."""
+    """A reading from RPC `stats` and `summary` (either may be None: the build lacks it),
+    with the RPC work mode; see NOMINAL_J_TH."""
     try:
-        items = cgminer_tcp.section(stats, "STATS", device=device, op=op)
+        items = cgminer_tcp.section(stats, "STATS", device=device, op=op) if stats else []
         header = items[0] if items else {}
         board = items[1] if len(items) > 1 else {}
         if summary is not None:
@@ -628,12 +693,11 @@ def _loads(body: bytes, *, device: str, op: str) -> Any:  # noqa: ANN401 - JSON 
             ) from None
 
 
-def _joined_part(reply: cgminer_tcp.Reply, part: str, device: str, op: str) -> cgminer_tcp.Reply:
-    value = reply.get(part)
-    if not isinstance(value, list) or not value or not isinstance(value[0], dict):
-        raise ProtocolError(device, op, f"joined reply has no {part!r} part")
-    result: cgminer_tcp.Reply = value[0]
-    return result
+def _board_lacks_mode(stats: cgminer_tcp.Reply) -> bool:
+    """A `stats` reply whose board section has no work mode (older builds)."""
+    items = stats.get("STATS")
+    board = items[1] if isinstance(items, list) and len(items) > 1 else None
+    return isinstance(board, dict) and "Mode" not in board
 
 
 ENTRY = MinerDriverEntry(

@@ -16,7 +16,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from drivers import readback
@@ -27,6 +27,7 @@ from drivers.errors import (
     UnsupportedError,
     VerificationError,
 )
+from drivers.lacking import Lacking
 from drivers.registry import MinerDriverEntry, MinerEndpoint
 from drivers.transport import http
 from drivers.transport.cgminer_tcp import repair
@@ -57,6 +58,16 @@ READ_PATHS = {
     "mode": "/performance/mode",
 }
 READ_PARTS = tuple(READ_PATHS)
+# A reading needs the status (mode) and the stats (power); firmware without the others
+# (older or newer REST) is read without them, each learnt once (drivers.lacking).
+OPTIONAL_READS = {
+    "hashboards": "readings carry no board temperatures (they count as cold)",
+    "mode": "readings carry no power target; a new one is proven by its acknowledgement "
+    "and the configuration",
+}
+POWER_TARGET_PATH = "/performance/power-target"
+CONFIGURATION_PATH = "/configuration/miner"
+QUICK_RAMPING_PATH = "/performance/quick-ramping"
 # A read-back reads what the write claimed; slow-moving fields come from the last read.
 VERIFY_PARTS = ("details", "stats")
 VERIFY_TARGET_PARTS = ("details", "stats", "mode")
@@ -65,7 +76,6 @@ VERIFY_TARGET_PARTS = ("details", "stats", "mode")
 # "used in curtailments"). The firmware default is not published, so the driver checks the
 # miner's setting on its first read and applies these if it differs.
 QUICK_RAMP_UP_S = 5
-NO_SUCH_ENDPOINT = frozenset({404, 405, 501})  # older REST: the setting does not exist
 QUICK_RAMP_DOWN_S = 2
 # Paused: hashboards off, control board and PSU standby, fans at their pause speed.
 # Ramps add a second to the quick ramping for the command itself and the PSU's wind-down.
@@ -128,6 +138,7 @@ class BraiinsOsMiner:
         self._token_fresh_until = 0.0  # time.monotonic()
         self._token_reuse_s = 0.0
         self._last: MinerReading | None = None  # fills fields a partial read-back omits
+        self.lacking = Lacking(endpoint.miner_id)  # endpoints this firmware does not serve
         # What the miner ramps with, once checked; None when its firmware has no setting.
         self.quick_ramping: QuickRamping | None = None
         self._ramping_checked = False
@@ -143,6 +154,8 @@ class BraiinsOsMiner:
 
     @property
     def capabilities(self) -> frozenset[Capability]:
+        if API + POWER_TARGET_PATH in self.lacking:
+            return frozenset({Capability.SLEEP})
         return frozenset({Capability.SLEEP, Capability.POWER_TARGET})
 
     async def probe(self) -> None:
@@ -177,18 +190,25 @@ class BraiinsOsMiner:
     async def wake(self, *, gentle: bool = False) -> MinerReading:
         """Resume. Gentle: first the lowest power target, proven before the resume (paused,
         the tuner keeps it for the start), so cold boards start at the lowest draw; the
-        supervisor steps the miner up with set_power_target after the warm-up."""
+        supervisor steps the miner up with set_power_target after the warm-up. Firmware
+        without a power target resumes plainly: a miner that never wakes is worse."""
         async with self._lock:
-            if not gentle:
+            watts = await self._gentle_target_w() if gentle else None
+            if watts is not None:
+                try:
+                    await self._set_power_target(watts)
+                except UnsupportedError:
+                    if Capability.POWER_TARGET in self.capabilities:
+                        raise
+                    watts = None  # the firmware has no power target: a plain resume
+            if watts is None:
                 await self._action("resume")
                 return await self._verify("resume", lambda r: r.mode is Mode.MINING, VERIFY_PARTS)
-            watts = await self._gentle_target_w()
-            await self._set_power_target(watts)
             await self._action("resume")
             profile = target_profile(watts)
             return await self._verify(
                 "resume",
-                lambda r: r.mode is Mode.MINING and r.profile == profile,
+                lambda r: r.mode is Mode.MINING and (r.profile == profile or self._no_mode()),
                 VERIFY_TARGET_PARTS,
             )
 
@@ -214,13 +234,14 @@ class BraiinsOsMiner:
         """Make the miner ramp as TRAITS assume (the planner times deadlines by them)."""
         want = QuickRamping(QUICK_RAMP_UP_S, QUICK_RAMP_DOWN_S)
         try:
-            got = _quick_ramping(await self._configuration(), self.miner_id)
+            got: QuickRamping | None = _quick_ramping(await self._configuration(), self.miner_id)
             if got != want:
                 got = await self._set_quick_ramping(want)
-        except RejectedError as err:
-            if err.code not in NO_SUCH_ENDPOINT:
-                raise
-            got = None  # firmware before 25.07 has no quick ramping: it ramps as it will
+        except UnsupportedError as err:
+            # Firmware before 25.07 has no quick ramping: it ramps as it will.
+            path = QUICK_RAMPING_PATH if err.op == "quick-ramping" else CONFIGURATION_PATH
+            self.lacking.learn(API + path, "quick ramping is left as the firmware has it")
+            got = None
         self.quick_ramping, self._ramping_checked = got, True
 
     async def _set_quick_ramping(self, want: QuickRamping) -> QuickRamping:
@@ -229,7 +250,7 @@ class BraiinsOsMiner:
             raise RejectedError(self.miner_id, "quick-ramping", f"negative ramp time in {want}")
         await self._call(
             "PUT",
-            "/performance/quick-ramping",
+            QUICK_RAMPING_PATH,
             "quick-ramping",
             {"up_s": up_s, "down_s": down_s},
         )
@@ -281,15 +302,42 @@ class BraiinsOsMiner:
     # -- internals -------------------------------------------------------------------------
 
     async def _read(self, parts: tuple[str, ...]) -> MinerReading:
-        replies = {part: await self._call("GET", READ_PATHS[part], part) for part in parts}
-        reading = parse_reading(replies, self.miner_id, self._last)
+        replies: dict[str, Any] = {}
+        for part in parts:
+            path = API + READ_PATHS[part]
+            if path in self.lacking:
+                continue
+            try:
+                replies[part] = await self._call("GET", READ_PATHS[part], part)
+            except UnsupportedError:
+                if part not in OPTIONAL_READS:
+                    raise self.lacking.essential(path, "read", "every reading") from None
+                self.lacking.learn(path, OPTIONAL_READS[part])
+        last = self._last
+        if last is not None and self.lacking:
+            # What the firmware lacks is unknown, not what an older read said.
+            hashboards, mode = (API + READ_PATHS[p] in self.lacking for p in ("hashboards", "mode"))
+            last = replace(
+                last,
+                board_temps_c=() if hashboards else last.board_temps_c,
+                profile=None if mode else last.profile,
+            )
+        reading = parse_reading(replies, self.miner_id, last)
         self._last = reading
         return reading
 
+    def _no_mode(self) -> bool:
+        return API + READ_PATHS["mode"] in self.lacking
+
     async def _set_power_target(self, watts: int) -> MinerReading:
-        reply = await self._call(
-            "PUT", "/performance/power-target", "power-target", {"watt": watts}
-        )
+        path = API + POWER_TARGET_PATH
+        if path in self.lacking:
+            raise self.lacking.essential(path, "power-target", "a power target")
+        try:
+            reply = await self._call("PUT", POWER_TARGET_PATH, "power-target", {"watt": watts})
+        except UnsupportedError:
+            self.lacking.learn(path, "no power target: no lowering; gentle wakes resume plainly")
+            raise self.lacking.essential(path, "power-target", "a power target") from None
         acked = reply.get("watt") if isinstance(reply, dict) else None
         if acked != watts:
             raise ProtocolError(
@@ -297,26 +345,64 @@ class BraiinsOsMiner:
                 "power-target",
                 f"acknowledged power target {acked!r}, asked for {watts} W",
             )
-        return await self._verify(
-            "power-target", lambda r: r.profile == target_profile(watts), VERIFY_TARGET_PARTS
+        profile = target_profile(watts)
+        reading = await self._verify(
+            "power-target", lambda r: r.profile == profile or self._no_mode(), VERIFY_TARGET_PARTS
         )
+        if self._no_mode():
+            await self._target_kept(watts, reading)
+        return reading
 
-    async def _gentle_target_w(self) -> int:
+    async def _target_kept(self, watts: int, reading: MinerReading) -> None:
+        """Without performance/mode no reading carries the target. The configuration shows
+        the one the miner kept (a lying miner echoes the PUT and keeps the old one); on
+        firmware without the configuration either, the echo and a miner that still answers
+        its details and stats are all the proof there is."""
+        path = API + CONFIGURATION_PATH
+        if path in self.lacking:
+            return
+        try:
+            config = await self._configuration()
+        except UnsupportedError:
+            self.lacking.learn(path, "a power target is proven by its acknowledgement alone")
+            return
+        kept = _power_watt(config, "tuner", "power_target", device=self.miner_id)
+        if kept != watts:
+            raise VerificationError(
+                self.miner_id,
+                "power-target",
+                f"acknowledged power target {watts} W but the configuration keeps "
+                f"{'none' if kept is None else f'{kept} W'}",
+                reading,
+            )
+
+    async def _gentle_target_w(self) -> int | None:
         """The power target a gentle wake starts at: GENTLE_DEFAULT_FRACTION of the default
         target (of the configured one on firmware without constraints), which is what the
         planner counts and the heat a cold container's floor is counted on; never below
         the firmware's own minimum (GET configuration/constraints), which is the start
-        where no default is known."""
+        where no default is known. None where the firmware has no power target: the wake
+        is a plain resume then, to the miner's own target (its boards may start cold, but
+        a miner that never wakes is worse)."""
+        if Capability.POWER_TARGET not in self.capabilities:
+            return None
         if self._target_limits is None:
             try:
                 reply = await self._call("GET", "/configuration/constraints", "constraints")
             except UnsupportedError:
                 reply = None  # older REST: no constraints endpoint
+                self.lacking.learn(
+                    f"{API}/configuration/constraints", "gentle wakes start from the configuration"
+                )
             self._target_limits = _target_limits(reply, self.miner_id)
         low, default = self._target_limits
-        if default is None:
-            config = await self._configuration()
-            default = _power_watt(config, "tuner", "power_target", device=self.miner_id)
+        if default is None and API + CONFIGURATION_PATH not in self.lacking:
+            try:
+                config = await self._configuration()
+            except UnsupportedError:
+                self.lacking.learn(API + CONFIGURATION_PATH, "gentle wakes need the minimum")
+            else:
+                default = _power_watt(config, "tuner", "power_target", device=self.miner_id)
         if default is not None:
             gentle = round(default * GENTLE_DEFAULT_FRACTION)
             return gentle if low is None else max(gentle, low)
@@ -333,7 +419,7 @@ class BraiinsOsMiner:
             raise ProtocolError(self.miner_id, action, f"expected true or false, got {reply!r}")
 
     async def _configuration(self) -> dict[str, Any]:
-        reply = await self._call("GET", "/configuration/miner", "configuration")
+        reply = await self._call("GET", CONFIGURATION_PATH, "configuration")
         if not isinstance(reply, dict):
             raise ProtocolError(self.miner_id, "configuration", "reply is not an object")
         return reply

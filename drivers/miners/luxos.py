@@ -22,6 +22,7 @@ from drivers.errors import (
     UnsupportedError,
     VerificationError,
 )
+from drivers.lacking import Lacking
 from drivers.registry import MinerDriverEntry, MinerEndpoint
 from drivers.transport import cgminer_tcp
 from drivers.types import Capability, DriverTraits, FanPause, MinerReading, Mode
@@ -32,6 +33,13 @@ CODE_SESSION_ACTIVE = 402  # "Another session is active"
 INVALID_SESSION = "invalid session"
 
 READ_PARTS = ("power", "summary", "stats", "events", "config")
+# A reading needs `power` (watts) and `events` (asleep or not); a build without the others
+# is read without them, each learnt once (drivers.lacking).
+OPTIONAL_READS = {
+    "summary": "readings carry no hashrate",
+    "stats": "readings carry no board temperatures (they count as cold)",
+    "config": "readings carry no profile; a profile set is proven by its acknowledgement",
+}
 # A read-back checks what the write claimed; slow-moving fields come from the last read.
 VERIFY_PARTS = ("events", "power")
 VERIFY_PROFILE_PARTS = ("events", "power", "config")
@@ -66,6 +74,7 @@ class LuxosMiner:
         self._joined = True  # firmware accepts "a+b" joins until it says otherwise
         self._leaked_sid: str | None = None  # our own session whose logoff failed
         self._last: MinerReading | None = None  # fills fields a partial read-back omits
+        self.lacking = Lacking(endpoint.miner_id)  # commands this build does not know
         self.firmware: str | None = None
         self.model: str | None = None
 
@@ -75,6 +84,10 @@ class LuxosMiner:
 
     @property
     def capabilities(self) -> frozenset[Capability]:
+        if "profileset" in self.lacking:
+            return frozenset({Capability.SLEEP})
+        if "profiles" in self.lacking:  # a profile by name, but none chosen by watts
+            return frozenset({Capability.SLEEP, Capability.POWER_PROFILE})
         return frozenset({Capability.SLEEP, Capability.POWER_PROFILE, Capability.POWER_TARGET})
 
     async def probe(self) -> None:
@@ -99,17 +112,17 @@ class LuxosMiner:
     async def wake(self, *, gentle: bool = False) -> MinerReading:
         """Curtail wakeup. Gentle: first the lowest stock profile, proven before the wakeup
         (asleep, the miner keeps it for the next start), so cold boards start at the lowest
-        draw; the supervisor steps the miner up with set_power_target after the warm-up."""
+        draw; the supervisor steps the miner up with set_power_target after the warm-up.
+        A build without profiles wakes plainly: a miner that never wakes is worse."""
         async with self._lock:
-            if not gentle:
+            lowest = await self._gentle_profile() if gentle else None
+            if lowest is None:
                 await self._write("curtail", "wakeup")
                 return await self._verify("wake", lambda r: r.mode is Mode.MINING, VERIFY_PARTS)
-            lowest = (await self._profiles("wake"))[0][1]
-            await self._set_profile(lowest)
             await self._write("curtail", "wakeup")
             return await self._verify(
                 "wake",
-                lambda r: r.mode is Mode.MINING and r.profile == lowest,
+                lambda r: r.mode is Mode.MINING and (r.profile == lowest or self._no_config()),
                 VERIFY_PROFILE_PARTS,
             )
 
@@ -141,9 +154,30 @@ class LuxosMiner:
             device=self.miner_id,
         )
 
+    async def _gentle_profile(self) -> str | None:
+        """The lowest stock profile, set and proven; None on a build that cannot."""
+        if Capability.POWER_TARGET not in self.capabilities:
+            return None
+        try:
+            lowest = (await self._profiles("wake"))[0][1]
+            await self._set_profile(lowest)
+        except UnsupportedError:
+            if Capability.POWER_TARGET in self.capabilities:
+                raise  # the build has profiles, but offers none
+            return None
+        return lowest
+
     async def _profiles(self, op: str) -> list[tuple[float, str]]:
         """The stock profiles as (watts, name), lowest draw first; never empty."""
-        reply = await self._call("profiles")
+        if "profiles" in self.lacking:
+            raise self.lacking.essential("profiles", op, "a power target")
+        try:
+            reply = await self._call("profiles")
+        except RejectedError as err:
+            if err.code != CODE_INVALID_COMMAND:
+                raise
+            self.lacking.learn("profiles", "no power target in watts; gentle wakes are plain")
+            raise self.lacking.essential("profiles", op, "a power target") from None
         profiles = cgminer_tcp.section(reply, "PROFILES", device=self.miner_id, op="profiles")
         try:
             offered = sorted((float(p["Watts"]), str(p["Profile Name"])) for p in profiles)
@@ -154,7 +188,15 @@ class LuxosMiner:
         return offered
 
     async def _set_profile(self, profile: str) -> MinerReading:
-        reply = await self._write("profileset", profile)
+        if "profileset" in self.lacking:
+            raise self.lacking.essential("profileset", "profileset", "a profile change")
+        try:
+            reply = await self._write("profileset", profile)
+        except RejectedError as err:
+            if err.code != CODE_INVALID_COMMAND:
+                raise
+            self.lacking.learn("profileset", "no profiles, no power target; gentle wakes are plain")
+            raise self.lacking.essential("profileset", "profileset", "a profile change") from None
         acked = _first(reply, "PROFILE", self.miner_id, "profileset").get("Profile")
         if acked != profile:
             raise ProtocolError(
@@ -162,28 +204,63 @@ class LuxosMiner:
                 "profileset",
                 f"acknowledged profile {acked!r}, asked for {profile!r}",
             )
+        # Without `config` no reading carries the profile: the acknowledgement above is the
+        # proof, and the read-back shows the miner still answering in its mode.
         return await self._verify(
-            "profileset", lambda r: r.profile == profile, VERIFY_PROFILE_PARTS
+            "profileset",
+            lambda r: r.profile == profile or self._no_config(),
+            VERIFY_PROFILE_PARTS,
         )
 
+    def _no_config(self) -> bool:
+        """No reading carries the profile: the build lacks `config` or its field."""
+        return "config" in self.lacking or "config:Profile" in self.lacking
+
     async def _read(self, parts: tuple[str, ...] = READ_PARTS) -> MinerReading:
-        if self._joined:
+        parts = self.lacking.filter(parts)
+        if self._joined and len(parts) > 1:
             try:
-                reply = await self._call("+".join(parts))
+                answers = await cgminer_tcp.request_parts(
+                    self._ep.host,
+                    self._ep.port,
+                    parts,
+                    timeout_s=self._ep.timeout_s,
+                    device=self.miner_id,
+                )
             except RejectedError as err:
                 if err.code not in (CODE_INVALID_COMMAND, CODE_ACCESS_DENIED):
                     raise
                 self._joined = False  # older firmware: fall back to one command at a time
             else:
-                return self._parse(
-                    {part: _joined_part(reply, part, self.miner_id) for part in parts}
-                )
-        return self._parse({part: await self._call(part) for part in parts})
+                replies = {}
+                for part, answer in answers.items():
+                    if isinstance(answer, RejectedError):
+                        self._lacks(part, answer)
+                    else:
+                        replies[part] = answer
+                return self._parse(replies)
+        replies = {}
+        for part in parts:
+            try:
+                replies[part] = await self._call(part)
+            except RejectedError as err:
+                self._lacks(part, err)
+        return self._parse(replies)
+
+    def _lacks(self, part: str, err: RejectedError) -> None:
+        """A read command refused: learnt if the build lacks an optional one, else raised."""
+        if err.code != CODE_INVALID_COMMAND:
+            raise err
+        if part not in OPTIONAL_READS:
+            raise self.lacking.essential(part, "read", "every reading") from None
+        self.lacking.learn(part, OPTIONAL_READS[part])
 
     def _parse(self, parts: dict[str, cgminer_tcp.Reply]) -> MinerReading:
-        """A reading from whichever parts were read; what is missing comes from the last."""
+        """A reading from whichever parts were read; what is missing comes from the last,
+        what the build lacks is left at its neutral value."""
         device = self.miner_id
         last = self._last
+        lacking = self.lacking
         try:
             power = _first(parts["power"], "POWER", device, "power")
             events = cgminer_tcp.section(parts["events"], "EVENTS", device=device, op="events")
@@ -192,7 +269,8 @@ class LuxosMiner:
                 summary = _first(parts["summary"], "SUMMARY", device, "summary")
                 hashrate = round(float(summary["GHS 5s"]) / 1000, 3)
             else:
-                hashrate = 0.0 if sleeping or last is None else last.hashrate_ths
+                unknown = sleeping or last is None or "summary" in lacking
+                hashrate = 0.0 if unknown or last is None else last.hashrate_ths
             if "stats" in parts:
                 stats = cgminer_tcp.section(parts["stats"], "STATS", device=device, op="stats")
                 boards = stats[1] if len(stats) > 1 else {}
@@ -200,12 +278,14 @@ class LuxosMiner:
                     _board_temp(boards[key]) for key in sorted(boards) if key.startswith("temp_pcb")
                 )
             else:
-                temps = last.board_temps_c if last is not None else ()
+                temps = last.board_temps_c if last is not None and "stats" not in lacking else ()
             if "config" in parts:
                 config = _first(parts["config"], "CONFIG", device, "config")
                 profile = str(config["Profile"]) if "Profile" in config else None
+                if profile is None:
+                    lacking.learn("config:Profile", "readings carry no profile")
             else:
-                profile = last.profile if last is not None else None
+                profile = last.profile if last is not None and "config" not in lacking else None
             reading = MinerReading(
                 mode=Mode.SLEEPING if sleeping else Mode.MINING,
                 power_w=round(float(power["Watts"])),
@@ -279,14 +359,6 @@ class LuxosMiner:
         raise VerificationError(
             self.miner_id, op, f"acknowledged {op} but reads back {shows}", reading
         )
-
-
-def _joined_part(reply: cgminer_tcp.Reply, part: str, device: str) -> cgminer_tcp.Reply:
-    value = reply.get(part)
-    if not isinstance(value, list) or not value or not isinstance(value[0], dict):
-        raise ProtocolError(device, "read", f"joined reply has no {part!r} part")
-    result: cgminer_tcp.Reply = value[0]
-    return result
 
 
 def _first(reply: cgminer_tcp.Reply, name: str, device: str, op: str) -> dict[str, Any]:

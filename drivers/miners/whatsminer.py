@@ -49,6 +49,7 @@ from drivers.errors import (
     UnsupportedError,
     VerificationError,
 )
+from drivers.lacking import Lacking
 from drivers.registry import MinerDriverEntry, MinerEndpoint
 from drivers.transport import admission, cgminer_tcp
 from drivers.types import Capability, DriverTraits, FanPause, MinerReading, Mode
@@ -190,12 +191,28 @@ class WhatsminerState:
     poweroff_cool: bool | None = None  # fans kept running while off (API v3 reports it)
 
 
-def parse_v2(device: str, status: Reply, summary: Reply, edevs: Reply) -> WhatsminerState:
-    """A state from API v2 `status`, `summary` and `edevs` replies."""
+# What a v2 reading goes on without: `summary` (power) is what it needs; `status` gives the
+# mode where the firmware reports it (else hashing decides), `edevs` the boards.
+V2_OPTIONAL_READS = {
+    "status": "the mode is judged by hashing; power targets are verified by the draw",
+    "edevs": "readings carry no board temperatures (they count as cold)",
+}
+NO_LIMIT = "no power target (a power percent is of the limit)"
+
+
+def parse_v2(
+    device: str,
+    status: Reply | None,
+    summary: Reply,
+    edevs: Reply | None,
+    lacking: Lacking | None = None,
+) -> WhatsminerState:
+    """A state from API v2 `status`, `summary` and `edevs` replies (None: the firmware
+    lacks that command); the summary fields a mining miner's firmware lacks are learnt."""
     try:
-        msg = _object(status["Msg"])
+        msg = _object(status["Msg"]) if status is not None else {}
         row = _first(summary, "SUMMARY", device)
-        boards = cgminer_tcp.section(edevs, "DEVS", device=device, op="edevs")
+        boards = cgminer_tcp.section(edevs, "DEVS", device=device, op="edevs") if edevs else []
         hashrate_mhs = row["MHS 1m"] if "MHS 1m" in row else row["MHS av"]
         hashrate_ths = round(_number(hashrate_mhs) / 1e6, 3)
         mode = _v2_mode(msg, hashrate_ths)
@@ -211,6 +228,8 @@ def parse_v2(device: str, status: Reply, summary: Reply, edevs: Reply) -> Whatsm
             board_temps_c=tuple(_number(board["Temperature"]) for board in boards),
             profile=str(row["Power Mode"]).lower() if "Power Mode" in row else None,
         )
+        if lacking is not None and mode is Mode.MINING and "Power Limit" not in row:
+            lacking.learn("summary:Power Limit", NO_LIMIT)
         limit = _number(row.get("Power Limit", 0))
         pct = str(msg.get("power_pct", "")).strip()
         return WhatsminerState(
@@ -223,18 +242,27 @@ def parse_v2(device: str, status: Reply, summary: Reply, edevs: Reply) -> Whatsm
         raise ProtocolError(device, "read", f"unexpected reply layout: {err!r}") from None
 
 
-def parse_v3(device: str, info: Reply, status: Reply, setting: Reply) -> WhatsminerState:
+def parse_v3(
+    device: str,
+    info: Reply,
+    status: Reply,
+    setting: Reply | None,
+    lacking: Lacking | None = None,
+) -> WhatsminerState:
     """A state from API v3 `get.device.info` (miner), `get.miner.status` (summary+edevs)
-    and `get.miner.setting` replies."""
+    and `get.miner.setting` replies (None: the firmware lacks it, and the percent held is
+    unknown); the summary fields a mining miner's firmware lacks are learnt."""
     try:
         miner = info["msg"]["miner"]
         summary = status["msg"]["summary"]
-        settings = setting["msg"]
+        settings = setting["msg"] if setting is not None else {}
         mode = Mode.MINING if str(miner["working"]).lower() == "true" else Mode.SLEEPING
         temps = summary.get("board-temperature")
         if not isinstance(temps, list):
             temps = [board["chip-temp-avg"] for board in status["msg"].get("edevs", [])]
         pct = round(_number(settings.get("power-percent", 0)))
+        if lacking is not None and mode is Mode.MINING and "power-limit" not in summary:
+            lacking.learn("get.miner.status:power-limit", NO_LIMIT)
         limit = _number(summary.get("power-limit", 0))
         reading = MinerReading(
             mode=mode,
@@ -248,7 +276,8 @@ def parse_v3(device: str, info: Reply, status: Reply, setting: Reply) -> Whatsmi
         return WhatsminerState(
             reading=reading,
             power_limit_w=round(limit) if limit > 0 else None,
-            power_pct=pct or 100,  # 0: no percent set, the miner runs at its full limit
+            # 0: no percent set, the miner runs at its full limit
+            power_pct=(pct or 100) if setting is not None else None,
             fan_rpm=round(_number(summary["fan-speed-in"])) if "fan-speed-in" in summary else None,
         )
     except (KeyError, TypeError, ValueError, IndexError, OverflowError, AttributeError) as err:
@@ -375,6 +404,36 @@ async def _until_pre_heated(device: str, poll: Callable[[], Awaitable[bool | Non
         ) from None
 
 
+TARGET = "a power target"
+NO_PERCENT = "no power target (no power percent)"
+NO_PREHEAT = "wakes power on without the vendor's pre-heat"
+V3_NO_SETTING = "readings carry no power mode; power targets are verified by the draw"
+V3_NO_FANS = "fans while off are verified by their speed while asleep"
+
+
+# What a power target needs: the percent command, and the limit it is a percent of.
+V2_TARGET_NEEDS = ("set_power_pct", "summary:Power Limit")
+V3_TARGET_NEEDS = ("set.miner.power_percent", "get.miner.status:power-limit")
+
+
+def _capabilities(lacking: Lacking, needs: tuple[str, ...]) -> frozenset[Capability]:
+    if any(name in lacking for name in needs):
+        return frozenset({Capability.SLEEP})
+    return frozenset({Capability.SLEEP, Capability.POWER_TARGET})
+
+
+def _power_target_offered(lacking: Lacking, needs: tuple[str, ...]) -> None:
+    """UnsupportedError, without a write, once the firmware has shown it has no target."""
+    missing = [name for name in needs if name in lacking]
+    if missing:
+        raise lacking.essential(" and ".join(missing), "set_power_target", TARGET)
+
+
+def _v3_lacks(err: RejectedError) -> bool:
+    """An API v3 "invalid command" (-2 also answers an invalid param; that one says so)."""
+    return err.code == V3_CODE_INVALID and "param" not in err.detail.lower()
+
+
 # -- API v2 --------------------------------------------------------------------------------
 
 
@@ -399,7 +458,7 @@ class WhatsminerV2Miner:
         self._lock = asyncio.Lock()
         self._token: _Token | None = None
         self._joined = True  # "summary+edevs" joins until the firmware refuses them
-        self._pre_power_on = True  # until the firmware says it has no such command
+        self.lacking = Lacking(endpoint.miner_id)  # commands and fields this build lacks
         self.firmware: str | None = None
         self.model: str | None = None
         self.api_version: str | None = None
@@ -410,7 +469,7 @@ class WhatsminerV2Miner:
 
     @property
     def capabilities(self) -> frozenset[Capability]:
-        return frozenset({Capability.SLEEP, Capability.POWER_TARGET})
+        return _capabilities(self.lacking, V2_TARGET_NEEDS)
 
     async def probe(self) -> None:
         """Learn firmware, API version and model; UnsupportedError if this is no btminer."""
@@ -420,6 +479,12 @@ class WhatsminerV2Miner:
                 details = await self._plain("devdetails")
             except _BtminerDownError:
                 return  # btminer is stopped: the model is unknown until it runs again
+            except RejectedError as err:
+                if err.code != CODE_INVALID_COMMAND:
+                    raise
+                # get_version answered in btminer's own shape: that identifies it.
+                self.lacking.learn("devdetails", "the model stays unknown")
+                return
         if "bitmicro" not in json.dumps(details).lower():
             raise UnsupportedError(self.miner_id, "probe", "the device is not a Whatsminer")
         model = _first(details, "DEVDETAILS", self.miner_id).get("Model")
@@ -466,8 +531,15 @@ class WhatsminerV2Miner:
         """set_power_pct of the miner's power limit: applies without a restart."""
         async with self._lock:
             before = await self._read_state()
+            _power_target_offered(self.lacking, V2_TARGET_NEEDS)
             pct = _percent(self.miner_id, watts, before)
-            await self._command("set_power_pct", percent=str(pct))
+            try:
+                await self._command("set_power_pct", percent=str(pct))
+            except RejectedError as err:
+                if err.code != CODE_INVALID_COMMAND:
+                    raise
+                self.lacking.learn("set_power_pct", NO_PERCENT)
+                raise self.lacking.essential("set_power_pct", "set_power_target", TARGET) from None
             return await self._verify("set_power_target", _holds_percent(pct, watts, before))
 
     async def set_power_limit(self, watts: int) -> MinerReading:
@@ -516,22 +588,24 @@ class WhatsminerV2Miner:
             ) from None
 
     async def _read_state(self) -> WhatsminerState:
-        status = await self._plain("status")
+        status = (await self._reads(("status",))).get("status")
         try:
-            summary, edevs = await self._summary_and_boards()
+            replies = await self._summary_and_boards()
         except _BtminerDownError:
-            msg = status.get("Msg")
+            msg = status.get("Msg") if status is not None else None
             if not isinstance(msg, dict) or str(msg.get("btmineroff")).lower() != "true":
                 raise
             # Old firmware: with btminer stopped only the control board runs.
             reading = MinerReading(Mode.SLEEPING, TRAITS.sleep_power_w, 0.0, ())
             return WhatsminerState(reading, None, None, None)
-        return parse_v2(self.miner_id, status, summary, edevs)
+        summary, edevs = replies["summary"], replies.get("edevs")
+        return parse_v2(self.miner_id, status, summary, edevs, self.lacking)
 
-    async def _summary_and_boards(self) -> tuple[Reply, Reply]:
-        if self._joined:
+    async def _summary_and_boards(self) -> dict[str, Reply]:
+        parts = self.lacking.filter(("summary", "edevs"))
+        if self._joined and len(parts) > 1:
             try:
-                reply = await self._plain("summary+edevs")
+                reply = await self._plain("+".join(parts))
             except RejectedError as err:
                 if isinstance(err, _BtminerDownError) or err.code not in (
                     CODE_INVALID_COMMAND,
@@ -540,8 +614,35 @@ class WhatsminerV2Miner:
                     raise
                 self._joined = False  # this firmware answers one command at a time
             else:
-                return _part(reply, "summary", self.miner_id), _part(reply, "edevs", self.miner_id)
-        return await self._plain("summary"), await self._plain("edevs")
+                replies = {}
+                for part in parts:
+                    answer = _part(reply, part, self.miner_id)
+                    try:
+                        self._check(answer, part, write=False)  # a part it lacks says so alone
+                    except RejectedError as err:
+                        self._lacks(part, err)
+                    else:
+                        replies[part] = answer
+                return replies
+        return await self._reads(parts)
+
+    async def _reads(self, parts: tuple[str, ...]) -> dict[str, Reply]:
+        """Each read command's reply, one request each; those the firmware lacks left out."""
+        replies = {}
+        for part in self.lacking.filter(parts):
+            try:
+                replies[part] = await self._plain(part)
+            except RejectedError as err:
+                self._lacks(part, err)
+        return replies
+
+    def _lacks(self, part: str, err: RejectedError) -> None:
+        """A read refused: learnt if the firmware lacks an optional one, else raised."""
+        if isinstance(err, _BtminerDownError) or err.code != CODE_INVALID_COMMAND:
+            raise err
+        if part not in V2_OPTIONAL_READS:
+            raise self.lacking.essential(part, "read", "every reading") from None
+        self.lacking.learn(part, V2_OPTIONAL_READS[part])
 
     async def _plain(self, cmd: str) -> Reply:
         payload = json.dumps({"cmd": cmd}, separators=(",", ":")).encode()
@@ -634,14 +735,14 @@ class WhatsminerV2Miner:
 
     async def _poll_pre_heat(self) -> bool | None:
         """One pre_power_on: its progress (see _preheat_progress); True without one."""
-        if not self._pre_power_on:
+        if "pre_power_on" in self.lacking:
             return True
         try:
             reply = await self._command("pre_power_on")
         except RejectedError as err:
             if err.code not in (CODE_INVALID_COMMAND, CODE_COMMAND_ERROR):
                 raise
-            self._pre_power_on = False  # firmware without it: plain power_on
+            self.lacking.learn("pre_power_on", NO_PREHEAT)
             return True
         return _preheat_progress(reply.get("Msg"))
 
@@ -744,7 +845,7 @@ class WhatsminerV3Miner:
         self._password = endpoint.password or V3_DEFAULT_PASSWORD
         self._lock = asyncio.Lock()
         self._salt: str | None = None  # stable while the miner runs; refetched when refused
-        self._pre_power_on = True  # until the firmware says it has no such command
+        self.lacking = Lacking(endpoint.miner_id)  # commands and fields this build lacks
         self.firmware: str | None = None
         self.model: str | None = None
         self.api_version: str | None = None
@@ -755,7 +856,7 @@ class WhatsminerV3Miner:
 
     @property
     def capabilities(self) -> frozenset[Capability]:
-        return frozenset({Capability.SLEEP, Capability.POWER_TARGET})
+        return _capabilities(self.lacking, V3_TARGET_NEEDS)
 
     async def probe(self) -> None:
         async with self._lock:
@@ -796,8 +897,16 @@ class WhatsminerV3Miner:
         """set.miner.power_percent of the power limit: applies without a restart."""
         async with self._lock:
             before = await self._read_state()
+            _power_target_offered(self.lacking, V3_TARGET_NEEDS)
             pct = _percent(self.miner_id, watts, before)
-            await self._write("set.miner.power_percent", pct)
+            cmd = "set.miner.power_percent"
+            try:
+                await self._write(cmd, pct)
+            except RejectedError as err:
+                if not _v3_lacks(err):
+                    raise
+                self.lacking.learn(cmd, NO_PERCENT)
+                raise self.lacking.essential(cmd, "set_power_target", TARGET) from None
             return await self._verify("set_power_target", _holds_percent(pct, watts, before))
 
     async def set_power_limit(self, watts: int) -> MinerReading:
@@ -810,9 +919,14 @@ class WhatsminerV3Miner:
         """set.fan.poweroff_cool, read back from get.fan.setting."""
         async with self._lock:
             await self._write("set.fan.poweroff_cool", int(running))
-            return await self._verify(
-                "set_fans_when_asleep", lambda s: s.poweroff_cool is running, fans=True
-            )
+
+            def done(s: WhatsminerState) -> bool:
+                if s.poweroff_cool is not None:
+                    return s.poweroff_cool is running
+                # Without get.fan.setting, as on API v2: the fans show it while asleep.
+                return s.reading.mode is Mode.MINING or bool(s.fan_rpm) == running
+
+            return await self._verify("set_fans_when_asleep", done, fans=True)
 
     async def close(self) -> None:
         """Nothing is held between calls: one connection per call."""
@@ -831,26 +945,29 @@ class WhatsminerV3Miner:
     async def _poll_pre_heat(self) -> bool | None:
         """One set.miner.pre_power_on: its progress, in v2's shape (inferred: no capture
         has it); True where the firmware has no such command."""
-        if not self._pre_power_on:
+        cmd = "set.miner.pre_power_on"
+        if cmd in self.lacking:
             return True
         try:
-            reply = await self._write("set.miner.pre_power_on", None)
+            reply = await self._write(cmd, None)
         except RejectedError as err:
-            if err.code != V3_CODE_INVALID:
+            if not _v3_lacks(err):
                 raise
-            self._pre_power_on = False  # firmware without it: a plain start
+            self.lacking.learn(cmd, NO_PREHEAT)
             return True
         return _preheat_progress(reply.get("msg"))
 
     async def _read_state(self, *, fans: bool = False) -> WhatsminerState:
         async def steps(link: _V3Link) -> WhatsminerState:
-            info = await self._get(link, "get.device.info", "miner")
-            status = await self._get(link, "get.miner.status", "summary+edevs")
-            setting = await self._get(link, "get.miner.setting")
-            state = parse_v3(self.miner_id, info, status, setting)
+            info = await self._needed(link, "get.device.info", "miner")
+            status = await self._needed(link, "get.miner.status", "summary+edevs")
+            setting = await self._optional(link, "get.miner.setting", V3_NO_SETTING)
+            state = parse_v3(self.miner_id, info, status, setting, self.lacking)
             if not fans:
                 return state
-            fan_setting = await self._get(link, "get.fan.setting")
+            fan_setting = await self._optional(link, "get.fan.setting", V3_NO_FANS)
+            if fan_setting is None:
+                return state
             try:
                 cool = str(fan_setting["msg"]["poweroff-cool"]).lower() in ("1", "true", "enable")
             except (KeyError, TypeError) as err:
@@ -862,6 +979,27 @@ class WhatsminerV3Miner:
             )
 
         return await self._session("read", steps)
+
+    async def _needed(self, link: _V3Link, cmd: str, param: str) -> Reply:
+        """A read every reading needs: UnsupportedError where the firmware lacks it."""
+        try:
+            return await self._get(link, cmd, param)
+        except RejectedError as err:
+            if not _v3_lacks(err):
+                raise
+            raise self.lacking.essential(cmd, "read", "every reading") from None
+
+    async def _optional(self, link: _V3Link, cmd: str, without: str) -> Reply | None:
+        """A read the firmware may lack: None, learnt once, where it does."""
+        if cmd in self.lacking:
+            return None
+        try:
+            return await self._get(link, cmd)
+        except RejectedError as err:
+            if not _v3_lacks(err):
+                raise
+            self.lacking.learn(cmd, without)
+            return None
 
     async def _get(self, link: _V3Link, cmd: str, param: str | None = None) -> Reply:
         request: dict[str, Any] = {"cmd": cmd}
@@ -980,7 +1118,13 @@ class WhatsminerMiner:
 
     @property
     def capabilities(self) -> frozenset[Capability]:
+        if self._chosen is not None:
+            return self._chosen.capabilities  # less where the firmware lacks a part
         return frozenset({Capability.SLEEP, Capability.POWER_TARGET})  # the same on both APIs
+
+    @property
+    def lacking(self) -> Lacking | None:
+        return None if self._chosen is None else self._chosen.lacking
 
     @property
     def api(self) -> str | None:

@@ -89,6 +89,40 @@ async def exchange(
             transport.close()
 
 
+async def request_parts(
+    host: str,
+    port: int,
+    parts: tuple[str, ...],
+    *,
+    timeout_s: float,
+    device: str,
+) -> dict[str, Reply | RejectedError]:
+    """The commands `parts` joined ("a+b") in one request: each one's reply, or the error
+    the firmware answered for that part alone (a build without one of the commands says
+    "Invalid command" in its part, as cgminer's api.c does). RejectedError if the firmware
+    refuses the join as a whole (older builds do not join)."""
+    command = "+".join(parts)
+    raw = await exchange(
+        host, port, encode(command), timeout_s=timeout_s, device=device, op=command
+    )
+    reply = decode(raw, device=device, op=command)
+    if "STATUS" in reply:
+        check_status(reply, device=device, op=command)
+        raise ProtocolError(device, command, "a joined request answered as a single one")
+    answers: dict[str, Reply | RejectedError] = {}
+    for part in parts:
+        value = reply.get(part)
+        if not isinstance(value, list) or not value or not isinstance(value[0], dict):
+            raise ProtocolError(device, command, f"joined reply has no {part!r} part")
+        try:
+            check_status(value[0], device=device, op=part)
+        except RejectedError as err:
+            answers[part] = err
+        else:
+            answers[part] = value[0]
+    return answers
+
+
 def decode(raw: bytes, *, device: str, op: str) -> Reply:
     """Parse a reply, repairing the JSON quirks real firmware is known to send."""
     text = raw.rstrip(b"\x00 \r\n\t").decode("utf-8", errors="replace")
@@ -230,5 +264,6 @@ __all__ = [
     "exchange",
     "repair",
     "request",
+    "request_parts",
     "section",
 ]
