@@ -173,7 +173,10 @@ class Inbox:
                 book_change=change,
             )
         except JournalError as err:
-            log.exception("journal write failed; signal not accepted", error=str(err))
+            # Journal.error logged the failure once; each signal refused for it is a warning.
+            log.warning(
+                "journal unavailable; signal not accepted", signal=signal.id, error=str(err)
+            )
             return Outcome(
                 "unavailable",
                 "journal unavailable; retry",
@@ -266,7 +269,7 @@ class Inbox:
                 body=body[:4096],
             )
         except JournalError as jerr:
-            log.exception("journal write failed for a rejected signal", error=str(jerr))
+            log.debug("journal unavailable; rejected signal not journaled", error=str(jerr))
         if source is not None or transport == "mqtt":
             # The broker vouches for MQTT publishers; an unknown HTTP caller gets its answer
             # in the response and no broadcast on the grid's acks topic.

@@ -17,6 +17,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from controller.core.model import Limit, Plan
 from controller.core.signals import (
     Cancel,
@@ -28,6 +30,8 @@ from controller.core.signals import (
     SignalBook,
     Standing,
 )
+
+log = structlog.get_logger("curtaild.journal")
 
 SCHEMA_VERSION = 2
 # Journals an older curtaild wrote, and what opening them here adds (tables only: an older
@@ -91,6 +95,9 @@ class Journal:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        # Why the last write failed (a full disk, say); None while writes succeed. The loop
+        # commands nothing while it is set: every command is write-ahead.
+        self.error: str | None = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(
@@ -121,11 +128,18 @@ class Journal:
             try:
                 yield self._db
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:  # SQLite rolls back a full disk's by itself
+                    self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
         except sqlite3.Error as err:
+            if self.error is None:
+                log.exception("journal unwritable: nothing is commanded until it is")
+            self.error = str(err)
             raise JournalError(f"{self.path}: write failed: {err}") from err
+        if self.error is not None:
+            log.warning("journal writable again", was=self.error)
+            self.error = None
 
     # -- writes ----------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ loop at once; otherwise it ticks, faster while commands or deadlines are pending
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import time
 from collections import Counter, deque
@@ -255,9 +256,6 @@ class Supervisor:
         self.draining = False  # stopping: no new commands
         self._withdrawn: set[str] = set()
         self._resumed: dict[str, datetime] = {}  # commands resumed after a restart: sent at
-        # The journal could not be written (a full disk): nothing is commanded until it can
-        # be, and what is held stays in force. None while it is writable.
-        self.journal_error: str | None = None
         self._site_saved: dict[str, Any] = {}
         if measurements is not None:
             measurements.on_meter = self.on_meter
@@ -321,9 +319,10 @@ class Supervisor:
             views = self._readings.views()
             try:
                 views = await self._control(cause, now)
-                self._journal_writable()
-            except JournalError as err:
-                self._journal_failed(err)
+            except JournalError:
+                # Journal.error says why, once; each cycle tries again. What is held
+                # stays in force, and nothing was sent for what could not be written.
+                log.debug("cycle stopped at an unwritable journal")
             self._report(now, views)
             self.cycles += 1
             self.last_cycle_at = now
@@ -356,22 +355,6 @@ class Supervisor:
             self._flush(now)
         return views
 
-    def _journal_failed(self, err: JournalError) -> None:
-        """Without its journal curtaild sends nothing (every command is write-ahead); the
-        book, the deadlines and the miners stay as they are, and each cycle tries again."""
-        if self.journal_error is None:
-            log.error(
-                "journal unwritable: commanding nothing until it can be written; "
-                "what is held stays in force",
-                error=str(err),
-            )
-        self.journal_error = str(err)
-
-    def _journal_writable(self) -> None:
-        if self.journal_error is not None:
-            log.warning("journal writable again; control resumes", was=self.journal_error)
-            self.journal_error = None
-
     async def drain(self, grace_s: float) -> bool:
         """Stop planning, let the commands in flight finish (restores still queued are
         dropped: no power-up while stopping), flush the journal. False if `grace_s`
@@ -382,10 +365,8 @@ class Supervisor:
         while self.in_flight > 0 and self._clock.time() < deadline:
             self._inbox.wake.clear()
             await self._clock.wait(self._inbox.wake, min(0.25, deadline - self._clock.time()))
-        try:
+        with contextlib.suppress(JournalError):  # Journal.error has said why
             self._flush(self._clock.now())
-        except JournalError as err:
-            self._journal_failed(err)
         return self.in_flight == 0
 
     def _follow_desk(self, now: datetime) -> None:
@@ -606,8 +587,8 @@ class Supervisor:
             self._journal.record_event(now, "frequency", event.value, detail)
             if ob is not None:
                 self._journal.record_obligations([ob], self.measured_by)
-        except JournalError as err:
-            self._journal_failed(err)
+        except JournalError:
+            log.warning("frequency event not journaled; the relay's limit binds anyway")
 
     def _must_plan(self, cause: str, limit: Limit) -> bool:
         """Re-planning a large fleet is not free. While a fan-out is on the wire, plan again
@@ -1247,7 +1228,7 @@ class Supervisor:
                 for (kind, subject), (at, detail) in sorted(self.alarms.items())
             ],
             "cold_cuts": self.cold_cut_count,
-            "journal": {"writable": self.journal_error is None, "error": self.journal_error},
+            "journal": {"writable": self._journal.error is None, "error": self._journal.error},
             "lying": sorted(self.lying_detected),
             "expected_kw": round(self.plan.expected_w / 1000, 3) if self.plan else None,
             "miners": {"total": len(views), **counts},

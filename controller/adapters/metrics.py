@@ -124,8 +124,9 @@ class StateCollector(Collector):
         yield _counter(
             "curtaild_cold_cuts",
             "Outlets cut in the cold because an emergency needed it (the rules refuse otherwise).",
-            len(sup.cold_cuts),
+            sup.cold_cut_count,
         )
+        yield from self._inputs()
         yield from self._operator()
         alarms = Counter(dict.fromkeys(ALARM_KINDS, 0))
         alarms.update(kind for kind, _ in sup.alarms)
@@ -141,6 +142,33 @@ class StateCollector(Collector):
             "curtaild_ready",
             "1 once the first telemetry is in and planned on (systemd READY).",
             int(sup.ready.is_set()),
+        )
+
+    def _inputs(self) -> Iterator[Metric]:
+        """What the outside sent that a human should look at, and the journal's health."""
+        daemon = self._daemon
+        inbox = daemon.inbox
+        yield _counter(
+            "curtaild_signals_contained",
+            "Signals whose handling met an unexpected error: refused, journaled, logged with "
+            "the payload's hash (a bug to report; the daemon went on).",
+            inbox.internal_errors,
+        )
+        yield _counter(
+            "curtaild_signals_unjournaled",
+            "Unauthenticated HTTP signals answered but not journaled (at most one a second is).",
+            inbox.unjournaled,
+        )
+        mqtt = daemon.mqtt
+        yield _counter(
+            "curtaild_mqtt_adapter_errors",
+            "Unexpected failures the MQTT adapter survived (it reconnects and goes on).",
+            mqtt.errors if mqtt is not None else 0,
+        )
+        yield _value(
+            "curtaild_journal_writable",
+            "1 while the journal takes writes; 0: nothing is commanded until it does.",
+            int(daemon.journal.error is None),
         )
 
     def _power(self) -> Iterator[Metric]:

@@ -118,3 +118,72 @@ def test_journal_refuses_another_schema(tmp_path: Path) -> None:
         db.execute("UPDATE meta SET value='99' WHERE key='schema'")
     with pytest.raises(JournalError, match="schema 99"):
         Journal(path)
+
+
+def test_journal_full_disk_is_a_journal_error_and_recovers(tmp_path: Path) -> None:
+    """SQLITE_FULL, what a full file system gives: a JournalError, the reason kept for the
+    status, and cleared by the next write that succeeds."""
+    journal = Journal(tmp_path / "j.db")
+    [(pages,)] = journal.rows("PRAGMA page_count")
+    journal.rows(f"PRAGMA max_page_count={int(pages)}")
+
+    def fill() -> None:
+        for _ in range(10_000):
+            journal.record_event(T0, "fill", None, "x" * 1000)
+
+    with pytest.raises(JournalError, match="database or disk is full"):
+        fill()
+    assert "full" in str(journal.error)
+    journal.rows("PRAGMA max_page_count=1073741823")  # room again
+    journal.record_event(T0, "after", None)
+    assert journal.error is None
+    journal.close()
+
+
+def test_journal_ladder_and_unsettled_commands_survive_reopening(tmp_path: Path) -> None:
+    path = tmp_path / "j.db"
+    journal = Journal(path)
+    plan = Plan(
+        (
+            Action("m1", ActionKind.SLEEP, "shed"),
+            Action("m2", ActionKind.LOWER, "lower"),
+            Action("m3", ActionKind.SLEEP, "shed"),
+        ),
+        1000,
+        900,
+        feasible=True,
+    )
+    seq = journal.record_decision(at=T0, cause="signal", limit=Limit(1000, ("x",)), plan=plan)
+    journal.record_commands(
+        [
+            CommandRecord(seq, "m1", "sleep", T0, T0, "ok"),
+            CommandRecord(seq, "m3", "sleep", T0, T0, "cancelled"),
+        ],
+        ladder={"m2": {"lowered_at": T0.isoformat()}, "m4": None},
+        site={"offset": {"w": 1200, "at": T0.isoformat()}},
+    )
+    journal.close()
+    again = Journal(path)
+    assert again.ladder_state() == {"m2": {"lowered_at": T0.isoformat()}}
+    assert again.site_state() == {"offset": {"w": 1200, "at": T0.isoformat()}}
+    # m1's result is journaled; m2 had none; m3's was cancelled mid-way: both on the wire.
+    assert sorted((m, k) for _, _, m, k, _ in again.unsettled(T0)) == [
+        ("m2", "lower"),
+        ("m3", "sleep"),
+    ]
+    assert again.unsettled(T0 + timedelta(seconds=1)) == []
+    again.close()
+
+
+def test_journal_opens_a_schema_1_journal(tmp_path: Path) -> None:
+    path = tmp_path / "j.db"
+    Journal(path).close()
+    db = sqlite3.connect(path)
+    db.execute("UPDATE meta SET value='1' WHERE key='schema'")
+    db.execute("DROP TABLE ladder")
+    db.commit()
+    db.close()
+    journal = Journal(path)
+    assert journal.ladder_state() == {}
+    assert journal.rows("SELECT value FROM meta WHERE key='schema'") == [("2",)]
+    journal.close()
