@@ -529,6 +529,8 @@ def parse_reading(
         if "hashboards" in replies:
             boards = sorted(replies["hashboards"]["hashboards"], key=_board_order)
             temps = tuple(_board_temp(b) for b in boards if b.get("enabled", True))
+            if any(math.isnan(t) for t in temps):
+                temps = ()  # one board unknown: all count as cold (a NaN compares as warm)
         else:
             temps = last.board_temps_c if last is not None else ()
         if "mode" in replies:

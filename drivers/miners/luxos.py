@@ -9,6 +9,7 @@ not act raises VerificationError.
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 from collections.abc import Callable
 from typing import Any
@@ -277,6 +278,8 @@ class LuxosMiner:
                 temps = tuple(
                     _board_temp(boards[key]) for key in sorted(boards) if key.startswith("temp_pcb")
                 )
+                if any(math.isnan(t) for t in temps):
+                    temps = ()  # one board unknown: all count as cold (a NaN compares as warm)
             else:
                 temps = last.board_temps_c if last is not None and "stats" not in lacking else ()
             if "config" in parts:

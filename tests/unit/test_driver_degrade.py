@@ -18,6 +18,7 @@ from structlog.testing import capture_logs
 from drivers.errors import UnsupportedError, VerificationError
 from drivers.miners.antminer_stock import SLEEP_POWER_W, AntminerStockMiner
 from drivers.miners.braiins_os import BraiinsOsMiner
+from drivers.miners.braiins_os import parse_reading as parse_bos
 from drivers.miners.luxos import LuxosMiner
 from drivers.miners.whatsminer import WhatsminerMiner, WhatsminerV2Miner, WhatsminerV3Miner
 from drivers.registry import MinerEndpoint
@@ -25,7 +26,7 @@ from drivers.sim.antminer_stock import RESTART_S, AntminerStockDevice
 from drivers.sim.farm import SimFarm
 from drivers.sim.faults import Fault
 from drivers.sim.luxos import LuxosDevice
-from drivers.transport import http
+from drivers.transport import cgminer_tcp, http
 from drivers.types import Capability, Mode
 from tests.unit.conftest import MakeFarm, Time
 
@@ -456,3 +457,43 @@ async def test_antminer_stock_without_both_reads_stays_unknown(make_farm: MakeFa
     farm = await am_farm(make_farm, "summary", "stats")
     with pytest.raises(UnsupportedError, match="lacks summary and stats"):
         await am_driver(farm).read()
+
+
+# -- a board of unknown temperature -----------------------------------------------------------
+
+
+def test_braiins_os_one_board_without_a_temperature_makes_the_boards_unknown() -> None:
+    # min() over a NaN can come out as NaN, which compares as warm: the warm-restart rules
+    # must see unknown boards as cold, so the reading carries none.
+    boards: list[dict[str, Any]] = [
+        {"id": "1", "board_temp": None, "highest_chip_temp": None},
+        {"id": "2", "board_temp": {"degree_c": -20.0}},
+    ]
+    replies = {
+        "details": {"status": 2},
+        "stats": {"power_stats": {"approximated_consumption": {"watt": 3000}}},
+        "hashboards": {"hashboards": boards},
+    }
+    assert parse_bos(replies, "m0").board_temps_c == ()
+    boards[0]["board_temp"] = {"degree_c": -25.0}
+    assert parse_bos(replies, "m0").board_temps_c == (-25.0, -20.0)
+
+
+async def test_luxos_one_board_without_sensors_makes_the_boards_unknown(
+    make_farm: MakeFarm,
+) -> None:
+    farm = await lux_farm(make_farm)
+    miner = LuxosMiner(endpoint(farm))
+    reading = await miner.read()
+    assert len(reading.board_temps_c) == 3
+    stats = await cgminer_tcp.request(host(farm), 4028, "stats", timeout_s=1, device="m0")
+    stats["STATS"][1]["temp_pcb1"] = "0-0-0-0"  # no sensor answered
+    replies = {
+        part: await cgminer_tcp.request(host(farm), 4028, part, timeout_s=1, device="m0")
+        for part in ("power", "events")
+    }
+    assert miner._parse({**replies, "stats": stats}).board_temps_c == ()
+
+
+def host(farm: SimFarm) -> str:
+    return farm.miners["m0"].spec.host
