@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import hashlib
+import importlib.util
 import json
 import re
 import secrets
@@ -195,6 +196,13 @@ def _sim(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from controller.demo import run_demo  # noqa: PLC0415
 
+    if args.mqtt_url is None and importlib.util.find_spec("amqtt") is None:
+        print(
+            "curtaild demo embeds an MQTT broker: pip install 'curtaild[demo]' "
+            "(or give --mqtt-url for a broker you run)",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
     return run_loop(
         run_demo(
             config=args.config,

@@ -130,41 +130,53 @@ class MqttSignals:
             tls_context=ssl.create_default_context() if self._tls else None,
             socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
         )
-        async with client:
-            await client.subscribe(self.signals_topic, qos=1)
-            self.connects += 1
-            self.connected.set()
-            self._down_logged = False
-            log.info(
-                "mqtt connected",
-                host=self._host,
-                port=self._port,
-                topic=self.signals_topic,
-                connects=self.connects,
-            )
-            self._status_sent = False  # the broker may hold our last will: say we are back
-            self._outgoing.set()
+        await client.__aenter__()
+        try:
+            await self._connected(client)
+        finally:
+            # A broker that never acknowledges the DISCONNECT (amqtt does not) must not
+            # hold up a stop: aiomqtt would wait its whole operation timeout.
             try:
-                async with asyncio.TaskGroup() as tg:
-                    tg.create_task(self._receive(client), name="curtaild.mqtt_receive")
-                    tg.create_task(self._send(client), name="curtaild.mqtt_send")
-            except ExceptionGroup as group:
-                lost = [e for e in group.exceptions if isinstance(e, aiomqtt.MqttError)]
-                if len(lost) == len(group.exceptions):
-                    raise lost[0] from None
-                raise
-            except asyncio.CancelledError:
-                # Shutting down: say so, retained, before the clean disconnect (the will
-                # only covers unclean ones).
-                with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
-                    await client.publish(
-                        self.status_topic,
-                        self._offline,
-                        qos=1,
-                        retain=True,
-                        timeout=SHUTDOWN_PUBLISH_S,
-                    )
-                raise
+                async with asyncio.timeout(SHUTDOWN_PUBLISH_S):
+                    await client.__aexit__(None, None, None)
+            except (TimeoutError, aiomqtt.MqttError):
+                log.debug("mqtt disconnect not acknowledged; dropping the connection")
+
+    async def _connected(self, client: aiomqtt.Client) -> None:
+        await client.subscribe(self.signals_topic, qos=1)
+        self.connects += 1
+        self.connected.set()
+        self._down_logged = False
+        log.info(
+            "mqtt connected",
+            host=self._host,
+            port=self._port,
+            topic=self.signals_topic,
+            connects=self.connects,
+        )
+        self._status_sent = False  # the broker may hold our last will: say we are back
+        self._outgoing.set()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._receive(client), name="curtaild.mqtt_receive")
+                tg.create_task(self._send(client), name="curtaild.mqtt_send")
+        except ExceptionGroup as group:
+            lost = [e for e in group.exceptions if isinstance(e, aiomqtt.MqttError)]
+            if len(lost) == len(group.exceptions):
+                raise lost[0] from None
+            raise
+        except asyncio.CancelledError:
+            # Shutting down: say so, retained, before the clean disconnect (the will
+            # only covers unclean ones).
+            with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
+                await client.publish(
+                    self.status_topic,
+                    self._offline,
+                    qos=1,
+                    retain=True,
+                    timeout=SHUTDOWN_PUBLISH_S,
+                )
+            raise
 
     async def _receive(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
@@ -187,11 +199,22 @@ class MqttSignals:
             self._outgoing.clear()
             while self._acks:
                 await client.publish(self.acks_topic, self._acks[0], qos=1)
+                _raise_if_cancelled()
                 self._acks.popleft()  # only once the broker took it
             status = self._status
             if status is not None and not self._status_sent:
                 await client.publish(self.status_topic, status, qos=1, retain=True)
+                _raise_if_cancelled()
                 self._status_sent = status is self._status  # unless a newer one came meanwhile
+
+
+def _raise_if_cancelled() -> None:
+    """aiomqtt waits for a PUBACK with asyncio.wait_for, which on Python 3.11 swallows a
+    cancellation that arrives as the PUBACK does (fixed in 3.12): the task then waits on
+    forever and a stop hangs. Seen with amqtt as the broker."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 class GridSide:

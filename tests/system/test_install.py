@@ -110,6 +110,21 @@ def test_install_venv_runs_curtaild(installed: Installed) -> None:
     assert "check-config" in result.stdout
 
 
+def test_install_demo_says_in_one_line_what_it_needs(installed: Installed) -> None:
+    """A site's install carries no MQTT broker: `curtaild demo` says how to get one."""
+    curtaild = installed.root / "opt/curtaild/venv/bin/curtaild"
+    result = subprocess.run(
+        [str(curtaild), "demo"], capture_output=True, text=True, check=False, timeout=60
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        (
+            "curtaild demo embeds an MQTT broker: pip install 'curtaild[demo]' "
+            "(or give --mqtt-url for a broker you run)"
+        )
+    ]
+
+
 def test_install_ships_the_register_maps_and_the_demo_farm(
     installed: Installed, tmp_path: Path
 ) -> None:

@@ -140,8 +140,9 @@ async def test_service_runs_recovers_and_stops_cleanly(
 
 
 async def test_service_receives_signals_sent_while_it_was_down(
-    tmp_path: Path, broker: Broker, farm_file: Path
+    tmp_path: Path, persistent_broker: Broker, farm_file: Path
 ) -> None:
+    broker = persistent_broker
     async with GridSide(
         "127.0.0.1", broker.port, site_id=site_id(tmp_path), client_id="grid-queue"
     ) as grid:
