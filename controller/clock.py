@@ -2,6 +2,12 @@
 
 I/O deadlines (asyncio.timeout around a socket call) stay on real time: they protect
 against real stalls. Everything the control logic schedules goes through a Clock.
+
+The daemon's time is steady: the wall clock as it was at start, advanced by the monotonic
+clock (which NTP slews but never steps). A wall clock stepped later (an admin's `date`,
+a bad time server, a VM resumed) moves no deadline, hold, staleness or grant window; the
+daemon says the wall clock disagrees, and a restart adopts the new time. The unit starts
+after time-sync.target, so the time it starts from is the synchronized one.
 """
 
 from __future__ import annotations
@@ -9,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
@@ -22,6 +30,10 @@ class Clock(Protocol):
         """Current time as unix seconds (for simulators and wire timestamps)."""
         ...
 
+    def wall_offset_s(self) -> float:
+        """How far the system's wall clock has moved from this clock's time (a step)."""
+        ...
+
     async def sleep(self, seconds: float) -> None: ...
 
     async def wait(self, event: asyncio.Event, timeout_s: float) -> bool:
@@ -30,13 +42,25 @@ class Clock(Protocol):
 
 
 class SystemClock:
-    """The real clock."""
+    """The real clock, steady: see the module's docstring."""
+
+    def __init__(
+        self,
+        wall: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._wall = wall
+        self._monotonic = monotonic
+        self._anchor = wall() - monotonic()
 
     def now(self) -> datetime:
-        return datetime.now(UTC)
+        return datetime.fromtimestamp(self.time(), UTC)
 
     def time(self) -> float:
-        return self.now().timestamp()
+        return self._anchor + self._monotonic()
+
+    def wall_offset_s(self) -> float:
+        return self._wall() - self.time()
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(max(0.0, seconds))
@@ -59,12 +83,16 @@ class FakeClock:
         self._now = start or datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
         self._sleepers: list[tuple[datetime, int, asyncio.Future[None]]] = []
         self._seq = itertools.count()
+        self.wall_step_s = 0.0  # a test steps the "wall clock" by setting this
 
     def now(self) -> datetime:
         return self._now
 
     def time(self) -> float:
         return self._now.timestamp()
+
+    def wall_offset_s(self) -> float:
+        return self.wall_step_s
 
     async def sleep(self, seconds: float) -> None:
         if seconds <= 0:

@@ -85,6 +85,8 @@ KEEP_HISTORY = 1000
 RESUME_POLL_S = 1.0
 # The unexplained draw learned before a restart is trusted this long after it was learned.
 OFFSET_TRUSTED_FOR = timedelta(minutes=10)
+# The wall clock more than this from the daemon's steady time is a step worth saying.
+CLOCK_STEP_S = 2.0
 # Command results are journaled in batches (the decision before them is write-ahead).
 FLUSH_INTERVAL = timedelta(seconds=1)
 # Site draw against the limit, for the dashboard's last hour (720 points at 5 s).
@@ -256,6 +258,7 @@ class Supervisor:
         self.draining = False  # stopping: no new commands
         self._withdrawn: set[str] = set()
         self._resumed: dict[str, datetime] = {}  # commands resumed after a restart: sent at
+        self.clock_step_s: float | None = None  # the wall clock's step from our time, if any
         self._site_saved: dict[str, Any] = {}
         if measurements is not None:
             measurements.on_meter = self.on_meter
@@ -343,6 +346,7 @@ class Supervisor:
         if self._watched:
             self._detect_lies(now)
         self._forgive(now)
+        self._watch_clock(now)
         views = self._views()
         if not self.draining and self._must_plan(cause, limit):
             await self._decide(cause, now, limit, views)
@@ -537,6 +541,29 @@ class Supervisor:
                 self.lying_detected.add(miner_id)
                 self._journal.record_event(now, "lying", miner_id, why)
                 self._failed_since_plan = True  # the plan counted it as obeying: re-plan
+
+    def _watch_clock(self, now: datetime) -> None:
+        """The daemon keeps its steady time (controller/clock.py); a wall clock that steps
+        away from it is said once, journaled, and shown, and said again when they agree."""
+        offset = self._clock.wall_offset_s()
+        stepped = abs(offset) > CLOCK_STEP_S
+        if stepped == (self.clock_step_s is not None):
+            if stepped:
+                self.clock_step_s = offset
+            return
+        if stepped:
+            detail = (
+                f"the wall clock is {offset:+.0f} s from curtaild's time; deadlines, holds "
+                "and grant windows keep curtaild's time, which started synchronized "
+                "(restart curtaild to adopt the wall clock)"
+            )
+            log.warning("wall clock stepped", offset_s=round(offset, 1), detail=detail)
+            self._journal.record_event(now, "clock", "stepped", {"offset_s": round(offset, 3)})
+            self.clock_step_s = offset
+        else:
+            log.info("wall clock agrees with curtaild's time again", offset_s=round(offset, 3))
+            self._journal.record_event(now, "clock", "agrees", {"offset_s": round(offset, 3)})
+            self.clock_step_s = None
 
     def _forgive(self, now: datetime) -> None:
         """A lie is remembered for `lie_memory_s`: then its outlet judges the unit afresh."""
@@ -1229,6 +1256,7 @@ class Supervisor:
             ],
             "cold_cuts": self.cold_cut_count,
             "journal": {"writable": self._journal.error is None, "error": self._journal.error},
+            "wall_clock_offset_s": None if self.clock_step_s is None else round(self.clock_step_s),
             "lying": sorted(self.lying_detected),
             "expected_kw": round(self.plan.expected_w / 1000, 3) if self.plan else None,
             "miners": {"total": len(views), **counts},

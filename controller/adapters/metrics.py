@@ -166,6 +166,12 @@ class StateCollector(Collector):
             mqtt.errors if mqtt is not None else 0,
         )
         yield _value(
+            "curtaild_wall_clock_offset_seconds",
+            "The system's wall clock minus curtaild's steady time: 0 unless it was stepped "
+            "(curtaild keeps its own time; restart to adopt the wall clock).",
+            daemon.supervisor.clock_step_s or 0.0,
+        )
+        yield _value(
             "curtaild_journal_writable",
             "1 while the journal takes writes; 0: nothing is commanded until it does.",
             int(daemon.journal.error is None),

@@ -154,3 +154,19 @@ def test_an_outlet_found_off_counts_as_cut_and_one_found_on_is_no_longer_cut() -
     view = readings.view("m1")
     assert view.cut_at is None
     assert view.restored_at == later  # it boots now
+
+
+def test_system_clock_is_steady_when_the_wall_clock_steps() -> None:
+    """A wall clock stepped by an hour moves nothing the daemon times; it is reported."""
+    from controller.clock import SystemClock  # noqa: PLC0415
+
+    wall, mono = [1_795_000_000.0], [100.0]
+    clock = SystemClock(wall=lambda: wall[0], monotonic=lambda: mono[0])
+    start = clock.time()
+    mono[0] += 10
+    wall[0] += 10 + 3600  # ten seconds pass, and someone steps the wall clock an hour on
+    assert clock.time() == start + 10
+    assert clock.wall_offset_s() == 3600
+    wall[0] -= 7200  # and back past where it was
+    assert clock.time() == start + 10
+    assert clock.wall_offset_s() == -3600
