@@ -49,4 +49,6 @@ async def test_a_wall_clock_step_moves_no_deadline_or_grant(tmp_path: Path, step
         assert r.farm.total_power_w() <= 1000
         r.clock.wall_step_s = 0.0
         await r.step(1)
-        assert r.daemon.recorder.latest_status["wall_clock_offset_s"] is None
+        status = r.daemon.recorder.latest_status
+        assert status is not None
+        assert status["wall_clock_offset_s"] is None
