@@ -1048,7 +1048,7 @@ class Supervisor:
                 if kind is ActionKind.WARM:
                     return await driver.wake(gentle=True)
                 if kind is ActionKind.RAISE and Capability.POWER_TARGET not in driver.capabilities:
-                    return await driver.wake()  # from a gentle start's low work mode
+                    return await driver.wake(step_up=True)  # from a gentle start's low mode
                 floor = spec.floor_w() if kind is ActionKind.LOWER else None
                 return await driver.set_power_target(floor or spec.rated_power_w)
         except TimeoutError:

@@ -89,14 +89,17 @@ class MinerDriver(Protocol):
         """Put the miner to sleep; return the read-back that proves it."""
         ...
 
-    async def wake(self, *, gentle: bool = False) -> MinerReading:
+    async def wake(self, *, gentle: bool = False, step_up: bool = False) -> MinerReading:
         """Wake the miner; return the read-back that proves it.
 
         `gentle`: its boards are cold. Start at the family's gentle level (a low power
         target or work mode: `DriverTraits.gentle_fraction`) or after the vendor's
         pre-heat, so the cold boot does not fail. The supervisor steps it up after the
-        warm-up: with set_power_target, or with a plain wake() where the family has no
-        power target (a plain wake always ends at the default power)."""
+        warm-up: with set_power_target, or with wake(step_up=True) where the family has
+        no power target. `step_up`: the miner runs at its gentle level because our gentle
+        wake put it there (perhaps before a restart, which the driver does not remember):
+        bring it to its default, even where a plain wake would leave a low mode a person
+        chose. Families with a power target may ignore it."""
         ...
 
     async def set_profile(self, profile: str) -> MinerReading:

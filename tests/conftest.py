@@ -149,9 +149,17 @@ def _signing_key(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def subnet() -> str:
-    """A loopback /16 no other test in this run uses: 127.64.0.0 and up."""
-    n = next(_subnets)
-    return f"127.{64 + n % 150}"
+    """A loopback /16 no other test in this run uses: 127.64.0.0 and up. One whose first
+    miner port is taken (another pytest run, a bench, a demo) is passed over."""
+    for _ in range(150):
+        net = f"127.{64 + next(_subnets) % 150}"
+        with socket.socket() as s:
+            try:
+                s.bind((f"{net}.0.1", 4028))
+            except OSError:
+                continue
+        return net
+    raise RuntimeError("every loopback subnet 127.64-213 is in use")
 
 
 def site_dict(

@@ -202,19 +202,22 @@ class AntminerStockMiner:
             self._warming = False  # the mode to come back to is still the one before
             return reading
 
-    async def wake(self, *, gentle: bool = False) -> MinerReading:
+    async def wake(self, *, gentle: bool = False, step_up: bool = False) -> MinerReading:
         """Back to the mode sleep interrupted; gentle: into low-power mode instead (a unit
         already awake is left alone: its boards are warm, and a save restarts bmminer)."""
         # A plain wake after a gentle one steps the unit up from low-power. Otherwise a unit
         # running low-power counts as awake: a person who chose low-power (a weak circuit, a
-        # hot row) keeps it, and our sleep and wake bring it back to low-power. A daemon
-        # restart forgets that we chose it: such a unit stays low until a person steps it up.
+        # hot row) keeps it, and our sleep and wake bring it back to low-power. After a
+        # restart this driver has forgotten that we chose it; the controller remembers
+        # (its journal) and says so with step_up.
         async with self._lock:
             if gentle:
                 reading, wrote = await self._set_mode(MODE_LOW, "wake", exact=True, warm_ok=True)
                 self._warming |= wrote
                 return reading
-            reading, _ = await self._set_mode(self._wake_mode, "wake", exact=self._warming)
+            exact = self._warming or step_up
+            target = MODE_NORMAL if step_up and not self._warming else self._wake_mode
+            reading, _ = await self._set_mode(target, "wake", exact=exact)
             self._warming = False
             return reading
 

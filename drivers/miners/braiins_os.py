@@ -187,7 +187,12 @@ class BraiinsOsMiner:
             await self._action("pause")
             return await self._verify("pause", lambda r: r.mode is Mode.SLEEPING, VERIFY_PARTS)
 
-    async def wake(self, *, gentle: bool = False) -> MinerReading:
+    async def wake(
+        self,
+        *,
+        gentle: bool = False,
+        step_up: bool = False,  # noqa: ARG002 - a power target steps it up
+    ) -> MinerReading:
         """Resume. Gentle: first the lowest power target, proven before the resume (paused,
         the tuner keeps it for the start), so cold boards start at the lowest draw; the
         supervisor steps the miner up with set_power_target after the warm-up. Firmware

@@ -110,7 +110,12 @@ class LuxosMiner:
             await self._write("curtail", "sleep")
             return await self._verify("sleep", lambda r: r.mode is Mode.SLEEPING, VERIFY_PARTS)
 
-    async def wake(self, *, gentle: bool = False) -> MinerReading:
+    async def wake(
+        self,
+        *,
+        gentle: bool = False,
+        step_up: bool = False,  # noqa: ARG002 - a power target steps it up
+    ) -> MinerReading:
         """Curtail wakeup. Gentle: first the lowest stock profile, proven before the wakeup
         (asleep, the miner keeps it for the next start), so cold boards start at the lowest
         draw; the supervisor steps the miner up with set_power_target after the warm-up.

@@ -512,7 +512,12 @@ class WhatsminerV2Miner:
             unanswered = await self._command_allowing_silence("power_off", respbefore="true")
             return await self._verify("sleep", _asleep, unanswered)
 
-    async def wake(self, *, gentle: bool = False) -> MinerReading:
+    async def wake(
+        self,
+        *,
+        gentle: bool = False,
+        step_up: bool = False,  # noqa: ARG002 - no low level to step up from (pre-heat)
+    ) -> MinerReading:
         """power_on; gentle: only once pre_power_on reports the pre-heat complete."""
         async with self._lock:
             if gentle:
@@ -878,7 +883,12 @@ class WhatsminerV3Miner:
             await self._write("set.miner.service", "stop")
             return await self._verify("sleep", _asleep)
 
-    async def wake(self, *, gentle: bool = False) -> MinerReading:
+    async def wake(
+        self,
+        *,
+        gentle: bool = False,
+        step_up: bool = False,  # noqa: ARG002 - no low level to step up from (pre-heat)
+    ) -> MinerReading:
         """start; gentle: only once set.miner.pre_power_on reports the pre-heat complete."""
         # A plain wake does not pre-heat: v2's brief wait only shortens the ramp a little,
         # and the command is missing from the 3.0.x command lists (firmware may lack it).
@@ -1147,8 +1157,13 @@ class WhatsminerMiner:
     async def sleep(self) -> MinerReading:
         return await (await self._impl()).sleep()
 
-    async def wake(self, *, gentle: bool = False) -> MinerReading:
-        return await (await self._impl()).wake(gentle=gentle)
+    async def wake(
+        self,
+        *,
+        gentle: bool = False,
+        step_up: bool = False,
+    ) -> MinerReading:
+        return await (await self._impl()).wake(gentle=gentle, step_up=step_up)
 
     async def set_profile(self, profile: str) -> MinerReading:
         return await (await self._impl()).set_profile(profile)

@@ -304,6 +304,20 @@ async def test_antminer_stock_gentle_wake_starts_in_low_power_then_steps_up(
     assert farm.power_w("m0") == 3250
 
 
+async def test_antminer_stock_steps_up_a_gentle_wake_a_restart_forgot(
+    farm: SimFarm, clock: Time
+) -> None:
+    """A restarted daemon has a new driver that never saw the gentle wake; the controller's
+    journal remembers, and step_up brings the unit from low-power to normal."""
+    await across_restart(farm, clock, driver(farm).sleep())
+    await across_restart(farm, clock, driver(farm).wake(gentle=True), changes=2)
+    after_restart = driver(farm)
+    assert (await after_restart.wake()).profile == "low"  # a plain wake leaves it
+    stepped = await across_restart(farm, clock, after_restart.wake(step_up=True), changes=3)
+    assert stepped.profile == "normal"
+    assert list(device(farm).commands) == ["sleep", "low", "normal"]
+
+
 async def test_antminer_stock_sleep_while_warming_keeps_the_mode_to_come_back_to(
     farm: SimFarm, clock: Time
 ) -> None:
