@@ -233,7 +233,7 @@ def measure(
     before: tuple[dict[str, int], int],
 ) -> dict[str, Any]:
     t0_mono, t0_wall, t0_pdus = t0
-    cuts_before, switches_before = before
+    cuts_before, _ = before
 
     def since(at: datetime | None) -> float | None:
         return None if at is None else at.timestamp() - t0_wall
@@ -249,7 +249,8 @@ def measure(
     sleeps = {c: t - t0_mono for c, t in farm.first_at.items() if c in SLEEP_OPENERS}
     first_sleep = min(sleeps.values(), default=None)
     firsts = [t for t in (first_sleep, writes[0][0] if writes else None) if t is not None]
-    verified = [at for at, _, on in list(sup.switches)[switches_before:] if not on]
+    # By time, not by index: the supervisor keeps only its latest switches.
+    verified = [at for at, _, on in sup.switches if not on and at.timestamp() >= t0_wall]
     relay = [o for o in [*sup.finished, *sup.obligations] if o.kind == "under-frequency"]
     ob = relay[0] if relay else None
     return {

@@ -336,14 +336,19 @@ class Daemon:
         log.info("ready", miners=len(self.specs), systemd=self.notifier.enabled)
 
     async def serve(self, stop: asyncio.Event, grace_s: float = STOP_GRACE_S) -> None:
-        """Run until `stop` is set (SIGTERM), then stop gracefully. A part that fails
-        stops the daemon and its error propagates (systemd restarts it)."""
+        """Run until `stop` is set (SIGTERM) or the loop wants a restart, then stop
+        gracefully. A part that fails stops the daemon and its error propagates (systemd
+        restarts it)."""
         self._task = asyncio.create_task(self.run(), name="curtaild")
         waiter = asyncio.create_task(stop.wait(), name="curtaild.stop")
+        restart = asyncio.create_task(
+            self.supervisor.restart_wanted.wait(), name="curtaild.restart"
+        )
         try:
-            await asyncio.wait({self._task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({self._task, waiter, restart}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             waiter.cancel()
+            restart.cancel()
         if self._task.done():
             self._task.result()
             return

@@ -23,6 +23,9 @@ from controller.clock import SystemClock
 from controller.config import ConfigError, Loaded, check_listen, load
 
 EXIT_CONFIG = 2
+# The daemon stopped to start again (it adopts a synchronized wall clock): EX_TEMPFAIL,
+# which the unit's Restart=on-failure restarts.
+EXIT_RESTART = 75
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -125,19 +128,25 @@ def _run(args: argparse.Namespace) -> int:
     from controller.adapters.systemd import Notifier  # noqa: PLC0415
     from controller.app import Daemon  # noqa: PLC0415 - keep check-config fast
 
-    async def daemon() -> None:
+    async def daemon() -> int:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):  # graceful: finish, flush, then exit
             loop.add_signal_handler(sig, stop.set)
+        # SIGHUP re-reads the listeners' TLS files. Its handler is in place before the
+        # daemon is built (a large fleet takes a while): the default action would stop it.
+        built: list[Daemon] = []
+        loop.add_signal_handler(signal.SIGHUP, lambda: [d.reload_tls() for d in built])
         notifier = Notifier.from_env()
         running = Daemon(loaded, SystemClock(), tune_gc=True, notifier=notifier)
-        # SIGHUP re-reads the listeners' TLS files. Without this handler its default
-        # action would stop the daemon.
-        loop.add_signal_handler(signal.SIGHUP, running.reload_tls)
+        built.append(running)
         await running.serve(stop)
+        if running.supervisor.restart_reason is not None:
+            print(f"curtaild: restarting: {running.supervisor.restart_reason}", file=sys.stderr)
+            return EXIT_RESTART
+        return 0
 
-    return run_loop(_returning_zero(daemon))
+    return run_loop(daemon())
 
 
 def _report(args: argparse.Namespace) -> int:

@@ -3,11 +3,12 @@
 I/O deadlines (asyncio.timeout around a socket call) stay on real time: they protect
 against real stalls. Everything the control logic schedules goes through a Clock.
 
-The daemon's time is steady: the wall clock as it was at start, advanced by the monotonic
-clock (which NTP slews but never steps). A wall clock stepped later (an admin's `date`,
-a bad time server, a VM resumed) moves no deadline, hold, staleness or grant window; the
-daemon says the wall clock disagrees, and a restart adopts the new time. The unit starts
-after time-sync.target, so the time it starts from is the synchronized one.
+The daemon's time is steady: the wall clock as it was at start, advanced by the boot-time
+clock (which NTP slews but never steps, and which counts a suspend). A wall clock stepped
+later (an admin's `date`, a bad time server) moves no deadline, hold, staleness or grant
+window; the daemon says so, and adopts the wall clock only by a restart once the system
+says it is synchronized (the supervisor). Signatures are judged against the wall clock:
+the grid signs with its own, synchronized one.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import itertools
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Protocol
 
 
@@ -34,11 +36,27 @@ class Clock(Protocol):
         """How far the system's wall clock has moved from this clock's time (a step)."""
         ...
 
+    def wall_time(self) -> float:
+        """The system's wall clock, unix seconds: what a signer's timestamp is judged by."""
+        ...
+
+    def wall_synchronized(self) -> bool | None:
+        """Whether the system says its wall clock is synchronized (None: it does not say)."""
+        ...
+
     async def sleep(self, seconds: float) -> None: ...
 
     async def wait(self, event: asyncio.Event, timeout_s: float) -> bool:
         """Wait for `event` or `timeout_s` seconds; True if the event was set."""
         ...
+
+
+TIMESYNCD_SYNCHRONIZED = Path("/run/systemd/timesync/synchronized")
+
+
+def _boot_time() -> float:
+    """CLOCK_BOOTTIME: monotonic, and it counts time suspended (CLOCK_MONOTONIC does not)."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
 
 
 class SystemClock:
@@ -47,10 +65,12 @@ class SystemClock:
     def __init__(
         self,
         wall: Callable[[], float] = time.time,
-        monotonic: Callable[[], float] = time.monotonic,
+        monotonic: Callable[[], float] = _boot_time,
+        synchronized: Path = TIMESYNCD_SYNCHRONIZED,
     ) -> None:
         self._wall = wall
         self._monotonic = monotonic
+        self._synchronized = synchronized
         self._anchor = wall() - monotonic()
 
     def now(self) -> datetime:
@@ -61,6 +81,14 @@ class SystemClock:
 
     def wall_offset_s(self) -> float:
         return self._wall() - self.time()
+
+    def wall_time(self) -> float:
+        return self._wall()
+
+    def wall_synchronized(self) -> bool | None:
+        # systemd-timesyncd (Debian's default) keeps this file while it is synchronized;
+        # other time daemons say nothing we can read under the unit's sandbox.
+        return True if self._synchronized.exists() else None
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(max(0.0, seconds))
@@ -84,6 +112,7 @@ class FakeClock:
         self._sleepers: list[tuple[datetime, int, asyncio.Future[None]]] = []
         self._seq = itertools.count()
         self.wall_step_s = 0.0  # a test steps the "wall clock" by setting this
+        self.wall_synced: bool | None = None  # and says whether the system calls it right
 
     def now(self) -> datetime:
         return self._now
@@ -93,6 +122,12 @@ class FakeClock:
 
     def wall_offset_s(self) -> float:
         return self.wall_step_s
+
+    def wall_time(self) -> float:
+        return self.time() + self.wall_step_s
+
+    def wall_synchronized(self) -> bool | None:
+        return self.wall_synced
 
     async def sleep(self, seconds: float) -> None:
         if seconds <= 0:

@@ -103,29 +103,36 @@ class Inbox:
 
     def submit_http(self, body: bytes, ts: str | None, signature: str | None) -> Outcome:
         """POST /grid/v1/signals: headers carry the signature."""
+        source = None
         try:
             try:
                 source = authenticate(
-                    self._keys, ts, signature, body, now=self._clock.time(), window_s=self._window_s
+                    self._keys,
+                    ts,
+                    signature,
+                    body,
+                    now=self._clock.wall_time(),
+                    window_s=self._window_s,
                 )
             except WireError as err:
                 return self._refuse("http", None, body, err)
             return self._accept("http", source, body)
         except Exception as err:  # noqa: BLE001 - no input may stop the daemon
-            return self._contain("http", body, err)
+            return self._contain("http", source, body, err)
 
     def submit_mqtt(self, payload: bytes) -> Outcome:
         """A message on the signals topic: an envelope carries the signature."""
+        source = None
         try:
             try:
                 source, body = open_envelope(
-                    payload, self._keys, now=self._clock.time(), window_s=self._window_s
+                    payload, self._keys, now=self._clock.wall_time(), window_s=self._window_s
                 )
             except WireError as err:
                 return self._refuse("mqtt", None, payload, err)
             return self._accept("mqtt", source, body)
         except Exception as err:  # noqa: BLE001 - no input may stop the daemon
-            return self._contain("mqtt", payload, err)
+            return self._contain("mqtt", source, payload, err)
 
     def prune(self, now: datetime) -> None:
         """Forget signals that ended a while ago (their revisions stay known)."""
@@ -177,14 +184,10 @@ class Inbox:
             log.warning(
                 "journal unavailable; signal not accepted", signal=signal.id, error=str(err)
             )
-            return Outcome(
-                "unavailable",
-                "journal unavailable; retry",
-                503,
-                signal.id,
-                signal.revision,
-                signal.kind,
-            )
+            detail = "journal unavailable; nothing was changed: retry"
+            # Over MQTT the broker already has our PUBACK: the ack is the only answer.
+            self._publisher.ack(Ack(signal.id, signal.revision, "rejected", now, detail))
+            return Outcome("unavailable", detail, 503, signal.id, signal.revision, signal.kind)
         if verdict is Verdict.RECEIVED:
             self.book = admission.book
             self.admitted.append(Admitted(signal, admission, source, now))
@@ -209,7 +212,9 @@ class Inbox:
             signal.kind,
         )
 
-    def _contain(self, transport: str, payload: bytes, err: Exception) -> Outcome:
+    def _contain(
+        self, transport: str, source: str | None, payload: bytes, err: Exception
+    ) -> Outcome:
         """A bug met by one message: logged with the message's identity, journaled and
         counted, and the door stays open. The book changes only after its journal write,
         and nothing can fail after that, so whatever failed changed nothing held."""
@@ -218,16 +223,18 @@ class Inbox:
         log.error(
             "signal handling failed; the signal changed nothing",
             transport=transport,
+            source=source,
             payload_sha256=digest,
             payload_bytes=len(payload),
             exc_info=err,
         )
         reason = f"internal error ({type(err).__name__}); the signal changed nothing"
-        with contextlib.suppress(Exception):  # the journal's own failure is logged there
+        now = self._clock.now()
+        with contextlib.suppress(JournalError):  # Journal.error has said why
             self._journal.record_signal(
-                at=self._clock.now(),
+                at=now,
                 transport=transport,
-                source=None,
+                source=source,
                 signal_id=None,
                 revision=None,
                 kind=None,
@@ -235,6 +242,8 @@ class Inbox:
                 detail=reason,
                 body=payload[:4096],
             )
+        if source is not None or transport == "mqtt":  # as _refuse answers
+            self._publisher.ack(Ack(None, None, "rejected", now, reason))
         return Outcome("rejected", reason, 500)
 
     def _refuse(self, transport: str, source: str | None, body: bytes, err: WireError) -> Outcome:

@@ -7,6 +7,7 @@ deadlines from here, so a restart mid-curtailment resumes rather than wakes the 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import zlib
@@ -72,6 +73,7 @@ CREATE TABLE IF NOT EXISTS ladder (miner_id TEXT PRIMARY KEY, state TEXT NOT NUL
 CREATE TABLE IF NOT EXISTS site_state (key TEXT PRIMARY KEY, state TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS commands_decision ON commands (decision_seq);
 CREATE INDEX IF NOT EXISTS signals_at ON signals (at);
+CREATE INDEX IF NOT EXISTS decisions_at ON decisions (at);
 """
 
 
@@ -110,6 +112,14 @@ class Journal:
             if version is None:
                 self._db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
             elif int(version[0]) in MIGRATIONS:
+                # One way: an older curtaild refuses the upgraded journal (keep a copy to
+                # roll back). The new tables start empty.
+                log.info(
+                    "journal schema upgraded",
+                    path=str(path),
+                    schema=f"{version[0]} -> {SCHEMA_VERSION}",
+                    adds=MIGRATIONS[int(version[0])],
+                )
                 self._db.execute(
                     "UPDATE meta SET value=? WHERE key='schema'", (str(SCHEMA_VERSION),)
                 )
@@ -363,26 +373,44 @@ class Journal:
 
     def ladder_state(self) -> dict[str, dict[str, Any]]:
         """Where the ladder left each miner at the last flush (see record_commands)."""
-        return {
-            str(miner): json.loads(text)
-            for miner, text in self._db.execute("SELECT miner_id, state FROM ladder")
-        }
+        return self._objects("SELECT miner_id, state FROM ladder", "ladder")
 
     def site_state(self) -> dict[str, dict[str, Any]]:
         """What the loop had learned about the site (the meter's unexplained draw, the
         frequency relay), by key."""
-        return {
-            str(key): json.loads(text)
-            for key, text in self._db.execute("SELECT key, state FROM site_state")
-        }
+        return self._objects("SELECT key, state FROM site_state", "site state")
 
-    def unsettled(self, since: datetime) -> list[tuple[int, datetime, str, str, str]]:
-        """Actions decided at or after `since` that have no command record: on the wire (or
-        done but not yet flushed) when the daemon stopped. (decision seq, decided at,
-        miner, action, reason), oldest decision first; a miner's latest one is last."""
+    def _objects(self, sql: str, what: str) -> dict[str, dict[str, Any]]:
+        """Rows of (key, JSON object). One that does not read as an object is left out and
+        logged: a restart must not fail on it (the ladder is rebuilt from the readings)."""
+        out: dict[str, dict[str, Any]] = {}
+        for key, text in self._db.execute(sql):
+            try:
+                value = json.loads(text)
+            except (ValueError, TypeError):
+                value = None
+            if isinstance(value, dict):
+                out[str(key)] = value
+            else:
+                log.warning("unreadable journal row left out", table=what, key=str(key))
+        return out
+
+    def probe(self, at: datetime) -> None:
+        """A small write to learn whether the journal takes writes again (Journal.error)."""
+        with contextlib.suppress(JournalError), self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('probe', ?)", (_ts(at),))
+
+    def unsettled(
+        self, since: datetime, until: datetime | None = None
+    ) -> list[tuple[int, datetime, str, str, str]]:
+        """Actions decided from `since` (to `until`) with no command result (or one
+        cancelled mid-way) that are still each miner's latest decision: on the wire, or
+        done but not flushed, when the daemon stopped. (decision seq, decided at, miner,
+        action, reason), oldest decision first."""
         decisions = list(
             self._db.execute(
-                "SELECT seq, at, actions FROM decisions WHERE at >= ? ORDER BY seq", (_ts(since),)
+                "SELECT seq, at, actions FROM decisions WHERE at >= ? AND at <= ? ORDER BY seq",
+                (_ts(since), _ts(until) if until is not None else "9999"),
             )
         )
         if not decisions:
@@ -394,17 +422,15 @@ class Journal:
                 (decisions[0][0],),
             )
         )
-        out: list[tuple[int, datetime, str, str, str]] = []
+        latest: dict[str, tuple[int, datetime, str, str, str] | None] = {}
         for seq, at, blob in decisions:
             grouped: dict[str, dict[str, list[str]]] = json.loads(zlib.decompress(blob))
             for kind, by_reason in grouped.items():
                 for reason, miners in by_reason.items():
-                    out.extend(
-                        (int(seq), _parse(at), m, kind, reason)
-                        for m in miners
-                        if (seq, m) not in done
-                    )
-        return out
+                    for m in miners:
+                        settled = (seq, m) in done
+                        latest[m] = None if settled else (int(seq), _parse(at), m, kind, reason)
+        return sorted((v for v in latest.values() if v is not None), key=lambda v: v[0])
 
     def restore_book(self) -> SignalBook:
         """The signal book as it was at the last commit."""

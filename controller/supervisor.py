@@ -13,7 +13,7 @@ import contextlib
 import gc
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -57,9 +57,17 @@ from controller.journal import CommandRecord, Journal, JournalError
 from controller.measure import Measurements, MeterSample
 from controller.operator import Desk, HoldMode
 from controller.publish import Ack, Publisher
-from controller.telemetry import Activity, Poller, Readings
+from controller.telemetry import Activity, Poller, Readings, parse_time
 from drivers.deadline import within
-from drivers.errors import DeviceTimeoutError, DriverError, VerificationError, driver_bug
+from drivers.errors import (
+    DeviceTimeoutError,
+    DriverError,
+    RejectedError,
+    SessionBusyError,
+    UnreachableError,
+    VerificationError,
+    driver_bug,
+)
 from drivers.pdu.modbus_pdu import ModbusPdu
 from drivers.transport.admission import Gate
 from drivers.types import Capability, MinerDriver, MinerReading, Mode
@@ -83,10 +91,19 @@ KEEP_HISTORY = 1000
 # A resumed sleep (sent before a restart) reads the miner again this often while it
 # cannot answer (a stock Antminer restarting its mining process).
 RESUME_POLL_S = 1.0
+# A resumed command may wait this long: a LuxOS write session the dead daemon left open
+# idles out after 60 s (docs.luxor.tech, sessions), and only then takes the write.
+RESUMED_TIMEOUT_S = 75.0
 # The unexplained draw learned before a restart is trusted this long after it was learned.
 OFFSET_TRUSTED_FOR = timedelta(minutes=10)
 # The wall clock more than this from the daemon's steady time is a step worth saying.
 CLOCK_STEP_S = 2.0
+# A step that the system calls synchronized and that lasts this long is adopted: curtaild
+# restarts (the journal resumes the ladder) on the wall clock.
+CLOCK_ADOPT_AFTER = timedelta(seconds=60)
+# A power target that failed for a passing reason (a timeout) is skipped this long; one the
+# firmware refuses, for good.
+NO_LOWER_FOR = timedelta(hours=1)
 # Command results are journaled in batches (the decision before them is write-ahead).
 FLUSH_INTERVAL = timedelta(seconds=1)
 # Site draw against the limit, for the dashboard's last hour (720 points at 5 s).
@@ -258,7 +275,13 @@ class Supervisor:
         self.draining = False  # stopping: no new commands
         self._withdrawn: set[str] = set()
         self._resumed: dict[str, datetime] = {}  # commands resumed after a restart: sent at
+        self._site_pending: dict[str, Any] = {}  # site state to write at the next flush
         self.clock_step_s: float | None = None  # the wall clock's step from our time, if any
+        self._stepped_at: datetime | None = None
+        self.restart_wanted = asyncio.Event()  # the daemon should restart (serve() does)
+        self.restart_reason: str | None = None
+        # Decisions enforced while the journal could not take them: journaled once it can.
+        self._catch_up_later: deque[tuple[datetime, str, Limit, Plan]] = deque()
         self._site_saved: dict[str, Any] = {}
         if measurements is not None:
             measurements.on_meter = self.on_meter
@@ -338,25 +361,44 @@ class Supervisor:
 
     async def _control(self, cause: str, now: datetime) -> tuple[MinerView, ...]:
         """The cycle's work up to its report. Every change is journaled before it takes
-        effect, so a JournalError leaves what is held as it was, to be tried again."""
-        self._absorb_signals()
-        self._inbox.prune(now)
+        effect, so a JournalError leaves what is held as it was, to be tried again; each
+        step meets it on its own, so the draw is still measured and deadlines judged while
+        the journal is down."""
+        failed: list[JournalError] = []
+
+        def attempt(step: Callable[[], None]) -> None:
+            try:
+                step()
+            except JournalError as err:
+                failed.append(err)
+
+        if self._journal.error is not None:
+            self._journal.probe(now)  # nothing else may write to find it writable again
+        if self._catch_up_later and self._journal.error is None:
+            attempt(lambda: self._catch_up(now))
+        attempt(self._absorb_signals)
+        attempt(lambda: self._inbox.prune(now))
         self._follow_desk(now)
         limit = self._limit(now)
         if self._watched:
             self._detect_lies(now)
-        self._forgive(now)
+        attempt(lambda: self._forgive(now))
         self._watch_clock(now)
         views = self._views()
         if not self.draining and self._must_plan(cause, limit):
-            await self._decide(cause, now, limit, views)
+            try:
+                await self._decide(cause, now, limit, views)
+            except JournalError as err:
+                failed.append(err)
         # After the decision: a fleet-wide sum is not on the path to the first command.
         self.measured_w = self._measured(now, views)
         self._learn(now, views)
-        self._track(now)
+        attempt(lambda: self._track(now))
         self._poller.set_fast(self.pending_deadlines())
         if self.in_flight == 0 or now - self._flushed_at >= FLUSH_INTERVAL:
-            self._flush(now)
+            attempt(lambda: self._flush(now))
+        if failed:
+            raise failed[0]
         return views
 
     async def drain(self, grace_s: float) -> bool:
@@ -369,8 +411,13 @@ class Supervisor:
         while self.in_flight > 0 and self._clock.time() < deadline:
             self._inbox.wake.clear()
             await self._clock.wait(self._inbox.wake, min(0.25, deadline - self._clock.time()))
-        with contextlib.suppress(JournalError):  # Journal.error has said why
+        try:
             self._flush(self._clock.now())
+        except JournalError:
+            log.warning(
+                "stopping with command results not journaled: the journal is unwritable",
+                records=len(self._records),
+            )
         return self.in_flight == 0
 
     def _follow_desk(self, now: datetime) -> None:
@@ -416,13 +463,17 @@ class Supervisor:
             overrides=self._relay(now),
         )
 
-    def _operator_steps(self, plan: Plan, views: tuple[MinerView, ...], now: datetime) -> Plan:
+    def _operator_steps(
+        self, plan: Plan, views: tuple[MinerView, ...], now: datetime
+    ) -> tuple[Plan, set[str]]:
         """The operator's say in a plan: a miner held asleep that runs is put to sleep;
         while automation is paused nothing comes back (wakes, raises, restores are
-        withheld, except for miners held running). Sheds always stand: grid limits win."""
+        withheld, except for miners held running). Sheds always stand: grid limits win.
+        Returns the plan and the miners slept for a hold (not grid sheds)."""
         desk = self._desk
+        held: set[str] = set()
         if desk is None:
-            return plan
+            return plan, held
         actions = list(plan.actions)
         notes = list(plan.notes)
         if desk.paused:
@@ -453,10 +504,10 @@ class Supervisor:
                 continue
             why = f"sleep: held asleep by {hold.by} until {hold.expires_at:%H:%M:%S}: {hold.reason}"
             actions.append(Action(view.spec.id, ActionKind.SLEEP, why))
-            self._hold_sleeps.add(view.spec.id)
+            held.add(view.spec.id)
         if len(actions) == len(plan.actions) and notes == list(plan.notes):
-            return plan
-        return replace(plan, actions=tuple(actions), notes=tuple(notes))
+            return plan, held
+        return replace(plan, actions=tuple(actions), notes=tuple(notes)), held
 
     def _limit(self, now: datetime) -> Limit:
         relay = self._relay(now)
@@ -535,42 +586,60 @@ class Supervisor:
             if view.lying is not None or view.pending is not None:
                 continue
             why = lie(view, now, self._rules.stale_after, grace)
+            if why is None:
+                continue
             memory = self._measure.lie_memory_s
             until = None if memory is None else now + timedelta(seconds=memory)
-            if why is not None and self._readings.mark_lying(miner_id, why, until):
+            # The mark is a judgement of measured power, kept even if the journal cannot
+            # take its event: the ladder row carries it at the next flush.
+            self._journal_best_effort(now, "lying", miner_id, why)
+            if self._readings.mark_lying(miner_id, why, until):
                 self.lying_detected.add(miner_id)
-                self._journal.record_event(now, "lying", miner_id, why)
                 self._failed_since_plan = True  # the plan counted it as obeying: re-plan
 
     def _watch_clock(self, now: datetime) -> None:
-        """The daemon keeps its steady time (controller/clock.py); a wall clock that steps
-        away from it is said once, journaled, and shown, and said again when they agree."""
+        """The daemon keeps its steady time (controller/clock.py). A wall clock that steps
+        away from it is said once, journaled and shown, and said again when they agree; one
+        the system calls synchronized that stays away CLOCK_ADOPT_AFTER is adopted by a
+        restart (the journal resumes the ladder, its times carried across the step)."""
         offset = self._clock.wall_offset_s()
-        stepped = abs(offset) > CLOCK_STEP_S
-        if stepped == (self.clock_step_s is not None):
-            if stepped:
-                self.clock_step_s = offset
+        if abs(offset) <= CLOCK_STEP_S:
+            if self.clock_step_s is not None:
+                self.clock_step_s = self._stepped_at = None
+                log.info("wall clock agrees with curtaild's time again", offset_s=offset)
+                self._journal_best_effort(now, "clock", "agrees", {"offset_s": round(offset, 3)})
             return
-        if stepped:
-            detail = (
-                f"the wall clock is {offset:+.0f} s from curtaild's time; deadlines, holds "
-                "and grant windows keep curtaild's time, which started synchronized "
-                "(restart curtaild to adopt the wall clock)"
+        if self.clock_step_s is None:
+            self._stepped_at = now
+            log.warning(
+                "wall clock stepped: deadlines, holds and grant windows keep curtaild's time",
+                offset_s=round(offset, 1),
             )
-            log.warning("wall clock stepped", offset_s=round(offset, 1), detail=detail)
-            self._journal.record_event(now, "clock", "stepped", {"offset_s": round(offset, 3)})
-            self.clock_step_s = offset
-        else:
-            log.info("wall clock agrees with curtaild's time again", offset_s=round(offset, 3))
-            self._journal.record_event(now, "clock", "agrees", {"offset_s": round(offset, 3)})
-            self.clock_step_s = None
+            self._journal_best_effort(now, "clock", "stepped", {"offset_s": round(offset, 3)})
+        self.clock_step_s = offset
+        stepped_at = self._stepped_at or now
+        if (
+            self.restart_reason is None
+            and now - stepped_at >= CLOCK_ADOPT_AFTER
+            and self._clock.wall_synchronized()
+        ):
+            self.restart_reason = f"adopting the synchronized wall clock ({offset:+.0f} s)"
+            log.warning("restarting to adopt the wall clock", offset_s=round(offset, 1))
+            self._journal_best_effort(now, "clock", "adopting", {"offset_s": round(offset, 3)})
+            with contextlib.suppress(JournalError):  # without it, times restore unshifted
+                self._journal.record_commands([], site={"clock": {"adopted_s": offset}})
+            self.restart_wanted.set()
 
     def _forgive(self, now: datetime) -> None:
-        """A lie is remembered for `lie_memory_s`: then its outlet judges the unit afresh."""
-        for miner_id in self._readings.expire_lies(now):
-            self.lying_detected.discard(miner_id)
-            self._journal.record_event(now, "lying-expired", miner_id, "judged afresh")
-            log.info("lie forgotten; the outlet judges the miner afresh", miner=miner_id)
+        """A lie is remembered for `lie_memory_s`, a failed power target for NO_LOWER_FOR:
+        then the unit is judged afresh. Each is journaled before it is forgotten."""
+        for miner_id, mark in self._readings.expiring(now):
+            what = "lie" if mark == "lying" else "skipped power target"
+            self._journal.record_event(now, f"{mark}-expired", miner_id, f"{what} forgotten")
+            self._readings.forget(miner_id, mark)
+            if mark == "lying":
+                self.lying_detected.discard(miner_id)
+            log.info("judged afresh", miner=miner_id, forgotten=what)
 
     def on_meter(self, sample: MeterSample | None) -> None:
         """Every meter poll: the frequency relay judges it at once, not at the next tick."""
@@ -642,13 +711,18 @@ class Supervisor:
             now, views, tuple(self._recent_wakes), self._last_shed_at, self._order, ambient
         )
         budget = replace(limit, limit_w=limit.limit_w - self.offset_w) if self.offset_w else limit
-        plan = self._operator_steps(planner.plan(snapshot, budget, self._rules), views, now)
+        plan, hold_sleeps = self._operator_steps(
+            planner.plan(snapshot, budget, self._rules), views, now
+        )
         self._planned_at = now
-        self._failed_since_plan = False
         seq = None
         if plan.actions or limit != self.limit:
             # Write ahead: the decision is durable before any command leaves.
-            seq = self._journal.record_decision(at=now, cause=cause, limit=limit, plan=plan)
+            try:
+                seq = self._journal.record_decision(at=now, cause=cause, limit=limit, plan=plan)
+            except JournalError:
+                await self._enforce_unjournaled(cause, now, limit, plan, hold_sleeps)
+                raise
             before = self.limit
             # A new nearest deadline alone changes the plan's order, not the limit to log.
             if before is None or (limit.limit_w, limit.reasons) != (before.limit_w, before.reasons):
@@ -662,34 +736,75 @@ class Supervisor:
                     budget_kw=plan.budget_w / 1000,
                     notes=list(plan.notes),
                 )
+        self._failed_since_plan = False
+        self._hold_sleeps |= hold_sleeps
         self.limit, self.plan = limit, plan
-        self._alarm(now, plan)
         if plan.actions:
             await self._dispatch(plan.actions, seq, now)
+        self._alarm(now, plan)  # after the commands: an alarm's journal row never holds them
+
+    async def _enforce_unjournaled(
+        self, cause: str, now: datetime, limit: Limit, plan: Plan, hold_sleeps: set[str]
+    ) -> None:
+        """The decision cannot be journaled. Sheds toward a limit the journal already holds
+        still go out (the limit is kept; each is journaled once the journal takes writes);
+        nothing that loosens does."""
+        sheds = tuple(a for a in plan.actions if a.kind in SHEDS)
+        if not sheds:
+            return
+        log.warning(
+            "journal unwritable: enforcing the held limit without a journal record",
+            sheds=len(sheds),
+            limit_kw=limit.limit_w / 1000,
+        )
+        kept = replace(plan, actions=sheds, notes=(*plan.notes, "journal unwritable: sheds only"))
+        self._catch_up_later.append((now, cause, limit, kept))
+        self._failed_since_plan = False
+        self._hold_sleeps |= hold_sleeps & {a.miner_id for a in sheds}
+        self.plan = kept
+        await self._dispatch(sheds, None, now)
+
+    def _catch_up(self, now: datetime) -> None:
+        """Journal the decisions made while the journal could not be written."""
+        while self._catch_up_later:
+            at, cause, limit, plan = self._catch_up_later[0]
+            self._journal.record_decision(
+                at=at, cause=f"{cause} (journaled late, at {now:%H:%M:%S})", limit=limit, plan=plan
+            )
+            self._catch_up_later.popleft()
 
     def _alarm(self, now: datetime, plan: Plan) -> None:
         """Journal and log what the operator must hear about. A cold cut is an alarm each
         time; a heater floor not held is one while it stands (journaled when it starts and
-        when it clears), not once per plan."""
+        when it clears), not once per plan. An alarm the journal cannot take is still
+        logged and shown; the rest of the cycle goes on."""
         standing: dict[tuple[str, str], tuple[datetime, str]] = {}
         for alarm in plan.alarms:
             key = (alarm.kind, alarm.subject)
+            if alarm.kind != "cold-cut" and key in self.alarms:
+                standing[key] = self.alarms[key]
+                continue
+            log.warning(alarm.kind, subject=alarm.subject, detail=alarm.detail)
             if alarm.kind == "cold-cut":
                 self.cold_cuts.append((now, alarm.subject, alarm.detail))
                 self.cold_cut_count += 1
-            elif key in self.alarms:
-                standing[key] = self.alarms[key]
-                continue
             else:
                 standing[key] = (now, alarm.detail)
             self.alarm_counts[alarm.kind] += 1
-            self._journal.record_event(now, "alarm", alarm.subject, alarm.detail)
-            log.warning(alarm.kind, subject=alarm.subject, detail=alarm.detail)
+            self._journal_best_effort(now, "alarm", alarm.subject, alarm.detail)
         # A shed plan judges floors; a wake plan judges them only while it has floor wakes.
         for key in self.alarms.keys() - standing.keys():
-            self._journal.record_event(now, "alarm-cleared", key[1], key[0])
             log.info("alarm cleared", kind=key[0], subject=key[1])
+            self._journal_best_effort(now, "alarm-cleared", key[1], key[0])
         self.alarms = standing
+
+    def _journal_best_effort(
+        self, now: datetime, kind: str, subject: str, detail: dict[str, Any] | str
+    ) -> None:
+        """An event that reports rather than decides: logged whatever happens, journaled if
+        the journal takes it (Journal.error says why not)."""
+        with contextlib.suppress(JournalError):
+            self._journal.record_event(now, kind, subject, detail)
 
     # -- signals and deadlines -------------------------------------------------------------
 
@@ -817,11 +932,11 @@ class Supervisor:
         miner_id = action.miner_id
         started = self._clock.now()
         # A resumed command's change dates from when the first run sent it.
-        since = self._resumed.pop(miner_id, started)
+        sent_before = self._resumed.pop(miner_id, None)
         outcome, detail, finished = "cancelled", None, None  # stays so only on shutdown
         try:
             async with self._slots:
-                reading = await self._run(action, resumed=since != started)
+                reading, resent = await self._run(action, resumed=sent_before is not None)
         except asyncio.CancelledError:
             if miner_id not in self._withdrawn:
                 raise  # shutting down
@@ -832,7 +947,7 @@ class Supervisor:
             finished = self._clock.now()
             outcome, detail = err.kind, err.detail
             if action.kind is ActionKind.LOWER or action.kind is ActionKind.RAISE:
-                self._target_failed(miner_id, err)
+                self._target_failed(miner_id, err, finished)
             else:
                 aimed = Mode.SLEEPING if action.kind is ActionKind.SLEEP else Mode.MINING
                 self._failed(miner_id, err, finished, aimed)
@@ -846,11 +961,11 @@ class Supervisor:
                 reading,
                 finished,
                 command=True,
-                since=since,
+                since=(changed := self._changed_at(started, finished, sent_before, resent=resent)),
                 transition=kind is not ActionKind.LOWER,
             )
             if kind is ActionKind.LOWER:
-                self._readings.set_ladder(miner_id, lowered_at=since)
+                self._readings.set_ladder(miner_id, lowered_at=changed)
             elif kind is ActionKind.RAISE:
                 self._readings.set_ladder(miner_id, lowered_at=None, warming_until=None)
             elif kind is ActionKind.WARM:
@@ -859,6 +974,17 @@ class Supervisor:
             if self._preheats.get(miner_id) is asyncio.current_task():
                 del self._preheats[miner_id]
             self._finish(seq, action, started, finished, outcome, detail)
+
+    @staticmethod
+    def _changed_at(
+        started: datetime, finished: datetime, sent_before: datetime | None, *, resent: bool
+    ) -> datetime:
+        """When a command's change began, for its ramp: when it was sent; for a resumed
+        one, when the first run sent it, unless it had to be sent again, which may have
+        waited out a session the dead daemon left (then: when it was taken, at the end)."""
+        if sent_before is None:
+            return started
+        return finished if resent else sent_before
 
     def _withdraw_preheat(self, miner_id: str) -> None:
         """The plan sleeps a miner whose gentle wake is still pre-heating its boards (a
@@ -904,13 +1030,15 @@ class Supervisor:
         if spec.traits.gentle_fraction is not None:
             self._readings.set_ladder(miner_id, lowered_at=started, warming_until=started + warm_up)
 
-    def _target_failed(self, miner_id: str, err: DriverError) -> None:
+    def _target_failed(self, miner_id: str, err: DriverError, finished: datetime) -> None:
         """A power target that could not be set says nothing against sleeping the miner:
         the ladder skips that step for it from now on, rather than going to the outlet."""
         self.commands_failed += 1
         self._failed_since_plan = True
         log.warning("power target failed; sleep instead", miner=miner_id, error=str(err))
-        self._readings.set_ladder(miner_id, no_lower=True)
+        # Refused or unsupported: for good. A timeout or an unreachable unit: a while.
+        lasting = isinstance(err, RejectedError) or not err.retryable
+        self._readings.skip_lowering(miner_id, None if lasting else finished + NO_LOWER_FOR)
         self._readings.set_pending(miner_id, None)
 
     def _failed(self, miner_id: str, err: DriverError, finished: datetime, aimed: Mode) -> None:
@@ -987,7 +1115,7 @@ class Supervisor:
         on = action.kind is ActionKind.RESTORE
         pdu, outlet = self._outlets[miner_id]
         started = self._clock.now()
-        since = self._resumed.pop(miner_id, None)  # a resumed cut dates from the first run
+        self._resumed.pop(miner_id, None)  # a resumed cut is sent again: it dates from now
         outcome, detail, finished = "cancelled", None, None
         try:
             try:
@@ -1015,7 +1143,7 @@ class Supervisor:
             if on:
                 self._readings.set_ladder(miner_id, cut_at=None, restored_at=finished)
             else:
-                self._readings.set_ladder(miner_id, cut_at=since or finished, restored_at=None)
+                self._readings.set_ladder(miner_id, cut_at=finished, restored_at=None)
             self._readings.set_pending(miner_id, None)
             log.info(
                 "outlet switched",
@@ -1028,8 +1156,10 @@ class Supervisor:
         finally:
             self._finish(seq, action, started, finished, outcome, detail)
 
-    async def _run(self, action: Action, *, resumed: bool = False) -> MinerReading:
-        driver = self._drivers[action.miner_id]
+    async def _run(self, action: Action, *, resumed: bool = False) -> tuple[MinerReading, bool]:
+        """The action's verified read-back, and whether the command was sent now (False:
+        a resumed sleep found the miner already asleep, so the change dates from the first
+        run's command)."""
         spec = self._specs[action.miner_id]
         kind = action.kind
         timeout = self._settings.command_timeouts.get(
@@ -1037,20 +1167,11 @@ class Supervisor:
         )
         if kind is ActionKind.WARM:
             timeout += spec.traits.gentle_extra_s  # a pre-heat, a profile set first
+        if resumed:
+            timeout = max(timeout, RESUMED_TIMEOUT_S)
         try:
             with within(timeout):
-                if kind is ActionKind.SLEEP and resumed:
-                    return await _resume_sleep(driver)
-                if kind is ActionKind.SLEEP:
-                    return await driver.sleep()
-                if kind is ActionKind.WAKE:
-                    return await driver.wake()
-                if kind is ActionKind.WARM:
-                    return await driver.wake(gentle=True)
-                if kind is ActionKind.RAISE and Capability.POWER_TARGET not in driver.capabilities:
-                    return await driver.wake(step_up=True)  # from a gentle start's low mode
-                floor = spec.floor_w() if kind is ActionKind.LOWER else None
-                return await driver.set_power_target(floor or spec.rated_power_w)
+                return await self._call(action, spec, resumed=resumed)
         except TimeoutError:
             raise DeviceTimeoutError(
                 action.miner_id, action.kind.value, f"no verified result within {timeout:g} s"
@@ -1059,6 +1180,27 @@ class Supervisor:
             raise
         except Exception as err:
             raise driver_bug(action.miner_id, action.kind.value, err) from err
+
+    async def _call(  # noqa: PLR0911 - one per kind of action
+        self, action: Action, spec: MinerSpec, *, resumed: bool
+    ) -> tuple[MinerReading, bool]:
+        """The driver call one action is (see _run for what it returns)."""
+        driver = self._drivers[action.miner_id]
+        kind = action.kind
+        if kind is ActionKind.SLEEP and resumed:
+            return await _resume_sleep(driver)
+        if kind is ActionKind.SLEEP:
+            return await driver.sleep(), True
+        if kind is ActionKind.WAKE:
+            return await driver.wake(), True
+        if kind is ActionKind.WARM:
+            return await driver.wake(gentle=True), True
+        if kind is ActionKind.RAISE and Capability.POWER_TARGET not in driver.capabilities:
+            return await driver.wake(step_up=True), True  # from a gentle start's low mode
+        watts = (spec.floor_w() if kind is ActionKind.LOWER else None) or spec.rated_power_w
+        if resumed:
+            return await _until_taken(lambda: driver.set_power_target(watts)), True
+        return await driver.set_power_target(watts), True
 
     # -- bookkeeping -----------------------------------------------------------------------
 
@@ -1075,7 +1217,7 @@ class Supervisor:
     def _flush(self, now: datetime) -> None:
         """Command results and where they left the ladder, in one transaction; kept in
         memory until it commits."""
-        site = self._site_changes(now)
+        site = {**self._site_pending, **self._site_changes(now)}
         ladder = self._readings.take_ladder_changes()
         if not (self._records or ladder or site):
             return
@@ -1086,6 +1228,7 @@ class Supervisor:
             raise
         self._records = []
         self._site_saved.update(site)
+        self._site_pending.clear()
         self._flushed_at = now
 
     def _site_changes(self, now: datetime) -> dict[str, Any]:
@@ -1093,17 +1236,18 @@ class Supervisor:
         the miners do not explain (to the nearest 100 W: it moves with the meter's noise)
         and the frequency relay while it is tripped."""
         state: dict[str, Any] = {
-            "offset": {
-                "w": round(self.offset_w, -2),
-                "at": (self._learned_at or now).isoformat(),
-            },
+            "offset": {"w": round(self.offset_w, -2), "at": now.isoformat()},
             "frequency": frequency.to_json(self._freq),
         }
         changed = {}
         for key, value in state.items():
             saved = self._site_saved.get(key)
-            if key == "offset" and saved is not None and saved["w"] == value["w"]:
-                continue
+            if key == "offset" and saved is not None and saved.get("w") == value["w"]:
+                # The same value, still current: written again only when half as old as
+                # a restart would trust it, so a steady base load stays trusted.
+                at = parse_time(saved.get("at"))
+                if at is not None and now - at < OFFSET_TRUSTED_FOR / 2:
+                    continue
             if saved != value:
                 changed[key] = value
         return changed
@@ -1120,19 +1264,29 @@ class Supervisor:
             for t in {spec.traits for spec in self._specs.values()}
         ]
         window = timedelta(seconds=max(timeouts) + max(ramps, default=0.0))
-        self._readings.restore_ladder(self._journal.ladder_state(), now, window)
         site = self._journal.site_state()
         self._site_saved = dict(site)
-        offset = site.get("offset")
-        if offset is not None and now - datetime.fromisoformat(offset["at"]) < OFFSET_TRUSTED_FOR:
-            self.offset_w = int(offset["w"])
-            self._learned_at = datetime.fromisoformat(offset["at"])
+        # Times journaled before the restart adopted a stepped wall clock move with it.
+        shift = timedelta(seconds=float(site.get("clock", {}).get("adopted_s", 0.0)))
+        if shift:
+            log.info("carrying the journal's times across the adopted clock", shift=str(shift))
+            self._site_saved["clock"] = {}  # written at the first flush: carried once
+            self._site_pending["clock"] = {}
+        self._readings.restore_ladder(self._journal.ladder_state(), now, window, shift)
+        self.lying_detected = {v.spec.id for v in self._readings.views() if v.lying is not None}
+        offset = site.get("offset", {})
+        learned = parse_time(offset.get("at"))
+        if learned is not None and now - (learned + shift) < OFFSET_TRUSTED_FOR:
+            self.offset_w = int(offset.get("w", 0))
+            self._learned_at = now  # it decays from here, not from a share of the downtime
         if "frequency" in site:
-            self._freq = frequency.from_json(site["frequency"])
+            self._freq = frequency.from_json(site["frequency"], shift)
         latest: dict[str, tuple[int, datetime, str, ActionKind, str]] = {}
-        for seq, at, miner, kind, reason in self._journal.unsettled(now - window):
-            if miner in self._specs:
-                latest[miner] = (seq, at, miner, ActionKind(kind), reason)
+        for seq, at, miner, kind, reason in self._journal.unsettled(
+            now - window - shift, now - shift
+        ):
+            if miner in self._specs and kind in ActionKind.__members__.values():
+                latest[miner] = (seq, min(at + shift, now), miner, ActionKind(kind), reason)
         for _, at, miner, kind, _ in latest.values():
             if kind in (ActionKind.SLEEP, ActionKind.CUT):
                 self._readings.hint(miner, Mode.SLEEPING, at)
@@ -1144,7 +1298,7 @@ class Supervisor:
                 on_the_wire=len(latest),
                 lowered=sum(v.lowered_at is not None for v in self._readings.views()),
                 cut=sum(v.cut_at is not None for v in self._readings.views()),
-                lying=sum(v.lying is not None for v in self._readings.views()),
+                lying=len(self.lying_detected),
             )
         return list(latest.values())
 
@@ -1165,21 +1319,6 @@ class Supervisor:
             return view.cut_at is None
         return False
 
-    def _rewarm(self, view: MinerView, at: datetime) -> None:
-        """A gentle wake sent before the restart that shows: it is warming, as if the first
-        run had seen it land, so it is raised after its warm-up."""
-        reading = view.reading
-        if (
-            reading is None
-            or reading.mode is not Mode.MINING
-            or view.lowered_at is not None
-            or view.spec.traits.gentle_fraction is None
-        ):
-            return
-        safety = self._rules.safety
-        warm_up = safety.rules(view.spec.container).warm_up if safety is not None else timedelta(0)
-        self._readings.set_ladder(view.spec.id, lowered_at=at, warming_until=at + warm_up)
-
     async def _resume(self) -> None:
         """After a restart, the commands that were on the wire: sheds are carried through
         (a sleep is waited for, and sent again only if the miner reads awake; a lower
@@ -1190,10 +1329,22 @@ class Supervisor:
         now = self._clock.now()
         for seq, at, miner, kind, reason in self._unsettled:
             view = self._readings.view(miner)
+            action = Action(miner, kind, reason)
             if self._carry_on(view, kind, now):
-                resumed.append((seq, Action(miner, kind, reason), at))
-            elif kind is ActionKind.WARM:
-                self._rewarm(view, at)
+                resumed.append((seq, action, at))
+                continue
+            reading = view.reading
+            if (
+                kind is ActionKind.WARM
+                and reading is not None
+                and reading.mode is Mode.MINING
+                and view.lowered_at is None
+            ):
+                self._warming(miner, at)  # it landed: warming, as if the first run saw it
+            # Settled now, by what the miner shows: a later restart must not resume it.
+            self._records.append(
+                CommandRecord(seq, miner, kind.value, at, now, "seen-after-restart", None)
+            )
         self._unsettled = []
         if not resumed:
             return
@@ -1277,11 +1428,11 @@ class Supervisor:
         }
 
 
-async def _resume_sleep(driver: MinerDriver) -> MinerReading:
+async def _resume_sleep(driver: MinerDriver) -> tuple[MinerReading, bool]:
     """A sleep sent before a restart: a miner that reads asleep obeyed it; one that cannot
     answer may be obeying it still (a stock Antminer restarts its mining process), so it is
-    read again until it answers (the caller's deadline bounds this); one that reads awake
-    never got it, and is sent it again."""
+    read again until it answers; one that reads awake never got it, and is sent it again.
+    The caller's deadline bounds all of it."""
     while True:
         try:
             reading = await driver.read()
@@ -1291,8 +1442,19 @@ async def _resume_sleep(driver: MinerDriver) -> MinerReading:
             await asyncio.sleep(RESUME_POLL_S)  # real time, as every driver call's
             continue
         if reading.mode is Mode.SLEEPING:
-            return reading
-        return await driver.sleep()
+            return reading, False
+        return await _until_taken(driver.sleep), True
+
+
+async def _until_taken(command: Callable[[], Awaitable[MinerReading]]) -> MinerReading:
+    """A resumed command, sent again until the miner takes it: a LuxOS write session the
+    dead daemon left open refuses every write until it idles out (SessionBusyError). A
+    refusal or a lie is an answer; the caller's deadline bounds the rest."""
+    while True:
+        try:
+            return await command()
+        except (SessionBusyError, UnreachableError, DeviceTimeoutError):
+            await asyncio.sleep(RESUME_POLL_S)
 
 
 def _settled_at(views: tuple[MinerView, ...]) -> datetime | None:

@@ -60,7 +60,8 @@ class Readings:
         self._command_fault: dict[str, str] = {}
         self._aimed: dict[str, Mode] = {}  # the mode a failed command set out to reach
         self._failures: dict[str, int] = {}
-        self._lying_until: dict[str, datetime] = {}
+        # When a lie or a skipped power target step is forgotten, by (miner, mark).
+        self._until: dict[tuple[str, str], datetime] = {}
         # After a restart: the mode each miner was last commanded into and when, so the
         # first reading that shows it dates the change from the command, as before.
         self._hints: dict[str, tuple[Mode, datetime]] = {}
@@ -215,19 +216,33 @@ class Readings:
         )
         self._views[miner_id] = replace(view, lying=reason)
         if until is not None:
-            self._lying_until[miner_id] = until
+            self._until[miner_id, "lying"] = until
         self._dirty.add(miner_id)
         return True
 
-    def expire_lies(self, now: datetime) -> list[str]:
-        """Forget the lies marked long enough ago (a firmware fixed, a unit replaced): the
-        next lie is caught again by its outlet. Returns the miners forgiven."""
-        gone = [m for m, until in self._lying_until.items() if until <= now]
-        for miner_id in gone:
-            del self._lying_until[miner_id]
-            self._views[miner_id] = replace(self._views[miner_id], lying=None)
-            self._dirty.add(miner_id)
-        return gone
+    def skip_lowering(self, miner_id: str, until: datetime | None) -> None:
+        """Its power target could not be set: the ladder skips that step for it until
+        `until` (None: for good, the firmware has none)."""
+        self._views[miner_id] = replace(self._views[miner_id], no_lower=True)
+        if until is None:
+            self._until.pop((miner_id, "no_lower"), None)
+        else:
+            self._until[miner_id, "no_lower"] = until
+        self._dirty.add(miner_id)
+
+    def expiring(self, now: datetime) -> list[tuple[str, str]]:
+        """(miner, mark) of every lie or skipped step due to be forgotten at `now`."""
+        return [key for key, until in self._until.items() if until <= now]
+
+    def forget(self, miner_id: str, mark: str) -> None:
+        """Forget a lie (the outlet judges the unit afresh) or a skipped power target step."""
+        self._until.pop((miner_id, mark), None)
+        view = self._views[miner_id]
+        if mark == "lying":
+            self._views[miner_id] = replace(view, lying=None)
+        elif mark == "no_lower":
+            self._views[miner_id] = replace(view, no_lower=False)
+        self._dirty.add(miner_id)
 
     # -- what survives a restart -----------------------------------------------------------
 
@@ -242,33 +257,54 @@ class Readings:
         self._dirty.update(changes)
 
     def restore_ladder(
-        self, rows: Mapping[str, Mapping[str, Any]], now: datetime, hint_within: timedelta
+        self,
+        rows: Mapping[str, Mapping[str, Any]],
+        now: datetime,
+        hint_within: timedelta,
+        shift: timedelta = timedelta(0),
     ) -> None:
         """Where the ladder left each miner before a restart: lowered, cut, restored,
-        warming, no power target, lying (until its mark expires), and the mode it was last
-        commanded into, if that was recent enough to still be ramping."""
+        warming, a skipped power target step, a lie (each until its mark expires), and the
+        mode it was last commanded into, if that was recent enough to still be ramping.
+        `shift` carries the times across a clock the restart adopted; none is later than
+        `now` (a clock stepped back since they were written)."""
+
+        def when(value: object) -> datetime | None:
+            at = parse_time(value)
+            return None if at is None else min(at + shift, now)
+
+        def until(value: object) -> datetime | None:  # an end in the future stays there
+            at = parse_time(value)
+            return None if at is None else at + shift
+
         for miner_id, row in rows.items():
             view = self._views.get(miner_id)
             if view is None:
                 continue  # a miner no longer in the config
-            until = _when(row.get("lying_until"))
             lying = row.get("lying")
-            if until is not None and until <= now:
-                lying = None
-            elif lying is not None and until is not None:
-                self._lying_until[miner_id] = until
+            no_lower = bool(row.get("no_lower", False))
+            for mark in ("lying", "no_lower"):
+                expires = until(row.get(f"{mark}_until"))
+                if expires is None:
+                    continue
+                if expires <= now:
+                    lying = None if mark == "lying" else lying
+                    no_lower = False if mark == "no_lower" else no_lower
+                elif (mark == "lying" and lying is not None) or (mark == "no_lower" and no_lower):
+                    self._until[miner_id, mark] = expires
             self._views[miner_id] = replace(
                 view,
-                lowered_at=_when(row.get("lowered_at")),
-                cut_at=_when(row.get("cut_at")),
-                restored_at=_when(row.get("restored_at")),
-                warming_until=_when(row.get("warming_until")),
-                no_lower=bool(row.get("no_lower", False)),
+                lowered_at=when(row.get("lowered_at")),
+                cut_at=when(row.get("cut_at")),
+                restored_at=when(row.get("restored_at")),
+                warming_until=until(row.get("warming_until")),
+                no_lower=no_lower,
                 lying=str(lying) if lying is not None else None,
             )
-            since = _when(row.get("mode_since"))
-            if since is not None and now - since <= hint_within and row.get("mode"):
-                self.hint(miner_id, Mode(row["mode"]), since)
+            since = when(row.get("mode_since"))
+            mode = row.get("mode")
+            if since is not None and now - since <= hint_within and mode in _MODES:
+                self.hint(miner_id, Mode(mode), since)
 
     def hint(self, miner_id: str, mode: Mode, since: datetime) -> None:
         """The miner was commanded into `mode` at `since` before a restart: if its first
@@ -285,9 +321,10 @@ class Readings:
             row["no_lower"] = True
         if view.lying is not None:
             row["lying"] = view.lying
-            until = self._lying_until.get(view.spec.id)
+        for mark in ("lying", "no_lower"):
+            until = self._until.get((view.spec.id, mark))
             if until is not None:
-                row["lying_until"] = until.isoformat()
+                row[f"{mark}_until"] = until.isoformat()
         if view.mode_since is not None and view.reading is not None:
             row["mode"] = view.reading.mode.value
             row["mode_since"] = view.mode_since.isoformat()
@@ -314,8 +351,17 @@ class Readings:
         return healthy, reason
 
 
-def _when(value: object) -> datetime | None:
-    return datetime.fromisoformat(value) if isinstance(value, str) else None
+_MODES = frozenset(m.value for m in Mode)
+
+
+def parse_time(value: object) -> datetime | None:
+    """A journaled ISO time, or None where there is none (or it is not one)."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        return None
 
 
 class Poller:

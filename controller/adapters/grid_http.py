@@ -11,7 +11,7 @@ import json
 from typing import Any
 
 import structlog
-from aiohttp import web
+from aiohttp import ClientError, web
 from aiohttp.typedefs import Handler
 
 from controller.inbox import Inbox
@@ -24,6 +24,8 @@ PROBLEM_TITLES = {
     400: "invalid signal",
     401: "unauthenticated signal",
     409: "conflicting revision",
+    404: "not found",
+    405: "method not allowed",
     413: "body too large",
     500: "internal error",
     503: "journal unavailable",
@@ -51,8 +53,10 @@ async def _contained(request: web.Request, handler: Handler) -> web.StreamRespon
     (the inbox contains and journals the signal's own failures before this)."""
     try:
         return await handler(request)
-    except web.HTTPException:
-        raise
+    except web.HTTPException as err:
+        if err.status < 400:  # noqa: PLR2004 - redirects and the like pass as they are
+            raise
+        return problem(err.status, err.reason or PROBLEM_TITLES.get(err.status, "error"))
     except Exception as err:  # one request must not take the listener down
         log.exception("grid request failed", path=request.path, error=repr(err))
         return problem(500, f"internal error ({type(err).__name__}); nothing changed")
@@ -67,6 +71,7 @@ class GridHttp:
         self._port = port
         self._tls = tls
         self.port: int | None = None  # the bound port (config may say 0)
+        self.dropped = 0  # requests whose client left mid-body
         self.started = asyncio.Event()
 
     def app(self) -> web.Application:
@@ -110,6 +115,12 @@ class GridHttp:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             return problem(413, f"body exceeds {MAX_BODY_BYTES} bytes")
+        except (ConnectionError, ClientError, asyncio.IncompleteReadError):
+            # The client went away mid-body: there is no one to answer, and anyone can do
+            # this, so it is counted, not logged each time.
+            self.dropped += 1
+            log.debug("grid request dropped mid-body", dropped=self.dropped)
+            return problem(400, "the request body was cut off")
         outcome = self._inbox.submit_http(
             body, request.headers.get(TIMESTAMP_HEADER), request.headers.get(SIGNATURE_HEADER)
         )

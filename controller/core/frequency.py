@@ -108,9 +108,11 @@ def limit_at(state: FrequencyState, rules: FrequencyRules, now: datetime) -> int
 
 
 def to_json(state: FrequencyState) -> dict[str, object]:
-    """The relay's state as the journal keeps it across a restart (a trip stays in force)."""
+    """A trip as the journal keeps it across a restart: it stays in force, and its limit
+    rises on from where it was. The dwell timers are not kept: a restarted relay judges
+    the frequency afresh, so one low sample after a restart is not a trip."""
     out: dict[str, object] = {}
-    for name in ("below_since", "tripped_at", "above_since", "recovered_at"):
+    for name in ("tripped_at", "recovered_at"):
         value = getattr(state, name)
         if value is not None:
             out[name] = value.isoformat()
@@ -121,17 +123,22 @@ def to_json(state: FrequencyState) -> dict[str, object]:
     return out
 
 
-def from_json(data: dict[str, object]) -> FrequencyState:
+def from_json(data: dict[str, object], shift: timedelta = timedelta(0)) -> FrequencyState:
+    """The relay as journaled; `shift` carries its times across a clock a restart adopted."""
+
     def when(name: str) -> datetime | None:
         value = data.get(name)
-        return datetime.fromisoformat(value) if isinstance(value, str) else None
+        if not isinstance(value, str):
+            return None
+        try:
+            return datetime.fromisoformat(value) + shift
+        except ValueError:
+            return None
 
     hz, limit = data.get("trip_hz"), data.get("limit_w")
     return FrequencyState(
-        below_since=when("below_since"),
         tripped_at=when("tripped_at"),
         trip_hz=float(hz) if isinstance(hz, (int, float)) else None,
         limit_w=int(limit) if isinstance(limit, (int, float)) else None,
-        above_since=when("above_since"),
         recovered_at=when("recovered_at"),
     )

@@ -166,9 +166,13 @@ async def rig(
 
 
 @asynccontextmanager
-async def daemon_on(loaded: Loaded, clock: FakeClock, farm: SimFarm) -> AsyncIterator[Rig]:
-    """A daemon over an already running farm (restart tests)."""
+async def daemon_on(
+    loaded: Loaded, clock: FakeClock, farm: SimFarm, *, settle: bool = True
+) -> AsyncIterator[Rig]:
+    """A daemon over an already running farm (restart tests). `settle=False`: do not wait
+    for it to be idle (commands that wait on the farm's logical time would never finish)."""
     async with Daemon(loaded, clock) as daemon:
         r = Rig(loaded, clock, farm, daemon)
-        await r.settle()
+        if settle:
+            await r.settle()
         yield r

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from controller import wire
@@ -185,3 +186,32 @@ async def test_system_mqtt_rejects_bad_signals_with_acks(tmp_path: Path, broker:
             "SELECT count(*) FROM signals WHERE verdict='rejected' AND transport='mqtt'"
         )
         assert rejected == [(len(cases),)]
+
+
+async def test_system_http_client_leaving_mid_body_is_counted_and_unknown_paths_are_problems(
+    tmp_path: Path,
+) -> None:
+    async with rig(load_site(site_dict(tmp_path, miners=6))) as r:
+        http = r.daemon.http
+        assert http is not None
+        for _ in range(3):
+            _, writer = await asyncio.open_connection("127.0.0.1", http.port)
+            writer.write(
+                b"POST /grid/v1/signals HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n"
+                b'{"type": "cur'
+            )
+            await writer.drain()
+            writer.close()  # gone before the body is whole
+            await writer.wait_closed()
+        async with asyncio.timeout(10):
+            while http.dropped < 3:  # noqa: ASYNC110 - counted by the adapter
+                await asyncio.sleep(0.01)
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"http://127.0.0.1:{http.port}/grid/v1/nope") as reply,
+        ):
+            assert reply.status == 404
+            assert reply.content_type == "application/problem+json"
+        task = r.daemon._task
+        assert task is not None
+        assert not task.done()

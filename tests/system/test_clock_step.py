@@ -7,13 +7,15 @@ bench/chaos steps a real process's wall clock with libfaketime)."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from controller import wire
 from controller.core.signals import ObligationStatus
-from tests.conftest import load_site, site_dict
+from tests.conftest import KEY, load_site, site_dict
 from tests.system.harness import rig
 
 pytestmark = pytest.mark.system
@@ -52,3 +54,52 @@ async def test_a_wall_clock_step_moves_no_deadline_or_grant(tmp_path: Path, step
         status = r.daemon.recorder.latest_status
         assert status is not None
         assert status["wall_clock_offset_s"] is None
+
+
+async def test_signals_are_judged_by_the_wall_clock_the_grid_signs_with(tmp_path: Path) -> None:
+    """A box that booted slow and was then synchronized: the grid's signatures carry the
+    synchronized time, and are taken; a synchronized step that lasts is adopted by a
+    restart, with the ladder's times carried across it."""
+    async with rig(load_site(site_dict(tmp_path, miners=6))) as r:
+        r.clock.wall_step_s = 120.0  # NTP put the wall clock two minutes on
+        await r.step(1)
+        body = json.dumps(r.curtailment(10.0)).encode()
+        ts = int(r.clock.wall_time())  # the grid's synchronized clock
+        headers = {wire.TIMESTAMP_HEADER: str(ts), wire.SIGNATURE_HEADER: wire.sign(KEY, ts, body)}
+        status, _ = await r.post(body, headers)
+        assert status == 202
+        stale = int(r.clock.time())  # our own steady time is two minutes behind the grid's
+        headers = {
+            wire.TIMESTAMP_HEADER: str(stale),
+            wire.SIGNATURE_HEADER: wire.sign(KEY, stale, body),
+        }
+        status, problem = await r.post(body, headers)
+        assert status == 401
+        assert "replay window" in problem["detail"]
+
+        await r.step(70)
+        assert not r.sup.restart_wanted.is_set()  # the system does not say it is synced
+        r.clock.wall_synced = True
+        await r.step(2)
+        assert r.sup.restart_wanted.is_set()
+        assert r.sup.restart_reason == "adopting the synchronized wall clock (+120 s)"
+        assert r.daemon.journal.site_state()["clock"] == {"adopted_s": 120.0}
+
+
+def test_restored_ladder_times_move_with_an_adopted_clock_and_never_lie_ahead() -> None:
+    from controller.telemetry import Readings  # noqa: PLC0415 - the unit under test
+    from tests.unit.test_telemetry import SPEC  # noqa: PLC0415
+
+    now = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
+    before = (now - timedelta(minutes=3)).isoformat()
+    ahead = (now + timedelta(minutes=30)).isoformat()
+    readings = Readings({"m1": SPEC, "m2": SPEC})
+    readings.restore_ladder(
+        {"m1": {"cut_at": before}, "m2": {"cut_at": ahead, "lowered_at": ahead}},
+        now,
+        timedelta(minutes=5),
+        shift=timedelta(minutes=2),
+    )
+    assert readings.view("m1").cut_at == now - timedelta(minutes=1)  # carried two minutes on
+    assert readings.view("m2").cut_at == now  # a time ahead of now is now
+    assert readings.view("m2").lowered_at == now

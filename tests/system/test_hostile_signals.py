@@ -19,6 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from controller import inbox as inbox_module
 from controller import wire
 from controller.adapters.mqtt_signals import GridSide
 from tests.conftest import KEY, Broker, load_site, site_dict
@@ -147,6 +148,53 @@ async def test_signed_envelope_with_a_huge_signing_time_is_refused(
         alive(r)
 
 
+async def test_a_bug_met_by_one_signal_is_contained_answered_and_journaled(
+    loaded: Any, broker: Broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The inbox's last net, for a failure no bound foresaw: here the parser itself fails
+    (replaced, since no input makes the real one fail any more)."""
+    async with rig(loaded) as r:
+        await connected(r)
+        book = r.daemon.inbox.book
+
+        def broken(_: bytes) -> None:
+            raise RuntimeError("a bug")
+
+        monkeypatch.setattr(inbox_module, "parse_signal", broken)
+        raw = json.dumps(curtailment()).encode()
+        status, problem = await r.post(*r.signed(json.loads(raw)))
+        assert status == 500
+        assert problem["type"] == "urn:curtaild:problem:internal-error"
+        assert "internal error (RuntimeError)" in problem["detail"]
+        async with GridSide("127.0.0.1", broker.port, site_id="test-site") as grid:
+            ack = await publish_and_ack(grid, r.sealed(json.loads(raw)))
+        assert ack["status"] == "rejected"
+        assert "internal error (RuntimeError)" in ack["detail"]
+        assert r.daemon.inbox.internal_errors == 2
+        assert r.daemon.inbox.book is book
+        rows = r.daemon.journal.rows(
+            "SELECT transport, source, verdict FROM signals WHERE detail LIKE 'internal error%'"
+        )
+        assert rows == [("http", "kegoc", "rejected"), ("mqtt", "kegoc", "rejected")]
+        task = r.daemon._task
+        assert task is not None
+        assert not task.done()
+
+
+async def test_a_signal_the_journal_cannot_take_is_answered_over_mqtt(
+    loaded: Any, broker: Broker
+) -> None:
+    async with rig(loaded) as r:
+        await connected(r)
+        r.daemon.journal.rows("PRAGMA query_only=ON")
+        async with GridSide("127.0.0.1", broker.port, site_id="test-site") as grid:
+            ack = await publish_and_ack(grid, r.sealed(curtailment()))
+        assert (ack["id"], ack["status"]) == ("evt-hostile", "rejected")
+        assert "journal unavailable" in ack["detail"]
+        assert "evt-hostile" not in r.daemon.inbox.book.held
+        r.daemon.journal.rows("PRAGMA query_only=OFF")
+
+
 # -- generated ------------------------------------------------------------------------------
 
 FIELDS = (
@@ -238,7 +286,10 @@ def envelope_for(raw: bytes, ts: int, signing: str) -> bytes:
         return raw
     stamp: int | float = 10**400 if signing == "hostile time" else ts
     key = KEY if signing == "right" else b"not-the-key"
-    sig = wire.sign(key, ts, raw)
+    # Signed as the daemon will read it back from the envelope: bytes that are no UTF-8
+    # travel as escapes, and the daemon refuses those before any signature is checked.
+    signed = text.encode("utf-8", errors="surrogatepass")
+    sig = wire.sign(key, ts, signed)
     try:
         return json.dumps({"ts": stamp, "sig": sig, "body": text}).encode(
             "utf-8", errors="surrogatepass"

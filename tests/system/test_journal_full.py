@@ -1,5 +1,7 @@
-"""The journal cannot be written: curtaild commands nothing it cannot journal first, holds
-what it holds, says so, and resumes when the journal takes writes again.
+"""The journal cannot be written: curtaild accepts nothing it cannot journal, loosens
+nothing, keeps enforcing the limits the journal already holds (a miner woken by hand is
+put back to sleep, journaled once it can be), says so, and resumes when the journal
+takes writes again.
 
 Here SQLite's `query_only` makes every write fail, as a file system remounted read-only
 does; a full disk (SQLITE_FULL) takes the same path (tests/unit/test_journal.py), and
@@ -58,24 +60,42 @@ async def test_an_unwritable_journal_commands_nothing_and_holds_the_curtailment(
         assert r.daemon.inbox.book is held
         assert journal_error(r) is not None
 
-        # Someone wakes a sleeping miner by hand: the plan to sleep it again cannot be
-        # journaled, so it is not sent; nothing else moves either.
+        # Someone wakes a sleeping miner by hand, over the held limit: it is put back to
+        # sleep at once, though the decision cannot be journaled yet; nothing else moves.
         sent = r.sup.commands_sent
         woken = min(asleep)
         r.farm.miners[woken].device.reset(Mode.MINING)  # firmware and hardware both
-        await r.step(20)
+        await r.run_until(lambda: woken in r.asleep(), within_s=20)
+        await r.step(10)
         assert r.daemon._task is not None
         assert not r.daemon._task.done()  # the daemon runs on
-        assert r.sup.commands_sent == sent
-        assert r.asleep() == asleep - {woken}
+        assert r.asleep() == asleep
+        assert r.sup.commands_sent == sent + 1  # that one sleep, and no wake
+        assert journal_error(r) is not None
         status_doc = r.daemon.recorder.latest_status
         assert status_doc is not None
         assert status_doc["journal"]["writable"] is False
+        assert status_doc["measured_kw"] <= limit_kw  # the draw is still measured
+        late = r.daemon.journal.rows("SELECT count(*) FROM decisions WHERE cause LIKE '%late%'")
+        assert late == [(0,)]
 
         writable(r)
-        await r.run_until(lambda: woken in r.asleep(), within_s=20)
-        assert journal_error(r) is None
-        assert r.asleep() >= asleep
-        assert r.daemon.recorder.latest_status is not None
         await r.step(2)
-        assert r.daemon.recorder.latest_status["journal"]["writable"] is True
+        assert journal_error(r) is None
+        status_doc = r.daemon.recorder.latest_status
+        assert status_doc is not None
+        assert status_doc["journal"]["writable"] is True
+        # The sleep it sent meanwhile is journaled now, with its result.
+        [(seq, count)] = r.daemon.journal.rows(
+            "SELECT seq, action_count FROM decisions WHERE cause LIKE '%journaled late%'"
+        )
+        assert count == 1
+        assert r.daemon.journal.decision_actions(seq)[0][:2] == (woken, "sleep")
+        rows = r.daemon.journal.rows(
+            "SELECT outcome FROM commands WHERE miner_id=? AND action='sleep' ORDER BY seq DESC",
+            (woken,),
+        )
+        assert rows[0] == ("ok",)
+        # And the cancel, sent again by the grid, is taken now.
+        status, _ = await r.post(*r.signed({**cancel, "issued_at": "2026-11-23T10:00Z"}))
+        assert status == 202

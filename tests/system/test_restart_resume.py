@@ -19,6 +19,7 @@ import pytest
 from controller.clock import FakeClock
 from controller.config import Loaded
 from controller.simfarm import farm_from_config
+from drivers.sim.faults import Fault
 from tests.conftest import load_site, site_dict
 from tests.system.harness import Rig, daemon_on
 
@@ -121,3 +122,60 @@ async def test_restart_mid_curtailment_resumes_the_ladder(
             )
             raised = {m for m, _ in commands(second, "raise")}
             assert lowered <= raised, "lowered miners stayed low after the cancel"
+
+
+def resumed(r: Rig, first_seq: int) -> list[tuple[str, str, str]]:
+    """Commands the restarted daemon sent or settled for decisions of an earlier run."""
+    rows = r.daemon.journal.rows(
+        "SELECT miner_id, action, outcome FROM commands WHERE decision_seq <= ? "
+        "AND started_at < (SELECT max(at) FROM decisions) ORDER BY seq",
+        (first_seq,),
+    )
+    return [(str(m), str(a), str(o)) for m, a, o in rows]
+
+
+async def test_restart_with_commands_on_the_wire_carries_them_through_twice(
+    tmp_path: Path,
+) -> None:
+    """Slow miners keep the first run's commands on the wire when it dies; the restart
+    carries them through (counted as landed, not shed again), and a second death while
+    it does so neither re-sends what had landed nor sheds anything new."""
+    loaded = site(tmp_path)
+    clock = FakeClock()
+    farm = farm_from_config(loaded, clock.time)
+    slow = [m.id for m in loaded.miners if m.driver in ("luxos", "antminer-stock")]
+    async with farm:
+        async with daemon_on(loaded, clock, farm) as first:
+            full_w = farm.total_power_w()
+            limit_kw = round(full_w / 1000 * 0.45, 1)
+            for miner in slow:
+                await farm.set_fault(miner, Fault.SLOW, slow_s=0.6)
+            status, _ = await first.post(*first.signed(first.curtailment(limit_kw, deadline_s=10)))
+            assert status == 202
+            await asyncio.sleep(0.2)  # the sleeps are on the wire, none answered yet
+            assert first.sup.in_flight > 0
+            first_decided = decided(first)
+            [(first_seq,)] = first.daemon.journal.rows("SELECT max(seq) FROM decisions")
+        clock.advance(1)
+        async with daemon_on(loaded, clock, farm, settle=False) as second:
+            await asyncio.sleep(0.2)  # resumed, and on the wire again: die once more
+            carried = second.sup.in_flight
+        clock.advance(1)
+        for miner in slow:
+            await farm.set_fault(miner, Fault.NONE)
+        async with daemon_on(loaded, clock, farm, settle=False) as third:
+            # The dead runs' LuxOS write sessions idle out after 60 s of the farm's time.
+            await third.step(90, dt=0.5, wait_idle=False)
+            assert third.sup.limit.limit_w == int(limit_kw * 1000)
+            assert farm.total_power_w() <= limit_kw * 1000
+            assert commands(third, *STEPS_BACK) == [], "woken while the curtailment holds"
+            sheds = decided(third)
+            for kind in ("sleep", "lower", "cut"):
+                extra = sheds.get(kind, set()) - first_decided.get(kind, set())
+                assert not extra, f"a restart added {kind} {sorted(extra)}"
+            settled = resumed(third, int(first_seq))
+            assert settled, "nothing of the first run's was carried through"
+            # Each of the first run's actions is settled once, by whichever run saw it.
+            firsts = [(m, a) for m, a, _ in settled]
+            assert len(firsts) == len(set(firsts)), settled
+        assert carried > 0

@@ -497,3 +497,22 @@ async def test_luxos_one_board_without_sensors_makes_the_boards_unknown(
 
 def host(farm: SimFarm) -> str:
     return farm.miners["m0"].spec.host
+
+
+def test_a_part_learnt_missing_is_asked_for_again_after_an_hour() -> None:
+    """A 404 from an API still starting after a boot, or a firmware upgraded in place,
+    must not cost the part for the life of the daemon; the warning is not repeated."""
+    from drivers.lacking import RECHECK_S, Lacking  # noqa: PLC0415 - the module under test
+
+    now = [0.0]
+    lacking = Lacking("m0", clock=lambda: now[0])
+    with capture_logs() as logs:
+        lacking.learn("/miner/hw/hashboards", "no board temperatures")
+        assert "/miner/hw/hashboards" in lacking
+        now[0] += RECHECK_S
+        assert "/miner/hw/hashboards" not in lacking  # ask once more
+        lacking.learn("/miner/hw/hashboards", "no board temperatures")  # still missing
+        assert "/miner/hw/hashboards" in lacking
+    assert [e["event"] for e in logs].count(
+        "firmware lacks an optional part; the driver goes on without it"
+    ) == 1
