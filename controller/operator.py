@@ -18,6 +18,7 @@ from typing import Any
 
 import structlog
 
+from controller.core.operator import Automation, Hold, HoldMode, held
 from controller.core.signals import Override
 from controller.inbox import Inbox
 from controller.journal import Journal, JournalError
@@ -45,32 +46,6 @@ class Principal:
 
     name: str
     role: Role
-
-
-class HoldMode(enum.StrEnum):
-    SLEEP = "sleep"  # kept asleep whatever the limit allows
-    RUN = "run"  # kept running while the limit allows: shed last, woken first
-
-
-@dataclass(frozen=True, slots=True)
-class Hold:
-    miner_id: str
-    mode: HoldMode
-    reason: str
-    by: str
-    since: datetime
-    expires_at: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class Automation:
-    """Paused: nothing is woken, raised or restored by the automation; every grid limit
-    is still enforced (sheds go on)."""
-
-    paused: bool = False
-    reason: str = ""
-    by: str = ""
-    since: datetime | None = None
 
 
 class OperatorError(Exception):
@@ -127,7 +102,7 @@ class Desk:
         return self.automation.paused
 
     def held(self, mode: HoldMode) -> frozenset[str]:
-        return frozenset(m for m, h in self.holds.items() if h.mode is mode)
+        return held(self.holds, mode)
 
     # -- changes ---------------------------------------------------------------------------
 

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import structlog
 
 from controller.clock import Clock
-from controller.core import frequency, planner
+from controller.core import closed_loop, frequency, operator, planner
 from controller.core.escalation import lie
 from controller.core.frequency import FrequencyRules, FrequencyState
 from controller.core.model import (
@@ -39,14 +39,14 @@ from controller.core.model import (
     measured_w,
     tally,
 )
+from controller.core.operator import HoldMode
 from controller.core.signals import (
-    Curtailment,
     GridPolicy,
     Obligation,
     ObligationStatus,
     Override,
     arbitrate,
-    curtailment_active,
+    emergency_in_force,
     grant_end_obligations,
     obligation_for,
     track,
@@ -55,7 +55,7 @@ from controller.core.signals import (
 from controller.inbox import Inbox
 from controller.journal import CommandRecord, Journal, JournalError
 from controller.measure import Measurements, MeterSample
-from controller.operator import Desk, HoldMode
+from controller.operator import Desk
 from controller.publish import Ack, Publisher
 from controller.telemetry import Activity, Poller, Readings, parse_time
 from drivers.deadline import within
@@ -80,10 +80,6 @@ log = structlog.get_logger("curtaild.supervisor")
 # last command ~0.2 s late at 1,000 miners (both measured). Eightfold does both well.
 DISPATCH_FIRST_BATCH = 8
 DISPATCH_MAX_BATCH = 4096
-# The closed loop learns the draw the miners' own figures do not explain (base load, a
-# liar without a metered outlet): quickly when it rises, slowly when it falls, so meter
-# noise cannot loosen the budget between two readings (share of the gap per second).
-OFFSET_DECAY = 0.1
 KEEP_FINISHED = 200  # finished deadlines kept in memory for status and the demo
 # In-memory histories (outlet switches, cold cuts, frequency events) keep a window: a
 # daemon runs for months, and the journal holds the full record.
@@ -109,9 +105,6 @@ FLUSH_INTERVAL = timedelta(seconds=1)
 # Site draw against the limit, for the dashboard's last hour (720 points at 5 s).
 HISTORY_INTERVAL = timedelta(seconds=5)
 HISTORY_POINTS = 720
-
-
-COMING_BACK = frozenset({ActionKind.WAKE, ActionKind.WARM, ActionKind.RAISE, ActionKind.RESTORE})
 
 
 class LoopObserver(Protocol):
@@ -434,23 +427,14 @@ class Supervisor:
         if desk.version == self._desk_version:
             return
         self._desk_version = desk.version
-        run = desk.held(HoldMode.RUN)
         ids = [v.spec.id for v in self._readings.views()]
-        base = self._base_order
-        self._order = (
-            tuple(i for i in base if ids[i] not in run) + tuple(i for i in base if ids[i] in run)
-            if run
-            else base
-        )
+        self._order = operator.shed_order(self._base_order, ids, desk.held(HoldMode.RUN))
 
     def _views(self) -> tuple[MinerView, ...]:
         """The readings, with the operator's sleep holds marked (the planner never walks
         a held-asleep miner back)."""
         views = self._readings.views()
-        asleep = self._desk.held(HoldMode.SLEEP) if self._desk is not None else ()
-        if not asleep:
-            return views
-        return tuple(replace(v, held_asleep=True) if v.spec.id in asleep else v for v in views)
+        return views if self._desk is None else operator.mark_held_asleep(views, self._desk.holds)
 
     def grid_limit(self, now: datetime) -> Limit:
         """What the grid (and the frequency relay) allows now, without operator overrides:
@@ -463,52 +447,6 @@ class Supervisor:
             overrides=self._relay(now),
         )
 
-    def _operator_steps(
-        self, plan: Plan, views: tuple[MinerView, ...], now: datetime
-    ) -> tuple[Plan, set[str]]:
-        """The operator's say in a plan: a miner held asleep that runs is put to sleep;
-        while automation is paused nothing comes back (wakes, raises, restores are
-        withheld, except for miners held running). Sheds always stand: grid limits win.
-        Returns the plan and the miners slept for a hold (not grid sheds)."""
-        desk = self._desk
-        held: set[str] = set()
-        if desk is None:
-            return plan, held
-        actions = list(plan.actions)
-        notes = list(plan.notes)
-        if desk.paused:
-            run = desk.held(HoldMode.RUN)
-            kept = [
-                a
-                for a in actions
-                if a.kind not in COMING_BACK or a.miner_id in run or planner.FLOOR_WAKE in a.reason
-            ]
-            if len(kept) < len(actions):
-                notes.append(
-                    f"automation paused by {desk.automation.by}: "
-                    f"{len(actions) - len(kept)} steps back withheld"
-                )
-            actions = kept
-        planned = {a.miner_id for a in actions}
-        for view in views:
-            hold = desk.holds.get(view.spec.id) if view.held_asleep else None
-            if (
-                hold is None
-                or view.spec.id in planned
-                or view.pending is not None
-                or view.cut_at is not None
-                or view.reading is None
-                or view.reading.mode is not Mode.MINING
-                or (view.retry_after is not None and now < view.retry_after)
-            ):
-                continue
-            why = f"sleep: held asleep by {hold.by} until {hold.expires_at:%H:%M:%S}: {hold.reason}"
-            actions.append(Action(view.spec.id, ActionKind.SLEEP, why))
-            held.add(view.spec.id)
-        if len(actions) == len(plan.actions) and notes == list(plan.notes):
-            return plan, held
-        return replace(plan, actions=tuple(actions), notes=tuple(notes)), held
-
     def _limit(self, now: datetime) -> Limit:
         relay = self._relay(now)
         limit = arbitrate(
@@ -518,10 +456,7 @@ class Supervisor:
             last_heard=self._inbox.last_heard,
             overrides=(*self._inbox.overrides, *relay),
         )
-        emergency = bool(relay) or any(
-            isinstance(h.signal, Curtailment) and h.signal.emergency and curtailment_active(h, now)
-            for h in self._inbox.book.held.values()
-        )
+        emergency = bool(relay) or emergency_in_force(self._inbox.book, now)
         return replace(limit, due_at=self._nearest_due(now), emergency=emergency)
 
     def _relay(self, now: datetime) -> tuple[Override, ...]:
@@ -556,28 +491,21 @@ class Supervisor:
         meter = self.meter
         if meter is None or self.in_flight:
             return
-        settled = _settled_at(views)
-        if self.switches:  # the last outlet switched (a restore clears its cut_at)
-            last = self.switches[-1][0]
-            settled = last if settled is None or last > settled else settled
-        if settled is not None and meter.at < settled + timedelta(
-            seconds=self._measure.meter_lag_s
-        ):
+        last_switch = self.switches[-1][0] if self.switches else None  # a restore too
+        moved = closed_loop.settled_at(views, last_switch)
+        if not closed_loop.settled(meter.at, moved, timedelta(seconds=self._measure.meter_lag_s)):
             return
         unexplained = (self.measured_w or 0) - measured_w(views, now, self._rules.stale_after)
-        if unexplained > self.offset_w:
-            if unexplained - self.offset_w > self._rules.margin_w:
-                log.info(
-                    "meter reads more than the miners explain",
-                    unexplained_kw=unexplained / 1000,
-                    was_kw=self.offset_w / 1000,
-                )
-            self.offset_w = unexplained
-        else:  # falls by a share per second, not per cycle: cycles speed up under load
-            since = (now - self._learned_at).total_seconds() if self._learned_at else 0.0
-            share = min(1.0, OFFSET_DECAY * since)
-            self.offset_w = max(0, round(self.offset_w + (unexplained - self.offset_w) * share))
-        self._learned_at = now
+        if unexplained - self.offset_w > self._rules.margin_w:
+            log.info(
+                "meter reads more than the miners explain",
+                unexplained_kw=unexplained / 1000,
+                was_kw=self.offset_w / 1000,
+            )
+        learned = closed_loop.learn(
+            closed_loop.Offset(self.offset_w, self._learned_at), unexplained, now
+        )
+        self.offset_w, self._learned_at = learned.w, learned.learned_at
 
     def _detect_lies(self, now: datetime) -> None:
         grace = timedelta(seconds=self._measure.lie_grace_s)
@@ -711,9 +639,13 @@ class Supervisor:
             now, views, tuple(self._recent_wakes), self._last_shed_at, self._order, ambient
         )
         budget = replace(limit, limit_w=limit.limit_w - self.offset_w) if self.offset_w else limit
-        plan, hold_sleeps = self._operator_steps(
-            planner.plan(snapshot, budget, self._rules), views, now
-        )
+        plan = planner.plan(snapshot, budget, self._rules)
+        hold_sleeps: frozenset[str] = frozenset()
+        if self._desk is not None:
+            desk = self._desk
+            plan, hold_sleeps = operator.operator_steps(
+                plan, views, desk.holds, desk.automation, now
+            )
         self._planned_at = now
         seq = None
         if plan.actions or limit != self.limit:
@@ -744,7 +676,7 @@ class Supervisor:
         self._alarm(now, plan)  # after the commands: an alarm's journal row never holds them
 
     async def _enforce_unjournaled(
-        self, cause: str, now: datetime, limit: Limit, plan: Plan, hold_sleeps: set[str]
+        self, cause: str, now: datetime, limit: Limit, plan: Plan, hold_sleeps: frozenset[str]
     ) -> None:
         """The decision cannot be journaled. Sheds toward a limit the journal already holds
         still go out (the limit is kept; each is journaled once the journal takes writes);
@@ -1455,27 +1387,6 @@ async def _until_taken(command: Callable[[], Awaitable[MinerReading]]) -> MinerR
             return await command()
         except (SessionBusyError, UnreachableError, DeviceTimeoutError):
             await asyncio.sleep(RESUME_POLL_S)
-
-
-def _settled_at(views: tuple[MinerView, ...]) -> datetime | None:
-    """When the last commanded change could still be moving the draw: the latest end of
-    any miner's ramp (or retune). None: nothing has moved."""
-    latest: datetime | None = None
-    for view in views:
-        traits = view.spec.traits
-        since = view.mode_since
-        if since is not None and view.reading is not None:
-            ramp = traits.ramp_down_s if view.reading.mode is Mode.SLEEPING else traits.ramp_up_s
-            end = since + timedelta(seconds=ramp)
-            if latest is None or end > latest:
-                latest = end
-        if view.lowered_at is not None:
-            end = view.lowered_at + timedelta(seconds=traits.retarget_s)
-            if latest is None or end > latest:
-                latest = end
-        if view.cut_at is not None and (latest is None or view.cut_at > latest):
-            latest = view.cut_at  # a cut lands at once, but the meter has yet to see it
-    return latest
 
 
 def _published(reason: str) -> str:

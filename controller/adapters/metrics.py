@@ -26,8 +26,9 @@ from prometheus_client.registry import Collector
 
 from controller.config import SafetyCfg
 from controller.core.model import FLEET_MODES, MinerView, fleet_mode, tally
+from controller.core.operator import HoldMode
 from controller.core.signals import ObligationStatus
-from controller.operator import Desk, HoldMode
+from controller.operator import Desk
 
 if TYPE_CHECKING:
     from controller.app import Daemon

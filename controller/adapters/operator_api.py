@@ -29,12 +29,11 @@ from pydantic.json_schema import models_json_schema
 
 from controller.adapters import api_models as m
 from controller.core.model import MinerView, estimate_w, fleet_mode, tally
+from controller.core.operator import Hold, HoldMode
 from controller.core.signals import Curtailment, Grant, ObligationStatus, curtailment_active
 from controller.journal import JournalError
 from controller.operator import (
     Desk,
-    Hold,
-    HoldMode,
     OperatorError,
     Principal,
     Role,

@@ -463,3 +463,12 @@ def withdraw(
 
 def _kw(watts: int) -> str:
     return f"{watts / 1000:g} kW"
+
+
+def emergency_in_force(book: SignalBook, now: datetime) -> bool:
+    """An emergency curtailment binds now: cuts go back to back, and the cold gives way
+    where nothing else meets its deadline."""
+    return any(
+        isinstance(h.signal, Curtailment) and h.signal.emergency and curtailment_active(h, now)
+        for h in book.held.values()
+    )

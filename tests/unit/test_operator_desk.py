@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
+from controller.core.operator import HoldMode
 from controller.journal import Journal, JournalError
-from controller.operator import Desk, HoldMode, Principal, Role
+from controller.operator import Desk, Principal, Role
 
 NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
 ALICE = Principal("alice", Role.OPERATOR)

@@ -1,0 +1,116 @@
+"""The operator's say in a plan: holds and the automation switch, applied. Pure.
+
+The desk (controller/intake/desk.py) keeps these durable; here they only shape what the
+planner decided. Grid limits always win: a shed is never withheld.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+
+from controller.core.model import Action, ActionKind, MinerView, Plan
+from controller.core.planner import FLOOR_WAKE
+from drivers.types import Mode
+
+# The steps that bring a miner back: a pause withholds them.
+COMING_BACK = frozenset({ActionKind.WAKE, ActionKind.WARM, ActionKind.RAISE, ActionKind.RESTORE})
+
+
+class HoldMode(enum.StrEnum):
+    SLEEP = "sleep"  # kept asleep whatever the limit allows
+    RUN = "run"  # kept running while the limit allows: shed last, woken first
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    miner_id: str
+    mode: HoldMode
+    reason: str
+    by: str
+    since: datetime
+    expires_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Automation:
+    """Paused: nothing is woken, raised or restored by the automation; every grid limit
+    is still enforced (sheds go on)."""
+
+    paused: bool = False
+    reason: str = ""
+    by: str = ""
+    since: datetime | None = None
+
+
+def held(holds: Mapping[str, Hold], mode: HoldMode) -> frozenset[str]:
+    """The miners held in `mode`."""
+    return frozenset(m for m, h in holds.items() if h.mode is mode)
+
+
+def shed_order(base: tuple[int, ...], ids: Sequence[str], run: frozenset[str]) -> tuple[int, ...]:
+    """The fleet's shed order with the miners held running moved to its end: shed last,
+    woken first (the planner walks wakes backwards)."""
+    if not run:
+        return base
+    return tuple(i for i in base if ids[i] not in run) + tuple(i for i in base if ids[i] in run)
+
+
+def mark_held_asleep(
+    views: tuple[MinerView, ...], holds: Mapping[str, Hold]
+) -> tuple[MinerView, ...]:
+    """The views with the miners held asleep marked: the planner never walks them back."""
+    asleep = held(holds, HoldMode.SLEEP)
+    if not asleep:
+        return views
+    return tuple(replace(v, held_asleep=True) if v.spec.id in asleep else v for v in views)
+
+
+def operator_steps(
+    plan: Plan,
+    views: tuple[MinerView, ...],
+    holds: Mapping[str, Hold],
+    automation: Automation,
+    now: datetime,
+) -> tuple[Plan, frozenset[str]]:
+    """A miner held asleep that runs is put to sleep; while automation is paused nothing
+    comes back (wakes, raises, restores are withheld, except for miners held running and
+    wakes that keep a heater floor). Sheds always stand: grid limits win. Returns the plan
+    and the miners it sleeps for a hold (not grid sheds)."""
+    actions = list(plan.actions)
+    notes = list(plan.notes)
+    if automation.paused:
+        run = held(holds, HoldMode.RUN)
+        kept = [
+            a
+            for a in actions
+            if a.kind not in COMING_BACK or a.miner_id in run or FLOOR_WAKE in a.reason
+        ]
+        if len(kept) < len(actions):
+            notes.append(
+                f"automation paused by {automation.by}: "
+                f"{len(actions) - len(kept)} steps back withheld"
+            )
+        actions = kept
+    planned = {a.miner_id for a in actions}
+    slept: set[str] = set()
+    for view in views:
+        hold = holds.get(view.spec.id) if view.held_asleep else None
+        if (
+            hold is None
+            or view.spec.id in planned
+            or view.pending is not None
+            or view.cut_at is not None
+            or view.reading is None
+            or view.reading.mode is not Mode.MINING
+            or (view.retry_after is not None and now < view.retry_after)
+        ):
+            continue
+        why = f"sleep: held asleep by {hold.by} until {hold.expires_at:%H:%M:%S}: {hold.reason}"
+        actions.append(Action(view.spec.id, ActionKind.SLEEP, why))
+        slept.add(view.spec.id)
+    if len(actions) == len(plan.actions) and notes == list(plan.notes):
+        return plan, frozenset(slept)
+    return replace(plan, actions=tuple(actions), notes=tuple(notes)), frozenset(slept)
