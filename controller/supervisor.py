@@ -87,9 +87,6 @@ KEEP_HISTORY = 1000
 # A resumed sleep (sent before a restart) reads the miner again this often while it
 # cannot answer (a stock Antminer restarting its mining process).
 RESUME_POLL_S = 1.0
-# A resumed command may wait this long: a LuxOS write session the dead daemon left open
-# idles out after 60 s (docs.luxor.tech, sessions), and only then takes the write.
-RESUMED_TIMEOUT_S = 75.0
 # The unexplained draw learned before a restart is trusted this long after it was learned.
 OFFSET_TRUSTED_FOR = timedelta(minutes=10)
 # The wall clock more than this from the daemon's steady time is a step worth saying.
@@ -1099,8 +1096,6 @@ class Supervisor:
         )
         if kind is ActionKind.WARM:
             timeout += spec.traits.gentle_extra_s  # a pre-heat, a profile set first
-        if resumed:
-            timeout = max(timeout, RESUMED_TIMEOUT_S)
         try:
             with within(timeout):
                 return await self._call(action, spec, resumed=resumed)
@@ -1131,7 +1126,7 @@ class Supervisor:
             return await driver.wake(step_up=True), True  # from a gentle start's low mode
         watts = (spec.floor_w() if kind is ActionKind.LOWER else None) or spec.rated_power_w
         if resumed:
-            return await _until_taken(lambda: driver.set_power_target(watts)), True
+            return await _until_taken(lambda: driver.set_power_target(watts), driver), True
         return await driver.set_power_target(watts), True
 
     # -- bookkeeping -----------------------------------------------------------------------
@@ -1375,17 +1370,27 @@ async def _resume_sleep(driver: MinerDriver) -> tuple[MinerReading, bool]:
             continue
         if reading.mode is Mode.SLEEPING:
             return reading, False
-        return await _until_taken(driver.sleep), True
+        return await _until_taken(driver.sleep, driver), True
 
 
-async def _until_taken(command: Callable[[], Awaitable[MinerReading]]) -> MinerReading:
-    """A resumed command, sent again until the miner takes it: a LuxOS write session the
-    dead daemon left open refuses every write until it idles out (SessionBusyError). A
-    refusal or a lie is an answer; the caller's deadline bounds the rest."""
+async def _until_taken(
+    command: Callable[[], Awaitable[MinerReading]], driver: MinerDriver
+) -> MinerReading:
+    """A resumed command, sent again until the miner takes it. A LuxOS write session the
+    dead daemon left open refuses every write until it idles out (60 s): the driver
+    releases it once (MinerDriver.reclaim). A refusal or a lie is an answer; the caller's
+    deadline bounds the rest."""
+    reclaimed = False
     while True:
         try:
             return await command()
-        except (SessionBusyError, UnreachableError, DeviceTimeoutError):
+        except SessionBusyError:
+            if reclaimed:
+                await asyncio.sleep(RESUME_POLL_S)
+            else:
+                reclaimed = True
+                await driver.reclaim()
+        except (UnreachableError, DeviceTimeoutError):
             await asyncio.sleep(RESUME_POLL_S)
 
 

@@ -112,6 +112,12 @@ class MinerDriver(Protocol):
         UnsupportedError without Capability.POWER_TARGET."""
         ...
 
+    async def reclaim(self) -> None:
+        """After a restart: release what a dead process of ours may have left held on the
+        device (a LuxOS write session, which blocks every write until it idles out). Called
+        only for a miner our journal shows a command on the wire to when we died."""
+        ...
+
     async def close(self) -> None:
         """Release what the driver holds (HTTP sessions); it is not used afterwards."""
         ...

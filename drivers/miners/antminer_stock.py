@@ -231,6 +231,10 @@ class AntminerStockMiner:
             self.miner_id, "set_power_target", f"stock firmware has no power target ({watts} W)"
         )
 
+    async def reclaim(self) -> None:
+        """Nothing a dead process could have left held: the firmware has no exclusive
+        write session."""
+
     async def close(self) -> None:
         """Nothing is held: the HTTP session is shared and closed by the daemon."""
 

@@ -300,6 +300,10 @@ class BraiinsOsMiner:
             )
         return want
 
+    async def reclaim(self) -> None:
+        """Nothing a dead process could have left held: the firmware has no exclusive
+        write session."""
+
     async def close(self) -> None:
         """Forget the token; BOS+ has no logout and the HTTP session is shared."""
         self._token = None

@@ -14,6 +14,8 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+import structlog
+
 from drivers import readback
 from drivers.errors import (
     DriverError,
@@ -27,6 +29,8 @@ from drivers.lacking import Lacking
 from drivers.registry import MinerDriverEntry, MinerEndpoint
 from drivers.transport import cgminer_tcp
 from drivers.types import Capability, DriverTraits, FanPause, MinerReading, Mode
+
+log = structlog.get_logger("curtaild.drivers.luxos")
 
 CODE_INVALID_COMMAND = 14  # cgminer: a join the firmware does not support
 CODE_ACCESS_DENIED = 45
@@ -90,6 +94,19 @@ class LuxosMiner:
         if "profiles" in self.lacking:  # a profile by name, but none chosen by watts
             return frozenset({Capability.SLEEP, Capability.POWER_PROFILE})
         return frozenset({Capability.SLEEP, Capability.POWER_PROFILE, Capability.POWER_TARGET})
+
+    async def reclaim(self) -> None:
+        """Log off the active write session: the caller knows our previous process had a
+        write on the wire to this miner when it died, so the session is almost surely its
+        (an operator's tool holding one at that very moment is told its session is gone,
+        and logs on again). Otherwise writes would be refused until it idles out (60 s)."""
+        async with self._lock:
+            reply = await self._call("session")
+            sid = _first(reply, "SESSION", self.miner_id, "session").get("SessionID")
+            if not isinstance(sid, str) or not sid:
+                return
+            await self._logoff(sid)
+        log.info("released a write session a previous process left open", miner=self.miner_id)
 
     async def probe(self) -> None:
         """Confirm the device is LuxOS and learn its firmware and model."""

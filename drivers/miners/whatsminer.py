@@ -568,6 +568,9 @@ class WhatsminerV2Miner:
                 lambda s: s.reading.mode is Mode.MINING or (bool(s.fan_rpm) == running),
             )
 
+    async def reclaim(self) -> None:
+        """Nothing a dead process could have left held: writes take no session."""
+
     async def close(self) -> None:
         """Nothing is held between calls: one connection per request."""
 
@@ -938,6 +941,9 @@ class WhatsminerV3Miner:
 
             return await self._verify("set_fans_when_asleep", done, fans=True)
 
+    async def reclaim(self) -> None:
+        """Nothing a dead process could have left held: writes take no session."""
+
     async def close(self) -> None:
         """Nothing is held between calls: one connection per call."""
 
@@ -1177,6 +1183,9 @@ class WhatsminerMiner:
 
     async def set_fans_when_asleep(self, running: bool) -> MinerReading:
         return await (await self._impl()).set_fans_when_asleep(running)
+
+    async def reclaim(self) -> None:
+        """Nothing a dead process could have left held: writes take no session."""
 
     async def close(self) -> None:
         if self._chosen is not None:

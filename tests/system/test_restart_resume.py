@@ -164,8 +164,10 @@ async def test_restart_with_commands_on_the_wire_carries_them_through_twice(
         for miner in slow:
             await farm.set_fault(miner, Fault.NONE)
         async with daemon_on(loaded, clock, farm, settle=False) as third:
-            # The dead runs' LuxOS write sessions idle out after 60 s of the farm's time.
-            await third.step(90, dt=0.5, wait_idle=False)
+            # The dead runs' LuxOS write sessions would idle out after 60 s of the farm's
+            # time; the restart releases them, so the sleeps land well before.
+            await third.step(20, dt=0.5, wait_idle=False)
+            assert all(m in third.asleep() for m in first_decided["sleep"])
             assert third.sup.limit.limit_w == int(limit_kw * 1000)
             assert farm.total_power_w() <= limit_kw * 1000
             assert commands(third, *STEPS_BACK) == [], "woken while the curtailment holds"

@@ -129,6 +129,20 @@ async def test_luxos_releases_its_own_leaked_session(farm: SimFarm) -> None:
     assert await session(farm) == ""
 
 
+async def test_luxos_reclaims_the_session_a_dead_process_left(farm: SimFarm) -> None:
+    """A daemon killed mid-write leaves its session open for 60 s; the restarted one, told
+    by its journal that a write was on the wire, releases it instead of waiting."""
+    await foreign_logon(farm)  # the dead process's, unknown to this driver
+    miner = driver(farm)
+    with pytest.raises(SessionBusyError):
+        await miner.sleep()
+    await miner.reclaim()
+    assert await session(farm) == ""
+    assert (await miner.sleep()).mode is Mode.SLEEPING
+    await miner.reclaim()  # nothing held: nothing to do
+    assert await session(farm) == ""
+
+
 async def test_luxos_falls_back_when_joins_are_refused(farm: SimFarm) -> None:
     device = farm.miners["m0"].device
     assert isinstance(device, LuxosDevice)
