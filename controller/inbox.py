@@ -30,7 +30,9 @@ from controller.core.signals import (
 from controller.journal import Journal, JournalError
 from controller.publish import Ack, Publisher
 from controller.wire import (
+    MAX_BODY_BYTES,
     InvalidSignalError,
+    TooLargeError,
     WireError,
     authenticate,
     open_envelope,
@@ -133,6 +135,16 @@ class Inbox:
             return self._accept("mqtt", source, body)
         except Exception as err:  # noqa: BLE001 - no input may stop the daemon
             return self._contain("mqtt", source, payload, err)
+
+    def submit_oversized(self, size: int | None) -> Outcome:
+        """An HTTP body refused for its size before it was read: answered, and journaled
+        or counted like any unauthenticated refusal."""
+        detail = (
+            f"body is {size} bytes; the limit is {MAX_BODY_BYTES}"
+            if size is not None
+            else f"body exceeds {MAX_BODY_BYTES} bytes"
+        )
+        return self._refuse("http", None, b"", TooLargeError(detail))
 
     def prune(self, now: datetime) -> None:
         """Forget signals that ended a while ago (their revisions stay known)."""

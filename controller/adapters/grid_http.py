@@ -108,13 +108,13 @@ class GridHttp:
 
     async def _post_signal(self, request: web.Request) -> web.Response:
         if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
-            return problem(
-                413, f"body is {request.content_length} bytes; the limit is {MAX_BODY_BYTES}"
-            )
+            refused = self._inbox.submit_oversized(request.content_length)
+            return problem(refused.http_status, refused.detail)
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
-            return problem(413, f"body exceeds {MAX_BODY_BYTES} bytes")
+            refused = self._inbox.submit_oversized(None)
+            return problem(refused.http_status, refused.detail)
         except (ConnectionError, ClientError, asyncio.IncompleteReadError):
             # The client went away mid-body: there is no one to answer, and anyone can do
             # this, so it is counted, not logged each time.

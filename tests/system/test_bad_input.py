@@ -215,3 +215,23 @@ async def test_system_http_client_leaving_mid_body_is_counted_and_unknown_paths_
         task = r.daemon._task
         assert task is not None
         assert not task.done()
+
+
+async def test_system_http_oversize_bodies_are_journaled_or_counted(tmp_path: Path) -> None:
+    """Refused on Content-Length before the body is read, and still accounted for."""
+    async with rig(load_site(site_dict(tmp_path, miners=6))) as r:
+        http = r.daemon.http
+        assert http is not None
+        inbox = r.daemon.inbox
+
+        def accounted() -> int:
+            [(rows,)] = r.daemon.journal.rows("SELECT count(*) FROM signals")
+            return int(rows) + inbox.unjournaled
+
+        before = accounted()
+        huge = b"x" * (wire.MAX_BODY_BYTES + 1)
+        for _ in range(3):
+            status, problem = await r.post(huge, {})
+            assert status == 413
+            assert "the limit is 65536" in problem["detail"]
+        assert accounted() == before + 3
