@@ -53,11 +53,11 @@ from controller import logs
 from controller.app import Daemon
 from controller.clock import SystemClock
 from controller.config import Loaded, parse
-from controller.measure import MeterSample
-from controller.simfarm import farm_from_config
-from controller.supervisor import Supervisor
-from drivers.sim.farm import SimFarm
-from drivers.sim.modbus import SimMeter, SimPdu
+from controller.loop.measure import MeterSample
+from controller.loop.supervisor import Supervisor
+from demo.farm import farm_from_config
+from sim.farm import SimFarm
+from sim.modbus import SimMeter, SimPdu
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent

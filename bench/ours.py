@@ -17,10 +17,11 @@ import uvloop
 import yaml
 
 from bench.fleet import BenchMiner, read
-from controller import logs, wire
+from controller import logs
 from controller.app import Daemon
 from controller.clock import SystemClock
 from controller.config import parse
+from controller.intake import wire
 
 KEY = b"bench-key"
 # Each miner's first command (retries follow a failed one).

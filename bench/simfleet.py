@@ -19,8 +19,8 @@ from pathlib import Path
 import uvloop
 
 from bench.fleet import BenchMiner, read
-from drivers.sim.farm import SimFarm, SimMinerSpec
 from drivers.types import Mode
+from sim.farm import SimFarm, SimMinerSpec
 
 
 def specs(fleet: list[BenchMiner]) -> list[SimMinerSpec]:

@@ -20,18 +20,18 @@ from controller.adapters.systemd import Notifier
 from controller.clock import Clock
 from controller.config import Loaded, ModbusDeviceCfg, listeners
 from controller.core.model import MinerSpec
-from controller.inbox import Inbox
-from controller.journal import Journal
-from controller.measure import Measurements
-from controller.operator import Desk
-from controller.publish import Fanout, Recorder
-from controller.supervisor import (
+from controller.intake.desk import Desk
+from controller.intake.inbox import Inbox
+from controller.loop.measure import Measurements
+from controller.loop.supervisor import (
     HISTORY_INTERVAL,
     LoopSettings,
     MeasureSettings,
     Supervisor,
 )
-from controller.telemetry import Activity, Poller, Readings
+from controller.loop.telemetry import Activity, Poller, Readings
+from controller.record.journal import Journal
+from controller.record.publish import Fanout, Recorder
 from controller.tls import ServerTls
 from drivers.meter.modbus_meter import ModbusMeter
 from drivers.meter.sensor import ModbusTemperature

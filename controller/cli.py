@@ -91,16 +91,28 @@ def _load(path: Path, *, resolve_secrets: bool = True) -> Loaded | None:
     try:
         return load(path, resolve_secrets=resolve_secrets)
     except ConfigError as err:
-        print(f"{err.source}: {len(err.problems)} problem(s)", file=sys.stderr)
-        for problem in err.problems:
-            print(f"  {problem}", file=sys.stderr)
+        _problems(err)
         return None
+
+
+def _problems(err: ConfigError) -> None:
+    print(f"{err.source}: {len(err.problems)} problem(s)", file=sys.stderr)
+    for problem in err.problems:
+        print(f"  {problem}", file=sys.stderr)
 
 
 def _check(args: argparse.Namespace) -> int:
     loaded = _load(args.config)
     if loaded is None:
         return EXIT_CONFIG
+    if loaded.config.simulation is not None:  # a simulated farm's config: its own section too
+        from demo.farm import simulation  # noqa: PLC0415
+
+        try:
+            simulation(loaded)
+        except ConfigError as err:
+            _problems(err)
+            return EXIT_CONFIG
     config = loaded.config
     drivers = Counter(m.driver for m in loaded.miners)
     containers = Counter(m.container for m in loaded.miners)
@@ -150,7 +162,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from controller.report import ReportError, render, signal_history  # noqa: PLC0415
+    from controller.record.report import ReportError, render, signal_history  # noqa: PLC0415
 
     loaded = _load(args.config, resolve_secrets=False)
     if loaded is None:
@@ -177,10 +189,14 @@ def _sim(args: argparse.Namespace) -> int:
     if loaded is None:
         return EXIT_CONFIG
     logs.configure(loaded.config.logging.level, "console")
-    from controller.simfarm import farm_from_config  # noqa: PLC0415
-    from drivers.sim.control import SimControl  # noqa: PLC0415
+    from demo.farm import farm_from_config, simulation  # noqa: PLC0415
+    from sim.control import SimControl  # noqa: PLC0415
 
-    listen = args.control or (loaded.config.simulation and loaded.config.simulation.control_listen)
+    try:
+        listen = args.control or simulation(loaded).control_listen
+    except ConfigError as err:
+        _problems(err)
+        return EXIT_CONFIG
 
     async def simulate() -> None:
         clock = SystemClock()
@@ -203,7 +219,7 @@ def _sim(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from controller.demo import run_demo  # noqa: PLC0415
+    from demo.run import run_demo  # noqa: PLC0415
 
     if args.mqtt_url is None and importlib.util.find_spec("amqtt") is None:
         print(

@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
 import yaml
 from pydantic import (
@@ -35,8 +35,6 @@ from controller.core.signals import GridMode, GridPolicy, SourcePolicy, StalePol
 from controller.tls import TlsError, TlsFiles, is_loopback, server_context
 from drivers.modbus_map import MapError, RegisterMap, load_map
 from drivers.registry import MinerRegistry, UnknownDriverError, default_registry
-from drivers.sim.faults import Fault
-from drivers.types import Mode
 
 _ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 _HOSTNAME = re.compile(
@@ -521,15 +519,6 @@ class FrequencyCfg(_Model):
         return self
 
 
-class SimMeterCfg(_Model):
-    """The simulated site meter: what it adds to the farm's true draw, and how it reads."""
-
-    base_load_kw: Kilowatts = 0.0  # lights, cooling, the edge box: not behind any PDU
-    noise_kw: Kilowatts = 0.0
-    update_interval_s: Seconds = 1.0
-    generation_kw: Kilowatts = 0.0
-
-
 class JournalCfg(_Model):
     path: Path
 
@@ -537,37 +526,6 @@ class JournalCfg(_Model):
 class LoggingCfg(_Model):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["json", "console"] = "json"
-
-
-class SimBreakerCfg(_Model):
-    """A simulated PDU's breaker: more outlets switched on within `window_s` than
-    `max_switch_on` is an inrush the breaker does not survive (every outlet goes dark)."""
-
-    max_switch_on: Annotated[int, Field(ge=1, le=1000)] = 8
-    window_s: Annotated[float, Field(gt=0, le=60, allow_inf_nan=False)] = 1.0
-
-
-class SimulationCfg(_Model):
-    """Only for `curtaild sim` and `curtaild demo`: how the simulated farm behaves."""
-
-    default_ambient_c: Annotated[float, Field(ge=-60, le=60)] = 15.0
-    ambient_c: dict[str, Annotated[float, Field(ge=-60, le=60)]] = Field(default_factory=dict)
-    start_mode: Mode = Mode.MINING
-    faults: dict[str, Fault] = Field(default_factory=dict)  # miners and Modbus devices
-    # Per miner, what its simulated firmware lacks, as an older or newer build does: commands,
-    # HTTP paths or "command:key" reply fields (drivers/sim/missing.py).
-    missing: dict[str, list[Annotated[str, Field(min_length=1, max_length=200)]]] = Field(
-        default_factory=dict
-    )
-    seed: int = 1
-    meter: SimMeterCfg = SimMeterCfg()
-    breaker: SimBreakerCfg = SimBreakerCfg()
-    control_listen: str | None = None  # host:port of the simulator's control API
-
-    @field_validator("control_listen")
-    @classmethod
-    def _control(cls, value: str | None) -> str | None:
-        return check_listen(value) if value is not None else None
 
 
 class SiteConfig(BaseSettings):
@@ -592,7 +550,9 @@ class SiteConfig(BaseSettings):
     safety: SafetyCfg | None = None  # absent: no cold-weather rules
     api: ApiCfg | None = None  # absent: no operator API, dashboard or /metrics
     logging: LoggingCfg = LoggingCfg()
-    simulation: SimulationCfg | None = None
+    # Only for `curtaild sim` and `curtaild demo`: how the simulated farm behaves. The
+    # simulator owns its shape (sim/config.py); demo/farm.py validates it, with locations.
+    simulation: dict[str, Any] | None = None
 
     @classmethod
     def settings_customise_sources(
@@ -724,7 +684,7 @@ def parse(text: str, *, origin: str = "<config>", resolve_secrets: bool = True) 
     try:
         config = SiteConfig(**data)
     except ValidationError as err:
-        raise ConfigError(origin, [_describe(e) for e in err.errors()]) from None
+        raise ConfigError(origin, [describe(e) for e in err.errors()]) from None
     problems: list[str] = []
     miners = _expand(config, default_registry(), problems, resolve_secrets=resolve_secrets)
     keys, mqtt_password = _signal_secrets(config, problems, resolve=resolve_secrets)
@@ -734,18 +694,6 @@ def parse(text: str, *, origin: str = "<config>", resolve_secrets: bool = True) 
     if config.signals.mqtt is None and config.signals.http is None:
         problems.append("signals: configure mqtt, http or both; otherwise no signal can arrive")
     maps, outlets = _modbus(config, miners, origin, problems)
-    if config.simulation is not None:
-        ids = {m.id for m in miners} | set(maps)
-        problems.extend(
-            f"simulation.faults.{name}: no such miner or Modbus device"
-            for name in config.simulation.faults
-            if name not in ids
-        )
-        problems.extend(
-            f"simulation.missing.{name}: no such miner"
-            for name in config.simulation.missing
-            if name not in {m.id for m in miners}
-        )
     if problems:
         raise ConfigError(origin, problems)
     return Loaded(config, tuple(miners), keys, mqtt_password, origin, outlets, maps)
@@ -1035,7 +983,7 @@ def _expand(
     return miners
 
 
-def _describe(error: ErrorDetails) -> str:
+def describe(error: ErrorDetails) -> str:
     loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error["loc"]).lstrip(".")
     message = str(error["msg"]).removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":

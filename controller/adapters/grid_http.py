@@ -14,9 +14,9 @@ import structlog
 from aiohttp import ClientError, web
 from aiohttp.typedefs import Handler
 
-from controller.inbox import Inbox
+from controller.intake.inbox import Inbox
+from controller.intake.wire import MAX_BODY_BYTES, SIGNATURE_HEADER, TIMESTAMP_HEADER
 from controller.tls import ServerTls, is_loopback
-from controller.wire import MAX_BODY_BYTES, SIGNATURE_HEADER, TIMESTAMP_HEADER
 
 log = structlog.get_logger("curtaild.grid_http")
 

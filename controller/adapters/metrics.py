@@ -28,7 +28,7 @@ from controller.config import SafetyCfg
 from controller.core.model import FLEET_MODES, MinerView, fleet_mode, tally
 from controller.core.operator import HoldMode
 from controller.core.signals import ObligationStatus
-from controller.operator import Desk
+from controller.intake.desk import Desk
 
 if TYPE_CHECKING:
     from controller.app import Daemon
@@ -47,7 +47,7 @@ MODES = FLEET_MODES
 
 
 class Metrics:
-    """The loop's observer (controller.supervisor.LoopObserver) and the /metrics body."""
+    """The loop's observer (controller.loop.supervisor.LoopObserver) and the /metrics body."""
 
     def __init__(self, daemon: Daemon) -> None:
         self.registry = CollectorRegistry()

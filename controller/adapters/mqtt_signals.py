@@ -21,8 +21,8 @@ from typing import Any, Self
 import aiomqtt
 import structlog
 
-from controller.inbox import Inbox
-from controller.publish import Ack
+from controller.intake.inbox import Inbox
+from controller.record.publish import Ack
 
 log = structlog.get_logger("curtaild.mqtt_signals")
 

@@ -31,15 +31,15 @@ from controller.adapters import api_models as m
 from controller.core.model import MinerView, estimate_w, fleet_mode, tally
 from controller.core.operator import Hold, HoldMode
 from controller.core.signals import Curtailment, Grant, ObligationStatus, curtailment_active
-from controller.journal import JournalError
-from controller.operator import (
+from controller.intake.desk import (
     Desk,
     OperatorError,
     Principal,
     Role,
 )
-from controller.report import ReportError, render, signal_history
-from controller.supervisor import HISTORY_INTERVAL
+from controller.loop.supervisor import HISTORY_INTERVAL
+from controller.record.journal import JournalError
+from controller.record.report import ReportError, render, signal_history
 from controller.tls import ServerTls
 
 if TYPE_CHECKING:

@@ -11,15 +11,15 @@ from typing import Any
 
 import aiohttp
 
-from controller import wire
 from controller.adapters.systemd import Notifier
 from controller.app import Daemon
 from controller.clock import FakeClock
 from controller.config import Loaded
 from controller.core.signals import Obligation, ObligationStatus
-from controller.simfarm import farm_from_config
-from drivers.sim.farm import SimFarm
+from controller.intake import wire
+from demo.farm import farm_from_config
 from drivers.types import Mode
+from sim.farm import SimFarm
 from tests.conftest import KEY, settle
 
 

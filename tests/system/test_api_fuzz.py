@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from controller.adapters.operator_api import ROUTES
 from controller.app import Daemon
 from controller.clock import FakeClock
-from controller.simfarm import farm_from_config
+from demo.farm import farm_from_config
 from tests.conftest import API_TOKENS, KEY, KEY_ENV, api_section, load_site, site_dict
 
 pytestmark = pytest.mark.system

@@ -11,8 +11,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from controller import wire
 from controller.adapters.mqtt_signals import GridSide
+from controller.intake import wire
 from tests.conftest import KEY, Broker, load_site, site_dict
 from tests.system.harness import Rig, rig
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from controller import wire
 from controller.core.signals import ObligationStatus
+from controller.intake import wire
 from tests.conftest import KEY, load_site, site_dict
 from tests.system.harness import rig
 
@@ -87,7 +87,7 @@ async def test_signals_are_judged_by_the_wall_clock_the_grid_signs_with(tmp_path
 
 
 def test_restored_ladder_times_move_with_an_adopted_clock_and_never_lie_ahead() -> None:
-    from controller.telemetry import Readings  # noqa: PLC0415 - the unit under test
+    from controller.loop.telemetry import Readings  # noqa: PLC0415 - the unit under test
     from tests.unit.test_telemetry import SPEC  # noqa: PLC0415
 
     now = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)

@@ -12,9 +12,9 @@ import pytest
 from controller.adapters.mqtt_signals import GridSide
 from controller.clock import FakeClock
 from controller.core.signals import ObligationStatus
-from controller.simfarm import farm_from_config
-from drivers.sim.faults import Fault
+from demo.farm import farm_from_config
 from drivers.types import Mode
+from sim.faults import Fault
 from tests.conftest import Broker, load_site, site_dict
 from tests.system.harness import daemon_on, rig
 

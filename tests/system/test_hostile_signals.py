@@ -19,9 +19,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from controller import inbox as inbox_module
-from controller import wire
 from controller.adapters.mqtt_signals import GridSide
+from controller.intake import inbox as inbox_module
+from controller.intake import wire
 from tests.conftest import KEY, Broker, load_site, site_dict
 from tests.system.harness import Rig, rig
 

@@ -149,7 +149,7 @@ def test_install_ships_the_register_maps_and_the_demo_farm(
     )
     assert check.returncode == 0, check.stderr
     found = subprocess.run(
-        [str(venv / "bin/python"), "-c", "from controller.demo import DEFAULT_FARM as f; print(f)"],
+        [str(venv / "bin/python"), "-c", "from demo.run import DEFAULT_FARM as f; print(f)"],
         capture_output=True,
         text=True,
         check=True,

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from controller.core.signals import ObligationStatus
-from drivers.sim.faults import Fault
-from drivers.sim.modbus import SimMeter, SimPdu
+from sim.faults import Fault
+from sim.modbus import SimMeter, SimPdu
 from tests.conftest import load_site, site_dict
 from tests.system.harness import Rig, rig
 

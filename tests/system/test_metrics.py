@@ -18,8 +18,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from controller.adapters.metrics import Metrics
 from controller.core.operator import HoldMode
 from controller.core.signals import ObligationStatus
-from controller.operator import Desk, Principal, Role
-from drivers.sim.faults import Fault
+from controller.intake.desk import Desk, Principal, Role
+from sim.faults import Fault
 from tests.conftest import load_site, site_dict
 from tests.system.harness import Rig, rig
 

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from controller.core.signals import ObligationStatus
-from drivers.sim.antminer_stock import AntminerStockDevice
 from drivers.types import Mode
+from sim.antminer_stock import AntminerStockDevice
 from tests.conftest import load_site, site_dict
 from tests.system.harness import Rig, rig
 

@@ -17,7 +17,7 @@ import pytest
 
 from controller.adapters.operator_api import ROUTES
 from controller.clock import FakeClock
-from controller.simfarm import farm_from_config
+from demo.farm import farm_from_config
 from drivers.types import Mode
 from tests.conftest import API_TOKENS, api_section, load_site, site_dict
 from tests.system.harness import Rig, daemon_on, iso, rig

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from controller import cli, wire
-from controller.report import FIELDS
+from controller import cli
+from controller.intake import wire
+from controller.record.report import FIELDS
 from tests.conftest import load_site, site_dict
 from tests.system.harness import rig
 

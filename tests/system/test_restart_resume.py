@@ -18,8 +18,8 @@ import pytest
 
 from controller.clock import FakeClock
 from controller.config import Loaded
-from controller.simfarm import farm_from_config
-from drivers.sim.faults import Fault
+from demo.farm import farm_from_config
+from sim.faults import Fault
 from tests.conftest import load_site, site_dict
 from tests.system.harness import Rig, daemon_on
 

@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 import yaml
 
-from controller import wire
 from controller.adapters.mqtt_signals import GridSide
+from controller.intake import wire
 from tests.conftest import KEY, KEY_ENV, Broker, site_dict
 
 pytestmark = pytest.mark.system

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from controller.adapters.systemd import Notifier
-from drivers.sim.faults import Fault
+from sim.faults import Fault
 from tests.conftest import load_site, site_dict
 from tests.system.harness import rig
 

@@ -24,7 +24,7 @@ import pytest
 import yaml
 from structlog.testing import capture_logs
 
-from controller import wire
+from controller.intake import wire
 from tests.conftest import API_TOKENS, KEY, KEY_ENV, api_section, free_port, load_site, site_dict
 from tests.pki import CLIENT, Pki, serial_of
 from tests.system.harness import Rig, rig

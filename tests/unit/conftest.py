@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from drivers.sim.farm import SimFarm, SimMinerSpec
+from sim.farm import SimFarm, SimMinerSpec
 from tests.conftest import subnet
 
 

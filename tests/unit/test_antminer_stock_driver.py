@@ -31,18 +31,18 @@ from drivers.miners.antminer_stock import (
     write_body,
 )
 from drivers.registry import MinerEndpoint, MinerRegistry
-from drivers.sim.antminer_stock import (
+from drivers.transport import cgminer_tcp, http
+from drivers.types import Capability, FanPause, Mode
+from sim.antminer_stock import (
     FAMILY,
     NONCE_TTL_S,
     READ_COMMANDS,
     RESTART_S,
     AntminerStockDevice,
 )
-from drivers.sim.families import ensure
-from drivers.sim.farm import SimFarm
-from drivers.sim.faults import Fault
-from drivers.transport import cgminer_tcp, http
-from drivers.types import Capability, FanPause, Mode
+from sim.families import ensure
+from sim.farm import SimFarm
+from sim.faults import Fault
 from tests.unit.conftest import MakeFarm, Time
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "antminer_stock"

@@ -35,12 +35,12 @@ from drivers.miners.braiins_os import (
     parse_reading,
 )
 from drivers.registry import MinerEndpoint, MinerRegistry
-from drivers.sim import families
-from drivers.sim.braiins_os import FAMILY, BraiinsDevice
-from drivers.sim.farm import SimFarm
-from drivers.sim.faults import Fault
 from drivers.transport import http
 from drivers.types import Capability, FanPause, Mode
+from sim import families
+from sim.braiins_os import FAMILY, BraiinsDevice
+from sim.farm import SimFarm
+from sim.faults import Fault
 from tests.unit.conftest import MakeFarm, Time
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "braiins_os" / "25.07"

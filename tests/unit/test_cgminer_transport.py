@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 
 from drivers.errors import DeviceTimeoutError, ProtocolError, RejectedError, UnreachableError
-from drivers.sim.cgminer_server import quirk
 from drivers.transport import cgminer_tcp
+from sim.cgminer_server import quirk
 from tests.conftest import free_port
 
 Behaviour = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]

@@ -8,8 +8,10 @@ from typing import Any
 import pytest
 import yaml
 
-from controller import cli, demo_winter
+from controller import cli
 from controller.config import ConfigError, expand_hosts, load, parse
+from demo import winter as demo_winter
+from demo.farm import simulation
 from tests.conftest import KEY_ENV, load_site, site_dict
 
 REPO = Path(__file__).resolve().parents[2]
@@ -222,8 +224,7 @@ def test_config_winter_scenario_merged_onto_the_demo_farm_is_valid(
     assert safety is not None
     assert safety.rules("c1").hard_off_below_c == -20
     assert {s.container for s in loaded.config.sensors} == {"c1", "c2"}
-    sim = loaded.config.simulation
-    assert sim is not None
+    sim = simulation(loaded)
     assert sim.ambient_c == {"c1": -35, "c2": -35}
     assert sim.faults == {}  # an empty mapping in the overlay replaces the day's faults
 

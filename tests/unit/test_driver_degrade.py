@@ -22,12 +22,12 @@ from drivers.miners.braiins_os import parse_reading as parse_bos
 from drivers.miners.luxos import LuxosMiner
 from drivers.miners.whatsminer import WhatsminerMiner, WhatsminerV2Miner, WhatsminerV3Miner
 from drivers.registry import MinerEndpoint
-from drivers.sim.antminer_stock import RESTART_S, AntminerStockDevice
-from drivers.sim.farm import SimFarm
-from drivers.sim.faults import Fault
-from drivers.sim.luxos import LuxosDevice
 from drivers.transport import cgminer_tcp, http
 from drivers.types import Capability, Mode
+from sim.antminer_stock import RESTART_S, AntminerStockDevice
+from sim.farm import SimFarm
+from sim.faults import Fault
+from sim.luxos import LuxosDevice
 from tests.unit.conftest import MakeFarm, Time
 
 T = TypeVar("T")

@@ -17,7 +17,7 @@ from controller.core.signals import (
     ObligationStatus,
     SignalBook,
 )
-from controller.journal import CommandRecord, Journal, JournalError
+from controller.record.journal import CommandRecord, Journal, JournalError
 
 T0 = datetime(2026, 11, 23, 5, 0, tzinfo=UTC)
 

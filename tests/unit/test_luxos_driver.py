@@ -16,13 +16,13 @@ from drivers.errors import (
 )
 from drivers.miners.luxos import LuxosMiner
 from drivers.registry import MinerEndpoint, default_registry
-from drivers.sim.cgminer_server import CgminerServer
-from drivers.sim.farm import SimFarm
-from drivers.sim.faults import Fault
-from drivers.sim.luxos import LuxosDevice
-from drivers.sim.physics import Profile
 from drivers.transport import cgminer_tcp
 from drivers.types import Capability, Mode
+from sim.cgminer_server import CgminerServer
+from sim.farm import SimFarm
+from sim.faults import Fault
+from sim.luxos import LuxosDevice
+from sim.physics import Profile
 from tests.unit.conftest import MakeFarm, Time
 
 

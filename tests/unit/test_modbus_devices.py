@@ -21,9 +21,9 @@ from drivers.meter.modbus_meter import ModbusMeter
 from drivers.meter.sensor import ModbusTemperature
 from drivers.modbus_map import RegisterMap, load_map, parse_map
 from drivers.pdu.modbus_pdu import ModbusPdu
-from drivers.sim.faults import Fault
-from drivers.sim.modbus import DROP_AFTER, EmptyOutlet, ModbusSim, SimMeter, SimPdu, SimSensor
 from drivers.transport.modbus import ModbusLink
+from sim.faults import Fault
+from sim.modbus import DROP_AFTER, EmptyOutlet, ModbusSim, SimMeter, SimPdu, SimSensor
 from tests.unit.conftest import Time
 
 HOST = "127.0.0.1"

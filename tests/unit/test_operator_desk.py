@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from controller.core.operator import HoldMode
-from controller.journal import Journal, JournalError
-from controller.operator import Desk, Principal, Role
+from controller.intake.desk import Desk, Principal, Role
+from controller.record.journal import Journal, JournalError
 
 NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
 ALICE = Principal("alice", Role.OPERATOR)

@@ -15,7 +15,9 @@ import aiohttp
 import pytest
 
 from drivers.errors import ProtocolError, RejectedError, UnreachableError
-from drivers.sim.antminer_stock import (
+from drivers.transport import cgminer_tcp, http
+from drivers.types import Mode
+from sim.antminer_stock import (
     FAMILY,
     NONCE_TTL_S,
     RESTART_S,
@@ -23,11 +25,9 @@ from drivers.sim.antminer_stock import (
     SLEEP_POWER_W,
     AntminerStockDevice,
 )
-from drivers.sim.families import ensure
-from drivers.sim.farm import SimFarm
-from drivers.sim.faults import Fault
-from drivers.transport import cgminer_tcp, http
-from drivers.types import Mode
+from sim.families import ensure
+from sim.farm import SimFarm
+from sim.faults import Fault
 from tests.unit.conftest import MakeFarm, Time
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "antminer_stock"

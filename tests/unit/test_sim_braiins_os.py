@@ -15,12 +15,12 @@ from grpclib.encoding.base import CodecBase
 from grpclib.exceptions import GRPCError
 
 from drivers.errors import RejectedError, UnreachableError
-from drivers.sim import families
-from drivers.sim.braiins_os import FAMILY, BraiinsDevice
-from drivers.sim.farm import SimFarm, SimMinerSpec
-from drivers.sim.faults import Fault
 from drivers.transport import cgminer_tcp, http
 from drivers.types import Mode
+from sim import families
+from sim.braiins_os import FAMILY, BraiinsDevice
+from sim.farm import SimFarm, SimMinerSpec
+from sim.faults import Fault
 from tests.unit.conftest import MakeFarm, Time
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "braiins_os" / "25.07"

@@ -12,17 +12,17 @@ from typing import Any
 import aiohttp
 import pytest
 
-from controller.simfarm import farm_from_config
+from demo.farm import farm_from_config
 from drivers.errors import VerificationError
 from drivers.meter.sensor import ModbusTemperature
 from drivers.modbus_map import load_map
 from drivers.pdu.modbus_pdu import ModbusPdu
-from drivers.sim.control import SimControl
-from drivers.sim.farm import SimFarm, SimMinerSpec
-from drivers.sim.faults import Fault
-from drivers.sim.modbus import SimPdu, SimSensor
 from drivers.transport.modbus import ModbusLink
 from drivers.types import Mode
+from sim.control import SimControl
+from sim.farm import SimFarm, SimMinerSpec
+from sim.faults import Fault
+from sim.modbus import SimPdu, SimSensor
 from tests.conftest import load_site, site_dict
 from tests.unit.conftest import Time
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import aiohttp
 
-from drivers.sim.control import SimControl
-from drivers.sim.faults import Fault
 from drivers.transport import cgminer_tcp
+from sim.control import SimControl
+from sim.faults import Fault
 from tests.unit.conftest import MakeFarm, Time
 
 

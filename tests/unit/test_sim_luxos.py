@@ -8,10 +8,10 @@ import json
 import pytest
 
 from drivers.errors import RejectedError, UnreachableError
-from drivers.sim.farm import SimFarm, SimMinerSpec, UnsupportedSimError
-from drivers.sim.faults import Fault
 from drivers.transport import cgminer_tcp
 from drivers.types import Mode
+from sim.farm import SimFarm, SimMinerSpec, UnsupportedSimError
+from sim.faults import Fault
 from tests.unit.conftest import MakeFarm, Time
 
 

@@ -14,10 +14,10 @@ import aiohttp
 import pytest
 
 from controller.config import ConfigError
-from controller.simfarm import farm_from_config
-from drivers.sim.control import SimControl
-from drivers.sim.farm import SimFarm
+from demo.farm import farm_from_config, simulation
 from drivers.transport import cgminer_tcp
+from sim.control import SimControl
+from sim.farm import SimFarm
 from tests.conftest import load_site, site_dict
 from tests.unit.conftest import MakeFarm
 
@@ -154,7 +154,7 @@ def test_sim_config_names_what_each_miner_lacks(tmp_path: Path) -> None:
     assert farm.miners["m000"].missing.names == frozenset()
     data["simulation"]["missing"] = {"m009": ["stats"]}
     with pytest.raises(ConfigError, match=r"simulation\.missing\.m009: no such miner"):
-        load_site(data)
+        simulation(load_site(data))
     data["simulation"]["missing"] = {"m001": [""]}
     with pytest.raises(ConfigError, match=r"simulation\.missing"):
-        load_site(data)
+        farm_from_config(load_site(data), lambda: 0.0)

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from drivers.sim.farm import SimFarm, SimMinerSpec
-from drivers.sim.faults import Fault
-from drivers.sim.physics import MinerModel, MinerPhysics, Profile
 from drivers.types import Mode
+from sim.farm import SimFarm, SimMinerSpec
+from sim.faults import Fault
+from sim.physics import MinerModel, MinerPhysics, Profile
 
 RATED_W = 3250
 MODEL = MinerModel("Antminer S19 Pro", RATED_W, 110.0)  # LuxOS-style profile steps

@@ -17,10 +17,11 @@ import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from drivers.miners.whatsminer import v2_credentials, v3_token
-from drivers.sim.families import ensure, family_for
-from drivers.sim.farm import SimFarm
-from drivers.sim.faults import Fault
-from drivers.sim.whatsminer import (
+from drivers.types import Mode
+from sim.families import ensure, family_for
+from sim.farm import SimFarm
+from sim.faults import Fault
+from sim.whatsminer import (
     FAMILY,
     MAX_TOKENS,
     PREHEAT_S,
@@ -29,7 +30,6 @@ from drivers.sim.whatsminer import (
     UPFREQ_S,
     WhatsminerDevice,
 )
-from drivers.types import Mode
 from tests.unit.conftest import MakeFarm, Time
 
 V2_PORT = 14028

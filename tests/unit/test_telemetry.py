@@ -8,7 +8,7 @@ from structlog.testing import capture_logs
 
 from controller.clock import FakeClock
 from controller.core.model import MinerSpec, OutletReading
-from controller.telemetry import Activity, Poller, Readings
+from controller.loop.telemetry import Activity, Poller, Readings
 from drivers.errors import DeviceTimeoutError, VerificationError
 from drivers.miners.luxos import TRAITS, LuxosMiner
 from drivers.registry import MinerEndpoint

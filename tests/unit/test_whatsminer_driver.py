@@ -43,12 +43,12 @@ from drivers.miners.whatsminer import (
     v3_token,
 )
 from drivers.registry import MinerEndpoint, MinerRegistry
-from drivers.sim.families import ensure
-from drivers.sim.farm import SimFarm
-from drivers.sim.faults import Fault
-from drivers.sim.whatsminer import FAMILY, MAX_TOKENS, PREHEAT_S, WhatsminerDevice
 from drivers.transport import cgminer_tcp
 from drivers.types import Capability, FanPause, Mode
+from sim.families import ensure
+from sim.farm import SimFarm
+from sim.faults import Fault
+from sim.whatsminer import FAMILY, MAX_TOKENS, PREHEAT_S, WhatsminerDevice
 from tests.unit.conftest import MakeFarm, Time
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "whatsminer"

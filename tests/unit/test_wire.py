@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from controller import wire
 from controller.core.signals import Cancel, Curtailment, Grant, Heartbeat
+from controller.intake import wire
 
 KEYS = {"kegoc": b"k1", "aggregator": b"k2"}
 NOW = 1_795_000_000.0

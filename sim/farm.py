@@ -13,7 +13,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Self
 
-from drivers.sim.families import (
+from drivers.types import Mode
+from sim.families import (
     BuildContext,
     SimDevice,
     SimMinerSpec,
@@ -21,10 +22,9 @@ from drivers.sim.families import (
     family_for,
     simulated_drivers,
 )
-from drivers.sim.faults import Fault, FaultState
-from drivers.sim.missing import Missing
-from drivers.sim.physics import MinerPhysics
-from drivers.types import Mode
+from sim.faults import Fault, FaultState
+from sim.missing import Missing
+from sim.physics import MinerPhysics
 
 
 @dataclass(slots=True)

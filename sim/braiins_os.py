@@ -36,13 +36,13 @@ from grpclib.encoding.base import CodecBase
 from grpclib.exceptions import GRPCError
 from grpclib.server import Server, Stream
 
-from drivers.sim.cgminer_server import CODE_INVALID_COMMAND, CgminerServer, Reply
-from drivers.sim.families import BuildContext, Built, Family, SimMinerSpec
-from drivers.sim.faults import Fault, FaultState
-from drivers.sim.http_server import HttpSimServer
-from drivers.sim.missing import Missing, http_missing
-from drivers.sim.physics import MinerModel, MinerPhysics, Profile
 from drivers.types import Mode
+from sim.cgminer_server import CODE_INVALID_COMMAND, CgminerServer, Reply
+from sim.families import BuildContext, Built, Family, SimMinerSpec
+from sim.faults import Fault, FaultState
+from sim.http_server import HttpSimServer
+from sim.missing import Missing, http_missing
+from sim.physics import MinerModel, MinerPhysics, Profile
 
 GRPC_PORT = 50051  # bos-plus-api README
 CGMINER_PORT = 4028

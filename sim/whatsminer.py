@@ -44,12 +44,12 @@ from typing import Any, cast
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from passlib.hash import md5_crypt  # type: ignore[import-untyped]  # libpass ships no types
 
-from drivers.sim.cgminer_server import TcpListener, quirk
-from drivers.sim.families import BuildContext, Built, Family, SimMinerSpec, SimServer
-from drivers.sim.faults import Fault, FaultState
-from drivers.sim.missing import Missing
-from drivers.sim.physics import MinerModel, MinerPhysics, Profile
 from drivers.types import Mode
+from sim.cgminer_server import TcpListener, quirk
+from sim.families import BuildContext, Built, Family, SimMinerSpec, SimServer
+from sim.faults import Fault, FaultState
+from sim.missing import Missing
+from sim.physics import MinerModel, MinerPhysics, Profile
 
 Reply = dict[str, Any]
 
@@ -144,7 +144,7 @@ class WhatsminerDevice:
         missing: Missing | None = None,
     ) -> None:
         self.physics = physics
-        self.missing = missing or Missing()  # what this build lacks (drivers.sim.missing)
+        self.missing = missing or Missing()  # what this build lacks (sim.missing)
         self.fault = fault
         self._now = time_fn
         self._rng = rng

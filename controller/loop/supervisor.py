@@ -52,12 +52,12 @@ from controller.core.signals import (
     track,
     withdraw,
 )
-from controller.inbox import Inbox
-from controller.journal import CommandRecord, Journal, JournalError
-from controller.measure import Measurements, MeterSample
-from controller.operator import Desk
-from controller.publish import Ack, Publisher
-from controller.telemetry import Activity, Poller, Readings, parse_time
+from controller.intake.desk import Desk
+from controller.intake.inbox import Inbox
+from controller.loop.measure import Measurements, MeterSample
+from controller.loop.telemetry import Activity, Poller, Readings, parse_time
+from controller.record.journal import CommandRecord, Journal, JournalError
+from controller.record.publish import Ack, Publisher
 from drivers.deadline import within
 from drivers.errors import (
     DeviceTimeoutError,

@@ -19,9 +19,9 @@ from typing import Any
 
 from aiohttp import web
 
-from drivers.sim.farm import SimFarm, SimMiner
-from drivers.sim.faults import Fault
 from drivers.types import Mode
+from sim.farm import SimFarm, SimMiner
+from sim.faults import Fault
 
 
 class SimControl:
@@ -88,7 +88,7 @@ class SimControl:
         return web.json_response(self._state(miner))
 
     async def _missing(self, request: web.Request) -> web.Response:
-        """What the miner's firmware lacks from now on (drivers.sim.missing names)."""
+        """What the miner's firmware lacks from now on (sim.missing names)."""
         miner = self._find(request)
         names = (await _body(request)).get("missing")
         if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):

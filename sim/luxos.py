@@ -17,11 +17,11 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from drivers.sim.cgminer_server import CODE_INVALID_COMMAND, CgminerServer, Reply
-from drivers.sim.families import BuildContext, Built, Family, SimMinerSpec
-from drivers.sim.faults import FaultState
-from drivers.sim.physics import MinerModel, MinerPhysics, antminer_class
 from drivers.types import Mode
+from sim.cgminer_server import CODE_INVALID_COMMAND, CgminerServer, Reply
+from sim.families import BuildContext, Built, Family, SimMinerSpec
+from sim.faults import FaultState
+from sim.physics import MinerModel, MinerPhysics, antminer_class
 
 SESSION_IDLE_S = 60.0  # docs.luxor.tech/firmware/api/sessions
 VERSION = "2024.11.12.201504-7c3b9d1e"

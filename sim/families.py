@@ -13,10 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from drivers.sim.faults import Fault, FaultState
-from drivers.sim.missing import Missing
-from drivers.sim.physics import MinerModel, MinerPhysics
 from drivers.types import Mode
+from sim.faults import Fault, FaultState
+from sim.missing import Missing
+from sim.physics import MinerModel, MinerPhysics
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,7 +34,7 @@ class SimMinerSpec:
     fault: Fault = Fault.NONE
     web_port: int | None = None
     password: str | None = None  # the credential the device accepts (None: its default)
-    missing: frozenset[str] = frozenset()  # what its firmware lacks (drivers.sim.missing)
+    missing: frozenset[str] = frozenset()  # what its firmware lacks (sim.missing)
 
 
 class SimDevice(Protocol):
@@ -122,7 +122,7 @@ def simulated_drivers() -> list[str]:
 def _load_builtin() -> None:
     if _FAMILIES:
         return
-    from drivers.sim import (  # noqa: PLC0415 - registration on first use, not import
+    from sim import (  # noqa: PLC0415 - registration on first use, not import
         antminer_stock,
         braiins_os,
         luxos,

@@ -41,7 +41,7 @@ from drivers.modbus_map import (
     encode_raw,
     encode_state,
 )
-from drivers.sim.faults import Fault, FaultState
+from sim.faults import Fault, FaultState
 
 log = structlog.get_logger("curtaild.sim")
 

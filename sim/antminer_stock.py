@@ -34,19 +34,19 @@ from typing import Any, cast
 
 from aiohttp import web
 
-from drivers.sim.cgminer_server import (
+from drivers.types import Mode
+from sim.cgminer_server import (
     CODE_ACCESS_DENIED,
     CODE_INVALID_COMMAND,
     CgminerServer,
     Reply,
     _Connection,
 )
-from drivers.sim.families import BuildContext, Built, Family, SimMinerSpec, recent
-from drivers.sim.faults import Fault, FaultState
-from drivers.sim.http_server import Handler, HttpSimServer
-from drivers.sim.missing import Missing, http_missing
-from drivers.sim.physics import MinerModel, MinerPhysics, Profile, antminer_class
-from drivers.types import Mode
+from sim.families import BuildContext, Built, Family, SimMinerSpec, recent
+from sim.faults import Fault, FaultState
+from sim.http_server import Handler, HttpSimServer
+from sim.missing import Missing, http_missing
+from sim.physics import MinerModel, MinerPhysics, Profile, antminer_class
 
 REALM = "antMiner Configuration"
 USER = "root"  # the only web user on stock firmware

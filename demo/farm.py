@@ -1,5 +1,5 @@
-"""Builds a simulated farm from a site config (drivers/sim must not import the controller):
-its miners, and the PDUs, site meter and ambient sensors the config names, wired to the
+"""Builds a simulated farm from a site config (sim/ must not import the controller): its
+miners, and the PDUs, site meter and ambient sensors the config names, wired to the
 miners' physics and the containers' simulated ambient."""
 
 from __future__ import annotations
@@ -7,16 +7,42 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
-from controller.config import Loaded, SimulationCfg
-from drivers.sim.farm import SimFarm, SimMinerSpec
-from drivers.sim.faults import Fault, FaultState
-from drivers.sim.modbus import EmptyOutlet, OutletPort, SimMeter, SimPdu, SimSensor
+from pydantic import ValidationError
+
+from controller.config import ConfigError, Loaded, describe
+from sim.config import SimulationCfg
+from sim.farm import SimFarm, SimMinerSpec
+from sim.faults import Fault, FaultState
+from sim.modbus import EmptyOutlet, OutletPort, SimMeter, SimPdu, SimSensor
+
+
+def simulation(loaded: Loaded) -> SimulationCfg:
+    """The site's `simulation:` section, validated against its miners and devices;
+    ConfigError names every problem with its location."""
+    try:
+        sim = SimulationCfg.model_validate(loaded.config.simulation or {})
+    except ValidationError as err:
+        problems = [f"simulation.{describe(e)}" for e in err.errors()]
+        raise ConfigError(loaded.origin, problems) from None
+    miners = {m.id for m in loaded.miners}
+    devices = miners | set(loaded.maps)
+    problems = [
+        f"simulation.faults.{name}: no such miner or Modbus device"
+        for name in sim.faults
+        if name not in devices
+    ]
+    problems += [
+        f"simulation.missing.{name}: no such miner" for name in sim.missing if name not in miners
+    ]
+    if problems:
+        raise ConfigError(loaded.origin, problems)
+    return sim
 
 
 def farm_from_config(loaded: Loaded, time_fn: Callable[[], float]) -> SimFarm:
     """Every configured miner simulated at its configured address, with its PDUs (each
     behind a breaker), the meter and the containers' temperature sensors."""
-    sim = loaded.config.simulation or SimulationCfg()
+    sim = simulation(loaded)
     specs = [
         SimMinerSpec(
             m.id,

@@ -22,12 +22,13 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from controller.config import Loaded
+from demo.farm import simulation
 from drivers.shipped import shipped
 
 if TYPE_CHECKING:
     from controller.app import Daemon
-    from controller.demo import _Operator
-    from drivers.sim.farm import SimFarm
+    from demo.run import _Operator
+    from sim.farm import SimFarm
 
 OVERLAY = shipped("scenarios", "winter.yaml")
 DEEP_FRACTION = 0.25  # the curtailment: a quarter of the farm's rated draw ...
@@ -63,8 +64,7 @@ class FloorWatch:
         assert safety is not None
         containers = {m.container for m in loaded.miners}
         self._rules = {c: safety.rules(c) for c in containers}
-        sim = loaded.config.simulation
-        self._base_w = (sim.meter.base_load_kw if sim is not None else 0.0) * 1000
+        self._base_w = simulation(loaded).meter.base_load_kw * 1000
         self._margin_w = loaded.config.grid.margin_kw * 1000
         self._short_since: dict[str, float] = {}
         self.violations = 0
@@ -123,7 +123,7 @@ async def play(operator: _Operator, daemon: Daemon, rated_kw: float) -> None:
 async def _play(operator: _Operator, daemon: Daemon, rated_kw: float) -> None:
     sup = daemon.supervisor
     clock = operator.clock
-    from controller.demo import _until  # noqa: PLC0415 - shared helper, no import cycle at load
+    from demo.run import _until  # noqa: PLC0415 - shared helper, no import cycle at load
 
     await asyncio.sleep(5)  # the frozen farm's heater floors wake within the base allowance
     granted = round(rated_kw * 1.05)

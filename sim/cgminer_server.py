@@ -14,8 +14,8 @@ import re
 from collections.abc import Callable
 from typing import Any, Protocol, cast
 
-from drivers.sim.faults import Fault, FaultState
-from drivers.sim.missing import Missing
+from sim.faults import Fault, FaultState
+from sim.missing import Missing
 
 MAX_REQUEST_BYTES = 64 * 1024
 STALL_HOLD_S = 60.0  # a stalled device releases the socket eventually, like a kernel would

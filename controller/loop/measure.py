@@ -18,7 +18,7 @@ import structlog
 
 from controller.clock import Clock
 from controller.core.model import OutletReading
-from controller.telemetry import Activity, Readings
+from controller.loop.telemetry import Activity, Readings
 from drivers.errors import DriverError, driver_bug
 from drivers.meter.modbus_meter import MeterReading, ModbusMeter
 from drivers.meter.sensor import ModbusTemperature

@@ -14,8 +14,8 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from drivers.sim.cgminer_server import quirk
-from drivers.sim.faults import Fault, FaultState
+from sim.cgminer_server import quirk
+from sim.faults import Fault, FaultState
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 STALL_HOLD_S = 60.0

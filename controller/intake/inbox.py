@@ -27,9 +27,7 @@ from controller.core.signals import (
     SignalBook,
     Verdict,
 )
-from controller.journal import Journal, JournalError
-from controller.publish import Ack, Publisher
-from controller.wire import (
+from controller.intake.wire import (
     MAX_BODY_BYTES,
     InvalidSignalError,
     TooLargeError,
@@ -38,6 +36,8 @@ from controller.wire import (
     open_envelope,
     parse_signal,
 )
+from controller.record.journal import Journal, JournalError
+from controller.record.publish import Ack, Publisher
 
 log = structlog.get_logger("curtaild.inbox")
 

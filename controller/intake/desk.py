@@ -20,8 +20,8 @@ import structlog
 
 from controller.core.operator import Automation, Hold, HoldMode, held
 from controller.core.signals import Override
-from controller.inbox import Inbox
-from controller.journal import Journal, JournalError
+from controller.intake.inbox import Inbox
+from controller.record.journal import Journal, JournalError
 
 log = structlog.get_logger("curtaild.operator")
 

@@ -34,16 +34,18 @@ from typing import Any, TextIO
 import aiohttp
 import yaml
 
-from controller import demo_winter, logs, wire
+from controller import logs
 from controller.adapters.mqtt_signals import GridSide
 from controller.app import Daemon
 from controller.clock import SystemClock
 from controller.config import ConfigError, Loaded, parse
 from controller.core.signals import Obligation, ObligationStatus
-from controller.simfarm import farm_from_config
+from controller.intake import wire
+from demo import winter as demo_winter
+from demo.farm import farm_from_config
 from drivers.shipped import shipped
-from drivers.sim.farm import SimFarm
 from drivers.types import Mode
+from sim.farm import SimFarm
 
 DEFAULT_FARM = shipped("sim-farm.yaml")
 DEFAULT_API = "127.0.0.1:8481"  # the dashboard; a free port instead if this one is taken

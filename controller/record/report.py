@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from controller.journal import BUSY_TIMEOUT_S
+from controller.record.journal import BUSY_TIMEOUT_S
 
 FIELDS = (
     "received_at",
