@@ -36,10 +36,10 @@ from controller.tls import ServerTls
 from drivers.meter.modbus_meter import ModbusMeter
 from drivers.meter.sensor import ModbusTemperature
 from drivers.pdu.modbus_pdu import ModbusPdu
-from drivers.registry import MinerEndpoint, MinerRegistry, default_registry
+from drivers.registry import MinerRegistry, default_registry
 from drivers.transport import admission, http
 from drivers.transport.modbus import ModbusLink
-from drivers.types import MinerDriver
+from drivers.types import MinerDriver, MinerEndpoint
 
 log = structlog.get_logger("curtaild.app")
 

@@ -27,11 +27,9 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
-import aiohttp
 import yaml
 
 from controller import logs
@@ -40,21 +38,17 @@ from controller.app import Daemon
 from controller.clock import SystemClock
 from controller.config import ConfigError, Loaded, parse
 from controller.core.signals import Obligation, ObligationStatus
-from controller.intake import wire
+from demo import day
 from demo import winter as demo_winter
 from demo.farm import farm_from_config
+from demo.grid import GridOperator
 from drivers.shipped import shipped
 from drivers.types import Mode
 from sim.farm import SimFarm
 
 DEFAULT_FARM = shipped("sim-farm.yaml")
 DEFAULT_API = "127.0.0.1:8481"  # the dashboard; a free port instead if this one is taken
-GRANT_LENGTH_S = 90.0  # the curtailment episode, a restore, then the 40 s lead to the end
-CURTAIL_FRACTION = 0.40
-TIGHTER_FRACTION = 0.30  # what the fast-shedding families can carry within 10 s
-DEADLINE_S = 10.0
 SETTLE_TIMEOUT_S = 30.0
-HOLD_S = 8.0  # how long the tighter revision holds before the cancel
 
 
 async def run_demo(
@@ -177,12 +171,12 @@ async def _scenario(
         progress = asyncio.create_task(_progress(daemon, farm, say), name="demo.progress")
         watch = demo_winter.FloorWatch(loaded, farm, daemon) if winter else None
         try:
-            operator = _Operator(grid, key, clock, daemon.http.port, say)
+            operator = GridOperator(grid, key, clock, daemon.http.port, say)
             if watch is not None:
                 async with demo_winter.watching(watch, clock.time):
                     await demo_winter.play(operator, daemon, rated_kw)
             else:
-                await operator.play(daemon, rated_kw)
+                await day.play(operator, daemon, rated_kw)
         finally:
             progress.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -196,141 +190,6 @@ async def _scenario(
             summary["winter"] = demo_winter.summary(loaded, farm, daemon, watch)
             summary["ok"] = summary["ok"] and demo_winter.passed(summary["winter"])
         return summary
-
-
-class _Operator:
-    """The scripted grid operator."""
-
-    def __init__(
-        self,
-        grid: GridSide,
-        key: bytes,
-        clock: SystemClock,
-        http_port: int,
-        say: Callable[[str], None],
-    ) -> None:
-        self._grid = grid
-        self._key = key
-        self.clock = clock
-        self._http = f"http://127.0.0.1:{http_port}/grid/v1/signals"
-        self._say = say
-        self.kinds: dict[str, str] = {}
-
-    async def play(self, daemon: Daemon, rated_kw: float) -> None:
-        sup = daemon.supervisor
-        now = self.clock.now()
-        grant_end = now + timedelta(seconds=GRANT_LENGTH_S)
-        await self.mqtt(
-            self.grant("korem-demo-h10", round(rated_kw * 1.05), grant_end),
-            f"surplus grant {round(rated_kw * 1.05)} kW until {grant_end:%H:%M:%S}",
-        )
-        # Stock Antminers take ~90 s to full power; the episode starts once most are up.
-        await _until(lambda: (sup.measured_w or 0) >= rated_kw * 1000 * 0.9, 25)
-        # Limits are fractions of the farm's full draw: the slow families are still
-        # ramping up (a stock Antminer needs ~90 s), and count at full draw in the plan.
-        first = round(rated_kw * CURTAIL_FRACTION)
-        await self.mqtt(
-            self.curtailment("evt-demo-1", 1, first),
-            f"curtailment evt-demo-1 to {first} kW (40 % of the farm's {rated_kw:.0f} kW; "
-            f"drawing {(sup.measured_w or 0) / 1000:.0f} kW now) within {DEADLINE_S:g} s",
-        )
-        await self.reached("evt-demo-1", 1)
-        await asyncio.sleep(2)
-        tighter = round(rated_kw * TIGHTER_FRACTION)
-        await self._post(
-            self.curtailment("evt-demo-1", 2, tighter),
-            f"tighter revision r2 to {tighter} kW (30 %), over HTTP",
-        )
-        await self.reached("evt-demo-1", 2)
-        # The grid holds the curtailment long enough for the farm's two deceiving units to
-        # be caught by their outlets' measurements (their firmware says they sleep).
-        await asyncio.sleep(HOLD_S)
-        await self.mqtt(self.cancel("evt-demo-1", 3), "cancel evt-demo-1")
-        remaining = (grant_end - self.clock.now()).total_seconds()
-        self._say(f"waiting for the grant to end in {remaining:.0f} s")
-        await asyncio.sleep(max(0.0, remaining))
-        await _until(lambda: not sup.pending_deadlines(), SETTLE_TIMEOUT_S)
-
-    def curtailment(
-        self, signal_id: str, revision: int, limit_kw: int, deadline_s: float = DEADLINE_S
-    ) -> dict[str, Any]:
-        return {
-            "type": "curtailment",
-            "id": signal_id,
-            "revision": revision,
-            "issued_at": _iso(self.clock.now()),
-            "limit_kw": limit_kw,
-            "deadline_s": deadline_s,
-            "emergency": False,
-        }
-
-    def grant(self, signal_id: str, granted_kw: int, end: datetime) -> dict[str, Any]:
-        now = self.clock.now()
-        return {
-            "type": "grant",
-            "id": signal_id,
-            "revision": 1,
-            "issued_at": _iso(now),
-            "start": _iso(now),
-            "end": _iso(end),
-            "granted_kw": granted_kw,
-        }
-
-    def cancel(self, signal_id: str, revision: int) -> dict[str, Any]:
-        return {
-            "type": "cancel",
-            "id": signal_id,
-            "revision": revision,
-            "issued_at": _iso(self.clock.now()),
-        }
-
-    async def mqtt(self, signal: dict[str, Any], what: str) -> None:
-        body = json.dumps(signal).encode()
-        self.kinds[f"{signal['id']}#r{signal['revision']}"] = signal["type"]
-        self._say(f"grid -> MQTT: {what}")
-        await self._grid.publish(wire.seal(self._key, int(self.clock.time()), body))
-        ack = await self._grid.wait_ack(signal["id"], signal["revision"])
-        self._say(f"ack: {ack['status']} ({ack['detail']})")
-
-    async def heartbeat(self) -> None:
-        body = json.dumps({"type": "heartbeat", "issued_at": _iso(self.clock.now())}).encode()
-        await self._grid.publish(wire.seal(self._key, int(self.clock.time()), body))
-
-    async def _post(self, signal: dict[str, Any], what: str) -> None:
-        body = json.dumps(signal).encode()
-        self.kinds[f"{signal['id']}#r{signal['revision']}"] = signal["type"]
-        ts = int(self.clock.time())
-        self._say(f"grid -> HTTP: {what}")
-        timeout = aiohttp.ClientTimeout(total=10)
-        async with (
-            aiohttp.ClientSession(timeout=timeout) as session,
-            session.post(
-                self._http,
-                data=body,
-                headers={
-                    wire.TIMESTAMP_HEADER: str(ts),
-                    wire.SIGNATURE_HEADER: wire.sign(self._key, ts, body),
-                },
-            ) as reply,
-        ):
-            self._say(f"HTTP {reply.status}: {await reply.text()}")
-
-    async def reached(self, signal_id: str, revision: int, deadline_s: float = DEADLINE_S) -> None:
-        with contextlib.suppress(TimeoutError):
-            ack = await self._grid.wait_ack(signal_id, revision, timeout_s=deadline_s + 5)
-            while ack["status"] not in ("reached", "missed"):
-                ack = await self._next_verdict(signal_id, revision, deadline_s)
-            self._say(f"ack: {ack['status']} ({ack['detail']})")
-
-    async def _next_verdict(
-        self, signal_id: str, revision: int, deadline_s: float
-    ) -> dict[str, Any]:
-        for status in ("reached", "missed"):
-            with contextlib.suppress(TimeoutError):
-                return await self._grid.wait_ack(
-                    signal_id, revision, status, timeout_s=deadline_s / 2
-                )
-        return {"status": "missed", "detail": "no verdict acknowledged"}
 
 
 async def _progress(daemon: Daemon, farm: SimFarm, say: Callable[[str], None]) -> None:
@@ -446,13 +305,6 @@ def _print_summary(summary: dict[str, Any], out: TextIO) -> None:
     )
 
 
-async def _until(condition: Callable[[], bool], timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    # Conditions span the daemon and the simulator; polling them is simpler than events.
-    while not condition() and time.monotonic() < deadline:  # noqa: ASYNC110
-        await asyncio.sleep(0.25)
-
-
 @contextlib.asynccontextmanager
 async def _embedded_broker(host: str, port: int) -> AsyncIterator[None]:
     from amqtt.broker import Broker  # noqa: PLC0415 - only the demo embeds a broker
@@ -486,7 +338,3 @@ def _free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
     return port
-
-
-def _iso(value: datetime) -> str:
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")

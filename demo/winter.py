@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING, Any
 
 from controller.config import Loaded
 from demo.farm import simulation
+from demo.grid import GridOperator, until
 from drivers.shipped import shipped
 
 if TYPE_CHECKING:
     from controller.app import Daemon
-    from demo.run import _Operator
     from sim.farm import SimFarm
 
 OVERLAY = shipped("scenarios", "winter.yaml")
@@ -102,14 +102,14 @@ class FloorWatch:
             await asyncio.sleep(SAMPLE_S)
 
 
-async def heartbeats(operator: _Operator) -> None:
+async def heartbeats(operator: GridOperator) -> None:
     """The grid operator's heartbeat: the demo outlasts the source's silence timeout."""
     while True:
         await operator.heartbeat()
         await asyncio.sleep(HEARTBEAT_S)
 
 
-async def play(operator: _Operator, daemon: Daemon, rated_kw: float) -> None:
+async def play(operator: GridOperator, daemon: Daemon, rated_kw: float) -> None:
     """The grid operator's winter day."""
     beating = asyncio.create_task(heartbeats(operator), name="demo.heartbeat")
     try:
@@ -120,10 +120,9 @@ async def play(operator: _Operator, daemon: Daemon, rated_kw: float) -> None:
             await beating
 
 
-async def _play(operator: _Operator, daemon: Daemon, rated_kw: float) -> None:
+async def _play(operator: GridOperator, daemon: Daemon, rated_kw: float) -> None:
     sup = daemon.supervisor
     clock = operator.clock
-    from demo.run import _until  # noqa: PLC0415 - shared helper, no import cycle at load
 
     await asyncio.sleep(5)  # the frozen farm's heater floors wake within the base allowance
     granted = round(rated_kw * 1.05)
@@ -131,7 +130,7 @@ async def _play(operator: _Operator, daemon: Daemon, rated_kw: float) -> None:
         operator.grant("korem-winter-h10", granted, clock.now() + timedelta(hours=1)),
         f"surplus grant {granted} kW for an hour",
     )
-    await _until(lambda: (sup.measured_w or 0) >= rated_kw * 1000 * WAKE_FRACTION, WAKE_TIMEOUT_S)
+    await until(lambda: (sup.measured_w or 0) >= rated_kw * 1000 * WAKE_FRACTION, WAKE_TIMEOUT_S)
     deep = round(rated_kw * DEEP_FRACTION)
     await operator.mqtt(
         operator.curtailment("evt-winter-1", 1, deep, DEEP_DEADLINE_S),
@@ -144,7 +143,7 @@ async def _play(operator: _Operator, daemon: Daemon, rated_kw: float) -> None:
         operator.cancel("korem-winter-h10", 2),
         "KEGOC cancels the grant at short notice: back to the base allowance",
     )
-    await _until(lambda: not sup.pending_deadlines(), 30)
+    await until(lambda: not sup.pending_deadlines(), 30)
     await operator.mqtt(
         operator.cancel("evt-winter-1", 2),
         "the curtailment event is over too",
@@ -154,8 +153,8 @@ async def _play(operator: _Operator, daemon: Daemon, rated_kw: float) -> None:
         operator.grant("korem-winter-h11", granted, clock.now() + timedelta(hours=1)),
         f"a new surplus grant {granted} kW: restore, gently and staggered",
     )
-    await _until(lambda: (sup.measured_w or 0) >= rated_kw * 1000 * WAKE_FRACTION, WAKE_TIMEOUT_S)
-    await _until(lambda: not sup.pending_deadlines(), 30)
+    await until(lambda: (sup.measured_w or 0) >= rated_kw * 1000 * WAKE_FRACTION, WAKE_TIMEOUT_S)
+    await until(lambda: not sup.pending_deadlines(), 30)
 
 
 def summary(loaded: Loaded, farm: SimFarm, daemon: Daemon, watch: FloorWatch) -> dict[str, Any]:

@@ -2,35 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 
-from drivers.types import DriverTraits, MinerDriver
-
-
-@dataclass(frozen=True, slots=True)
-class MinerEndpoint:
-    """Where a miner is and how to talk to it."""
-
-    miner_id: str
-    host: str
-    port: int
-    timeout_s: float
-    username: str | None = None
-    password: str | None = None
-    web_port: int | None = None  # the HTTP/gRPC API where a family has one besides `port`
-
-
-@dataclass(frozen=True, slots=True)
-class MinerDriverEntry:
-    """A registered miner driver family."""
-
-    name: str
-    factory: Callable[[MinerEndpoint], MinerDriver]
-    traits: DriverTraits
-    default_port: int
-    summary: str
-    default_web_port: int | None = None
+from drivers.types import MinerDriverEntry
 
 
 class UnknownDriverError(LookupError):

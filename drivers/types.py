@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -121,3 +122,28 @@ class MinerDriver(Protocol):
     async def close(self) -> None:
         """Release what the driver holds (HTTP sessions); it is not used afterwards."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class MinerEndpoint:
+    """Where a miner is and how to talk to it."""
+
+    miner_id: str
+    host: str
+    port: int
+    timeout_s: float
+    username: str | None = None
+    password: str | None = None
+    web_port: int | None = None  # the HTTP/gRPC API where a family has one besides `port`
+
+
+@dataclass(frozen=True, slots=True)
+class MinerDriverEntry:
+    """A registered miner driver family."""
+
+    name: str
+    factory: Callable[[MinerEndpoint], MinerDriver]
+    traits: DriverTraits
+    default_port: int
+    summary: str
+    default_web_port: int | None = None

@@ -1,8 +1,7 @@
-"""Simulator families: how to build each firmware family's simulated device and servers.
-
-A family module registers a builder under the driver names it serves; the farm looks the
-builder up by the miner's driver. Builders share the physics and fault model, so every
-family ramps, warms and fails the same way.
+"""What a simulator family is: how to build one firmware family's simulated device and
+servers. Each family module (sim/luxos.py, ...) defines one; sim/catalog.py lists them.
+Builders share the physics and fault model, so every family ramps, warms and fails the
+same way.
 """
 
 from __future__ import annotations
@@ -91,61 +90,9 @@ class Family:
     model: Callable[[SimMinerSpec], MinerModel]  # hardware and timing of one unit
 
 
-_FAMILIES: dict[str, Family] = {}
-
-
-def register(family: Family) -> None:
-    for driver in family.drivers:
-        if driver in _FAMILIES:
-            raise ValueError(f"simulator for driver {driver!r} is registered twice")
-        _FAMILIES[driver] = family
-
-
-def ensure(family: Family) -> None:
-    """Register `family` unless it already is (tests of a family not yet built in)."""
-    _load_builtin()
-    if all(_FAMILIES.get(d) is family for d in family.drivers):
-        return
-    register(family)
-
-
-def family_for(driver: str) -> Family | None:
-    _load_builtin()
-    return _FAMILIES.get(driver)
-
-
-def simulated_drivers() -> list[str]:
-    _load_builtin()
-    return sorted(_FAMILIES)
-
-
-def _load_builtin() -> None:
-    if _FAMILIES:
-        return
-    from sim import (  # noqa: PLC0415 - registration on first use, not import
-        antminer_stock,
-        braiins_os,
-        luxos,
-        whatsminer,
-    )
-
-    for module in (luxos, braiins_os, whatsminer, antminer_stock):
-        register(module.FAMILY)
-
-
 def recent(maxlen: int = 256) -> deque[str]:
     """A bounded command log for a device."""
     return deque(maxlen=maxlen)
 
 
-__all__ = [
-    "BuildContext",
-    "Built",
-    "Family",
-    "SimDevice",
-    "SimMinerSpec",
-    "SimServer",
-    "family_for",
-    "register",
-    "simulated_drivers",
-]
+__all__ = ["BuildContext", "Built", "Family", "SimDevice", "SimMinerSpec", "SimServer"]

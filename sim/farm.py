@@ -14,13 +14,12 @@ from dataclasses import dataclass, replace
 from typing import Self
 
 from drivers.types import Mode
+from sim.catalog import family_for, simulated_drivers
 from sim.families import (
     BuildContext,
     SimDevice,
     SimMinerSpec,
     SimServer,
-    family_for,
-    simulated_drivers,
 )
 from sim.faults import Fault, FaultState
 from sim.missing import Missing

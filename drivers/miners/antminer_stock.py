@@ -33,9 +33,16 @@ from drivers.errors import (
     VerificationError,
 )
 from drivers.lacking import Lacking
-from drivers.registry import MinerDriverEntry, MinerEndpoint
 from drivers.transport import cgminer_tcp, http
-from drivers.types import Capability, DriverTraits, FanPause, MinerReading, Mode
+from drivers.types import (
+    Capability,
+    DriverTraits,
+    FanPause,
+    MinerDriverEntry,
+    MinerEndpoint,
+    MinerReading,
+    Mode,
+)
 
 DEFAULT_USER = "root"  # the only web user on stock firmware
 DEFAULT_PASSWORD = "root"  # noqa: S105 - Bitmain's published default, overridable per miner

@@ -28,10 +28,17 @@ from drivers.errors import (
     VerificationError,
 )
 from drivers.lacking import Lacking
-from drivers.registry import MinerDriverEntry, MinerEndpoint
 from drivers.transport import http
 from drivers.transport.cgminer_tcp import repair
-from drivers.types import Capability, DriverTraits, FanPause, MinerReading, Mode
+from drivers.types import (
+    Capability,
+    DriverTraits,
+    FanPause,
+    MinerDriverEntry,
+    MinerEndpoint,
+    MinerReading,
+    Mode,
+)
 
 API = "/api/v1"
 DEFAULT_PORT = 80

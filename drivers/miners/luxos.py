@@ -26,9 +26,16 @@ from drivers.errors import (
     VerificationError,
 )
 from drivers.lacking import Lacking
-from drivers.registry import MinerDriverEntry, MinerEndpoint
 from drivers.transport import cgminer_tcp
-from drivers.types import Capability, DriverTraits, FanPause, MinerReading, Mode
+from drivers.types import (
+    Capability,
+    DriverTraits,
+    FanPause,
+    MinerDriverEntry,
+    MinerEndpoint,
+    MinerReading,
+    Mode,
+)
 
 log = structlog.get_logger("curtaild.drivers.luxos")
 

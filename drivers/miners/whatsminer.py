@@ -50,9 +50,16 @@ from drivers.errors import (
     VerificationError,
 )
 from drivers.lacking import Lacking
-from drivers.registry import MinerDriverEntry, MinerEndpoint
 from drivers.transport import admission, cgminer_tcp
-from drivers.types import Capability, DriverTraits, FanPause, MinerReading, Mode
+from drivers.types import (
+    Capability,
+    DriverTraits,
+    FanPause,
+    MinerDriverEntry,
+    MinerEndpoint,
+    MinerReading,
+    Mode,
+)
 
 V2_PORT = 4028
 V3_PORT = 4433

@@ -30,17 +30,15 @@ from drivers.miners.antminer_stock import (
     runtime_mode_from_stats_cgi,
     write_body,
 )
-from drivers.registry import MinerEndpoint, MinerRegistry
+from drivers.registry import MinerRegistry
 from drivers.transport import cgminer_tcp, http
-from drivers.types import Capability, FanPause, Mode
+from drivers.types import Capability, FanPause, MinerEndpoint, Mode
 from sim.antminer_stock import (
-    FAMILY,
     NONCE_TTL_S,
     READ_COMMANDS,
     RESTART_S,
     AntminerStockDevice,
 )
-from sim.families import ensure
 from sim.farm import SimFarm
 from sim.faults import Fault
 from tests.unit.conftest import MakeFarm, Time
@@ -58,7 +56,6 @@ async def _close_http_session() -> AsyncIterator[None]:
 
 @pytest.fixture
 async def farm(make_farm: MakeFarm) -> SimFarm:
-    ensure(FAMILY)
     farm = await make_farm(
         2, 3250, 29.5, driver="antminer-stock", web_port=WEB_PORT, default_ambient_c=5.0
     )
@@ -339,7 +336,6 @@ async def test_antminer_stock_gentle_wake_leaves_a_running_unit_alone(farm: SimF
 async def test_antminer_stock_cold_boards_start_only_gently(
     make_farm: MakeFarm, clock: Time
 ) -> None:
-    ensure(FAMILY)
     farm = await make_farm(
         2, 3250, 29.5, driver="antminer-stock", web_port=WEB_PORT, ambient_c={"c1": -35.0}
     )
@@ -417,7 +413,6 @@ async def test_antminer_stock_wrong_password_is_an_auth_error(farm: SimFarm) -> 
 
 
 async def test_antminer_stock_uses_the_configured_password(make_farm: MakeFarm) -> None:
-    ensure(FAMILY)
     farm = await make_farm(1, 3250, 29.5, driver="antminer-stock", web_port=WEB_PORT, password="s3")
     await driver(farm, password="s3").probe()
     with pytest.raises(AuthError):

@@ -34,11 +34,10 @@ from drivers.miners.braiins_os import (
     _target_limits,
     parse_reading,
 )
-from drivers.registry import MinerEndpoint, MinerRegistry
+from drivers.registry import MinerRegistry
 from drivers.transport import http
-from drivers.types import Capability, FanPause, Mode
-from sim import families
-from sim.braiins_os import FAMILY, BraiinsDevice
+from drivers.types import Capability, FanPause, MinerEndpoint, Mode
+from sim.braiins_os import BraiinsDevice
 from sim.farm import SimFarm
 from sim.faults import Fault
 from tests.unit.conftest import MakeFarm, Time
@@ -46,8 +45,6 @@ from tests.unit.conftest import MakeFarm, Time
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "braiins_os" / "25.07"
 REST_PORT = 8080  # the firmware's is 80; the simulator takes any
 LOGIN = "POST /api/v1/auth/login"
-
-families.ensure(FAMILY)
 
 
 @pytest.fixture(autouse=True)

@@ -21,9 +21,8 @@ from drivers.miners.braiins_os import BraiinsOsMiner
 from drivers.miners.braiins_os import parse_reading as parse_bos
 from drivers.miners.luxos import LuxosMiner
 from drivers.miners.whatsminer import WhatsminerMiner, WhatsminerV2Miner, WhatsminerV3Miner
-from drivers.registry import MinerEndpoint
 from drivers.transport import cgminer_tcp, http
-from drivers.types import Capability, Mode
+from drivers.types import Capability, MinerEndpoint, Mode
 from sim.antminer_stock import RESTART_S, AntminerStockDevice
 from sim.farm import SimFarm
 from sim.faults import Fault

@@ -15,9 +15,9 @@ from drivers.errors import (
     VerificationError,
 )
 from drivers.miners.luxos import LuxosMiner
-from drivers.registry import MinerEndpoint, default_registry
+from drivers.registry import default_registry
 from drivers.transport import cgminer_tcp
-from drivers.types import Capability, Mode
+from drivers.types import Capability, MinerEndpoint, Mode
 from sim.cgminer_server import CgminerServer
 from sim.farm import SimFarm
 from sim.faults import Fault

@@ -18,14 +18,12 @@ from drivers.errors import ProtocolError, RejectedError, UnreachableError
 from drivers.transport import cgminer_tcp, http
 from drivers.types import Mode
 from sim.antminer_stock import (
-    FAMILY,
     NONCE_TTL_S,
     RESTART_S,
     SLEEP_FAN_RPM,
     SLEEP_POWER_W,
     AntminerStockDevice,
 )
-from sim.families import ensure
 from sim.farm import SimFarm
 from sim.faults import Fault
 from tests.unit.conftest import MakeFarm, Time
@@ -39,7 +37,6 @@ REALM = "antMiner Configuration"
 
 @pytest.fixture
 async def farm(make_farm: MakeFarm) -> SimFarm:
-    ensure(FAMILY)
     farm = await make_farm(
         2, RATED_W, 29.5, driver="antminer-stock", web_port=WEB_PORT, default_ambient_c=5.0
     )
@@ -236,7 +233,6 @@ async def test_sim_expire_sessions_kills_every_nonce_at_once(
 async def test_sim_uses_the_configured_password(
     make_farm: MakeFarm, web: aiohttp.ClientSession
 ) -> None:
-    ensure(FAMILY)
     farm = await make_farm(
         1, RATED_W, 29.5, driver="antminer-stock", web_port=WEB_PORT, password="s3"
     )

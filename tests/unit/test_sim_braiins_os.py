@@ -17,8 +17,7 @@ from grpclib.exceptions import GRPCError
 from drivers.errors import RejectedError, UnreachableError
 from drivers.transport import cgminer_tcp, http
 from drivers.types import Mode
-from sim import families
-from sim.braiins_os import FAMILY, BraiinsDevice
+from sim.braiins_os import BraiinsDevice
 from sim.farm import SimFarm, SimMinerSpec
 from sim.faults import Fault
 from tests.unit.conftest import MakeFarm, Time
@@ -27,8 +26,6 @@ FIXTURES = Path(__file__).parent.parent / "fixtures" / "braiins_os" / "25.07"
 REST_PORT = 8080
 GRPC_PORT = 50051  # pyasic's fixed port; each test has its own loopback /16
 V1 = "/braiins.bos.v1."
-
-families.ensure(FAMILY)
 
 
 @pytest.fixture(autouse=True)

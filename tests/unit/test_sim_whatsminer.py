@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from drivers.miners.whatsminer import v2_credentials, v3_token
 from drivers.types import Mode
-from sim.families import ensure, family_for
+from sim.catalog import family_for
 from sim.farm import SimFarm
 from sim.faults import Fault
 from sim.whatsminer import (
@@ -36,11 +36,6 @@ V2_PORT = 14028
 V3_PORT = 14433
 RATED_W = 3400
 PYASIC_V3_CUTOFF = 20241101  # pyasic: a firmware date after 2024.11.0 means API v3
-
-
-@pytest.fixture(autouse=True)
-def _family() -> None:
-    ensure(FAMILY)
 
 
 @pytest.fixture

@@ -11,8 +11,7 @@ from controller.core.model import MinerSpec, OutletReading
 from controller.loop.telemetry import Activity, Poller, Readings
 from drivers.errors import DeviceTimeoutError, VerificationError
 from drivers.miners.luxos import TRAITS, LuxosMiner
-from drivers.registry import MinerEndpoint
-from drivers.types import DriverTraits, MinerReading, Mode
+from drivers.types import DriverTraits, MinerEndpoint, MinerReading, Mode
 from tests.unit.conftest import MakeFarm, Time
 
 T0 = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)

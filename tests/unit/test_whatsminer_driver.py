@@ -42,13 +42,12 @@ from drivers.miners.whatsminer import (
     v2_encrypt,
     v3_token,
 )
-from drivers.registry import MinerEndpoint, MinerRegistry
+from drivers.registry import MinerRegistry
 from drivers.transport import cgminer_tcp
-from drivers.types import Capability, FanPause, Mode
-from sim.families import ensure
+from drivers.types import Capability, FanPause, MinerEndpoint, Mode
 from sim.farm import SimFarm
 from sim.faults import Fault
-from sim.whatsminer import FAMILY, MAX_TOKENS, PREHEAT_S, WhatsminerDevice
+from sim.whatsminer import MAX_TOKENS, PREHEAT_S, WhatsminerDevice
 from tests.unit.conftest import MakeFarm, Time
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "whatsminer"
@@ -57,11 +56,6 @@ V3_PORT = 14433
 RATED_W = 3400
 
 Driver = WhatsminerV2Miner | WhatsminerV3Miner | WhatsminerMiner
-
-
-@pytest.fixture(autouse=True)
-def _family() -> None:
-    ensure(FAMILY)
 
 
 @pytest.fixture
