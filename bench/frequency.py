@@ -139,11 +139,11 @@ async def run_once(config: Path, repeat: int) -> dict[str, Any]:
             inner = daemon.measurements.on_meter
             assert inner is not None
             daemon.measurements.on_meter = probe.wrap(inner)
-            draw_before_w = sup.measured_w
-            commands_before = sup.commands_sent
+            draw_before_w = sup.draw.measured_w
+            commands_before = sup.ledger.sent
             farm.reset_counters()
             cuts_before = {p.name: len(p.switches) for p in pdus}
-            switches_before = len(sup.switches)
+            switches_before = len(sup.outlets.switches)
             dip_hz = freq.trip_below_hz - DIP_BELOW_HZ
             # t0 on every clock a timestamp below comes from: the farm's command counters
             # (time.monotonic), each PDU simulator's own time_fn, the daemon's clock.
@@ -166,9 +166,9 @@ async def run_once(config: Path, repeat: int) -> dict[str, Any]:
                 dip_hz=dip_hz,
                 settle_s=settled_s,
                 draw_before_kw=(draw_before_w or 0) / 1000,
-                commands_completed=sup.commands_sent - commands_before,
-                commands_failed=sup.commands_failed,
-                escalations={k: len(v) for k, v in sup.escalations.items()},
+                commands_completed=sup.ledger.sent - commands_before,
+                commands_failed=sup.ledger.failed,
+                escalations={k: len(v) for k, v in sup.commands.escalations.items()},
             )
             return result
 
@@ -181,9 +181,9 @@ async def settle(daemon: Daemon, farm: SimFarm) -> float:
     reference = 0.0
     while time.monotonic() - started < SETTLE_TIMEOUT_S:
         await asyncio.sleep(0.1)
-        measured = sup.measured_w
+        measured = sup.draw.measured_w
         now = time.monotonic()
-        busy = sup.in_flight > 0 or sup.pending_deadlines()
+        busy = sup.ledger.in_flight > 0 or sup.pending_deadlines()
         if measured is None or busy or abs(measured - reference) > STEADY_BAND * reference:
             steady_since, reference = None, float(measured or 0)
             continue
@@ -191,7 +191,8 @@ async def settle(daemon: Daemon, farm: SimFarm) -> float:
         if now - steady_since >= STEADY_S:
             return now - started
     raise RuntimeError(
-        f"the farm never settled: measured {sup.measured_w} W, in flight {sup.in_flight}, "
+        f"the farm never settled: measured {sup.draw.measured_w} W, "
+        f"in flight {sup.ledger.in_flight}, "
         f"true draw {farm.total_power_w():.0f} W"
     )
 
@@ -204,11 +205,11 @@ async def wait_shed_over(sup: Supervisor, probe: Probe, timeout_s: float) -> Non
     quiet_since: float | None = None
     while time.monotonic() < deadline:
         await asyncio.sleep(0.05)
-        judged = sup.frequency_events and not any(
-            o.kind == "under-frequency" for o in sup.obligations
+        judged = sup.draw.frequency_events and not any(
+            o.kind == "under-frequency" for o in sup.deadlines.pending
         )
         now = time.monotonic()
-        if not judged or sup.in_flight or probe.under_limit_at is None:
+        if not judged or sup.ledger.in_flight or probe.under_limit_at is None:
             quiet_since = None
             continue
         quiet_since = quiet_since or now
@@ -217,7 +218,7 @@ async def wait_shed_over(sup: Supervisor, probe: Probe, timeout_s: float) -> Non
 
 
 def _relay_limit(sup: Supervisor) -> int | None:
-    for ob in [*sup.obligations, *sup.finished]:
+    for ob in [*sup.deadlines.pending, *sup.deadlines.finished]:
         if ob.kind == "under-frequency":
             return ob.limit_w
     return None
@@ -238,7 +239,7 @@ def measure(
     def since(at: datetime | None) -> float | None:
         return None if at is None else at.timestamp() - t0_wall
 
-    trip = sup.frequency_events[0] if sup.frequency_events else None
+    trip = sup.draw.frequency_events[0] if sup.draw.frequency_events else None
     trip_s = since(trip[0]) if trip is not None else None
     writes = sorted(
         (t - t0_pdus[p.name], p.name, outlet)
@@ -250,8 +251,10 @@ def measure(
     first_sleep = min(sleeps.values(), default=None)
     firsts = [t for t in (first_sleep, writes[0][0] if writes else None) if t is not None]
     # By time, not by index: the supervisor keeps only its latest switches.
-    verified = [at for at, _, on in sup.switches if not on and at.timestamp() >= t0_wall]
-    relay = [o for o in [*sup.finished, *sup.obligations] if o.kind == "under-frequency"]
+    verified = [at for at, _, on in sup.outlets.switches if not on and at.timestamp() >= t0_wall]
+    relay = [
+        o for o in [*sup.deadlines.finished, *sup.deadlines.pending] if o.kind == "under-frequency"
+    ]
     ob = relay[0] if relay else None
     return {
         "low_seen_s": since(probe.low_seen_at),
@@ -272,7 +275,7 @@ def measure(
         "draw_at_deadline_kw": (
             ob.measured_w / 1000 if ob is not None and ob.measured_w is not None else None
         ),
-        "frequency_events": [(since(at), what, hz) for at, what, hz in sup.frequency_events],
+        "frequency_events": [(since(at), what, hz) for at, what, hz in sup.draw.frequency_events],
         "meter_samples": [(since(at), round(w), hz) for at, w, hz in probe.samples],
     }
 

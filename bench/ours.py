@@ -102,7 +102,7 @@ async def run(fleet: list[BenchMiner]) -> dict[str, object]:
             outcome = daemon.inbox.submit_http(body, str(ts), signature)
             assert outcome.status == "received", outcome
             # Polled every 5 ms: an event hook into the supervisor would change what we measure.
-            while daemon.supervisor.commands_sent < len(fleet):  # noqa: ASYNC110
+            while daemon.supervisor.ledger.sent < len(fleet):  # noqa: ASYNC110
                 await asyncio.sleep(0.005)
             cpu = time.process_time() - c0
             if profiler is not None:

@@ -7,6 +7,7 @@ import contextlib
 import gc
 import resource
 from collections import deque
+from datetime import timedelta
 from types import TracebackType
 from typing import Self
 
@@ -15,23 +16,28 @@ import structlog
 from controller.adapters.grid_http import GridHttp
 from controller.adapters.metrics import Metrics
 from controller.adapters.mqtt_signals import MqttSignals
-from controller.adapters.operator_api import OperatorApi
+from controller.adapters.operator_api.server import OperatorApi
 from controller.adapters.systemd import Notifier
 from controller.clock import Clock
-from controller.config import Loaded, ModbusDeviceCfg, listeners
+from controller.config import Loaded, ModbusDeviceCfg, SafetyCfg, listeners
 from controller.core.model import MinerSpec
+from controller.core.signals import Obligation
 from controller.intake.desk import Desk
 from controller.intake.inbox import Inbox
+from controller.loop.alarms import Alarms
+from controller.loop.deadlines import Deadlines
+from controller.loop.dispatch import Dispatch
+from controller.loop.draw import Draw, MeasureSettings
+from controller.loop.ledger import Ledger, LoopSettings
 from controller.loop.measure import Measurements
-from controller.loop.supervisor import (
-    HISTORY_INTERVAL,
-    LoopSettings,
-    MeasureSettings,
-    Supervisor,
-)
+from controller.loop.outlets import Outlets, OutletSettings
+from controller.loop.recovery import Recovery
+from controller.loop.report import HISTORY_INTERVAL, Reporter, Staleness
+from controller.loop.supervisor import Parts, Supervisor
 from controller.loop.telemetry import Activity, Poller, Readings
 from controller.record.journal import Journal
 from controller.record.publish import Fanout, Recorder
+from controller.record.site import SiteFeed
 from controller.tls import ServerTls
 from drivers.meter.modbus_meter import ModbusMeter
 from drivers.meter.sensor import ModbusTemperature
@@ -181,67 +187,169 @@ class Daemon:
         )
         # The operator's overrides, holds and automation switch, restored from the journal.
         self.desk = Desk(journal=self.journal, inbox=self.inbox, miners=self.specs, now=clock.now())
+        self.feed = SiteFeed()
+        if config.api is not None:
+            points = round(config.api.history_s / HISTORY_INTERVAL.total_seconds())
+            self.feed.history = deque(maxlen=points)
+        self.supervisor = self._loop(loaded, clock, registry, obligations, tune_gc=tune_gc)
+        self.desk.on_change = self.supervisor.nudge
+        self.metrics: Metrics | None = None
+        self.api: OperatorApi | None = None
+        if config.api is not None:
+            self.metrics = Metrics(self.feed, self.mqtt)
+            self.supervisor.observer = self.metrics
+            self.api = OperatorApi(
+                feed=self.feed,
+                desk=self.desk,
+                readings=self.readings,
+                journal=self.journal,
+                clock=clock,
+                cfg=config.api,
+                grid_limit=self.supervisor.grid_limit,
+                metrics=self.metrics,
+                stale_after=loaded.plan_rules().stale_after,
+                stall_after_s=max(10.0, 10 * config.control.tick_s),
+                history_interval_s=HISTORY_INTERVAL.total_seconds(),
+                tls=self.tls.get("api"),
+            )
+        self._task: asyncio.Task[None] | None = None
+
+    def _loop(
+        self,
+        loaded: Loaded,
+        clock: Clock,
+        registry: MinerRegistry,
+        obligations: list[Obligation],
+        *,
+        tune_gc: bool,
+    ) -> Supervisor:
+        """The control loop and the parts of its cycle, each with its own job."""
+        config = loaded.config
         control = config.control
+        escalation = config.escalation
+        rules = loaded.plan_rules()
         slowest = max((m.timeout_s for m in loaded.miners), default=3.0)
-        self.supervisor = Supervisor(
-            site_id=config.site.id,
+        settings = LoopSettings(
+            tick_s=control.tick_s,
+            fast_tick_s=control.fast_tick_s,
+            command_timeout_s=slowest * COMMAND_TIMEOUT_CALLS,
+            command_timeouts={
+                m.id: (registry.get(m.driver).traits.command_budget_s or 0.0)
+                + m.timeout_s * COMMAND_TIMEOUT_CALLS
+                for m in loaded.miners
+            },
+            command_concurrency=_fd_bounded(control.command_concurrency, "command concurrency"),
+            retry_backoff_s=control.retry_backoff_s,
+            retry_backoff_max_s=control.retry_backoff_max_s,
+            first_read_timeout_s=slowest * 2,
+            pause_gc_in_fanout=tune_gc,
+        )
+        measure = MeasureSettings(
+            meter_stale_after_s=config.meter.stale_after_s if config.meter else 3.0,
+            meter_lag_s=config.meter.update_lag_s if config.meter else 1.0,
+            generation_exempt=bool(config.meter and config.meter.generation_exempt),
+            lie_grace_s=escalation.lie_grace_s,
+            lie_memory_s=escalation.lie_memory_s,
+        )
+        ledger = Ledger(
+            specs=self.specs,
+            readings=self.readings,
+            clock=clock,
+            activity=self.activity,
+            settings=settings,
+            on_idle=self.inbox.wake.set,  # verify at once rather than at the next tick
+        )
+        outlets = Outlets(
+            wiring={miner: (self.pdus[pdu], n) for miner, (pdu, n) in loaded.outlets.items()},
+            readings=self.readings,
+            ledger=ledger,
+            clock=clock,
+            activity=self.activity,
+            settings=OutletSettings(
+                cut_batch_size=escalation.cut_batch_size,
+                cut_batch_spacing_s=escalation.cut_batch_spacing_s,
+                restore_batch_size=escalation.restore_batch_size,
+                restore_batch_spacing_s=escalation.restore_batch_spacing_s,
+                switch_timeout_s=escalation.switch_timeout_s,
+            ),
+            emergency=lambda: supervisor.emergency(),  # noqa: PLW0108 - built below
+        )
+        dispatch = Dispatch(
             specs=self.specs,
             drivers=self.drivers,
+            readings=self.readings,
+            ledger=ledger,
+            outlets=outlets,
+            clock=clock,
+            activity=self.activity,
+            rules=rules,
+            settings=settings,
+        )
+        deadlines = Deadlines(
+            inbox=self.inbox,
+            journal=self.journal,
+            publisher=self.publisher,
+            policy=loaded.grid_policy(),
+            pending=obligations,
+            known_keys=self.journal.obligation_keys(),
+        )
+        draw = Draw(
+            specs=self.specs,
+            readings=self.readings,
+            measurements=self.measurements,
+            journal=self.journal,
+            clock=clock,
+            rules=rules,
+            settings=measure,
+            frequency_rules=loaded.frequency_rules(),
+            cap_w=loaded.grid_policy().cap_w,
+        )
+        alarms = Alarms(self.journal)
+        safety = config.safety or SafetyCfg()
+        reporter = Reporter(
+            site_id=config.site.id,
+            feed=self.feed,
+            publisher=self.publisher,
+            inbox=self.inbox,
+            desk=self.desk,
+            journal=self.journal,
+            draw=draw,
+            deadlines=deadlines,
+            dispatch=dispatch,
+            ledger=ledger,
+            alarms=alarms,
+            measurements=self.measurements,
+            staleness=Staleness(
+                miners=rules.stale_after,
+                meter_s=measure.meter_stale_after_s,
+                sensors=timedelta(seconds=safety.temperature_stale_after_s),
+            ),
+            interval_s=settings.status_interval_s,
+        )
+        recovery = Recovery(
+            specs=self.specs,
+            readings=self.readings,
+            journal=self.journal,
+            clock=clock,
+            rules=rules,
+            settings=settings,
+            draw=draw,
+        )
+        supervisor = Supervisor(
             readings=self.readings,
             poller=self.poller,
             inbox=self.inbox,
             journal=self.journal,
             clock=clock,
             policy=loaded.grid_policy(),
-            rules=loaded.plan_rules(),
-            settings=LoopSettings(
-                tick_s=control.tick_s,
-                fast_tick_s=control.fast_tick_s,
-                command_timeout_s=slowest * COMMAND_TIMEOUT_CALLS,
-                command_timeouts={
-                    m.id: (registry.get(m.driver).traits.command_budget_s or 0.0)
-                    + m.timeout_s * COMMAND_TIMEOUT_CALLS
-                    for m in loaded.miners
-                },
-                command_concurrency=_fd_bounded(control.command_concurrency, "command concurrency"),
-                retry_backoff_s=control.retry_backoff_s,
-                retry_backoff_max_s=control.retry_backoff_max_s,
-                first_read_timeout_s=slowest * 2,
-                pause_gc_in_fanout=tune_gc,
-            ),
-            publisher=self.publisher,
+            rules=rules,
+            settings=settings,
             activity=self.activity,
-            obligations=obligations,
-            known_keys=self.journal.obligation_keys(),
+            parts=Parts(ledger, dispatch, outlets, deadlines, draw, alarms, recovery, reporter),
             measurements=self.measurements,
-            outlets={
-                miner: (self.pdus[pdu], outlet) for miner, (pdu, outlet) in loaded.outlets.items()
-            },
-            measure=MeasureSettings(
-                meter_stale_after_s=config.meter.stale_after_s if config.meter else 3.0,
-                meter_lag_s=config.meter.update_lag_s if config.meter else 1.0,
-                generation_exempt=bool(config.meter and config.meter.generation_exempt),
-                cut_batch_size=config.escalation.cut_batch_size,
-                cut_batch_spacing_s=config.escalation.cut_batch_spacing_s,
-                restore_batch_size=config.escalation.restore_batch_size,
-                restore_batch_spacing_s=config.escalation.restore_batch_spacing_s,
-                switch_timeout_s=config.escalation.switch_timeout_s,
-                lie_grace_s=config.escalation.lie_grace_s,
-                lie_memory_s=config.escalation.lie_memory_s,
-            ),
-            frequency_rules=loaded.frequency_rules(),
             desk=self.desk,
         )
-        self.desk.on_change = self.supervisor.nudge
-        self.metrics: Metrics | None = None
-        self.api: OperatorApi | None = None
-        if config.api is not None:
-            self.metrics = Metrics(self)
-            self.supervisor.observer = self.metrics
-            points = round(config.api.history_s / HISTORY_INTERVAL.total_seconds())
-            self.supervisor.history = deque(maxlen=points)
-            self.api = OperatorApi(self, self.desk, config.api, tls=self.tls.get("api"))
-        self._task: asyncio.Task[None] | None = None
+        return supervisor
 
     def reload_tls(self) -> bool:
         """SIGHUP: each TLS listener re-reads its certificate, key and client CA for new
@@ -358,11 +466,11 @@ class Daemon:
         """A graceful stop: tell systemd, let the commands in flight finish (within
         `grace_s`; no new ones start), flush the journal, then stop every part."""
         self.notifier.stopping()
-        log.info("stopping", in_flight=self.supervisor.in_flight)
+        log.info("stopping", in_flight=self.supervisor.ledger.in_flight)
         finished = await self.supervisor.drain(grace_s)
         if not finished:
             log.warning(
-                "stopping with commands still in flight", in_flight=self.supervisor.in_flight
+                "stopping with commands still in flight", in_flight=self.supervisor.ledger.in_flight
             )
         await self.stop()
         self.notifier.close()

@@ -106,7 +106,7 @@ def _check(args: argparse.Namespace) -> int:
     if loaded is None:
         return EXIT_CONFIG
     if loaded.config.simulation is not None:  # a simulated farm's config: its own section too
-        from demo.farm import simulation  # noqa: PLC0415
+        from demo.simulation import simulation  # noqa: PLC0415
 
         try:
             simulation(loaded)
@@ -184,12 +184,26 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _simulator_missing(command: str, extra: str) -> bool:
+    """The simulated farm's protocol libraries are an extra, not the daemon's dependencies."""
+    if importlib.util.find_spec("grpclib") is not None:
+        return False
+    print(
+        f"curtaild {command} runs the simulated farm: pip install 'curtaild[{extra}]'",
+        file=sys.stderr,
+    )
+    return True
+
+
 def _sim(args: argparse.Namespace) -> int:
+    if _simulator_missing("sim", "sim"):
+        return EXIT_CONFIG
     loaded = _load(args.config, resolve_secrets=False)
     if loaded is None:
         return EXIT_CONFIG
     logs.configure(loaded.config.logging.level, "console")
-    from demo.farm import farm_from_config, simulation  # noqa: PLC0415
+    from demo.farm import farm_from_config  # noqa: PLC0415
+    from demo.simulation import simulation  # noqa: PLC0415
     from sim.control import SimControl  # noqa: PLC0415
 
     try:
@@ -219,8 +233,6 @@ def _sim(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from demo.run import run_demo  # noqa: PLC0415
-
     if args.mqtt_url is None and importlib.util.find_spec("amqtt") is None:
         print(
             "curtaild demo embeds an MQTT broker: pip install 'curtaild[demo]' "
@@ -228,6 +240,10 @@ def _demo(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_CONFIG
+    if _simulator_missing("demo", "demo"):
+        return EXIT_CONFIG
+    from demo.run import run_demo  # noqa: PLC0415
+
     return run_loop(
         run_demo(
             config=args.config,

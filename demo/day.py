@@ -30,14 +30,14 @@ async def play(grid: GridOperator, daemon: Daemon, rated_kw: float) -> None:
         f"surplus grant {round(rated_kw * 1.05)} kW until {grant_end:%H:%M:%S}",
     )
     # Stock Antminers take ~90 s to full power; the episode starts once most are up.
-    await until(lambda: (sup.measured_w or 0) >= rated_kw * 1000 * 0.9, 25)
+    await until(lambda: (sup.draw.measured_w or 0) >= rated_kw * 1000 * 0.9, 25)
     # Limits are fractions of the farm's full draw: the slow families are still
     # ramping up (a stock Antminer needs ~90 s), and count at full draw in the plan.
     first = round(rated_kw * CURTAIL_FRACTION)
     await grid.mqtt(
         grid.curtailment("evt-demo-1", 1, first, DEADLINE_S),
         f"curtailment evt-demo-1 to {first} kW (40 % of the farm's {rated_kw:.0f} kW; "
-        f"drawing {(sup.measured_w or 0) / 1000:.0f} kW now) within {DEADLINE_S:g} s",
+        f"drawing {(sup.draw.measured_w or 0) / 1000:.0f} kW now) within {DEADLINE_S:g} s",
     )
     await grid.reached("evt-demo-1", 1, DEADLINE_S)
     await asyncio.sleep(2)

@@ -9,34 +9,11 @@ from collections.abc import Callable
 
 from pydantic import ValidationError
 
-from controller.config import ConfigError, Loaded, describe
-from sim.config import SimulationCfg
+from controller.config import Loaded
+from demo.simulation import simulation
 from sim.farm import SimFarm, SimMinerSpec
 from sim.faults import Fault, FaultState
 from sim.modbus import EmptyOutlet, OutletPort, SimMeter, SimPdu, SimSensor
-
-
-def simulation(loaded: Loaded) -> SimulationCfg:
-    """The site's `simulation:` section, validated against its miners and devices;
-    ConfigError names every problem with its location."""
-    try:
-        sim = SimulationCfg.model_validate(loaded.config.simulation or {})
-    except ValidationError as err:
-        problems = [f"simulation.{describe(e)}" for e in err.errors()]
-        raise ConfigError(loaded.origin, problems) from None
-    miners = {m.id for m in loaded.miners}
-    devices = miners | set(loaded.maps)
-    problems = [
-        f"simulation.faults.{name}: no such miner or Modbus device"
-        for name in sim.faults
-        if name not in devices
-    ]
-    problems += [
-        f"simulation.missing.{name}: no such miner" for name in sim.missing if name not in miners
-    ]
-    if problems:
-        raise ConfigError(loaded.origin, problems)
-    return sim
 
 
 def farm_from_config(loaded: Loaded, time_fn: Callable[[], float]) -> SimFarm:

@@ -182,7 +182,7 @@ async def _scenario(
             with contextlib.suppress(asyncio.CancelledError):
                 await progress
         obligations = sorted(
-            [*daemon.supervisor.finished, *daemon.supervisor.obligations],
+            [*daemon.supervisor.deadlines.finished, *daemon.supervisor.deadlines.pending],
             key=lambda o: (o.starts_at, o.key),
         )
         summary = _summary(loaded, obligations, farm, operator.kinds, daemon)
@@ -198,13 +198,15 @@ async def _progress(daemon: Daemon, farm: SimFarm, say: Callable[[str], None]) -
         await asyncio.sleep(2)
         modes = farm.modes()
         limit = sup.limit.limit_w / 1000 if sup.limit else float("nan")
-        measured = f"{sup.measured_w / 1000:7.1f}" if sup.measured_w is not None else "  stale"
+        measured = (
+            f"{sup.draw.measured_w / 1000:7.1f}" if sup.draw.measured_w is not None else "  stale"
+        )
         say(
-            f"site {measured} kW ({sup.measured_by}; miners' true draw "
+            f"site {measured} kW ({sup.draw.measured_by}; miners' true draw "
             f"{farm.total_power_w() / 1000:7.1f})  limit {limit:7.1f} kW  "
             f"mining {modes[Mode.MINING]:3d}  sleeping {modes[Mode.SLEEPING]:3d}  "
             f"cut {farm.cut_count():2d}  "
-            f"commands {sup.commands_sent} ({sup.commands_failed} failed)"
+            f"commands {sup.ledger.sent} ({sup.ledger.failed} failed)"
         )
 
 
@@ -235,7 +237,7 @@ def _summary(
                 ),
                 "met": met,
                 "status": ob.status.value,
-                "measured_by": sup.measured_by,
+                "measured_by": sup.draw.measured_by,
             }
         )
     ok = bool(signals) and all(s["met"] for s in signals)
@@ -248,11 +250,11 @@ def _summary(
             "rated_kw": sum(m.rated_power_w for m in loaded.miners) / 1000,
         },
         "signals": signals,
-        "measured_by": sup.measured_by,
+        "measured_by": sup.draw.measured_by,
         # Miners that reached each step of the ladder (lower power target, sleep, cut).
-        "escalations": {k: len(v) for k, v in sup.escalations.items()},
-        "lying_miners_detected": len(sup.lying_detected),
-        "lying_miners": sorted(sup.lying_detected),
+        "escalations": {k: len(v) for k, v in sup.commands.escalations.items()},
+        "lying_miners_detected": len(sup.draw.lying_detected),
+        "lying_miners": sorted(sup.draw.lying_detected),
         "outlets_cut_at_end": farm.cut_count(),
         "final_draw_kw": round(farm.total_power_w() / 1000, 3),
     }

@@ -22,7 +22,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from controller.config import Loaded
-from demo.farm import simulation
+from demo.simulation import simulation
 from demo.grid import GridOperator, until
 from drivers.shipped import shipped
 
@@ -130,12 +130,14 @@ async def _play(operator: GridOperator, daemon: Daemon, rated_kw: float) -> None
         operator.grant("korem-winter-h10", granted, clock.now() + timedelta(hours=1)),
         f"surplus grant {granted} kW for an hour",
     )
-    await until(lambda: (sup.measured_w or 0) >= rated_kw * 1000 * WAKE_FRACTION, WAKE_TIMEOUT_S)
+    await until(
+        lambda: (sup.draw.measured_w or 0) >= rated_kw * 1000 * WAKE_FRACTION, WAKE_TIMEOUT_S
+    )
     deep = round(rated_kw * DEEP_FRACTION)
     await operator.mqtt(
         operator.curtailment("evt-winter-1", 1, deep, DEEP_DEADLINE_S),
         f"deep curtailment evt-winter-1 to {deep} kW (25 %; drawing "
-        f"{(sup.measured_w or 0) / 1000:.0f} kW) within {DEEP_DEADLINE_S:g} s",
+        f"{(sup.draw.measured_w or 0) / 1000:.0f} kW) within {DEEP_DEADLINE_S:g} s",
     )
     await operator.reached("evt-winter-1", 1, DEEP_DEADLINE_S)
     await asyncio.sleep(HOLD_S)
@@ -153,7 +155,9 @@ async def _play(operator: GridOperator, daemon: Daemon, rated_kw: float) -> None
         operator.grant("korem-winter-h11", granted, clock.now() + timedelta(hours=1)),
         f"a new surplus grant {granted} kW: restore, gently and staggered",
     )
-    await until(lambda: (sup.measured_w or 0) >= rated_kw * 1000 * WAKE_FRACTION, WAKE_TIMEOUT_S)
+    await until(
+        lambda: (sup.draw.measured_w or 0) >= rated_kw * 1000 * WAKE_FRACTION, WAKE_TIMEOUT_S
+    )
     await until(lambda: not sup.pending_deadlines(), 30)
 
 
@@ -168,7 +172,7 @@ def summary(loaded: Loaded, farm: SimFarm, daemon: Daemon, watch: FloorWatch) ->
         if (threshold := safety.rules(container).hard_off_below_c) is not None
         and ambient_c < threshold
     ]
-    emergency = {miner for _, miner, _ in sup.cold_cuts}
+    emergency = {miner for _, miner, _ in sup.alarms.cold_cuts}
     control = loaded.config.control
     return {
         "ambient_c": {c: farm.ambient_of(c) for c in sorted({m.container for m in loaded.miners})},
@@ -181,11 +185,11 @@ def summary(loaded: Loaded, farm: SimFarm, daemon: Daemon, watch: FloorWatch) ->
         "breaker_trips": farm.breaker_trips(),
         "heater_floor_violations": watch.violations,
         "heater_floor_lowest_kw": {c: round(v, 1) for c, v in sorted(watch.lowest_kw.items())},
-        "heater_floor_alarms": sup.alarm_counts.get("heater-floor", 0),
-        "warm_wakes": len(sup.warm_wakes),
+        "heater_floor_alarms": sup.alarms.counts.get("heater-floor", 0),
+        "warm_wakes": len(sup.commands.warm_wakes),
         "peak_wake_kw_per_s": round(farm.peak_start_w_per_s() / 1000, 1),
         "peak_wake_by_driver": _peak_window(loaded, farm),
-        "peak_planned_kw_per_s": round(sup.peak_wake_w / 1000, 1),
+        "peak_planned_kw_per_s": round(sup.commands.peak_wake_w / 1000, 1),
         "wake_limit_kw_per_s": control.wake_max_kw_per_s,
         "wake_limit_per_s": control.wake_max_per_s,
     }

@@ -117,7 +117,7 @@ own() {
 # whether the installed virtualenv is this source tree's.
 project_files() {
   # config/: the register maps and demo farms the wheel ships (pyproject's data-files).
-  (cd "$SRC" && find pyproject.toml constraints.txt README.md controller drivers config -type f \
+  (cd "$SRC" && find pyproject.toml constraints.txt README.md controller drivers sim demo config -type f \
     ! -path '*/__pycache__/*' ! -name '*.py[co]' | LC_ALL=C sort)
 }
 want=$({

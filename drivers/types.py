@@ -147,3 +147,69 @@ class MinerDriverEntry:
     default_port: int
     summary: str
     default_web_port: int | None = None
+
+
+# -- PDUs, meters and sensors -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PduOutlet:
+    """One outlet as its PDU reads it."""
+
+    outlet: int  # from 1, as printed on the PDU
+    on: bool
+    power_w: float
+
+
+@dataclass(frozen=True, slots=True)
+class PduReading:
+    outlets: tuple[PduOutlet, ...]
+    total_w: float
+
+
+@dataclass(frozen=True, slots=True)
+class MeterReading:
+    """The site meter at the grid connection."""
+
+    import_w: float
+    export_w: float
+    frequency_hz: float
+    generation_w: float | None  # None: the meter does not measure generation
+
+
+class PduDriver(Protocol):
+    """A switched PDU. Every method raises DriverError on failure."""
+
+    @property
+    def name(self) -> str: ...
+
+    async def read(self) -> PduReading: ...
+
+    async def switch(self, outlet: int, on: bool) -> PduOutlet:
+        """Switch one outlet; return the read-back that proves it (its state, and when cut,
+        its power)."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class MeterDriver(Protocol):
+    """The site meter. Raises DriverError on failure."""
+
+    @property
+    def name(self) -> str: ...
+
+    async def read(self) -> MeterReading: ...
+
+    async def close(self) -> None: ...
+
+
+class SensorDriver(Protocol):
+    """A container's ambient temperature sensor, in degrees Celsius."""
+
+    @property
+    def name(self) -> str: ...
+
+    async def read(self) -> float: ...
+
+    async def close(self) -> None: ...

@@ -20,9 +20,7 @@ from controller.clock import Clock
 from controller.core.model import OutletReading
 from controller.loop.telemetry import Activity, Readings
 from drivers.errors import DriverError, driver_bug
-from drivers.meter.modbus_meter import MeterReading, ModbusMeter
-from drivers.meter.sensor import ModbusTemperature
-from drivers.pdu.modbus_pdu import ModbusPdu
+from drivers.types import MeterDriver, MeterReading, PduDriver, SensorDriver
 
 log = structlog.get_logger("curtaild.measure")
 T = TypeVar("T")
@@ -58,8 +56,8 @@ class Measurements:
     def __init__(
         self,
         *,
-        meter: ModbusMeter | None,
-        pdus: Mapping[str, ModbusPdu],
+        meter: MeterDriver | None,
+        pdus: Mapping[str, PduDriver],
         wiring: Mapping[tuple[str, int], str],
         readings: Readings,
         clock: Clock,
@@ -67,7 +65,7 @@ class Measurements:
         pdu_interval_s: float,
         activity: Activity,
         on_meter: Callable[[MeterSample | None], None] | None = None,
-        sensors: Mapping[str, ModbusTemperature] | None = None,
+        sensors: Mapping[str, SensorDriver] | None = None,
         sensor_interval_s: float = 10.0,
     ) -> None:
         """`wiring`: (pdu, outlet) -> the miner it feeds. `on_meter` is told every meter
@@ -130,7 +128,7 @@ class Measurements:
             spent = self._clock.time() - started
             await self._clock.sleep(max(0.0, self._pdu_interval_s - spent))
 
-    async def _read_pdu(self, name: str, pdu: ModbusPdu) -> None:
+    async def _read_pdu(self, name: str, pdu: PduDriver) -> None:
         reading = await self._read(name, pdu.read)
         if reading is None:
             return

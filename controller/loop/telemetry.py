@@ -164,6 +164,45 @@ class Readings:
     def set_retry_after(self, miner_id: str, at: datetime | None) -> None:
         self._views[miner_id] = replace(self._views[miner_id], retry_after=at)
 
+    def commanded(
+        self,
+        miner_id: str,
+        kind: ActionKind,
+        reading: MinerReading,
+        at: datetime,
+        *,
+        since: datetime,
+        warm_up: timedelta | None = None,
+    ) -> None:
+        """A command landed: its verified read-back (which clears its pending state and
+        back-off; `since` is when the change began) and where it leaves the ladder. A new
+        power target is no mode change: its own timing is judged from `lowered_at`. A
+        gentle wake (`warm_up` given) runs at its family's low level until warmed up."""
+        self.record(
+            miner_id,
+            reading,
+            at,
+            command=True,
+            since=since,
+            transition=kind is not ActionKind.LOWER,
+        )
+        if kind is ActionKind.LOWER:
+            self.set_ladder(miner_id, lowered_at=since)
+        elif kind is ActionKind.RAISE:
+            self.set_ladder(miner_id, lowered_at=None, warming_until=None)
+        elif warm_up is not None:
+            self.set_ladder(miner_id, lowered_at=since, warming_until=since + warm_up)
+
+    def switched(self, miner_id: str, outlet: OutletReading) -> None:
+        """An outlet we switched: its read-back, where the ladder now has the miner (cut, or
+        restored and booting), and nothing pending; one update."""
+        at = outlet.read_at
+        cut, restored = (None, at) if outlet.on else (at, None)
+        self._views[miner_id] = replace(
+            self._views[miner_id], outlet=outlet, cut_at=cut, restored_at=restored, pending=None
+        )
+        self._dirty.add(miner_id)
+
     def record_outlet(self, miner_id: str, outlet: OutletReading) -> None:
         """What the miner's PDU outlet measured. The outlet is the truth about its power:
         one found off that we did not cut (after a restart, or a cut whose command failed

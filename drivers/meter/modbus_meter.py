@@ -3,25 +3,17 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 from drivers.errors import ProtocolError
 from drivers.modbus_map import CodecError, Image, RegisterMap, plan_reads
 from drivers.transport.modbus import ModbusLink
+from drivers.types import MeterReading
 
 # A power may read this far below zero (meter offset at no flow) and still be taken as 0 W.
 NEGATIVE_TOLERANCE_W = 100.0
 # Outside this a grid frequency reading is a decoding fault, not the grid: 50 and 60 Hz
 # grids trip their generators long before.
 FREQUENCY_RANGE_HZ = (40.0, 70.0)
-
-
-@dataclass(frozen=True, slots=True)
-class MeterReading:
-    import_w: float
-    export_w: float
-    frequency_hz: float
-    generation_w: float | None  # None: the meter does not measure generation
 
 
 class ModbusMeter:
@@ -78,4 +70,4 @@ def checked(device: str, image: Image, regmap: RegisterMap, name: str) -> float:
     return value
 
 
-__all__ = ["MeterReading", "ModbusMeter", "checked"]
+__all__ = ["ModbusMeter", "checked"]

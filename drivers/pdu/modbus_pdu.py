@@ -7,31 +7,18 @@ that acknowledges a cut but keeps the outlet live shows it only in the power it 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 from drivers import readback
 from drivers.errors import ProtocolError, UnsupportedError, VerificationError
 from drivers.modbus_map import CodecError, Image, Point, RegisterMap, encode_state, plan_reads
 from drivers.transport.modbus import ModbusLink
+from drivers.types import PduOutlet, PduReading
 
 # An outlet may read a few watts below zero (sensor offset) and still be taken as 0 W.
 NEGATIVE_TOLERANCE_W = 5.0
 # What a cut outlet may still show: PDU current sensors read a little noise at no load.
 OFF_POWER_W = 20.0
 _READ = ("outlet_state", "outlet_power_w", "total_power_w")
-
-
-@dataclass(frozen=True, slots=True)
-class OutletReading:
-    outlet: int  # from 1, as printed on the PDU
-    on: bool
-    power_w: float
-
-
-@dataclass(frozen=True, slots=True)
-class PduReading:
-    outlets: tuple[OutletReading, ...]
-    total_w: float
 
 
 class ModbusPdu:
@@ -66,14 +53,14 @@ class ModbusPdu:
         total = self._power(image, self.regmap.point("total_power_w"), None, "read")
         return PduReading(outlets, total)
 
-    async def read_outlet(self, outlet: int) -> OutletReading:
+    async def read_outlet(self, outlet: int) -> PduOutlet:
         self._check_outlet(outlet, "read")
         image = await self.link.read_many(
             plan_reads(self.regmap, ("outlet_state", "outlet_power_w"), [outlet])
         )
         return self._outlet(image, outlet, "read")
 
-    async def switch(self, outlet: int, on: bool) -> OutletReading:
+    async def switch(self, outlet: int, on: bool) -> PduOutlet:
         """Switch `outlet` (from 1) and read it back; VerificationError if it did not act."""
         op = f"switch outlet {outlet} {'on' if on else 'off'}"
         self._check_outlet(outlet, op)
@@ -85,7 +72,7 @@ class ModbusPdu:
             what=point.label(outlet),
         )
 
-        def acted(seen: OutletReading) -> bool:
+        def acted(seen: PduOutlet) -> bool:
             # A cut outlet must also stop drawing; a restored one may draw nothing yet.
             return seen.on == on and (on or seen.power_w <= OFF_POWER_W)
 
@@ -112,14 +99,14 @@ class ModbusPdu:
                 self.name, op, f"no outlet {outlet}: the map has outlets 1..{self.regmap.outlets}"
             )
 
-    def _outlet(self, image: Image, outlet: int, op: str) -> OutletReading:
+    def _outlet(self, image: Image, outlet: int, op: str) -> PduOutlet:
         state = self.regmap.point("outlet_state")
         try:
             on = image.state(state, outlet)
         except CodecError as err:
             raise ProtocolError(self.name, op, str(err)) from None
         power = self._power(image, self.regmap.point("outlet_power_w"), outlet, op)
-        return OutletReading(outlet, on, power)
+        return PduOutlet(outlet, on, power)
 
     def _power(self, image: Image, point: Point, outlet: int | None, op: str) -> float:
         try:
@@ -131,4 +118,4 @@ class ModbusPdu:
         return max(0.0, value)
 
 
-__all__ = ["ModbusPdu", "OutletReading", "PduReading"]
+__all__ = ["ModbusPdu"]

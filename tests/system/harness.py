@@ -17,6 +17,7 @@ from controller.clock import FakeClock
 from controller.config import Loaded
 from controller.core.signals import Obligation, ObligationStatus
 from controller.intake import wire
+from controller.record.site import published
 from demo.farm import farm_from_config
 from drivers.types import Mode
 from sim.farm import SimFarm
@@ -35,6 +36,12 @@ class Rig:
     @property
     def sup(self) -> Any:
         return self.daemon.supervisor
+
+    def status(self) -> dict[str, Any]:
+        """The status as published, from the site's one read model."""
+        view = self.daemon.feed.latest
+        assert view is not None, "no cycle has run yet"
+        return published(view)
 
     async def settle(self) -> None:
         await settle(self.daemon.activity.idle)
@@ -84,7 +91,7 @@ class Rig:
         return ob
 
     def obligation(self, key: str) -> Obligation | None:
-        for ob in [*self.sup.finished, *self.sup.obligations]:
+        for ob in [*self.sup.deadlines.finished, *self.sup.deadlines.pending]:
             if ob.key == key:
                 return ob  # type: ignore[no-any-return]
         return None

@@ -18,7 +18,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
-from controller.adapters.operator_api import ROUTES
+from controller.adapters.operator_api.routes import ROUTES
 from controller.app import Daemon
 from controller.clock import FakeClock
 from demo.farm import farm_from_config

@@ -47,7 +47,7 @@ BAD_BODIES: list[tuple[str, Mutation, str]] = [
 async def held_state(r: Rig) -> tuple[object, int, int]:
     """What a rejected signal must not change: the book, the limit, the command count."""
     await r.step(0.5)
-    return r.daemon.inbox.book, r.sup.limit.limit_w, r.sup.commands_sent
+    return r.daemon.inbox.book, r.sup.limit.limit_w, r.sup.ledger.sent
 
 
 async def start_with_a_curtailment(r: Rig) -> tuple[object, int, int]:

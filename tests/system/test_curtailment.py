@@ -24,7 +24,7 @@ pytestmark = pytest.mark.system
 async def test_system_http_curtailment_meets_its_deadline(tmp_path: Path) -> None:
     loaded = load_site(site_dict(tmp_path, miners=24))
     async with rig(loaded) as r:
-        draw_kw = r.sup.measured_w / 1000
+        draw_kw = r.sup.draw.measured_w / 1000
         assert draw_kw == pytest.approx(sum(m.rated_power_w for m in loaded.miners) / 1000)
         limit_kw = round(draw_kw * 0.4, 1)
         status, reply = await r.post(*r.signed(r.curtailment(limit_kw)))
@@ -74,7 +74,7 @@ async def test_system_mqtt_curtailment_meets_its_deadline(tmp_path: Path, broker
         async with GridSide(
             "127.0.0.1", broker.port, site_id="test-site", client_id="grid-test-1"
         ) as grid:
-            limit_kw = round(r.sup.measured_w / 1000 * 0.5, 1)
+            limit_kw = round(r.sup.draw.measured_w / 1000 * 0.5, 1)
             await grid.publish(r.sealed(r.curtailment(limit_kw)))
             assert (await grid.wait_ack("evt-0017", 1))["status"] == "received"
             waiting = asyncio.create_task(grid.wait_ack("evt-0017", 1, "reached", timeout_s=30))
@@ -115,9 +115,9 @@ async def test_system_restart_mid_curtailment_restores_and_wakes_nothing(tmp_pat
     farm = farm_from_config(loaded, clock.time)
     async with farm:
         async with daemon_on(loaded, clock, farm) as first:
-            limit_kw = round(first.sup.measured_w / 1000 * 0.3, 1)
+            limit_kw = round(first.sup.draw.measured_w / 1000 * 0.3, 1)
             await first.post(*first.signed(first.curtailment(limit_kw, deadline_s=10)))
-            await first.run_until(lambda: bool(first.sup.finished), within_s=10)
+            await first.run_until(lambda: bool(first.sup.deadlines.finished), within_s=10)
             asleep = first.asleep()
             assert asleep
         # The daemon is gone; time passes; the farm keeps sleeping (LuxOS sleep persists).
@@ -172,21 +172,21 @@ async def test_system_unhealthy_miners_count_at_rated_power(tmp_path: Path) -> N
         assert views["m007"].health_reason is not None
         assert views["m007"].health_reason.startswith("timeout:")
         assert all(views[m].healthy for m in views if m not in ("m003", "m007"))
-        status = r.sup.status(r.clock.now())
+        status = r.status()
         assert status["miners"]["unhealthy"] == 2
         assert status["miners"]["unknown"] == 2
         # Unknown miners are counted at rated power even though they may be drawing less.
         expected = sum(m.rated_power_w for m in loaded.miners)
-        assert r.sup.measured_w == expected
+        assert r.sup.draw.measured_w == expected
 
 
 async def test_system_lying_miner_is_reported_and_others_cover_for_it(tmp_path: Path) -> None:
     loaded = load_site(site_dict(tmp_path, miners=8, faults={"m003": "lie"}, efficiencies=(30.0,)))
     async with rig(loaded) as r:
-        limit_kw = round(r.sup.measured_w / 1000 * 0.5, 1)
+        limit_kw = round(r.sup.draw.measured_w / 1000 * 0.5, 1)
         await r.post(*r.signed(r.curtailment(limit_kw)))
-        await r.run_until(lambda: bool(r.sup.finished), within_s=10)
-        assert r.sup.finished[0].status is ObligationStatus.REACHED
+        await r.run_until(lambda: bool(r.sup.deadlines.finished), within_s=10)
+        assert r.sup.deadlines.finished[0].status is ObligationStatus.REACHED
         assert r.farm.miners["m003"].physics.mode is Mode.MINING
         lying = r.daemon.readings.view("m003")
         assert lying.health_reason is not None

@@ -88,7 +88,7 @@ async def test_system_dashboard_shows_a_curtailment_as_it_lands(
     loaded = load_site(site_dict(tmp_path, miners=12, api=api_section()))
     async with rig(loaded) as r, dashboard(browser, r) as (page, errors):
         await sign_in(page, API_TOKENS["viewer"])
-        draw_kw = r.sup.measured_w / 1000
+        draw_kw = r.sup.draw.measured_w / 1000
         await expect(page.locator("#connection")).to_have_text("Live", timeout=WAIT_MS)
         await expect(page.locator("#measured-kw")).to_have_text(kw(draw_kw), timeout=WAIT_MS)
         await expect(page.locator("#limit-kw")).to_have_text(

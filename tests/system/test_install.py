@@ -125,6 +125,40 @@ def test_install_demo_says_in_one_line_what_it_needs(installed: Installed) -> No
     ]
 
 
+def test_install_sim_says_in_one_line_what_it_needs(installed: Installed) -> None:
+    """A site's install carries no simulator libraries (gRPC for Braiins OS+): `curtaild
+    sim` says which extra brings them, and checking a simulated farm's config still works."""
+    venv = installed.root / "opt/curtaild/venv"
+    grpclib = subprocess.run(
+        [str(venv / "bin/python"), "-c", "import grpclib"],
+        capture_output=True,
+        check=False,
+        timeout=60,
+    )
+    assert grpclib.returncode != 0, "the daemon's install must not need grpclib"
+    result = subprocess.run(
+        [str(venv / "bin/curtaild"), "sim", "-c", str(REPO / "config/sim-farm.yaml")],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "curtaild sim runs the simulated farm: pip install 'curtaild[sim]'"
+    ]
+    env = {**os.environ, "CURTAILD_DEMO_KEY_KEGOC": KEY.decode()}
+    check = subprocess.run(
+        [str(venv / "bin/curtaild"), "check-config", "-c", str(REPO / "config/sim-farm.yaml")],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+        timeout=60,
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
 def test_install_ships_the_register_maps_and_the_demo_farm(
     installed: Installed, tmp_path: Path
 ) -> None:
@@ -149,13 +183,15 @@ def test_install_ships_the_register_maps_and_the_demo_farm(
     )
     assert check.returncode == 0, check.stderr
     found = subprocess.run(
-        [str(venv / "bin/python"), "-c", "from demo.run import DEFAULT_FARM as f; print(f)"],
+        [str(venv / "bin/python"), "-c", "from drivers.shipped import shipped; print(shipped('sim-farm.yaml'))"],
         capture_output=True,
         text=True,
         check=True,
         timeout=60,
         cwd=tmp_path,
     )
+    # The demo's farm, found as `curtaild demo` finds it (DEFAULT_FARM); the simulator's
+    # own libraries are an extra (curtaild[sim]), so demo.run is not imported here.
     farm = Path(found.stdout.strip())
     assert farm.is_file()
     assert farm.is_relative_to(venv)

@@ -62,7 +62,7 @@ async def test_an_unwritable_journal_commands_nothing_and_holds_the_curtailment(
 
         # Someone wakes a sleeping miner by hand, over the held limit: it is put back to
         # sleep at once, though the decision cannot be journaled yet; nothing else moves.
-        sent = r.sup.commands_sent
+        sent = r.sup.ledger.sent
         woken = min(asleep)
         r.farm.miners[woken].device.reset(Mode.MINING)  # firmware and hardware both
         await r.run_until(lambda: woken in r.asleep(), within_s=20)
@@ -70,7 +70,7 @@ async def test_an_unwritable_journal_commands_nothing_and_holds_the_curtailment(
         assert r.daemon._task is not None
         assert not r.daemon._task.done()  # the daemon runs on
         assert r.asleep() == asleep
-        assert r.sup.commands_sent == sent + 1  # that one sleep, and no wake
+        assert r.sup.ledger.sent == sent + 1  # that one sleep, and no wake
         assert journal_error(r) is not None
         status_doc = r.daemon.recorder.latest_status
         assert status_doc is not None

@@ -51,7 +51,7 @@ def metered_site(tmp_path: Path, *, faults: dict[str, str] | None = None, **extr
 
 
 def measured(r: Rig) -> int | None:
-    value: int | None = r.sup.measured_w
+    value: int | None = r.sup.draw.measured_w
     return value
 
 
@@ -68,16 +68,16 @@ async def test_a_miner_that_lies_to_every_read_is_caught_by_measurement_and_cut(
     # whatever it is told and keeps drawing.
     async with rig(metered_site(tmp_path, faults={"m003": "deceive"})) as r:
         await r.step(2)
-        assert r.sup.measured_by == "meter"
-        draw_kw = (r.sup.measured_w or 0) / 1000
+        assert r.sup.draw.measured_by == "meter"
+        draw_kw = (r.sup.draw.measured_w or 0) / 1000
         limit_kw = round(draw_kw * 0.5, 1)
         await r.post(*r.signed(r.curtailment(limit_kw, deadline_s=10)))
         ob = await r.settled("evt-0017#r1", within_s=20)
         assert ob.status is ObligationStatus.REACHED, ob
         assert ob.time_to_target_s is not None
         assert ob.time_to_target_s <= 10
-        assert r.sup.lying_detected == {"m003"}
-        assert r.sup.escalations["cut"] == {"m003"}
+        assert r.sup.draw.lying_detected == {"m003"}
+        assert r.sup.commands.escalations["cut"] == {"m003"}
         assert not r.farm.miners["m003"].physics.powered  # its outlet is off
         await r.step(3)
         # The meter (farm truth plus base load) is within the limit, not just the firmware.
@@ -90,13 +90,13 @@ async def test_a_stalled_api_is_escalated_to_its_outlet_in_time(tmp_path: Path) 
     async with rig(metered_site(tmp_path)) as r:
         await r.step(2)
         await r.farm.set_fault("m003", Fault.STALL)
-        limit_kw = round((r.sup.measured_w or 0) / 1000 * 0.5, 1)
+        limit_kw = round((r.sup.draw.measured_w or 0) / 1000 * 0.5, 1)
         await r.post(*r.signed(r.curtailment(limit_kw, deadline_s=10)))
         ob = await r.settled("evt-0017#r1", within_s=20, wait_idle=False)
         assert ob.status is ObligationStatus.REACHED, ob
         assert ob.time_to_target_s is not None
         assert ob.time_to_target_s <= 10
-        assert "m003" in r.sup.escalations["cut"]
+        assert "m003" in r.sup.commands.escalations["cut"]
         assert not r.farm.miners["m003"].physics.powered
 
 
@@ -107,13 +107,13 @@ async def test_an_emergency_the_api_cannot_meet_is_met_by_cutting_outlets_at_onc
     # cut draws no inrush: the batches go back to back.
     async with rig(metered_site(tmp_path)) as r:
         await r.step(2)
-        limit_kw = round((r.sup.measured_w or 0) / 1000 * 0.6, 1)
+        limit_kw = round((r.sup.draw.measured_w or 0) / 1000 * 0.6, 1)
         await r.post(*r.signed(r.curtailment(limit_kw, deadline_s=2, emergency=True)))
         ob = await r.settled("evt-0017#r1", within_s=10)
         assert ob.status is ObligationStatus.REACHED, ob
         assert ob.time_to_target_s is not None
         assert ob.time_to_target_s <= 2
-        cuts = r.sup.switches
+        cuts = r.sup.outlets.switches
         assert len(cuts) >= 3
         assert all(not on for _, _, on in cuts)
         assert len({at for at, _, _ in cuts}) == 1  # no pause between batches
@@ -125,10 +125,12 @@ async def test_an_emergency_the_api_cannot_meet_is_met_by_cutting_outlets_at_onc
 async def test_outside_an_emergency_cuts_are_staggered(tmp_path: Path) -> None:
     async with rig(metered_site(tmp_path)) as r:
         await r.step(2)
-        limit_kw = round((r.sup.measured_w or 0) / 1000 * 0.6, 1)
+        limit_kw = round((r.sup.draw.measured_w or 0) / 1000 * 0.6, 1)
         await r.post(*r.signed(r.curtailment(limit_kw, deadline_s=2)))
-        await r.run_until(lambda: r.sup.in_flight == 0 and len(r.sup.switches) >= 3, within_s=10)
-        times = sorted(at for at, _, _ in r.sup.switches)
+        await r.run_until(
+            lambda: r.sup.ledger.in_flight == 0 and len(r.sup.outlets.switches) >= 3, within_s=10
+        )
+        times = sorted(at for at, _, _ in r.sup.outlets.switches)
         batches = sorted({*times})
         assert all(times.count(t) <= 2 for t in batches)  # cut_batch_size
         gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(batches)]
@@ -139,11 +141,11 @@ async def test_outside_an_emergency_cuts_are_staggered(tmp_path: Path) -> None:
 async def test_a_stale_meter_counts_as_over_the_limit(tmp_path: Path) -> None:
     async with rig(metered_site(tmp_path)) as r:
         await r.step(2)
-        limit_kw = round((r.sup.measured_w or 0) / 1000 * 0.5, 1)
+        limit_kw = round((r.sup.draw.measured_w or 0) / 1000 * 0.5, 1)
         await r.farm.set_fault(METER, Fault.REFUSE)
         await r.step(3)
-        assert r.sup.measured_w is None
-        assert r.sup.status(r.clock.now())["meter"]["stale"] is True
+        assert r.sup.draw.measured_w is None
+        assert r.status()["meter"]["stale"] is True
         await r.post(*r.signed(r.curtailment(limit_kw, deadline_s=5)))
         ob = await r.settled("evt-0017#r1", within_s=15)
         # The miners did shed, but nothing proves it to the grid: the deadline is missed.
@@ -178,32 +180,32 @@ async def test_under_frequency_sheds_a_block_at_once_and_restores_gradually(
     )
     async with rig(loaded) as r:
         await r.step(2)
-        before = r.sup.measured_w or 0
+        before = r.sup.draw.measured_w or 0
         meter(r).set_frequency(49.3)
         await r.step(0.25)
-        assert not r.sup.frequency_events  # below the threshold, not yet for long enough
-        await r.run_until(lambda: bool(r.sup.frequency_events), within_s=3)
-        _trip_at, event, hz = r.sup.frequency_events[0]
+        assert not r.sup.draw.frequency_events  # below the threshold, not yet for long enough
+        await r.run_until(lambda: bool(r.sup.draw.frequency_events), within_s=3)
+        _trip_at, event, hz = r.sup.draw.frequency_events[0]
         assert event == "under-frequency trip"
         assert hz is not None
         assert hz < 49.5
-        uf = next(o for o in r.sup.obligations if o.kind == "under-frequency")
+        uf = next(o for o in r.sup.deadlines.pending if o.kind == "under-frequency")
         assert uf.limit_w <= before - 15_000
         ob = await r.settled(uf.key, within_s=5)
         assert ob.status is ObligationStatus.REACHED, ob
-        assert r.sup.switches  # the 2 s deadline is beyond any API ramp: outlets were cut
+        assert r.sup.outlets.switches  # the 2 s deadline is beyond any API ramp: outlets were cut
         rows = r.daemon.journal.rows("SELECT subject FROM events WHERE kind = 'frequency'")
         assert rows == [("under-frequency trip",)]
         # Recovery: the limit rises at 5 kW/s; it does not jump back.
         meter(r).set_frequency(50.0)
         await r.run_until(
-            lambda: any(e == "frequency recovered" for _, e, _ in r.sup.frequency_events),
+            lambda: any(e == "frequency recovered" for _, e, _ in r.sup.draw.frequency_events),
             within_s=10,
         )
         held = r.sup.limit.limit_w
         await r.step(1)
         assert r.sup.limit.limit_w <= held + 5_000 + 250
         await r.run_until(
-            lambda: r.sup.frequency_events[-1][1] == "under-frequency limit released",
+            lambda: r.sup.draw.frequency_events[-1][1] == "under-frequency limit released",
             within_s=60,
         )

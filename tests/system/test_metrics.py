@@ -92,13 +92,14 @@ def by(samples: Samples, name: str, label: str) -> dict[str, float]:
 
 async def curtailed(r: Rig) -> tuple[Metrics, float]:
     """Observe the loop, then drive a curtailment to half the draw to its deadline."""
-    r.daemon.supervisor.observer = m = Metrics(r.daemon)
+    r.daemon.supervisor.observer = m = Metrics(r.daemon.feed, r.daemon.mqtt)
     await r.step(2)
-    limit_kw = round((r.sup.measured_w or 0) / 1000 * 0.5, 1)
+    limit_kw = round((r.sup.draw.measured_w or 0) / 1000 * 0.5, 1)
     await r.post(*r.signed(r.curtailment(limit_kw, deadline_s=10)))
     ob = await r.settled("evt-0017#r1", within_s=20)
     assert ob.status is ObligationStatus.REACHED, ob
-    await r.run_until(lambda: r.sup.in_flight == 0, within_s=5)
+    await r.run_until(lambda: r.sup.ledger.in_flight == 0, within_s=5)
+    await r.step(1)  # the next report: the read model /metrics is built from
     return m, limit_kw
 
 
@@ -110,11 +111,11 @@ async def test_metrics_follow_a_curtailment_to_its_deadline(tmp_path: Path) -> N
         assert value(s, "curtaild_deadlines_total", kind="curtailment", status="reached") == 1
         assert value(s, "curtaild_deadlines_total", kind="curtailment", status="missed") == 0
         counts = s["curtaild_command_duration_seconds_count"]
-        assert sum(v for _, v in counts) == r.sup.commands_sent > 0
+        assert sum(v for _, v in counts) == r.sup.ledger.sent > 0
         assert {(ls["family"], ls["action"], ls["outcome"]) for ls, _ in counts} == {
             ("luxos", "sleep", "ok")
         }
-        assert value(s, "curtaild_commands_sent_total") == r.sup.commands_sent
+        assert value(s, "curtaild_commands_sent_total") == r.sup.ledger.sent
         assert value(s, "curtaild_commands_failed_total") == 0
         assert value(s, "curtaild_loop_cycle_seconds_count") > 0
         assert value(s, "curtaild_loop_cycles_total") == r.sup.cycles
@@ -132,9 +133,9 @@ async def test_metrics_follow_a_curtailment_to_its_deadline(tmp_path: Path) -> N
         assert value(s, "curtaild_miners_unhealthy") == 0
 
         assert value(s, "curtaild_grid_limit_watts") == limit_kw * 1000
-        assert value(s, "curtaild_grid_draw_watts") == r.sup.measured_w <= limit_kw * 1000
+        assert value(s, "curtaild_grid_draw_watts") == r.sup.draw.measured_w <= limit_kw * 1000
         assert value(s, "curtaild_expected_draw_watts") == r.sup.plan.expected_w
-        assert value(s, "curtaild_unexplained_draw_watts") == r.sup.offset_w
+        assert value(s, "curtaild_unexplained_draw_watts") == r.sup.draw.offset_w
         assert value(s, "curtaild_pending_deadlines") == 0
         assert value(s, "curtaild_ready") == 1
         assert value(s, "curtaild_automation_paused") == 0
@@ -151,7 +152,7 @@ async def test_metrics_follow_a_curtailment_to_its_deadline(tmp_path: Path) -> N
 
 async def test_metrics_a_stalled_meter_goes_down_and_its_draw_unknown(tmp_path: Path) -> None:
     async with rig(metered_site(tmp_path)) as r:
-        m = Metrics(r.daemon)
+        m = Metrics(r.daemon.feed, r.daemon.mqtt)
         await r.step(1)
         assert value(scrape(m), "curtaild_device_up", kind="meter") == 1
         await r.farm.set_fault(METER, Fault.STALL)
@@ -164,7 +165,7 @@ async def test_metrics_a_stalled_meter_goes_down_and_its_draw_unknown(tmp_path: 
 
 async def test_metrics_instances_keep_separate_registries(tmp_path: Path) -> None:
     async with rig(load_site(site_dict(tmp_path, miners=4))) as r:
-        first, second = Metrics(r.daemon), Metrics(r.daemon)
+        first, second = Metrics(r.daemon.feed, r.daemon.mqtt), Metrics(r.daemon.feed, r.daemon.mqtt)
         r.daemon.supervisor.observer = first
         await r.step(2)
         assert value(scrape(first), "curtaild_loop_cycle_seconds_count") > 0
@@ -183,7 +184,7 @@ async def test_metrics_show_the_operator_desk(
             journal=r.daemon.journal, inbox=r.daemon.inbox, miners=r.daemon.specs, now=r.clock.now()
         )
         monkeypatch.setattr(r.daemon, "desk", desk, raising=False)
-        m = Metrics(r.daemon)
+        m = Metrics(r.daemon.feed, r.daemon.mqtt)
         now, later = r.clock.now(), r.clock.now() + timedelta(hours=1)
         who = Principal("operator-1", Role.OPERATOR)
         desk.set_automation(paused=True, reason="inspection", by=who, now=now)
@@ -197,6 +198,7 @@ async def test_metrics_show_the_operator_desk(
             now=now,
             grid_limit_w=10**9,
         )
+        await r.step(1)  # the next report
         s = scrape(m)
         assert value(s, "curtaild_automation_paused") == 1
         assert by(s, "curtaild_holds_active", "mode") == {"sleep": 1, "run": 1}

@@ -53,7 +53,7 @@ async def test_system_mixed_farm_meets_a_deadline_then_sheds_every_family(tmp_pa
         rated_w = {m.id: m.rated_power_w for m in loaded.miners}
         fast_w = sum(w for m, w in rated_w.items() if m in _ids(r, FAST))
         total_w = sum(rated_w.values())
-        assert r.sup.measured_w == pytest.approx(total_w, rel=0.05)
+        assert r.sup.draw.measured_w == pytest.approx(total_w, rel=0.05)
         pools = {
             m: [p["url"] for p in sim.device.conf["pools"]]
             for m, sim in r.farm.miners.items()

@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from controller.adapters.operator_api import ROUTES
+from controller.adapters.operator_api.routes import ROUTES
 from controller.clock import FakeClock
 from demo.farm import farm_from_config
 from drivers.types import Mode
@@ -114,7 +114,7 @@ async def test_system_every_route_answers_by_role(tmp_path: Path) -> None:
 
 async def test_system_override_sheds_the_farm_and_is_journaled(tmp_path: Path) -> None:
     async with api_rig(tmp_path, miners=12) as (r, api):
-        draw_kw = r.sup.measured_w / 1000
+        draw_kw = r.sup.draw.measured_w / 1000
         limit_kw = round(draw_kw * 0.5, 1)
         status, body, reply = await api.call(
             "POST",
@@ -256,7 +256,7 @@ async def test_system_holds_keep_a_miner_asleep_or_running(tmp_path: Path) -> No
         await r.step(6)
         assert r.asleep() == {"m001"}
         # A curtailment sheds the held-running miner last: others of its class go first.
-        draw_kw = r.sup.measured_w / 1000
+        draw_kw = r.sup.draw.measured_w / 1000
         await r.post(*r.signed(r.curtailment(round(draw_kw * 0.7, 1))))
         await r.settled("evt-0017#r1", within_s=15)
         asleep = r.asleep()
@@ -295,7 +295,7 @@ async def test_system_paused_automation_still_enforces_the_grid(tmp_path: Path) 
             body={"paused": True, "reason": "firmware rollout"},
         )
         assert (status, out["paused"], out["by"]) == (200, True, "operator-1")
-        limit_kw = round(r.sup.measured_w / 1000 * 0.5, 1)
+        limit_kw = round(r.sup.draw.measured_w / 1000 * 0.5, 1)
         await r.post(*r.signed(r.curtailment(limit_kw)))
         ob = await r.settled("evt-0017#r1", within_s=15)
         assert ob.status.value == "reached"  # the grid limit is still enforced
@@ -408,7 +408,7 @@ async def test_system_operator_changes_stay_off_the_grid_side(tmp_path: Path) ->
     own limit, and the status published on the grid's broker carries no operator's name
     or free text. A hold's sleep is not a grid shed."""
     async with api_rig(tmp_path, miners=8) as (r, api):
-        draw_kw = r.sup.measured_w / 1000
+        draw_kw = r.sup.draw.measured_w / 1000
         await api.call(
             "POST",
             "/api/v1/overrides",
@@ -435,7 +435,7 @@ async def test_system_operator_changes_stay_off_the_grid_side(tmp_path: Path) ->
         )
         await r.step(6)
         assert awake.id in r.asleep()
-        assert awake.id not in r.sup.escalations["sleep"]  # not counted as a grid shed
+        assert awake.id not in r.sup.commands.escalations["sleep"]  # not counted as a grid shed
 
 
 async def test_system_a_token_that_is_not_text_is_a_plain_401(tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ async def test_report_exports_every_signal_with_how_its_deadline_ended(
 ) -> None:
     data = site_dict(tmp_path, miners=4)
     async with rig(load_site(data)) as r:
-        limit_kw = round((r.sup.measured_w or 0) / 1000 * 0.5, 1)
+        limit_kw = round((r.sup.draw.measured_w or 0) / 1000 * 0.5, 1)
         await r.post(*r.signed(r.curtailment(limit_kw, deadline_s=10)))
         await r.settled("evt-0017#r1", within_s=20)
         body, headers = r.signed(r.curtailment(1.0, revision=2))

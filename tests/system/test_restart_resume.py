@@ -153,13 +153,13 @@ async def test_restart_with_commands_on_the_wire_carries_them_through_twice(
             status, _ = await first.post(*first.signed(first.curtailment(limit_kw, deadline_s=10)))
             assert status == 202
             await asyncio.sleep(0.2)  # the sleeps are on the wire, none answered yet
-            assert first.sup.in_flight > 0
+            assert first.sup.ledger.in_flight > 0
             first_decided = decided(first)
             [(first_seq,)] = first.daemon.journal.rows("SELECT max(seq) FROM decisions")
         clock.advance(1)
         async with daemon_on(loaded, clock, farm, settle=False) as second:
             await asyncio.sleep(0.2)  # resumed, and on the wire again: die once more
-            carried = second.sup.in_flight
+            carried = second.sup.ledger.in_flight
         clock.advance(1)
         for miner in slow:
             await farm.set_fault(miner, Fault.NONE)

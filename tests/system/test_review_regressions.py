@@ -28,7 +28,7 @@ async def test_one_slow_miner_neither_fakes_a_miss_nor_sheds_the_farm(tmp_path: 
         await r.post(*r.signed(r.curtailment(limit_kw)))
         ob = await r.settled("evt-0017#r1", within_s=20, wait_idle=False)
         assert ob.status is ObligationStatus.REACHED  # polling went on while m000 was slow
-        await r.run_until(lambda: r.sup.in_flight == 0, within_s=30, wait_idle=False)
+        await r.run_until(lambda: r.sup.ledger.in_flight == 0, within_s=30, wait_idle=False)
         await r.step(3)
         # No cascade: the farm sheds what 60 % needs, not everything.
         assert 3 <= len(r.asleep()) <= 6
@@ -37,7 +37,7 @@ async def test_one_slow_miner_neither_fakes_a_miss_nor_sheds_the_farm(tmp_path: 
 
 async def test_a_relaxing_revision_withdraws_the_old_promise(tmp_path: Path) -> None:
     async with rig(load_site(site_dict(tmp_path, miners=12))) as r:
-        draw_kw = r.sup.measured_w / 1000
+        draw_kw = r.sup.draw.measured_w / 1000
         start = iso_in(r, 5)
         await r.post(*r.signed(r.curtailment(round(draw_kw * 0.4, 1), start=start)))
         await r.step(1)

@@ -93,10 +93,10 @@ async def test_a_graceful_stop_finishes_commands_flushes_the_journal_and_says_st
                 await r.farm.set_fault(miner, Fault.SLOW, slow_s=0.3)  # real seconds
             await r.post(*r.signed(r.curtailment(3.0, deadline_s=10)))
             await r.step(0.25, wait_idle=False)
-            assert r.sup.in_flight > 0  # sleeps on the wire when SIGTERM comes
-            sent = r.sup.in_flight
+            assert r.sup.ledger.in_flight > 0  # sleeps on the wire when SIGTERM comes
+            sent = r.sup.ledger.in_flight
             await r.daemon.shutdown(grace_s=10)
-            assert r.sup.in_flight == 0
+            assert r.sup.ledger.in_flight == 0
             with sqlite3.connect(tmp_path / "journal.db") as db:  # the daemon closed its own
                 rows = db.execute("SELECT outcome FROM commands").fetchall()
             assert len(rows) >= sent

@@ -148,15 +148,15 @@ async def test_a_frozen_farm_is_curtailed_and_restored_without_harm(tmp_path: Pa
             )
         )
         await r.run_until(lambda: not r.sup.pending_deadlines(), within_s=60)
-        assert all(o.status is ObligationStatus.REACHED for o in r.sup.finished), list(
-            r.sup.finished
+        assert all(o.status is ObligationStatus.REACHED for o in r.sup.deadlines.finished), list(
+            r.sup.deadlines.finished
         )
         await r.step(30)
         assert floors_held(r)  # the base allowance carries both floors
         alarms = r.daemon.journal.rows(
             "SELECT at, subject, detail FROM events WHERE kind = 'alarm'"
         )
-        assert r.sup.alarm_counts["heater-floor"] == 0, alarms
+        assert r.sup.alarms.counts["heater-floor"] == 0, alarms
 
         await r.post(*r.signed(cancel("evt-0017", 2, r)))  # the event is over too
         await r.step(5)
@@ -181,7 +181,7 @@ async def awake(r: Rig) -> float:
     await r.post(*r.signed(r.grant(rated_kw(r) * 1.1, end_in_s=3600)))
     await r.run_until(lambda: r.farm.total_power_w() >= 0.9 * rated_kw(r) * 1000, 240)
     await r.step(35)
-    return round((r.sup.measured_w or 0) / 1000 - 0.7 * draw_kw(r, "c1"), 1)
+    return round((r.sup.draw.measured_w or 0) / 1000 - 0.7 * draw_kw(r, "c1"), 1)
 
 
 async def test_a_deadline_only_cuts_could_meet_is_not_met_by_cuts_in_the_cold(
@@ -194,7 +194,7 @@ async def test_a_deadline_only_cuts_could_meet_is_not_met_by_cuts_in_the_cold(
         await r.settled("evt-0017#r1", within_s=10)
         await r.step(10)
         assert r.farm.cuts == []
-        assert r.sup.alarm_counts["cold-cut"] == 0
+        assert r.sup.alarms.counts["cold-cut"] == 0
         c1 = {m.id for m in r.loaded.miners if m.container == "c1"}
         assert r.asleep() & c1  # slept instead, late: the deadline gives way, not the cold
 
@@ -208,7 +208,7 @@ async def test_an_emergency_nothing_else_meets_may_cut_in_the_cold_with_an_alarm
         ob = await r.settled("evt-0017#r1", within_s=10)
         assert ob.status is ObligationStatus.REACHED, ob
         assert r.farm.cuts
-        cut = {miner for _, miner, _ in r.sup.cold_cuts}
+        cut = {miner for _, miner, _ in r.sup.alarms.cold_cuts}
         assert cut == {miner for _, miner, _, _ in r.farm.cuts}
         assert all(ambient < -20 for _, _, _, ambient in r.farm.cuts)
         events = r.daemon.journal.rows("SELECT subject FROM events WHERE kind = 'alarm'")

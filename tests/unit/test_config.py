@@ -11,7 +11,7 @@ import yaml
 from controller import cli
 from controller.config import ConfigError, expand_hosts, load, parse
 from demo import winter as demo_winter
-from demo.farm import simulation
+from demo.simulation import simulation
 from tests.conftest import KEY_ENV, load_site, site_dict
 
 REPO = Path(__file__).resolve().parents[2]

@@ -14,7 +14,8 @@ import aiohttp
 import pytest
 
 from controller.config import ConfigError
-from demo.farm import farm_from_config, simulation
+from demo.farm import farm_from_config
+from demo.simulation import simulation
 from drivers.transport import cgminer_tcp
 from sim.control import SimControl
 from sim.farm import SimFarm

@@ -1,80 +1,41 @@
-"""Modbus register maps as data: load and validate YAML maps, decode and encode values, and
-plan block reads. Pure: no I/O beyond reading a map file, no pymodbus.
-
-A map names the points a driver needs (`outlet_power_w`, `import_kw`, ...) and where each
-lives: table, address, type, scale, offset, word order, and for PDUs a per-outlet stride.
-Units are fixed by the point's name; `scale` converts the device's raw number into them.
-"""
+"""Maps from YAML: load a shipped map or a file, and validate it, listing every problem with
+the point it is in."""
 
 from __future__ import annotations
 
 import math
-import struct
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Literal, TypeGuard, TypeVar, get_args
+from typing import Any, TypeGuard, TypeVar
 
 import yaml
 
+from drivers.modbus_map.codec import encode_raw
+from drivers.modbus_map.points import (
+    BIT_TABLES,
+    INTEGER_TYPES,
+    KINDS,
+    MAX_ADDRESS,
+    MAX_OUTLETS,
+    MAX_READ_REGISTERS,
+    ON_OFF,
+    PER_OUTLET,
+    POINTS,
+    REQUIRED,
+    TABLES,
+    TYPES,
+    WIDTH,
+    WRITABLE_TABLES,
+    CodecError,
+    Kind,
+    MapError,
+    Order,
+    Point,
+    RegisterMap,
+    Table,
+    ValueType,
+)
 from drivers.shipped import shipped
-
-Table = Literal["coil", "discrete", "holding", "input"]
-ValueType = Literal[
-    "bool", "uint16", "int16", "uint32", "int32", "float32", "uint64", "int64", "float64"
-]
-Kind = Literal["pdu", "meter", "sensor"]
-Order = Literal["big", "little"]
-Raw = int | bool
-
-TABLES: tuple[Table, ...] = get_args(Table)
-TYPES: tuple[ValueType, ...] = get_args(ValueType)
-KINDS: tuple[Kind, ...] = get_args(Kind)
-BIT_TABLES: frozenset[Table] = frozenset({"coil", "discrete"})
-WRITABLE_TABLES: frozenset[Table] = frozenset({"coil", "holding"})
-WIDTH: dict[ValueType, int] = {
-    "bool": 1,
-    "uint16": 1,
-    "int16": 1,
-    "uint32": 2,
-    "int32": 2,
-    "float32": 2,
-    "uint64": 4,
-    "int64": 4,
-    "float64": 4,
-}
-_STRUCT: dict[ValueType, str] = {
-    "uint16": ">H",
-    "int16": ">h",
-    "uint32": ">I",
-    "int32": ">i",
-    "float32": ">f",
-    "uint64": ">Q",
-    "int64": ">q",
-    "float64": ">d",
-}
-INTEGER_TYPES = frozenset({"uint16", "int16", "uint32", "int32", "uint64", "int64"})
-
-# Modbus limits per request (the spec's PDU size): FC3/FC4 read at most 125 registers,
-# FC1/FC2 at most 2000 bits.
-MAX_READ_REGISTERS = 125
-MAX_READ_BITS = 2000
-MAX_ADDRESS = 65_535
-MAX_OUTLETS = 256
-
-# The points each kind knows; units are in the names. Required ones must be in the map.
-POINTS: dict[Kind, frozenset[str]] = {
-    "pdu": frozenset({"outlet_state", "outlet_switch", "outlet_power_w", "total_power_w"}),
-    "meter": frozenset({"import_kw", "export_kw", "frequency_hz", "generation_kw"}),
-    "sensor": frozenset({"temperature_c"}),
-}
-REQUIRED: dict[Kind, tuple[str, ...]] = {
-    "pdu": ("outlet_state", "outlet_power_w", "total_power_w"),
-    "meter": ("import_kw", "export_kw", "frequency_hz"),
-    "sensor": ("temperature_c",),
-}
-PER_OUTLET = frozenset({"outlet_state", "outlet_switch", "outlet_power_w"})
-ON_OFF = frozenset({"outlet_state", "outlet_switch"})  # points that hold on/off, not numbers
 
 MAPS_DIR = shipped("modbus")
 
@@ -101,290 +62,6 @@ _N = TypeVar("_N", bound=str)
 _TABLE_NAMES: dict[str, Table] = {t: t for t in TABLES}
 _TYPE_NAMES: dict[str, ValueType] = {t: t for t in TYPES}
 _KIND_NAMES: dict[str, Kind] = {k: k for k in KINDS}
-
-
-class MapError(Exception):
-    """A register map is wrong; `problems` lists every problem with the point it is in."""
-
-    def __init__(self, source: str, problems: list[str]) -> None:
-        super().__init__(f"{source}: {len(problems)} problem(s)\n" + "\n".join(problems))
-        self.source = source
-        self.problems = problems
-
-
-class CodecError(ValueError):
-    """A value cannot be decoded from, or encoded into, a point's registers."""
-
-
-@dataclass(frozen=True, slots=True)
-class Point:
-    """One value on the device; per-outlet points repeat every `stride` addresses."""
-
-    name: str
-    table: Table
-    address: int
-    type: ValueType
-    scale: float = 1.0
-    offset: float = 0.0
-    word_order: Order = "big"
-    byte_order: Order = "big"
-    per_outlet: bool = False
-    stride: int = 1
-    writable: bool = False
-    on: int | None = None  # raw register value meaning "on" (register-based on/off points)
-    off: int | None = None
-
-    @property
-    def width(self) -> int:
-        """Registers (or bits) one value takes."""
-        return WIDTH[self.type]
-
-    @property
-    def is_bits(self) -> bool:
-        return self.table in BIT_TABLES
-
-    def address_of(self, outlet: int | None = None) -> int:
-        """The first address of the value; `outlet` counts from 1, as printed on PDUs."""
-        if not self.per_outlet:
-            return self.address
-        if outlet is None or outlet < 1:
-            raise ValueError(f"{self.name} is per outlet: give an outlet number from 1")
-        return self.address + (outlet - 1) * self.stride
-
-    def label(self, outlet: int | None = None) -> str:
-        return f"{self.name}[{outlet}]" if self.per_outlet else self.name
-
-
-@dataclass(frozen=True, slots=True)
-class RegisterMap:
-    """A validated map: what kind of device, its points, and where it was loaded from."""
-
-    name: str
-    kind: Kind
-    points: Mapping[str, Point]
-    source: str = "<map>"
-    outlets: int = 0
-    read_gap: int = 0  # unused registers a block read may span; the device must answer them
-
-    def point(self, name: str) -> Point:
-        try:
-            return self.points[name]
-        except KeyError:
-            raise KeyError(f"{self.source}: no point {name!r}") from None
-
-    def get(self, name: str) -> Point | None:
-        return self.points.get(name)
-
-    @property
-    def switch_point(self) -> Point:
-        """The point a PDU is switched through: `outlet_switch`, else `outlet_state`."""
-        return self.points.get("outlet_switch") or self.point("outlet_state")
-
-
-# ---- codec ---------------------------------------------------------------------------
-
-
-def to_bytes(point: Point, registers: Sequence[int]) -> bytes:
-    """The value's bytes, most significant first, after undoing word and byte order."""
-    if len(registers) != point.width:
-        raise CodecError(
-            f"{point.name}: {len(registers)} register(s), the type needs {point.width}"
-        )
-    words = list(registers)
-    if point.word_order == "little":
-        words.reverse()
-    try:
-        raw = b"".join(w.to_bytes(2, "big") for w in words)
-    except OverflowError:
-        raise CodecError(f"{point.name}: a register value is outside 0..65535") from None
-    if point.byte_order == "little":
-        raw = b"".join(raw[i + 1 : i + 2] + raw[i : i + 1] for i in range(0, len(raw), 2))
-    return raw
-
-
-def from_bytes(point: Point, raw: bytes) -> list[int]:
-    """Registers for the value's bytes (most significant first), in the point's order."""
-    if point.byte_order == "little":
-        raw = b"".join(raw[i + 1 : i + 2] + raw[i : i + 1] for i in range(0, len(raw), 2))
-    words = [int.from_bytes(raw[i : i + 2], "big") for i in range(0, len(raw), 2)]
-    if point.word_order == "little":
-        words.reverse()
-    return words
-
-
-def raw_number(point: Point, registers: Sequence[int]) -> int | float:
-    """The unscaled number the registers hold."""
-    if point.type == "bool":
-        raise CodecError(f"{point.name}: a bool point holds no number")
-    value: int | float = struct.unpack(_STRUCT[point.type], to_bytes(point, registers))[0]
-    return value
-
-
-def decode_number(point: Point, registers: Sequence[int]) -> float:
-    """The value in the point's unit: raw * scale + offset (may be NaN or inf for floats)."""
-    return raw_number(point, registers) * point.scale + point.offset
-
-
-def encode_number(point: Point, value: float) -> list[int]:
-    """Registers holding `value` (in the point's unit)."""
-    if point.type == "bool":
-        raise CodecError(f"{point.name}: a bool point holds no number")
-    exact = isinstance(value, int) and point.scale == 1 and point.offset == 0
-    raw = value if exact else (value - point.offset) / point.scale  # ints stay exact
-    fmt = _STRUCT[point.type]
-    try:
-        if point.type in INTEGER_TYPES:
-            if not math.isfinite(raw):
-                raise CodecError(f"{point.name}: {value} cannot be stored as {point.type}")
-            packed = struct.pack(fmt, round(raw))
-        else:
-            packed = struct.pack(fmt, raw)
-    except (struct.error, OverflowError):
-        raise CodecError(f"{point.name}: {value} does not fit {point.type}") from None
-    return from_bytes(point, packed)
-
-
-def encode_raw(point: Point, raw: int) -> list[int]:
-    """Registers holding an unscaled integer (on/off codes)."""
-    try:
-        return from_bytes(point, struct.pack(_STRUCT[point.type], raw))
-    except (KeyError, struct.error):
-        raise CodecError(f"{point.name}: {raw} does not fit {point.type}") from None
-
-
-def decode_state(point: Point, raw: Sequence[Raw]) -> bool:
-    """On/off from a bit, or from a register holding the point's `on` or `off` value."""
-    if point.is_bits:
-        if len(raw) != 1:
-            raise CodecError(f"{point.name}: {len(raw)} bits, expected 1")
-        return bool(raw[0])
-    value = raw_number(point, [int(r) for r in raw])
-    if value == point.on:
-        return True
-    if value == point.off:
-        return False
-    raise CodecError(
-        f"{point.name}: value {value} is neither on ({point.on}) nor off ({point.off})"
-    )
-
-
-def encode_state(point: Point, on: bool) -> list[int] | list[bool]:
-    """What to write (or serve) for on/off."""
-    if point.is_bits:
-        return [on]
-    code = point.on if on else point.off
-    if code is None:
-        raise CodecError(f"{point.name}: no on/off values")
-    return encode_raw(point, code)
-
-
-class Image:
-    """Raw values read from a device, by table and address; decodes points from them."""
-
-    __slots__ = ("_cells",)
-
-    def __init__(self) -> None:
-        self._cells: dict[Table, dict[int, Raw]] = {t: {} for t in TABLES}
-
-    def put(self, table: Table, address: int, values: Sequence[Raw]) -> None:
-        cells = self._cells[table]
-        for i, value in enumerate(values):
-            cells[address + i] = value
-
-    def raw(self, point: Point, outlet: int | None = None) -> list[Raw]:
-        cells = self._cells[point.table]
-        start = point.address_of(outlet)
-        try:
-            return [cells[a] for a in range(start, start + point.width)]
-        except KeyError:
-            raise CodecError(f"{point.label(outlet)}: not read") from None
-
-    def number(self, point: Point, outlet: int | None = None) -> float:
-        return decode_number(point, [int(r) for r in self.raw(point, outlet)])
-
-    def state(self, point: Point, outlet: int | None = None) -> bool:
-        return decode_state(point, self.raw(point, outlet))
-
-
-# ---- read planning ----------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class ReadRequest:
-    """One Modbus read: `count` registers or bits from `address`; `what` names the points."""
-
-    table: Table
-    address: int
-    count: int
-    what: str
-
-    @property
-    def where(self) -> str:
-        return f"{self.table} {self.address}+{self.count}"
-
-
-def plan_reads(
-    regmap: RegisterMap,
-    names: Iterable[str],
-    outlets: Iterable[int] | None = None,
-    *,
-    max_registers: int = MAX_READ_REGISTERS,
-    max_bits: int = MAX_READ_BITS,
-) -> list[ReadRequest]:
-    """Group the named points (per-outlet ones for `outlets`, default all) into as few
-    contiguous reads per table as the Modbus limits allow; a value is never split."""
-    wanted = list(range(1, regmap.outlets + 1)) if outlets is None else sorted(set(outlets))
-    items: dict[Table, dict[int, tuple[int, str, int | None]]] = {t: {} for t in TABLES}
-    for name in dict.fromkeys(names):
-        point = regmap.point(name)
-        for outlet in wanted if point.per_outlet else [None]:
-            items[point.table][point.address_of(outlet)] = (point.width, name, outlet)
-    requests: list[ReadRequest] = []
-    for table in TABLES:
-        limit = max_bits if table in BIT_TABLES else max_registers
-        group: list[tuple[int, int, str, int | None]] = []
-        for address in sorted(items[table]):
-            width, name, outlet = items[table][address]
-            if group:
-                start = group[0][0]
-                end = max(a + w for a, w, _, _ in group)
-                if address - end > regmap.read_gap or address + width - start > limit:
-                    requests.append(_request(table, group))
-                    group = []
-            group.append((address, width, name, outlet))
-        if group:
-            requests.append(_request(table, group))
-    return requests
-
-
-def _request(table: Table, group: list[tuple[int, int, str, int | None]]) -> ReadRequest:
-    start = group[0][0]
-    end = max(a + w for a, w, _, _ in group)
-    outlets: dict[str, list[int]] = {}
-    for _, _, name, outlet in group:
-        outlets.setdefault(name, [])
-        if outlet is not None:
-            outlets[name].append(outlet)
-    what = ", ".join(f"{n}[{_ranges(o)}]" if o else n for n, o in outlets.items())
-    return ReadRequest(table, start, end - start, what)
-
-
-def _ranges(numbers: list[int]) -> str:
-    """1,2,3,5 -> '1-3,5'."""
-    parts: list[str] = []
-    ordered = sorted(numbers)
-    first = prev = ordered[0]
-    for n in [*ordered[1:], None]:
-        if n is not None and n == prev + 1:
-            prev = n
-            continue
-        parts.append(str(first) if first == prev else f"{first}-{prev}")
-        if n is not None:
-            first = prev = n
-    return ",".join(parts)
-
-
-# ---- loading and validation ---------------------------------------------------------
 
 
 def shipped_maps() -> list[str]:
@@ -696,31 +373,3 @@ def _named(value: object, names: Mapping[str, _N]) -> _N | None:
 
 def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-__all__ = [
-    "BIT_TABLES",
-    "MAPS_DIR",
-    "MAX_READ_BITS",
-    "MAX_READ_REGISTERS",
-    "CodecError",
-    "Image",
-    "Kind",
-    "MapError",
-    "Order",
-    "Point",
-    "ReadRequest",
-    "RegisterMap",
-    "Table",
-    "ValueType",
-    "decode_number",
-    "decode_state",
-    "encode_number",
-    "encode_raw",
-    "encode_state",
-    "load_map",
-    "map_path",
-    "parse_map",
-    "plan_reads",
-    "shipped_maps",
-]

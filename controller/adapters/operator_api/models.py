@@ -179,7 +179,16 @@ class StatusOut(_Out):
     overrides: list[OverrideOut]
     holds: list[HoldOut]
     alarms: list[AlarmOut]
-    lying: list[str] = Field(description="Miners whose measured power contradicts them")
+    lying: list[str] = Field(
+        description="Miners caught lying: by their outlet's measured power, or by a "
+        "command's read-back"
+    )
+    journal_error: str | None = Field(
+        default=None, description="Why the journal takes no writes (None: it does)"
+    )
+    wall_clock_offset_s: float | None = Field(
+        default=None, description="The wall clock stepped this far from curtaild's time"
+    )
 
 
 class MinerOut(_Out):
@@ -263,5 +272,5 @@ class HealthOut(_Out):
     ready: bool
     cycles: int
     last_cycle_age_s: float | None = Field(description="Seconds since the loop last finished")
-    journal: Literal["ok"] = "ok"
+    journal: Literal["ok", "unwritable"] = "ok"
     devices: dict[str, bool] = Field(description="Modbus devices: True while read fresh")

@@ -1,0 +1,235 @@
+"""The loop's report: the site's state built once (record/site.py's SiteView), published
+as the retained MQTT status, kept for every other reader, and the draw's history."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from controller.core.model import Horizon, Limit, MinerView, Plan, fleet_mode
+from controller.core.operator import Automation
+from controller.intake.desk import Desk
+from controller.intake.inbox import Inbox
+from controller.loop.alarms import Alarms
+from controller.loop.deadlines import Deadlines
+from controller.loop.dispatch import Dispatch
+from controller.loop.draw import Draw
+from controller.loop.ledger import Ledger
+from controller.loop.measure import Measurements
+from controller.record.journal import Journal
+from controller.record.publish import Publisher
+from controller.record.site import (
+    RECENT_FINISHED,
+    ContainerState,
+    Device,
+    ModeCounts,
+    SiteFeed,
+    SiteView,
+    published,
+)
+
+HISTORY_INTERVAL = timedelta(seconds=5)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What the loop decided last, for the report."""
+
+    limit: Limit | None
+    grid_limit: Limit
+    plan: Plan | None
+    ready: bool
+    cycles: int
+    last_cycle_at: datetime | None
+    wall_clock_offset_s: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Staleness:
+    miners: timedelta  # a miner's (or an outlet's) reading older than this is unknown
+    meter_s: float
+    sensors: timedelta  # a container's ambient older than this counts as cold
+    restore_boot: timedelta = timedelta(0)
+
+
+class Reporter:
+    """Builds the SiteView when something changed (a signal, an operator, the desk) and at
+    least each status interval, and hands it to every reader."""
+
+    def __init__(
+        self,
+        *,
+        site_id: str,
+        feed: SiteFeed,
+        publisher: Publisher,
+        inbox: Inbox,
+        desk: Desk | None,
+        journal: Journal,
+        draw: Draw,
+        deadlines: Deadlines,
+        dispatch: Dispatch,
+        ledger: Ledger,
+        alarms: Alarms,
+        measurements: Measurements | None,
+        staleness: Staleness,
+        interval_s: float,
+    ) -> None:
+        self._site_id = site_id
+        self.feed = feed
+        self._publisher = publisher
+        self._inbox = inbox
+        self._desk = desk
+        self._journal = journal
+        self._draw = draw
+        self._deadlines = deadlines
+        self._dispatch = dispatch
+        self._ledger = ledger
+        self._alarms = alarms
+        self._measurements = measurements
+        self._stale = staleness
+        self._interval_s = interval_s
+        self._last: datetime | None = None
+        self._desk_seen = -1
+
+    def report(
+        self,
+        now: datetime,
+        views: tuple[MinerView, ...],
+        decision: Decision,
+        *,
+        changed: bool = False,
+    ) -> None:
+        """The view, built once, published: when the cycle was caused by a change, when the
+        desk changed, else once per interval (the fleet's own drift is not worth a rebuild
+        per tick at 10,000 miners). The history every HISTORY_INTERVAL."""
+        desk = self._desk.version if self._desk is not None else 0
+        due = self._last is None or (now - self._last).total_seconds() >= self._interval_s
+        if changed or due or desk != self._desk_seen:
+            self._last, self._desk_seen = now, desk
+            view = self.build(now, views, decision)
+            self.feed.publish(view)
+            self._publisher.status(published(view))
+        history = self.feed.history
+        if not history or now - history[-1][0] >= HISTORY_INTERVAL:
+            limit = decision.limit.limit_w if decision.limit is not None else None
+            history.append((now, self._draw.measured_w, limit))
+
+    def build(self, now: datetime, views: tuple[MinerView, ...], decision: Decision) -> SiteView:
+        draw, desk = self._draw, self._desk
+        fleet, containers, lying, outlets_seen = self._fleet(now, views)
+        return SiteView(
+            at=now,
+            site=self._site_id,
+            ready=decision.ready,
+            cycles=decision.cycles,
+            last_cycle_at=decision.last_cycle_at,
+            limit=decision.limit,
+            grid_limit=decision.grid_limit,
+            measured_w=draw.measured_w,
+            measured_by=draw.measured_by,
+            meter=draw.meter_status(now),
+            unexplained_w=draw.offset_w,
+            expected_w=decision.plan.expected_w if decision.plan is not None else None,
+            fleet=fleet,
+            containers=containers,
+            held=tuple(self._inbox.book.held.values()),
+            pending=tuple(self._deadlines.pending),
+            finished=tuple(self._deadlines.finished)[-RECENT_FINISHED:],
+            overrides=tuple(desk.overrides.values()) if desk else tuple(self._inbox.overrides),
+            override_made=dict(desk.created) if desk is not None else {},
+            holds=tuple(desk.holds.values()) if desk is not None else (),
+            automation=desk.automation if desk is not None else _RUNNING,
+            alarms=tuple(
+                (kind, subject, at, detail)
+                for (kind, subject), (at, detail) in sorted(self._alarms.standing.items())
+            ),
+            cold_cuts=self._alarms.cold_cut_count,
+            escalations={k: len(v) for k, v in self._dispatch.escalations.items()},
+            lying=tuple(sorted(lying | draw.lying_detected)),
+            journal_error=self._journal.error,
+            wall_clock_offset_s=decision.wall_clock_offset_s,
+            commands_sent=self._ledger.sent,
+            commands_failed=self._ledger.failed,
+            devices=self._devices(now, outlets_seen),
+            signals_contained=self._inbox.internal_errors,
+            signals_unjournaled=self._inbox.unjournaled,
+        )
+
+    def _fleet(
+        self, now: datetime, views: tuple[MinerView, ...]
+    ) -> tuple[ModeCounts, tuple[ContainerState, ...], set[str], dict[str, datetime]]:
+        """One walk over the fleet: counts by mode overall and per container, each
+        container's estimated draw and hottest board, miners caught lying by a command's
+        read-back, and each PDU's newest outlet reading."""
+        stale = self._stale.miners
+        horizon = Horizon(now, stale, self._stale.restore_boot)
+        total = ModeCounts()
+        counts: dict[str, ModeCounts] = {}
+        draws: dict[str, int] = {}
+        hottest: dict[str, float] = {}
+        lying: set[str] = set()
+        outlets: dict[str, datetime] = {}
+        for view in views:
+            container = view.spec.container
+            bucket = counts.get(container)
+            if bucket is None:
+                bucket = counts[container] = ModeCounts()
+            mode = fleet_mode(view, now, stale)
+            for into in (bucket, total):
+                into.total += 1
+                setattr(into, mode, getattr(into, mode) + 1)
+                into.lowered += view.lowered_at is not None
+                if mode != "cut":
+                    into.pending += view.pending is not None
+                    into.unhealthy += not view.healthy
+            draws[container] = draws.get(container, 0) + horizon.estimate(view)
+            reading = view.reading
+            if reading is not None and reading.board_temps_c and horizon.fresh(view):
+                hottest[container] = max(hottest.get(container, -273.0), *reading.board_temps_c)
+            if (view.health_reason or "").startswith("lying"):
+                lying.add(view.spec.id)
+            if view.spec.outlet is not None and view.outlet is not None:
+                pdu = view.spec.outlet.rpartition("#")[0]
+                seen = view.outlet.read_at
+                if pdu not in outlets or seen > outlets[pdu]:
+                    outlets[pdu] = seen
+        ambient = self._measurements.ambient if self._measurements is not None else {}
+        containers = tuple(
+            ContainerState(
+                name=name,
+                miners=counts[name],
+                draw_w=draws.get(name, 0),
+                board_temp_max_c=hottest.get(name),
+                ambient_c=ambient[name][0] if name in ambient else None,
+                ambient_age_s=round((now - ambient[name][1]).total_seconds(), 1)
+                if name in ambient
+                else None,
+            )
+            for name in sorted(counts)
+        )
+        return total, containers, lying, outlets
+
+    def _devices(self, now: datetime, outlets_seen: Mapping[str, datetime]) -> tuple[Device, ...]:
+        """The meter by its own staleness; a PDU by its newest outlet reading, judged as
+        the loop judges outlet readings; a sensor as the cold-weather rules judge it."""
+        measurements = self._measurements
+        if measurements is None:
+            return ()
+        devices = []
+        if measurements.meter is not None:
+            fresh = measurements.meter_fresh(now, self._stale.meter_s) is not None
+            devices.append(Device(measurements.meter.name, "meter", fresh))
+        for name in measurements.pdus:
+            last = outlets_seen.get(name)
+            devices.append(
+                Device(name, "pdu", last is not None and now - last <= self._stale.miners)
+            )
+        for container, sensor in measurements.sensors.items():
+            seen = measurements.ambient.get(container)
+            up = seen is not None and now - seen[1] <= self._stale.sensors
+            devices.append(Device(sensor.name, "sensor", up))
+        return tuple(devices)
+
+
+_RUNNING = Automation()  # no desk: the automation runs
