@@ -7,8 +7,6 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
-from pydantic import ValidationError
-
 from controller.config import Loaded
 from demo.simulation import simulation
 from sim.farm import SimFarm, SimMinerSpec

@@ -22,8 +22,8 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from controller.config import Loaded
-from demo.simulation import simulation
 from demo.grid import GridOperator, until
+from demo.simulation import simulation
 from drivers.shipped import shipped
 
 if TYPE_CHECKING:

@@ -22,6 +22,7 @@ pytestmark = [pytest.mark.system, pytest.mark.timeout(300)]
 REPO = Path(__file__).resolve().parents[2]
 INSTALL = REPO / "deploy" / "install.sh"
 VERIFY = REPO / "deploy" / "verify-unit.sh"
+FIND_FARM = "from drivers.shipped import shipped; print(shipped('sim-farm.yaml'))"
 OPERATOR_EDIT = "\n# the operator's own edit: must survive a reinstall\n"
 
 
@@ -183,7 +184,11 @@ def test_install_ships_the_register_maps_and_the_demo_farm(
     )
     assert check.returncode == 0, check.stderr
     found = subprocess.run(
-        [str(venv / "bin/python"), "-c", "from drivers.shipped import shipped; print(shipped('sim-farm.yaml'))"],
+        [
+            str(venv / "bin/python"),
+            "-c",
+            "from drivers.shipped import shipped; print(shipped('sim-farm.yaml'))",
+        ],
         capture_output=True,
         text=True,
         check=True,
