@@ -28,12 +28,9 @@ from drivers.miners.braiins_os import (
     BraiinsOsMiner,
     PauseFans,
     QuickRamping,
-    _cooling_mode,
-    _pause_fans,
-    _quick_ramping,
-    _target_limits,
     parse_reading,
 )
+from drivers.miners.braiins_os.parse import cooling_mode, pause_fans, quick_ramping, target_limits
 from drivers.registry import MinerRegistry
 from drivers.transport import http
 from drivers.types import Capability, FanPause, MinerEndpoint, Mode
@@ -338,10 +335,10 @@ def test_braiins_os_parses_a_paused_miner_without_a_power_estimate() -> None:
 
 def test_braiins_os_parses_configuration() -> None:
     config = fixture("configuration_miner")
-    assert _quick_ramping(config, "m0") == QuickRamping(**fixture("performance_quick_ramping"))
-    kind, mode = _cooling_mode(config, "m0")
+    assert quick_ramping(config, "m0") == QuickRamping(**fixture("performance_quick_ramping"))
+    kind, mode = cooling_mode(config, "m0")
     assert kind == "auto"
-    assert _pause_fans(mode["pause_mode"], "m0") == PauseFans(0.3, indefinite=True)
+    assert pause_fans(mode["pause_mode"], "m0") == PauseFans(0.3, indefinite=True)
 
 
 @pytest.mark.parametrize(
@@ -455,13 +452,13 @@ async def test_braiins_os_gentle_wake_stops_when_the_low_target_does_not_land(
 
 def test_braiins_os_gentle_target_from_the_constraints() -> None:
     constraints = fixture("configuration_constraints")
-    assert _target_limits(constraints, "m0") == (1220, 3050)
+    assert target_limits(constraints, "m0") == (1220, 3050)
     constraints["tuner_constraints"]["power_target"]["min"] = None
-    assert _target_limits(constraints, "m0") == (None, 3050)
-    assert _target_limits(None, "m0") == (None, None)  # firmware without the endpoint
+    assert target_limits(constraints, "m0") == (None, 3050)
+    assert target_limits(None, "m0") == (None, None)  # firmware without the endpoint
     constraints["tuner_constraints"]["power_target"]["min"] = {"watt": "many"}
     with pytest.raises(ProtocolError, match="m0: constraints: unexpected power"):
-        _target_limits(constraints, "m0")
+        target_limits(constraints, "m0")
 
 
 async def test_braiins_os_gentle_wake_without_a_minimum_takes_60_percent_of_the_default(

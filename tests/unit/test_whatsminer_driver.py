@@ -25,7 +25,6 @@ from drivers.errors import (
     UnsupportedError,
     VerificationError,
 )
-from drivers.miners import whatsminer
 from drivers.miners.whatsminer import (
     ENTRIES,
     TOKEN_RENEW_S,
@@ -33,7 +32,7 @@ from drivers.miners.whatsminer import (
     WhatsminerMiner,
     WhatsminerV2Miner,
     WhatsminerV3Miner,
-    _mentions_auth,
+    dialect,
     firmware_date,
     parse_v2,
     parse_v3,
@@ -42,6 +41,7 @@ from drivers.miners.whatsminer import (
     v2_encrypt,
     v3_token,
 )
+from drivers.miners.whatsminer.v3 import _mentions_auth
 from drivers.registry import MinerRegistry
 from drivers.transport import cgminer_tcp
 from drivers.types import Capability, FanPause, MinerEndpoint, Mode
@@ -652,12 +652,12 @@ def warming(farm: SimFarm, clock: Time, monkeypatch: pytest.MonkeyPatch, miner: 
         return original(clock.now, **options)
 
     monkeypatch.setattr(sim, "_pre_power_on", later)
-    monkeypatch.setattr(whatsminer, "PREHEAT_POLL_S", 0.0)
+    monkeypatch.setattr(dialect, "PREHEAT_POLL_S", 0.0)
 
 
 def test_whatsminer_gentle_wake_is_the_pre_heat_at_full_power() -> None:
     assert TRAITS.gentle_fraction is None  # no low start: full power after the pre-heat
-    assert TRAITS.gentle_extra_s > whatsminer.PREHEAT_WAIT_S > PREHEAT_S
+    assert TRAITS.gentle_extra_s > dialect.PREHEAT_WAIT_S > PREHEAT_S
 
 
 async def test_whatsminer_gentle_wake_pre_heats_until_complete_then_starts(
@@ -686,8 +686,8 @@ async def test_whatsminer_gentle_wake_pre_heats_until_complete_then_starts(
 async def test_whatsminer_gentle_wake_never_starts_boards_still_warming(
     cold: SimFarm, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(whatsminer, "PREHEAT_WAIT_S", 0.3)  # the simulated clock stands still
-    monkeypatch.setattr(whatsminer, "PREHEAT_POLL_S", 0.05)
+    monkeypatch.setattr(dialect, "PREHEAT_WAIT_S", 0.3)  # the simulated clock stands still
+    monkeypatch.setattr(dialect, "PREHEAT_POLL_S", 0.05)
     with pytest.raises(DeviceTimeoutError, match=r"pre-heat not complete within 0\.3 s") as err:
         await driver(cold, "m1").wake(gentle=True)
     assert err.value.op == "pre_power_on"
