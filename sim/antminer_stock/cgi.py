@@ -92,12 +92,7 @@ class CgiApi(StockFirmware):
             ideal = self.physics.profile.hashrate_ths * 1000
             stats.append(
                 {
-                    "elapsed": int(now - self._started),
-                    "rate_5s": round(ghs, 2),
-                    "rate_30m": round(ghs, 2),
-                    "rate_avg": round(ghs, 2),
-                    "rate_ideal": round(ideal, 2),
-                    "rate_unit": "GH/s",
+                    **self._rates(now, ghs, ideal),
                     "chain_num": len(chains),
                     "fan_num": 4,
                     "fan": [self._fan_rpm()] * 4,
@@ -137,12 +132,7 @@ class CgiApi(StockFirmware):
             ]
             summary.append(
                 {
-                    "elapsed": int(now - self._started),
-                    "rate_5s": round(ghs, 2),
-                    "rate_30m": round(ghs, 2),
-                    "rate_avg": round(ghs, 2),
-                    "rate_ideal": round(ideal, 2),
-                    "rate_unit": "GH/s",
+                    **self._rates(now, ghs, ideal),
                     "hw_all": 0,
                     "bestshare": 0,
                     "status": ok,
@@ -174,6 +164,17 @@ class CgiApi(StockFirmware):
 
     async def _blink_status(self, _: web.Request) -> web.Response:
         return _json({"blink": False})
+
+    def _rates(self, now: float, ghs: float, ideal: float) -> dict[str, Any]:
+        """The head of a stats.cgi or summary.cgi entry: uptime and hashrates."""
+        return {
+            "elapsed": int(now - self._started),
+            "rate_5s": round(ghs, 2),
+            "rate_30m": round(ghs, 2),
+            "rate_avg": round(ghs, 2),
+            "rate_ideal": round(ideal, 2),
+            "rate_unit": "GH/s",
+        }
 
     def _info(self) -> dict[str, str]:
         return {

@@ -208,12 +208,7 @@ class V2Api(WhatsminerMachine):
         stable = self._stable(now)
         row: Reply = {
             "Elapsed": elapsed,
-            "MHS av": mhs,
-            "MHS 5s": mhs,
-            "MHS 1m": mhs,
-            "MHS 5m": mhs,
-            "MHS 15m": mhs,
-            "HS RT": mhs,
+            **_rates(mhs),
             "Accepted": elapsed // 20 if ths else 0,
             "Rejected": 0,
             "Total MH": round(mhs * elapsed, 4),
@@ -263,12 +258,7 @@ class V2Api(WhatsminerMachine):
                 "Status": "Alive",
                 "Temperature": round(temp, 2),
                 "Chip Frequency": FREQ_MHZ if mhs else 0,
-                "MHS av": mhs,
-                "MHS 5s": mhs,
-                "MHS 1m": mhs,
-                "MHS 5m": mhs,
-                "MHS 15m": mhs,
-                "HS RT": mhs,
+                **_rates(mhs),
                 "Accepted": 0,
                 "Rejected": 0,
                 "Last Valid Work": int(now) if mhs else 0,
@@ -416,6 +406,18 @@ _V2_READS = {
     "status": "_status",
     "get_token": "_get_token",
 }
+
+
+def _rates(mhs: float) -> Reply:
+    """btminer's hashrate under every window it names, summary's and edevs' alike."""
+    return {
+        "MHS av": mhs,
+        "MHS 5s": mhs,
+        "MHS 1m": mhs,
+        "MHS 5m": mhs,
+        "MHS 15m": mhs,
+        "HS RT": mhs,
+    }
 
 
 def _clock_text(when: float | None) -> str:
