@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import cast
 
 from sim.cgminer_server import TcpListener, quirk
-from sim.cgminer_server import _object_end as object_end
+from sim.cgminer_server import _object_end as object_end  # v2 frames a request as cgminer does
 from sim.faults import Fault, FaultState
 from sim.whatsminer.device import WhatsminerDevice
 from sim.whatsminer.machine import dump
