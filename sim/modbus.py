@@ -1,6 +1,7 @@
 """Modbus TCP simulators (switched PDU, site meter, temperature sensor) on pymodbus's own
-server, in-process on a loopback address. The register layout comes from a RegisterMap;
-every request refills the registers it touches from live state, and writes switch outlets.
+server, in-process on a loopback address. The register layout comes from a RegisterMap
+(sim.modbus_registers lays it out); every request refills the registers it touches from
+live state, and writes switch outlets.
 
 Faults: refuse (nothing listens), stall (a request is read and never answered), slow,
 exception (every request gets Modbus exception 4), drop (each connection serves a few
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import math
 import random
 import time
 from collections import deque
@@ -29,7 +29,6 @@ from pymodbus.simulator import DataType, SimData, SimDevice
 
 from drivers.modbus_map import (
     BIT_TABLES,
-    INTEGER_TYPES,
     TABLES,
     CodecError,
     Point,
@@ -37,11 +36,10 @@ from drivers.modbus_map import (
     RegisterMap,
     Table,
     decode_state,
-    encode_number,
-    encode_raw,
     encode_state,
 )
 from sim.faults import Fault, FaultState
+from sim.modbus_registers import contiguous_runs, encode_saturated, put_registers, valid_addresses
 
 log = structlog.get_logger("curtaild.sim")
 
@@ -119,7 +117,7 @@ class ModbusSim:
         self._server: ModbusTcpServer | None = None
         self._held: set[asyncio.Task[object]] = set()
         self._served = 0  # requests on the newest connection (the drop fault counts these)
-        self._valid = _valid_addresses(regmap)
+        self._valid = valid_addresses(regmap)
 
     @property
     def listening(self) -> bool:
@@ -187,7 +185,7 @@ class ModbusSim:
                 blocks.append(
                     [
                         SimData(start, values=[0] * count, datatype=DataType.REGISTERS)
-                        for start, count in _runs(addresses or [0])
+                        for start, count in contiguous_runs(addresses or [0])
                     ]
                 )
         return SimDevice(
@@ -364,12 +362,12 @@ class SimPdu(ModbusSim):
             if point.per_outlet:
                 for outlet in range(1, self.regmap.outlets + 1):
                     if point.name == "outlet_power_w":
-                        raw = _encode(point, powers[outlet - 1])
+                        raw = encode_saturated(point, powers[outlet - 1])
                     else:
                         raw = encode_state(point, self.shown(outlet))
-                    _put(cells, point.address_of(outlet), raw)
+                    put_registers(cells, point.address_of(outlet), raw)
             else:  # total_power_w
-                _put(cells, point.address, _encode(point, sum(powers)))
+                put_registers(cells, point.address, encode_saturated(point, sum(powers)))
         return cells
 
     def write(self, table: Table, address: int, values: list[Raw]) -> ExcCodes | None:
@@ -510,7 +508,7 @@ class SimMeter(ModbusSim):
         cells: dict[int, Raw] = {}
         for point in self.regmap.points.values():
             if point.table == table:
-                _put(cells, point.address, _encode(point, shown[point.name]))
+                put_registers(cells, point.address, encode_saturated(point, shown[point.name]))
         return cells
 
 
@@ -539,57 +537,8 @@ class SimSensor(ModbusSim):
         if point.table != table:
             return {}
         cells: dict[int, Raw] = {}
-        _put(cells, point.address, _encode(point, self.temperature_c()))
+        put_registers(cells, point.address, encode_saturated(point, self.temperature_c()))
         return cells
-
-
-def _encode(point: Point, value: float) -> list[int]:
-    """The registers for `value`; out of the type's range, saturated as devices do."""
-    try:
-        return encode_number(point, value)
-    except CodecError:
-        pass
-    raw = (value - point.offset) / point.scale
-    if point.type in INTEGER_TYPES:
-        bits = 16 * point.width
-        lo, hi = (
-            (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if point.type[0] == "i" else (0, 2**bits - 1)
-        )
-        return encode_raw(point, lo if not raw > lo else min(hi, round(raw)))
-    return encode_number(point, math.copysign(math.inf, raw) * point.scale + point.offset)
-
-
-def _put(cells: dict[int, Raw], address: int, raw: Sequence[Raw]) -> None:
-    for i, value in enumerate(raw):
-        cells[address + i] = value
-
-
-def _valid_addresses(regmap: RegisterMap) -> dict[Table, set[int]]:
-    """Addresses the device answers: its points', plus the gaps a map lets reads span."""
-    valid: dict[Table, set[int]] = {t: set() for t in TABLES}
-    for point in regmap.points.values():
-        for outlet in range(1, regmap.outlets + 1) if point.per_outlet else [None]:
-            first = point.address_of(outlet)
-            valid[point.table].update(range(first, first + point.width))
-    for table in TABLES:
-        if table in BIT_TABLES or not valid[table]:
-            continue
-        ordered = sorted(valid[table])
-        for a, b in itertools.pairwise(ordered):
-            if 1 < b - a <= regmap.read_gap + 1:
-                valid[table].update(range(a + 1, b))
-    return valid
-
-
-def _runs(addresses: list[int]) -> list[tuple[int, int]]:
-    """Contiguous runs of sorted addresses as (start, count)."""
-    runs: list[tuple[int, int]] = []
-    for a in addresses:
-        if runs and a == runs[-1][0] + runs[-1][1]:
-            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
-        else:
-            runs.append((a, 1))
-    return runs
 
 
 __all__ = [
