@@ -247,6 +247,7 @@ class Supervisor:
         self.switches: deque[tuple[datetime, str, bool]] = deque(maxlen=KEEP_HISTORY)
         self.escalations: dict[str, set[str]] = {k.value: set() for k in SHEDS}
         self.lying_detected: set[str] = set()
+        self._target_lost_at: dict[str, datetime] = {}
         self._watched = [m for m, spec in specs.items() if spec.outlet is not None]
         self._freq_rules = frequency_rules
         self._freq = FrequencyState()
@@ -372,6 +373,7 @@ class Supervisor:
         limit = self._limit(now)
         if self._watched:
             self._detect_lies(now)
+        self._targets_lost(now)
         attempt(lambda: self._forgive(now))
         self._watch_clock(now)
         views = self._views()
@@ -521,6 +523,28 @@ class Supervisor:
             if self._readings.mark_lying(miner_id, why, until):
                 self.lying_detected.add(miner_id)
                 self._failed_since_plan = True  # the plan counted it as obeying: re-plan
+
+    def _targets_lost(self, now: datetime) -> None:
+        """Lowered miners back at their default target (a reboot, a power blip): each is
+        journaled and the plan made again, which lowers them anew. One that loses its
+        target twice within the lie memory is not lowered again for as long: the ladder
+        sleeps it instead of chasing it."""
+        if not self._readings.targets_lost:
+            return
+        lost, self._readings.targets_lost = self._readings.targets_lost, []
+        memory = self._measure.lie_memory_s
+        for miner_id, why in lost:
+            log.info("lost its power target", miner=miner_id, detail=why)
+            self._journal_best_effort(now, "target-lost", miner_id, why)
+            before = self._target_lost_at.get(miner_id)
+            self._target_lost_at[miner_id] = now
+            if (
+                memory is not None
+                and before is not None
+                and now - before < timedelta(seconds=memory)
+            ):
+                self._readings.skip_lowering(miner_id, now + timedelta(seconds=memory))
+        self._failed_since_plan = True  # the plan counted them as lowered: re-plan
 
     def _watch_clock(self, now: datetime) -> None:
         """The daemon keeps its steady time (controller/clock.py). A wall clock that steps
