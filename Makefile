@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test check lint typecheck bench witness clean
+.PHONY: demo test check lint typecheck bench chaos chaos-short witness clean
 WITNESS := .venv-witness
 # Third-party clients that must be able to drive our simulators; never product dependencies.
 WITNESS_CLIENTS := pyasic==0.79.0 luxos==0.2.4
@@ -41,6 +41,14 @@ witness: $(STAMP) $(WITNESS)/.installed
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.fanout
+
+# Chaos and soak against real processes (bench/README.md): needs mosquitto, and root for the
+# full-disk scenario and libfaketime (apt-get install faketime) for the clock step.
+chaos: $(STAMP)
+	$(BIN)/python -m bench.chaos $(CHAOS_ARGS)
+
+chaos-short: $(STAMP)
+	$(BIN)/python -m bench.chaos --short $(CHAOS_ARGS)
 
 clean:
 	rm -rf $(VENV) $(WITNESS) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -96,6 +96,9 @@ class MinerView:
     # that sent it counted it, even while the miner cannot be read (a stock Antminer
     # restarting its mining process answers nothing for tens of seconds).
     resumed: bool = False
+    # The outlet's latest reading when the firmware was last read: a lie is judged on the
+    # two in that order, never on an outlet that changed after the firmware spoke.
+    outlet_at_read: OutletReading | None = None
 
     def fresh(self, now: datetime, stale_after: timedelta) -> bool:
         return (

@@ -69,6 +69,7 @@ class Draw:
         self.offset = closed_loop.Offset()  # measured draw the miners do not explain
         self.meter: MeterSample | None = None
         self.lying_detected: set[str] = set()
+        self._target_lost_at: dict[str, datetime] = {}
         self._watched = [m for m, spec in specs.items() if spec.outlet is not None]
         self.freq = FrequencyState()
         self.frequency_events: deque[tuple[datetime, str, float | None]] = deque(maxlen=KEEP_EVENTS)
@@ -147,6 +148,30 @@ class Draw:
                 self.lying_detected.add(miner_id)
                 caught = True
         return caught
+
+    def targets_lost(self, now: datetime) -> bool:
+        """Lowered miners back at their default target (a hand on the web UI, a firmware
+        that forgets it across a reboot), as telemetry found them: each is journaled; True
+        if any (the plan counted them as lowered: plan again, which lowers them anew). One
+        that loses its target twice within the lie memory is not lowered again for as
+        long: the ladder sleeps it instead of chasing it."""
+        if not self._readings.targets_lost:
+            return False
+        lost, self._readings.targets_lost = self._readings.targets_lost, []
+        memory = self._settings.lie_memory_s
+        for miner_id, why in lost:
+            log.info("lost its power target", miner=miner_id, detail=why)
+            with contextlib.suppress(JournalError):
+                self._journal.record_event(now, "target-lost", miner_id, why)
+            before = self._target_lost_at.get(miner_id)
+            self._target_lost_at[miner_id] = now
+            if (
+                memory is not None
+                and before is not None
+                and now - before < timedelta(seconds=memory)
+            ):
+                self._readings.skip_lowering(miner_id, now + timedelta(seconds=memory))
+        return True
 
     def forgive(self, now: datetime) -> None:
         """A lie is remembered for `lie_memory_s`, a failed power target for an hour: then

@@ -230,7 +230,7 @@ class Supervisor:
         attempt(lambda: self._inbox.prune(now))
         self._follow_desk(now)
         limit = self._limit(now)
-        if self.draw.detect_lies(now):
+        if self.draw.detect_lies(now) or self.draw.targets_lost(now):
             self.ledger.replan = True
         attempt(lambda: self.draw.forgive(now))
         self._watch_clock(now)

@@ -16,6 +16,7 @@ from typing import Any
 import structlog
 
 from controller.clock import Clock
+from controller.core.escalation import target_lost
 from controller.core.model import ActionKind, MinerSpec, MinerView, OutletReading
 from drivers.errors import DriverError, driver_bug
 from drivers.types import DriverTraits, MinerDriver, MinerReading, Mode
@@ -66,6 +67,8 @@ class Readings:
         # first reading that shows it dates the change from the command, as before.
         self._hints: dict[str, tuple[Mode, datetime]] = {}
         self._dirty: set[str] = set()  # ladder state changed since the last journal flush
+        # (miner, why) of lowered miners found back at their default target, for the loop.
+        self.targets_lost: list[tuple[str, str]] = []
         self.first_sweep = asyncio.Event()
 
     def views(self) -> tuple[MinerView, ...]:
@@ -125,7 +128,15 @@ class Readings:
             view.warming_until,
             view.held_asleep,
             view.resumed if not command else False,
+            view.outlet,
         )
+        if view.lowered_at is not None and not command:
+            new = self._views[miner_id]
+            why = target_lost(new)
+            if why is not None:  # back at its default target: the ladder lowers it again
+                self._views[miner_id] = replace(new, lowered_at=None, warming_until=None)
+                self._dirty.add(miner_id)
+                self.targets_lost.append((miner_id, why))
 
     def fail(
         self,

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from controller.core.signals import ObligationStatus
+from drivers.types import Mode
 from sim.faults import Fault
 from sim.modbus import SimMeter, SimPdu
 from tests.conftest import load_site, site_dict
@@ -209,3 +210,38 @@ async def test_under_frequency_sheds_a_block_at_once_and_restores_gradually(
             lambda: r.sup.draw.frequency_events[-1][1] == "under-frequency limit released",
             within_s=60,
         )
+
+
+async def test_a_miner_raised_by_hand_is_lowered_again_not_judged_a_liar(
+    tmp_path: Path,
+) -> None:
+    # A hand on the web UI (or a firmware that forgets a target across a reboot) puts a
+    # lowered unit back at its default target. Its firmware says so itself: that is a
+    # lost target, to be lowered again, not a lie to cut an outlet over.
+    async with rig(metered_site(tmp_path)) as r:
+        await r.step(2)
+        default = {m: sim.physics.profile for m, sim in r.farm.miners.items()}
+        draw_kw = (r.sup.draw.measured_w or 0) / 1000
+        limit_kw = round(draw_kw * 0.85, 1)
+        await r.post(*r.signed(r.curtailment(limit_kw, deadline_s=10)))
+        ob = await r.settled("evt-0017#r1", within_s=20)
+        assert ob.status is ObligationStatus.REACHED, ob
+        lowered = {v.spec.id for v in r.sup._readings.views() if v.lowered_at is not None}
+        assert lowered, "the limit should be met by lowering power targets"
+        await r.step(5)
+        for m in lowered:  # the hand on the UI
+            r.farm.miners[m].physics.set_profile(default[m], r.farm._time())
+        await r.step(20)
+        rows = r.daemon.journal.rows("SELECT kind, subject FROM events")
+        assert not [s for k, s in rows if k == "lying"], rows
+        lost = {s for k, s in rows if k == "target-lost"}
+        assert lost, rows
+        assert lost <= lowered, rows
+        views = {v.spec.id: v for v in r.sup._readings.views()}
+        for m in lowered:  # mining, the ladder believes what is true: lowered anew or not
+            sim = r.farm.miners[m].physics
+            if sim.mode is Mode.MINING:
+                held = sim.profile.power_w < default[m].power_w
+                assert (views[m].lowered_at is not None) == held, m
+        assert all(m.physics.powered for m in r.farm.miners.values())  # nothing cut
+        assert r.farm.total_power_w() + 2000 <= limit_kw * 1000 + 200

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from controller.core.escalation import lie
+from controller.core.escalation import lie, target_lost
 from controller.core.model import (
     ActionKind,
     Limit,
@@ -62,6 +62,7 @@ def view(
         mode_since=SETTLED,
         outlet=plug(float(power), SEEN) if outlet else None,
     )
+    base = replace(base, outlet_at_read=base.outlet)
     return replace(base, **changes)  # type: ignore[arg-type]
 
 
@@ -209,16 +210,48 @@ def test_outlet_measurements_decide_the_estimates() -> None:
     assert estimate_w(old, NOW, STALE) == 3000
 
 
+def claiming(v: MinerView, power_w: int) -> MinerView:
+    """`v` with its firmware reporting `power_w`."""
+    assert v.reading is not None
+    return replace(v, reading=replace(v.reading, power_w=power_w))
+
+
 def test_a_lie_is_judged_only_after_the_ramp() -> None:
     grace = timedelta(0)
-    asleep = replace(view(0, 30.0, mode=Mode.SLEEPING), outlet=plug(3000.0, SEEN))
+    measured = plug(3000.0, SEEN)
+    asleep = replace(view(0, 30.0, mode=Mode.SLEEPING), outlet=measured, outlet_at_read=measured)
     assert lie(asleep, NOW, STALE, grace) is not None
+    # A power blip: the outlet measures the unit mining only since the firmware last said
+    # it was asleep. Not a lie: the firmware has not been asked since.
+    blip = replace(asleep, outlet_at_read=plug(25.0, SEEN - timedelta(seconds=0.5)))
+    assert lie(blip, NOW, STALE, grace) is None
+    # Nor an outlet read long before the firmware spoke.
+    old = replace(asleep, outlet_at_read=plug(3000.0, SEEN - timedelta(seconds=10)))
+    assert lie(old, NOW, STALE, grace) is None
     fresh_sleep = replace(asleep, mode_since=NOW - timedelta(seconds=3))
     assert lie(fresh_sleep, NOW, STALE, grace) is None
-    honest = replace(asleep, outlet=plug(60.0, SEEN))
+    honest = replace(asleep, outlet=plug(60.0, SEEN), outlet_at_read=plug(60.0, SEEN))
     assert lie(honest, NOW, STALE, grace) is None  # a residual within the slack
     lowered = replace(view(1, 30.0), lowered_at=NOW - timedelta(seconds=30))
-    assert lie(lowered, NOW, STALE, grace) is not None  # still 3000 W at a 2100 W target
+    claims_target = claiming(lowered, 2100)
+    assert lie(claims_target, NOW, STALE, grace) is not None  # says 2100 W, measured 3000 W
+    # It says 3000 W itself: not a lie but a lost target, lowered again.
+    assert lie(lowered, NOW, STALE, grace) is None
+    assert target_lost(lowered) is not None
+
+
+def test_a_lost_power_target_is_judged_only_after_it_had_time_to_land() -> None:
+    lowered = replace(view(1, 30.0), lowered_at=SEEN - timedelta(seconds=30))
+    assert target_lost(lowered) == (
+        "reports 3000 W, above the 2100 W power target it was lowered to"
+    )
+    assert target_lost(replace(lowered, lowered_at=SEEN - timedelta(seconds=4))) is None
+    held = claiming(lowered, 2200)
+    assert target_lost(held) is None  # within the slack of its target
+    assert target_lost(replace(lowered, pending=ActionKind.LOWER)) is None
+    assert target_lost(view(2, 30.0)) is None  # never lowered
+    estimated = replace(LOWERABLE, reports_power=False)
+    assert target_lost(replace(lowered, spec=replace(lowered.spec, traits=estimated))) is None
 
 
 @settings(max_examples=150, deadline=None)
