@@ -1,1 +1,1 @@
-"""Device drivers: miners, PDUs and meters, their transports and their simulators."""
+"""Device drivers: miners, PDUs, meters and sensors, their transports and register maps."""
