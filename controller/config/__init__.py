@@ -7,564 +7,70 @@ path into the file (`miners[12].host: ...`), before any hardware is touched.
 
 from __future__ import annotations
 
-import ipaddress
 import math
-import os
-import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal, Self
 
 import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
-from pydantic_core import ErrorDetails
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic import ValidationError
 
+from controller.config.devices import (
+    CredentialsCfg,
+    MeterCfg,
+    MinerEntry,
+    ModbusDeviceCfg,
+    OutletRange,
+    PduCfg,
+    SensorCfg,
+)
+from controller.config.errors import ConfigError, describe
+from controller.config.fields import (
+    MAX_RANGE,
+    Ident,
+    Kilowatts,
+    Seconds,
+    SecretRef,
+    check_listen,
+    expand_hosts,
+)
+from controller.config.grid import GridCfg, MqttCfg, SignalsCfg, SourceCfg
+from controller.config.listeners import (
+    ApiCfg,
+    ApiTokenCfg,
+    GridTlsCfg,
+    HttpCfg,
+    Listener,
+    Role,
+    TlsCfg,
+)
+from controller.config.protection import (
+    Celsius,
+    ContainerSafetyCfg,
+    Duration,
+    EscalationCfg,
+    FrequencyCfg,
+    SafetyCfg,
+    container_rules,
+)
+from controller.config.site import (
+    ControlCfg,
+    JournalCfg,
+    LoggingCfg,
+    SiteCfg,
+    SiteConfig,
+    TelemetryCfg,
+)
 from controller.core.frequency import FrequencyRules
 from controller.core.model import PlanRules
 from controller.core.safety import ColdRules, Safety
-from controller.core.signals import GridMode, GridPolicy, SourcePolicy, StalePolicy
-from controller.tls import TlsError, TlsFiles, is_loopback, server_context
+from controller.core.signals import GridMode, GridPolicy, SourcePolicy
+from controller.tls import TlsError, server_context
 from drivers.modbus_map import MapError, RegisterMap, load_map
 from drivers.registry import MinerRegistry, UnknownDriverError, default_registry
 
-_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
-_HOSTNAME = re.compile(
-    r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)"
-    r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
-)
-MAX_RANGE = 65_536
 # libyaml's loader parses a 10,000-miner site in a fraction of the pure-Python time.
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-Ident = Annotated[str, Field(pattern=_ID)]
-Kilowatts = Annotated[float, Field(ge=0, allow_inf_nan=False)]
-Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
-
-
-class ConfigError(Exception):
-    """The config is wrong; `problems` lists every problem with its location."""
-
-    def __init__(self, source: str, problems: list[str]) -> None:
-        super().__init__(f"{source}: {len(problems)} problem(s)\n" + "\n".join(problems))
-        self.source = source
-        self.problems = problems
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class SiteCfg(_Model):
-    id: Ident
-    name: str | None = None
-
-
-class GridCfg(_Model):
-    mode: GridMode
-    cap_kw: Annotated[float, Field(gt=0, allow_inf_nan=False)]
-    base_allowance_kw: Kilowatts = 0.0
-    margin_kw: Kilowatts = 0.0
-    grant_end_lead_s: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 15.0
-    response_deadline_s: Seconds = 10.0
-
-    @model_validator(mode="after")
-    def _consistent(self) -> Self:
-        if self.base_allowance_kw > self.cap_kw:
-            raise ValueError("base_allowance_kw must not exceed cap_kw")
-        if self.margin_kw >= self.cap_kw:
-            raise ValueError("margin_kw must be below cap_kw")
-        return self
-
-
-class SecretRef(_Model):
-    """A secret named by reference: an environment variable or a file, never inline."""
-
-    env: str | None = None
-    file: Path | None = None
-
-    @model_validator(mode="after")
-    def _one(self) -> Self:
-        if (self.env is None) == (self.file is None):
-            raise ValueError("give exactly one of env or file")
-        return self
-
-    def resolve(self) -> str:
-        """The secret's value; ValueError naming what is missing."""
-        if self.env is not None:
-            value = os.environ.get(self.env)
-            if not value:
-                raise ValueError(f"environment variable {self.env} is not set")
-            return value
-        assert self.file is not None
-        try:
-            value = self.file.read_text().strip()
-        except OSError as err:
-            raise ValueError(f"cannot read {self.file}: {err.strerror}") from None
-        if not value:
-            raise ValueError(f"{self.file} is empty")
-        return value
-
-
-class SourceCfg(_Model):
-    id: Ident
-    key: SecretRef
-    heartbeat_timeout_s: Seconds | None = None
-    on_stale: StalePolicy = StalePolicy.HOLD
-    stale_limit_kw: Kilowatts | None = None
-
-    @model_validator(mode="after")
-    def _fallback(self) -> Self:
-        if self.on_stale is StalePolicy.LIMIT and self.stale_limit_kw is None:
-            raise ValueError("on_stale: limit needs stale_limit_kw")
-        if self.on_stale is not StalePolicy.HOLD and self.heartbeat_timeout_s is None:
-            raise ValueError(f"on_stale: {self.on_stale.value} needs heartbeat_timeout_s")
-        return self
-
-
-class MqttCfg(_Model):
-    url: Annotated[str, Field(pattern=r"^mqtts?://[^/\s:]+(:\d{1,5})?/?$")]
-    topic_prefix: Annotated[str, Field(pattern=r"^[^#+\s]+$")] = "curtaild"
-    client_id: str | None = None
-    username: str | None = None
-    password: SecretRef | None = None
-    keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
-    reconnect_max_s: Seconds = 30.0
-
-    @property
-    def host(self) -> str:
-        return self.url.split("://", 1)[1].rstrip("/").rsplit(":", 1)[0]
-
-    @property
-    def port(self) -> int:
-        rest = self.url.split("://", 1)[1].rstrip("/")
-        if ":" in rest:
-            return int(rest.rsplit(":", 1)[1])
-        return 8883 if self.tls else 1883
-
-    @property
-    def tls(self) -> bool:
-        return self.url.startswith("mqtts://")
-
-
-class TlsCfg(_Model):
-    """TLS for a listener. The files are re-read on SIGHUP; the rest needs a restart."""
-
-    cert: Path  # PEM: the server certificate first, then any intermediates
-    key: Path  # PEM private key
-    key_password: SecretRef | None = None  # for an encrypted key
-
-    def files(self) -> TlsFiles:
-        password = self.key_password.resolve if self.key_password is not None else None
-        return TlsFiles(self.cert, self.key, password)
-
-
-class GridTlsCfg(TlsCfg):
-    """The grid endpoint's TLS, which can also verify the grid side's client certificate."""
-
-    client_ca: Path | None = None  # PEM bundle of the CAs that sign the grid side's certs
-    require_client_cert: bool = False  # without one, the handshake fails (no HTTP answer)
-
-    @model_validator(mode="after")
-    def _ca(self) -> Self:
-        if self.require_client_cert and self.client_ca is None:
-            raise ValueError("require_client_cert needs client_ca, the CA bundle to verify with")
-        return self
-
-    def files(self) -> TlsFiles:
-        return replace(
-            super().files(), client_ca=self.client_ca, require_client_cert=self.require_client_cert
-        )
-
-
-class _Listener(_Model):
-    """A section that listens on `listen` (host:port; port 0: any free port)."""
-
-    listen: str
-    tls: TlsCfg | None = None
-    # Plain HTTP on an address other machines can reach: only when this says so.
-    allow_plaintext: bool = False
-
-    @field_validator("listen")
-    @classmethod
-    def _listen(cls, value: str) -> str:
-        return check_listen(value)
-
-    @model_validator(mode="after")
-    def _exposed(self) -> Self:
-        if self.tls is None and not self.allow_plaintext and not is_loopback(self.host):
-            raise ValueError(
-                f"{self.host} is not a loopback address, so requests to it cross the network "
-                "in plain text: add a tls: section (cert, key), or allow_plaintext: true to "
-                "serve plain HTTP there on purpose"
-            )
-        return self
-
-    @property
-    def host(self) -> str:
-        return self.listen.rpartition(":")[0].strip("[]")
-
-    @property
-    def port(self) -> int:
-        return int(self.listen.rpartition(":")[2])
-
-    @property
-    def plaintext_exposed(self) -> bool:
-        """Plain HTTP that other machines can reach (allow_plaintext says so)."""
-        return self.tls is None and not is_loopback(self.host)
-
-
-class HttpCfg(_Listener):
-    listen: str = "127.0.0.1:8480"
-    tls: GridTlsCfg | None = None
-
-
-Role = Literal["viewer", "operator", "admin"]
-
-
-class ApiTokenCfg(_Model):
-    """One operator's bearer token, stored as its SHA-256 only (`curtaild token` makes
-    one). Tokens are 256 random bits, so a fast hash is enough: nothing to brute-force."""
-
-    name: Ident  # who: every change made with this token is journaled under this name
-    role: Role
-    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
-
-
-class ApiCfg(_Listener):
-    """The operator API, the dashboard and /metrics, on their own listener."""
-
-    listen: str = "127.0.0.1:8481"
-    tokens: list[ApiTokenCfg] = Field(default_factory=list)  # none: every request is 401
-    history_s: Annotated[float, Field(ge=60, le=86_400, allow_inf_nan=False)] = 3600.0
-    metrics_public: bool = True  # Prometheus scrapes /metrics without a token
-
-    @field_validator("tokens")
-    @classmethod
-    def _unique(cls, tokens: list[ApiTokenCfg]) -> list[ApiTokenCfg]:
-        if any(t.name == "curtaild" for t in tokens):
-            raise ValueError("the name curtaild is the daemon's own in the journal")
-        for what in ("name", "sha256"):
-            seen = [getattr(t, what) for t in tokens]
-            dupes = sorted({v for v in seen if seen.count(v) > 1})
-            if dupes:
-                raise ValueError(f"two tokens share a {what}: {', '.join(dupes)}")
-        return tokens
-
-
-class SignalsCfg(_Model):
-    sources: Annotated[list[SourceCfg], Field(min_length=1)]
-    mqtt: MqttCfg | None = None
-    http: HttpCfg | None = None
-    replay_window_s: Seconds = 30.0  # the contract's window; configurable for lab clocks
-
-    @field_validator("sources")
-    @classmethod
-    def _unique(cls, sources: list[SourceCfg]) -> list[SourceCfg]:
-        ids = [s.id for s in sources]
-        dupes = sorted({i for i in ids if ids.count(i) > 1})
-        if dupes:
-            raise ValueError(f"source ids must be unique: {', '.join(dupes)}")
-        return sources
-
-
-class CredentialsCfg(_Model):
-    username: str | None = None
-    password: SecretRef | None = None
-
-
-class MinerEntry(_Model):
-    """One miner (`id` + `host`) or a range of them (`id_pattern` + `hosts`)."""
-
-    driver: str
-    rated_power_w: Annotated[int, Field(gt=0, le=100_000)]
-    efficiency_j_th: Annotated[float, Field(gt=0, le=1000, allow_inf_nan=False)]
-    container: Ident
-    id: Ident | None = None
-    host: str | None = None
-    id_pattern: str | None = None
-    hosts: str | None = None
-    first_index: Annotated[int, Field(ge=0)] = 1
-    port: Annotated[int, Field(ge=1, le=65535)] | None = None
-    web_port: Annotated[int, Field(ge=1, le=65535)] | None = None  # HTTP/gRPC API, if any
-    credentials: CredentialsCfg | None = None
-    timeout_s: Seconds = 3.0
-
-    @field_validator("driver")
-    @classmethod
-    def _driver(cls, value: str) -> str:
-        try:
-            default_registry().get(value)
-        except UnknownDriverError as err:
-            raise ValueError(str(err)) from None  # names the valid drivers
-        return value.lower()
-
-    @field_validator("host")
-    @classmethod
-    def _host(cls, value: str | None) -> str | None:
-        if value is not None:
-            _check_host(value)
-        return value
-
-    @field_validator("hosts")
-    @classmethod
-    def _hosts(cls, value: str | None) -> str | None:
-        if value is not None:
-            expand_hosts(value)
-        return value
-
-    @field_validator("id_pattern")
-    @classmethod
-    def _pattern(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                sample = value.format(n=1)
-            except (KeyError, IndexError, ValueError) as err:
-                raise ValueError(f"use {{n}} for the index, e.g. c1-{{n:03d}}: {err}") from None
-            if sample == value.format(n=2):
-                raise ValueError("must contain {n}, e.g. c1-{n:03d}")
-            if not re.match(_ID, sample):
-                raise ValueError(f"yields an invalid id {sample!r}")
-        return value
-
-    @model_validator(mode="after")
-    def _form(self) -> Self:
-        single = self.id is not None or self.host is not None
-        ranged = self.id_pattern is not None or self.hosts is not None
-        if single and ranged:
-            raise ValueError("give either id + host, or id_pattern + hosts, not both")
-        if single and (self.id is None or self.host is None):
-            raise ValueError("a single miner needs both id and host")
-        if ranged and (self.id_pattern is None or self.hosts is None):
-            raise ValueError("a range needs both id_pattern and hosts")
-        if not single and not ranged:
-            raise ValueError("give id + host, or id_pattern + hosts")
-        return self
-
-
-class TelemetryCfg(_Model):
-    interval_s: Seconds = 5.0
-    fast_interval_s: Seconds = 1.0  # while a deadline is pending
-    stale_after_s: Seconds = 15.0
-    concurrency: Annotated[int, Field(ge=1, le=10_000)] = 128
-
-
-class ControlCfg(_Model):
-    tick_s: Seconds = 1.0
-    fast_tick_s: Seconds = 0.25  # while commands or deadlines are pending
-    # Commands in flight at once (each holds a socket); capped by the open-file limit.
-    command_concurrency: Annotated[int, Field(ge=1, le=100_000)] = 16_384
-    # Requests on the wire at once, commands and telemetry together; a request's own
-    # deadline starts when it is admitted (drivers/transport/admission.py).
-    io_concurrency: Annotated[int, Field(ge=1, le=100_000)] = 2048
-    retry_backoff_s: Seconds = 2.0
-    retry_backoff_max_s: Seconds = 60.0
-    wake_max_per_s: Annotated[int, Field(ge=1)] = 10
-    wake_max_kw_per_s: Kilowatts = 50.0
-    wake_headroom_kw: Kilowatts = 5.0
-    wake_hold_after_shed_s: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 30.0
-
-
-class ModbusDeviceCfg(_Model):
-    """A device on Modbus TCP. `map` names a shipped register map (config/modbus/<name>.yaml)
-    or a map file, relative to this config file."""
-
-    id: Ident
-    host: str
-    port: Annotated[int, Field(ge=1, le=65535)] = 502
-    unit: Annotated[int, Field(ge=0, le=247)] = 1
-    map: str
-    # Short and few: pymodbus's defaults (3 s, 3 retries) can block one call ~12 s.
-    timeout_s: Annotated[float, Field(gt=0, le=10, allow_inf_nan=False)] = 1.0
-    retries: Annotated[int, Field(ge=0, le=3)] = 1
-
-    @field_validator("host")
-    @classmethod
-    def _host(cls, value: str) -> str:
-        _check_host(value)
-        return value
-
-
-class OutletRange(_Model):
-    """Outlets `first_outlet`.. in order feed the miners named by `pattern` from `first`."""
-
-    pattern: str
-    first: Annotated[int, Field(ge=0)] = 1
-    first_outlet: Annotated[int, Field(ge=1)] = 1
-    count: Annotated[int, Field(ge=1)] | None = None  # default: the rest of the PDU
-
-    @field_validator("pattern")
-    @classmethod
-    def _pattern(cls, value: str) -> str:
-        try:
-            sample = value.format(n=1)
-        except (KeyError, IndexError, ValueError) as err:
-            raise ValueError(f"use {{n}} for the index, e.g. c1-{{n:03d}}: {err!r}") from None
-        if sample == value.format(n=2):
-            raise ValueError("must contain {n}, e.g. c1-{n:03d}")
-        return value
-
-    def expand(self, outlets: int) -> dict[int, str]:
-        last = outlets if self.count is None else self.first_outlet + self.count - 1
-        return {
-            outlet: self.pattern.format(n=self.first + outlet - self.first_outlet)
-            for outlet in range(self.first_outlet, last + 1)
-        }
-
-
-class PduCfg(ModbusDeviceCfg):
-    """A switched, metered PDU and which miner each outlet feeds."""
-
-    outlets: dict[int, Ident] | list[OutletRange]
-
-
-class MeterCfg(ModbusDeviceCfg):
-    """The site meter at the grid connection: the farm is judged by it."""
-
-    interval_s: Seconds = 0.5
-    stale_after_s: Seconds = 3.0  # older readings: the draw is unknown, counted over the limit
-    update_lag_s: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 1.0  # its own refresh
-    generation_exempt: bool = False  # on-site generation is added to the allowed draw
-
-
-class SensorCfg(ModbusDeviceCfg):
-    """A container's ambient temperature sensor."""
-
-    container: Ident
-    interval_s: Seconds = 10.0
-
-
-class EscalationCfg(_Model):
-    """The ladder: lower power target -> sleep -> cut the PDU outlet."""
-
-    lower_first: bool = True
-    # Outlets cut at once, and the pause between batches (waived under an emergency: a cut
-    # draws no inrush, and a frequency trip wants its block shed now).
-    cut_batch_size: Annotated[int, Field(ge=1, le=1000)] = 8
-    cut_batch_spacing_s: Annotated[float, Field(ge=0, le=60, allow_inf_nan=False)] = 0.5
-    # Outlets restored at once, and the pause between: every restored miner boots at once.
-    restore_batch_size: Annotated[int, Field(ge=1, le=1000)] = 4
-    restore_batch_spacing_s: Annotated[float, Field(ge=0, le=600, allow_inf_nan=False)] = 2.0
-    restore_min_off_s: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 300.0
-    # A restored miner boots, initialises and ramps up: rated power, not "stuck", meanwhile.
-    restore_boot_s: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 600.0
-    # Beyond the family's ramp-down (already a conservative bound) before a high outlet
-    # reading counts as a lie; the planner counts it at the measured draw from the ramp's end.
-    lie_grace_s: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.0
-    # How long a caught lie is remembered (across restarts too) before the outlet judges
-    # the unit afresh: a day, so a firmware fixed or a unit swapped is not cut for good.
-    # null: for good.
-    lie_memory_s: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = 86_400.0
-    pdu_interval_s: Seconds = 1.0
-    switch_timeout_s: Seconds = 3.0
-
-
-Celsius = Annotated[float, Field(ge=-80, le=80, allow_inf_nan=False)]
-Duration = Annotated[float, Field(ge=0, allow_inf_nan=False)]
-
-
-class ContainerSafetyCfg(_Model):
-    """One container's cold-weather rules; only the keys given override the site's."""
-
-    hard_off_below_c: Celsius | None = -10.0  # no outlet cut below this ambient (None: off)
-    floor_below_c: Celsius | None = 0.0  # the heater floor applies below this ambient
-    floor_kw: Kilowatts = 0.0  # keep at least this much running there (lowest profile) ...
-    floor_miners: Annotated[int, Field(ge=0)] = 0  # ... and at least this many miners
-    warm_below_c: Celsius | None = 10.0  # boards colder than this wake gently
-    warm_up_s: Duration = 120.0  # at the gentle level this long before stepping up
-    min_on_s: Duration = 300.0  # a woken miner is shed last for this long
-    min_off_s: Duration = 120.0  # a shed miner is not woken again before this
-
-
-class SafetyCfg(ContainerSafetyCfg):
-    """Cold-weather protection, dwell times and warm restarts (controller/core/safety.py)."""
-
-    temperature_stale_after_s: Seconds = 300.0  # older ambient readings count as cold
-    containers: dict[Ident, ContainerSafetyCfg] = Field(default_factory=dict)
-
-
-class FrequencyCfg(_Model):
-    """Local under-frequency response from the site meter's frequency."""
-
-    nominal_hz: Literal[50, 60]
-    trip_below_hz: Annotated[float, Field(gt=0, allow_inf_nan=False)]
-    trip_after_s: Annotated[float, Field(ge=0, le=60, allow_inf_nan=False)] = 0.5
-    shed_kw: Annotated[float, Field(gt=0, allow_inf_nan=False)]
-    deadline_s: Seconds = 2.0
-    recover_above_hz: Annotated[float, Field(gt=0, allow_inf_nan=False)]
-    recover_after_s: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 30.0
-    restore_kw_per_s: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 10.0
-
-    @model_validator(mode="after")
-    def _thresholds(self) -> Self:
-        low = self.nominal_hz * 0.9
-        if not low <= self.trip_below_hz < self.nominal_hz:
-            raise ValueError(
-                f"trip_below_hz must be below the {self.nominal_hz} Hz nominal and above "
-                f"{low:g} Hz (a {self.nominal_hz} Hz grid)"
-            )
-        if not self.trip_below_hz < self.recover_above_hz <= self.nominal_hz:
-            raise ValueError(
-                "recover_above_hz must lie above trip_below_hz and at most the nominal, "
-                "or the response could flap"
-            )
-        return self
-
-
-class JournalCfg(_Model):
-    path: Path
-
-
-class LoggingCfg(_Model):
-    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    format: Literal["json", "console"] = "json"
-
-
-class SiteConfig(BaseSettings):
-    """The whole site. Environment variables CURTAILD_<SECTION>__<KEY> override the file."""
-
-    model_config = SettingsConfigDict(
-        env_prefix="CURTAILD_", env_nested_delimiter="__", extra="forbid", frozen=True
-    )
-
-    site: SiteCfg
-    grid: GridCfg
-    signals: SignalsCfg
-    miners: Annotated[list[MinerEntry], Field(min_length=1)]
-    journal: JournalCfg
-    telemetry: TelemetryCfg = TelemetryCfg()
-    control: ControlCfg = ControlCfg()
-    pdus: list[PduCfg] = Field(default_factory=list)
-    meter: MeterCfg | None = None
-    sensors: list[SensorCfg] = Field(default_factory=list)
-    escalation: EscalationCfg = EscalationCfg()
-    frequency: FrequencyCfg | None = None
-    safety: SafetyCfg | None = None  # absent: no cold-weather rules
-    api: ApiCfg | None = None  # absent: no operator API, dashboard or /metrics
-    logging: LoggingCfg = LoggingCfg()
-    # Only for `curtaild sim` and `curtaild demo`: how the simulated farm behaves. The
-    # simulator owns its shape (sim/config.py); demo/farm.py validates it, with locations.
-    simulation: dict[str, Any] | None = None
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        del settings_cls, dotenv_settings, file_secret_settings  # secrets are named explicitly
-        return (env_settings, init_settings)
 
 
 @dataclass(frozen=True, slots=True)
@@ -641,8 +147,10 @@ class Loaded:
         if cfg is None:
             return None
         stale = timedelta(seconds=cfg.temperature_stale_after_s)
-        containers = {name: _cold_rules(_container(cfg, name), stale) for name in cfg.containers}
-        return Safety(_cold_rules(_container(cfg, None), stale), containers)
+        containers = {
+            name: _cold_rules(container_rules(cfg, name), stale) for name in cfg.containers
+        }
+        return Safety(_cold_rules(container_rules(cfg, None), stale), containers)
 
     def frequency_rules(self) -> FrequencyRules | None:
         f = self.config.frequency
@@ -770,15 +278,6 @@ def _maps(config: SiteConfig, origin: str, problems: list[str]) -> dict[str, Reg
     return maps
 
 
-def _container(cfg: SafetyCfg, name: str | None) -> ContainerSafetyCfg:
-    """A container's rules: the site's, with the keys its own entry gives."""
-    site = ContainerSafetyCfg(**cfg.model_dump(include=set(ContainerSafetyCfg.model_fields)))
-    override = cfg.containers.get(name) if name is not None else None
-    if override is None:
-        return site
-    return site.model_copy(update=override.model_dump(include=override.model_fields_set))
-
-
 def _cold_rules(cfg: ContainerSafetyCfg, stale: timedelta) -> ColdRules:
     return ColdRules(
         hard_off_below_c=cfg.hard_off_below_c,
@@ -816,7 +315,7 @@ def _safety_checks(config: SiteConfig, miners: list[MinerConfig]) -> list[str]:
         if name not in rated
     )
     for name, watts in rated.items():
-        rules = _container(cfg, name)
+        rules = container_rules(cfg, name)
         floor_kw, floor_n = rules.floor_kw, rules.floor_miners
         where = f"safety.containers.{name}" if name in cfg.containers else "safety"
         if floor_kw * 1000 > sum(watts):
@@ -884,9 +383,9 @@ def _signal_secrets(
     return keys, password
 
 
-def listeners(config: SiteConfig) -> dict[str, _Listener]:
+def listeners(config: SiteConfig) -> dict[str, Listener]:
     """The configured listeners by their place in the config: signals.http, api."""
-    found: dict[str, _Listener | None] = {"signals.http": config.signals.http, "api": config.api}
+    found: dict[str, Listener | None] = {"signals.http": config.signals.http, "api": config.api}
     return {name: listener for name, listener in found.items() if listener is not None}
 
 
@@ -901,24 +400,6 @@ def _listener_tls(config: SiteConfig) -> list[str]:
         except TlsError as err:
             problems.extend(f"{name}.tls.{key}: {detail}" for key, detail in err.problems)
     return problems
-
-
-def expand_hosts(spec: str) -> list[str]:
-    """'10.0.1.10-10.0.1.59' -> every IPv4 address in the inclusive range."""
-    first, sep, last = spec.partition("-")
-    if not sep:
-        raise ValueError("give a range first-last, e.g. 10.0.1.10-10.0.1.59")
-    try:
-        lo = ipaddress.IPv4Address(first.strip())
-        hi = ipaddress.IPv4Address(last.strip())
-    except ValueError as err:
-        raise ValueError(f"not an IPv4 range: {err}") from None
-    count = int(hi) - int(lo) + 1
-    if count < 1:
-        raise ValueError(f"{hi} comes before {lo}")
-    if count > MAX_RANGE:
-        raise ValueError(f"{count} addresses; at most {MAX_RANGE} per range")
-    return [str(ipaddress.IPv4Address(int(lo) + i)) for i in range(count)]
 
 
 def _expand(
@@ -983,43 +464,53 @@ def _expand(
     return miners
 
 
-def describe(error: ErrorDetails) -> str:
-    loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error["loc"]).lstrip(".")
-    message = str(error["msg"]).removeprefix("Value error, ")
-    if error["type"] == "extra_forbidden":
-        message = "unknown key (typo?)"
-    return f"{loc or '<top>'}: {message}"
-
-
-def check_listen(value: str) -> str:
-    """A host:port to listen on (port 0: any free port)."""
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:  # noqa: PLR2004
-        raise ValueError("give host:port, e.g. 127.0.0.1:8480")
-    _check_host(host.strip("[]"))
-    return value
-
-
-def _check_host(host: str) -> None:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        # All-numeric dotted names are mistyped addresses, not host names.
-        if not _HOSTNAME.match(host) or re.fullmatch(r"[\d.]+", host):
-            raise ValueError(f"{host!r} is neither an IP address nor a host name") from None
-
-
 def _watts(kw: float) -> int:
     # Round limits down: a fraction of a watt must never round a limit up.
     return math.floor(kw * 1000 + 1e-6)
 
 
 __all__ = [
+    "MAX_RANGE",
+    "ApiCfg",
+    "ApiTokenCfg",
+    "Celsius",
     "ConfigError",
+    "ContainerSafetyCfg",
+    "ControlCfg",
+    "CredentialsCfg",
+    "Duration",
+    "EscalationCfg",
+    "FrequencyCfg",
+    "GridCfg",
+    "GridTlsCfg",
+    "HttpCfg",
+    "Ident",
+    "JournalCfg",
+    "Kilowatts",
     "Loaded",
+    "LoggingCfg",
+    "MeterCfg",
     "MinerConfig",
+    "MinerEntry",
+    "ModbusDeviceCfg",
+    "MqttCfg",
+    "OutletRange",
+    "PduCfg",
+    "Role",
+    "SafetyCfg",
+    "Seconds",
+    "SecretRef",
+    "SensorCfg",
+    "SignalsCfg",
+    "SiteCfg",
     "SiteConfig",
+    "SourceCfg",
+    "TelemetryCfg",
+    "TlsCfg",
+    "check_listen",
+    "describe",
     "expand_hosts",
+    "listeners",
     "load",
     "parse",
 ]
