@@ -11,11 +11,12 @@ from pydantic import Field, field_validator, model_validator
 from controller.config.fields import (
     ID_PATTERN,
     ConfigModel,
+    Host,
     Ident,
     Seconds,
     SecretRef,
-    check_host,
     expand_hosts,
+    index_sample,
 )
 from drivers.registry import UnknownDriverError, default_registry
 
@@ -33,7 +34,7 @@ class MinerEntry(ConfigModel):
     efficiency_j_th: Annotated[float, Field(gt=0, le=1000, allow_inf_nan=False)]
     container: Ident
     id: Ident | None = None
-    host: str | None = None
+    host: Host | None = None
     id_pattern: str | None = None
     hosts: str | None = None
     first_index: Annotated[int, Field(ge=0)] = 1
@@ -51,13 +52,6 @@ class MinerEntry(ConfigModel):
             raise ValueError(str(err)) from None  # names the valid drivers
         return value.lower()
 
-    @field_validator("host")
-    @classmethod
-    def _host(cls, value: str | None) -> str | None:
-        if value is not None:
-            check_host(value)
-        return value
-
     @field_validator("hosts")
     @classmethod
     def _hosts(cls, value: str | None) -> str | None:
@@ -69,12 +63,7 @@ class MinerEntry(ConfigModel):
     @classmethod
     def _pattern(cls, value: str | None) -> str | None:
         if value is not None:
-            try:
-                sample = value.format(n=1)
-            except (KeyError, IndexError, ValueError) as err:
-                raise ValueError(f"use {{n}} for the index, e.g. c1-{{n:03d}}: {err}") from None
-            if sample == value.format(n=2):
-                raise ValueError("must contain {n}, e.g. c1-{n:03d}")
+            sample = index_sample(value)
             if not re.match(ID_PATTERN, sample):
                 raise ValueError(f"yields an invalid id {sample!r}")
         return value
@@ -99,19 +88,13 @@ class ModbusDeviceCfg(ConfigModel):
     or a map file, relative to this config file."""
 
     id: Ident
-    host: str
+    host: Host
     port: Annotated[int, Field(ge=1, le=65535)] = 502
     unit: Annotated[int, Field(ge=0, le=247)] = 1
     map: str
     # Short and few: pymodbus's defaults (3 s, 3 retries) can block one call ~12 s.
     timeout_s: Annotated[float, Field(gt=0, le=10, allow_inf_nan=False)] = 1.0
     retries: Annotated[int, Field(ge=0, le=3)] = 1
-
-    @field_validator("host")
-    @classmethod
-    def _host(cls, value: str) -> str:
-        check_host(value)
-        return value
 
 
 class OutletRange(ConfigModel):
@@ -125,12 +108,7 @@ class OutletRange(ConfigModel):
     @field_validator("pattern")
     @classmethod
     def _pattern(cls, value: str) -> str:
-        try:
-            sample = value.format(n=1)
-        except (KeyError, IndexError, ValueError) as err:
-            raise ValueError(f"use {{n}} for the index, e.g. c1-{{n:03d}}: {err!r}") from None
-        if sample == value.format(n=2):
-            raise ValueError("must contain {n}, e.g. c1-{n:03d}")
+        index_sample(value, quote_error=True)
         return value
 
     def expand(self, outlets: int) -> dict[int, str]:

@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 _HOSTNAME = re.compile(
@@ -58,6 +58,19 @@ class SecretRef(ConfigModel):
         return value
 
 
+def index_sample(pattern: str, *, quote_error: bool = False) -> str:
+    """The id a `{n}` pattern gives for n=1; ValueError if it has no usable {n}."""
+    try:
+        sample = pattern.format(n=1)
+    except (KeyError, IndexError, ValueError) as err:
+        # Miner ranges have always shown the error's text, outlet ranges its repr.
+        detail = repr(err) if quote_error else str(err)
+        raise ValueError(f"use {{n}} for the index, e.g. c1-{{n:03d}}: {detail}") from None
+    if sample == pattern.format(n=2):
+        raise ValueError("must contain {n}, e.g. c1-{n:03d}")
+    return sample
+
+
 def expand_hosts(spec: str) -> list[str]:
     """'10.0.1.10-10.0.1.59' -> every IPv4 address in the inclusive range."""
     first, sep, last = spec.partition("-")
@@ -85,7 +98,7 @@ def check_listen(value: str) -> str:
     return value
 
 
-def check_host(host: str) -> None:
+def check_host(host: str) -> str:
     """An IP address or a host name; ValueError otherwise."""
     try:
         ipaddress.ip_address(host)
@@ -93,3 +106,7 @@ def check_host(host: str) -> None:
         # All-numeric dotted names are mistyped addresses, not host names.
         if not _HOSTNAME.match(host) or re.fullmatch(r"[\d.]+", host):
             raise ValueError(f"{host!r} is neither an IP address nor a host name") from None
+    return host
+
+
+Host = Annotated[str, AfterValidator(check_host)]  # where a device or miner answers
