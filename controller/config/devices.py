@@ -97,13 +97,18 @@ class ModbusDeviceCfg(ConfigModel):
     retries: Annotated[int, Field(ge=0, le=3)] = 1
 
 
+MAX_OUTLETS = 1024
+
+
 class OutletRange(ConfigModel):
     """Outlets `first_outlet`.. in order feed the miners named by `pattern` from `first`."""
 
     pattern: str
     first: Annotated[int, Field(ge=0)] = 1
-    first_outlet: Annotated[int, Field(ge=1)] = 1
-    count: Annotated[int, Field(ge=1)] | None = None  # default: the rest of the PDU
+    # Bounded so a typo (count: 99999999) is a located error, not a loader out of memory:
+    # no switched PDU has more than a few dozen outlets.
+    first_outlet: Annotated[int, Field(ge=1, le=MAX_OUTLETS)] = 1
+    count: Annotated[int, Field(ge=1, le=MAX_OUTLETS)] | None = None  # default: the rest
 
     @field_validator("pattern")
     @classmethod

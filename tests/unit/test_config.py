@@ -248,3 +248,21 @@ def test_config_safety_overrides_per_container_and_names_what_is_wrong(tmp_path:
     assert "safety.containers.c9: no miner is in container 'c9'" in text
     assert "safety.floor_kw: 7 kW is more than container c1's" in text
     assert "s1 and s0 both measure container c1" in text
+
+
+def test_config_an_outlet_count_typo_is_a_located_error_not_a_loader_out_of_memory(
+    tmp_path: Path,
+) -> None:
+    data = site_dict(tmp_path, miners=2)
+    data["pdus"] = [
+        {
+            "id": "pdu-1",
+            "host": "10.0.0.9",
+            "map": "pdu-coil-24",
+            "outlets": [{"pattern": "m{n:03d}", "first": 0, "count": 99_999_999}],
+        }
+    ]
+    with pytest.raises(
+        ConfigError, match=r"outlets.*count: Input should be less than or equal to 1024"
+    ):
+        load_site(data)
