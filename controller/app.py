@@ -361,12 +361,6 @@ class Daemon:
         loaded = [tls.reload() for tls in self.tls.values()]  # every one, even after a failure
         return all(loaded)
 
-    def device_ids(self) -> list[str]:
-        """Every Modbus device: the meter, the PDUs, the temperature sensors."""
-        config = self.loaded.config
-        meter = [config.meter.id] if config.meter is not None else []
-        return [*meter, *(p.id for p in config.pdus), *(s.id for s in config.sensors)]
-
     def _modbus(self, loaded: Loaded, clock: Clock) -> None:
         """The PDUs, the site meter and temperature sensors, each on its own Modbus link."""
         config = loaded.config

@@ -101,18 +101,26 @@ def _problems(err: ConfigError) -> None:
         print(f"  {problem}", file=sys.stderr)
 
 
+def _load_checked(path: Path) -> Loaded | None:
+    """The config, with a simulated farm's `simulation:` section checked too (refused at
+    load by `run` as by `check-config`), its problems printed; None if refused."""
+    loaded = _load(path)
+    if loaded is None or loaded.config.simulation is None:
+        return loaded
+    from demo.simulation import simulation  # noqa: PLC0415 - only a simulated farm's config
+
+    try:
+        simulation(loaded)
+    except ConfigError as err:
+        _problems(err)
+        return None
+    return loaded
+
+
 def _check(args: argparse.Namespace) -> int:
-    loaded = _load(args.config)
+    loaded = _load_checked(args.config)
     if loaded is None:
         return EXIT_CONFIG
-    if loaded.config.simulation is not None:  # a simulated farm's config: its own section too
-        from demo.simulation import simulation  # noqa: PLC0415
-
-        try:
-            simulation(loaded)
-        except ConfigError as err:
-            _problems(err)
-            return EXIT_CONFIG
     config = loaded.config
     drivers = Counter(m.driver for m in loaded.miners)
     containers = Counter(m.container for m in loaded.miners)
@@ -133,7 +141,7 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    loaded = _load(args.config)
+    loaded = _load_checked(args.config)
     if loaded is None:
         return EXIT_CONFIG
     logs.configure(loaded.config.logging.level, loaded.config.logging.format)

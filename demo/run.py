@@ -193,20 +193,20 @@ async def _scenario(
 
 
 async def _progress(daemon: Daemon, farm: SimFarm, say: Callable[[str], None]) -> None:
-    sup = daemon.supervisor
     while True:
         await asyncio.sleep(2)
+        view = daemon.feed.latest  # the daemon's side, as its status shows it
+        if view is None:
+            continue
         modes = farm.modes()
-        limit = sup.limit.limit_w / 1000 if sup.limit else float("nan")
-        measured = (
-            f"{sup.draw.measured_w / 1000:7.1f}" if sup.draw.measured_w is not None else "  stale"
-        )
+        limit = view.limit.limit_w / 1000 if view.limit else float("nan")
+        measured = f"{view.measured_w / 1000:7.1f}" if view.measured_w is not None else "  stale"
         say(
-            f"site {measured} kW ({sup.draw.measured_by}; miners' true draw "
+            f"site {measured} kW ({view.measured_by}; miners' true draw "
             f"{farm.total_power_w() / 1000:7.1f})  limit {limit:7.1f} kW  "
             f"mining {modes[Mode.MINING]:3d}  sleeping {modes[Mode.SLEEPING]:3d}  "
             f"cut {farm.cut_count():2d}  "
-            f"commands {sup.ledger.sent} ({sup.ledger.failed} failed)"
+            f"commands {view.commands_sent} ({view.commands_failed} failed)"
         )
 
 
@@ -217,7 +217,8 @@ def _summary(
     kinds: dict[str, str],
     daemon: Daemon,
 ) -> dict[str, Any]:
-    sup = daemon.supervisor
+    view = daemon.feed.latest  # the site's read model, as every reader sees it
+    assert view is not None  # primed when the daemon is built
     signals = []
     for ob in obligations:
         met = (
@@ -237,7 +238,7 @@ def _summary(
                 ),
                 "met": met,
                 "status": ob.status.value,
-                "measured_by": sup.draw.measured_by,
+                "measured_by": view.measured_by,
             }
         )
     ok = bool(signals) and all(s["met"] for s in signals)
@@ -250,11 +251,12 @@ def _summary(
             "rated_kw": sum(m.rated_power_w for m in loaded.miners) / 1000,
         },
         "signals": signals,
-        "measured_by": sup.draw.measured_by,
+        "measured_by": view.measured_by,
         # Miners that reached each step of the ladder (lower power target, sleep, cut).
-        "escalations": {k: len(v) for k, v in sup.commands.escalations.items()},
-        "lying_miners_detected": len(sup.draw.lying_detected),
-        "lying_miners": sorted(sup.draw.lying_detected),
+        "escalations": dict(view.escalations),
+        # Caught by their outlet or by a command's read-back, as the status lists them.
+        "lying_miners_detected": len(view.lying),
+        "lying_miners": sorted(view.lying),
         "outlets_cut_at_end": farm.cut_count(),
         "final_draw_kw": round(farm.total_power_w() / 1000, 3),
     }

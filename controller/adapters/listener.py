@@ -89,6 +89,7 @@ class Listener:
         """`name`: the config's (signals.http, api); `title`: what logs call it."""
         self._name = name
         self._title = title
+        self._listening = f"{title} listening"  # the event name operators grep for
         self._host = host
         self._port = port
         self._tls = tls
@@ -110,9 +111,7 @@ class Listener:
             sockets = getattr(server, "sockets", None) or []
             self.port = sockets[0].getsockname()[1] if sockets else self._port
             log.info(
-                "listening",
-                listener=self._name,
-                what=self._title,
+                self._listening,
                 host=self._host,
                 port=self.port,
                 tls=context is not None,

@@ -96,7 +96,7 @@ class StateCollector(Collector):
         yield _value(
             "curtaild_ready",
             "1 once the first telemetry is in and planned on (systemd READY).",
-            int(view is not None and view.ready),
+            int(self._feed.ready),
         )
         if view is None:
             return  # nothing to say before the first report

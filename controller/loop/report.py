@@ -3,7 +3,7 @@ as the retained MQTT status, kept for every other reader, and the draw's history
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -40,8 +40,6 @@ class Decision:
     grid_limit: Limit
     plan: Plan | None
     ready: bool
-    cycles: int
-    last_cycle_at: datetime | None
     wall_clock_offset_s: float | None
 
 
@@ -96,7 +94,7 @@ class Reporter:
         self,
         now: datetime,
         views: tuple[MinerView, ...],
-        decision: Decision,
+        decision: Callable[[], Decision],
         *,
         changed: bool = False,
     ) -> None:
@@ -107,13 +105,20 @@ class Reporter:
         due = self._last is None or (now - self._last).total_seconds() >= self._interval_s
         if changed or due or desk != self._desk_seen:
             self._last, self._desk_seen = now, desk
-            view = self.build(now, views, decision)
+            view = self.build(now, views, decision())  # decided only when a view is due
             self.feed.publish(view)
             self._publisher.status(published(view))
         history = self.feed.history
         if not history or now - history[-1][0] >= HISTORY_INTERVAL:
-            limit = decision.limit.limit_w if decision.limit is not None else None
+            held = decision().limit
+            limit = held.limit_w if held is not None else None
             history.append((now, self._draw.measured_w, limit))
+
+    def prime(self, now: datetime, views: tuple[MinerView, ...], decision: Decision) -> None:
+        """A first view for readers, before the first sweep is in (not published to the
+        grid: the MQTT status starts with the first cycle, as it always did). Readers never
+        meet an empty feed."""
+        self.feed.publish(self.build(now, views, decision))
 
     def build(self, now: datetime, views: tuple[MinerView, ...], decision: Decision) -> SiteView:
         draw, desk = self._draw, self._desk
@@ -122,8 +127,6 @@ class Reporter:
             at=now,
             site=self._site_id,
             ready=decision.ready,
-            cycles=decision.cycles,
-            last_cycle_at=decision.last_cycle_at,
             limit=decision.limit,
             grid_limit=decision.grid_limit,
             measured_w=draw.measured_w,
@@ -217,18 +220,19 @@ class Reporter:
         if measurements is None:
             return ()
         devices = []
+        faults = measurements.health.faults
         if measurements.meter is not None:
             fresh = measurements.meter_fresh(now, self._stale.meter_s) is not None
-            devices.append(Device(measurements.meter.name, "meter", fresh))
+            name = measurements.meter.name
+            devices.append(Device(name, "meter", fresh, name in faults))
         for name in measurements.pdus:
             last = outlets_seen.get(name)
-            devices.append(
-                Device(name, "pdu", last is not None and now - last <= self._stale.miners)
-            )
+            fresh = last is not None and now - last <= self._stale.miners
+            devices.append(Device(name, "pdu", fresh, name in faults))
         for container, sensor in measurements.sensors.items():
             seen = measurements.ambient.get(container)
             up = seen is not None and now - seen[1] <= self._stale.sensors
-            devices.append(Device(sensor.name, "sensor", up))
+            devices.append(Device(sensor.name, "sensor", up, sensor.name in faults))
         return tuple(devices)
 
 

@@ -129,6 +129,8 @@ class Supervisor:
         if measurements is not None:
             measurements.on_meter = self.draw.on_meter
         self._recovery.restore()
+        now = clock.now()
+        self._reporter.prime(now, readings.views(), self._decision(now))
 
     @property
     def observer(self) -> LoopObserver | None:
@@ -187,7 +189,7 @@ class Supervisor:
                 # Journal.error says why, once; each cycle tries again. What is held
                 # stays in force, and nothing was sent for what could not be written.
                 log.debug("cycle stopped at an unwritable journal")
-            self._reporter.report(now, views, self._decision(now), changed=cause != "tick")
+            self._reporter.report(now, views, lambda: self._decision(now), changed=cause != "tick")
             self.cycles += 1
             self.last_cycle_at = now
             self._reporter.feed.beat(now, self.cycles, ready=self.ready.is_set())
@@ -204,8 +206,6 @@ class Supervisor:
             grid_limit=self.grid_limit(now),
             plan=self.plan,
             ready=self.ready.is_set(),
-            cycles=self.cycles,
-            last_cycle_at=self.last_cycle_at,
             wall_clock_offset_s=self.clock_step_s,
         )
 
@@ -230,7 +230,8 @@ class Supervisor:
         attempt(lambda: self._inbox.prune(now))
         self._follow_desk(now)
         limit = self._limit(now)
-        if self.draw.detect_lies(now) or self.draw.targets_lost(now):
+        caught, lost = self.draw.detect_lies(now), self.draw.targets_lost(now)
+        if caught or lost:
             self.ledger.replan = True
         attempt(lambda: self.draw.forgive(now))
         self._watch_clock(now)

@@ -210,7 +210,12 @@ class Readings:
         at = outlet.read_at
         cut, restored = (None, at) if outlet.on else (at, None)
         self._views[miner_id] = replace(
-            self._views[miner_id], outlet=outlet, cut_at=cut, restored_at=restored, pending=None
+            self._views[miner_id],
+            outlet=outlet,
+            cut_at=cut,
+            restored_at=restored,
+            pending=None,
+            resumed=False,  # as set_pending(None) did: no longer a command resumed
         )
         self._dirty.add(miner_id)
 

@@ -4,14 +4,13 @@ all say the same thing. Readers hold a SiteFeed and never reach into the loop.""
 
 from __future__ import annotations
 
-import asyncio
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
-from controller.core.model import FLEET_MODES, Limit
+from controller.core.model import FLEET_MODES, Limit, MinerView
 from controller.core.operator import Automation, Hold
 from controller.core.signals import Held, Obligation, Override
 
@@ -61,6 +60,7 @@ class Device:
     name: str
     kind: str  # meter | pdu | sensor
     up: bool
+    failing: bool = False  # its last read failed (health, apart from freshness)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,8 +70,6 @@ class SiteView:
     at: datetime
     site: str
     ready: bool
-    cycles: int
-    last_cycle_at: datetime | None
     limit: Limit | None  # what applies now, with its reasons
     grid_limit: Limit  # what the grid (and the frequency relay) allows, without overrides
     measured_w: int | None  # None: unknown (a stale meter)
@@ -101,15 +99,23 @@ class SiteView:
     signals_unjournaled: int
 
 
+class MinerViews(Protocol):
+    """Each miner as the loop last saw it (telemetry's readings store): for readers that
+    show one miner, or a page of them, rather than the site."""
+
+    def view(self, miner_id: str) -> MinerView: ...
+
+    def views(self) -> tuple[MinerView, ...]: ...
+
+
 @dataclass(slots=True)
 class SiteFeed:
-    """The latest view and the draw's history, for readers; `changed` is set on each."""
+    """The latest view and the draw's history, for readers."""
 
     latest: SiteView | None = None
     history: deque[tuple[datetime, int | None, int | None]] = field(
         default_factory=lambda: deque(maxlen=HISTORY_POINTS)
     )  # (at, measured W, limit W)
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
     # The loop's pulse, set every cycle (the view is built at most once per status
     # interval): health must see the first ready cycle and a stall at once.
     ready: bool = False
@@ -121,8 +127,6 @@ class SiteFeed:
 
     def publish(self, view: SiteView) -> None:
         self.latest = view
-        self.changed.set()
-        self.changed = asyncio.Event()
 
 
 def published(view: SiteView) -> dict[str, Any]:

@@ -266,3 +266,17 @@ def test_config_an_outlet_count_typo_is_a_located_error_not_a_loader_out_of_memo
         ConfigError, match=r"outlets.*count: Input should be less than or equal to 1024"
     ):
         load_site(data)
+
+
+@pytest.mark.parametrize("command", ["check-config", "run"])
+def test_cli_refuses_a_bad_simulation_section_before_anything_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    # `run` refuses at load what `check-config` refuses: a simulated farm's own section
+    # is checked by both (it is validated apart since the simulator left the product).
+    data = site_dict(tmp_path, miners=2)
+    data["simulation"]["faults"] = {"no-such-miner": "stall"}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(data))
+    assert cli.main([command, "-c", str(bad)]) == 2
+    assert "no-such-miner" in capsys.readouterr().err

@@ -58,12 +58,17 @@ def module_name(path: Path) -> str:
     return ".".join(parts)
 
 
-def imports(path: Path) -> set[str]:
-    """The modules a file imports when it runs, as dotted names; `from pkg import mod` names
-    `pkg.mod` when that is a module of ours, so the graph is between files."""
-    found: set[str] = set()
+def imports(path: Path, *, typing: bool = False) -> set[str]:
+    """The modules a file imports when it runs (with `typing`, for the type checker too), as
+    dotted names; `from pkg import mod` names `pkg.mod` when that is a module of ours, so
+    the graph is between files."""
     package = module_name(path) if path.name == "__init__.py" else module_name(path.parent)
-    for node in _runtime_nodes(ast.parse(path.read_text(), str(path))):
+    return _imported(ast.parse(path.read_text(), str(path)), package, typing=typing)
+
+
+def _imported(tree: ast.AST, package: str, *, typing: bool) -> set[str]:
+    found: set[str] = set()
+    for node in ast.walk(tree) if typing else _runtime_nodes(tree):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -152,23 +157,59 @@ def test_the_product_never_imports_the_demo_or_the_simulator() -> None:
 
 
 def _top_level_imports(path: Path) -> set[str]:
+    """Imports that run when the module is imported: its body's, and those under a
+    module-level `if` or `try` (not inside a function, where the CLI imports on demand)."""
     found: set[str] = set()
-    for node in ast.parse(path.read_text(), str(path)).body:
+    pending: list[ast.stmt] = list(ast.parse(path.read_text(), str(path)).body)
+    while pending:
+        node = pending.pop()
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module:
             found.add(node.module)
+        elif isinstance(node, ast.If):
+            pending.extend([*node.body, *node.orelse])
+        elif isinstance(node, ast.Try):
+            pending.extend([*node.body, *node.orelse, *node.finalbody])
+            pending.extend(s for h in node.handlers for s in h.body)
     return found
 
 
-def test_adapters_never_import_the_daemon() -> None:
+# Which rooms of the daemon each room may not enter, for the type checker either: an
+# adapter that takes the daemon "only for typing" is still coupled to its insides.
+ROOMS_NEVER = {
+    "controller/adapters": {"controller.app", "controller.loop"},
+    "controller/loop": {"controller.app", "controller.adapters"},
+    "controller/record": {
+        "controller.app",
+        "controller.adapters",
+        "controller.loop",
+        "controller.intake",
+    },
+    "controller/intake": {"controller.app", "controller.adapters", "controller.loop"},
+}
+
+
+def test_each_room_stays_out_of_the_rooms_after_it() -> None:
     bad = {
         (str(p.relative_to(ROOT)), name)
-        for p in modules("controller/adapters")
-        for name in imports(p)
-        if allowed(name, {"controller.app"})
+        for room, never in ROOMS_NEVER.items()
+        for p in modules(room)
+        for name in imports(p, typing=True)
+        if allowed(name, never)
     }
     assert bad == set()
+
+
+def test_the_room_rule_sees_an_import_made_only_for_typing() -> None:
+    # The old adapters took the whole Daemon under `if TYPE_CHECKING:`; the rule must see it.
+    tree = ast.parse(
+        "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n"
+        "    from controller.app import Daemon\n"
+    )
+    assert "controller.app" in _imported(tree, "controller.adapters", typing=True)
+    assert "controller.app" not in _imported(tree, "controller.adapters", typing=False)
 
 
 def test_only_the_modbus_transport_and_simulator_import_pymodbus() -> None:

@@ -83,7 +83,10 @@ async def get_miner(api: OperatorApi, request: web.Request) -> web.StreamRespons
 
 
 async def get_overrides(api: OperatorApi, _: web.Request) -> web.StreamResponse:
-    return api.json(m.OverridesOut(overrides=views.overrides(api.view())))
+    # From the desk, as /automation is: an override just made or withdrawn shows at once.
+    desk = api.desk
+    items = views.overrides(desk.overrides.values(), desk.created)
+    return api.json(m.OverridesOut(overrides=items))
 
 
 async def get_automation(api: OperatorApi, _: web.Request) -> web.StreamResponse:
@@ -137,7 +140,8 @@ async def get_health(api: OperatorApi, _: web.Request) -> web.StreamResponse:
     ready = feed.ready
     last = feed.last_cycle_at
     age = None if last is None else (now - last).total_seconds()
-    devices = {d.name: d.up for d in view.devices} if view is not None else {}
+    # As before the read model: a device is up until a read of it fails.
+    devices = {d.name: not d.failing for d in view.devices} if view is not None else {}
     stalled = ready and (age is None or age > api.stall_after_s)
     status: Literal["ok", "starting", "degraded", "stalled"] = (
         "starting"
@@ -145,7 +149,7 @@ async def get_health(api: OperatorApi, _: web.Request) -> web.StreamResponse:
         else "stalled"
         if stalled
         else "ok"
-        if all(devices.values()) and api.journal.error is None
+        if all(devices.values())
         else "degraded"
     )
     body = m.HealthOut(
@@ -153,7 +157,6 @@ async def get_health(api: OperatorApi, _: web.Request) -> web.StreamResponse:
         ready=ready,
         cycles=feed.cycles,
         last_cycle_age_s=None if age is None else round(age, 3),
-        journal="ok" if api.journal.error is None else "unwritable",
         devices=devices,
     )
     return api.json(body, 200 if ready and not stalled else 503)

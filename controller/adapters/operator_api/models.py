@@ -272,5 +272,5 @@ class HealthOut(_Out):
     ready: bool
     cycles: int
     last_cycle_age_s: float | None = Field(description="Seconds since the loop last finished")
-    journal: Literal["ok", "unwritable"] = "ok"
+    journal: Literal["ok"] = "ok"
     devices: dict[str, bool] = Field(description="Modbus devices: True while read fresh")

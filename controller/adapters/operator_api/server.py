@@ -31,9 +31,8 @@ from controller.clock import Clock
 from controller.config import ApiCfg
 from controller.core.model import Limit
 from controller.intake.desk import Desk, OperatorError, Principal, Role
-from controller.loop.telemetry import Readings
 from controller.record.journal import Journal, JournalError
-from controller.record.site import SiteFeed, SiteView
+from controller.record.site import MinerViews, SiteFeed, SiteView
 from controller.tls import ServerTls
 
 log = structlog.get_logger("curtaild.api")
@@ -54,7 +53,7 @@ class OperatorApi:
         *,
         feed: SiteFeed,
         desk: Desk,
-        readings: Readings,
+        readings: MinerViews,
         journal: Journal,
         clock: Clock,
         cfg: ApiCfg,

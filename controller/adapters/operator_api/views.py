@@ -3,12 +3,20 @@ miners, from their readings. Nothing here reaches into the control loop."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 
 from controller.adapters.operator_api import models as m
 from controller.core.model import MinerView, fleet_mode
 from controller.core.operator import Automation, Hold
-from controller.core.signals import Curtailment, Grant, Held, ObligationStatus, curtailment_active
+from controller.core.signals import (
+    Curtailment,
+    Grant,
+    Held,
+    ObligationStatus,
+    Override,
+    curtailment_active,
+)
 from controller.record.site import ModeCounts, SiteView
 
 
@@ -58,7 +66,7 @@ def status(view: SiteView) -> m.StatusOut:
             for o in (*view.finished, *view.pending)
             if o.status is not ObligationStatus.WITHDRAWN
         ],
-        overrides=overrides(view),
+        overrides=overrides(view.overrides, view.override_made),
         holds=[hold(h) for h in view.holds],
         alarms=[
             m.AlarmOut(kind=kind, subject=subject, since=at, detail=detail)
@@ -93,17 +101,17 @@ def signal(held: Held, now: datetime) -> m.SignalOut:
     )
 
 
-def overrides(view: SiteView) -> list[m.OverrideOut]:
+def overrides(items: Iterable[Override], made: Mapping[str, datetime]) -> list[m.OverrideOut]:
     return [
         m.OverrideOut(
             id=o.id,
             limit_kw=o.limit_w / 1000,
             reason=o.reason,
             by=o.by,
-            created_at=view.override_made.get(o.id),
+            created_at=made.get(o.id),
             expires_at=o.expires_at,
         )
-        for o in view.overrides
+        for o in items
     ]
 
 
