@@ -525,10 +525,10 @@ class Supervisor:
                 self._failed_since_plan = True  # the plan counted it as obeying: re-plan
 
     def _targets_lost(self, now: datetime) -> None:
-        """Lowered miners back at their default target (a reboot, a power blip): each is
-        journaled and the plan made again, which lowers them anew. One that loses its
-        target twice within the lie memory is not lowered again for as long: the ladder
-        sleeps it instead of chasing it."""
+        """Lowered miners back at their default target (a hand on the web UI, a firmware
+        that forgets): each is journaled and the plan made again, which lowers them anew.
+        One that loses its target twice within the lie memory (null: ever) is not lowered
+        again for as long: the ladder sleeps it instead of chasing it."""
         if not self._readings.targets_lost:
             return
         lost, self._readings.targets_lost = self._readings.targets_lost, []
@@ -538,11 +538,11 @@ class Supervisor:
             self._journal_best_effort(now, "target-lost", miner_id, why)
             before = self._target_lost_at.get(miner_id)
             self._target_lost_at[miner_id] = now
-            if (
-                memory is not None
-                and before is not None
-                and now - before < timedelta(seconds=memory)
-            ):
+            if before is None:
+                continue
+            if memory is None:  # lies are remembered for good: so is this
+                self._readings.skip_lowering(miner_id, None)
+            elif now - before < timedelta(seconds=memory):
                 self._readings.skip_lowering(miner_id, now + timedelta(seconds=memory))
         self._failed_since_plan = True  # the plan counted them as lowered: re-plan
 
