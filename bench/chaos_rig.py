@@ -118,6 +118,18 @@ def parse_ts(text: str) -> datetime:
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
+async def cancel_and_wait(task: asyncio.Task[Any]) -> None:
+    """Cancel a helper task and wait for it to end; a cancel of the task waiting here (an
+    interrupted run) goes on up, where a bare suppress would swallow it."""
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise
+
+
 async def wait_port(host: str, port: int, within_s: float) -> None:
     deadline = time.monotonic() + within_s
     while time.monotonic() < deadline:
@@ -378,9 +390,7 @@ class Watch:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
 
     def between(self, start: float, end: float = float("inf")) -> list[Sample]:
         return [s for s in self.samples if start <= s.t <= end]
@@ -890,15 +900,19 @@ class Stage:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        # Every process is stopped even if something before fails or is interrupted
+        # (Proc.stop kills what it could not stop); the first error is raised once all are
+        # down. What the helper tasks raised as they ended is theirs: not the stage's.
+        errors: list[BaseException] = []
         for task in self.tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        # Every process is stopped even if stopping one fails or is interrupted (Proc.stop
-        # kills what it could not stop); the first error is raised once all are down.
+            try:
+                await cancel_and_wait(task)
+            except Exception:  # a heartbeat's failure, not the stage's
+                continue
+            except BaseException as err:  # a cancel of the run: stop the processes first
+                errors.append(err)
         procs = [(run, STOP_TIMEOUT_S) for daemon in self.daemons for run in daemon.runs]
         procs += [(broker.proc, 10.0) for broker in self.brokers]
-        errors: list[BaseException] = []
         for proc, timeout_s in procs:
             try:
                 await proc.stop(timeout_s)

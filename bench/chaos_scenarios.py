@@ -29,6 +29,7 @@ from bench.chaos_rig import (
     Stage,
     Watch,
     cancel,
+    cancel_and_wait,
     curtailment,
     grant,
     grid_side,
@@ -200,9 +201,7 @@ async def observing(side: GridSide, states: Counter[str]) -> AsyncIterator[None]
     try:
         yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_and_wait(task)
 
 
 async def send_flood(
