@@ -14,7 +14,9 @@ the simulator's control API, the daemon's journal (read-only), its retained MQTT
 /metrics. Each scenario prints a JSON summary; the run exits 1 if any criterion failed, 2
 if the rig itself could not run. A scenario that cannot run honestly here (no root for the
 small file system, no libfaketime) is skipped and says why; CURTAILD_CHAOS_REQUIRE_ALL=1
-turns a skip into a failure.
+turns a skip into a failure. SIGINT or SIGTERM cancels the run: every scenario's processes
+are stopped, the small file system unmounted and the scratch folder removed on the way out
+(a second signal kills the children at once); the run then exits 128 + the signal.
 """
 
 from __future__ import annotations
@@ -27,15 +29,17 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.chaos_rig import Plan, Result, Rig
+from bench.chaos_rig import Plan, Result, Rig, kill_all
 from bench.chaos_scenarios import SCENARIOS
 
 HERE = Path(__file__).resolve().parent
@@ -43,7 +47,50 @@ FULL = Plan(signals=10_000, kills=(0.1, 1.0, 3.0, 10.0, 25.0), outage_s=60.0)
 SHORT = Plan(signals=1_500, kills=(0.1, 3.0), outage_s=10.0)
 
 
+@contextlib.contextmanager
+def cancelled_by_signals() -> Iterator[list[int]]:
+    """SIGINT and SIGTERM cancel the running task, so that every context manager on the
+    way out stops its processes and unmounts what it mounted; a second signal kills every
+    child's process group at once (and cancels again). The signals received, in order."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    received: list[int] = []
+
+    def on_signal(signum: int) -> None:
+        received.append(signum)
+        name = signal.Signals(signum).name
+        if len(received) == 1:
+            print(f"chaos: {name}: stopping and cleaning up", file=sys.stderr, flush=True)
+        else:
+            print(f"chaos: {name} again: killing every child", file=sys.stderr, flush=True)
+            kill_all()
+        task.cancel()
+
+    watched = (signal.SIGINT, signal.SIGTERM)
+    for signum in watched:
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        yield received
+    finally:
+        for signum in watched:
+            loop.remove_signal_handler(signum)
+
+
 async def run(plan: Plan, only: list[str], out: Path | None, *, keep: bool = False) -> int:
+    """The run; 128 + the signal if one cancelled it (once it had cleaned up)."""
+    with cancelled_by_signals() as received:
+        try:
+            return await run_all(plan, only, out, keep=keep)
+        except asyncio.CancelledError:
+            if not received:
+                raise
+    name = signal.Signals(received[0]).name
+    print(f"chaos: interrupted by {name}; processes stopped, cleaned up", file=sys.stderr)
+    return 128 + received[0]
+
+
+async def run_all(plan: Plan, only: list[str], out: Path | None, *, keep: bool = False) -> int:
     results: list[Result] = []
     started = time.monotonic()
     with contextlib.ExitStack() as cleanup:
@@ -131,6 +178,8 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the logs and journals")
     args = parser.parse_args()
     only = [s.strip() for s in args.only.split(",") if s.strip()]
+    if not only:
+        parser.error(f"--only names no scenario; known: {', '.join(SCENARIOS)}")
     unknown = [s for s in only if s not in SCENARIOS]
     if unknown:
         parser.error(f"unknown scenarios {unknown}; known: {', '.join(SCENARIOS)}")

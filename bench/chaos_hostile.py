@@ -143,6 +143,8 @@ def generate(count: int, run_seed: int, held: tuple[str, int]) -> list[Hostile]:
     """`count` hostile messages (half over each transport), reproducibly for a seed.
     `held` is the (id, revision) of the signal held meanwhile: some replay it."""
     found: list[Hostile] = []
+    if count <= 0:
+        return found
 
     @seed(run_seed)
     @settings(
@@ -169,8 +171,12 @@ def generate(count: int, run_seed: int, held: tuple[str, int]) -> list[Hostile]:
         found[i] = Hostile(
             old.transport, "right", json.dumps(replay).encode(), "stale" if stale else "duplicate"
         )
-    while len(found) < count:  # Hypothesis can stop early on a narrow space; it has not yet
-        found.append(found[len(found) % max(1, len(found))])
+    if not found:
+        raise RuntimeError("Hypothesis generated no hostile signals")
+    # Hypothesis can stop early on a narrow space (it has not yet): the rest repeat what
+    # it made, in order.
+    generated = len(found)
+    found.extend(found[i % generated] for i in range(count - generated))
     return found[:count]
 
 

@@ -118,6 +118,18 @@ def parse_ts(text: str) -> datetime:
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
+async def cancel_and_wait(task: asyncio.Task[Any]) -> None:
+    """Cancel a helper task and wait for it to end; a cancel of the task waiting here (an
+    interrupted run) goes on up, where a bare suppress would swallow it."""
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise
+
+
 async def wait_port(host: str, port: int, within_s: float) -> None:
     deadline = time.monotonic() + within_s
     while time.monotonic() < deadline:
@@ -138,8 +150,20 @@ async def wait_port(host: str, port: int, within_s: float) -> None:
 # -- processes --------------------------------------------------------------------------------
 
 
+# Every child started and not yet seen to exit: what an interrupted run kills on its way out.
+LIVE: set[Proc] = set()
+
+
+def kill_all() -> None:
+    """SIGKILL every child's process group at once (a second interrupt: no time to be kind)."""
+    for proc in list(LIVE):
+        proc.kill_group()
+
+
 class Proc:
-    """A child process with its output in a log file."""
+    """A child process with its output in a log file, in a process group of its own: a
+    terminal's interrupt reaches only the rig, which stops its children in order, and a
+    kill takes whatever the child started with it."""
 
     def __init__(self, name: str, args: list[str], log: Path, env: dict[str, str]) -> None:
         self.name = name
@@ -152,9 +176,26 @@ class Proc:
     def start(self) -> None:
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
-                self.args, env=self.env, stdout=out, stderr=subprocess.STDOUT
+                self.args,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                process_group=0,
             )
+        LIVE.add(self)
         self.started_at = time.monotonic()
+
+    def kill_group(self) -> None:
+        """SIGKILL the process group while its leader is not yet reaped (so the group's id
+        cannot have been reused)."""
+        if self.proc is not None and self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+
+    def _reap(self, timeout_s: float) -> None:
+        assert self.proc is not None
+        self.proc.wait(timeout_s)
+        LIVE.discard(self)
 
     @property
     def pid(self) -> int:
@@ -168,24 +209,33 @@ class Proc:
         return None if self.proc is None else self.proc.poll()
 
     def kill9(self) -> None:
-        """A crash: SIGKILL, nothing flushed, no goodbye."""
+        """A crash: SIGKILL to the whole group, nothing flushed, no goodbye."""
         assert self.proc is not None
-        os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(10)
+        self.kill_group()
+        self._reap(10)
 
     async def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> int | None:
-        """SIGTERM, then SIGKILL after `timeout_s`; the exit code (None: it had to be killed)."""
-        if self.proc is None or self.proc.poll() is not None:
-            return self.returncode()
+        """SIGTERM, then SIGKILL to its group after `timeout_s`; the exit code (None: it had
+        to be killed)."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is not None:
+            LIVE.discard(self)
+            return self.proc.returncode
         self.proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + timeout_s
-        while self.proc.poll() is None and time.monotonic() < deadline:  # noqa: ASYNC110
-            await asyncio.sleep(0.1)
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-            return None
-        return self.proc.returncode
+        try:
+            while self.proc.poll() is None and time.monotonic() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(0.1)
+        finally:  # interrupted while waiting, too: nothing is left behind
+            if self.proc.poll() is None:
+                self.kill_group()
+                self._reap(10)
+                killed = True
+            else:
+                LIVE.discard(self)
+                killed = False
+        return None if killed else self.proc.returncode
 
 
 def curtaild_args(*args: str) -> list[str]:
@@ -340,9 +390,7 @@ class Watch:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
 
     def between(self, start: float, end: float = float("inf")) -> list[Sample]:
         return [s for s in self.samples if start <= s.t <= end]
@@ -417,6 +465,26 @@ class Journal:
             actions,
         )
         return [(str(m), str(a), parse_ts(s), str(o)) for m, a, s, o in rows]
+
+    def finished(self, since: datetime, until: datetime) -> list[tuple[str, str, datetime]]:
+        """(miner, action, finished_at) of every command that finished in [since, until]:
+        as the daemon counts them (curtaild_commands_sent counts a command once it is over)."""
+        rows = self.rows("SELECT miner_id, action, finished_at FROM commands ORDER BY seq")
+        out = [(str(m), str(a), parse_ts(f)) for m, a, f in rows]
+        return [(m, a, f) for m, a, f in out if since <= f <= until]
+
+    def shed_decisions(self) -> list[tuple[int, datetime, dict[str, set[str]]]]:
+        """(seq, at, {kind: miners}) of every decision that sheds (lower, sleep or cut)."""
+        out = []
+        for seq, at, blob in self.rows("SELECT seq, at, actions FROM decisions ORDER BY seq"):
+            grouped: dict[str, dict[str, list[str]]] = json.loads(zlib.decompress(blob))
+            kinds = {
+                kind: {m for ms in grouped.get(kind, {}).values() for m in ms} for kind in SHEDS
+            }
+            kinds = {kind: miners for kind, miners in kinds.items() if miners}
+            if kinds:
+                out.append((int(seq), parse_ts(at), kinds))
+        return out
 
     def last_failure(self, miner_id: str) -> datetime | None:
         """When the miner's last failed command finished."""
@@ -832,16 +900,26 @@ class Stage:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        # Every process is stopped even if something before fails or is interrupted
+        # (Proc.stop kills what it could not stop); the first error is raised once all are
+        # down. What the helper tasks raised as they ended is theirs: not the stage's.
+        errors: list[BaseException] = []
         for task in self.tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        for daemon in self.daemons:
-            for run in daemon.runs:
-                if run.alive():
-                    await run.stop()
-        for broker in self.brokers:
-            await broker.stop()
+            try:
+                await cancel_and_wait(task)
+            except Exception:  # a heartbeat's failure, not the stage's
+                continue
+            except BaseException as err:  # a cancel of the run: stop the processes first
+                errors.append(err)
+        procs = [(run, STOP_TIMEOUT_S) for daemon in self.daemons for run in daemon.runs]
+        procs += [(broker.proc, 10.0) for broker in self.brokers]
+        for proc, timeout_s in procs:
+            try:
+                await proc.stop(timeout_s)
+            except BaseException as err:  # a cancel too: the rest are stopped first
+                errors.append(err)
+        if errors:
+            raise errors[0]
 
     async def broker(self, *, persistent: bool = False) -> Mosquitto:
         name = f"{self.name}-{len(self.brokers) + 1}"
@@ -941,17 +1019,43 @@ def journal_writable(side: GridSide) -> bool | None:
     return writable if isinstance(writable, bool) else None
 
 
-def metric(metrics: dict[str, float], name: str) -> float:
-    """A counter or gauge from /metrics, with or without the `_total` suffix."""
+class MissingMetricError(KeyError):
+    """A metric the run reads is not on /metrics (renamed, or never exported)."""
+
+    def __str__(self) -> str:
+        return f"{self.args[0]} is not on /metrics"
+
+
+def metric_or_none(metrics: dict[str, float], name: str) -> float | None:
+    """A counter or gauge from /metrics, with or without the `_total` suffix; None if absent."""
     for key in (name, f"{name}_total"):
         if key in metrics:
             return metrics[key]
-    return 0.0
+    return None
+
+
+def metric(metrics: dict[str, float], name: str) -> float:
+    """A counter or gauge from /metrics, with or without the `_total` suffix. A missing one
+    is an error, never a 0: a renamed metric must not make a check pass."""
+    value = metric_or_none(metrics, name)
+    if value is None:
+        raise MissingMetricError(name)
+    return value
+
+
+def wall_to_monotonic(at: datetime) -> float:
+    """A wall-clock instant (a journal's timestamp) on this process's monotonic clock."""
+    return time.monotonic() - (time.time() - at.timestamp())
+
+
+def held_under(truth: dict[str, Any]) -> bool:
+    """The true draw stayed under the limit: over no sample, and some samples were taken."""
+    return bool(truth["samples"] > 0 and truth["over"] == 0)
 
 
 def truth_over(rig: Rig, watch: Watch, limit_kw: float, start: float, end: float) -> dict[str, Any]:
     """The worst true site draw (the miners plus the meter's base load) between two
-    instants, against a limit."""
+    instants, against a limit (judge it with `held_under`: no samples is no evidence)."""
     samples = watch.between(start, end)
     sites = [s.power_kw + rig.base_load_kw for s in samples]
     return {

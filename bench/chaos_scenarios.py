@@ -1,4 +1,4 @@
-"""The chaos run's six scenarios (bench/chaos.py runs them; bench/README.md says why)."""
+"""The chaos run's seven scenarios (bench/chaos.py runs them; bench/README.md says why)."""
 
 from __future__ import annotations
 
@@ -29,14 +29,17 @@ from bench.chaos_rig import (
     Stage,
     Watch,
     cancel,
+    cancel_and_wait,
     curtailment,
     grant,
     grid_side,
     held_state,
+    held_under,
     journal_writable,
     libfaketime_path,
     met,
     metric,
+    metric_or_none,
     now_utc,
     online,
     parse_ts,
@@ -46,6 +49,7 @@ from bench.chaos_rig import (
     verdict,
     wait_ack,
     wait_for,
+    wall_to_monotonic,
 )
 from controller.adapters.mqtt_signals import GridSide
 
@@ -56,6 +60,13 @@ HELD_FRACTION = 0.50  # what the flood, the broker's outage and the full disk ho
 RESTORED_FRACTION = 0.97  # "back at full draw": this share of the pre-curtailment draw
 RESTORE_WITHIN_S = 240.0
 HOLD_AFTER_RESTART_S = 5.0  # the limit must hold from this long after a restart
+HOLD_JUDGED_S = 10.0  # a kill round holds its curtailment at least this long once judged
+# What a family's ramp-down leaves out when a restart resumes a decision: the commands go
+# out once the second run is ready, each LuxOS one after releasing the write session the
+# dead process left open (~1 s), and the truth is sampled every 0.25 s. Measured: the
+# draw under the limit 0.02-0.2 s before ready + the ramp; this is a margin for the time,
+# not for the verdict (nothing may wake, and the limit must hold from then on).
+LANDING_SLACK_S = 2.0
 FAULTY_SHARE = 0.20
 LIARS_FRACTION = 0.50
 # With a fifth of the farm lying or stalled the meter sees the limit at ~9.5 s: the closed
@@ -127,11 +138,12 @@ class Before:
 
 async def flood(rig: Rig, plan: Plan, r: Result) -> None:
     held_id = "chaos-hold"
-    generating = asyncio.create_task(
-        asyncio.to_thread(hostile.generate, plan.signals, SEED, (held_id, 2))
-    )
+    # Generated before the daemon starts: it runs without heartbeats (each would be acked
+    # on the acks topic the flood counts), and the demo farm's source goes stale after
+    # 120 s of silence, which 10,000 examples on a loaded box can take.
+    messages = await asyncio.to_thread(hostile.generate, plan.signals, SEED, (held_id, 2))
     async with Stage(rig, "flood") as stage:
-        daemon, grid = await stage.up(heartbeats=False)  # counted, not journaled: none sent
+        daemon, grid = await stage.up(heartbeats=False)
         async with grid_side(grid, "grid-flood") as side:
             limit_kw, _ = await hold(rig, grid, side, r, held_id, revisions=2)
             await asyncio.sleep(2)
@@ -142,7 +154,6 @@ async def flood(rig: Rig, plan: Plan, r: Result) -> None:
                 await daemon.metrics(),
                 len(side.acks),
             )
-            messages = await generating
             watch = Watch(rig.api, interval_s=0.5)
             states: Counter[str] = Counter()
             async with watching(watch), observing(side, states):
@@ -158,7 +169,7 @@ async def flood(rig: Rig, plan: Plan, r: Result) -> None:
             )
             await judge_flood(r, daemon, side, sent, before=before, counted=counted)
             truth = truth_over(rig, watch, limit_kw, t0, time.monotonic())
-            r.check("the farm's true draw under the limit", truth["over"] == 0, **truth)
+            r.check("the farm's true draw under the limit", held_under(truth), **truth)
             r.check(
                 "held signals and limit unchanged in every status",
                 held_state(side) == before.held and set(states) == {before.held},
@@ -190,9 +201,7 @@ async def observing(side: GridSide, states: Counter[str]) -> AsyncIterator[None]
     try:
         yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_and_wait(task)
 
 
 async def send_flood(
@@ -320,8 +329,9 @@ async def judge_flood(
         verdicts.get("received", 0) == 0 and revisions == before.revisions,
         verdicts=verdicts,
     )
-    contained = metric(after, "curtaild_signals_contained")
-    r.check("0 signals met an internal error", contained == 0, contained=contained)
+    name = "curtaild_signals_contained"
+    contained = metric_or_none(after, name)
+    r.check("0 signals met an internal error", contained == 0, metric=name, contained=contained)
 
 
 # -- 2. kill -9 mid-curtailment ----------------------------------------------------------------
@@ -347,7 +357,6 @@ class Killed:
     t_signal: float = 0.0
     t_kill: float = 0.0
     t_restart: float = 0.0
-    t_judge: float = 0.0
     t_cancelled: float = 0.0
     cancel_wall: datetime = field(default_factory=now_utc)
     first_seq: int = 0  # the first run's last decision
@@ -374,8 +383,13 @@ async def kill_round(rig: Rig, n: int, kill_after_s: float, r: Result) -> None:
                 raise RuntimeError(f"the curtailment was answered {status}")
             await asyncio.sleep(max(0.0, k.t_signal + kill_after_s - time.monotonic()))
             await kill_and_restart(rig, daemon, k)
-            # The second run holds the curtailment; then the grid cancels it.
+            # The second run holds the curtailment, at least HOLD_JUDGED_S past the instant
+            # the limit is judged from; then the grid cancels it.
             await asyncio.sleep(max(0.0, max(k.t_restart + 25, k.t_signal + 35) - time.monotonic()))
+            landed = landing(rig, daemon, k, before=now_utc())
+            if landed is not None:
+                hold_until = min(landed.t_landed + HOLD_JUDGED_S, k.t_signal + 120)
+                await asyncio.sleep(max(0.0, hold_until - time.monotonic()))
             k.cancel_wall = now_utc()
             k.cut_at_cancel = {m["id"] for m in await rig.api.miners() if not m["powered"]}
             status, _ = await grid.post(cancel(signal_id, 2))
@@ -407,12 +421,45 @@ async def kill_and_restart(rig: Rig, daemon: Daemon, k: Killed) -> None:
     daemon.start()
     k.t_restart = time.monotonic()
     k.ready_s = await daemon.ready()
-    # The ramps the first run started end by their family's ramp-down: those it put on the
-    # wire before it died may only land when the second run, once ready, resumes them.
+
+
+@dataclass
+class Landing:
+    """When the round's first shed decision, of either run, has had time to land."""
+
+    run: int  # which run decided it: 1 (before the kill) or 2
+    decided_s: float  # from the signal
+    ramp_s: float  # the longest ramp-down of the families it lowers or sleeps
+    t_landed: float  # monotonic
+
+    def as_json(self, k: Killed) -> dict[str, Any]:
+        return {
+            "decided_by_run": self.run,
+            "decided_after_signal_s": round(self.decided_s, 2),
+            "ramp_s": self.ramp_s,
+            "landed_after_restart_s": round(self.t_landed - k.t_restart, 2),
+        }
+
+
+def landing(rig: Rig, daemon: Daemon, k: Killed, *, before: datetime) -> Landing | None:
+    """The first shed decision of either run before the cancel, and when what it decided
+    has had time to land: its instant plus the ramp-down of its families (and
+    LANDING_SLACK_S). One the first run took lands then only if it had that time before
+    the kill; else the second run, once ready, resumes it (as the journal tells it) and
+    it lands a ramp after that."""
     drivers = rig.driver_of()
-    ramping = {drivers[m] for kind in ("sleep", "lower") for m in k.first_decided.get(kind, ())}
-    ramp_s = max((rig.ramp_down_s(d) for d in ramping), default=0.0)
-    k.t_judge = max(k.t_restart + HOLD_AFTER_RESTART_S, k.t_restart + k.ready_s + ramp_s)
+    for seq, at, kinds in daemon.journal.shed_decisions():
+        if at >= before:
+            break
+        ramping = {drivers[m] for kind in ("sleep", "lower") for m in kinds.get(kind, ())}
+        ramp_s = max((rig.ramp_down_s(d) for d in ramping), default=0.0)
+        t_decided = wall_to_monotonic(at)
+        t_landed = t_decided + ramp_s
+        run = 1 if seq <= k.first_seq else 2
+        if run == 1 and t_landed > k.t_kill:
+            t_landed = max(t_landed, k.t_restart + k.ready_s + ramp_s)
+        return Landing(run, t_decided - k.t_signal, ramp_s, t_landed + LANDING_SLACK_S)
+    return None
 
 
 def judge_kill(
@@ -422,8 +469,20 @@ def judge_kill(
         (m, a, str(at)) for m, a, at, _ in daemon.journal.commands(STEPS_BACK) if at < k.cancel_wall
     ]
     starts = max((s.starts for s in watch.between(0, k.t_cancelled - 0.3)), default=0)
-    new_cuts = sorted(k.cut_at_cancel - k.first_decided.get("cut", set()) - k.cut_at_kill)
-    judged = truth_over(rig, watch, limit_kw, k.t_judge, k.t_cancelled - 0.3)
+    # Outlets either run decided to cut (the second run may cut for sleeps that came late).
+    decided_cuts = {
+        m
+        for _, at, kinds in daemon.journal.shed_decisions()
+        if at < k.cancel_wall
+        for m in kinds.get("cut", ())
+    }
+    new_cuts = sorted(k.cut_at_cancel - decided_cuts - k.cut_at_kill)
+    landed = landing(rig, daemon, k, before=k.cancel_wall)
+    t_judge: float | None = None
+    judged: dict[str, Any] = {"samples": 0, "why": "no shed decision before the cancel"}
+    if landed is not None:
+        t_judge = max(k.t_restart + HOLD_AFTER_RESTART_S, landed.t_landed)
+        judged = truth_over(rig, watch, limit_kw, t_judge, k.t_cancelled - 0.3)
     under = next(
         (
             round(s.t - k.t_restart, 2)
@@ -442,7 +501,8 @@ def judge_kill(
         second_run_decided={kind: len(v) for kind, v in later.items()},
         cut_at_kill=len(k.cut_at_kill),
         cut_at_cancel=len(k.cut_at_cancel),
-        judged_from_restart_s=round(k.t_judge - k.t_restart, 2),
+        first_shed=landed.as_json(k) if landed is not None else None,
+        judged_from_restart_s=round(t_judge - k.t_restart, 2) if t_judge is not None else None,
         site_under_limit_after_restart_s=under,
         final_kw=round(watch.samples[-1].power_kw, 1) if watch.samples else None,
     )
@@ -452,10 +512,11 @@ def judge_kill(
         journaled=woken[:5],
         simulator_starts=starts,
     )
-    r.check("no outlet cut the first run had not cut or decided", not new_cuts, new=new_cuts)
+    r.check("no outlet cut that neither run decided", not new_cuts, new=new_cuts)
     r.check(
-        "limit held from restart + 5 s (or ready + the ramps the first run started)",
-        judged["samples"] > 0 and judged["over"] == 0,
+        "limit held once the first shed decision (either run's) has had its ramps to land, "
+        "and from restart + 5 s",
+        held_under(judged),
         **judged,
     )
 
@@ -568,7 +629,7 @@ async def broker_outage(rig: Rig, plan: Plan, r: Result) -> None:
             judge_outage(r, daemon, client, o, arrivals)
             end = o.t_daemon_back or time.monotonic()
             truth = truth_over(rig, watch, limit_kw, o.t_down, end)
-            r.check("the held limit kept while the broker was away", truth["over"] == 0, **truth)
+            r.check("the held limit kept while the broker was away", held_under(truth), **truth)
         finally:
             await client.close()
 
@@ -784,8 +845,10 @@ async def run_tool(*args: str) -> tuple[int, str]:
 
 
 @contextlib.asynccontextmanager
-async def small_disk(where: Path, size: str) -> AsyncIterator[Path | str]:
-    """A tmpfs of `size` mounted at `where` (root only): the path, or why there is none."""
+async def small_disk(where: Path, size: str, r: Result) -> AsyncIterator[Path | str]:
+    """A tmpfs of `size` mounted at `where` (CAP_SYS_ADMIN): the path, or why there is none.
+    Unmounted however the scenario ends; one that will not unmount (something still holds
+    it) is detached lazily, and the scenario fails."""
     await asyncio.to_thread(where.mkdir, parents=True, exist_ok=True)
     try:
         code, output = await run_tool(
@@ -799,10 +862,20 @@ async def small_disk(where: Path, size: str) -> AsyncIterator[Path | str]:
     try:
         yield where
     finally:
+        output = ""
         for _ in range(10):
-            if (await run_tool("umount", str(where)))[0] == 0:
+            code, output = await run_tool("umount", str(where))
+            if code == 0:
                 break
             await asyncio.sleep(0.5)
+        else:
+            lazy, lazy_output = await run_tool("umount", "-l", str(where))
+            r.check(
+                "the small file system unmounted",
+                ok=False,
+                umount=output,
+                lazy_umount=lazy_output if lazy else "detached",
+            )
 
 
 def fill(folder: Path) -> int:
@@ -827,9 +900,16 @@ def fill(folder: Path) -> int:
 
 @dataclass
 class Full:
-    """The daemon as it was while its journal's disk was full."""
+    """The daemon as it was while its journal's disk was full. The commands it sent then
+    are counted by curtaild_commands_sent, read twice: before the first read (`since`) to
+    after the second (`counted_until`), and between the reads (`counted_from` to
+    `counted_to`); the metric counts a command once it is over, so the journal's rows are
+    compared on `finished_at`."""
 
     since: datetime = field(default_factory=now_utc)
+    counted_from: datetime = field(default_factory=now_utc)
+    counted_to: datetime = field(default_factory=now_utc)
+    counted_until: datetime = field(default_factory=now_utc)
     until: datetime = field(default_factory=now_utc)
     alive: bool = False
     unwritable: bool = False
@@ -853,7 +933,7 @@ class Full:
 
 async def disk_full(rig: Rig, plan: Plan, r: Result) -> None:
     del plan
-    async with small_disk(rig.tmp / "small-disk", DISK_SIZE) as disk:
+    async with small_disk(rig.tmp / "small-disk", DISK_SIZE, r) as disk:
         if isinstance(disk, str):
             r.skipped = f"{disk}; not faked: this scenario needs a file system that really fills"
             return
@@ -905,6 +985,7 @@ async def while_full(
     full.unwritable = await wait_for(lambda: journal_writable(side) is False, 5)
     full.since = now_utc()
     full.sent_before = metric(await daemon.metrics(), "curtaild_commands_sent")
+    full.counted_from = now_utc()
     full.http_cancel, problem = await grid.post(cancel("chaos-disk", 2))
     full.http_detail = str(problem.get("detail"))
     acks = len(side.acks)
@@ -914,7 +995,9 @@ async def while_full(
     full.t_reboot = time.monotonic()
     full.regained_s = await reboot(rig, watch, limit_kw)
     await asyncio.sleep(5)
+    full.counted_to = now_utc()
     full.metrics = await daemon.metrics()
+    full.counted_until = now_utc()
     full.journal_error = (side.status or {}).get("journal", {}).get("error")
     full.held = held_state(side)
     full.starts = (await rig.api.farm())["starts"]  # since the reboot: wakes, restores
@@ -953,11 +1036,16 @@ async def after_freed(
     writable = await wait_for(lambda: journal_writable(side) is True, 30)
     t_writable = time.monotonic()
     await asyncio.sleep(3)  # what went out while full is journaled late, once a second
-    during = [
-        (miner, action)
-        for miner, action, at, _ in daemon.journal.commands((*SHEDS, *STEPS_BACK))
+    # Counted as the metric counts them: by when they finished.
+    finished = daemon.journal.finished(full.since, full.counted_until)
+    surely = [c for c in finished if full.counted_from <= c[2] <= full.counted_to]
+    # Anything that brings draw back, started or finished while full.
+    steps_back = {
+        (miner, action, at)
+        for miner, action, at, _ in daemon.journal.commands(STEPS_BACK)
         if full.since <= at <= full.until
-    ]
+    }
+    steps_back |= {c for c in daemon.journal.finished(full.since, full.until) if c[1] in STEPS_BACK}
     status, _ = await grid.post(cancel("chaos-disk", 2))  # the grid tries again
     back_s = await restored(
         watch, time.monotonic(), RESTORED_FRACTION * held["pre_kw"], RESTORE_WITHIN_S
@@ -965,10 +1053,13 @@ async def after_freed(
     return {
         "invalid_signals_until_unwritable": full.invalid_sent,
         "journal_error": full.journal_error,
-        "metrics_journal_writable_while_full": metric(full.metrics, "curtaild_journal_writable"),
+        "metrics_journal_writable_while_full": metric_or_none(
+            full.metrics, "curtaild_journal_writable"
+        ),
         "commands_sent_while_full": full.commands_sent,
-        "commands_journaled_late": len(during),
-        "steps_back_while_full": sum(action in STEPS_BACK for _, action in during),
+        "commands_journaled_late": len(finished),
+        "commands_journaled_late_between_the_reads": len(surely),
+        "steps_back_while_full": len(steps_back),
         "starts_while_full": full.starts,
         "reboot_back_under_the_limit_s": full.regained_s,
         "cancel_while_full": {
@@ -988,10 +1079,13 @@ def judge_full(
     r: Result, full: Full, before: str, truth: dict[str, Any], again: dict[str, Any]
 ) -> None:
     r.check("0 daemon exits", again["daemon_alive"])
+    name = "curtaild_journal_writable"
     r.check(
         "status and metrics say the journal is unwritable",
-        full.unwritable and metric(full.metrics, "curtaild_journal_writable") == 0,
+        full.unwritable and metric_or_none(full.metrics, name) == 0,
         error=full.journal_error,
+        metric=name,
+        value=metric_or_none(full.metrics, name),
     )
     r.check(
         "nothing woken while the journal was full (no wake, raise, restore; no start)",
@@ -999,11 +1093,18 @@ def judge_full(
         steps_back=again["steps_back_while_full"],
         simulator_starts=full.starts,
     )
+    # The metric's two reads bound the window: a command that finished during a read may
+    # or may not be in the count, so the count lies between the journal's rows finished
+    # between the reads and those finished from before the first to after the second.
     r.check(
         "every command sent while full journaled once the journal took writes",
-        again["commands_journaled_late"] == full.commands_sent,
+        full.commands_sent > 0
+        and again["commands_journaled_late_between_the_reads"]
+        <= full.commands_sent
+        <= again["commands_journaled_late"],
         sent=full.commands_sent,
         journaled_late=again["commands_journaled_late"],
+        journaled_late_between_the_reads=again["commands_journaled_late_between_the_reads"],
     )
     r.check(
         "the cancel refused: HTTP 503, no `received` ack over MQTT",
@@ -1013,7 +1114,7 @@ def judge_full(
     )
     r.check(
         "the held limit kept: the held signals, the true draw under the limit",
-        full.held == before and truth["over"] == 0,
+        full.held == before and held_under(truth),
         held=full.held,
         **truth,
     )
@@ -1055,9 +1156,11 @@ class Stepped:
     cancel_http: int = 0
     cancelled_wall: datetime = field(default_factory=now_utc)
     offsets: dict[str, object] = field(default_factory=dict)
-    metrics_offset: float = 0.0
+    metrics_offset: float | None = None
     awake_kw: float = 0.0
+    awake_target_kw: float = 0.0
     longest_step_s: float = 0.0
+    behind_late_s: float = 0.0  # how long after `before_lead` the -1 h step came (<= 0: on time)
 
 
 def set_offset(path: Path, offset: str) -> None:
@@ -1094,6 +1197,7 @@ async def clock_step(rig: Rig, plan: Plan, r: Result) -> None:
             # An hour behind across the grant's end: from before its lead until after it.
             before_lead = grant_end - timedelta(seconds=lead_s + 5)
             await asyncio.sleep(max(0.0, (before_lead - now_utc()).total_seconds()))
+            st.behind_late_s = (now_utc() - before_lead).total_seconds()
             await asyncio.to_thread(set_offset, offset, f"-{STEP_S}")
             t_behind = time.monotonic()
             await asyncio.sleep(3)
@@ -1115,7 +1219,8 @@ async def step_mid_curtailment(
     """A 10 s curtailment; 0.3 s in, the wall clock an hour ahead; a revision signed on the
     new wall clock, one on the old; the clock back an hour; the cancel."""
     st = Stepped()
-    st.awake_kw = await wait_for_draw(rig, rig.rated_kw * 0.65, 90)
+    st.awake_target_kw = round(rig.rated_kw * 0.65, 1)  # above the limit: a curtailment to do
+    st.awake_kw = await wait_for_draw(rig, st.awake_target_kw, 90)
     limit_kw = round(rig.rated_kw * CURTAIL_FRACTION)
     st.sent_wall, st.t_sent = now_utc(), time.monotonic()
     if (await grid.post(curtailment("chaos-clock", 1, limit_kw, DEADLINE_S)))[0] != 202:
@@ -1127,7 +1232,7 @@ async def step_mid_curtailment(
     st.t_first = time.monotonic()
     await asyncio.sleep(2)
     st.offsets["+1h mid-curtailment"] = (side.status or {}).get("wall_clock_offset_s")
-    st.metrics_offset = metric(await daemon.metrics(), "curtaild_wall_clock_offset_seconds")
+    st.metrics_offset = metric_or_none(await daemon.metrics(), "curtaild_wall_clock_offset_seconds")
     revision = curtailment("chaos-clock", 2, limit_kw, DEADLINE_S)
     # A grid on the box's new wall clock, and one still on the time the box left.
     st.second_http, _ = await grid.post(revision, clock_offset_s=STEP_S)
@@ -1161,8 +1266,12 @@ def judge_clock(
     first_ttt = time_to_target(ob1)
     r.figures.update(
         farm_kw_before_curtailment=st.awake_kw,
+        farm_kw_target_before_curtailment=st.awake_target_kw,
         offsets_reported=st.offsets,
-        metrics_offset_at_plus_1h=round(st.metrics_offset, 1),
+        metrics_offset_at_plus_1h=(
+            round(st.metrics_offset, 1) if st.metrics_offset is not None else None
+        ),
+        behind_step_late_s=round(st.behind_late_s, 1),
         longest_step_s=round(st.longest_step_s, 1),
         first={
             "ack": st.first.get("status"),
@@ -1192,7 +1301,8 @@ def judge_clock(
     )
     r.check(
         "the 10 s deadline judged on real time across a +1 h step",
-        met(ob1)
+        st.awake_kw >= st.awake_target_kw
+        and met(ob1)
         and ob1 is not None
         and ob1["due_at"] - ob1["starts_at"] == timedelta(seconds=DEADLINE_S)
         and received_skew is not None
@@ -1201,6 +1311,8 @@ def judge_clock(
         and first_ttt <= st.t_first - st.t_sent,
         time_to_target_s=first_ttt,
         received_minus_sent_s=received_skew,
+        farm_kw_before=st.awake_kw,
+        farm_kw_needed_before=st.awake_target_kw,
     )
     r.check(
         "signals signed on the wall clock accepted after the step, and met",
@@ -1211,19 +1323,25 @@ def judge_clock(
     r.check(
         "each step reported (status, metrics, journal)",
         offsets_match(st.offsets, STEP_S)
+        and st.metrics_offset is not None
         and abs(st.metrics_offset - STEP_S) <= 2
         and [s for s, _ in events] == ["stepped", "agrees", "stepped", "agrees"],
         status=st.offsets,
+        metrics=st.metrics_offset,
         journal=events,
     )
     r.check(
         "the grant's end judged at its real end, the wall clock an hour behind",
-        met(end)
+        st.behind_late_s <= 0.5
+        and met(end)
         and end is not None
         and abs((end["due_at"] - grant_end).total_seconds()) < 1
         and not early
         and farm_kw + rig.base_load_kw <= base_kw,
         early_sheds=early,
+        # The -1 h step is due 5 s before the grant's end lead begins: much later, and the
+        # end it is there to test would be judged on a clock not yet stepped.
+        behind_step_late_s=round(st.behind_late_s, 1),
     )
     if st.longest_step_s >= ADOPT_AFTER_S:
         r.notes.append("a step lasted past the 60 s after which a synchronized box adopts it")
@@ -1319,7 +1437,7 @@ async def liars(rig: Rig, plan: Plan, r: Result) -> None:
                     rig, watch, limit_kw, t_sent + LIARS_DEADLINE_S, time.monotonic()
                 )
                 r.check(
-                    "the true draw under the limit after the deadline", truth["over"] == 0, **truth
+                    "the true draw under the limit after the deadline", held_under(truth), **truth
                 )
     finally:
         for miner_id in faulty:
@@ -1347,6 +1465,14 @@ def judge_liars(
     )
     lying = set((side.status or {}).get("lying", []))
     outlets = set(rig.loaded.outlets)
+    # Judged a liar by the daemon: by measured power (a deceiver: the status's `lying` set,
+    # or the journal's `lying` events, the mark may have expired since) or by its read-back
+    # (a liar that acknowledged a shed and did not carry it out: the command's outcome).
+    judged = (
+        lying
+        | {subject for _, subject, _ in daemon.journal.events("lying")}
+        | {m for m, _, _, outcome in daemon.journal.commands(SHEDS) if outcome == "lying"}
+    )
     by_mode: dict[str, dict[str, Any]] = {}
     for mode in ("deceive", "stall", "lie"):
         ids = [m for m, f in faulty.items() if f == mode]
@@ -1358,26 +1484,23 @@ def judge_liars(
             "commanded_down": sum(m in commanded for m in ids),
             "cut": sum(not miners[m]["powered"] for m in ids),
             "caught_by_outlet": sum(m in lying for m in ids),
+            "judged_a_liar": sum(m in judged for m in ids),
         }
-    # A liar the daemon commanded down, and so could catch, is cut where it has an outlet.
-    uncaught = sorted(
-        m
-        for m, f in faulty.items()
-        if f in ("deceive", "lie") and m in outlets and m in commanded and miners[m]["powered"]
+    # A liar the daemon commanded down, and so could catch, is judged a liar and cut where
+    # it has an outlet (cut for another reason, it was not caught).
+    catchable = sorted(
+        m for m, f in faulty.items() if f in ("deceive", "lie") and m in outlets and m in commanded
     )
-    # A stalled miner's failed sleep is escalated: its outlet is cut, or (the deadline past,
-    # the plan free to choose) another miner is shed in its place after its last failure.
-    sheds = daemon.journal.decisions_at(SHEDS)
-
-    def escalated(miner_id: str) -> bool:
-        failed = daemon.journal.last_failure(miner_id)
-        return (
-            not miners[miner_id]["powered"]
-            or failed is None
-            or any(at > failed and ids - {miner_id} for at, ids in sheds)
-        )
-
-    stuck = sorted(m for m, f in faulty.items() if f == "stall" and not escalated(m))
+    uncaught: dict[str, list[str]] = {}
+    for m in catchable:
+        if miners[m]["powered"]:
+            uncaught.setdefault(m, []).append("powered")
+        if m not in judged:
+            uncaught.setdefault(m, []).append("not judged a liar")
+    # A stalled miner the daemon shed cannot answer: each one's failed command is journaled
+    # (the daemon knows it did not obey), or its outlet is cut.
+    stalled = sorted(m for m, f in faulty.items() if f == "stall" and m in shed)
+    stuck = [m for m in stalled if miners[m]["powered"] and daemon.journal.last_failure(m) is None]
     r.figures.update(
         faulty=len(faulty),
         by_mode=by_mode,
@@ -1385,10 +1508,16 @@ def judge_liars(
         escalations=(side.status or {}).get("escalations"),
         outlets_cut=sum(not m["powered"] for m in miners.values()),
     )
-    r.check("liars with an outlet caught and cut", not uncaught, uncaught=uncaught)
     r.check(
-        "stalled miners escalated: their outlet cut, or another miner shed in their place",
-        not stuck,
+        "liars with an outlet caught and cut",
+        bool(catchable) and not uncaught,
+        catchable=len(catchable),
+        uncaught=dict(sorted(uncaught.items())),
+    )
+    r.check(
+        "stalled miners shed: each one's failed command journaled, or its outlet cut",
+        bool(stalled) and not stuck,
+        shed=len(stalled),
         not_escalated=stuck,
     )
 

@@ -154,7 +154,7 @@ class Draw:
         that forgets it across a reboot), as telemetry found them: each is journaled; True
         if any (the plan counted them as lowered: plan again, which lowers them anew). One
         that loses its target twice within the lie memory is not lowered again for as
-        long: the ladder sleeps it instead of chasing it."""
+        long (null memory: for good): the ladder sleeps it instead of chasing it."""
         if not self._readings.targets_lost:
             return False
         lost, self._readings.targets_lost = self._readings.targets_lost, []
@@ -165,11 +165,11 @@ class Draw:
                 self._journal.record_event(now, "target-lost", miner_id, why)
             before = self._target_lost_at.get(miner_id)
             self._target_lost_at[miner_id] = now
-            if (
-                memory is not None
-                and before is not None
-                and now - before < timedelta(seconds=memory)
-            ):
+            if before is None:
+                continue
+            if memory is None:  # lies are remembered for good: so is this
+                self._readings.skip_lowering(miner_id, None)
+            elif now - before < timedelta(seconds=memory):
                 self._readings.skip_lowering(miner_id, now + timedelta(seconds=memory))
         return True
 

@@ -69,6 +69,7 @@ class Readings:
         self._dirty: set[str] = set()  # ladder state changed since the last journal flush
         # (miner, why) of lowered miners found back at their default target, for the loop.
         self.targets_lost: list[tuple[str, str]] = []
+        self._over_target: set[str] = set()  # read once above its lowered target
         self.first_sweep = asyncio.Event()
 
     def views(self) -> tuple[MinerView, ...]:
@@ -131,12 +132,23 @@ class Readings:
             view.outlet,
         )
         if view.lowered_at is not None and not command:
-            new = self._views[miner_id]
-            why = target_lost(new)
-            if why is not None:  # back at its default target: the ladder lowers it again
-                self._views[miner_id] = replace(new, lowered_at=None, warming_until=None)
-                self._dirty.add(miner_id)
-                self.targets_lost.append((miner_id, why))
+            self._judge_target(miner_id)
+
+    def _judge_target(self, miner_id: str) -> None:
+        """A lowered miner read twice in a row well above its target is back at its
+        default (a hand on its web UI; a firmware that forgets): no longer counted as
+        lowered, so the ladder lowers it again. Once is an overshoot, not a loss."""
+        view = self._views[miner_id]
+        why = target_lost(view)
+        if why is None:
+            self._over_target.discard(miner_id)
+        elif miner_id not in self._over_target:
+            self._over_target.add(miner_id)
+        else:
+            self._over_target.discard(miner_id)
+            self._views[miner_id] = replace(view, lowered_at=None, warming_until=None)
+            self._dirty.add(miner_id)
+            self.targets_lost.append((miner_id, why))
 
     def fail(
         self,

@@ -212,13 +212,18 @@ async def test_under_frequency_sheds_a_block_at_once_and_restores_gradually(
         )
 
 
+@pytest.mark.parametrize("memory_s", [86_400.0, None])
 async def test_a_miner_raised_by_hand_is_lowered_again_not_judged_a_liar(
-    tmp_path: Path,
+    tmp_path: Path, memory_s: float | None
 ) -> None:
     # A hand on the web UI (or a firmware that forgets a target across a reboot) puts a
     # lowered unit back at its default target. Its firmware says so itself: that is a
-    # lost target, to be lowered again, not a lie to cut an outlet over.
-    async with rig(metered_site(tmp_path)) as r:
+    # lost target, to be lowered again, not a lie to cut an outlet over. Twice within the
+    # lie memory (null: ever), and the ladder stops lowering it.
+    escalation = {"cut_batch_size": 2, "cut_batch_spacing_s": 0.5, "pdu_interval_s": 0.5}
+    async with rig(
+        metered_site(tmp_path, escalation={**escalation, "lie_memory_s": memory_s})
+    ) as r:
         await r.step(2)
         default = {m: sim.physics.profile for m, sim in r.farm.miners.items()}
         draw_kw = (r.sup.draw.measured_w or 0) / 1000
@@ -244,4 +249,15 @@ async def test_a_miner_raised_by_hand_is_lowered_again_not_judged_a_liar(
                 held = sim.profile.power_w < default[m].power_w
                 assert (views[m].lowered_at is not None) == held, m
         assert all(m.physics.powered for m in r.farm.miners.values())  # nothing cut
+        assert r.farm.total_power_w() + 2000 <= limit_kw * 1000 + 200
+        # The same unit loses its target again (the plan may have slept others rather
+        # than lower it anew; the second loss is handed in as telemetry reports it).
+        m = min(lost)
+        r.sup._readings.targets_lost.append((m, "reports 3400 W, above its target again"))
+        await r.step(1)
+        assert r.sup._readings.view(m).no_lower, "lowering is skipped after a second loss"
+        until = r.sup._readings._until.get((m, "no_lower"))
+        assert (until is None) == (memory_s is None)  # null: for good, as lies are
+        events = r.daemon.journal.rows("SELECT kind, subject FROM events")
+        assert not [s for k, s in events if k == "lying"]
         assert r.farm.total_power_w() + 2000 <= limit_kw * 1000 + 200

@@ -225,9 +225,10 @@ def test_a_lie_is_judged_only_after_the_ramp() -> None:
     # it was asleep. Not a lie: the firmware has not been asked since.
     blip = replace(asleep, outlet_at_read=plug(25.0, SEEN - timedelta(seconds=0.5)))
     assert lie(blip, NOW, STALE, grace) is None
-    # Nor an outlet read long before the firmware spoke.
+    # An outlet read well before the firmware spoke still counts once the ramp had landed
+    # (a PDU polled every 5 s must not hide a liar).
     old = replace(asleep, outlet_at_read=plug(3000.0, SEEN - timedelta(seconds=10)))
-    assert lie(old, NOW, STALE, grace) is None
+    assert lie(old, NOW, STALE, grace) is not None
     fresh_sleep = replace(asleep, mode_since=NOW - timedelta(seconds=3))
     assert lie(fresh_sleep, NOW, STALE, grace) is None
     honest = replace(asleep, outlet=plug(60.0, SEEN), outlet_at_read=plug(60.0, SEEN))
@@ -238,6 +239,27 @@ def test_a_lie_is_judged_only_after_the_ramp() -> None:
     # It says 3000 W itself: not a lie but a lost target, lowered again.
     assert lie(lowered, NOW, STALE, grace) is None
     assert target_lost(lowered) is not None
+
+
+def test_a_blip_at_the_end_of_a_ramp_is_not_a_lie_but_a_claim_of_it_is() -> None:
+    # Sleep sent 5.8 s ago, a 5 s ramp: landed 0.8 s ago. The firmware, read 1.2 s ago,
+    # said asleep and still ramping (1500 W); the outlet then read 1500 W; the blip came
+    # after, and the outlet now reads 3000 W.
+    grace = timedelta(0)
+    ramping = replace(
+        view(0, 30.0, mode=Mode.SLEEPING),
+        mode_since=NOW - timedelta(seconds=5.8),
+        read_at=NOW - timedelta(seconds=1.2),
+        outlet_at_read=plug(1500.0, NOW - timedelta(seconds=1.6)),
+        outlet=plug(3000.0, NOW - timedelta(seconds=0.2)),
+    )
+    ramping = claiming(ramping, 1500)
+    assert lie(ramping, NOW, STALE, grace) is None
+    # A firmware that claimed its residual while its outlet measured the full draw lies.
+    deceiving = replace(
+        claiming(ramping, 25), outlet_at_read=plug(3000.0, NOW - timedelta(seconds=1.6))
+    )
+    assert lie(deceiving, NOW, STALE, grace) is not None
 
 
 def test_a_lost_power_target_is_judged_only_after_it_had_time_to_land() -> None:

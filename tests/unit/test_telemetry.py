@@ -169,3 +169,21 @@ def test_system_clock_is_steady_when_the_wall_clock_steps() -> None:
     wall[0] -= 7200  # and back past where it was
     assert clock.time() == start + 10
     assert clock.wall_offset_s() == -3600
+
+
+def test_telemetry_a_lost_power_target_takes_two_readings_in_a_row() -> None:
+    spec = MinerSpec("m1", "luxos", "c1", 3000, 21.5, TRAITS)  # LuxOS: a power target
+    readings = Readings({"m1": spec})
+    readings.record("m1", MINING, T0)
+    readings.set_ladder("m1", lowered_at=T0)
+    at_floor = MinerReading(Mode.MINING, 2100, 100.0, (60.0,))
+    landed = T0 + timedelta(seconds=TRAITS.retarget_s + 5)
+    readings.record("m1", at_floor, landed)
+    readings.record("m1", MINING, landed + timedelta(seconds=1))  # one overshoot
+    readings.record("m1", at_floor, landed + timedelta(seconds=2))
+    readings.record("m1", MINING, landed + timedelta(seconds=3))  # and another, alone
+    assert readings.view("m1").lowered_at == T0
+    assert readings.targets_lost == []
+    readings.record("m1", MINING, landed + timedelta(seconds=4))  # two in a row: lost
+    assert readings.view("m1").lowered_at is None
+    assert [m for m, _ in readings.targets_lost] == ["m1"]

@@ -220,7 +220,9 @@ class MinersOut(_Out):
 class EventOut(_Out):
     seq: int
     at: datetime
-    kind: str = Field(description="operator, alarm, alarm-cleared, lying, frequency, ...")
+    kind: str = Field(
+        description="operator, alarm, alarm-cleared, lying, target-lost, frequency, ..."
+    )
     subject: str | None
     detail: str | dict[str, object] | None
 
