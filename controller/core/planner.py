@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from controller.core.model import Horizon, Limit, MinerSpec, MinerView, Plan, PlanRules, Snapshot
-from controller.core.planning import FLOOR_WAKE, UNKNOWN_REASON, Fleet
+from controller.core.planning import FLOOR_WAKE, UNKNOWN_REASON, Fleet, survey
 from controller.core.safety import Climate
 from controller.core.shed import shed
 from controller.core.wake import wake
@@ -39,14 +39,15 @@ def plan(snapshot: Snapshot, limit: Limit, rules: PlanRules) -> Plan:
     """Choose actions so the fleet's estimated draw stays within `limit` less the margin."""
     horizon = Horizon(snapshot.taken_at, rules.stale_after, rules.restore_boot)
     budget = limit.limit_w - rules.margin_w
-    costs = [horizon.estimate(v) for v in snapshot.miners]
+    seen = survey(snapshot, horizon)
+    costs = seen.costs
     total = sum(costs)
     order = snapshot.order if snapshot.order is not None else shed_order(snapshot.miners)
     climate = None
     if rules.safety is not None:
         containers = {v.spec.container for v in snapshot.miners}
         climate = Climate(rules.safety, snapshot.ambient, snapshot.taken_at, containers)
-    fleet = Fleet(snapshot, horizon, costs, order, climate)
+    fleet = Fleet(snapshot, horizon, costs, order, climate, seen.specs, seen.obeying, seen.ready)
     if total <= budget:
         return wake(fleet, total, budget, rules)
     first = shed(fleet, total, budget, limit, rules, cold_ok=False)

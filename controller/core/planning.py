@@ -22,13 +22,55 @@ tuple_new = tuple.__new__  # builds an Action without NamedTuple's Python-level 
 
 class Fleet(NamedTuple):
     """What both phases walk: the snapshot, its horizon, each miner's cost, shed order,
-    and the cold-weather judgement of every container (None: no such rules)."""
+    and the cold-weather judgement of every container (None: no such rules); and, from
+    the one pass over the views (survey), each miner's spec, whether it runs and obeys,
+    and whether a sleep may be sent to it now (ready)."""
 
     snapshot: Snapshot
     horizon: Horizon
     costs: list[int]
     order: Sequence[int]
     climate: Climate | None
+    specs: list[MinerSpec]
+    obeying: list[bool]  # runs_and_obeys
+    ready: list[bool]  # obeying, not cut by us, not backing off after a failed command
+
+
+class Survey(NamedTuple):
+    costs: list[int]
+    specs: list[MinerSpec]
+    obeying: list[bool]
+    ready: list[bool]
+
+
+def survey(snapshot: Snapshot, horizon: Horizon) -> Survey:
+    """One pass over the views for what every later pass asks of them. The views are the
+    telemetry's, rebuilt with each reading and spread over the heap: measured at 10,000
+    miners, each pass that touched them cost more in memory than in the tests it made,
+    so the walks that follow read only these lists and the specs (fixed since start-up)."""
+    now, fresh_from, estimate = snapshot.taken_at, horizon.fresh_from, horizon.estimate
+    costs: list[int] = []
+    specs: list[MinerSpec] = []
+    obeying: list[bool] = []
+    ready: list[bool] = []
+    sleeping = Mode.SLEEPING
+    for view in snapshot.miners:
+        costs.append(estimate(view))
+        specs.append(view.spec)
+        reading, read_at = view.reading, view.read_at
+        obeys = (  # runs_and_obeys, inline
+            view.pending is None
+            and reading is not None
+            and reading.mode is not sleeping
+            and view.lying is None
+            and read_at is not None
+            and read_at >= fresh_from
+        )
+        obeying.append(obeys)
+        ready.append(
+            obeys and view.cut_at is None and (view.retry_after is None or now >= view.retry_after)
+        )
+    return Survey(costs, specs, obeying, ready)
 
 
 class Due:

@@ -17,7 +17,6 @@ from controller.core.model import (
     PlanRules,
 )
 from controller.core.planning import UNKNOWN_REASON, Due, Fleet, runs_and_obeys, tuple_new
-from controller.core.safety import Climate
 from drivers.types import Mode
 
 
@@ -41,26 +40,27 @@ def shed(
     The loop handles a running, obeying miner inline (nearly every miner of a fleet-wide
     shed, on the path to the first command) and hands every other case to _Ladder.step.
     """
-    snapshot, horizon, costs, order, climate = fleet
-    now = snapshot.taken_at
-    due = Due(now, limit.due_at)
-    miners = snapshot.miners
+    snapshot, costs, climate, specs, ready = (
+        fleet.snapshot,
+        fleet.costs,
+        fleet.climate,
+        fleet.specs,
+        fleet.ready,
+    )
+    due = Due(snapshot.taken_at, limit.due_at)
     ladder = _Ladder(fleet, limit, due, rules, cold_ok=cold_ok)
-    walk = list(_in_time_first(miners, order, due, climate))
+    walk = list(_in_time_first(fleet, due))
     keep = _keepers(fleet) if climate is not None else None
     lowering = _lowering(fleet, walk, due, everywhere=rules.lower_first)
     potential = sum(lowering) if lowering is not None else 0
     actions: list[Action | None] = []
     lowered: dict[int, tuple[int, int]] = {}  # kept miners lowered: (action index, saving)
     counts = dict.fromkeys(ActionKind, 0)
-    sleeping = Mode.SLEEPING
-    fresh_from = horizon.fresh_from
     sleep_kind = ActionKind.SLEEP
     late = due.late_after  # by ramp-down seconds
     for i in walk:
         if total <= budget:
             break
-        view = miners[i]
         kept = keep is not None and keep[i]
         lower = 0
         if lowering is not None:
@@ -68,20 +68,8 @@ def shed(
             potential -= lower
             if lower and not kept and total - potential - lower > budget:
                 lower = 0  # this one must sleep: lowering the rest cannot cover it
-        read_at, reading = view.read_at, view.reading
-        if (
-            not kept
-            and view.pending is None
-            and view.cut_at is None
-            and view.lying is None
-            and not lower
-            and (view.retry_after is None or now >= view.retry_after)
-            and reading is not None
-            and read_at is not None
-            and read_at >= fresh_from
-            and reading.mode is not sleeping
-        ):
-            spec = view.spec
+        if not kept and not lower and ready[i]:
+            spec = specs[i]
             slow = late[spec.traits.ramp_down_s]
             if not slow or spec.outlet is None:  # the common case: sleep it
                 reason = ladder.sleep_reason(spec.efficiency_j_th, slow)
@@ -116,7 +104,7 @@ def _keepers(fleet: Fleet) -> list[bool] | None:
     """The miners that keep each cold container's heater floor: its most efficient running,
     obeying miners with a power target (counted at their lowest), then without one, until
     the floor's watts and miner count are met. None where no container needs one."""
-    snapshot, horizon, costs, order, climate = fleet
+    snapshot, horizon, costs, order, climate = fleet[:5]
     assert climate is not None
     need = climate.floor_needs()
     if not need:
@@ -158,23 +146,22 @@ def _lowering(fleet: Fleet, walk: Sequence[int], due: Due, *, everywhere: bool) 
     when no miner can be lowered in time (most fleet-wide sheds of sleep-only families).
     Not `everywhere` (the site sleeps first), only miners in cold containers: the cold
     prefers a lower power target to sleep."""
-    snapshot, horizon, costs, _, climate = fleet
+    costs, climate, specs, obeying = fleet.costs, fleet.climate, fleet.specs, fleet.obeying
     cold = climate.cold if climate is not None else {}
     if not everywhere and not any(cold.values()):
         return None
-    miners = snapshot.miners
+    miners = fleet.snapshot.miners
     late = due.late_after
     lowering = [0] * len(miners)
     found = False
     for i in walk:
-        view = miners[i]
-        spec = view.spec
+        spec = specs[i]
         if spec.traits.power_floor_fraction is None:
             continue
         if not everywhere and not cold.get(spec.container, False):
             continue
-        if not late[spec.traits.retarget_s] and runs_and_obeys(view, horizon):
-            saving = _lower_saving(view, costs[i])
+        if not late[spec.traits.retarget_s] and obeying[i]:
+            saving = _lower_saving(miners[i], costs[i])
             if saving:
                 lowering[i] = saving
                 found = True
@@ -362,9 +349,7 @@ class _Ladder:
             )
 
 
-def _in_time_first(
-    miners: Sequence[MinerView], order: Sequence[int], due: Due, climate: Climate | None = None
-) -> Iterator[int]:
+def _in_time_first(fleet: Fleet, due: Due) -> Iterator[int]:
     """The shed order in three tiers: miners that can ramp down before the deadline first;
     then slow ones on a switched outlet (a cut lands at once, so they can still make it);
     then the rest, whose sleep lands late: shedding a slow miner (a stock Antminer restarts
@@ -373,6 +358,7 @@ def _in_time_first(
     their tier (sleep rather than cut in the cold), and within each tier miners still
     inside their minimum on-time come last.
     Independent of the limit, so a lower limit still sheds a superset."""
+    order, climate, specs = fleet.order, fleet.climate, fleet.specs
     late = due.late_after  # by ramp-down seconds
     if climate is None:
         if due.at is None:
@@ -380,7 +366,7 @@ def _in_time_first(
             return
         plugged, behind = [], []
         for i in order:
-            spec = miners[i].spec
+            spec = specs[i]
             if not late[spec.traits.ramp_down_s]:
                 yield i
             elif spec.outlet is not None:
@@ -391,15 +377,15 @@ def _in_time_first(
         yield from behind
         return
     tiers: list[list[int]] = [[] for _ in range(8)]  # (in time, plugged, cold plugged, late)
+    miners = fleet.snapshot.miners
     for i in order:
-        view = miners[i]
-        spec = view.spec
+        spec = specs[i]
         if not late[spec.traits.ramp_down_s]:
             tier = 0
         elif spec.outlet is None:
             tier = 3
         else:
             tier = 2 if climate.cold[spec.container] else 1
-        tiers[2 * tier + climate.young(view)].append(i)
+        tiers[2 * tier + climate.young(miners[i])].append(i)
     for tier_list in tiers:
         yield from tier_list

@@ -25,7 +25,7 @@ def wake(fleet: Fleet, total: int, budget: int, rules: PlanRules) -> Plan:
     sleepers, then restore cut outlets (each only after its minimum time off). A cold
     container below its heater floor goes first; a sleeper with cold boards wakes gently.
     The order does not depend on the limit, so a lower limit wakes a prefix of it."""
-    snapshot, _, costs, _, climate = fleet
+    snapshot, costs, climate = fleet.snapshot, fleet.costs, fleet.climate
     now = snapshot.taken_at
     miners = snapshot.miners
     first = _floor_wakes(fleet, rules) if climate is not None else []
@@ -83,7 +83,7 @@ def wake(fleet: Fleet, total: int, budget: int, rules: PlanRules) -> Plan:
 def _wake_order(fleet: Fleet, rules: PlanRules, first: list[int]) -> list[tuple[int, ActionKind]]:
     """`first` (floor wakes), then raises, wakes and restores, each most efficient first;
     each with the step that walks it back."""
-    snapshot, horizon, _, order, climate = fleet
+    snapshot, horizon, order, climate = fleet.snapshot, fleet.horizon, fleet.order, fleet.climate
     now = snapshot.taken_at
     miners = snapshot.miners
     buckets: dict[ActionKind, list[int]] = {
@@ -107,7 +107,7 @@ def _wake_order(fleet: Fleet, rules: PlanRules, first: list[int]) -> list[tuple[
 def _floor_wakes(fleet: Fleet, rules: PlanRules) -> list[int]:
     """Sleepers to wake first, most efficient first: enough to bring each cold container
     up to its heater floor, counting what already runs there at its estimate."""
-    snapshot, horizon, costs, order, climate = fleet
+    snapshot, horizon, costs, order, climate = fleet[:5]
     assert climate is not None
     need = climate.floor_needs()
     if not need:
