@@ -13,7 +13,8 @@ to having read the whole body, on this side.
 Per repeat, a fresh daemon against a freshly reset fleet:
 - *steady*: the daemon ready, telemetry sweeping on its own cadence (a sweep of 10,000
   miners every 5 s), no signal: `--requests` of each endpoint, alternating, `--gap-ms`
-  apart (so the window spans several sweeps);
+  apart (so the window spans several sweeps); each request is then counted *between
+  sweeps* or *during a sweep*, by the sweeps' times the daemon reports;
 - *fan-out*: a 0 kW curtailment arrives; both endpoints are asked, alternating, the same
   gap apart, until every miner's sleep has been sent and none is in flight.
 """
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -86,30 +88,48 @@ class DaemonProc:
 
     async def stop(self) -> None:
         if self.proc.returncode is None:
-            await self.send("quit")
+            with contextlib.suppress(ConnectionError):
+                await self.send("quit")
             await asyncio.wait_for(self.proc.wait(), 60)
 
 
-async def timed(session: aiohttp.ClientSession, url: str, check: str) -> float:
-    """One request's milliseconds, from sending it to the whole body read."""
-    started = time.perf_counter()
+Sample = tuple[float, float]  # (sent at, CLOCK_MONOTONIC; milliseconds to the whole body)
+
+
+async def timed(session: aiohttp.ClientSession, url: str, check: str) -> Sample:
+    """One request: when it was sent, and its milliseconds to the whole body read."""
+    started = time.monotonic()
     async with session.get(url) as response:
         body = await response.read()
-    elapsed = (time.perf_counter() - started) * 1000
+    elapsed = (time.monotonic() - started) * 1000
     if response.status != 200 or check not in body.decode():
         raise RuntimeError(f"{url}: {response.status} {body[:200]!r}")
-    return elapsed
+    return started, elapsed
 
 
 async def ask_both(
     sessions: dict[str, aiohttp.ClientSession],
     urls: dict[str, str],
-    samples: dict[str, list[float]],
+    samples: dict[str, list[Sample]],
     gap_s: float,
 ) -> None:
     for name in ENDPOINTS:
         samples[name].append(await timed(sessions[name], urls[name], CHECKS[name]))
         await asyncio.sleep(gap_s)
+
+
+def split_by_sweeps(
+    samples: list[Sample], sweeps: list[list[float]]
+) -> tuple[list[float], list[float]]:
+    """The milliseconds of the requests that overlapped no telemetry sweep, and of those
+    that overlapped one."""
+    between: list[float] = []
+    during: list[float] = []
+    for sent, ms in samples:
+        end = sent + ms / 1000
+        overlaps = any(s[0] <= end and (len(s) == 1 or s[1] >= sent) for s in sweeps)
+        (during if overlaps else between).append(ms)
+    return between, during
 
 
 CHECKS = {"status": '"miners"', "metrics": "curtaild_miners"}
@@ -119,8 +139,8 @@ async def run_once(fleet_file: Path, root: Path, args: argparse.Namespace) -> di
     daemon, port = await DaemonProc.start(fleet_file, root)
     urls = {name: f"http://127.0.0.1:{port}{path}" for name, path in ENDPOINTS.items()}
     headers = {"Authorization": f"Bearer {TOKEN}"}
-    steady: dict[str, list[float]] = {name: [] for name in ENDPOINTS}
-    during: dict[str, list[float]] = {name: [] for name in ENDPOINTS}
+    steady: dict[str, list[Sample]] = {name: [] for name in ENDPOINTS}
+    during: dict[str, list[Sample]] = {name: [] for name in ENDPOINTS}
     gap_s = args.gap_ms / 1000
     try:
         sessions = {
@@ -143,9 +163,24 @@ async def run_once(fleet_file: Path, root: Path, args: argparse.Namespace) -> di
         finally:
             for session in sessions.values():
                 await session.close()
+        await daemon.send("quit")
+        sweeps = (await daemon.read(60))["sweeps"]
     finally:
         await daemon.stop()
-    return {"steady": steady, "fanout": during, "fanout_s": fanout_s}
+    result: dict[str, Any] = {"fanout_s": fanout_s, "sweeps": sweeps}
+    for name in ENDPOINTS:
+        between, swept = split_by_sweeps(steady[name], sweeps)
+        result.setdefault("between", {})[name] = between
+        result.setdefault("sweep", {})[name] = swept
+        result.setdefault("fanout", {})[name] = [ms for _, ms in during[name]]
+    return result
+
+
+PHASES = {
+    "between": "between sweeps",
+    "sweep": "during a telemetry sweep",
+    "fanout": "during a fan-out",
+}
 
 
 def summary(samples: list[float]) -> dict[str, float]:
@@ -185,8 +220,10 @@ async def bench(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def print_run(result: dict[str, Any]) -> None:
     parts = []
-    for phase in ("steady", "fanout"):
+    for phase in PHASES:
         for name in ENDPOINTS:
+            if not result[phase][name]:
+                continue
             s = summary(result[phase][name])
             parts.append(f"{phase} {name} {s['median']:.1f}/{s['p95']:.1f} ms (n={s['n']:.0f})")
     print(
@@ -224,15 +261,16 @@ def report(runs: list[dict[str, Any]], args: argparse.Namespace) -> None:
     ]
     for label, _ in args.roots:
         mine = [r for r in runs if r["code"] == label]
-        for phase in ("steady", "fanout"):
+        for phase, said in PHASES.items():
             for name, path in ENDPOINTS.items():
                 every = [t for r in mine for t in r[phase][name]]
+                if not every:
+                    continue
                 medians = [statistics.median(r[phase][name]) for r in mine if r[phase][name]]
                 s = summary(every)
                 lines.append(
-                    f"| {label} | {'between sweeps' if phase == 'steady' else 'during a fan-out'}"
-                    f" | `{path}` | {s['n']:.0f} | {s['median']:.1f} ms | {s['p95']:.1f} ms | "
-                    f"{min(medians):.1f}-{max(medians):.1f} ms |"
+                    f"| {label} | {said} | `{path}` | {s['n']:.0f} | {s['median']:.1f} ms | "
+                    f"{s['p95']:.1f} ms | {min(medians):.1f}-{max(medians):.1f} ms |"
                 )
     text = "\n".join(lines)
     (args.out / "api-latest.md").write_text(text + "\n")

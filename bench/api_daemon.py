@@ -6,7 +6,7 @@ reads one JSON command a line:
   {"cmd": "signal"}  a signed 0 kW curtailment to the inbox; answers {"t0": monotonic},
                      then {"done": monotonic} once every miner's sleep was sent and none is
                      in flight any more
-  {"cmd": "quit"}
+  {"cmd": "quit"}      answers {"sweeps": [[start, end], ...]} (monotonic) and exits
 
 Runs against any tree of curtaild (`bench/api.py --root`), so it imports only what every
 version of the daemon has had.
@@ -100,7 +100,31 @@ async def watch(daemon: Daemon, size: int) -> None:
         await asyncio.sleep(0.02)
 
 
+def watch_sweeps() -> list[list[float]]:
+    """[start, end] of every telemetry sweep, on CLOCK_MONOTONIC (the harness's clock too),
+    so that each request can be told apart: between sweeps or during one."""
+    try:
+        from controller.loop import telemetry  # noqa: PLC0415
+    except ImportError:  # before the rooms restructure (issue 14)
+        from controller import telemetry  # type: ignore[attr-defined,no-redef]  # noqa: PLC0415
+
+    sweeps: list[list[float]] = []
+    sweep = telemetry.Poller.sweep
+
+    async def timed_sweep(self: telemetry.Poller) -> None:
+        span = [time.monotonic()]
+        sweeps.append(span)
+        try:
+            await sweep(self)
+        finally:
+            span.append(time.monotonic())
+
+    telemetry.Poller.sweep = timed_sweep  # type: ignore[method-assign]
+    return sweeps
+
+
 async def run(fleet: list[BenchMiner], token_sha256: str) -> None:
+    sweeps = watch_sweeps()
     with tempfile.TemporaryDirectory() as tmp:
         loaded = parse(site(fleet, Path(tmp) / "journal.db", token_sha256))
         logs.configure(loaded.config.logging.level, loaded.config.logging.format, sys.stderr)
@@ -135,6 +159,7 @@ async def run(fleet: list[BenchMiner], token_sha256: str) -> None:
                     watcher = asyncio.create_task(watch(daemon, len(fleet)))
             if watcher is not None:
                 watcher.cancel()
+            say({"sweeps": sweeps})
 
 
 if __name__ == "__main__":
