@@ -8,6 +8,7 @@ clock the simulators stamp the first command with.
 
 from __future__ import annotations
 
+import asyncio
 import cProfile
 import functools
 import os
@@ -20,6 +21,7 @@ from controller.core import operator, planner
 from controller.core.model import Action
 from controller.loop import dispatch, supervisor, telemetry
 from controller.record import journal
+from drivers.transport import cgminer_tcp
 
 Marks = list[tuple[str, float, float]]  # (what, monotonic, this process's CPU time)
 
@@ -33,6 +35,7 @@ class Trace:
         self.t0: float | None = None
         self.cpu0 = 0.0
         self.profiled = False
+        self.dispatched = self.written = False
 
     def start(self) -> None:
         self.t0, self.cpu0 = time.monotonic(), time.process_time()
@@ -107,10 +110,31 @@ def install() -> Trace:
         resumed_from: datetime | None = None,
     ) -> None:
         trace.mark("dispatch")
+        trace.dispatched = True
         await send(self, actions, seq, now, resumed_from=resumed_from)
 
     dispatch.Dispatch.send = traced_send  # type: ignore[method-assign]
 
+    _watch_wire(trace)
+    _watch_sweeps(trace)
+    return trace
+
+
+def _watch_wire(trace: Trace) -> None:
+    # The first request written after the dispatch began (cgminer-style TCP: LuxOS and
+    # Whatsminer; near enough, as reads in flight at the signal have connected by then).
+    made = cgminer_tcp._Exchange.connection_made  # noqa: SLF001
+
+    def traced_made(self: cgminer_tcp._Exchange, transport: asyncio.BaseTransport) -> None:
+        made(self, transport)
+        if trace.dispatched and not trace.written:
+            trace.written = True
+            trace.mark("written")
+
+    cgminer_tcp._Exchange.connection_made = traced_made  # type: ignore[method-assign]  # noqa: SLF001
+
+
+def _watch_sweeps(trace: Trace) -> None:
     sweep = telemetry.Poller.sweep
 
     async def traced_sweep(self: telemetry.Poller) -> None:
@@ -122,4 +146,3 @@ def install() -> Trace:
             span.append(time.monotonic())
 
     telemetry.Poller.sweep = traced_sweep  # type: ignore[method-assign]
-    return trace
