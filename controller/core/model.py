@@ -349,8 +349,8 @@ def measured_w(views: tuple[MinerView, ...], now: datetime, stale_after: timedel
         if outlet is not None and outlet.read_at >= fresh_from:
             total += round(outlet.power_w) if outlet.on else 0  # measured, not estimated
             continue
-        reading = view.reading
-        if reading is not None and view.fresh(now, stale_after):
+        reading, read_at = view.reading, view.read_at
+        if reading is not None and read_at is not None and read_at >= fresh_from:  # fresh
             traits = view.spec.traits
             if traits.reports_power or (reading.mode is Mode.SLEEPING and _ramp_done(view, now)):
                 total += reading.power_w
