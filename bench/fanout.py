@@ -110,6 +110,9 @@ def ensure_pyasic() -> Path | None:
     return python
 
 
+ROOTS: dict[str, Path] = {}  # other trees of curtaild to run as well, by name (--root)
+
+
 def contender(method: str, files: tuple[Path, Path], pyasic: Path | None) -> list[str]:
     hosts_file, fleet_file = files
     if method == "bare":
@@ -126,9 +129,12 @@ def run_once(
     for shard in shards:
         shard.ask("reset")
     time.sleep(1.0)  # let the previous run's sockets drain
+    # "curtaild@NAME": curtaild from another tree (--root), e.g. the code before a change.
+    root = ROOTS.get(method.partition("@")[2], ROOT)
     done = subprocess.run(
-        contender(method, files, pyasic),
-        cwd=ROOT,
+        contender(method.partition("@")[0], files, pyasic),
+        cwd=root,
+        env=dict(os.environ, PYTHONPATH=str(root)),
         capture_output=True,
         text=True,
         timeout=900,
@@ -137,6 +143,7 @@ def run_once(
     if done.returncode != 0:
         raise RuntimeError(f"{method} failed:\n{done.stderr[-3000:]}")
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    result["method"] = method  # curtaild@NAME says only "curtaild" of itself
     stats = [shard.ask("stats") for shard in shards]
     firsts = [t for s in stats for c, t in s["first_at"].items() if c in SLEEP_OPENERS]
     result["sleeping"] = sum(s["sleeping"] for s in stats)
@@ -152,6 +159,15 @@ def run_once(
     result["first_command_ms"] = (
         (min(firsts) - result["start_monotonic"]) * 1000 if firsts else None
     )
+    # Every request's first arrival (telemetry reads too), for a look at what went first.
+    first_at: dict[str, float] = {}
+    for s in stats:
+        for command, t in s["first_at"].items():
+            first_at[command] = min(t, first_at.get(command, t))
+    result["first_at_ms"] = {
+        c: round((t - result["start_monotonic"]) * 1000, 1)
+        for c, t in sorted(first_at.items(), key=lambda kv: kv[1])
+    }
     return result
 
 
@@ -171,13 +187,29 @@ def main() -> None:
     parser.add_argument("--shards", type=int, default=2, help="simulator processes")
     parser.add_argument("--farm", choices=fleet.FARMS, default="luxos")
     parser.add_argument("--no-pyasic", action="store_true")
+    parser.add_argument(
+        "--root",
+        type=Path,
+        action="append",
+        default=[],
+        help="also run curtaild from this tree (repeatable), as curtaild@<its folder name>",
+    )
+    parser.add_argument(
+        "--trace",
+        action="store_true",
+        help="timestamp curtaild's path to the first command (bench/trace.py)",
+    )
     parser.add_argument("--out", type=Path, default=HERE / "results")
     args = parser.parse_args()
+    if args.trace:
+        os.environ["BENCH_TRACE"] = "1"  # inherited by the curtaild contender
+    ROOTS.update((p.resolve().name, p.resolve()) for p in args.root)
+    others = [f"curtaild@{name}" for name in ROOTS]
     if args.farm == "luxos":
         pyasic = None if args.no_pyasic else ensure_pyasic()
-        methods = ["bare", "curtaild"] + (["pyasic"] if pyasic else [])
+        methods = ["bare", "curtaild", *others] + (["pyasic"] if pyasic else [])
     else:  # neither the bare loop nor pyasic speaks every family's write path
-        pyasic, methods = None, ["curtaild"]
+        pyasic, methods = None, ["curtaild", *others]
     runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="curtaild-bench-") as tmp_name:
         tmp = Path(tmp_name)
@@ -212,7 +244,8 @@ def print_run(result: dict[str, Any]) -> None:
         f"{result['requests'] / size:.1f} requests/miner"
         + ("".join(f", {k} {v:.2f} s" for k, v in families.items()) if len(families) > 1 else "")
         + (f", all ok after retries {result['all_ok_s']:.2f} s" if result.get("all_ok_s") else "")
-        + (f", errors {result['errors'][:2]}" if result["errors"] else ""),
+        + (f", errors {result['errors'][:2]}" if result["errors"] else "")
+        + (f"\n         trace {result['trace']}" if result.get("trace") else ""),
         flush=True,
     )
 
@@ -235,7 +268,10 @@ def report(runs: list[dict[str, Any]], methods: list[str], args: argparse.Namesp
         f"Fan-out ({args.farm} farm), {stamp}, {machine['cpus']} CPUs, "
         f"Python {machine['python']}, {args.repeats} runs each, median (min-max):"
     )
-    table = _luxos_table(runs, methods, args) if args.farm == "luxos" else _mixed_table(runs, args)
+    if args.farm == "luxos":
+        table = _luxos_table(runs, methods, args)
+    else:
+        table = _mixed_table(runs, methods, args)
     text = "\n".join([title, "", *table])
     (args.out / f"fanout{suffix}-latest.md").write_text(text + "\n")
     print("\n" + text)
@@ -267,33 +303,39 @@ def _luxos_table(
     return lines
 
 
-def _mixed_table(runs: list[dict[str, Any]], args: argparse.Namespace) -> list[str]:
+def _mixed_table(
+    runs: list[dict[str, Any]], methods: list[str], args: argparse.Namespace
+) -> list[str]:
     families = sorted({name for r in runs for name in r["family_s"]})
     header = (
-        "| miners | time to all acked | curtaild CPU | simulators' CPU | first command | "
+        "| miners | method | time to all acked | curtaild CPU | simulators' CPU | first command | "
         + " | ".join(f"{name} acked" for name in families)
         + " | failed first tries | all acked, retries included | all asleep | requests/miner |"
     )
-    lines = [header, "|" + "---|" * (9 + len(families))]
+    lines = [header, "|" + "---|" * (10 + len(families))]
     for size in args.sizes:
-        mine = [r for r in runs if r["size"] == size]
-        per_family = " | ".join(
-            _spread([r["family_s"][name] for r in mine if name in r["family_s"]])
-            for name in families
-        )
-        failed = [
-            sum(n for causes in r["family_failed"].values() for n in causes.values()) for r in mine
-        ]
-        lines.append(
-            f"| {size:,} | {_spread([r['seconds'] for r in mine])} | "
-            f"{statistics.median(r['cpu_s'] for r in mine):.2f} s | "
-            f"{statistics.median(r['sim_cpu_s'] for r in mine):.2f} s | {_first(mine)} | "
-            f"{per_family} | {statistics.median(failed):g} ({min(failed)}-{max(failed)}) | "
-            f"{_spread([r['all_ok_s'] for r in mine if r['all_ok_s'] is not None])}"
-            f"{'' if all(r['all_ok_s'] is not None for r in mine) else ' (some never)'} | "
-            f"{_asleep(mine, size)} | {_requests(mine, size)} |"
-        )
+        for method in methods:
+            mine = [r for r in runs if r["size"] == size and r["method"] == method]
+            lines.append(f"| {size:,} | {method} | " + _mixed_row(mine, families, size))
     return lines
+
+
+def _mixed_row(mine: list[dict[str, Any]], families: list[str], size: int) -> str:
+    per_family = " | ".join(
+        _spread([r["family_s"][name] for r in mine if name in r["family_s"]]) for name in families
+    )
+    failed = [
+        sum(n for causes in r["family_failed"].values() for n in causes.values()) for r in mine
+    ]
+    return (
+        f"{_spread([r['seconds'] for r in mine])} | "
+        f"{statistics.median(r['cpu_s'] for r in mine):.2f} s | "
+        f"{statistics.median(r['sim_cpu_s'] for r in mine):.2f} s | {_first(mine)} | "
+        f"{per_family} | {statistics.median(failed):g} ({min(failed)}-{max(failed)}) | "
+        f"{_spread([r['all_ok_s'] for r in mine if r['all_ok_s'] is not None])}"
+        f"{'' if all(r['all_ok_s'] is not None for r in mine) else ' (some never)'} | "
+        f"{_asleep(mine, size)} | {_requests(mine, size)} |"
+    )
 
 
 def _spread(values: list[float]) -> str:
@@ -304,7 +346,9 @@ def _spread(values: list[float]) -> str:
 
 def _first(runs: list[dict[str, Any]]) -> str:
     firsts = [r["first_command_ms"] for r in runs if r["first_command_ms"] is not None]
-    return f"{statistics.median(firsts):.1f} ms" if firsts else "-"
+    if not firsts:
+        return "-"
+    return f"{statistics.median(firsts):.1f} ms ({min(firsts):.0f}-{max(firsts):.0f})"
 
 
 def _asleep(runs: list[dict[str, Any]], size: int) -> str:

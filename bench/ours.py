@@ -12,10 +12,12 @@ import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import uvloop
 import yaml
 
+from bench import trace
 from bench.fleet import BenchMiner, read
 from controller import logs
 from controller.app import Daemon
@@ -72,7 +74,24 @@ def _control_overrides() -> dict[str, int]:
     return overrides
 
 
+def signed_curtailment() -> tuple[bytes, int, str]:
+    """The bench's signal: to 0 kW within a minute, as the grid operator signs it."""
+    body = json.dumps(
+        {
+            "type": "curtailment",
+            "id": "bench-1",
+            "revision": 1,
+            "issued_at": datetime.now(UTC).isoformat(),
+            "limit_kw": 0,
+            "deadline_s": 60,
+        }
+    ).encode()
+    ts = int(time.time())
+    return body, ts, wire.sign(KEY, ts, body)
+
+
 async def run(fleet: list[BenchMiner]) -> dict[str, object]:
+    tracer = trace.install() if os.environ.get("BENCH_TRACE") else None
     with tempfile.TemporaryDirectory() as tmp:
         loaded = parse(site(fleet, Path(tmp) / "journal.db"))
         logs.configure(loaded.config.logging.level, loaded.config.logging.format, sys.stderr)
@@ -83,21 +102,12 @@ async def run(fleet: list[BenchMiner]) -> dict[str, object]:
             if attach := os.environ.get("BENCH_ATTACH_S"):  # time to attach a profiler
                 print(f"pid {os.getpid()}", file=sys.stderr, flush=True)
                 await asyncio.sleep(float(attach))
-            body = json.dumps(
-                {
-                    "type": "curtailment",
-                    "id": "bench-1",
-                    "revision": 1,
-                    "issued_at": datetime.now(UTC).isoformat(),
-                    "limit_kw": 0,
-                    "deadline_s": 60,
-                }
-            ).encode()
-            ts = int(time.time())
-            signature = wire.sign(KEY, ts, body)
+            body, ts, signature = signed_curtailment()
             profiler = cProfile.Profile() if os.environ.get("BENCH_PROFILE") else None
             if profiler is not None:
                 profiler.enable()  # the fan-out window only, not start-up
+            if tracer is not None:
+                tracer.start()
             t0, m0, c0 = time.time(), time.monotonic(), time.process_time()
             outcome = daemon.inbox.submit_http(body, str(ts), signature)
             assert outcome.status == "received", outcome
@@ -129,6 +139,20 @@ async def run(fleet: list[BenchMiner]) -> dict[str, object]:
                 all_ok_at = datetime.fromisoformat(done[0][1]).timestamp()
             except TimeoutError:
                 pass  # reported as never: some miners did not sleep within three minutes
+    return {
+        "method": "curtaild",
+        "start": t0,
+        "start_monotonic": m0,
+        "cpu_s": cpu,
+        "all_ok_s": None if all_ok_at is None else all_ok_at - t0,
+        **first_try_outcomes(fleet, first_tries, t0),
+    } | ({"trace": tracer.summary()} if tracer is not None else {})
+
+
+def first_try_outcomes(
+    fleet: list[BenchMiner], first_tries: list[tuple[Any, ...]], t0: float
+) -> dict[str, object]:
+    """When each family's last first try ended, and what failed, from the journal."""
     driver = {m.id: m.driver for m in fleet}
     end = max(datetime.fromisoformat(at).timestamp() for _, at, _, _ in first_tries)
     family_end: dict[str, float] = {}
@@ -143,14 +167,9 @@ async def run(fleet: list[BenchMiner]) -> dict[str, object]:
             causes[cause] = causes.get(cause, 0) + 1
     failed = [f"{o}: {d}" for _, _, o, d in first_tries if o != "ok"]
     return {
-        "method": "curtaild",
-        "start": t0,
-        "start_monotonic": m0,
         "end": end,
-        "cpu_s": cpu,
         "acked": sum(o == "ok" for _, _, o, _ in first_tries),
         "errors": failed[:5],
-        "all_ok_s": None if all_ok_at is None else all_ok_at - t0,
         "family_s": {name: at - t0 for name, at in sorted(family_end.items())},
         "family_failed": family_failed,
     }

@@ -240,7 +240,7 @@ class Horizon:
     ) -> None:
         self.fresh_from = now - stale_after
         self.booted_by = now - restore_boot  # restored before this: done booting
-        self._ramps: dict[DriverTraits, tuple[timedelta, timedelta]] = {}
+        self._ramps: dict[int, tuple[timedelta, timedelta]] = {}  # by id(traits)
 
     def booting(self, view: MinerView) -> bool:
         return view.restored_at is not None and view.restored_at > self.booted_by
@@ -272,42 +272,64 @@ class Horizon:
         return None
 
     def estimate(self, view: MinerView) -> int:
+        """The estimate of one miner's draw. The first test is the case of nearly every
+        miner of a fleet (read fresh, nothing in flight, no outlet, not booting), the one
+        _settled leaves to the readings."""
+        reading, read_at, outlet = view.reading, view.read_at, view.outlet
+        if (
+            view.pending is None
+            and outlet is None
+            and reading is not None
+            and read_at is not None
+            and read_at >= self.fresh_from
+            and (view.restored_at is None or view.restored_at <= self.booted_by)
+        ):
+            return self._ramped(view, reading, _firmware_w(view.spec, reading), read_at)
         settled = self._settled(view)
         if settled is not None:
             return settled
-        spec = view.spec
-        reading, read_at, outlet = view.reading, view.read_at, view.outlet
         if reading is None or read_at is None:  # _settled answered these; for the types
-            return spec.rated_power_w
-        metered = outlet is not None and outlet.read_at >= self.fresh_from
+            return view.spec.rated_power_w
         # The outlet measures the draw itself; firmware watts are estimates (or lies).
-        if metered and outlet is not None:
-            power, seen_at = round(outlet.power_w), outlet.read_at
-        else:
-            power, seen_at = reading.power_w, read_at
-            if not spec.traits.reports_power and reading.mode is not Mode.SLEEPING:
-                power = max(power, spec.rated_power_w)  # a nameplate estimate may be low
+        if outlet is not None and outlet.read_at >= self.fresh_from:
+            return self._ramped(view, reading, round(outlet.power_w), outlet.read_at)
+        return self._ramped(view, reading, _firmware_w(view.spec, reading), read_at)
+
+    def _ramped(self, view: MinerView, reading: MinerReading, power: int, seen_at: datetime) -> int:
+        """`power` as seen at `seen_at`, or where a ramp (or a new power target) under way
+        then ends."""
+        spec = view.spec
         if view.lowered_at is not None and reading.mode is Mode.MINING:
             power = _lowering(spec, view.lowered_at, power, seen_at)
         since = view.mode_since
         if since is None:
             return power
-        ramps = self._ramps.get(spec.traits)
+        traits = spec.traits
+        # By the traits' identity: hashing a frozen dataclass field by field, per miner,
+        # cost more than the rest of the estimate. Every spec outlives the horizon.
+        ramps = self._ramps.get(id(traits))
         if ramps is None:
-            traits = spec.traits
-            ramps = self._ramps[traits] = (
+            ramps = self._ramps[id(traits)] = (
                 timedelta(seconds=traits.ramp_down_s),
                 timedelta(seconds=traits.ramp_up_s),
             )
         # Read before the ramp could end (readings are never from the future, so this also
         # covers "still ramping"): expect where the ramp ends, not what was seen on the way.
         if reading.mode is Mode.SLEEPING:
-            return spec.traits.sleep_power_w if seen_at < since + ramps[0] else power
+            return traits.sleep_power_w if seen_at < since + ramps[0] else power
         if seen_at < since + ramps[1]:
             # Ramping up: to its lowered target (a gentle wake) if it has one, else rated.
             top = spec.floor_w() if view.lowered_at is not None else None
             return max(power, top or spec.rated_power_w)
         return power
+
+
+def _firmware_w(spec: MinerSpec, reading: MinerReading) -> int:
+    """The firmware's watts; a running unit whose firmware has none of its own (a nameplate
+    estimate, which may be low) at least at its rated power."""
+    if not spec.traits.reports_power and reading.mode is not Mode.SLEEPING:
+        return max(reading.power_w, spec.rated_power_w)
+    return reading.power_w
 
 
 def _lowering(spec: MinerSpec, lowered_at: datetime, power: int, seen_at: datetime) -> int:
@@ -330,8 +352,8 @@ def measured_w(views: tuple[MinerView, ...], now: datetime, stale_after: timedel
         if outlet is not None and outlet.read_at >= fresh_from:
             total += round(outlet.power_w) if outlet.on else 0  # measured, not estimated
             continue
-        reading = view.reading
-        if reading is not None and view.fresh(now, stale_after):
+        reading, read_at = view.reading, view.read_at
+        if reading is not None and read_at is not None and read_at >= fresh_from:  # fresh
             traits = view.spec.traits
             if traits.reports_power or (reading.mode is Mode.SLEEPING and _ramp_done(view, now)):
                 total += reading.power_w

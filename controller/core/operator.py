@@ -94,13 +94,18 @@ def operator_steps(
                 f"{len(actions) - len(kept)} steps back withheld"
             )
         actions = kept
-    planned = {a.miner_id for a in actions}
+    planned: set[str] | None = None  # built only once a held miner needs it
     slept: set[str] = set()
-    for view in views:
+    # Without holds this walks nothing (a fleet-wide shed is on the path to the first
+    # command), and the plan's miners are collected only once a held one needs them.
+    for view in views if holds else ():
         hold = holds.get(view.spec.id) if view.held_asleep else None
+        if hold is None:
+            continue
+        if planned is None:
+            planned = {a.miner_id for a in actions}
         if (
-            hold is None
-            or view.spec.id in planned
+            view.spec.id in planned
             or view.pending is not None
             or view.cut_at is not None
             or view.reading is None

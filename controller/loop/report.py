@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from controller.core.model import Horizon, Limit, MinerView, Plan, fleet_mode
+from controller.core.model import Horizon, Limit, MinerView, Plan
 from controller.core.operator import Automation
 from controller.intake.desk import Desk
 from controller.intake.inbox import Inbox
@@ -28,6 +28,7 @@ from controller.record.site import (
     SiteView,
     published,
 )
+from drivers.types import Mode
 
 HISTORY_INTERVAL = timedelta(seconds=5)
 
@@ -164,36 +165,51 @@ class Reporter:
     ) -> tuple[ModeCounts, tuple[ContainerState, ...], set[str], dict[str, datetime]]:
         """One walk over the fleet: counts by mode overall and per container, each
         container's estimated draw and hottest board, miners caught lying by a command's
-        read-back, and each PDU's newest outlet reading."""
+        read-back, and each PDU's newest outlet reading.
+
+        This runs at least once per status interval and blocks the event loop while it
+        does (every API request waits for it): at 10,000 miners, per miner it compares
+        instants computed once (fleet_mode's test, inline) and counts into plain lists."""
         stale = self._stale.miners
         horizon = Horizon(now, stale, self._stale.restore_boot)
-        total = ModeCounts()
-        counts: dict[str, ModeCounts] = {}
+        estimate, fresh_from = horizon.estimate, horizon.fresh_from
+        # Per container: [total, mining, sleeping, unknown, cut, pending, lowered, unhealthy]
+        counts: dict[str, list[int]] = {}
         draws: dict[str, int] = {}
         hottest: dict[str, float] = {}
         lying: set[str] = set()
         outlets: dict[str, datetime] = {}
+        sleeping = Mode.SLEEPING
         for view in views:
-            container = view.spec.container
+            spec = view.spec
+            container = spec.container
             bucket = counts.get(container)
             if bucket is None:
-                bucket = counts[container] = ModeCounts()
-            mode = fleet_mode(view, now, stale)
-            for into in (bucket, total):
-                into.total += 1
-                setattr(into, mode, getattr(into, mode) + 1)
-                into.lowered += view.lowered_at is not None
-                if mode != "cut":
-                    into.pending += view.pending is not None
-                    into.unhealthy += not view.healthy
-            draws[container] = draws.get(container, 0) + horizon.estimate(view)
-            reading = view.reading
-            if reading is not None and reading.board_temps_c and horizon.fresh(view):
+                bucket = counts[container] = [0] * 8
+                draws[container] = 0
+            bucket[_TOTAL] += 1
+            reading, read_at = view.reading, view.read_at
+            fresh = reading is not None and read_at is not None and read_at >= fresh_from
+            if view.cut_at is not None:  # fleet_mode, inline
+                bucket[_CUT] += 1
+            else:
+                if not fresh:
+                    bucket[_UNKNOWN] += 1
+                elif reading is not None and reading.mode is sleeping:
+                    bucket[_SLEEPING] += 1
+                else:
+                    bucket[_MINING] += 1
+                bucket[_PENDING] += view.pending is not None
+                bucket[_UNHEALTHY] += not view.healthy
+            bucket[_LOWERED] += view.lowered_at is not None
+            draws[container] += estimate(view)
+            if fresh and reading is not None and reading.board_temps_c:
                 hottest[container] = max(hottest.get(container, -273.0), *reading.board_temps_c)
-            if (view.health_reason or "").startswith("lying"):
-                lying.add(view.spec.id)
-            if view.spec.outlet is not None and view.outlet is not None:
-                pdu = view.spec.outlet.rpartition("#")[0]
+            reason = view.health_reason
+            if reason is not None and reason.startswith("lying"):
+                lying.add(spec.id)
+            if spec.outlet is not None and view.outlet is not None:
+                pdu = spec.outlet.rpartition("#")[0]
                 seen = view.outlet.read_at
                 if pdu not in outlets or seen > outlets[pdu]:
                     outlets[pdu] = seen
@@ -201,7 +217,7 @@ class Reporter:
         containers = tuple(
             ContainerState(
                 name=name,
-                miners=counts[name],
+                miners=_mode_counts(counts[name]),
                 draw_w=draws.get(name, 0),
                 board_temp_max_c=hottest.get(name),
                 ambient_c=ambient[name][0] if name in ambient else None,
@@ -211,6 +227,7 @@ class Reporter:
             )
             for name in sorted(counts)
         )
+        total = _mode_counts([sum(column) for column in zip(*counts.values(), strict=True)])
         return total, containers, lying, outlets
 
     def _devices(self, now: datetime, outlets_seen: Mapping[str, datetime]) -> tuple[Device, ...]:
@@ -237,3 +254,8 @@ class Reporter:
 
 
 _RUNNING = Automation()  # no desk: the automation runs
+_TOTAL, _MINING, _SLEEPING, _UNKNOWN, _CUT, _PENDING, _LOWERED, _UNHEALTHY = range(8)
+
+
+def _mode_counts(tally: list[int]) -> ModeCounts:
+    return ModeCounts(*tally)  # the fields, in _TOTAL .. _UNHEALTHY order

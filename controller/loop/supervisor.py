@@ -156,6 +156,7 @@ class Supervisor:
                 await self.cycle("startup")
                 self.ready.set()
                 self._reporter.feed.beat(self._clock.now(), self.cycles, ready=True)
+                self._poller.defer_to = self._inbox.wake  # reads wait while a cycle is due
                 while True:
                     busy = self.ledger.in_flight > 0 or self.pending_deadlines()
                     tick = self._settings.fast_tick_s if busy else self._settings.tick_s
@@ -164,6 +165,8 @@ class Supervisor:
                     cause, self._nudged = self._nudged, None
                     await self.cycle("signal" if self._inbox.admitted else cause or "tick")
         finally:
+            self._poller.defer_to = None
+            self._poller.resume()
             if self._settings.pause_gc_in_fanout:
                 gc.enable()  # never leave the collector off behind us
 
@@ -177,9 +180,18 @@ class Supervisor:
         self._inbox.wake.set()
 
     async def cycle(self, cause: str) -> None:
-        """One pass: freeze, decide, journal, write, track, report."""
+        """One pass: freeze, decide, journal, write, track, report.
+
+        A cycle something woke (not a tick) holds telemetry's reads and the cyclic
+        collector off until it ends: the decision and its first commands are the path from
+        a signal to the wire (a collection walking the fleet there cost ~100 ms)."""
         self._activity.begin()
         started = time.perf_counter()  # cost of the pass, for metrics; never for control
+        woken = cause != "tick"
+        if woken:
+            self._poller.pause()
+            if self._settings.pause_gc_in_fanout:
+                gc.disable()
         try:
             now = self._clock.now()
             views = self._readings.views()
@@ -198,6 +210,10 @@ class Supervisor:
             if self.on_cycle is not None:
                 self.on_cycle()
         finally:
+            if woken:
+                self._poller.resume()
+                if self._settings.pause_gc_in_fanout and self.ledger.in_flight == 0:
+                    gc.enable()  # else the fan-out's last result does (Ledger.settled)
             self._activity.end()
 
     def _decision(self, now: datetime) -> Decision:
@@ -260,6 +276,8 @@ class Supervisor:
         dropped: no power-up while stopping), flush the journal. False if `grace_s`
         passed with commands still in flight."""
         self.draining = True
+        self._poller.defer_to = None  # no cycle runs any more to hand the floor back
+        self._poller.resume()
         self.outlets.drop_queued_restores()
         deadline = self._clock.time() + grace_s
         while self.ledger.in_flight > 0 and self._clock.time() < deadline:

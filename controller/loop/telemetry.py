@@ -181,8 +181,29 @@ class Readings:
 
     def set_pending(self, miner_id: str, kind: ActionKind | None, *, resumed: bool = False) -> None:
         """A command is in flight (None: no longer). `resumed`: it resumes one sent before a
-        restart, and counts as landed even while the miner cannot be read."""
-        self._views[miner_id] = replace(self._views[miner_id], pending=kind, resumed=resumed)
+        restart, and counts as landed even while the miner cannot be read. Built field by
+        field, as record() does: dataclasses.replace costs twice as much, and the dispatch
+        does this once per command, between its batches."""
+        view = self._views[miner_id]
+        self._views[miner_id] = MinerView(
+            view.spec,
+            view.reading,
+            view.read_at,
+            view.healthy,
+            view.health_reason,
+            view.mode_since,
+            kind,
+            view.retry_after,
+            view.outlet,
+            view.lowered_at,
+            view.cut_at,
+            view.lying,
+            view.no_lower,
+            view.restored_at,
+            view.warming_until,
+            view.held_asleep,
+            resumed,
+        )
 
     def set_retry_after(self, miner_id: str, at: datetime | None) -> None:
         self._views[miner_id] = replace(self._views[miner_id], retry_after=at)
@@ -454,6 +475,12 @@ class Poller:
         self._activity = activity
         self._fast = False  # fast sweeps while a deadline is pending
         self.kick = asyncio.Event()  # start the next sweep now
+        # The control loop's wake (a signal, a relay trip, an operator): while it is set,
+        # and while the cycle it woke runs (pause() to resume()), no read starts, so the
+        # event loop is the decision's and its first commands' (see _worker).
+        self.defer_to: asyncio.Event | None = None
+        self._go = asyncio.Event()
+        self._go.set()
         self.sweeps = 0
         self.reads_planned = 0  # reads the sweeps set out to make (tests count them)
 
@@ -477,6 +504,13 @@ class Poller:
         if fast and not self._fast:
             self.kick.set()
         self._fast = fast
+
+    def pause(self) -> None:
+        """The control loop has the floor: start no read until resume()."""
+        self._go.clear()
+
+    def resume(self) -> None:
+        self._go.set()
 
     async def sweep(self) -> None:
         """One read of every miner that needs one, by a bounded pool of workers sharing
@@ -526,6 +560,13 @@ class Poller:
 
     async def _worker(self, queue: Iterator[str]) -> None:
         for miner_id in queue:
+            # Measured at 10,000 mixed miners: a signal that met a sweep waited ~20 ms for
+            # the loop, and its first commands queued behind the reads that kept starting.
+            wake = self.defer_to
+            if wake is not None and wake.is_set():
+                self._go.clear()  # until the cycle it wakes has run
+            if not self._go.is_set():
+                await self._go.wait()
             view = self._readings.view(miner_id)
             if view.pending is not None or view.cut_at is not None:
                 continue  # its command reports it; an unpowered unit cannot answer

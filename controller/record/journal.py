@@ -201,10 +201,16 @@ class Journal:
         kind and reason and compressed: a 10,000-miner shed is ~20 KB, not ~600 KB.
         """
         grouped: dict[str, dict[str, list[str]]] = {}
+        # A plan lists its actions in runs of one kind and reason (one string object per
+        # class): look the group up once per run, not twice per action.
+        kind: str | None = None
+        reason: str | None = None
+        ids: list[str] = []
         for action in plan.actions:
-            grouped.setdefault(action.kind, {}).setdefault(action.reason, []).append(
-                action.miner_id
-            )
+            if action.reason is not reason or action.kind is not kind:
+                kind, reason = action.kind, action.reason
+                ids = grouped.setdefault(kind, {}).setdefault(reason, [])
+            ids.append(action.miner_id)
         actions = zlib.compress(json.dumps(grouped, separators=(",", ":")).encode(), 1)
         with self._tx() as db:
             cur = db.execute(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 
 from structlog.testing import capture_logs
@@ -187,3 +188,41 @@ def test_telemetry_a_lost_power_target_takes_two_readings_in_a_row() -> None:
     readings.record("m1", MINING, landed + timedelta(seconds=4))  # two in a row: lost
     assert readings.view("m1").lowered_at is None
     assert [m for m, _ in readings.targets_lost] == ["m1"]
+
+
+async def test_telemetry_starts_no_read_while_the_control_loop_has_the_floor(
+    make_farm: MakeFarm,
+) -> None:
+    """A signal's wake, and the cycle it wakes (pause to resume), hold telemetry's reads:
+    the decision and its first commands have the event loop."""
+    farm = await make_farm(3, 3000, 21.5)
+    specs = {m: MinerSpec(m, "luxos", "c1", 3000, 21.5, TRAITS) for m in farm.miners}
+    readings = Readings(specs)
+    drivers = {
+        m: LuxosMiner(MinerEndpoint(m, sim.spec.host, sim.spec.port, 1.0))
+        for m, sim in farm.miners.items()
+    }
+    poller = Poller(
+        drivers,
+        readings,
+        FakeClock(),
+        interval_s=5,
+        fast_interval_s=1,
+        concurrency=1,
+        activity=Activity(),
+    )
+    wake = asyncio.Event()
+    poller.defer_to = wake
+    wake.set()  # a signal arrived; its cycle has not run yet
+    sweep = asyncio.create_task(poller.sweep())
+    await asyncio.sleep(0.2)  # a loopback read takes milliseconds
+    assert all(v.read_at is None for v in readings.views())
+    wake.clear()  # the supervisor woke and its cycle runs
+    poller.pause()
+    await asyncio.sleep(0.2)
+    assert all(v.read_at is None for v in readings.views())
+    poller.resume()  # the cycle ended
+    await sweep
+    assert all(v.read_at is not None for v in readings.views())
+    for driver in drivers.values():
+        await driver.close()
