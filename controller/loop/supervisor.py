@@ -156,7 +156,8 @@ class Supervisor:
                 await self.cycle("startup")
                 self.ready.set()
                 self._reporter.feed.beat(self._clock.now(), self.cycles, ready=True)
-                self._poller.defer_to = self._inbox.wake  # reads wait while a cycle is due
+                if not self.draining:  # reads wait while a cycle is due
+                    self._poller.defer_to = self._inbox.wake
                 while True:
                     busy = self.ledger.in_flight > 0 or self.pending_deadlines()
                     tick = self._settings.fast_tick_s if busy else self._settings.tick_s
@@ -210,10 +211,11 @@ class Supervisor:
             if self.on_cycle is not None:
                 self.on_cycle()
         finally:
-            if woken:
-                self._poller.resume()
-                if self._settings.pause_gc_in_fanout and self.ledger.in_flight == 0:
-                    gc.enable()  # else the fan-out's last result does (Ledger.settled)
+            # Every cycle, tick or not, hands the reads back: a wake that met a read worker
+            # (a fan-out settling, a relay trip) pauses them until the cycle it causes ends.
+            self._poller.resume()
+            if woken and self._settings.pause_gc_in_fanout and self.ledger.in_flight == 0:
+                gc.enable()  # else the fan-out's last result does (Ledger.settled)
             self._activity.end()
 
     def _decision(self, now: datetime) -> Decision:

@@ -203,6 +203,7 @@ class Readings:
             view.warming_until,
             view.held_asleep,
             resumed,
+            view.outlet_at_read,
         )
 
     def set_retry_after(self, miner_id: str, at: datetime | None) -> None:
@@ -565,8 +566,12 @@ class Poller:
             wake = self.defer_to
             if wake is not None and wake.is_set():
                 self._go.clear()  # until the cycle it wakes has run
-            if not self._go.is_set():
-                await self._go.wait()
+            # Every cycle hands the floor back when it ends; the wait is bounded all the
+            # same, so no path can leave the fleet unread.
+            if not self._go.is_set() and not await self._clock.wait(
+                self._go, self._fast_interval_s
+            ):
+                self._go.set()  # no cycle handed the floor back in time: take it
             view = self._readings.view(miner_id)
             if view.pending is not None or view.cut_at is not None:
                 continue  # its command reports it; an unpowered unit cannot answer

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import fields, replace
 from datetime import UTC, datetime, timedelta
 
 from structlog.testing import capture_logs
 
 from controller.clock import FakeClock
-from controller.core.model import MinerSpec, OutletReading
+from controller.core.model import ActionKind, MinerSpec, MinerView, OutletReading
 from controller.loop.telemetry import Activity, Poller, Readings
 from drivers.errors import DeviceTimeoutError, VerificationError
 from drivers.miners.luxos import TRAITS, LuxosMiner
@@ -226,3 +227,55 @@ async def test_telemetry_starts_no_read_while_the_control_loop_has_the_floor(
     assert all(v.read_at is not None for v in readings.views())
     for driver in drivers.values():
         await driver.close()
+
+
+def test_telemetry_set_pending_keeps_every_other_field() -> None:
+    # set_pending builds the view field by field for speed: a field added to MinerView and
+    # forgotten there would be dropped silently (outlet_at_read once was).
+    readings = Readings({"m1": SPEC})
+    outlet = OutletReading(on=True, power_w=3000.0, read_at=T0)
+    readings.record_outlet("m1", outlet)
+    readings.record("m1", MINING, T0)
+    readings.set_ladder("m1", lowered_at=T0, warming_until=T0)
+    before = readings.view("m1")
+    assert before.outlet_at_read == outlet
+    readings.set_pending("m1", ActionKind.SLEEP, resumed=True)
+    after = readings.view("m1")
+    expected = replace(before, pending=ActionKind.SLEEP, resumed=True)
+    for f in fields(MinerView):
+        assert getattr(after, f.name) == getattr(expected, f.name), f.name
+
+
+async def test_telemetry_reads_go_on_after_a_wake_whose_cycle_is_a_tick(
+    make_farm: MakeFarm,
+) -> None:
+    # A fan-out settling or a relay trip sets the wake without a signal: the cycle it causes
+    # is a tick. A read worker that met the wake paused; the cycle's end resumes it, and
+    # were it never to come, the wait is bounded.
+    farm = await make_farm(2, 3000, 21.5)
+    specs = {m: MinerSpec(m, "luxos", "c1", 3000, 21.5, TRAITS) for m in farm.miners}
+    readings = Readings(specs)
+    drivers = {
+        m: LuxosMiner(MinerEndpoint(m, sim.spec.host, sim.spec.port, 1.0))
+        for m, sim in farm.miners.items()
+    }
+    clock = FakeClock()
+    poller = Poller(
+        drivers,
+        readings,
+        clock,
+        interval_s=5,
+        fast_interval_s=1,
+        concurrency=1,
+        activity=Activity(),
+    )
+    wake = asyncio.Event()
+    poller.defer_to = wake
+    wake.set()  # set by the ledger, not a signal; nobody calls resume()
+    sweep = asyncio.create_task(poller.sweep())
+    await asyncio.sleep(0.1)
+    assert all(v.read_at is None for v in readings.views())
+    wake.clear()
+    clock.advance(1.0)  # one fast interval later the paused worker reads on
+    await asyncio.wait_for(sweep, 10)
+    assert all(v.read_at is not None for v in readings.views())
