@@ -19,6 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bench.chaos_hostile import BASES, FIELDS, HOSTILE, curtailment
 from controller.adapters.mqtt_signals import GridSide
 from controller.intake import inbox as inbox_module
 from controller.intake import wire
@@ -29,18 +30,6 @@ pytestmark = pytest.mark.system
 
 NESTED_ARRAYS = b"[" * 5000
 NESTED_OBJECTS = b'{"a":' * 2000 + b"1" + b"}" * 2000
-
-
-def curtailment(**changes: Any) -> dict[str, Any]:
-    signal = {
-        "type": "curtailment",
-        "id": "evt-hostile",
-        "revision": 1,
-        "issued_at": "2026-11-23T10:00:00Z",
-        "limit_kw": 10.0,
-        "deadline_s": 10,
-    }
-    return {**signal, **changes}
 
 
 # The bodies that stopped the daemon, each signed with the source's right key.
@@ -196,60 +185,7 @@ async def test_a_signal_the_journal_cannot_take_is_answered_over_mqtt(
 
 
 # -- generated ------------------------------------------------------------------------------
-
-FIELDS = (
-    "type",
-    "id",
-    "revision",
-    "issued_at",
-    "start",
-    "end",
-    "limit_kw",
-    "deadline_s",
-    "granted_kw",
-    "emergency",
-    "x",
-)
-STAMPS = st.one_of(
-    st.sampled_from(
-        [
-            "0001-01-01T00:00:00+05:00",
-            "9999-12-31T23:59:59-12:00",
-            "2026-11-23T10:00:00",
-            "2026-02-30T10:00:00Z",
-            "2026-11-23T10:00:00Z",
-            "2099-12-31T23:59:59Z",
-            "",
-        ]
-    ),
-    st.datetimes().map(lambda d: d.isoformat() + "+14:00"),
-)
-HOSTILE = st.one_of(
-    st.integers(min_value=-(2**70), max_value=2**70),
-    st.sampled_from([10**400, 2**63, 2**63 - 1, 2**31, -1, 0]),
-    st.floats(allow_nan=True, allow_infinity=True),
-    st.text(max_size=40),
-    st.text(alphabet="\u0000\ud7ff\ufffd\u202e/\\\"'<>", max_size=10),
-    st.booleans(),
-    st.none(),
-    STAMPS,
-    st.sampled_from(["curtailment", "grant", "cancel", "heartbeat", "shutdown"]),
-    st.recursive(st.none(), lambda inner: st.lists(inner, max_size=3), max_leaves=10),
-)
-BASES = st.sampled_from(
-    [
-        curtailment(),
-        {
-            "type": "grant",
-            "id": "korem-h",
-            "revision": 1,
-            "issued_at": "2026-11-23T10:00:00Z",
-            "granted_kw": 50.0,
-        },
-        {"type": "cancel", "id": "evt-hostile", "revision": 2, "issued_at": "2026-11-23T10:00:00Z"},
-        {"type": "heartbeat", "issued_at": "2026-11-23T10:00:00Z"},
-    ]
-)
+# The hostile values and signals are the chaos flood's (bench/chaos_hostile.py), one set.
 
 
 @st.composite
