@@ -285,11 +285,12 @@ class Daemon:
             rules=rules,
             settings=settings,
         )
+        policy = loaded.grid_policy()
         deadlines = Deadlines(
             inbox=self.inbox,
             journal=self.journal,
             publisher=self.publisher,
-            policy=loaded.grid_policy(),
+            policy=policy,
             pending=obligations,
             known_keys=self.journal.obligation_keys(),
         )
@@ -302,7 +303,7 @@ class Daemon:
             rules=rules,
             settings=measure,
             frequency_rules=loaded.frequency_rules(),
-            cap_w=loaded.grid_policy().cap_w,
+            cap_w=policy.cap_w,
         )
         alarms = Alarms(self.journal)
         safety = config.safety or SafetyCfg()
@@ -341,7 +342,7 @@ class Daemon:
             inbox=self.inbox,
             journal=self.journal,
             clock=clock,
-            policy=loaded.grid_policy(),
+            policy=policy,
             rules=rules,
             settings=settings,
             activity=self.activity,

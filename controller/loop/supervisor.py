@@ -202,7 +202,7 @@ class Supervisor:
                 # Journal.error says why, once; each cycle tries again. What is held
                 # stays in force, and nothing was sent for what could not be written.
                 log.debug("cycle stopped at an unwritable journal")
-            self._reporter.report(now, views, lambda: self._decision(now), changed=cause != "tick")
+            self._reporter.report(now, views, lambda: self._decision(now), changed=woken)
             self.cycles += 1
             self.last_cycle_at = now
             self._reporter.feed.beat(now, self.cycles, ready=self.ready.is_set())
