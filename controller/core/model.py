@@ -202,17 +202,6 @@ def fleet_mode(view: MinerView, now: datetime, stale_after: timedelta) -> FleetM
     return "sleeping" if view.reading.mode is Mode.SLEEPING else "mining"
 
 
-def tally(view: MinerView, now: datetime, stale_after: timedelta, into: dict[str, int]) -> None:
-    """One miner into mode counts (status, API, metrics): its fleet mode, plus lowered,
-    and, unless cut, pending and unhealthy (which overlap the modes)."""
-    mode = fleet_mode(view, now, stale_after)
-    into[mode] += 1
-    into["lowered"] += view.lowered_at is not None
-    if mode != "cut":
-        into["pending"] += view.pending is not None
-        into["unhealthy"] += not view.healthy
-
-
 def estimate_w(view: MinerView, now: datetime, stale_after: timedelta) -> int:
     """Planning estimate of one miner's draw: worst case where unknown, settled otherwise.
 
