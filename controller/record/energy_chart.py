@@ -172,7 +172,7 @@ def day_chart(day: Mapping[str, Any], ident: str) -> str:
     parts += _axes(plot, midnight)
     gaps = _bands(plot, ((m.t0, m.t1, 0.0, plot.max_kw) for m in series if m.grid_kw is None), 0)
     if gaps:
-        parts.append(f'<path class="gap" data-testid="gap" d="{gaps}"/>')
+        parts.append(f'<path class="gap" data-testid="chart-gap" d="{gaps}"/>')
     granted = _bands(
         plot,
         (
@@ -183,13 +183,13 @@ def day_chart(day: Mapping[str, Any], ident: str) -> str:
         0,
     )
     if granted:
-        parts.append(f'<path class="granted" data-testid="granted" d="{granted}"/>')
+        parts.append(f'<path class="granted" data-testid="chart-granted" d="{granted}"/>')
     allowed = _steps(plot, series, lambda m: m.allowed_kw)
     if allowed:
-        parts.append(f'<path class="allowed" data-testid="allowed" d="{allowed}"/>')
+        parts.append(f'<path class="allowed" data-testid="chart-allowed" d="{allowed}"/>')
     grid = _steps(plot, series, lambda m: m.grid_kw)
     if grid:
-        parts.append(f'<path class="draw" data-testid="draw" d="{grid}"/>')
+        parts.append(f'<path class="draw" data-testid="chart-draw" d="{grid}"/>')
     over = [m for m in series if m.excess_kwh > 0]
     if over:
         # Red between what was allowed and the draw, at least 2 px so a small overrun shows;
@@ -206,7 +206,7 @@ def day_chart(day: Mapping[str, Any], ident: str) -> str:
             f"M{_f(plot.x(m.t0))},{HEIGHT - BOTTOM + 2}H{_f(plot.x(m.t1))}v5H{_f(plot.x(m.t0))}Z"
             for m in over
         )
-        parts.append(f'<path class="excess" data-testid="excess" d="{excess}{marks}"/>')
+        parts.append(f'<path class="excess" data-testid="chart-excess" d="{excess}{marks}"/>')
     parts.append("</svg>")
     return "\n".join(parts)
 

@@ -4,46 +4,24 @@ a refused token shows a message and no data. Any console error or page error fai
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
-from playwright.async_api import Browser, ConsoleMessage, Error, Page, async_playwright, expect
+from playwright.async_api import Browser, Page, expect
 
 from controller.core.signals import ObligationStatus
 from tests.conftest import API_TOKENS, api_section, load_site, site_dict
+from tests.system.conftest import watch
 from tests.system.harness import Rig, rig
 
 pytestmark = pytest.mark.system
 
-CHROMIUM = Path("/usr/bin/chromium")  # Debian's package; `playwright install` is never run
 WAIT_MS = 30_000  # generous: the machine is shared; every wait is on content, not on time
 # Chromium logs a failed resource load as a console error; a refused token is one, on purpose.
 REFUSED_LOAD = re.compile(r"console: Failed to load resource: .* status of 401 \(Unauthorized\)")
-
-
-@pytest.fixture
-def chromium() -> Path:
-    """Skip without Debian's chromium, unless CI requires the browser (.ci/run does)."""
-    if not CHROMIUM.exists():
-        why = f"{CHROMIUM} is missing (apt-get install chromium)"
-        if os.environ.get("CURTAILD_REQUIRE_BROWSER") == "1":
-            pytest.fail(f"CURTAILD_REQUIRE_BROWSER=1 but {why}")
-        pytest.skip(why)
-    return CHROMIUM
-
-
-@pytest.fixture
-async def browser(chromium: Path) -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(executable_path=str(chromium))
-        try:
-            yield launched
-        finally:
-            await launched.close()
 
 
 @asynccontextmanager
@@ -54,17 +32,7 @@ async def dashboard(browser: Browser, r: Rig) -> AsyncIterator[tuple[Page, list[
     assert api is not None
     assert api.port is not None
     page = await browser.new_page(viewport={"width": 1280, "height": 800})
-    errors: list[str] = []
-
-    def console(message: ConsoleMessage) -> None:
-        if message.type == "error":
-            errors.append(f"console: {message.text} at {message.location}")
-
-    def crashed(error: Error) -> None:
-        errors.append(f"page error: {error.message}")
-
-    page.on("console", console)
-    page.on("pageerror", crashed)
+    errors = watch(page)
     try:
         await page.goto(f"http://127.0.0.1:{api.port}/")
         yield page, errors
