@@ -217,8 +217,8 @@ class FixedCompliance:
     def __init__(self, *, verified: bool | None = True) -> None:
         self.asked: list[datetime] = []
         self.answer: dict[str, Any] = {
-            "today": totals(1234.5, 800.25, 400.0, 34.25),
-            "month": totals(45678.9, 20000.5, 25000.0, 678.4),
+            "today": totals(800.4, 400.0, 34.7),
+            "month": totals(20000.6, 25000.0, 678.4),
             "grants": [
                 {
                     "id": "korem-h10",
@@ -238,7 +238,7 @@ class FixedCompliance:
             "excess_events": [
                 {
                     "at": "2025-03-02T13:05:00+00:00",
-                    "kwh": 34.25,
+                    "kwh": 34.7,
                     "limit_kw": 350.0,
                     "reason": "curtailment evt-0017 r1 after its deadline",
                 }
@@ -265,9 +265,11 @@ class FixedCompliance:
         return self.answer
 
 
-def totals(grid: float, grants: float, base: float, excess: float) -> dict[str, float]:
+def totals(grants: float, base: float, excess: float) -> dict[str, float]:
+    """Figures that add up, none of them halfway between two tenths (Python and the
+    browser round those differently)."""
     return {
-        "grid_kwh": grid,
+        "grid_kwh": round(grants + base + excess, 3),
         "within_grants_kwh": grants,
         "base_allowance_kwh": base,
         "excess_kwh": excess,

@@ -25,7 +25,7 @@ class AuthError extends Error {
 
 class HttpError extends Error {}
 
-let session = null; // {token, ctrl: AbortController}
+let session = null; // {token, ctrl: AbortController, compliance: bool (its loop runs)}
 let points = []; // {t: ms, m: measured kW | null, l: limit kW | null}, oldest first
 let lastStatus = null;
 
@@ -80,6 +80,10 @@ async function run(sess) {
       sessionStorage.setItem(TOKEN_KEY, sess.token);
       seed(history);
       showStatus(status);
+      if (!sess.compliance) {
+        sess.compliance = true; // the token is good: one loop per session
+        complianceLoop(sess);
+      }
       await stream(sess, (s) => {
         heard = true;
         setConnection("live", "Live");
@@ -129,7 +133,15 @@ async function check(res, what) {
     }
     throw new AuthError(res.status, detail);
   }
-  if (!res.ok) throw new HttpError(`${what}: HTTP ${res.status}`);
+  if (!res.ok) {
+    let detail = "";
+    try {
+      detail = (await res.json()).detail || "";
+    } catch {
+      detail = "";
+    }
+    throw new HttpError(`${what}: HTTP ${res.status}${detail ? `, ${detail}` : ""}`);
+  }
 }
 
 async function api(sess, path, signal) {
@@ -501,6 +513,7 @@ async function loadMiners(event) {
           { text: kw(m.power_kw), cls: "num" },
           { text: kw(m.rated_kw), cls: "num" },
           { text: m.board_temps_c.length ? celsius(Math.max(...m.board_temps_c)) : "—", cls: "num" },
+          minerPools(m),
           minerNow(m),
         ],
       })),
@@ -654,6 +667,9 @@ function clearData() {
   for (const id of ["limit-reasons", "alarms", "automation", "lying"]) $(id).replaceChildren();
   for (const table of document.querySelectorAll("main table")) table.tBodies[0].replaceChildren();
   fillTable("miners", [], "Choose filters and press Show");
+  text("compliance-note", "Not loaded yet");
+  text("chain", "—");
+  $("chain").dataset.state = "unknown";
   document.querySelectorAll(".modes .n").forEach((n) => { n.textContent = "—"; });
   draw();
 }

@@ -276,3 +276,57 @@ class HealthOut(_Out):
     last_cycle_age_s: float | None = Field(description="Seconds since the loop last finished")
     journal: Literal["ok"] = "ok"
     devices: dict[str, bool] = Field(description="Modbus devices: True while read fresh")
+
+
+class ComplianceTotals(_Out):
+    """Energy over a span (kWh) and how much of it the meter did not see (s)."""
+
+    grid_kwh: float = Field(description="Drawn from the grid")
+    within_grants_kwh: float = Field(description="Of which inside active grants")
+    base_allowance_kwh: float = Field(description="Of which inside the base allowance")
+    excess_kwh: float = Field(description="Of which above what the grid allowed")
+    exempt_generation_kwh: float = Field(description="Own generation, counted apart")
+    allowed_kwh: float = Field(description="What the grid allowed over the span")
+    gap_s: float = Field(description="No meter reading: nothing counted, nothing interpolated")
+    estimated_s: float = Field(description="Estimated from the miners' own figures")
+
+
+class ComplianceGrant(_Out):
+    id: str
+    source: str
+    granted_kwh: float
+    used_kwh: float
+    utilisation: float | None = Field(description="used / granted (None: nothing granted yet)")
+
+
+class ExcessEvent(_Out):
+    at: datetime
+    kwh: float
+    limit_kw: float | None
+    reason: str
+
+
+class UnapprovedPool(_Out):
+    miner_id: str
+    unapproved: list[str] = Field(description="The pool URLs no approved pool matches")
+    action: str = Field(description="alarm, sleep or none")
+    since: datetime
+
+
+class ChainState(_Out):
+    verified: bool | None = Field(
+        description="The last walk of the journal's hash chain (None: not yet checked)"
+    )
+    rows: int
+    head: str | None
+    checked_at: datetime | None
+    problem: str | None = Field(description="The first row found changed, removed or inserted")
+
+
+class ComplianceOut(_Out):
+    today: ComplianceTotals = Field(description="Since midnight UTC")
+    month: ComplianceTotals = Field(description="Since the first of the month, UTC")
+    grants: list[ComplianceGrant] = Field(description="Today's and the active grants")
+    excess_events: list[ExcessEvent] = Field(description="This month's, newest first, <= 50")
+    unapproved_pools: list[UnapprovedPool]
+    chain: ChainState

@@ -97,6 +97,10 @@ ROUTES: tuple[Route, ...] = (
               _q("format", "json or csv", {"type": "string", "enum": ["json", "csv"]}),
               _q("since", "From this time", ISO),
           )),
+    Route("GET", "/api/v1/compliance", h.get_compliance, "Today and this month: kWh "
+          "inside grants, in the base allowance and in excess; grant utilisation; excess "
+          "events; miners on unapproved pools; whether the journal's chain verified",
+          Role.VIEWER, answers={200: m.ComplianceOut, 503: m.Problem}, tag="journal"),
     Route("GET", "/api/v1/history", h.get_history, "Site draw against the limit "
           "over the last hour", Role.VIEWER, answers={200: m.HistoryOut}),
     Route("GET", "/api/v1/stream", h.get_stream, "Server-sent events: a status "

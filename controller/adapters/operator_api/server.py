@@ -31,6 +31,7 @@ from controller.clock import Clock
 from controller.config import ApiCfg
 from controller.core.model import Limit
 from controller.intake.desk import Desk, OperatorError, Principal, Role
+from controller.record.compliance import ComplianceSource
 from controller.record.journal import Journal, JournalError
 from controller.record.site import MinerViews, SiteFeed, SiteView
 from controller.tls import ServerTls
@@ -63,7 +64,10 @@ class OperatorApi:
         stall_after_s: float,
         history_interval_s: float,
         tls: ServerTls | None = None,
+        compliance: ComplianceSource | None = None,
     ) -> None:
+        """`compliance`: the energy account's figures for /api/v1/compliance (None: that
+        endpoint answers 503). A plain attribute, so the daemon can set it once built."""
         self.feed = feed
         self.desk = desk
         self.readings = readings
@@ -73,6 +77,8 @@ class OperatorApi:
         self.stale_after = stale_after  # a reading older than this is unknown
         self.stall_after_s = stall_after_s  # no cycle finished this long: the loop is stuck
         self.history_interval_s = history_interval_s
+        self.compliance = compliance
+        self.compliance_lock = asyncio.Lock()
         self._clock = clock
         self._grid_limit = grid_limit
         self._cfg = cfg
