@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +18,11 @@ import pytest
 
 from controller.adapters.operator_api.routes import ROUTES
 from controller.clock import FakeClock
+from controller.record.compliance import ComplianceError
 from demo.farm import farm_from_config
 from drivers.types import Mode
 from tests.conftest import API_TOKENS, api_section, load_site, site_dict
+from tests.energy_samples import FixedCompliance
 from tests.system.harness import Rig, daemon_on, iso, rig
 
 pytestmark = pytest.mark.system
@@ -84,7 +87,9 @@ def operator_events(r: Rig) -> list[dict[str, Any]]:
 async def test_system_every_route_answers_by_role(tmp_path: Path) -> None:
     """No token, a wrong one and a weaker role are refused with a problem that leaks
     nothing; the right role gets through (a 400 for an empty body is past the door)."""
-    async with api_rig(tmp_path, miners=4) as (_, api):
+    async with api_rig(tmp_path, miners=4) as (r, api):
+        assert r.daemon.api is not None
+        r.daemon.api.compliance = FixedCompliance()  # without one: 503 (tested below)
         for route in ROUTES:
             path = route.path.replace("{id}", "m000").replace("{name}", "app.js")
             if route.path == "/api/v1/overrides/{id}":
@@ -451,3 +456,57 @@ async def test_system_a_token_that_is_not_text_is_a_plain_401(tmp_path: Path) ->
         writer.close()
         assert head.startswith(b"HTTP/1.1 401"), head[:200]
         assert b"application/problem+json" in head
+
+
+class Failing(FixedCompliance):
+    def __init__(self, error: Exception) -> None:
+        super().__init__()
+        self.error = error
+
+    def compliance(self, now: datetime) -> dict[str, Any]:
+        raise self.error
+
+
+async def test_system_compliance_from_the_source_it_is_given(tmp_path: Path) -> None:
+    """GET /api/v1/compliance answers the injected source's figures as of the daemon's
+    time; without a source, or one that cannot read, a 503 problem; a malformed answer is
+    the account's bug, a 500 naming the field."""
+    async with api_rig(tmp_path, miners=2) as (r, api):
+        assert r.daemon.api is not None
+        status, body, reply = await api.call("GET", "/api/v1/compliance")
+        assert status == 503
+        assert reply.headers["Content-Type"].startswith("application/problem+json")
+        assert body["detail"] == "compliance not available"
+
+        source = FixedCompliance()
+        r.daemon.api.compliance = source
+        status, body, _ = await api.call("GET", "/api/v1/compliance")
+        assert status == 200
+        assert body["today"] == source.answer["today"]
+        assert body["month"] == source.answer["month"]
+        assert body["grants"] == source.answer["grants"]
+        assert body["unapproved_pools"][0]["unapproved"] == ["stratum+tcp://pool.example.org:3333"]
+        assert (body["chain"]["verified"], body["chain"]["rows"]) == (True, 4321)
+        await r.step(2)
+        await api.call("GET", "/api/v1/compliance")
+        assert source.asked == [r.clock.now() - timedelta(seconds=2), r.clock.now()]
+
+        for error in (ComplianceError("journal locked"), sqlite3.OperationalError("disk I/O")):
+            r.daemon.api.compliance = Failing(error)
+            status, body, _ = await api.call("GET", "/api/v1/compliance")
+            assert (status, body["detail"]) == (
+                503,
+                "compliance not available: the account cannot be read",
+            )
+
+        broken = FixedCompliance()
+        broken.answer["today"] = {**broken.answer["today"], "excess_kwh": "a lot"}
+        r.daemon.api.compliance = broken
+        status, body, _ = await api.call("GET", "/api/v1/compliance")
+        assert (status, body["detail"]) == (
+            500,
+            "the energy account's figures are malformed at today.excess_kwh",
+        )
+        # The daemon goes on.
+        status, _, _ = await api.call("GET", "/api/v1/status")
+        assert status == 200
