@@ -103,3 +103,30 @@ def test_plain_report_has_the_parts_it_promises() -> None:
     document = render_energy_html(small_report(dict.fromkeys(SLOTS, "x")))
     for testid in ("chart-excess", "chart-gap", "chart-draw", "chart-allowed", "grants", "pools"):
         assert f'data-testid="{testid}"' in document
+
+
+def test_an_empty_report_says_so_and_a_broken_sum_is_stated() -> None:
+    """Nothing recorded: each section says there is nothing, and no total is made up. Parts
+    that do not add up are said not to, with the difference."""
+    empty = render_energy_html({})
+    for sentence in (
+        "No hour in this period was recorded.",
+        "No day in this period was recorded.",
+        "No grant was held in this period.",
+        "The totals are incomplete: they cannot be checked.",
+        "This report carries no journal chain head.",
+    ):
+        assert sentence in empty
+    report = small_report({})
+    report["totals"]["grid_kwh"] += 2.5
+    assert "The parts do not add up: they differ by 2.500 kWh." in render_energy_html(report)
+
+
+def test_where_the_estimate_and_gaps_are_stated() -> None:
+    report = small_report({})
+    report["measured_by"] = "estimate"
+    document = render_energy_html(report)
+    assert "Estimated, not measured:" in document
+    assert "The meter gave no reading for 5 min</strong>" in document
+    report["totals"]["gap_s"] = 0.0
+    assert "The meter was read throughout: no gaps." in render_energy_html(report)
