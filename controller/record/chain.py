@@ -439,7 +439,10 @@ class ChainWatch:
         self._db: sqlite3.Connection | None = None
         self._pos: Head | None = None  # verified up to here
 
-    def check(self, now: datetime) -> ChainStatus:
+    def check(self, now: datetime, *, full: bool = False) -> ChainStatus:
+        """Check the rows written since the last check (`full`: the whole chain again)."""
+        if full:
+            self._pos = None
         try:
             if self._db is None:
                 self._db = connect_ro(self.path)

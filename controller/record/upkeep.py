@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import sqlite3
 from datetime import timedelta
 from pathlib import Path
@@ -20,6 +21,7 @@ from controller.record.retention import archive_batch, default_archive
 log = structlog.get_logger("curtaild.evidence")
 
 CHECK_INTERVAL_S = 60.0  # the chain since the last check; a few rows, read in a thread
+FULL_CHECK_EVERY = 1440  # checks: the whole chain again once a day
 RETENTION_INTERVAL_S = 86_400.0
 
 
@@ -43,10 +45,11 @@ class Upkeep:
         """Whether the journal's chain verified at the last check (verified None: not yet)."""
         return self._watch.status
 
-    async def check(self) -> ChainStatus:
-        """One check of the rows written since the last (all of them the first time)."""
+    async def check(self, *, full: bool = False) -> ChainStatus:
+        """One check of the rows written since the last (all of them the first time and
+        with `full`: an old row edited since is found by a full check)."""
         was = self._watch.status.verified
-        status = await asyncio.to_thread(self._watch.check, self._clock.now())
+        status = await asyncio.to_thread(self._watch.check, self._clock.now(), full=full)
         if status.verified is False and was is not False:
             log.error("journal chain does not verify", problem=status.problem)
             self._event("chain", {"verified": False, "problem": status.problem})
@@ -57,8 +60,8 @@ class Upkeep:
 
     async def run_checks(self) -> None:
         try:
-            while True:
-                await self.check()
+            for n in itertools.count(1):
+                await self.check(full=n % FULL_CHECK_EVERY == 0)
                 await self._clock.sleep(CHECK_INTERVAL_S)
         finally:
             self._watch.close()
