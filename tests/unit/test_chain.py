@@ -13,12 +13,14 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from controller.clock import FakeClock
 from controller.core.model import Action, ActionKind, Limit, Plan
 from controller.core.signals import Grant, Held, Obligation, ObligationStatus
 from controller.record import chain
 from controller.record.chain import REGISTRY, ChainWatch, verify
 from controller.record.journal import CommandRecord, Journal
 from controller.record.retention import archive_batch
+from controller.record.upkeep import Upkeep
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 STEP = timedelta(days=10)
@@ -308,3 +310,22 @@ CREATE TABLE operator (key TEXT PRIMARY KEY, state TEXT NOT NULL);
 CREATE TABLE ladder (miner_id TEXT PRIMARY KEY, state TEXT NOT NULL);
 CREATE TABLE site_state (key TEXT PRIMARY KEY, state TEXT NOT NULL);
 """
+
+
+async def test_the_daemons_retention_archives_old_rows_and_journals_it(tmp_path: Path) -> None:
+    path = tmp_path / "j.db"
+    journal = build(path, [1, 3, 0, 2, 4, 1])  # one write every 10 days from T0
+    upkeep = Upkeep(journal, FakeClock(T0 + 44 * STEP), retention_days=400)
+    assert upkeep.archive_path == tmp_path / "j.archive.db"
+    held = journal.restore_book().held
+    assert await upkeep.retain() == 3 + 1 + 1 + 2  # i=0..3: more than 400 days before
+    assert journal.restore_book().held == held  # state stays, evidence moved
+    assert [e[2] for e in journal.events()][-1] == "archive"
+    assert await upkeep.retain() == 0
+    status = await upkeep.check()
+    assert status.verified is True, status.problem
+    journal.close()
+    both = verify(path, [upkeep.archive_path])
+    assert both.ok, both.problem
+    assert both.rows == 3 + 1 + 1 + 2 + 1 + 3 + 1  # and the archive event itself
+    assert await Upkeep(Journal(path), FakeClock(T0)).retain() == 0  # no window: keep all
