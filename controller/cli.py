@@ -198,10 +198,11 @@ def _report(args: argparse.Namespace) -> int:
 
 def _emit(text: str, args: argparse.Namespace, loaded: Loaded) -> int:
     """A report to stdout, or to --out FILE, signed (FILE.sig) with the site's key."""
-    if args.out is None:
+    out: Path | None = getattr(args, "out", None)  # a report without --out prints
+    if out is None:
         sys.stdout.write(text)
         return 0
-    return cli_evidence.write_export(text, args.out, loaded)
+    return cli_evidence.write_export(text, out, loaded)
 
 
 def _simulator_missing(command: str, extra: str) -> bool:
