@@ -38,6 +38,7 @@ from controller.loop.telemetry import Activity, Poller, Readings
 from controller.record.journal import Journal
 from controller.record.publish import Fanout, Recorder
 from controller.record.site import SiteFeed
+from controller.record.upkeep import Upkeep
 from controller.tls import ServerTls
 from drivers.meter.modbus_meter import ModbusMeter
 from drivers.meter.sensor import ModbusTemperature
@@ -105,6 +106,13 @@ class Daemon:
         self.clock = clock
         registry = registry or default_registry()
         self.journal = Journal(config.journal.path)
+        # The chain checked off the loop (`evidence.chain` for the dashboard); retention.
+        self.evidence = Upkeep(
+            self.journal,
+            clock,
+            retention_days=config.journal.retention_days,
+            archive_path=config.journal.archive_path,
+        )
         self.specs: dict[str, MinerSpec] = {}
         self.drivers: dict[str, MinerDriver] = {}
         for m in loaded.miners:
@@ -410,6 +418,9 @@ class Daemon:
                 if self.sensors:
                     tg.create_task(self.measurements.run_sensors(), name="curtaild.sensors")
                 tg.create_task(self.supervisor.run(), name="curtaild.supervisor")
+                tg.create_task(self.evidence.run_checks(), name="curtaild.chain")
+                if self.evidence.retention_days is not None:
+                    tg.create_task(self.evidence.run_retention(), name="curtaild.retention")
                 tg.create_task(self._ready(), name="curtaild.systemd")
                 if self.tune_gc:
                     tg.create_task(self._tune_gc(), name="curtaild.gc")

@@ -1,4 +1,4 @@
-"""curtaild run | sim | demo | check-config."""
+"""curtaild run | sim | demo | check-config | report | verify | check-export | evidence."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from controller import logs
+from controller import cli_evidence, logs
 from controller.clock import SystemClock
 from controller.config import ConfigError, Loaded, check_listen, load
 
@@ -49,6 +49,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     report.add_argument(
         "--since", default=None, help="only from this instant on (ISO 8601, e.g. 2026-11-23)"
     )
+    report.add_argument(
+        "--out", type=Path, default=None, help="write FILE (and FILE.sig with a site key)"
+    )
     demo = sub.add_parser("demo", help="simulated farm + broker + daemon + scripted grid")
     demo.add_argument(
         "-c",
@@ -75,6 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     token = sub.add_parser("token", help="make an operator API token and its config entry")
     token.add_argument("--name", required=True, help="who holds it (journaled with each change)")
     token.add_argument("--role", choices=("viewer", "operator", "admin"), required=True)
+    evidence = cli_evidence.add_commands(sub)
     args = parser.parse_args(argv)
     handlers: dict[str, Callable[[argparse.Namespace], int]] = {
         "run": _run,
@@ -83,6 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "demo": _demo,
         "report": _report,
         "token": _token,
+        **evidence,
     }
     return handlers[args.command](args)
 
@@ -188,8 +193,16 @@ def _report(args: argparse.Namespace) -> int:
     except ReportError as err:
         print(str(err), file=sys.stderr)
         return 1
-    sys.stdout.write(render(history, args.format))
-    return 0
+    return _emit(render(history, args.format), args, loaded)
+
+
+def _emit(text: str, args: argparse.Namespace, loaded: Loaded) -> int:
+    """A report to stdout, or to --out FILE, signed (FILE.sig) with the site's key."""
+    out: Path | None = getattr(args, "out", None)  # a report without --out prints
+    if out is None:
+        sys.stdout.write(text)
+        return 0
+    return cli_evidence.write_export(text, out, loaded)
 
 
 def _simulator_missing(command: str, extra: str) -> bool:

@@ -42,8 +42,10 @@ from controller.config.protection import (
 )
 from controller.config.site import (
     ControlCfg,
+    EvidenceCfg,
     JournalCfg,
     LoggingCfg,
+    SigningCfg,
     SiteCfg,
     SiteConfig,
     TelemetryCfg,
@@ -60,6 +62,7 @@ __all__ = [
     "CredentialsCfg",
     "Duration",
     "EscalationCfg",
+    "EvidenceCfg",
     "FrequencyCfg",
     "GridCfg",
     "GridTlsCfg",
@@ -82,6 +85,7 @@ __all__ = [
     "SecretRef",
     "SensorCfg",
     "SignalsCfg",
+    "SigningCfg",
     "SiteCfg",
     "SiteConfig",
     "SourceCfg",

@@ -10,7 +10,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from controller.config.devices import MeterCfg, MinerEntry, PduCfg, SensorCfg
-from controller.config.fields import ConfigModel, Ident, Kilowatts, Seconds
+from controller.config.fields import ConfigModel, Ident, Kilowatts, Seconds, SecretRef
 from controller.config.grid import GridCfg, SignalsCfg
 from controller.config.listeners import ApiCfg
 from controller.config.protection import EscalationCfg, FrequencyCfg, SafetyCfg
@@ -46,6 +46,22 @@ class ControlCfg(ConfigModel):
 
 class JournalCfg(ConfigModel):
     path: Path
+    # Evidence rows older than this move to the archive (None: kept in the journal forever).
+    # At least a day: recovery reads the decisions of the last minutes.
+    retention_days: Annotated[int, Field(ge=1)] | None = None
+    archive_path: Path | None = None  # default: beside the journal, <name>.archive.db
+
+
+class SigningCfg(ConfigModel):
+    """The site key exports are signed with: an Ed25519 private key (PEM, PKCS#8) or an
+    HMAC-SHA256 secret, named by reference like every secret."""
+
+    algorithm: Literal["ed25519", "hmac-sha256"]
+    key: SecretRef
+
+
+class EvidenceCfg(ConfigModel):
+    signing: SigningCfg | None = None  # absent: exports are written unsigned
 
 
 class LoggingCfg(ConfigModel):
@@ -75,6 +91,7 @@ class SiteConfig(BaseSettings):
     safety: SafetyCfg | None = None  # absent: no cold-weather rules
     api: ApiCfg | None = None  # absent: no operator API, dashboard or /metrics
     logging: LoggingCfg = LoggingCfg()
+    evidence: EvidenceCfg = EvidenceCfg()
     # Only for `curtaild sim` and `curtaild demo`: how the simulated farm behaves. The
     # simulator owns its shape (sim/config.py); demo/farm.py validates it, with locations.
     simulation: dict[str, Any] | None = None

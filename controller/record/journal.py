@@ -31,13 +31,19 @@ from controller.core.signals import (
     SignalBook,
     Standing,
 )
+from controller.record import chain
+from controller.record.chain import Head
 
 log = structlog.get_logger("curtaild.journal")
 
-SCHEMA_VERSION = 2
-# Journals an older curtaild wrote, and what opening them here adds (tables only: an older
-# journal is read as it is, and the new tables start empty).
-MIGRATIONS = {1: "the ladder and site-state tables"}
+SCHEMA_VERSION = 3
+# Journals an older curtaild wrote, and what opening them here adds (tables and columns: an
+# older journal's rows are kept as they are, the new tables start empty, and the hash
+# chain starts at the upgrade: older rows are not chained).
+MIGRATIONS = {
+    1: "the ladder and site-state tables, the hash chain and the obligation log",
+    2: "the hash chain and the obligation log",
+}
 BUSY_TIMEOUT_S = 5.0  # another process (curtaild report) may hold a read lock briefly
 
 _SCHEMA = """
@@ -45,7 +51,7 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS signals (
     seq INTEGER PRIMARY KEY, at TEXT NOT NULL, transport TEXT NOT NULL, source TEXT,
     signal_id TEXT, revision INTEGER, kind TEXT, verdict TEXT NOT NULL, detail TEXT,
-    body TEXT);
+    body TEXT, chain_seq INTEGER, chain_hash TEXT);
 CREATE TABLE IF NOT EXISTS revisions (
     signal_id TEXT PRIMARY KEY, revision INTEGER NOT NULL, kind TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS held (
@@ -55,11 +61,11 @@ CREATE TABLE IF NOT EXISTS decisions (
     seq INTEGER PRIMARY KEY, at TEXT NOT NULL, cause TEXT NOT NULL, limit_w INTEGER NOT NULL,
     reasons TEXT NOT NULL, budget_w INTEGER NOT NULL, expected_w INTEGER NOT NULL,
     feasible INTEGER NOT NULL, notes TEXT NOT NULL, action_count INTEGER NOT NULL,
-    actions BLOB NOT NULL);
+    actions BLOB NOT NULL, chain_seq INTEGER, chain_hash TEXT);
 CREATE TABLE IF NOT EXISTS commands (
     seq INTEGER PRIMARY KEY, decision_seq INTEGER, miner_id TEXT NOT NULL,
     action TEXT NOT NULL, started_at TEXT NOT NULL, finished_at TEXT NOT NULL,
-    outcome TEXT NOT NULL, detail TEXT);
+    outcome TEXT NOT NULL, detail TEXT, chain_seq INTEGER, chain_hash TEXT);
 CREATE TABLE IF NOT EXISTS obligations (
     key TEXT PRIMARY KEY, signal_id TEXT NOT NULL, revision INTEGER NOT NULL,
     kind TEXT NOT NULL, limit_w INTEGER NOT NULL, starts_at TEXT NOT NULL,
@@ -67,7 +73,12 @@ CREATE TABLE IF NOT EXISTS obligations (
     measured_by TEXT);
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY, at TEXT NOT NULL, kind TEXT NOT NULL, subject TEXT,
-    detail TEXT);
+    detail TEXT, chain_seq INTEGER, chain_hash TEXT);
+CREATE TABLE IF NOT EXISTS obligation_log (
+    seq INTEGER PRIMARY KEY, key TEXT NOT NULL, signal_id TEXT NOT NULL,
+    revision INTEGER NOT NULL, kind TEXT NOT NULL, limit_w INTEGER NOT NULL,
+    starts_at TEXT NOT NULL, due_at TEXT NOT NULL, status TEXT NOT NULL, reached_at TEXT,
+    measured_w INTEGER, measured_by TEXT, chain_seq INTEGER, chain_hash TEXT);
 CREATE TABLE IF NOT EXISTS operator (key TEXT PRIMARY KEY, state TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS ladder (miner_id TEXT PRIMARY KEY, state TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS site_state (key TEXT PRIMARY KEY, state TEXT NOT NULL);
@@ -100,6 +111,7 @@ class Journal:
         # Why the last write failed (a full disk, say); None while writes succeed. The loop
         # commands nothing while it is set: every command is write-ahead.
         self.error: str | None = None
+        self._tx_head: Head | None = None  # the chain's head within a write transaction
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(
@@ -108,9 +120,12 @@ class Journal:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")  # WAL fsync on every commit
             self._db.executescript(_SCHEMA)
+            self._db.execute("BEGIN IMMEDIATE")  # one writer migrates; none sees half
             version = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+            now = _ts(datetime.now(UTC))  # when the chain starts: said, never computed on
             if version is None:
                 self._db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+                chain.start_chain(self._db, now)
             elif int(version[0]) in MIGRATIONS:
                 # One way: an older curtaild refuses the upgraded journal (keep a copy to
                 # roll back). The new tables start empty.
@@ -123,25 +138,45 @@ class Journal:
                 self._db.execute(
                     "UPDATE meta SET value=? WHERE key='schema'", (str(SCHEMA_VERSION),)
                 )
+                chain.start_chain(self._db, now)
             elif int(version[0]) != SCHEMA_VERSION:
-                raise JournalError(f"{path}: schema {version[0]}, expected {SCHEMA_VERSION}")
+                raise JournalError(  # noqa: TRY301 - the connection is closed below
+                    f"{path}: schema {version[0]}, expected {SCHEMA_VERSION}"
+                )
+            self._db.execute("COMMIT")
+            self.head = chain.read_head(self._db)  # the chain's last row (kept up to date)
         except (sqlite3.Error, OSError) as err:
+            self._abandon()
             raise JournalError(f"{path}: cannot open the journal: {err}") from err
+        except JournalError:
+            self._abandon()
+            raise
+
+    def _abandon(self) -> None:
+        db = getattr(self, "_db", None)
+        if db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                db.close()  # rolls back a migration half done
 
     def close(self) -> None:
         self._db.close()
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
+        self._tx_head = None
         try:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
+                head = self._staged()
+                if head is not None:
+                    chain.set_meta(self._db, "chain_head", head.as_json())
             except BaseException:
                 if self._db.in_transaction:  # SQLite rolls back a full disk's by itself
                     self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
+            self.head = head or self.head
         except sqlite3.Error as err:
             if self.error is None:
                 log.exception("journal unwritable: nothing is commanded until it is")
@@ -151,7 +186,24 @@ class Journal:
             log.warning("journal writable again", was=self.error)
             self.error = None
 
+    def _staged(self) -> Head | None:
+        """The chain's head as this transaction's appends left it (None: none)."""
+        return self._tx_head
+
     # -- writes ----------------------------------------------------------------------------
+
+    def _append(self, table: str, rows: Sequence[Sequence[Any]]) -> int:
+        """Append evidence rows (their columns after `seq`, as chain.REGISTRY lists them)
+        to a chained table inside the open transaction; returns the first row's seq. The
+        head is read in the transaction, so another writer cannot fork the chain."""
+        first = chain.next_rowid(self._db, table)
+        if not rows:
+            return first
+        if self._tx_head is None:
+            self._tx_head = chain.read_head(self._db)
+        linked, self._tx_head = chain.link_rows(table, self._tx_head, first, rows)
+        self._db.executemany(chain.INSERT[table], linked)
+        return first
 
     def record_signal(
         self,
@@ -170,10 +222,9 @@ class Journal:
         """One received signal and, if it changed the book, the change; one transaction."""
         text = body.decode("utf-8", errors="replace") if body is not None else None
         with self._tx() as db:
-            db.execute(
-                "INSERT INTO signals (at, transport, source, signal_id, revision, kind,"
-                " verdict, detail, body) VALUES (?,?,?,?,?,?,?,?,?)",
-                (_ts(at), transport, source, signal_id, revision, kind, verdict, detail, text),
+            self._append(
+                "signals",
+                [(_ts(at), transport, source, signal_id, revision, kind, verdict, detail, text)],
             )
             if book_change is not None and signal_id is not None and revision is not None:
                 stored_kind, held = book_change
@@ -212,26 +263,24 @@ class Journal:
                 ids = grouped.setdefault(kind, {}).setdefault(reason, [])
             ids.append(action.miner_id)
         actions = zlib.compress(json.dumps(grouped, separators=(",", ":")).encode(), 1)
-        with self._tx() as db:
-            cur = db.execute(
-                "INSERT INTO decisions (at, cause, limit_w, reasons, budget_w, expected_w,"
-                " feasible, notes, action_count, actions) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                (
-                    _ts(at),
-                    cause,
-                    limit.limit_w,
-                    json.dumps(limit.reasons),
-                    plan.budget_w,
-                    plan.expected_w,
-                    int(plan.feasible),
-                    json.dumps(plan.notes),
-                    len(plan.actions),
-                    actions,
-                ),
+        with self._tx():
+            return self._append(
+                "decisions",
+                [
+                    (
+                        _ts(at),
+                        cause,
+                        limit.limit_w,
+                        json.dumps(limit.reasons),
+                        plan.budget_w,
+                        plan.expected_w,
+                        int(plan.feasible),
+                        json.dumps(plan.notes),
+                        len(plan.actions),
+                        actions,
+                    )
+                ],
             )
-            seq = cur.lastrowid
-        assert seq is not None
-        return seq
 
     def record_commands(
         self,
@@ -264,9 +313,8 @@ class Journal:
                     "INSERT OR REPLACE INTO site_state (key, state) VALUES (?,?)",
                     [(k, json.dumps(v)) for k, v in site.items()],
                 )
-            db.executemany(
-                "INSERT INTO commands (decision_seq, miner_id, action, started_at, finished_at,"
-                " outcome, detail) VALUES (?,?,?,?,?,?,?)",
+            self._append(
+                "commands",
                 [
                     (
                         r.decision_seq,
@@ -284,26 +332,27 @@ class Journal:
     def record_obligations(self, obligations: Sequence[Obligation], measured_by: str) -> None:
         if not obligations:
             return
+        rows = [
+            (
+                o.key,
+                o.signal_id,
+                o.revision,
+                o.kind,
+                o.limit_w,
+                _ts(o.starts_at),
+                _ts(o.due_at),
+                o.status.value,
+                _ts(o.reached_at) if o.reached_at else None,
+                o.measured_w,
+                measured_by,
+            )
+            for o in obligations
+        ]
         with self._tx() as db:
             db.executemany(
-                "INSERT OR REPLACE INTO obligations VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                [
-                    (
-                        o.key,
-                        o.signal_id,
-                        o.revision,
-                        o.kind,
-                        o.limit_w,
-                        _ts(o.starts_at),
-                        _ts(o.due_at),
-                        o.status.value,
-                        _ts(o.reached_at) if o.reached_at else None,
-                        o.measured_w,
-                        measured_by,
-                    )
-                    for o in obligations
-                ],
+                "INSERT OR REPLACE INTO obligations VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows
             )
+            self._append("obligation_log", rows)  # the state above; each change chained
 
     def record_event(
         self,
@@ -313,11 +362,8 @@ class Journal:
         detail: dict[str, Any] | str | None = None,
     ) -> None:
         text = json.dumps(detail) if isinstance(detail, dict) else detail
-        with self._tx() as db:
-            db.execute(
-                "INSERT INTO events (at, kind, subject, detail) VALUES (?,?,?,?)",
-                (_ts(at), kind, subject, text),
-            )
+        with self._tx():
+            self._append("events", [(_ts(at), kind, subject, text)])
 
     def record_operator(
         self,
@@ -331,10 +377,7 @@ class Journal:
         """An operator's change: the event (who, what, why) and the standing state it
         leaves (None: the key is gone) in one transaction. Returns the event's seq."""
         with self._tx() as db:
-            cur = db.execute(
-                "INSERT INTO events (at, kind, subject, detail) VALUES (?,?,?,?)",
-                (_ts(at), "operator", subject, json.dumps(detail)),
-            )
+            seq = self._append("events", [(_ts(at), "operator", subject, json.dumps(detail))])
             if state is None:
                 db.execute("DELETE FROM operator WHERE key=?", (key,))
             else:
@@ -342,7 +385,7 @@ class Journal:
                     "INSERT OR REPLACE INTO operator (key, state) VALUES (?,?)",
                     (key, json.dumps(state)),
                 )
-            return int(cur.lastrowid or 0)
+        return seq
 
     def operator_state(self) -> dict[str, dict[str, Any]]:
         """Every standing operator change (overrides, holds, automation), by key."""

@@ -17,7 +17,7 @@ from controller.core.signals import (
     ObligationStatus,
     SignalBook,
 )
-from controller.record.journal import CommandRecord, Journal, JournalError
+from controller.record.journal import SCHEMA_VERSION, CommandRecord, Journal, JournalError
 
 T0 = datetime(2026, 11, 23, 5, 0, tzinfo=UTC)
 
@@ -185,5 +185,5 @@ def test_journal_opens_a_schema_1_journal(tmp_path: Path) -> None:
     db.close()
     journal = Journal(path)
     assert journal.ladder_state() == {}
-    assert journal.rows("SELECT value FROM meta WHERE key='schema'") == [("2",)]
+    assert journal.rows("SELECT value FROM meta WHERE key='schema'") == [(str(SCHEMA_VERSION),)]
     journal.close()
