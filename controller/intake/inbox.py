@@ -193,7 +193,7 @@ class Inbox:
             admission = book.admit(grant, source, now)
             if admission.verdict is not Verdict.RECEIVED:  # check_held saw every id
                 raise ScheduleIdTakenError(
-                    f"row {row.number}: {admission.detail}",
+                    f"{row.where}: {admission.detail}",
                     row=row.number,
                     field=row.reference_field,
                     signal_id=grant.id,

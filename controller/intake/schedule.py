@@ -108,6 +108,7 @@ class ScheduleRow:
     """One award: `granted_w` from `start` to `end`, under the auction's reference."""
 
     number: int  # 1-based, among the data rows (a CSV header is not a row)
+    where: str  # "row 2", or "row 2 (line 3)" in a CSV file
     reference: str
     reference_field: str  # auction | reference: as the file named it
     start: datetime
@@ -179,7 +180,7 @@ def parse(data: bytes, content_type: str | None, *, now: datetime, cap_w: int) -
     found = _csv_rows(text) if kind == "csv" else _json_rows(text)
     if not found:
         raise ScheduleError("the schedule has no rows", field="rows")
-    rows = tuple(_row(n, where, fields, now, cap_w) for n, where, fields in found)
+    rows = tuple(_row(n, where, fields, now, cap_w, kind) for n, where, fields in found)
     _distinct(rows)
     _apart(rows)
     return Schedule(rows, sha256(data), kind)
@@ -199,7 +200,7 @@ def check_held(schedule: Schedule, book: SignalBook) -> None:
             else f"used before (revision {seen[0]}, no longer held)"
         )
         raise ScheduleIdTakenError(
-            f"row {row.number}: {row.reference_field} {row.reference} is already {what}; "
+            f"{row.where}: {row.reference_field}: {row.reference} is already {what}; "
             f"a new award needs a reference of its own",
             row=row.number,
             field=row.reference_field,
@@ -219,7 +220,7 @@ def check_held(schedule: Schedule, book: SignalBook) -> None:
                         row.number,
                         signal.id,
                         (
-                            f"row {row.number} ({_window(row.start, row.end)}) overlaps "
+                            f"{row.where} ({_window(row.start, row.end)}) overlaps "
                             f"held grant {signal.id} ({start.isoformat()} to {until}, "
                             f"from {held.source})"
                         ),
@@ -326,8 +327,13 @@ def _too_many() -> ScheduleError:
 # -- judging one row -----------------------------------------------------------------------
 
 
-def _row(
-    number: int, where: str, fields: Mapping[str, object], now: datetime, cap_w: int
+def _row(  # noqa: PLR0917 - one row and what it is judged against
+    number: int,
+    where: str,
+    fields: Mapping[str, object],
+    now: datetime,
+    cap_w: int,
+    kind: Literal["csv", "json"],
 ) -> ScheduleRow:
     def bad(field: str, why: str) -> ScheduleError:
         return ScheduleError(f"{where}: {field}: {why}", row=number, field=field)
@@ -339,14 +345,14 @@ def _row(
         raise bad("end", f"must be after start ({start.isoformat()})")
     if end <= now:
         raise bad("end", f"{end.isoformat()} has already passed")
-    kw = _kw(fields["kw"], bad)
+    kw = _kw(fields["kw"], bad, from_text=kind == "csv")
     granted_w = round(kw * 1000)
     if granted_w < 1:
         raise bad("kw", f"must be at least 0.001 kW (got {kw:g})")
     if granted_w > cap_w:
         raise bad("kw", f"{kw:g} kW is above the site cap of {cap_w / 1000:g} kW")
     reference = _reference(fields[field], field, bad)
-    return ScheduleRow(number, reference, field, start, end, kw, granted_w)
+    return ScheduleRow(number, where, reference, field, start, end, kw, granted_w)
 
 
 def _present(fields: Mapping[str, object], bad: Bad) -> str:
@@ -398,8 +404,9 @@ def _instant(value: object, field: str, bad: Bad) -> datetime:
     return parsed
 
 
-def _kw(value: object, bad: Bad) -> float:
-    if isinstance(value, str):
+def _kw(value: object, bad: Bad, *, from_text: bool) -> float:
+    """A CSV cell is text; JSON must give a number, as its schema says."""
+    if isinstance(value, str) and from_text:
         text = value.strip()
         if len(text) > MAX_NUMBER or not _NUMBER.fullmatch(text):
             raise bad("kw", f"{text[:MAX_NUMBER]!r} is not a number")
@@ -424,7 +431,7 @@ def _distinct(rows: Sequence[ScheduleRow]) -> None:
     for row in rows:
         if row.reference in first:
             raise ScheduleError(
-                f"row {row.number}: {row.reference_field}: {row.reference} is row "
+                f"{row.where}: {row.reference_field}: {row.reference} is row "
                 f"{first[row.reference]}'s too; each award needs its own reference "
                 f"(it becomes the grant's id)",
                 row=row.number,
