@@ -3,16 +3,22 @@ overlap each other or a held grant refused, and nothing but ScheduleError on any
 
 from __future__ import annotations
 
+import hashlib
 import json
+import sqlite3
+from contextlib import closing
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from controller.clock import FakeClock
 from controller.core.signals import Grant, Held, SignalBook, schedule_source
 from controller.intake import schedule
+from controller.intake.inbox import Inbox
 from controller.intake.schedule import (
     MAX_ROWS,
     ScheduleError,
@@ -23,6 +29,8 @@ from controller.intake.schedule import (
     check_held,
     parse,
 )
+from controller.record.journal import Journal, JournalError
+from controller.record.publish import Recorder
 
 NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
 CAP_W = 2_000_000
@@ -324,3 +332,71 @@ def test_schedule_parser_raises_only_its_own_error(
         assert 1 <= r.granted_w <= cap_w
         assert r.start < r.end
         assert r.end > NOW
+
+
+# -- the inbox's door and the journal's one transaction -----------------------------------
+
+
+def inbox_on(path: Path) -> tuple[Inbox, Journal]:
+    journal = Journal(path / "journal.db")
+    return Inbox(
+        journal=journal,
+        clock=FakeClock(NOW),
+        keys={"kegoc": b"k"},
+        replay_window_s=30,
+        book=SignalBook(),
+        publisher=Recorder(),
+    ), journal
+
+
+def test_schedule_inbox_admits_every_row_in_one_transaction_and_restores(tmp_path: Path) -> None:
+    inbox, journal = inbox_on(tmp_path)
+    data = csv_of((hour(1), hour(2), 500, "a"), (hour(2), hour(3), 400, "b"))
+    got = inbox.upload_schedule(data, CSV, by="alice", role="operator", cap_w=CAP_W)
+    assert [h.signal.id for h in got.held] == ["a", "b"]
+    assert inbox.wake.is_set()
+    # Each admission carries the whole schedule's book (a row's deadline sees the next).
+    assert [a.admission.book for a in inbox.admitted] == [inbox.book, inbox.book]
+    restored = journal.restore_book()  # what a restart reads
+    assert {k: (h.signal, h.uploaded_by) for k, h in restored.held.items()} == {
+        k: (h.signal, "alice") for k, h in inbox.book.held.items()
+    }
+    rows = journal.rows(
+        "SELECT transport, source, signal_id, verdict, detail FROM signals ORDER BY seq"
+    )
+    digest = hashlib.sha256(data).hexdigest()
+    assert [r[:4] for r in rows] == [
+        ("schedule", "schedule:alice", "a", "received"),
+        ("schedule", "schedule:alice", "b", "received"),
+    ]
+    assert all(digest in r[4] for r in rows)
+
+
+def test_schedule_a_journal_failure_midway_leaves_nothing_written_or_held(tmp_path: Path) -> None:
+    inbox, journal = inbox_on(tmp_path)
+    with closing(sqlite3.connect(tmp_path / "journal.db")) as other:  # full at the 2nd row
+        other.execute(
+            "CREATE TRIGGER fail_b BEFORE INSERT ON held WHEN NEW.signal_id = 'b'"
+            " BEGIN SELECT RAISE(ABORT, 'disk full'); END"
+        )
+    book = inbox.book
+    data = csv_of((hour(1), hour(2), 500, "a"), (hour(2), hour(3), 400, "b"))
+    with pytest.raises(JournalError):
+        inbox.upload_schedule(data, CSV, by="alice", role="operator", cap_w=CAP_W)
+    assert inbox.book is book
+    assert inbox.admitted == []
+    assert not inbox.wake.is_set()
+    assert journal.rows("SELECT count(*) FROM signals") == [(0,)]
+    assert journal.restore_book().held == {}
+
+
+def test_schedule_refusals_are_journaled_and_hold_nothing(tmp_path: Path) -> None:
+    inbox, journal = inbox_on(tmp_path)
+    bad = csv_of((hour(1), hour(2), -1, "a"))
+    with pytest.raises(ScheduleError):
+        inbox.upload_schedule(bad, CSV, by="bob", role="operator", cap_w=CAP_W)
+    assert inbox.book.held == {}
+    [(source, verdict, detail)] = journal.rows("SELECT source, verdict, detail FROM signals")
+    assert (source, verdict) == ("schedule:bob", "rejected")
+    assert "row 1 (line 2): kw" in detail
+    assert hashlib.sha256(bad).hexdigest() in detail

@@ -154,7 +154,10 @@ def docs_page(doc: Mapping[str, Any]) -> str:
             body = op.get("requestBody")
             if body is not None:
                 ref = body["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]
-                parts.append(f"<p>Body: <code>{e(ref)}</code></p>")
+                also = "".join(
+                    f", or <code>{e(kind)}</code>" for kind in body["content"] if "json" not in kind
+                )
+                parts.append(f"<p>Body: <code>{e(ref)}</code> (JSON){also}</p>")
             answers = ", ".join(f"{code} {_schema_name(r)}" for code, r in op["responses"].items())
             parts.append(f"<p>Answers: {e(answers)}</p>")
     parts.append("<h2>Schemas</h2>")
