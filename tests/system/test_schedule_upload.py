@@ -24,6 +24,7 @@ import yaml
 
 from controller.intake.schedule import MAX_BYTES, MAX_ROWS
 from tests.conftest import API_TOKENS, api_section, load_site, site_dict
+from tests.pki import Pki
 from tests.system.harness import Rig, iso, rig
 
 pytestmark = pytest.mark.system
@@ -403,3 +404,35 @@ async def test_system_grants_import_from_the_command_line(tmp_path: Path) -> Non
         assert f"cannot reach the operator API at http://127.0.0.1:{closed}" in err
         assert "is curtaild running" in err
         assert set(r.daemon.inbox.book.held) == {"korem-cli-1", "korem-cli-2"}
+
+
+async def test_system_grants_import_over_tls_trusts_only_the_configured_certificate(
+    tmp_path: Path,
+) -> None:
+    pki = Pki(tmp_path, "site")
+    cert, key = (str(p) for p in pki.issue("server"))
+    data = site_dict(tmp_path, miners=2, mode="surplus-only", api={**api_section(),
+                     "tls": {"cert": cert, "key": key}})  # fmt: skip
+    async with rig(load_site(data)) as r:
+        assert r.daemon.api is not None
+        assert r.daemon.api.port is not None
+        port = r.daemon.api.port
+        csv_path = tmp_path / "award.csv"
+        csv_path.write_bytes(csv_file((at(r, 60), at(r, 600), 2, "korem-tls")))
+        token = {"CURTAILD_TOKEN": API_TOKENS["operator"]}
+        config = tmp_path / "site.yaml"
+        data["api"]["listen"] = f"127.0.0.1:{port}"
+        config.write_text(yaml.safe_dump(data))
+        code, out, err = await curtaild("grants", "import", str(csv_path), "-c", str(config),
+                                        env=token)  # fmt: skip
+        assert code == 0, err
+        assert "korem-tls" in out
+        # A certificate the config does not name (even from the same CA): refused.
+        other_cert, other_key = (str(p) for p in pki.issue("impostor"))
+        data["api"]["tls"] = {"cert": other_cert, "key": other_key}
+        config.write_text(yaml.safe_dump(data))
+        code, _, err = await curtaild("grants", "import", str(csv_path), "-c", str(config),
+                                      env=token)  # fmt: skip
+        assert code == 1
+        assert "a certificate other than api.tls.cert's" in err
+        assert set(r.daemon.inbox.book.held) == {"korem-tls"}
