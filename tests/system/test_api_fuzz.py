@@ -40,9 +40,7 @@ CONFIG = schemathesis.Config.from_dict(
         "operations": [
             {
                 "include-path": "/api/v1/grants/schedule",
-                "checks": {
-                    "positive_data_acceptance": {"expected-statuses": [*ACCEPTED, "400"]}
-                },
+                "checks": {"positive_data_acceptance": {"expected-statuses": [*ACCEPTED, "400"]}},
             }
         ],
     }
