@@ -219,6 +219,8 @@ class Daemon:
                 stall_after_s=max(10.0, 10 * config.control.tick_s),
                 history_interval_s=HISTORY_INTERVAL.total_seconds(),
                 tls=self.tls.get("api"),
+                inbox=self.inbox,
+                site_cap_w=loaded.grid_policy().cap_w,
             )
         self._task: asyncio.Task[None] | None = None
 

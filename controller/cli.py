@@ -26,6 +26,7 @@ EXIT_CONFIG = 2
 # The daemon stopped to start again (it adopts a synchronized wall clock): EX_TEMPFAIL,
 # which the unit's Restart=on-failure restarts.
 EXIT_RESTART = 75
+TOKEN_ENV = "CURTAILD_TOKEN"  # noqa: S105 - a variable's name; the token is never an argument
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -79,6 +80,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     token.add_argument("--name", required=True, help="who holds it (journaled with each change)")
     token.add_argument("--role", choices=("viewer", "operator", "admin"), required=True)
     evidence = cli_evidence.add_commands(sub)
+    grants = sub.add_parser("grants", help="auction schedules: the surplus the farm won")
+    grants_sub = grants.add_subparsers(dest="grants_command", required=True)
+    upload = grants_sub.add_parser(
+        "import",
+        help="upload a schedule (CSV or JSON) to the running daemon: each row becomes a grant",
+    )
+    upload.add_argument("file", type=Path, help="start,end,kw,auction rows (CSV or JSON)")
+    upload.add_argument("-c", "--config", type=Path, required=True, help="site config")
+    upload.add_argument(
+        "--token-file",
+        type=Path,
+        default=None,
+        help="a file holding an operator's API token (default: the --token-env variable)",
+    )
+    upload.add_argument(
+        "--token-env",
+        default=TOKEN_ENV,
+        metavar="NAME",
+        help=f"the environment variable holding the token (default {TOKEN_ENV})",
+    )
+    upload.add_argument(
+        "--format",
+        choices=("csv", "json"),
+        default=None,
+        help="default: by the file's extension, else by its first character",
+    )
     args = parser.parse_args(argv)
     handlers: dict[str, Callable[[argparse.Namespace], int]] = {
         "run": _run,
@@ -88,6 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "report": _report,
         "token": _token,
         **evidence,
+        "grants": _grants,
     }
     return handlers[args.command](args)
 
@@ -295,6 +323,47 @@ def _token(args: argparse.Namespace) -> int:
     print("add to the site config under api.tokens:")
     print(f"  - {{name: {json.dumps(args.name)}, role: {args.role}, sha256: {digest}}}")
     return 0
+
+
+def _grants(args: argparse.Namespace) -> int:
+    """`curtaild grants import FILE`: POST it to the daemon's operator API."""
+    from controller.adapters.operator_api import client  # noqa: PLC0415
+
+    loaded = _load(args.config, resolve_secrets=False)
+    if loaded is None:
+        return EXIT_CONFIG
+    try:
+        data = args.file.read_bytes()
+    except OSError as err:
+        print(f"{args.file}: {err.strerror or err}", file=sys.stderr)
+        return EXIT_CONFIG
+    kind = args.format or _schedule_format(args.file, data)
+    try:
+        where = client.target(loaded.config.api)
+        bearer = client.token(env=args.token_env, file=args.token_file)
+        media = "text/csv" if kind == "csv" else "application/json"
+        status, answer = asyncio.run(
+            client.post(where, "/api/v1/grants/schedule", data, media, bearer)
+        )
+    except client.ClientError as err:
+        print(f"curtaild grants import: {err}", file=sys.stderr)
+        return 1
+    if status != 201 or not isinstance(answer, dict):  # noqa: PLR2004
+        detail = answer.get("detail", answer) if isinstance(answer, dict) else answer
+        print(f"{args.file}: refused ({status}): {str(detail)[:2000]}", file=sys.stderr)
+        return 1
+    grants = answer.get("grants", [])
+    print(f"{args.file}: {len(grants)} grant(s) imported, sha256 {answer.get('sha256')}")
+    for g in grants:
+        print(f"  {g['id']}: {g['granted_kw']:g} kW from {g['start']} to {g['end']}")
+    return 0
+
+
+def _schedule_format(path: Path, data: bytes) -> str:
+    suffix = path.suffix.lower()
+    if suffix in (".csv", ".json"):
+        return suffix[1:]
+    return "json" if data.lstrip(b"\xef\xbb\xbf \t\r\n")[:1] in (b"[", b"{") else "csv"
 
 
 async def _returning_zero(main: Callable[[], Awaitable[None]]) -> int:

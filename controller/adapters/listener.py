@@ -24,10 +24,13 @@ def problem(
     detail: str,
     titles: Mapping[int, str],
     field_name: str | None = None,
+    extra: Mapping[str, object] | None = None,
 ) -> web.Response:
-    """An RFC 9457 problem document; `titles` by status are the listener's own words."""
+    """An RFC 9457 problem document; `titles` by status are the listener's own words;
+    `extra`: extension members (a schedule's row)."""
     title = titles.get(status, "error")
     body: dict[str, object] = {
+        **(extra or {}),
         "type": f"urn:curtaild:problem:{title.replace(' ', '-')}",
         "title": title,
         "status": status,

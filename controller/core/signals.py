@@ -81,6 +81,24 @@ class Held:
     def starts_at(self) -> datetime:
         return self.signal.start or self.received_at
 
+    @property
+    def uploaded_by(self) -> str | None:
+        """Who uploaded it, for a grant from an auction schedule; None for a grid push."""
+        return uploaded_by(self.source)
+
+
+# A grant from an uploaded auction schedule is held with the source "schedule:<who>".
+# Configured source ids and token names cannot hold a ':', so it names no grid source.
+SCHEDULE_SOURCE = "schedule:"
+
+
+def schedule_source(by: str) -> str:
+    return SCHEDULE_SOURCE + by
+
+
+def uploaded_by(source: str) -> str | None:
+    return source.removeprefix(SCHEDULE_SOURCE) if source.startswith(SCHEDULE_SOURCE) else None
+
 
 class Verdict(enum.StrEnum):
     RECEIVED = "received"

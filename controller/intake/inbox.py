@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 import structlog
@@ -23,9 +24,19 @@ from controller.core.signals import (
     Curtailment,
     Grant,
     Heartbeat,
+    Held,
     Override,
     SignalBook,
     Verdict,
+    schedule_source,
+)
+from controller.intake.schedule import (
+    Schedule,
+    ScheduleError,
+    ScheduleIdTakenError,
+    check_held,
+    parse,
+    sha256,
 )
 from controller.intake.wire import (
     MAX_BODY_BYTES,
@@ -71,6 +82,15 @@ class Admitted:
     admission: Admission
     source: str
     received_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Uploaded:
+    """An auction schedule admitted: its grants, as held."""
+
+    sha256: str
+    by: str
+    held: tuple[Held, ...]
 
 
 class Inbox:
@@ -145,6 +165,98 @@ class Inbox:
             else f"body exceeds {MAX_BODY_BYTES} bytes"
         )
         return self._refuse("http", None, b"", TooLargeError(detail))
+
+    def upload_schedule(
+        self, data: bytes, content_type: str | None, *, by: str, role: str, cap_w: int
+    ) -> Uploaded:
+        """An operator's auction schedule (the API's upload): read, judged against the
+        book, admitted whole. A refusal is journaled and raised (ScheduleError); a journal
+        that cannot be written raises JournalError. Either way nothing held changed."""
+        now = self._clock.now()
+        try:
+            schedule = parse(data, content_type, now=now, cap_w=cap_w)
+            return self.submit_schedule(schedule, by=by, role=role)
+        except ScheduleError as err:
+            self.refuse_schedule(data, by, err)
+            raise
+
+    def submit_schedule(self, schedule: Schedule, *, by: str, role: str) -> Uploaded:
+        """Every row of `schedule` as a grant with a pushed grant's semantics, or none:
+        journaled in one transaction before the book changes, then the loop is woken."""
+        now = self._clock.now()
+        check_held(schedule, self.book)
+        source = schedule_source(by)
+        book = self.book
+        admitted: list[tuple[Grant, Admission, bytes, str]] = []
+        for row in schedule.rows:
+            grant = row.grant(now)
+            admission = book.admit(grant, source, now)
+            if admission.verdict is not Verdict.RECEIVED:  # check_held saw every id
+                raise ScheduleIdTakenError(
+                    f"{row.where}: {admission.detail}",
+                    row=row.number,
+                    field=row.reference_field,
+                    signal_id=grant.id,
+                )
+            book = admission.book
+            body = {
+                **row.as_json(),
+                "type": grant.kind,
+                "id": grant.id,
+                "revision": grant.revision,
+                "granted_kw": grant.granted_w / 1000,
+                "uploaded_by": by,
+                "role": role,
+                "file_sha256": schedule.sha256,
+            }
+            detail = (
+                f"new; row {row.number} of a {schedule.format} schedule uploaded by {by}, "
+                f"sha256 {schedule.sha256}"
+            )
+            admitted.append((grant, admission, json.dumps(body).encode(), detail))
+        ids = [grant.id for grant, *_ in admitted]
+        event = {
+            "by": by,
+            "role": role,
+            "what": "schedule uploaded",
+            "why": f"{len(ids)} auction grant(s) from a {schedule.format} file",
+            "sha256": schedule.sha256,
+            "grants": ids,
+        }
+        self._journal.record_schedule(
+            now,
+            [(book.held[g.id], detail, body) for g, _, body, detail in admitted],
+            (f"schedule:{schedule.sha256[:16]}", event),
+        )
+        self.book = book
+        # Each with the whole schedule's book: a row's deadline sees its neighbours.
+        self.admitted.extend(
+            Admitted(grant, replace(admission, book=book), source, now)
+            for grant, admission, _, _ in admitted
+        )
+        self.wake.set()
+        log.info("schedule admitted", by=by, sha256=schedule.sha256, grants=ids)
+        return Uploaded(schedule.sha256, by, tuple(book.held[i] for i in ids))
+
+    def refuse_schedule(self, data: bytes, by: str, err: ScheduleError) -> None:
+        """A refused upload, journaled as any refused signal is (an operator's: each one;
+        the caller answers it). `data`: what was read of it."""
+        digest = sha256(data)
+        log.warning("schedule refused", by=by, sha256=digest, reason=err.detail)
+        try:
+            self._journal.record_signal(
+                at=self._clock.now(),
+                transport="schedule",
+                source=schedule_source(by),
+                signal_id=err.signal_id,
+                revision=None,
+                kind=None,
+                verdict="rejected",
+                detail=f"{err.detail} (file sha256 {digest}, {len(data)} bytes)",
+                body=data[:4096],
+            )
+        except JournalError as jerr:
+            log.debug("journal unavailable; refused schedule not journaled", error=str(jerr))
 
     def prune(self, now: datetime) -> None:
         """Forget signals that ended a while ago (their revisions stay known)."""

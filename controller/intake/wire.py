@@ -68,9 +68,9 @@ class TooLargeError(WireError):
     status = 413
 
 
-SignalId = Annotated[
-    str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
-]
+SIGNAL_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]*$"  # an uploaded schedule's ids too
+MAX_SIGNAL_ID = 128
+SignalId = Annotated[str, Field(min_length=1, max_length=MAX_SIGNAL_ID, pattern=SIGNAL_ID_PATTERN)]
 Revision = Annotated[int, Field(ge=1, le=MAX_REVISION)]
 Kilowatts = Annotated[float, Field(ge=0, le=10_000_000, allow_inf_nan=False)]
 

@@ -245,6 +245,36 @@ class Journal:
                         ),
                     )
 
+    def record_schedule(
+        self,
+        at: datetime,
+        rows: Sequence[tuple[Held, str, bytes]],
+        event: tuple[str, dict[str, Any]],
+    ) -> None:
+        """An uploaded schedule's grants, all or none: each row (held, detail, body) a
+        received signal of transport "schedule" with its book change, and the upload's
+        operator event (subject, detail), in one transaction."""
+        with self._tx() as db:
+            for held, detail, body in rows:
+                s = held.signal
+                db.execute(
+                    "INSERT INTO signals (at, transport, source, signal_id, revision, kind,"
+                    " verdict, detail, body) VALUES (?,?,?,?,?,?,?,?,?)",
+                    (_ts(at), "schedule", held.source, s.id, s.revision, s.kind, "received",
+                     detail, body.decode("utf-8", errors="replace")),
+                )  # fmt: skip
+                db.execute(
+                    "INSERT OR REPLACE INTO revisions VALUES (?,?,?)", (s.id, s.revision, s.kind)
+                )
+                db.execute(
+                    "INSERT OR REPLACE INTO held VALUES (?,?,?,?)",
+                    (s.id, json.dumps(_standing_json(s)), held.source, _ts(held.received_at)),
+                )
+            db.execute(
+                "INSERT INTO events (at, kind, subject, detail) VALUES (?,?,?,?)",
+                (_ts(at), "operator", event[0], json.dumps(event[1])),
+            )
+
     def record_decision(self, *, at: datetime, cause: str, limit: Limit, plan: Plan) -> int:
         """Commit a decision before its commands leave; returns its sequence number.
 

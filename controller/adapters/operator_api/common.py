@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from aiohttp import web
 from pydantic import TypeAdapter
 
@@ -19,6 +21,7 @@ TITLES = {
     403: "forbidden",
     404: "not found",
     405: "method not allowed",
+    409: "conflict",
     413: "body too large",
     415: "unsupported media type",
     422: "refused",
@@ -27,8 +30,13 @@ TITLES = {
 }
 
 
-def problem(status: int, detail: str, field_name: str | None = None) -> web.Response:
-    return listener.problem(status, detail, TITLES, field_name)
+def problem(
+    status: int,
+    detail: str,
+    field_name: str | None = None,
+    extra: Mapping[str, object] | None = None,
+) -> web.Response:
+    return listener.problem(status, detail, TITLES, field_name, extra)
 
 
 class ProblemError(Exception):

@@ -27,6 +27,7 @@ from controller.adapters.operator_api.common import (
 )
 from controller.core.model import fleet_mode
 from controller.core.operator import HoldMode
+from controller.intake import schedule
 from controller.record.compliance import ComplianceError
 from controller.record.report import ReportError, render, signal_history
 
@@ -317,6 +318,32 @@ async def put_automation(api: OperatorApi, request: web.Request) -> web.StreamRe
         paused=body.paused, reason=body.reason, by=api.principal(request), now=api.now()
     )
     return api.json(views.automation(api.desk.automation))
+
+
+async def post_schedule(api: OperatorApi, request: web.Request) -> web.StreamResponse:
+    inbox, cap_w = api.inbox, api.site_cap_w
+    if inbox is None or cap_w is None:
+        raise ProblemError(503, "this daemon takes no schedules")
+    by = api.principal(request)
+    try:
+        data = await api.raw(request, schedule.MAX_BYTES)
+    except ProblemError as err:  # too large: refused unread, and journaled as refused
+        inbox.refuse_schedule(b"", by.name, schedule.ScheduleTooLargeError(err.detail))
+        raise
+    uploaded = inbox.upload_schedule(
+        data,
+        request.headers.get("Content-Type"),
+        by=by.name,
+        role=by.role.name.lower(),
+        cap_w=cap_w,
+    )
+    now = api.now()
+    out = m.ScheduleOut(
+        sha256=uploaded.sha256,
+        uploaded_by=uploaded.by,
+        grants=[views.signal(h, now) for h in uploaded.held],
+    )
+    return api.json(out, 201)
 
 
 # -- small pieces --------------------------------------------------------------------------

@@ -6,7 +6,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, RootModel, StringConstraints
+
+from controller.intake.schedule import MAX_ROWS as MAX_SCHEDULE_ROWS
+from controller.intake.wire import MAX_SIGNAL_ID, SIGNAL_ID_PATTERN
 
 # At least one letter or digit: the same rule in pydantic, JSON Schema and the fuzzer.
 REASON_PATTERN = "[A-Za-z0-9]"
@@ -16,6 +19,9 @@ Reason = Annotated[
     Field(description="Why: journaled with the change, shown to every other operator"),
 ]
 Kw = Annotated[float, Field(ge=0, le=10_000_000, allow_inf_nan=False)]
+SignalIdText = Annotated[
+    str, StringConstraints(min_length=1, max_length=MAX_SIGNAL_ID, pattern=SIGNAL_ID_PATTERN)
+]
 
 
 class _In(BaseModel):
@@ -55,6 +61,29 @@ class AutomationIn(_In):
     reason: Reason
 
 
+class ScheduleRowIn(_In):
+    """One award: `kw` from `start` to `end`. The auction's reference becomes the grant's
+    id (a grid cancel names it); give `auction` or `reference`, not both."""
+
+    start: AwareDatetime
+    end: AwareDatetime = Field(description="After start, and not yet passed")
+    kw: float = Field(gt=0, le=10_000_000, allow_inf_nan=False, description="At most the cap")
+    auction: SignalIdText | None = None
+    reference: SignalIdText | None = None
+
+
+ScheduleList = Annotated[list[ScheduleRowIn], Field(min_length=1, max_length=MAX_SCHEDULE_ROWS)]
+
+
+class ScheduleRowsIn(_In):
+    rows: ScheduleList
+
+
+class ScheduleIn(RootModel[ScheduleList | ScheduleRowsIn]):
+    """An auction schedule as JSON: a list of rows, or {"rows": [...]}. The same rows as
+    CSV (text/csv): a header start,end,kw,auction (or reference), then one row a line."""
+
+
 # -- answers -------------------------------------------------------------------------------
 
 
@@ -66,6 +95,15 @@ class Problem(_Out):
     status: int
     detail: str
     field: str | None = Field(default=None, description="The request field at fault")
+    row: int | None = Field(
+        default=None, description="A schedule upload: the data row at fault (1-based)"
+    )
+    rows: list[int] | None = Field(
+        default=None, description="A schedule upload: the rows that overlap"
+    )
+    held: list[str] | None = Field(
+        default=None, description="A schedule upload: the held grants its rows overlap"
+    )
 
 
 class LimitOut(_Out):
@@ -133,7 +171,16 @@ class SignalOut(_Out):
     id: str
     revision: int
     type: str
-    source: str
+    source: str = Field(
+        description="The grid source that signed it, or schedule:<who> for a grant from "
+        "an uploaded auction schedule"
+    )
+    via: Literal["grid", "schedule"] = Field(
+        default="grid", description="grid: pushed, signed; schedule: uploaded by an operator"
+    )
+    uploaded_by: str | None = Field(
+        default=None, description="Who uploaded its schedule (None: a grid push)"
+    )
     received_at: datetime
     start: datetime | None
     end: datetime | None
@@ -265,6 +312,12 @@ class SignalReportRow(_Out):
 
 class SignalReportOut(_Out):
     signals: list[SignalReportRow]
+
+
+class ScheduleOut(_Out):
+    sha256: str = Field(description="Of the file uploaded; journaled with each grant")
+    uploaded_by: str
+    grants: list[SignalOut]
 
 
 class HealthOut(_Out):

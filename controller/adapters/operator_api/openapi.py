@@ -75,10 +75,9 @@ def _operation(route: Route, public: frozenset[str]) -> dict[str, Any]:
     if params:
         op["parameters"] = params
     if route.body is not None:
-        op["requestBody"] = {
-            "required": True,
-            "content": {"application/json": {"schema": _ref(route.body)}},
-        }
+        content: dict[str, Any] = {"application/json": {"schema": _ref(route.body)}}
+        content.update((media, {"schema": {"type": "string"}}) for media in route.also)
+        op["requestBody"] = {"required": True, "content": content}
     for status, answer in route.answers.items():
         op["responses"][str(status)] = _response(status, answer)
     if route.body is not None or route.query or _path_names(route.path):
@@ -90,6 +89,8 @@ def _operation(route: Route, public: frozenset[str]) -> dict[str, Any]:
         op["description"] = f"Needs the {route.role.name.lower()} role."
     if route.body is not None:
         op["responses"]["413"] = _response(413, m.Problem)
+    if route.also:
+        op["responses"]["415"] = _response(415, m.Problem)
     if route.role is not None and route.role >= Role.OPERATOR:
         op["responses"]["503"] = _response(503, m.Problem)  # the journal cannot be written
     return op
@@ -153,7 +154,10 @@ def docs_page(doc: Mapping[str, Any]) -> str:
             body = op.get("requestBody")
             if body is not None:
                 ref = body["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]
-                parts.append(f"<p>Body: <code>{e(ref)}</code></p>")
+                also = "".join(
+                    f", or <code>{e(kind)}</code>" for kind in body["content"] if "json" not in kind
+                )
+                parts.append(f"<p>Body: <code>{e(ref)}</code> (JSON){also}</p>")
             answers = ", ".join(f"{code} {_schema_name(r)}" for code, r in op["responses"].items())
             parts.append(f"<p>Answers: {e(answers)}</p>")
     parts.append("<h2>Schemas</h2>")

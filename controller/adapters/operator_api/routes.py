@@ -38,6 +38,7 @@ class Route:
     summary: str
     role: Role | None  # None: no token needed
     body: type[BaseModel] | None = None
+    also: tuple[str, ...] = ()  # other media types the body may come as (text)
     # Per status: a model (JSON), a media type, both, or None (no body).
     answers: Mapping[int, Answer] = field(default_factory=dict)
     query: Sequence[Query] = ()
@@ -76,6 +77,13 @@ ROUTES: tuple[Route, ...] = (
     Route("DELETE", "/api/v1/overrides/{id}", h.delete_override, "Withdraw an "
           "override", Role.OPERATOR, answers={204: None, 404: m.Problem}, tag="overrides",
           query=(_q("reason", "Why (journaled)", REASON.json_schema(), required=True),)),
+    Route("POST", "/api/v1/grants/schedule", h.post_schedule, "Upload an auction "
+          "schedule (CSV or JSON): each row becomes a grant, as if the grid had pushed it, "
+          "under its auction reference (a grid cancel names it); all rows or none. 400 "
+          "names the row and field, 409 a reference already used, 422 overlapping hours",
+          Role.OPERATOR, body=m.ScheduleIn, also=("text/csv",),
+          answers={201: m.ScheduleOut, 409: m.Problem, 415: m.Problem, 422: m.Problem},
+          tag="grants"),
     Route("GET", "/api/v1/automation", h.get_automation, "Automation state",
           Role.VIEWER, answers={200: m.AutomationOut}, tag="automation"),
     Route("PUT", "/api/v1/automation", h.put_automation, "Pause or resume: "

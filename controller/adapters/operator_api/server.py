@@ -31,6 +31,8 @@ from controller.clock import Clock
 from controller.config import ApiCfg
 from controller.core.model import Limit
 from controller.intake.desk import Desk, OperatorError, Principal, Role
+from controller.intake.inbox import Inbox
+from controller.intake.schedule import ScheduleError
 from controller.record.compliance import ComplianceSource
 from controller.record.journal import Journal, JournalError
 from controller.record.site import MinerViews, SiteFeed, SiteView
@@ -65,10 +67,14 @@ class OperatorApi:
         history_interval_s: float,
         tls: ServerTls | None = None,
         compliance: ComplianceSource | None = None,
+        inbox: Inbox | None = None,
+        site_cap_w: int | None = None,
     ) -> None:
         """`compliance`: the energy account's figures for /api/v1/compliance (None: that
         endpoint answers 503). A plain attribute, so the daemon can set it once built."""
         self.feed = feed
+        self.inbox = inbox  # auction schedules go in here (None: uploads are refused)
+        self.site_cap_w = site_cap_w
         self.desk = desk
         self.readings = readings
         self.miners = frozenset(v.spec.id for v in readings.views())
@@ -207,6 +213,22 @@ class OperatorApi:
             raise _invalid(err) from None
 
     @staticmethod
+    async def raw(request: web.Request, limit: int) -> bytes:
+        """The body as it came, up to `limit` bytes (above the API's own limit for JSON
+        bodies: a month's schedule); 413 beyond it, read no further."""
+        size = request.content_length
+        if size is not None and size > limit:
+            raise ProblemError(413, f"the body is {size} bytes; the limit is {limit}", "body")
+        chunks: list[bytes] = []
+        total = 0
+        async for chunk in request.content.iter_any():
+            total += len(chunk)
+            if total > limit:
+                raise ProblemError(413, f"the body exceeds {limit} bytes", "body")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    @staticmethod
     def json(model: BaseModel, status: int = 200) -> web.Response:
         return web.Response(
             status=status, text=model.model_dump_json(), content_type="application/json"
@@ -219,6 +241,8 @@ def _known(err: Exception) -> web.Response | None:
         return problem(err.status, err.detail, err.field)
     if isinstance(err, OperatorError):
         return problem(err.status, err.detail, err.field)
+    if isinstance(err, ScheduleError):
+        return problem(err.status, err.detail, err.field, err.extra())
     if isinstance(err, JournalError):
         log.warning("journal write failed; change refused", error=str(err))
         return problem(503, "the journal cannot be written; nothing was changed")

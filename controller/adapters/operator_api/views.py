@@ -90,6 +90,8 @@ def signal(held: Held, now: datetime) -> m.SignalOut:
         revision=s.revision,
         type=s.kind,
         source=held.source,
+        via="grid" if held.uploaded_by is None else "schedule",
+        uploaded_by=held.uploaded_by,
         received_at=held.received_at,
         start=s.start,
         end=s.end,
