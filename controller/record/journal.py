@@ -23,16 +23,14 @@ import structlog
 from controller.core.model import Limit, Plan
 from controller.core.signals import (
     Cancel,
-    Curtailment,
-    Grant,
     Held,
     Obligation,
     ObligationStatus,
     SignalBook,
-    Standing,
 )
 from controller.record import chain
 from controller.record.chain import Head
+from controller.record.standing import StandingError, standing_from, standing_json
 
 log = structlog.get_logger("curtaild.journal")
 
@@ -239,7 +237,7 @@ class Journal:
                         "INSERT OR REPLACE INTO held VALUES (?,?,?,?)",
                         (
                             signal_id,
-                            json.dumps(_standing_json(held.signal)),
+                            json.dumps(standing_json(held.signal)),
                             held.source,
                             _ts(held.received_at),
                         ),
@@ -255,25 +253,24 @@ class Journal:
         received signal of transport "schedule" with its book change, and the upload's
         operator event (subject, detail), in one transaction."""
         with self._tx() as db:
-            for held, detail, body in rows:
+            self._append(
+                "signals",
+                [
+                    (_ts(at), "schedule", held.source, held.signal.id, held.signal.revision,
+                     held.signal.kind, "received", detail, body.decode("utf-8", errors="replace"))
+                    for held, detail, body in rows
+                ],
+            )  # fmt: skip
+            for held, _, _ in rows:
                 s = held.signal
-                db.execute(
-                    "INSERT INTO signals (at, transport, source, signal_id, revision, kind,"
-                    " verdict, detail, body) VALUES (?,?,?,?,?,?,?,?,?)",
-                    (_ts(at), "schedule", held.source, s.id, s.revision, s.kind, "received",
-                     detail, body.decode("utf-8", errors="replace")),
-                )  # fmt: skip
                 db.execute(
                     "INSERT OR REPLACE INTO revisions VALUES (?,?,?)", (s.id, s.revision, s.kind)
                 )
                 db.execute(
                     "INSERT OR REPLACE INTO held VALUES (?,?,?,?)",
-                    (s.id, json.dumps(_standing_json(s)), held.source, _ts(held.received_at)),
+                    (s.id, json.dumps(standing_json(s)), held.source, _ts(held.received_at)),
                 )
-            db.execute(
-                "INSERT INTO events (at, kind, subject, detail) VALUES (?,?,?,?)",
-                (_ts(at), "operator", event[0], json.dumps(event[1])),
-            )
+            self._append("events", [(_ts(at), "operator", event[0], json.dumps(event[1]))])
 
     def record_decision(self, *, at: datetime, cause: str, limit: Limit, plan: Plan) -> int:
         """Commit a decision before its commands leave; returns its sequence number.
@@ -521,7 +518,11 @@ class Journal:
         for signal_id, text, source, received_at in self._db.execute(
             "SELECT signal_id, signal, source, received_at FROM held"
         ):
-            held[signal_id] = Held(_standing_from(json.loads(text)), source, _parse(received_at))
+            try:
+                signal = standing_from(json.loads(text))
+            except StandingError as err:
+                raise JournalError(f"{self.path}: held signal {signal_id}: {err}") from None
+            held[signal_id] = Held(signal, source, _parse(received_at))
         return SignalBook(held, revisions)
 
     def obligation_keys(self) -> set[str]:
@@ -574,54 +575,6 @@ def _ts(value: datetime) -> str:
 
 def _parse(text: str) -> datetime:
     return datetime.fromisoformat(text)
-
-
-def _standing_json(signal: Standing) -> dict[str, Any]:
-    def opt(value: datetime | None) -> str | None:
-        return _ts(value) if value is not None else None
-
-    base: dict[str, Any] = {
-        "type": signal.kind,
-        "id": signal.id,
-        "revision": signal.revision,
-        "issued_at": _ts(signal.issued_at),
-        "start": opt(signal.start),
-        "end": opt(signal.end),
-    }
-    if isinstance(signal, Curtailment):
-        base.update(
-            limit_w=signal.limit_w, deadline_s=signal.deadline_s, emergency=signal.emergency
-        )
-    else:
-        base.update(granted_w=signal.granted_w)
-    return base
-
-
-def _standing_from(data: dict[str, Any]) -> Standing:
-    def opt(value: str | None) -> datetime | None:
-        return _parse(value) if value else None
-
-    if data["type"] == "curtailment":
-        return Curtailment(
-            data["id"],
-            int(data["revision"]),
-            _parse(data["issued_at"]),
-            int(data["limit_w"]),
-            float(data["deadline_s"]),
-            opt(data["start"]),
-            opt(data["end"]),
-            bool(data["emergency"]),
-        )
-    if data["type"] == "grant":
-        return Grant(
-            data["id"],
-            int(data["revision"]),
-            _parse(data["issued_at"]),
-            int(data["granted_w"]),
-            opt(data["start"]),
-            opt(data["end"]),
-        )
-    raise JournalError(f"unknown held signal type {data['type']!r}")
 
 
 __all__ = ["Cancel", "CommandRecord", "Journal", "JournalError"]
