@@ -13,6 +13,7 @@ from controller.config.devices import MeterCfg, MinerEntry, PduCfg, SensorCfg
 from controller.config.fields import ConfigModel, Ident, Kilowatts, Seconds
 from controller.config.grid import GridCfg, SignalsCfg
 from controller.config.listeners import ApiCfg
+from controller.config.pools import PoolsCfg
 from controller.config.protection import EscalationCfg, FrequencyCfg, SafetyCfg
 
 
@@ -74,6 +75,7 @@ class SiteConfig(BaseSettings):
     frequency: FrequencyCfg | None = None
     safety: SafetyCfg | None = None  # absent: no cold-weather rules
     api: ApiCfg | None = None  # absent: no operator API, dashboard or /metrics
+    pools: PoolsCfg | None = None  # absent: pools are not checked
     logging: LoggingCfg = LoggingCfg()
     # Only for `curtaild sim` and `curtaild demo`: how the simulated farm behaves. The
     # simulator owns its shape (sim/config.py); demo/farm.py validates it, with locations.

@@ -146,7 +146,7 @@ class Reporter:
             automation=desk.automation if desk is not None else _RUNNING,
             alarms=tuple(
                 (kind, subject, at, detail)
-                for (kind, subject), (at, detail) in sorted(self._alarms.standing.items())
+                for (kind, subject), (at, detail) in sorted(self._alarms.active().items())
             ),
             cold_cuts=self._alarms.cold_cut_count,
             escalations={k: len(v) for k, v in self._dispatch.escalations.items()},
