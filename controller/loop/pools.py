@@ -151,8 +151,7 @@ class PoolCheck:
                 now,
                 ALARM,
                 miner_id,
-                f"mines for an unapproved pool: {', '.join(verdict.unapproved)} "
-                f"(action: {action})",
+                f"mines for an unapproved pool: {', '.join(verdict.unapproved)} (action: {action})",
             )
         self._event(now, miner_id, verdict, action)
 
