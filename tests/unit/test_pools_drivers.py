@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
+import aiohttp
 import pytest
 
 from drivers.errors import UnsupportedError
@@ -16,6 +17,8 @@ from drivers.miners.luxos import LuxosMiner
 from drivers.miners.whatsminer import WhatsminerMiner, WhatsminerV2Miner, WhatsminerV3Miner
 from drivers.transport import http
 from drivers.types import MinerDriver, MinerEndpoint, Mode
+from sim.antminer_stock import AntminerStockDevice
+from sim.control import SimControl
 from sim.farm import SimFarm
 from sim.pools import SimPool
 from tests.unit.conftest import MakeFarm
@@ -124,3 +127,33 @@ async def test_a_firmware_without_a_pools_read_says_so_once_and_is_not_blinded(
     assert reading.power_w > 0
     if family.driver != "antminer-stock":  # its sleep restarts bmminer: tested elsewhere
         assert (await driver.sleep()).mode is Mode.SLEEPING
+
+
+async def test_the_control_api_moves_a_running_miner_to_other_pools(
+    make_farm: MakeFarm,
+) -> None:
+    farm, driver = await family_farm(make_farm, FAMILIES[-1])  # the stock Antminer's CGI slots
+    control = SimControl(farm)
+    await control.start()
+    base = f"http://127.0.0.1:{control.port}/v1/miners/m0"
+    moved = {"url": "stratum+tcp://elsewhere.example:4444", "user": "thief.1"}
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.put(f"{base}/pools", json={"pools": [moved]}) as reply:
+                assert reply.status == 200
+                state = await reply.json()
+            assert [(p["url"], p["user"]) for p in state["pools"]] == [
+                (moved["url"], moved["user"])
+            ]
+            for bad in ({"pools": "x"}, {"pools": [{"user": "w"}]}, {"pools": [{"url": 3}]}):
+                async with session.put(f"{base}/pools", json=bad) as reply:
+                    assert reply.status == 400
+    finally:
+        await control.stop()
+    pools = await driver.pools()
+    assert [(p.url, p.user, p.active) for p in pools] == [(moved["url"], moved["user"], True)]
+    device = farm.miners["m0"].device
+    assert isinstance(device, AntminerStockDevice)
+    # The firmware's own config holds them: its CGI serves what 4028 reports.
+    assert device.conf["pools"][0] == {**moved, "pass": "x"}
+    assert device.conf["pools"][1:] == [{"url": "", "user": "", "pass": ""}] * 2
