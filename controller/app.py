@@ -31,6 +31,7 @@ from controller.loop.draw import Draw, MeasureSettings
 from controller.loop.ledger import Ledger, LoopSettings
 from controller.loop.measure import Measurements
 from controller.loop.outlets import Outlets, OutletSettings
+from controller.loop.pools import PoolCheck
 from controller.loop.recovery import Recovery
 from controller.loop.report import HISTORY_INTERVAL, Reporter, Staleness
 from controller.loop.supervisor import Parts, Supervisor
@@ -51,6 +52,8 @@ from drivers.types import MinerDriver, MinerEndpoint
 log = structlog.get_logger("curtaild.app")
 
 COMMAND_TIMEOUT_CALLS = 5  # a LuxOS write is logon, command, logoff and a read-back or two
+# A pools read is one request, after a login (BOS+) or the firmware probe (Whatsminer).
+POOLS_TIMEOUT_CALLS = 3
 # Collect young objects less often: a fleet-wide shed allocates tens of thousands of
 # short-lived objects, and every gen-0 pass over them sits on the path to the last ack.
 GC_GEN0_THRESHOLD = 20_000
@@ -316,6 +319,20 @@ class Daemon:
             cap_w=policy.cap_w,
         )
         alarms = Alarms(self.journal)
+        self.pools: PoolCheck | None = None
+        if config.pools is not None:
+            self.pools = PoolCheck(
+                drivers=self.drivers,
+                approved=config.pools.approved_pools(),
+                enforce=config.pools.enforce,
+                interval_s=config.pools.check_interval_s,
+                concurrency=config.pools.concurrency,
+                timeouts={m.id: m.timeout_s * POOLS_TIMEOUT_CALLS for m in loaded.miners},
+                journal=self.journal,
+                alarms=alarms,
+                clock=clock,
+                activity=self.activity,
+            )
         safety = config.safety or SafetyCfg()
         reporter = Reporter(
             site_id=config.site.id,
@@ -336,6 +353,7 @@ class Daemon:
                 sensors=timedelta(seconds=safety.temperature_stale_after_s),
             ),
             interval_s=settings.status_interval_s,
+            pools=self.pools,
         )
         recovery = Recovery(
             specs=self.specs,
@@ -359,7 +377,10 @@ class Daemon:
             parts=Parts(ledger, dispatch, outlets, deadlines, draw, alarms, recovery, reporter),
             measurements=self.measurements,
             desk=self.desk,
+            pools=self.pools,
         )
+        if self.pools is not None:
+            self.pools.on_change = lambda: supervisor.replan("pools")
         return supervisor
 
     def reload_tls(self) -> bool:
@@ -423,6 +444,8 @@ class Daemon:
                 tg.create_task(self.evidence.run_checks(), name="curtaild.chain")
                 if self.evidence.retention_days is not None:
                     tg.create_task(self.evidence.run_retention(), name="curtaild.retention")
+                if self.pools is not None:
+                    tg.create_task(self.pools.run(), name="curtaild.pools")
                 tg.create_task(self._ready(), name="curtaild.systemd")
                 if self.tune_gc:
                     tg.create_task(self._tune_gc(), name="curtaild.gc")

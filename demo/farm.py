@@ -9,9 +9,11 @@ from collections.abc import Callable
 
 from controller.config import Loaded
 from demo.simulation import simulation
+from sim.config import SimPoolCfg
 from sim.farm import SimFarm, SimMinerSpec
 from sim.faults import Fault, FaultState
 from sim.modbus import EmptyOutlet, OutletPort, SimMeter, SimPdu, SimSensor
+from sim.pools import SimPool
 
 
 def farm_from_config(loaded: Loaded, time_fn: Callable[[], float]) -> SimFarm:
@@ -32,6 +34,7 @@ def farm_from_config(loaded: Loaded, time_fn: Callable[[], float]) -> SimFarm:
             web_port=m.web_port,
             password=m.password,
             missing=frozenset(sim.missing.get(m.id, ())),
+            pools=_pools(sim.pools[m.id]) if m.id in sim.pools else None,
         )
         for m in loaded.miners
     ]
@@ -105,6 +108,10 @@ def farm_from_config(loaded: Loaded, time_fn: Callable[[], float]) -> SimFarm:
             ),
         )
     return farm
+
+
+def _pools(rows: list[SimPoolCfg]) -> tuple[SimPool, ...]:
+    return tuple(SimPool(p.url, p.user, p.password, p.enabled, p.alive) for p in rows)
 
 
 def _ambient(farm: SimFarm, container: str) -> Callable[[], float]:

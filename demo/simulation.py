@@ -29,6 +29,9 @@ def simulation(loaded: Loaded) -> SimulationCfg:
     problems += [
         f"simulation.missing.{name}: no such miner" for name in sim.missing if name not in miners
     ]
+    problems += [
+        f"simulation.pools.{name}: no such miner" for name in sim.pools if name not in miners
+    ]
     if problems:
         raise ConfigError(loaded.origin, problems)
     return sim

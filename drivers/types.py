@@ -43,6 +43,18 @@ class MinerReading:
 
 
 @dataclass(frozen=True, slots=True)
+class PoolConfig:
+    """One pool a miner is configured to mine for, as its firmware reports it."""
+
+    url: str  # as the firmware gives it (scheme, host, port; a path for Stratum V2)
+    user: str  # the worker name the pool is logged into with
+    priority: int  # failover order: 0 is tried first
+    enabled: bool = True  # False: configured but switched off (it cannot take the hashrate)
+    active: bool = False  # the pool the miner hashes for now
+    alive: bool | None = None  # the pool answers (None: the firmware does not say)
+
+
+@dataclass(frozen=True, slots=True)
 class DriverTraits:
     """Timing and residual draw of a firmware family, used by the planner."""
 
@@ -111,6 +123,12 @@ class MinerDriver(Protocol):
     async def set_power_target(self, watts: int) -> MinerReading:
         """Tune to draw about `watts`; return the read-back that proves it.
         UnsupportedError without Capability.POWER_TARGET."""
+        ...
+
+    async def pools(self) -> tuple[PoolConfig, ...]:
+        """The pools the miner is configured with, in failover order, empty slots left
+        out. UnsupportedError where the firmware has no pools read (learnt once per
+        miner, drivers.lacking): the readings and commands go on without it."""
         ...
 
     async def reclaim(self) -> None:

@@ -36,6 +36,16 @@ class SimBreakerCfg(_Model):
     window_s: Annotated[float, Field(gt=0, le=60, allow_inf_nan=False)] = 1.0
 
 
+class SimPoolCfg(_Model):
+    """One pool a simulated miner is configured with (sim/pools.py)."""
+
+    url: Annotated[str, Field(min_length=1, max_length=300)]
+    user: Annotated[str, Field(max_length=200)] = ""
+    password: Annotated[str, Field(max_length=200)] = "x"  # noqa: S105 - pools take any
+    enabled: bool = True
+    alive: bool = True
+
+
 class SimulationCfg(_Model):
     """How the simulated farm behaves."""
 
@@ -48,6 +58,9 @@ class SimulationCfg(_Model):
     missing: dict[str, list[Annotated[str, Field(min_length=1, max_length=200)]]] = Field(
         default_factory=dict
     )
+    # Per miner, the pools it is configured with in failover order (absent: its firmware's
+    # factory default); the control API's PUT /v1/miners/{id}/pools changes them live.
+    pools: dict[str, list[SimPoolCfg]] = Field(default_factory=dict)
     seed: int = 1
     meter: SimMeterCfg = SimMeterCfg()
     breaker: SimBreakerCfg = SimBreakerCfg()

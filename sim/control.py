@@ -8,6 +8,8 @@ process (and another virtualenv) and must check what the simulated hardware real
   GET  /v1/miners/{id}
   PUT  /v1/miners/{id}/fault            {"mode": "lie", "slow_s": 2.0}
   PUT  /v1/miners/{id}/missing          {"missing": ["stats", "/cgi-bin/stats.cgi"]}
+  PUT  /v1/miners/{id}/pools            {"pools": [{"url": "stratum+tcp://h:3333",
+                                          "user": "w.1", "enabled": true, "alive": true}]}
   PUT  /v1/containers/{name}/ambient    {"ambient_c": -35}
   POST /v1/reset                        {"mode": "mining"}
 """
@@ -22,6 +24,7 @@ from aiohttp import web
 from drivers.types import Mode
 from sim.farm import SimFarm, SimMiner
 from sim.faults import Fault
+from sim.pools import SimPool
 
 
 class SimControl:
@@ -38,6 +41,7 @@ class SimControl:
         app.router.add_get("/v1/miners/{miner}", self._miner)
         app.router.add_put("/v1/miners/{miner}/fault", self._fault)
         app.router.add_put("/v1/miners/{miner}/missing", self._missing)
+        app.router.add_put("/v1/miners/{miner}/pools", self._pools)
         app.router.add_put("/v1/containers/{container}/ambient", self._ambient)
         app.router.add_post("/v1/reset", self._reset)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -96,6 +100,20 @@ class SimControl:
         self._farm.set_missing(miner.spec.id, names)
         return web.json_response(self._state(miner))
 
+    async def _pools(self, request: web.Request) -> web.Response:
+        """The pools the miner is configured with from now on, in failover order."""
+        miner = self._find(request)
+        rows = (await _body(request)).get("pools")
+        try:
+            pools = [parse_pool(row) for row in _listed(rows)]
+        except (TypeError, ValueError, KeyError) as err:
+            raise web.HTTPBadRequest(
+                text="give {'pools': [{'url': str, 'user': str, 'password'?: str, "
+                f"'enabled'?: bool, 'alive'?: bool}}, ...]}} ({err})"
+            ) from None
+        self._farm.set_pools(miner.spec.id, pools)
+        return web.json_response(self._state(miner))
+
     async def _ambient(self, request: web.Request) -> web.Response:
         body = await _body(request)
         try:
@@ -144,9 +162,39 @@ class SimControl:
             "fault": miner.fault.mode.value,
             "missing": sorted(miner.missing.names),
             "missing_asked": dict(miner.missing.asked),  # requests for what it lacks
+            "pools": [
+                {"url": p.url, "user": p.user, "enabled": p.enabled, "alive": p.alive}
+                for p in miner.pools.get()
+            ],
             "commands": list(miner.device.commands),
             "requests": sum(s.requests for s in miner.servers),
         }
+
+
+def parse_pool(row: object) -> SimPool:
+    """One pool of a control request; TypeError or ValueError naming what is wrong."""
+    if not isinstance(row, dict):
+        raise TypeError("a pool is an object")
+    unknown = set(row) - {"url", "user", "password", "enabled", "alive"}
+    if unknown:
+        raise ValueError(f"unknown keys {sorted(unknown)}")
+    url, user = row["url"], row.get("user", "")
+    password, enabled, alive = (
+        row.get("password", "x"),
+        row.get("enabled", True),
+        row.get("alive", True),
+    )
+    if not all(isinstance(v, str) for v in (url, user, password)) or not url:
+        raise ValueError("url (not empty), user and password are strings")
+    if not isinstance(enabled, bool) or not isinstance(alive, bool):
+        raise TypeError("enabled and alive are true or false")
+    return SimPool(url, user, password, enabled, alive)
+
+
+def _listed(rows: object) -> list[object]:
+    if not isinstance(rows, list):
+        raise TypeError("pools is a list")
+    return rows
 
 
 def _containers(farm: SimFarm) -> list[str]:

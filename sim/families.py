@@ -16,6 +16,7 @@ from drivers.types import Mode
 from sim.faults import Fault, FaultState
 from sim.missing import Missing
 from sim.physics import MinerModel, MinerPhysics
+from sim.pools import SimPool, SimPools
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +35,7 @@ class SimMinerSpec:
     web_port: int | None = None
     password: str | None = None  # the credential the device accepts (None: its default)
     missing: frozenset[str] = frozenset()  # what its firmware lacks (sim.missing)
+    pools: tuple[SimPool, ...] | None = None  # None: the firmware's factory default
 
 
 class SimDevice(Protocol):
@@ -71,6 +73,7 @@ class BuildContext:
     serial: str
     mac: str
     missing: Missing = field(default_factory=Missing)  # shared by the device's servers
+    pools: SimPools = field(default_factory=SimPools)  # shared likewise (sim.pools)
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,7 @@ from sim.families import (
 from sim.faults import Fault, FaultState
 from sim.missing import Missing
 from sim.physics import MinerPhysics
+from sim.pools import SimPool, SimPools
 
 
 @dataclass(slots=True)
@@ -34,6 +35,7 @@ class SimMiner:
     servers: tuple[SimServer, ...]
     fault: FaultState
     missing: Missing
+    pools: SimPools
 
     @property
     def server(self) -> SimServer:
@@ -198,6 +200,12 @@ class SimFarm:
         miner.missing.set(names)
         miner.spec = replace(miner.spec, missing=miner.missing.names)
 
+    def set_pools(self, miner_id: str, pools: Iterable[SimPool]) -> None:
+        """Move a miner to other pools, live (a person at its web UI, a firmware reset)."""
+        miner = self.miners[miner_id]
+        miner.pools.set(pools)
+        miner.spec = replace(miner.spec, pools=miner.pools.get())
+
     def ambient_of(self, container: str) -> float:
         """A container's ambient temperature now (a sensor there reads this)."""
         return self.ambient_c.get(container, self.default_ambient_c)
@@ -235,6 +243,7 @@ class SimFarm:
         fault = FaultState(spec.fault, control_up=lambda: physics.control_up(self._time()))
         physics.deceive(spec.fault is Fault.DECEIVE, now)
         missing = Missing(spec.missing)
+        pools = SimPools(spec.pools)
         context = BuildContext(
             physics=physics,
             fault=fault,
@@ -244,9 +253,10 @@ class SimFarm:
             serial=digest[5:11].hex().upper(),
             mac=":".join(f"{b:02X}" for b in (0x02, *digest[:5])),
             missing=missing,
+            pools=pools,
         )
         built = family.build(spec, context)
-        return SimMiner(spec, physics, built.device, built.servers, fault, missing)
+        return SimMiner(spec, physics, built.device, built.servers, fault, missing, pools)
 
 
 class MinerOutlet:

@@ -22,6 +22,7 @@ from sim.cgminer_server import CODE_INVALID_COMMAND, CgminerServer, Reply
 from sim.families import BuildContext, Built, Family, SimMinerSpec
 from sim.faults import FaultState
 from sim.physics import MinerModel, MinerPhysics, antminer_class
+from sim.pools import SimPools, default_pools
 
 SESSION_IDLE_S = 60.0  # docs.luxor.tech/firmware/api/sessions
 VERSION = "2024.11.12.201504-7c3b9d1e"
@@ -89,9 +90,12 @@ class LuxosDevice:
         rng: random.Random,
         serial: str,
         mac: str,
+        pools: SimPools | None = None,
     ) -> None:
         self.physics = physics
         self.fault = fault
+        self.pools = pools or SimPools()
+        self.pools.preset(default_pools(serial))
         self._now = time_fn
         self._rng = rng
         self.serial = serial
@@ -251,30 +255,29 @@ class LuxosDevice:
         return self._ok(CODE_PROFILES, f"{len(profiles)} Profile(s)", "PROFILES", profiles)
 
     def _cmd_pools(self, _: str | None) -> Reply:
-        return self._ok(
-            CODE_POOLS,
-            "1 Pool(s)",
-            "POOLS",
-            [
-                {
-                    "Accepted": self.accepted,
-                    "GROUP": 0,
-                    "Get Failures": 0,
-                    "POOL": 0,
-                    "Quota": 1,
-                    "Rejected": 0,
-                    "Remote Failures": 0,
-                    "Stale": 0,
-                    "Status": "Alive",
-                    "Stratum Active": self.physics.mode is Mode.MINING,
-                    "URL": "stratum+tcp://pool.example:3333",
-                    "User": f"farm.{self.serial[-4:]}",
-                    "Difficulty Accepted": 0,
-                    "Difficulty Rejected": 0,
-                    "Difficulty Stale": 0,
-                }
-            ],
-        )
+        active = self.pools.active() if self.physics.mode is Mode.MINING else None
+        pools = [
+            {
+                "Accepted": self.accepted if i == active else 0,
+                "GROUP": 0,
+                "Get Failures": 0,
+                "POOL": i,
+                "Priority": i,
+                "Quota": 1,
+                "Rejected": 0,
+                "Remote Failures": 0,
+                "Stale": 0,
+                "Status": pool.status,
+                "Stratum Active": i == active,
+                "URL": pool.url,
+                "User": pool.user,
+                "Difficulty Accepted": 0,
+                "Difficulty Rejected": 0,
+                "Difficulty Stale": 0,
+            }
+            for i, pool in enumerate(self.pools.get())
+        ]
+        return self._ok(CODE_POOLS, f"{len(pools)} Pool(s)", "POOLS", pools)
 
     def _cmd_groups(self, _: str | None) -> Reply:
         return self._ok(
@@ -523,7 +526,13 @@ class LuxosDevice:
 
 def _build(spec: SimMinerSpec, ctx: BuildContext) -> Built:
     device = LuxosDevice(
-        ctx.physics, ctx.fault, time_fn=ctx.time_fn, rng=ctx.rng, serial=ctx.serial, mac=ctx.mac
+        ctx.physics,
+        ctx.fault,
+        time_fn=ctx.time_fn,
+        rng=ctx.rng,
+        serial=ctx.serial,
+        mac=ctx.mac,
+        pools=ctx.pools,
     )
     server = CgminerServer(
         spec.host,

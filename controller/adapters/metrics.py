@@ -35,7 +35,7 @@ CYCLE_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 # Exported at zero before they first happen, so increase() over a range sees the first one.
 DEADLINE_KINDS = ("curtailment", "grant", "grant-end", "cancel", "under-frequency")
 DEADLINE_STATUSES = (ObligationStatus.REACHED.value, ObligationStatus.MISSED.value)
-ALARM_KINDS = ("heater-floor",)
+ALARM_KINDS = ("heater-floor", "unapproved-pool")
 # One of these per miner: they partition the fleet, so a sum over `mode` is its size.
 MODES = FLEET_MODES
 
@@ -126,6 +126,7 @@ class StateCollector(Collector):
         )
         yield from self._inputs(view)
         yield from _operator(view)
+        yield from _pools(view)
         alarms = Counter(dict.fromkeys(ALARM_KINDS, 0))
         alarms.update(kind for kind, _, _, _ in view.alarms)
         yield _gauge(
@@ -209,6 +210,26 @@ def _miners(view: SiteView) -> Iterator[Metric]:
     )
     yield _value(
         "curtaild_miners_unhealthy", "Miners whose last read or command failed.", fleet.unhealthy
+    )
+
+
+def _pools(view: SiteView) -> Iterator[Metric]:
+    """Only with a `pools:` section: without one nothing is checked, and 0 would say all
+    is well."""
+    pools = view.pools
+    if pools is None:
+        return
+    yield _gauge(
+        "curtaild_miners_unapproved_pools",
+        "Miners configured with a pool that pools.approved does not admit, by the action "
+        "taken (alarm, or sleep: kept asleep until fixed).",
+        ("action",),
+        {(pools.enforce,): pools.unapproved},
+    )
+    yield _value(
+        "curtaild_miners_pools_unchecked",
+        "Miners whose pools were never read (a firmware without the read, or not yet).",
+        len(pools.miners) - pools.checked,
     )
 
 

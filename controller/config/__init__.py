@@ -32,6 +32,7 @@ from controller.config.grid import GridCfg, MqttCfg, SignalsCfg, SourceCfg
 from controller.config.listeners import ApiCfg, ApiTokenCfg, GridTlsCfg, HttpCfg, Role, TlsCfg
 from controller.config.loaded import Loaded, MinerConfig
 from controller.config.loader import load, parse
+from controller.config.pools import ApprovedPoolCfg, PoolsCfg
 from controller.config.protection import (
     Celsius,
     ContainerSafetyCfg,
@@ -55,6 +56,7 @@ __all__ = [
     "MAX_RANGE",
     "ApiCfg",
     "ApiTokenCfg",
+    "ApprovedPoolCfg",
     "Celsius",
     "ConfigError",
     "ContainerSafetyCfg",
@@ -79,6 +81,7 @@ __all__ = [
     "MqttCfg",
     "OutletRange",
     "PduCfg",
+    "PoolsCfg",
     "Role",
     "SafetyCfg",
     "Seconds",

@@ -13,6 +13,7 @@ from controller.config.devices import MeterCfg, MinerEntry, PduCfg, SensorCfg
 from controller.config.fields import ConfigModel, Ident, Kilowatts, Seconds, SecretRef
 from controller.config.grid import GridCfg, SignalsCfg
 from controller.config.listeners import ApiCfg
+from controller.config.pools import PoolsCfg
 from controller.config.protection import EscalationCfg, FrequencyCfg, SafetyCfg
 
 
@@ -90,6 +91,7 @@ class SiteConfig(BaseSettings):
     frequency: FrequencyCfg | None = None
     safety: SafetyCfg | None = None  # absent: no cold-weather rules
     api: ApiCfg | None = None  # absent: no operator API, dashboard or /metrics
+    pools: PoolsCfg | None = None  # absent: pools are not checked
     logging: LoggingCfg = LoggingCfg()
     evidence: EvidenceCfg = EvidenceCfg()
     # Only for `curtaild sim` and `curtaild demo`: how the simulated farm behaves. The

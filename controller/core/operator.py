@@ -1,13 +1,15 @@
 """The operator's say in a plan: holds and the automation switch, applied. Pure.
 
 The desk (controller/intake/desk.py) keeps these durable; here they only shape what the
-planner decided. Grid limits always win: a shed is never withheld.
+planner decided. Grid limits always win: a shed is never withheld. A miner the site's
+rules keep asleep (one on an unapproved pool under `pools.enforce: sleep`) is kept so by
+the same mechanism as a sleep hold, with its own reason.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 
@@ -59,10 +61,15 @@ def shed_order(base: tuple[int, ...], ids: Sequence[str], run: frozenset[str]) -
 
 
 def mark_held_asleep(
-    views: tuple[MinerView, ...], holds: Mapping[str, Hold]
+    views: tuple[MinerView, ...],
+    holds: Mapping[str, Hold],
+    kept: Collection[str] = frozenset(),
 ) -> tuple[MinerView, ...]:
-    """The views with the miners held asleep marked: the planner never walks them back."""
+    """The views with the miners held asleep (and those the site's rules keep asleep:
+    `kept`) marked: the planner never walks them back, nor counts them as heaters."""
     asleep = held(holds, HoldMode.SLEEP)
+    if kept:
+        asleep |= frozenset(kept)
     if not asleep:
         return views
     return tuple(replace(v, held_asleep=True) if v.spec.id in asleep else v for v in views)
@@ -74,11 +81,15 @@ def operator_steps(
     holds: Mapping[str, Hold],
     automation: Automation,
     now: datetime,
+    *,
+    kept_asleep: Mapping[str, str] | None = None,
 ) -> tuple[Plan, frozenset[str]]:
-    """A miner held asleep that runs is put to sleep; while automation is paused nothing
-    comes back (wakes, raises, restores are withheld, except for miners held running and
-    wakes that keep a heater floor). Sheds always stand: grid limits win. Returns the plan
-    and the miners it sleeps for a hold (not grid sheds)."""
+    """A miner held asleep that runs is put to sleep, and so is one the site's rules keep
+    asleep (`kept_asleep`: miner -> why); while automation is paused nothing comes back
+    (wakes, raises, restores are withheld, except for miners held running and wakes that
+    keep a heater floor). Sheds always stand: grid limits win. Returns the plan and the
+    miners it sleeps for a hold or a rule (not grid sheds)."""
+    kept_asleep = kept_asleep or {}
     actions = list(plan.actions)
     notes = list(plan.notes)
     if automation.paused:
@@ -98,9 +109,12 @@ def operator_steps(
     slept: set[str] = set()
     # Without holds this walks nothing (a fleet-wide shed is on the path to the first
     # command), and the plan's miners are collected only once a held one needs them.
-    for view in views if holds else ():
-        hold = holds.get(view.spec.id) if view.held_asleep else None
-        if hold is None:
+    for view in views if holds or kept_asleep else ():
+        if not view.held_asleep:
+            continue
+        hold = holds.get(view.spec.id)
+        rule = kept_asleep.get(view.spec.id) if hold is None else None
+        if hold is None and rule is None:
             continue
         if planned is None:
             planned = {a.miner_id for a in actions}
@@ -113,7 +127,10 @@ def operator_steps(
             or (view.retry_after is not None and now < view.retry_after)
         ):
             continue
-        why = f"sleep: held asleep by {hold.by} until {hold.expires_at:%H:%M:%S}: {hold.reason}"
+        if hold is not None:
+            why = f"sleep: held asleep by {hold.by} until {hold.expires_at:%H:%M:%S}: {hold.reason}"
+        else:
+            why = f"sleep: {rule}"
         actions.append(Action(view.spec.id, ActionKind.SLEEP, why))
         slept.add(view.spec.id)
     if len(actions) == len(plan.actions) and notes == list(plan.notes):

@@ -118,6 +118,8 @@ def _keepers(fleet: Fleet) -> list[bool] | None:
             left = need.get(view.spec.container)
             if left is None or (left[0] <= 0 and left[1] <= 0) or keep[i]:
                 continue
+            if view.held_asleep:  # it is put to sleep: no heater
+                continue
             floor = view.spec.floor_w() if not view.no_lower else None
             if (floor is not None) is not lowerable:
                 continue

@@ -115,7 +115,8 @@ def _floor_wakes(fleet: Fleet, rules: PlanRules) -> list[int]:
     miners = snapshot.miners
     for i, view in enumerate(miners):
         left = need.get(view.spec.container)
-        if left is not None and costs[i] > view.spec.traits.sleep_power_w:
+        # A miner held asleep still running is put to sleep: it heats nothing for long.
+        if left is not None and costs[i] > view.spec.traits.sleep_power_w and not view.held_asleep:
             left[0] -= costs[i]
             left[1] -= 1
     now = snapshot.taken_at

@@ -1,6 +1,7 @@
-"""What an operator must hear about from a plan: an outlet cut in the cold (each time), a
-heater floor the limit cannot carry (while it stands). Logged always, journaled when the
-journal takes it."""
+"""What an operator must hear about: from a plan, an outlet cut in the cold (each time), a
+heater floor the limit cannot carry (while it stands); from a collaborator, a standing
+condition it raises and clears (a miner on an unapproved pool). Logged always, journaled
+when the journal takes it."""
 
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ class Alarms:
     def __init__(self, journal: Journal) -> None:
         self._journal = journal
         self.standing: dict[tuple[str, str], tuple[datetime, str]] = {}  # heater floors
+        # Raised by a collaborator until it clears them (unapproved pools), by (kind, subject).
+        self.raised: dict[tuple[str, str], tuple[datetime, str]] = {}
         self.cold_cuts: deque[tuple[datetime, str, str]] = deque(maxlen=KEEP_COLD_CUTS)
         self.cold_cut_count = 0
         self.counts: Counter[str] = Counter()  # alarms raised, by kind
@@ -48,6 +51,29 @@ class Alarms:
             log.info("alarm cleared", kind=key[0], subject=key[1])
             self._event(now, "alarm-cleared", key[1], key[0])
         self.standing = standing
+
+    def active(self) -> dict[tuple[str, str], tuple[datetime, str]]:
+        """Every standing alarm: the plan's and the raised ones."""
+        return {**self.standing, **self.raised} if self.raised else self.standing
+
+    def raise_alarm(self, now: datetime, kind: str, subject: str, detail: str) -> None:
+        """A standing alarm until clear_alarm; journaled when it starts. A new detail for
+        one already standing (another unapproved pool) is journaled too."""
+        key = (kind, subject)
+        held = self.raised.get(key)
+        if held is not None and held[1] == detail:
+            return
+        log.warning(kind, subject=subject, detail=detail)
+        if held is None:
+            self.counts[kind] += 1
+        self.raised[key] = (held[0] if held is not None else now, detail)
+        self._event(now, "alarm", subject, detail)
+
+    def clear_alarm(self, now: datetime, kind: str, subject: str) -> None:
+        if self.raised.pop((kind, subject), None) is None:
+            return
+        log.info("alarm cleared", kind=kind, subject=subject)
+        self._event(now, "alarm-cleared", subject, kind)
 
     def _event(self, now: datetime, kind: str, subject: str, detail: str) -> None:
         with contextlib.suppress(JournalError):  # reported anyway; Journal.error says why

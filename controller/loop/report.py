@@ -17,6 +17,7 @@ from controller.loop.dispatch import Dispatch
 from controller.loop.draw import Draw
 from controller.loop.ledger import Ledger
 from controller.loop.measure import Measurements
+from controller.loop.pools import PoolCheck
 from controller.record.journal import Journal
 from controller.record.publish import Publisher
 from controller.record.site import (
@@ -73,6 +74,7 @@ class Reporter:
         measurements: Measurements | None,
         staleness: Staleness,
         interval_s: float,
+        pools: PoolCheck | None = None,
     ) -> None:
         self._site_id = site_id
         self.feed = feed
@@ -88,6 +90,7 @@ class Reporter:
         self._measurements = measurements
         self._stale = staleness
         self._interval_s = interval_s
+        self._pools = pools
         self._last: datetime | None = None
         self._desk_seen = -1
 
@@ -146,7 +149,7 @@ class Reporter:
             automation=desk.automation if desk is not None else _RUNNING,
             alarms=tuple(
                 (kind, subject, at, detail)
-                for (kind, subject), (at, detail) in sorted(self._alarms.standing.items())
+                for (kind, subject), (at, detail) in sorted(self._alarms.active().items())
             ),
             cold_cuts=self._alarms.cold_cut_count,
             escalations={k: len(v) for k, v in self._dispatch.escalations.items()},
@@ -158,6 +161,7 @@ class Reporter:
             devices=self._devices(now, outlets_seen),
             signals_contained=self._inbox.internal_errors,
             signals_unjournaled=self._inbox.unjournaled,
+            pools=self._pools.view() if self._pools is not None else None,
         )
 
     def _fleet(

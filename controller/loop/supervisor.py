@@ -35,6 +35,7 @@ from controller.loop.draw import Draw
 from controller.loop.ledger import Ledger, LoopObserver, LoopSettings
 from controller.loop.measure import Measurements
 from controller.loop.outlets import Outlets
+from controller.loop.pools import PoolCheck
 from controller.loop.recovery import Recovery
 from controller.loop.report import Decision, Reporter
 from controller.loop.telemetry import Activity, Poller, Readings
@@ -83,6 +84,7 @@ class Supervisor:
         parts: Parts,
         measurements: Measurements | None = None,
         desk: Desk | None = None,
+        pools: PoolCheck | None = None,
     ) -> None:
         self._readings = readings
         self._poller = poller
@@ -95,6 +97,7 @@ class Supervisor:
         self._activity = activity
         self._measurements = measurements
         self._desk = desk
+        self._pools = pools
         self.ledger = parts.ledger
         self.commands = parts.dispatch
         self.outlets = parts.outlets
@@ -177,7 +180,11 @@ class Supervisor:
     def nudge(self, cause: str) -> None:
         """Something outside the inbox changed what the loop must do (an operator): plan
         again at once."""
-        self._nudged = f"operator {cause}"
+        self.replan(f"operator {cause}")
+
+    def replan(self, cause: str) -> None:
+        """Plan again at once, for `cause` (a collaborator's finding: pools to enforce)."""
+        self._nudged = cause
         self._inbox.wake.set()
 
     async def cycle(self, cause: str) -> None:
@@ -320,10 +327,14 @@ class Supervisor:
         self._order = operator.shed_order(self._base_order, ids, desk.held(HoldMode.RUN))
 
     def _views(self) -> tuple[MinerView, ...]:
-        """The readings, with the operator's sleep holds marked (the planner never walks
-        a held-asleep miner back)."""
+        """The readings, with the operator's sleep holds and the miners the pools rule
+        keeps asleep marked (the planner never walks a held-asleep miner back)."""
         views = self._readings.views()
-        return views if self._desk is None else operator.mark_held_asleep(views, self._desk.holds)
+        kept = self._pools.kept_asleep() if self._pools is not None else {}
+        if self._desk is None and not kept:
+            return views
+        holds = self._desk.holds if self._desk is not None else {}
+        return operator.mark_held_asleep(views, holds, kept)
 
     def grid_limit(self, now: datetime) -> Limit:
         """What the grid (and the frequency relay) allows now, without operator overrides:
@@ -418,10 +429,16 @@ class Supervisor:
         budget = replace(limit, limit_w=limit.limit_w - offset_w) if offset_w else limit
         plan = planner.plan(snapshot, budget, self._rules)
         hold_sleeps: frozenset[str] = frozenset()
-        if self._desk is not None:
+        kept = self._pools.kept_asleep() if self._pools is not None else {}
+        if self._desk is not None or kept:
             desk = self._desk
             plan, hold_sleeps = operator.operator_steps(
-                plan, views, desk.holds, desk.automation, now
+                plan,
+                views,
+                desk.holds if desk is not None else {},
+                desk.automation if desk is not None else operator.Automation(),
+                now,
+                kept_asleep=kept,
             )
         self._planned_at = now
         seq = None

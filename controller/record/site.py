@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 from controller.core.model import FLEET_MODES, Limit, MinerView
 from controller.core.operator import Automation, Hold
+from controller.core.pools import Verdict
 from controller.core.signals import Held, Obligation, Override
 
 # The draw against the limit, for the dashboard's last hour (720 points at 5 s).
@@ -64,6 +65,39 @@ class Device:
 
 
 @dataclass(frozen=True, slots=True)
+class MinerPools:
+    """One miner's pools as last checked (controller/loop/pools.py)."""
+
+    verdict: Verdict | None = None  # None: never read
+    checked_at: datetime | None = None  # the last read that answered
+    since: datetime | None = None  # when the current verdict began
+    error: str | None = None  # why the last read failed (the verdict before stands)
+
+
+NOT_CHECKED = MinerPools()
+
+
+@dataclass(frozen=True, slots=True)
+class PoolsView:
+    """Every miner's pools, judged against the approved list, and the policy."""
+
+    enforce: str  # alarm | sleep
+    miners: Mapping[str, MinerPools]
+    checked: int  # miners with a verdict
+    unapproved: int  # of them, on an unapproved pool
+
+    def action(self, miner_id: str) -> str:
+        """What curtaild does about this miner: alarm, sleep, or none (approved, or not
+        known)."""
+        verdict = self.miners.get(miner_id, NOT_CHECKED).verdict
+        return "none" if verdict is None or verdict.approved else self.enforce
+
+    def summary(self) -> dict[str, Any]:
+        """{checked, unapproved, action}: the demo's and the status's few numbers."""
+        return {"checked": self.checked, "unapproved": self.unapproved, "action": self.enforce}
+
+
+@dataclass(frozen=True, slots=True)
 class SiteView:
     """Everything a reader shows, as of `at`."""
 
@@ -97,6 +131,7 @@ class SiteView:
     devices: tuple[Device, ...]
     signals_contained: int
     signals_unjournaled: int
+    pools: PoolsView | None = None  # None: no `pools:` section, nothing is checked
 
 
 class MinerViews(Protocol):

@@ -26,6 +26,7 @@ from drivers.errors import (
     VerificationError,
 )
 from drivers.lacking import Lacking
+from drivers.pools import NO_POOLS, cgminer_pools
 from drivers.transport import cgminer_tcp
 from drivers.types import (
     Capability,
@@ -35,6 +36,7 @@ from drivers.types import (
     MinerEndpoint,
     MinerReading,
     Mode,
+    PoolConfig,
 )
 
 log = structlog.get_logger("curtaild.drivers.luxos")
@@ -168,6 +170,20 @@ class LuxosMiner:
             offered = await self._profiles("set_power_target")
             fitting = [name for w, name in offered if w <= watts]
             return await self._set_profile(fitting[-1] if fitting else offered[0][1])
+
+    async def pools(self) -> tuple[PoolConfig, ...]:
+        """The cgminer `pools` read (no session: reads are open on 4028)."""
+        if "pools" in self.lacking:
+            raise self.lacking.essential("pools", "pools", "a pools check")
+        async with self._lock:
+            try:
+                reply = await self._call("pools")
+            except RejectedError as err:
+                if err.code != CODE_INVALID_COMMAND:
+                    raise
+                self.lacking.learn("pools", NO_POOLS)
+                raise self.lacking.essential("pools", "pools", "a pools check") from None
+        return cgminer_pools(reply, device=self.miner_id)
 
     async def close(self) -> None:
         """Nothing is held between calls: one connection per request."""

@@ -34,6 +34,7 @@ def _build(spec: SimMinerSpec, ctx: BuildContext) -> Built:
         mac=ctx.mac,
         password=spec.password or DEFAULT_PASSWORD,
     )
+    ctx.pools.attach(device.load_pools, device.store_pools)
     rpc = StockRpcServer(
         spec.host,
         spec.port,

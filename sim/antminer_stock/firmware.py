@@ -20,6 +20,7 @@ from sim.antminer_stock.digest import DigestAuth
 from sim.families import recent
 from sim.faults import FaultState
 from sim.physics import MinerPhysics
+from sim.pools import SimPool
 
 RESTART_S = 10.0  # 4028 is down while bmminer restarts (Tether: "mode changes take 10-20 s")
 CONF_REPLY_DELAY_S = 1.0  # wall time; real: ~21 s (S19j Pro 2022), the S17 CGI sleeps 30 s
@@ -34,6 +35,8 @@ MODE_NAMES = {MODE_NORMAL: "normal", MODE_SLEEP: "sleep", MODE_HIGH: "high", MOD
 
 # The stock `api-groups "A:stats:pools:devs:summary:version"`: all that 4028 may answer.
 READ_COMMANDS = frozenset({"stats", "pools", "devs", "summary", "version"})
+
+POOL_SLOTS = 3  # the CGI's pool slots
 
 OK_REPLY = {"stats": "success", "code": "M000", "msg": "OK!"}
 BAD_POOL_REPLY = {"stats": "error", "code": "M001", "msg": "Invalid pool!"}  # Tether mock
@@ -121,6 +124,20 @@ class StockFirmware:
     def runtime_mode(self) -> int:
         """The work mode the running bmminer process was started in."""
         return self._mode_before if self.restarting() else self._next_mode
+
+    # -- the pools: the CGI's three slots are this miner's sim.pools store -----------------
+
+    def load_pools(self) -> tuple[SimPool, ...]:
+        slots = self.conf.get("pools") or ()
+        return tuple(SimPool(p["url"], p["user"], p["pass"]) for p in slots if p.get("url"))
+
+    def store_pools(self, pools: tuple[SimPool, ...]) -> None:
+        """Three slots, configured ones first; stock firmware has no disabled slot, so a
+        disabled pool is left out."""
+        slots = [{"url": p.url, "user": p.user, "pass": p.password} for p in pools if p.enabled]
+        slots = slots[:POOL_SLOTS]
+        slots += [{"url": "", "user": "", "pass": ""} for _ in range(POOL_SLOTS - len(slots))]
+        self.conf["pools"] = slots
 
     # -- the write -------------------------------------------------------------------------
 
@@ -227,7 +244,7 @@ def _initial_conf(serial: str, mode: int) -> dict[str, Any]:
 def _valid_pools(pools: object) -> bool:
     return (
         isinstance(pools, list)
-        and len(pools) <= 3  # noqa: PLR2004 - the CGI has three pool slots
+        and len(pools) <= POOL_SLOTS
         and all(
             isinstance(p, dict) and all(isinstance(p.get(k), str) for k in ("url", "user", "pass"))
             for p in pools

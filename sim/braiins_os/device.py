@@ -16,6 +16,7 @@ from typing import Any
 from drivers.types import Mode
 from sim.faults import FaultState
 from sim.physics import MinerModel, MinerPhysics, Profile
+from sim.pools import SimPools, default_pools
 
 USERNAME = "root"
 TOKEN_TIMEOUT_S = 3600  # LoginResponse.timeout_s; pyasic re-logs in after 3540 s
@@ -81,9 +82,12 @@ class BraiinsDevice:
         serial: str,
         mac: str,
         password: str,
+        pools: SimPools | None = None,
     ) -> None:
         self.physics = physics
         self.fault = fault
+        self.pools = pools or SimPools()
+        self.pools.preset(default_pools(serial))
         self._now = time_fn
         self._rng = rng
         self.serial = serial

@@ -35,6 +35,7 @@ def _build(spec: SimMinerSpec, ctx: BuildContext) -> Built:
         serial=ctx.serial,
         mac=ctx.mac,
         password=spec.password if spec.password is not None else DEFAULT_PASSWORD,
+        pools=ctx.pools,
     )
     rest = RestServer(
         spec.host,

@@ -280,16 +280,18 @@ class GrpcSimServer:
 
     def _configuration(self, _: bytes) -> bytes:
         d = self.device
-        pool = (
-            pb_str(1, "1")
-            + pb_str(2, "stratum+tcp://pool.example:3333")
-            + pb_str(3, f"farm.{d.serial[-4:]}")
-            + pb_bytes(4, b"")  # password: optional, present and empty
-            + pb_true(5)
+        pools = b"".join(
+            pb_bytes(
+                5,
+                pb_str(1, str(i + 1))
+                + pb_str(2, pool.url)
+                + pb_str(3, pool.user)
+                + pb_bytes(4, b"")  # password: optional, present and empty
+                + pb_bool(5, pool.enabled),
+            )
+            for i, pool in enumerate(d.pools.get())
         )
-        group = (
-            pb_str(1, "1") + pb_str(2, "Default") + pb_bytes(3, pb_uint(1, 1)) + pb_bytes(5, pool)
-        )
+        group = pb_str(1, "1") + pb_str(2, "Default") + pb_bytes(3, pb_uint(1, 1)) + pools
         temps = b"".join(
             pb_bytes(n, pb_double(1, TEMPERATURES[key]["degree_c"]))
             for n, key in (
@@ -309,17 +311,21 @@ class GrpcSimServer:
 
     def _pool_groups(self, _: bytes) -> bytes:
         d = self.device
-        stats = pb_uint(1, d.accepted)
-        pool = (
-            pb_str(1, "1")
-            + pb_str(2, "stratum+tcp://pool.example:3333")
-            + pb_str(3, f"farm.{d.serial[-4:]}")
-            + pb_true(4)
-            + pb_true(5)
-            + pb_bool(6, not d.paused)
-            + pb_bytes(7, stats)
+        active = None if d.paused else d.pools.active()
+        pools = b"".join(
+            pb_bytes(
+                4,
+                pb_str(1, str(i + 1))
+                + pb_str(2, pool.url)
+                + pb_str(3, pool.user)
+                + pb_bool(4, pool.enabled)
+                + pb_bool(5, pool.enabled and pool.alive)
+                + pb_bool(6, i == active)
+                + pb_bytes(7, pb_uint(1, d.accepted if i == active else 0)),
+            )
+            for i, pool in enumerate(d.pools.get())
         )
-        group = pb_str(1, "Default") + pb_bytes(2, pb_uint(1, 1)) + pb_bytes(4, pool)
+        group = pb_str(1, "Default") + pb_bytes(2, pb_uint(1, 1)) + pools
         return pb_bytes(1, group)
 
 

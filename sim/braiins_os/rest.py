@@ -74,6 +74,7 @@ class RestApi:
             web.put("/api/v1/performance/quick-ramping/default", private(self._quick_default)),
             web.get("/api/v1/configuration/miner", private(self._configuration)),
             web.get("/api/v1/configuration/constraints", private(self._constraints)),
+            web.get("/api/v1/pools/", private(self._pools)),
         ]
         app.add_routes(routes)
         return app
@@ -314,12 +315,13 @@ class RestApi:
                         "load_balance_strategy": {"quota": {"value": 1}},
                         "pools": [
                             {
-                                "uid": "1",
-                                "url": "stratum+tcp://pool.example:3333",
-                                "user": f"farm.{d.serial[-4:]}",
+                                "uid": str(i + 1),
+                                "url": pool.url,
+                                "user": pool.user,
                                 "password": None,
-                                "enabled": True,
+                                "enabled": pool.enabled,
                             }
+                            for i, pool in enumerate(d.pools.get())
                         ],
                     }
                 ],
@@ -342,6 +344,35 @@ class RestApi:
                     "quick_ramping_time_down_s": d.quick_down_s,
                 },
             }
+        )
+
+    async def _pools(self, _: web.Request) -> web.StreamResponse:
+        """GET /api/v1/pools/: the pool groups with each pool's state (PoolService)."""
+        d = self.device
+        active = None if d.paused else d.pools.active()
+        pools = [
+            {
+                "uid": str(i + 1),
+                "url": pool.url,
+                "user": pool.user,
+                "enabled": pool.enabled,
+                "alive": pool.enabled and pool.alive,
+                "active": i == active,
+                "stats": {
+                    "accepted_shares": d.accepted if i == active else 0,
+                    "rejected_shares": 0,
+                    "stale_shares": 0,
+                    "last_difficulty": 0,
+                    "best_share": 0,
+                    "best_share_str": "0",
+                    "generated_work": 0,
+                    "last_share_time": None,
+                },
+            }
+            for i, pool in enumerate(d.pools.get())
+        ]
+        return web.json_response(
+            [{"uid": "1", "name": "Default", "strategy": {"quota": {"value": 1}}, "pools": pools}]
         )
 
     async def _constraints(self, _: web.Request) -> web.StreamResponse:

@@ -33,6 +33,7 @@ def _build(spec: SimMinerSpec, ctx: BuildContext) -> Built:
         firmware=FIRMWARE_V3 if new_firmware else FIRMWARE_V2,
         password=spec.password,
         missing=ctx.missing,
+        pools=ctx.pools,
     )
     options: dict[str, Any] = {"rng": ctx.rng, "observer": ctx.observer}
     servers: list[SimServer] = [

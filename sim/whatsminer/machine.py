@@ -20,6 +20,7 @@ from drivers.types import Mode
 from sim.faults import FaultState
 from sim.missing import Missing
 from sim.physics import MinerPhysics, Profile
+from sim.pools import SimPools, default_pools
 from sim.whatsminer.crypto import crypt_body
 
 Reply = dict[str, Any]
@@ -58,9 +59,12 @@ class WhatsminerMachine:
         firmware: str,
         password: str | None = None,
         missing: Missing | None = None,
+        pools: SimPools | None = None,
     ) -> None:
         self.physics = physics
         self.missing = missing or Missing()  # what this build lacks (sim.missing)
+        self.pools = pools or SimPools()
+        self.pools.preset(default_pools(serial))
         self.fault = fault
         self._now = time_fn
         self._rng = rng

@@ -278,20 +278,24 @@ class V2Api(WhatsminerMachine):
         return {"STATUS": [{"STATUS": "S", "Msg": f"{boards} ASC(s)"}], "DEVS": devs}
 
     def _pools(self) -> Reply:
-        pool = {
-            "POOL": 1,
-            "URL": "stratum+tcp://pool.example:3333",
-            "Status": "Alive",
-            "Priority": 0,
-            "Quota": 1,
-            "Accepted": 0,
-            "Rejected": 0,
-            "Stale": 0,
-            "User": f"farm.{self.serial[-4:]}",
-            "Stratum Active": self.physics.mode is Mode.MINING,
-            "Stratum Difficulty": 65536,
-        }
-        return {"STATUS": [{"STATUS": "S", "Msg": "1 Pool(s)"}], "POOLS": [pool]}
+        active = self.pools.active() if self.physics.mode is Mode.MINING else None
+        pools = [
+            {
+                "POOL": i + 1,
+                "URL": pool.url,
+                "Status": pool.status,
+                "Priority": i,
+                "Quota": 1,
+                "Accepted": 0,
+                "Rejected": 0,
+                "Stale": 0,
+                "User": pool.user,
+                "Stratum Active": i == active,
+                "Stratum Difficulty": 65536,
+            }
+            for i, pool in enumerate(self.pools.get())
+        ]
+        return {"STATUS": [{"STATUS": "S", "Msg": f"{len(pools)} Pool(s)"}], "POOLS": pools}
 
     def _devdetails(self) -> Reply:
         details = [

@@ -260,17 +260,19 @@ class V3Api(WhatsminerMachine):
         ]
 
     def _v3_pools(self) -> list[Reply]:
+        active = self.pools.active() if self.physics.mode is Mode.MINING else None
         return [
             {
-                "id": 1,
-                "url": "stratum+tcp://pool.example:3333",
-                "status": "alive",
-                "account": f"farm.{self.serial[-4:]}",
-                "stratum-active": self.physics.mode is Mode.MINING,
+                "id": i + 1,
+                "url": pool.url,
+                "status": pool.status.lower(),
+                "account": pool.user,
+                "stratum-active": i == active,
                 "stratum-diff": 65536,
                 "reject-rate": 0,
                 "last-share-time": int(self._now()),
             }
+            for i, pool in enumerate(self.pools.get())
         ]
 
     def _v3_setting(self) -> Reply:

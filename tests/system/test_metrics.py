@@ -141,7 +141,7 @@ async def test_metrics_follow_a_curtailment_to_its_deadline(tmp_path: Path) -> N
         assert value(s, "curtaild_automation_paused") == 0
         assert value(s, "curtaild_overrides_active") == 0
         assert by(s, "curtaild_holds_active", "mode") == {"sleep": 0, "run": 0}
-        assert by(s, "curtaild_alarms_active", "kind") == {"heater-floor": 0}
+        assert by(s, "curtaild_alarms_active", "kind") == {"heater-floor": 0, "unapproved-pool": 0}
         assert value(s, "curtaild_cold_cuts_total") == 0
         assert {(ls["device"], ls["kind"]): v for ls, v in s["curtaild_device_up"]} == {
             (METER, "meter"): 1,

@@ -74,9 +74,9 @@ async def get_miners(api: OperatorApi, request: web.Request) -> web.StreamRespon
         and (mode is None or fleet_mode(view, now, stale_after) == mode)
         and (health is None or views.health(view, now, stale_after) == health)
     ]
-    holds = api.desk.holds
+    holds, pools = api.desk.holds, api.view().pools
     page = [
-        views.miner(v, holds.get(v.spec.id), now, stale_after)
+        views.miner(v, holds.get(v.spec.id), now, stale_after, pools)
         for v in matching[offset : offset + limit]
     ]
     return api.json(m.MinersOut(miners=page, total=len(matching)))

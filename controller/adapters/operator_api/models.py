@@ -210,6 +210,35 @@ class AlarmOut(_Out):
     detail: str
 
 
+PoolAction = Literal["alarm", "sleep", "none"]
+
+
+class PoolOut(_Out):
+    url: str
+    user: str
+    priority: int = Field(description="Failover order: 0 is tried first")
+    enabled: bool
+    active: bool = Field(description="The pool the miner hashes for now")
+    alive: bool | None
+    approved: bool = Field(description="An entry of pools.approved admits it")
+
+
+class MinerPoolsOut(_Out):
+    checked_at: datetime | None = Field(description="The last read of its pools that answered")
+    since: datetime | None = Field(description="When the current verdict began")
+    unapproved: list[str] = Field(description="Enabled pools no approved entry admits (URLs)")
+    action: PoolAction = Field(description="What curtaild does about it (none: approved)")
+    error: str | None = Field(description="Why the last read failed (the verdict stands)")
+    pools: list[PoolOut]
+
+
+class PoolsStatusOut(_Out):
+    action: Literal["alarm", "sleep"] = Field(description="pools.enforce")
+    checked: int = Field(description="Miners whose pools have been read")
+    unapproved: int = Field(description="Of them, configured with an unapproved pool")
+    unchecked: int = Field(description="Miners whose pools were never read (yet)")
+
+
 class StatusOut(_Out):
     site: str
     at: datetime
@@ -236,6 +265,9 @@ class StatusOut(_Out):
     wall_clock_offset_s: float | None = Field(
         default=None, description="The wall clock stepped this far from curtaild's time"
     )
+    pools: PoolsStatusOut | None = Field(
+        default=None, description="The approved-pools check (None: no pools section)"
+    )
 
 
 class MinerOut(_Out):
@@ -257,6 +289,14 @@ class MinerOut(_Out):
     warming_until: datetime | None
     lying: str | None
     hold: HoldOut | None
+    pools_ok: bool | None = Field(
+        default=None,
+        description="Every enabled pool approved (None: not checked: no pools section, or "
+        "never read)",
+    )
+    pools: MinerPoolsOut | None = Field(
+        default=None, description="Its pools as last checked (None: no pools section)"
+    )
 
 
 class MinersOut(_Out):

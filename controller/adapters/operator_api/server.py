@@ -197,7 +197,9 @@ class OperatorApi:
 
     def miner(self, miner_id: str) -> m.MinerOut:
         view = self.readings.view(miner_id)
-        return views.miner(view, self.desk.holds.get(miner_id), self.now(), self.stale_after)
+        return views.miner(
+            view, self.desk.holds.get(miner_id), self.now(), self.stale_after, self.view().pools
+        )
 
     @staticmethod
     async def body(request: web.Request, model: type[_M]) -> _M:

@@ -17,7 +17,7 @@ from controller.core.signals import (
     Override,
     curtailment_active,
 )
-from controller.record.site import ModeCounts, SiteView
+from controller.record.site import NOT_CHECKED, ModeCounts, PoolsView, SiteView
 
 
 def status(view: SiteView) -> m.StatusOut:
@@ -75,6 +75,45 @@ def status(view: SiteView) -> m.StatusOut:
         lying=list(view.lying),
         journal_error=view.journal_error,
         wall_clock_offset_s=view.wall_clock_offset_s,
+        pools=pools_status(view.pools),
+    )
+
+
+def pools_status(pools: PoolsView | None) -> m.PoolsStatusOut | None:
+    if pools is None:
+        return None
+    return m.PoolsStatusOut(
+        action="sleep" if pools.enforce == "sleep" else "alarm",
+        checked=pools.checked,
+        unapproved=pools.unapproved,
+        unchecked=len(pools.miners) - pools.checked,
+    )
+
+
+def miner_pools(miner_id: str, pools: PoolsView) -> m.MinerPoolsOut:
+    state = pools.miners.get(miner_id, NOT_CHECKED)
+    verdict = state.verdict
+    action = pools.action(miner_id)
+    return m.MinerPoolsOut(
+        checked_at=state.checked_at,
+        since=state.since,
+        unapproved=list(verdict.unapproved) if verdict is not None else [],
+        action="sleep" if action == "sleep" else "alarm" if action == "alarm" else "none",
+        error=state.error,
+        pools=[]
+        if verdict is None
+        else [
+            m.PoolOut(
+                url=p.url,
+                user=p.user,
+                priority=p.priority,
+                enabled=p.enabled,
+                active=p.active,
+                alive=p.alive,
+                approved=ok,
+            )
+            for p, ok in zip(verdict.pools, verdict.admitted, strict=True)
+        ],
     )
 
 
@@ -134,8 +173,15 @@ def hold(h: Hold) -> m.HoldOut:
     )
 
 
-def miner(view: MinerView, held: Hold | None, now: datetime, stale_after: timedelta) -> m.MinerOut:
+def miner(
+    view: MinerView,
+    held: Hold | None,
+    now: datetime,
+    stale_after: timedelta,
+    pools: PoolsView | None = None,
+) -> m.MinerOut:
     spec, reading = view.spec, view.reading
+    verdict = None if pools is None else pools.miners.get(spec.id, NOT_CHECKED).verdict
     fresh = reading is not None and view.fresh(now, stale_after)
     return m.MinerOut(
         id=spec.id,
@@ -156,6 +202,8 @@ def miner(view: MinerView, held: Hold | None, now: datetime, stale_after: timede
         warming_until=view.warming_until,
         lying=view.lying,
         hold=None if held is None else hold(held),
+        pools_ok=None if verdict is None else verdict.approved,
+        pools=None if pools is None else miner_pools(spec.id, pools),
     )
 
 

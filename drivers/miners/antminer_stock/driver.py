@@ -37,6 +37,7 @@ from drivers.miners.antminer_stock.workmode import (
     stored_agrees,
     write_body,
 )
+from drivers.pools import NO_POOLS, cgminer_pools
 from drivers.transport import cgminer_tcp
 from drivers.types import (
     Capability,
@@ -45,6 +46,7 @@ from drivers.types import (
     MinerDriverEntry,
     MinerEndpoint,
     MinerReading,
+    PoolConfig,
 )
 
 CODE_INVALID_COMMAND = 14  # a join the firmware does not support
@@ -185,6 +187,21 @@ class AntminerStockMiner:
         raise UnsupportedError(
             self.miner_id, "set_power_target", f"stock firmware has no power target ({watts} W)"
         )
+
+    async def pools(self) -> tuple[PoolConfig, ...]:
+        """4028 `pools`, which the stock api-groups allow (the CGI's three slots; empty
+        ones left out). Unreachable while bmminer restarts, like every 4028 read."""
+        if "pools" in self.lacking:
+            raise self.lacking.essential("pools", "pools", "a pools check")
+        async with self._lock:
+            try:
+                reply = await self._rpc("pools", "pools")
+            except RejectedError as err:
+                if err.code != CODE_INVALID_COMMAND:
+                    raise
+                self.lacking.learn("pools", NO_POOLS)
+                raise self.lacking.essential("pools", "pools", "a pools check") from None
+        return cgminer_pools(reply, device=self.miner_id)
 
     async def reclaim(self) -> None:
         """Nothing a dead process could have left held: the firmware has no exclusive

@@ -30,6 +30,7 @@ from drivers.miners.braiins_os.parse import (
     target_profile,
 )
 from drivers.miners.braiins_os.rest import API, RestClient
+from drivers.pools import NO_POOLS, rows_pools
 from drivers.types import (
     Capability,
     DriverTraits,
@@ -38,6 +39,7 @@ from drivers.types import (
     MinerEndpoint,
     MinerReading,
     Mode,
+    PoolConfig,
 )
 
 DEFAULT_PORT = 80
@@ -59,6 +61,7 @@ OPTIONAL_READS = {
 POWER_TARGET_PATH = "/performance/power-target"
 CONFIGURATION_PATH = "/configuration/miner"
 QUICK_RAMPING_PATH = "/performance/quick-ramping"
+POOLS_PATH = "/pools/"  # the pool groups, each with its pools (PoolService, REST 1.x)
 # A read-back reads what the write claimed; slow-moving fields come from the last read.
 VERIFY_PARTS = ("details", "stats")
 VERIFY_TARGET_PARTS = ("details", "stats", "mode")
@@ -259,6 +262,28 @@ class BraiinsOsMiner:
                 self.miner_id, "pause-fans", f"acknowledged {want} but reads back {shows}"
             )
         return want
+
+    async def pools(self) -> tuple[PoolConfig, ...]:
+        """Every pool of every pool group, groups in order (a load-balanced group hashes
+        beside the others: each of its pools can take hashrate)."""
+        path = API + POOLS_PATH
+        if path in self.lacking:
+            raise self.lacking.essential(path, "pools", "a pools check")
+        async with self._lock:
+            try:
+                groups = await self._rest.call("GET", POOLS_PATH, "pools")
+            except UnsupportedError:
+                self.lacking.learn(path, NO_POOLS)
+                raise self.lacking.essential(path, "pools", "a pools check") from None
+        if not isinstance(groups, list) or not all(isinstance(g, dict) for g in groups):
+            raise ProtocolError(self.miner_id, "pools", "the pool groups are not a list")
+        rows = []
+        for group in groups:
+            members = group.get("pools") or []
+            if not isinstance(members, list):
+                raise ProtocolError(self.miner_id, "pools", "a group's pools are not a list")
+            rows.extend(members)
+        return rows_pools(rows, device=self.miner_id, op="pools")
 
     async def reclaim(self) -> None:
         """Nothing a dead process could have left held: the firmware has no exclusive

@@ -10,7 +10,13 @@ from drivers.lacking import Lacking
 from drivers.miners.whatsminer.dialect import TRAITS
 from drivers.miners.whatsminer.v2 import V2_PORT, WhatsminerV2Miner
 from drivers.miners.whatsminer.v3 import V3_PORT, WhatsminerV3Miner
-from drivers.types import Capability, MinerDriverEntry, MinerEndpoint, MinerReading
+from drivers.types import (
+    Capability,
+    MinerDriverEntry,
+    MinerEndpoint,
+    MinerReading,
+    PoolConfig,
+)
 
 V3_FIRST_FIRMWARE = 20241101  # firmware dated from 2024-11-01 speaks API v3 (pyasic, asic-rs)
 
@@ -85,6 +91,9 @@ class WhatsminerMiner:
 
     async def set_fans_when_asleep(self, running: bool) -> MinerReading:
         return await (await self._impl()).set_fans_when_asleep(running)
+
+    async def pools(self) -> tuple[PoolConfig, ...]:
+        return await (await self._impl()).pools()
 
     async def reclaim(self) -> None:
         """Nothing a dead process could have left held: writes take no session."""

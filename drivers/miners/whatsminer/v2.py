@@ -36,9 +36,10 @@ from drivers.miners.whatsminer.dialect import (
     verify,
 )
 from drivers.miners.whatsminer.parse import first_row, parse_v2
+from drivers.pools import NO_POOLS, cgminer_pools
 from drivers.transport import cgminer_tcp
 from drivers.transport.cgminer_tcp import Reply
-from drivers.types import MinerEndpoint, MinerReading, Mode
+from drivers.types import MinerEndpoint, MinerReading, Mode, PoolConfig
 
 V2_PORT = 4028
 V2_DEFAULT_PASSWORD = "admin"  # noqa: S105 - btminer's documented factory admin password
@@ -121,6 +122,20 @@ class WhatsminerV2Miner(Dialect):
             with contextlib.suppress(DriverError):
                 await self._credentials(max_age_s=TOKEN_RENEW_S)
             return reading
+
+    async def pools(self) -> tuple[PoolConfig, ...]:
+        """The cgminer-style `pools` read (plaintext, no token)."""
+        if "pools" in self.lacking:
+            raise self.lacking.essential("pools", "pools", "a pools check")
+        async with self._lock:
+            try:
+                reply = await self._plain("pools")
+            except RejectedError as err:
+                if isinstance(err, _BtminerDownError) or err.code != CODE_INVALID_COMMAND:
+                    raise
+                self.lacking.learn("pools", NO_POOLS)
+                raise self.lacking.essential("pools", "pools", "a pools check") from None
+        return cgminer_pools(reply, device=self.miner_id)
 
     async def sleep(self) -> MinerReading:
         async with self._lock:

@@ -29,8 +29,9 @@ from drivers.miners.whatsminer.dialect import (
 )
 from drivers.miners.whatsminer.parse import parse_v3
 from drivers.miners.whatsminer.transport import Link, session
+from drivers.pools import NO_POOLS, rows_pools
 from drivers.transport.cgminer_tcp import Reply
-from drivers.types import MinerEndpoint, MinerReading, Mode
+from drivers.types import MinerEndpoint, MinerReading, Mode, PoolConfig
 
 _T = TypeVar("_T")
 
@@ -71,6 +72,40 @@ class WhatsminerV3Miner(Dialect):
     async def read(self) -> MinerReading:
         async with self._lock:
             return (await self._read_state()).reading
+
+    async def pools(self) -> tuple[PoolConfig, ...]:
+        """get.miner.status's `pools` section. A firmware without it answers the param as
+        invalid, or leaves the section out of its reply."""
+        name = "get.miner.status:pools"
+        if name in self.lacking:
+            raise self.lacking.essential(name, "pools", "a pools check")
+
+        async def steps(link: Link) -> Reply:
+            return await self._get(link, "get.miner.status", "pools")
+
+        async with self._lock:
+            try:
+                reply = await self._session("pools", steps)
+            except RejectedError as err:
+                if err.code != V3_CODE_INVALID:
+                    raise
+                reply = {}  # "invalid command" or "invalid param: pools": it has none
+        msg = reply.get("msg")
+        rows = msg.get("pools") if isinstance(msg, dict) else None
+        if rows is None:
+            self.lacking.learn(name, NO_POOLS)
+            raise self.lacking.essential(name, "pools", "a pools check")
+        if not isinstance(rows, list):
+            raise ProtocolError(self.miner_id, "pools", "the pools section is not a list")
+        return rows_pools(
+            rows,
+            device=self.miner_id,
+            op="pools",
+            user="account",
+            enabled=None,
+            active="stratum-active",
+            status="status",
+        )
 
     async def sleep(self) -> MinerReading:
         async with self._lock:
