@@ -12,9 +12,10 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
-from playwright.async_api import Browser, Page, Route, expect
+from playwright.async_api import Browser, Page, expect
 
 from controller.core.signals import ObligationStatus
+from sim.pools import SimPool
 from tests.conftest import API_TOKENS, api_section, load_site, site_dict
 from tests.energy_samples import FixedCompliance
 from tests.system.conftest import watch
@@ -191,32 +192,24 @@ async def test_system_dashboard_shows_compliance(tmp_path: Path, browser: Browse
 
 
 async def test_system_dashboard_miners_pools_column(tmp_path: Path, browser: Browser) -> None:
-    """The pools column from /api/v1/miners' pools fields (pools_ok, pools_unapproved).
-    The test adds them to the daemon's real answer: it stands in for the pools check,
-    which fills them in the merged daemon."""
-    loaded = load_site(site_dict(tmp_path, miners=3, api=api_section()))
-    verdicts: list[tuple[bool | None, list[str]]] = [
-        (True, []),
-        (False, ["stratum+tcp://bad.example:3333", "stratum+ssl://worse.example:443"]),
-        (None, []),
-    ]
-
-    async def with_pools(route: Route) -> None:
-        response = await route.fetch()
-        body = await response.json()
-        for miner, (ok, urls) in zip(body["miners"], verdicts, strict=True):
-            miner["pools_ok"], miner["pools_unapproved"] = ok, urls
-        await route.fulfill(response=response, json=body)
-
+    """The pools column from the daemon's own pools check (/api/v1/miners' pools_ok and
+    pools.unapproved): one miner pointed at a pool the site has not approved shows its
+    URLs in alarm style, the others "ok"."""
+    approved, rogue = "stratum+tcp://pool.example:3333", "stratum+ssl://rogue.example:443"
+    pools = {"approved": [{"url": approved}], "check_interval_s": 10}
+    loaded = load_site(site_dict(tmp_path, miners=3, api=api_section(), pools=pools))
     async with rig(loaded) as r, dashboard(browser, r) as (page, errors):
-        await page.route("**/api/v1/miners*", with_pools)
+        r.farm.set_pools("m001", [SimPool(approved, "farm.1"), SimPool(rogue, "farm.1")])
+        checker = r.daemon.pools
+        assert checker is not None
+        sweeps = checker.sweeps
+        await r.run_until(lambda: checker.sweeps > sweeps, within_s=12)
+        await r.step(1.5)  # the read model built after the check
         await sign_in(page, API_TOKENS["viewer"])
         await expect(page.locator("#connection")).to_have_text("Live", timeout=WAIT_MS)
         await page.click("#miners-load")
         cells = page.locator("#miners tbody td:nth-child(9)")
-        await expect(cells).to_have_text(
-            ["ok", f"unapproved: {', '.join(verdicts[1][1])}", "—"], timeout=WAIT_MS
-        )
+        await expect(cells).to_have_text(["ok", f"unapproved: {rogue}", "ok"], timeout=WAIT_MS)
         await expect(cells.nth(1)).to_have_class("alarm wrap")
         await expect(cells.nth(0)).to_have_class("ok")
         assert [e for e in errors if not NO_COMPLIANCE.match(e)] == []

@@ -122,7 +122,7 @@ function showChain(chain) {
 function minerPools(m) {
   if (m.pools_ok === true) return { text: "ok", cls: "ok" };
   if (m.pools_ok === false) {
-    const urls = (m.pools_unapproved || []).join(", ");
+    const urls = ((m.pools && m.pools.unapproved) || []).join(", ");
     return { text: `unapproved: ${urls}`, cls: "alarm wrap" };
   }
   return "—";
