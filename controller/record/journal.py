@@ -20,6 +20,7 @@ from typing import Any
 
 import structlog
 
+from controller.core.energy import Interval
 from controller.core.model import Limit, Plan
 from controller.core.signals import (
     Cancel,
@@ -71,6 +72,21 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE TABLE IF NOT EXISTS operator (key TEXT PRIMARY KEY, state TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS ladder (miner_id TEXT PRIMARY KEY, state TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS site_state (key TEXT PRIMARY KEY, state TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS energy_intervals (
+    seq INTEGER PRIMARY KEY, start TEXT NOT NULL, end TEXT NOT NULL, grid_kwh REAL NOT NULL,
+    within_grants_kwh REAL NOT NULL, base_allowance_kwh REAL NOT NULL,
+    excess_kwh REAL NOT NULL, exempt_generation_kwh REAL NOT NULL, allowed_kwh REAL NOT NULL,
+    granted_kwh REAL NOT NULL, gap_s REAL NOT NULL, estimated_s REAL NOT NULL,
+    measured_by TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS energy_grants (
+    seq INTEGER PRIMARY KEY, start TEXT NOT NULL, grant_id TEXT NOT NULL,
+    used_kwh REAL NOT NULL, granted_kwh REAL NOT NULL, excess_kwh REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS energy_curtailments (
+    seq INTEGER PRIMARY KEY, start TEXT NOT NULL, signal_id TEXT NOT NULL,
+    revision INTEGER NOT NULL, limit_w INTEGER NOT NULL, excess_kwh REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS energy_intervals_start ON energy_intervals (start);
+CREATE INDEX IF NOT EXISTS energy_grants_start ON energy_grants (start);
+CREATE INDEX IF NOT EXISTS energy_curtailments_start ON energy_curtailments (start);
 CREATE INDEX IF NOT EXISTS commands_decision ON commands (decision_seq);
 CREATE INDEX IF NOT EXISTS signals_at ON signals (at);
 CREATE INDEX IF NOT EXISTS decisions_at ON decisions (at);
@@ -318,6 +334,47 @@ class Journal:
                 "INSERT INTO events (at, kind, subject, detail) VALUES (?,?,?,?)",
                 (_ts(at), kind, subject, text),
             )
+
+    def record_energy(self, intervals: Sequence[Interval]) -> None:
+        """Closed energy intervals (the account's minutes, or a restart's gap), with each
+        one's use per grant and excess per curtailment, in one transaction."""
+        if not intervals:
+            return
+        with self._tx() as db:
+            for iv in intervals:
+                start = _ts(iv.start)
+                db.execute(
+                    "INSERT INTO energy_intervals (start, end, grid_kwh, within_grants_kwh,"
+                    " base_allowance_kwh, excess_kwh, exempt_generation_kwh, allowed_kwh,"
+                    " granted_kwh, gap_s, estimated_s, measured_by)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (
+                        start,
+                        _ts(iv.end),
+                        iv.grid_kwh,
+                        iv.within_grants_kwh,
+                        iv.base_allowance_kwh,
+                        iv.excess_kwh,
+                        iv.exempt_generation_kwh,
+                        iv.allowed_kwh,
+                        iv.granted_kwh,
+                        iv.gap_s,
+                        iv.estimated_s,
+                        iv.measured_by,
+                    ),
+                )
+                for grant_id, use in iv.grants.items():
+                    db.execute(
+                        "INSERT INTO energy_grants (start, grant_id, used_kwh, granted_kwh,"
+                        " excess_kwh) VALUES (?,?,?,?,?)",
+                        (start, grant_id, use.used_kwh, use.granted_kwh, use.excess_kwh),
+                    )
+                for c in iv.curtailments:
+                    db.execute(
+                        "INSERT INTO energy_curtailments (start, signal_id, revision, limit_w,"
+                        " excess_kwh) VALUES (?,?,?,?,?)",
+                        (start, c.signal_id, c.revision, c.limit_w, c.excess_kwh),
+                    )
 
     def record_operator(
         self,
