@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 import math
 from collections.abc import Callable
@@ -18,10 +19,12 @@ import pytest
 import yaml
 
 from controller import cli
+from controller.clock import FakeClock
 from controller.core.signals import ObligationStatus
 from controller.record.energy_report import HOURLY_FIELDS
+from demo.farm import farm_from_config
 from tests.conftest import load_site, site_dict
-from tests.system.harness import Rig, rig
+from tests.system.harness import Rig, daemon_on, rig
 
 pytestmark = pytest.mark.system
 
@@ -87,7 +90,7 @@ class Trace:
             if hi > lo:
                 joules += p0 * (hi - lo).total_seconds()
         inside = [p for t, p in self.points if a - timedelta(seconds=5) <= t <= b]
-        variation = sum(abs(q - p) for p, q in zip(inside, inside[1:], strict=False))
+        variation = sum(abs(q - p) for p, q in itertools.pairwise(inside))
         lag_s = METER_REFRESH_S + 2 * STEP_S
         return joules / 3_600_000, variation * lag_s / 3_600_000 + 1e-6
 
@@ -106,12 +109,15 @@ async def test_the_journaled_account_adds_up_to_the_meter_and_charges_the_grant(
         limit_kw = 15.0
         await r.post(*r.signed(r.curtailment(limit_kw, deadline_s=10)))
         await trace.walk(
-            lambda: (ob := r.obligation("evt-0017#r1")) is not None
-            and ob.status is not ObligationStatus.PENDING,
+            lambda: (
+                (ob := r.obligation("evt-0017#r1")) is not None
+                and ob.status is not ObligationStatus.PENDING
+            ),
             within_s=20,
         )
         met = r.obligation("evt-0017#r1")
-        assert met is not None and met.status is ObligationStatus.REACHED, met
+        assert met is not None
+        assert met.status is ObligationStatus.REACHED, met
         await trace.to(minute + timedelta(minutes=4, seconds=5))
         rows = r.daemon.journal.rows(
             "SELECT start, end, grid_kwh, within_grants_kwh, base_allowance_kwh, excess_kwh,"
@@ -132,7 +138,8 @@ async def test_the_journaled_account_adds_up_to_the_meter_and_charges_the_grant(
         used = sum(u for s, g, u in grants if s == start and g == "korem-h10")
         assert math.isclose(used, within, rel_tol=1e-9, abs_tol=1e-9), start
     assert sum(r[3] for r in rows) > 0.1  # the grant carried the woken farm
-    assert curtailed and all(c[:2] == ("evt-0017", 1) for c in curtailed)
+    assert curtailed
+    assert all(c[:2] == ("evt-0017", 1) for c in curtailed)
     assert sum(c[2] for c in curtailed) == 0  # met on time: nothing above it after the deadline
 
     # Minutes 1..3 were metered throughout: their sum is the meter's own energy.
@@ -148,7 +155,18 @@ async def test_the_journaled_account_adds_up_to_the_meter_and_charges_the_grant(
     config = tmp_path / "site.yaml"
     config.write_text(yaml.safe_dump(data))
     capsys.readouterr()
-    window = ["--from", a.isoformat(), "--to", b.isoformat()]
+    reported(config, capsys, (a, b), journaled, limit_kw)
+
+
+def reported(
+    config: Path,
+    capsys: pytest.CaptureFixture[str],
+    window_at: tuple[datetime, datetime],
+    journaled: float,
+    limit_kw: float,
+) -> None:
+    """`curtaild report energy` over the window says what the journal holds."""
+    window = ["--from", window_at[0].isoformat(), "--to", window_at[1].isoformat()]
     assert cli.main(["report", "energy", "-c", str(config), *window]) == 0
     report = json.loads(capsys.readouterr().out)
     totals = report["totals"]
@@ -158,7 +176,8 @@ async def test_the_journaled_account_adds_up_to_the_meter_and_charges_the_grant(
     assert report["measured_by"] == "meter"
     assert [len(d["series"]) for d in report["days"]] == [3]
     [grant] = report["grants"]
-    assert grant["id"] == "korem-h10" and grant["source"] == "kegoc"
+    assert grant["id"] == "korem-h10"
+    assert grant["source"] == "kegoc"
     assert math.isclose(grant["granted_kwh"], 30 * 3 / 60, rel_tol=1e-6)  # 30 kW, 3 minutes
     assert math.isclose(grant["used_kwh"], totals["within_grants_kwh"], abs_tol=1e-5)
     assert 0 < grant["utilisation"] <= 1
@@ -174,3 +193,38 @@ async def test_the_journaled_account_adds_up_to_the_meter_and_charges_the_grant(
     assert "signals" in json.loads(capsys.readouterr().out)
     assert cli.main(["report", "energy", "-c", str(config), "--from", "soon"]) == 2
     assert "--from: 'soon' is not an ISO 8601 instant" in capsys.readouterr().err
+
+
+async def test_a_restart_journals_the_outage_as_a_gap_and_loses_only_the_minute_in_progress(
+    tmp_path: Path,
+) -> None:
+    loaded = load_site(site(tmp_path))
+    clock = FakeClock()
+    minute = clock.now().replace(second=0, microsecond=0)
+    farm = farm_from_config(loaded, clock.time)
+    async with farm:
+        async with daemon_on(loaded, clock, farm) as r:
+            await Trace(r).to(minute + timedelta(minutes=2, seconds=30))
+        # Stopped without a flush (as a kill): 10:02 was in memory. Down five minutes.
+        clock.advance(5 * 60 + 10)
+        async with daemon_on(loaded, clock, farm) as r:
+            await Trace(r).to(minute + timedelta(minutes=9, seconds=2))
+            rows = r.daemon.journal.rows(
+                "SELECT start, end, measured_by, gap_s FROM energy_intervals ORDER BY start"
+            )
+    spans = [
+        (datetime.fromisoformat(a), datetime.fromisoformat(b), how, gap) for a, b, how, gap in rows
+    ]
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(spans))  # contiguous
+    assert spans[0][0] == minute
+    assert spans[-1][1] == minute + timedelta(minutes=9)
+    outage = [s for s in spans if s[2] == "none"]
+    assert [(s[0], s[1]) for s in outage] == [
+        (minute + timedelta(minutes=2), minute + timedelta(minutes=7))
+    ]
+    assert outage[0][3] == 300
+    restarted = spans[len(spans) - 2]  # the minute the second daemon started in
+    assert restarted[0] == minute + timedelta(minutes=7)
+    assert restarted[2] == "meter"
+    assert restarted[3] >= 40
+    assert {s[2] for s in spans} == {"meter", "none"}

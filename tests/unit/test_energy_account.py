@@ -5,6 +5,7 @@ excess is only what was drawn above the allowance after a change's deadline."""
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -143,10 +144,11 @@ def oracle_kwh(events: list[Sample | Cycle], end: datetime, stale_s: float | Non
 
 
 def check_intervals(intervals: list[Interval]) -> None:
-    for prev, nxt in zip(intervals, intervals[1:], strict=False):
+    for prev, nxt in itertools.pairwise(intervals):
         assert prev.end == nxt.start  # contiguous: no time twice, none skipped
     for iv in intervals[:-1]:
-        assert iv.end.second == 0 and iv.end.microsecond == 0  # wall-clock minutes
+        assert iv.end.second == 0
+        assert iv.end.microsecond == 0
         assert iv.end - iv.start <= MINUTE
     for iv in intervals:
         parts = iv.within_grants_kwh + iv.base_allowance_kwh + iv.excess_kwh
@@ -193,9 +195,7 @@ def test_within_the_allowance_there_is_no_excess(
     events: list[Sample | Cycle], headroom_w: int
 ) -> None:
     # Every draw at or under the least allowance ever in force: never excess.
-    floor_w = min(
-        [10_000, *(e.allowance.allowed_w for e in events if isinstance(e, Cycle))]
-    )
+    floor_w = min([10_000, *(e.allowance.allowed_w for e in events if isinstance(e, Cycle))])
     capped: list[Sample | Cycle] = [
         Sample(e.at_s, min(e.draw_w, floor_w - headroom_w), 0.0)
         if isinstance(e, Sample)
@@ -282,14 +282,15 @@ def test_a_long_silence_is_a_gap_filled_from_the_estimate_and_marked() -> None:
     assert math.isclose(first.estimated_s, HOLD_S)  # 14.25 s before the estimate: nothing
     assert math.isclose(first.grid_kwh, (20_000 * STALE_S + 18_000 * HOLD_S) / 3_600_000)
     assert second.measured_by == "none"
-    assert second.gap_s == 60 and second.grid_kwh == 0
+    assert second.gap_s == 60
+    assert second.grid_kwh == 0
 
 
 def test_a_restart_gap_is_one_row_per_hour_and_covers_exactly_the_outage() -> None:
     since, until = at(-17.25 + 60 * 2), at(3 * 3600 + 42.75)
     rows = gap_intervals(since.replace(second=0, microsecond=0), until)
     assert len(rows) == 4
-    assert all(a.end == b.start for a, b in zip(rows, rows[1:], strict=False))
+    assert all(a.end == b.start for a, b in itertools.pairwise(rows))
     assert all(r.end.minute == 0 for r in rows[:-1])  # cut at hour boundaries
     assert rows[-1].end == until
     assert sum(r.gap_s for r in rows) == (until - rows[0].start).total_seconds()
