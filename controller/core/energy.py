@@ -252,14 +252,15 @@ class Account:
         closed, self._closed = self._closed, []
         return closed
 
-    def close(self, at: datetime) -> Interval:
-        """Integrate to `at` and close the open interval there (a graceful stop): it ends
-        at `at`, not at its minute's end. Returns it; it is not in take()."""
+    def close(self, at: datetime) -> list[Interval]:
+        """Integrate to `at` and close the open interval there (a graceful stop): every
+        interval not yet taken, the last one ending at `at` (none if it would be empty)."""
         self.advance(at)
         sums = self._open
         sums.end = max(self._cursor, sums.start)
         self._open = _Sums(sums.end, floor_minute(sums.end) + MINUTE)
-        return sums.close()
+        last = [sums.close()] if sums.end > sums.start else []
+        return [*self.take(), *last]
 
     def _roll(self) -> None:
         self._closed.append(self._open.close())

@@ -99,8 +99,7 @@ class EnergyAccount:
 
     def close(self, now: datetime) -> None:
         """A graceful stop: the part-minute is journaled too."""
-        last = self.account.close(now)
-        self._keep([*self.account.take(), *([last] if last.end > last.start else [])])
+        self._keep(self.account.close(now))
         self._write()
 
     def allowance(self, now: datetime) -> energy.Allowance:

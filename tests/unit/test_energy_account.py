@@ -115,9 +115,8 @@ def run(
             account.cycle(at(e.at_s), e.allowance, e.estimate_w)
         closed.extend(account.take())
     end = at((events[-1].at_s if events else 0.0) + end_pad_s)
-    last = account.close(end)
-    closed.extend(account.take())
-    return closed, last, end
+    *rest, last = account.close(end)
+    return [*closed, *rest], last, end
 
 
 def oracle_kwh(events: list[Sample | Cycle], end: datetime, stale_s: float | None) -> float:
@@ -239,7 +238,7 @@ def test_a_lowered_allowance_binds_from_its_deadline_not_before(
         if t <= 30 < t + cadence_s:
             account.cycle(changed_at, after, None)
         t += cadence_s
-    intervals = [*account.take(), account.close(at(t))]
+    intervals = account.close(at(t))
     check_intervals(intervals)
     excess = sum(iv.excess_kwh for iv in intervals)
     # The sample read before the deadline is held until the next one: at most one
@@ -259,7 +258,7 @@ def test_a_draw_over_the_new_allowance_after_the_deadline_is_excess() -> None:
         account.sample(at(t), 90_000)
         if t == 30:
             account.cycle(at(30), after, None)
-    intervals = [*account.take(), account.close(at(120))]
+    intervals = account.close(at(120))
     check_intervals(intervals)
     expected = 50_000 * (120 - 40) / 3_600_000  # only after the deadline
     assert math.isclose(sum(iv.excess_kwh for iv in intervals), expected, rel_tol=1e-9)
