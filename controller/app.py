@@ -28,6 +28,7 @@ from controller.loop.alarms import Alarms
 from controller.loop.deadlines import Deadlines
 from controller.loop.dispatch import Dispatch
 from controller.loop.draw import Draw, MeasureSettings
+from controller.loop.energy import EnergyAccount, tee
 from controller.loop.ledger import Ledger, LoopSettings
 from controller.loop.measure import Measurements
 from controller.loop.outlets import Outlets, OutletSettings
@@ -364,6 +365,16 @@ class Daemon:
             settings=settings,
             draw=draw,
         )
+        account = EnergyAccount(
+            journal=self.journal,
+            clock=clock,
+            policy=policy,
+            inbox=self.inbox,
+            deadlines=deadlines,
+            meter_stale_after_s=measure.meter_stale_after_s if self.meter is not None else None,
+            generation_exempt=measure.generation_exempt,
+            stale_after=rules.stale_after,
+        )
         supervisor = Supervisor(
             readings=self.readings,
             poller=self.poller,
@@ -374,13 +385,17 @@ class Daemon:
             rules=rules,
             settings=settings,
             activity=self.activity,
-            parts=Parts(ledger, dispatch, outlets, deadlines, draw, alarms, recovery, reporter),
+            parts=Parts(
+                ledger, dispatch, outlets, deadlines, draw, alarms, recovery, reporter, account
+            ),
             measurements=self.measurements,
             desk=self.desk,
             pools=self.pools,
         )
         if self.pools is not None:
             self.pools.on_change = lambda: supervisor.replan("pools")
+        # After the supervisor: it gives the relay the meter's callback; the account shares it.
+        self.measurements.on_meter = tee(self.measurements.on_meter, account.on_meter)
         return supervisor
 
     def reload_tls(self) -> bool:
@@ -499,6 +514,8 @@ class Daemon:
         self.notifier.stopping()
         log.info("stopping", in_flight=self.supervisor.ledger.in_flight)
         finished = await self.supervisor.drain(grace_s)
+        if self.supervisor.energy is not None:
+            self.supervisor.energy.close(self.clock.now())  # the part-minute, journaled
         if not finished:
             log.warning(
                 "stopping with commands still in flight", in_flight=self.supervisor.ledger.in_flight

@@ -44,8 +44,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     check = sub.add_parser("check-config", help="validate a site config and exit")
     check.add_argument("-c", "--config", type=Path, required=True)
-    report = sub.add_parser("report", help="export the journal's signal history (evidence)")
+    report = sub.add_parser("report", help="export the journal's evidence (signals, energy)")
+    report.add_argument(
+        "kind", nargs="?", choices=("signals", "energy"), default="signals", help="what to export"
+    )
     report.add_argument("-c", "--config", type=Path, required=True, help="site config")
+    report.add_argument("--from", dest="start", default=None, help="energy: from (ISO 8601)")
+    report.add_argument("--to", dest="end", default=None, help="energy: to, exclusive")
     report.add_argument("--format", choices=("json", "csv"), default="json")
     report.add_argument(
         "--since", default=None, help="only from this instant on (ISO 8601, e.g. 2026-11-23)"
@@ -208,16 +213,24 @@ def _report(args: argparse.Namespace) -> int:
     loaded = _load(args.config, resolve_secrets=False)
     if loaded is None:
         return EXIT_CONFIG
-    since = None
-    if args.since is not None:
-        try:
-            since = datetime.fromisoformat(args.since)  # 3.11 reads a trailing Z
-        except ValueError:
-            print(f"--since: {args.since!r} is not an ISO 8601 instant", file=sys.stderr)
-            return EXIT_CONFIG
-        since = since if since.tzinfo is not None else since.replace(tzinfo=UTC)
     try:
+        since = _instant("--since", args.since)
+        if args.kind == "energy":
+            from controller.record import energy_report as energy  # noqa: PLC0415
+
+            end = _instant("--to", args.end) or datetime.now(UTC)
+            start = _instant("--from", args.start) or end.replace(
+                hour=0, minute=0, second=0, microsecond=0
+            )
+            report = energy.energy_report(
+                loaded.config.journal.path, start, end, site_id=loaded.config.site.id
+            )
+            sys.stdout.write(energy.render_energy(report, args.format))
+            return 0
         history = signal_history(loaded.config.journal.path, since)
+    except ValueError as err:
+        print(str(err), file=sys.stderr)
+        return EXIT_CONFIG
     except ReportError as err:
         print(str(err), file=sys.stderr)
         return 1
@@ -231,6 +244,17 @@ def _emit(text: str, args: argparse.Namespace, loaded: Loaded) -> int:
         sys.stdout.write(text)
         return 0
     return cli_evidence.write_export(text, out, loaded)
+
+
+def _instant(flag: str, text: str | None) -> datetime | None:
+    """An ISO 8601 instant or date (UTC unless it says otherwise); ValueError names it."""
+    if text is None:
+        return None
+    try:
+        value = datetime.fromisoformat(text)  # 3.11 reads a trailing Z
+    except ValueError:
+        raise ValueError(f"{flag}: {text!r} is not an ISO 8601 instant") from None
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 def _simulator_missing(command: str, extra: str) -> bool:

@@ -32,6 +32,7 @@ from controller.loop.alarms import Alarms
 from controller.loop.deadlines import Deadlines
 from controller.loop.dispatch import Dispatch
 from controller.loop.draw import Draw
+from controller.loop.energy import EnergyAccount
 from controller.loop.ledger import Ledger, LoopObserver, LoopSettings
 from controller.loop.measure import Measurements
 from controller.loop.outlets import Outlets
@@ -64,6 +65,7 @@ class Parts:
     alarms: Alarms
     recovery: Recovery
     reporter: Reporter
+    energy: EnergyAccount | None = None
 
 
 class Supervisor:
@@ -106,6 +108,7 @@ class Supervisor:
         self.alarms = parts.alarms
         self._recovery = parts.recovery
         self._reporter = parts.reporter
+        self.energy = parts.energy
         self.limit: Limit | None = None
         self.plan: Plan | None = None
         self.cycles = 0
@@ -209,6 +212,8 @@ class Supervisor:
                 # Journal.error says why, once; each cycle tries again. What is held
                 # stays in force, and nothing was sent for what could not be written.
                 log.debug("cycle stopped at an unwritable journal")
+            if self.energy is not None:
+                self.energy.cycle(now, views)  # journals a closed minute; never raises for it
             self._reporter.report(now, views, lambda: self._decision(now), changed=woken)
             self.cycles += 1
             self.last_cycle_at = now

@@ -62,6 +62,15 @@ REGISTRY: dict[str, Chained] = {
             " measured_w measured_by",
             "coalesce(reached_at, due_at)",
         ),
+        # The energy account's minutes, each grant's use and each curtailment's excess.
+        _table(
+            "energy_intervals",
+            "start end grid_kwh within_grants_kwh base_allowance_kwh excess_kwh"
+            " exempt_generation_kwh allowed_kwh granted_kwh gap_s estimated_s measured_by",
+            "start",
+        ),
+        _table("energy_grants", "start grant_id used_kwh granted_kwh excess_kwh", "start"),
+        _table("energy_curtailments", "start signal_id revision limit_w excess_kwh", "start"),
     )
 }
 

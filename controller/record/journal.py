@@ -20,6 +20,7 @@ from typing import Any
 
 import structlog
 
+from controller.core.energy import Interval
 from controller.core.model import Limit, Plan
 from controller.core.signals import (
     Cancel,
@@ -30,6 +31,7 @@ from controller.core.signals import (
 )
 from controller.record import chain
 from controller.record.chain import Head
+from controller.record.schema import SCHEMA
 from controller.record.standing import StandingError, standing_from, standing_json
 
 log = structlog.get_logger("curtaild.journal")
@@ -43,47 +45,6 @@ MIGRATIONS = {
     2: "the hash chain and the obligation log",
 }
 BUSY_TIMEOUT_S = 5.0  # another process (curtaild report) may hold a read lock briefly
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS signals (
-    seq INTEGER PRIMARY KEY, at TEXT NOT NULL, transport TEXT NOT NULL, source TEXT,
-    signal_id TEXT, revision INTEGER, kind TEXT, verdict TEXT NOT NULL, detail TEXT,
-    body TEXT, chain_seq INTEGER, chain_hash TEXT);
-CREATE TABLE IF NOT EXISTS revisions (
-    signal_id TEXT PRIMARY KEY, revision INTEGER NOT NULL, kind TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS held (
-    signal_id TEXT PRIMARY KEY, signal TEXT NOT NULL, source TEXT NOT NULL,
-    received_at TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS decisions (
-    seq INTEGER PRIMARY KEY, at TEXT NOT NULL, cause TEXT NOT NULL, limit_w INTEGER NOT NULL,
-    reasons TEXT NOT NULL, budget_w INTEGER NOT NULL, expected_w INTEGER NOT NULL,
-    feasible INTEGER NOT NULL, notes TEXT NOT NULL, action_count INTEGER NOT NULL,
-    actions BLOB NOT NULL, chain_seq INTEGER, chain_hash TEXT);
-CREATE TABLE IF NOT EXISTS commands (
-    seq INTEGER PRIMARY KEY, decision_seq INTEGER, miner_id TEXT NOT NULL,
-    action TEXT NOT NULL, started_at TEXT NOT NULL, finished_at TEXT NOT NULL,
-    outcome TEXT NOT NULL, detail TEXT, chain_seq INTEGER, chain_hash TEXT);
-CREATE TABLE IF NOT EXISTS obligations (
-    key TEXT PRIMARY KEY, signal_id TEXT NOT NULL, revision INTEGER NOT NULL,
-    kind TEXT NOT NULL, limit_w INTEGER NOT NULL, starts_at TEXT NOT NULL,
-    due_at TEXT NOT NULL, status TEXT NOT NULL, reached_at TEXT, measured_w INTEGER,
-    measured_by TEXT);
-CREATE TABLE IF NOT EXISTS events (
-    seq INTEGER PRIMARY KEY, at TEXT NOT NULL, kind TEXT NOT NULL, subject TEXT,
-    detail TEXT, chain_seq INTEGER, chain_hash TEXT);
-CREATE TABLE IF NOT EXISTS obligation_log (
-    seq INTEGER PRIMARY KEY, key TEXT NOT NULL, signal_id TEXT NOT NULL,
-    revision INTEGER NOT NULL, kind TEXT NOT NULL, limit_w INTEGER NOT NULL,
-    starts_at TEXT NOT NULL, due_at TEXT NOT NULL, status TEXT NOT NULL, reached_at TEXT,
-    measured_w INTEGER, measured_by TEXT, chain_seq INTEGER, chain_hash TEXT);
-CREATE TABLE IF NOT EXISTS operator (key TEXT PRIMARY KEY, state TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS ladder (miner_id TEXT PRIMARY KEY, state TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS site_state (key TEXT PRIMARY KEY, state TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS commands_decision ON commands (decision_seq);
-CREATE INDEX IF NOT EXISTS signals_at ON signals (at);
-CREATE INDEX IF NOT EXISTS decisions_at ON decisions (at);
-"""
 
 
 class JournalError(Exception):
@@ -117,7 +78,7 @@ class Journal:
             )
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")  # WAL fsync on every commit
-            self._db.executescript(_SCHEMA)
+            self._db.executescript(SCHEMA)
             self._db.execute("BEGIN IMMEDIATE")  # one writer migrates; none sees half
             version = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
             now = _ts(datetime.now(UTC))  # when the chain starts: said, never computed on
@@ -391,6 +352,32 @@ class Journal:
         text = json.dumps(detail) if isinstance(detail, dict) else detail
         with self._tx():
             self._append("events", [(_ts(at), kind, subject, text)])
+
+    def record_energy(self, intervals: Sequence[Interval]) -> None:
+        """Closed energy intervals (the account's minutes, or a restart's gap), with each
+        one's use per grant and excess per curtailment, in one transaction."""
+        if not intervals:
+            return
+        rows = [
+            (_ts(iv.start), _ts(iv.end), iv.grid_kwh, iv.within_grants_kwh,
+             iv.base_allowance_kwh, iv.excess_kwh, iv.exempt_generation_kwh, iv.allowed_kwh,
+             iv.granted_kwh, iv.gap_s, iv.estimated_s, iv.measured_by)
+            for iv in intervals
+        ]  # fmt: skip
+        grants = [
+            (_ts(iv.start), grant_id, use.used_kwh, use.granted_kwh, use.excess_kwh)
+            for iv in intervals
+            for grant_id, use in iv.grants.items()
+        ]
+        curtailments = [
+            (_ts(iv.start), c.signal_id, c.revision, c.limit_w, c.excess_kwh)
+            for iv in intervals
+            for c in iv.curtailments
+        ]
+        with self._tx():
+            self._append("energy_intervals", rows)
+            self._append("energy_grants", grants)
+            self._append("energy_curtailments", curtailments)
 
     def record_operator(
         self,

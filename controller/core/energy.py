@@ -1,0 +1,344 @@
+"""The energy account: power integrated into 1-minute intervals, each split by what the
+grid allowed at that moment. Pure: every instant is passed in (the daemon's steady time,
+so a stepped wall clock creates or loses no energy).
+
+The account is event-driven. Each call (a meter sample, the loop's allowance and fleet
+estimate, or just the time) first integrates from where it got to up to its instant with
+what was known until then, then takes the new value: power and allowance are held from
+the instant they are learnt until the next one (a meter reading counts from when it was
+read on, for at most `stale_after_s`; a longer silence is a gap, not one rectangle).
+
+Each piece of time is split so that the parts always add up to the draw:
+  excess          the draw above the allowance in force (after a change's grace, below);
+  base allowance  the rest, up to the base allowance (always-on: all of it);
+  within grants   the rest after that, shared between the grants in force in proportion
+                  to their kW; what fits in neither (only with inconsistent inputs) counts
+                  as base allowance, so nothing is lost.
+Grace: when the allowance falls while a grid deadline is running, the allowance before
+the fall (its kW and its grants) still applies until that deadline; only then does a draw
+above the new one count as excess.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+MINUTE = timedelta(minutes=1)
+HOUR = timedelta(hours=1)
+J_PER_KWH = 3_600_000.0
+# The fleet's own estimate (firmware and ratings, from the loop's cycle) stands for this
+# long after the cycle that gave it: a loop that stops for longer leaves a gap.
+ESTIMATE_HOLD_S = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Curtailed:
+    """A curtailment in force: its revision, its limit, and when the draw must be under it."""
+
+    revision: int
+    limit_w: int
+    due_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Allowance:
+    """What the grid allows from the instant it is given until the next one.
+
+    `allowed_w`: the grid's arbitrated limit, without operator overrides or the local
+    relay. `base_w`: the base allowance (None: always-on, where all the connection allows
+    is base). `grants`: grants in force, id -> W. `curtailments`: id -> its terms.
+    `deadlines`: (starts_at, due_at) of the grid's running deadlines: a fall of the
+    allowance is graced until the deadline of the change that caused it."""
+
+    allowed_w: int
+    base_w: int | None = None
+    grants: Mapping[str, int] = field(default_factory=dict)
+    curtailments: Mapping[str, Curtailed] = field(default_factory=dict)
+    deadlines: tuple[tuple[datetime, datetime], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class GrantUse:
+    used_kwh: float
+    granted_kwh: float
+    excess_kwh: float
+
+
+@dataclass(frozen=True, slots=True)
+class CurtailmentExcess:
+    signal_id: str
+    revision: int
+    limit_w: int
+    excess_kwh: float  # above its limit after its deadline
+
+
+@dataclass(frozen=True, slots=True)
+class Interval:
+    """One closed interval (a wall-clock minute; restart gaps may span up to an hour)."""
+
+    start: datetime
+    end: datetime
+    grid_kwh: float
+    within_grants_kwh: float
+    base_allowance_kwh: float
+    excess_kwh: float
+    exempt_generation_kwh: float
+    allowed_kwh: float
+    granted_kwh: float
+    gap_s: float  # no fresh meter reading (no meter: not covered by anything)
+    estimated_s: float  # filled from the fleet's own estimate
+    measured_by: str  # meter | meter+estimate | estimate | none
+    grants: Mapping[str, GrantUse] = field(default_factory=dict)
+    curtailments: tuple[CurtailmentExcess, ...] = ()
+
+
+def floor_minute(t: datetime) -> datetime:
+    return t.replace(second=0, microsecond=0)
+
+
+def metered(
+    import_w: float, generation_w: float | None, *, generation_exempt: bool
+) -> tuple[float, float]:
+    """(draw the allowance applies to, exempt own generation) from one meter reading. The
+    meter's import is net of on-site generation: where generation is exempt that import
+    is the draw and the generation its own column; where not, the allowance is on the
+    gross draw, so the generation is added back (as the loop measures it)."""
+    gen = max(0.0, generation_w or 0.0)
+    if generation_exempt:
+        return max(0.0, import_w), gen
+    return max(0.0, import_w + gen), 0.0
+
+
+def gap_intervals(since: datetime, until: datetime) -> list[Interval]:
+    """The daemon was not running from `since` to `until`: nothing measured, one row per
+    hour (cut at hour boundaries), so a long outage is a few rows, not thousands."""
+    out: list[Interval] = []
+    t = since
+    while t < until:
+        end = min(until, t.replace(minute=0, second=0, microsecond=0) + HOUR)
+        secs = (end - t).total_seconds()
+        out.append(Interval(t, end, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, secs, 0.0, "none"))
+        t = end
+    return out
+
+
+class _Sums:
+    """One open interval's running totals, in joules and seconds."""
+
+    def __init__(self, start: datetime, end: datetime) -> None:
+        self.start, self.end = start, end
+        self.grid = self.grants = self.base = self.excess = self.exempt = 0.0
+        self.allowed = self.granted = 0.0
+        self.meter_s = self.gap_s = self.estimated_s = 0.0
+        self.by_grant: dict[str, list[float]] = {}  # id -> [used, granted, excess] J
+        self.by_curtailment: dict[tuple[str, int], tuple[int, float]] = {}
+
+    def close(self) -> Interval:
+        if self.meter_s > 0:
+            how = "meter+estimate" if self.estimated_s > 0 else "meter"
+        else:
+            how = "estimate" if self.estimated_s > 0 else "none"
+
+        def kwh(joules: float) -> float:
+            return joules / J_PER_KWH
+
+        return Interval(
+            self.start,
+            self.end,
+            kwh(self.grid),
+            kwh(self.grants),
+            kwh(self.base),
+            kwh(self.excess),
+            kwh(self.exempt),
+            kwh(self.allowed),
+            kwh(self.granted),
+            round(self.gap_s, 6),
+            round(self.estimated_s, 6),
+            how,
+            {k: GrantUse(kwh(u), kwh(g), kwh(x)) for k, (u, g, x) in sorted(self.by_grant.items())},
+            tuple(
+                CurtailmentExcess(sid, rev, limit, kwh(j))
+                for (sid, rev), (limit, j) in sorted(self.by_curtailment.items())
+            ),
+        )
+
+
+def _merge(current: Allowance, held: Sequence[Allowance]) -> Allowance:
+    """The allowance in force with the graced ones before it: the larger of each."""
+    if not held:
+        return current
+    allowed = max(current.allowed_w, *(a.allowed_w for a in held))
+    bases = [current.base_w, *(a.base_w for a in held)]
+    base = None if any(b is None for b in bases) else max(b for b in bases if b is not None)
+    grants = dict(current.grants)
+    for a in held:
+        for gid, w in a.grants.items():
+            grants[gid] = max(w, grants.get(gid, 0))
+    return Allowance(allowed, base, grants, current.curtailments, current.deadlines)
+
+
+class Account:
+    """The running account: feed it samples and allowances in time order; take() the
+    intervals it closed."""
+
+    def __init__(
+        self,
+        *,
+        start: datetime,
+        allowance: Allowance,
+        stale_after_s: float | None,
+        interval_start: datetime | None = None,
+        estimate_hold_s: float = ESTIMATE_HOLD_S,
+    ) -> None:
+        """`stale_after_s`: how long a meter reading stands (None: there is no meter, the
+        fleet's estimate is the measure). The first interval begins at the minute `start`
+        falls in, or later at `interval_start` (where the journal's last interval ended);
+        the time before `start` in it was not covered (a gap)."""
+        first = floor_minute(start)
+        if interval_start is not None:
+            first = min(max(interval_start, first), start)
+        self._metered = stale_after_s is not None
+        self._stale = timedelta(seconds=stale_after_s or 0.0)
+        self._estimate_hold = timedelta(seconds=estimate_hold_s)
+        self._cursor = start
+        self._open = _Sums(first, floor_minute(first) + MINUTE)
+        self._open.gap_s = (start - first).total_seconds()
+        self._sample: tuple[datetime, float, float] | None = None  # at, draw W, exempt W
+        self._estimate: tuple[datetime, float] | None = None
+        self._allowance = allowance
+        self._seen_at = start  # when the allowance was last given
+        self._graced: list[tuple[datetime, Allowance]] = []  # (until, the allowance before)
+        self._closed: list[Interval] = []
+
+    @property
+    def cursor(self) -> datetime:
+        """Integrated up to here."""
+        return self._cursor
+
+    def sample(self, at: datetime, draw_w: float, exempt_w: float = 0.0) -> None:
+        """A meter reading taken at `at`."""
+        self.advance(at)
+        self._sample = (at, max(0.0, draw_w), max(0.0, exempt_w))
+
+    def cycle(self, at: datetime, allowance: Allowance, estimate_w: float | None) -> None:
+        """The loop's cycle: the allowance in force from `at` and the fleet's own estimate
+        of its draw (None: none)."""
+        self.advance(at)
+        if estimate_w is not None:
+            self._estimate = (at, max(0.0, estimate_w))
+        if allowance == self._allowance:
+            self._seen_at = at
+            return
+        previous = _merge(self._allowance, [a for _, a in self._graced])
+        if allowance.allowed_w < previous.allowed_w:
+            until = _grace_until(allowance.deadlines, self._seen_at, at)
+            if until is not None:
+                self._graced.append((until, self._allowance))
+        self._allowance, self._seen_at = allowance, at
+
+    def advance(self, at: datetime) -> None:
+        """Integrate up to `at` (an earlier instant changes nothing)."""
+        while self._cursor < at:
+            end = min(at, self._open.end, *self._breaks())
+            self._integrate(self._cursor, end)
+            self._cursor = end
+            if self._cursor >= self._open.end:
+                self._roll()
+
+    def take(self) -> list[Interval]:
+        """The intervals closed since the last call, oldest first."""
+        closed, self._closed = self._closed, []
+        return closed
+
+    def close(self, at: datetime) -> list[Interval]:
+        """Integrate to `at` and close the open interval there (a graceful stop): every
+        interval not yet taken, the last one ending at `at` (none if it would be empty)."""
+        self.advance(at)
+        sums = self._open
+        sums.end = max(self._cursor, sums.start)
+        self._open = _Sums(sums.end, floor_minute(sums.end) + MINUTE)
+        last = [sums.close()] if sums.end > sums.start else []
+        return [*self.take(), *last]
+
+    def _roll(self) -> None:
+        self._closed.append(self._open.close())
+        start = self._open.end
+        self._open = _Sums(start, start + MINUTE)
+
+    def _breaks(self) -> list[datetime]:
+        """Instants after the cursor where what is held changes by itself."""
+        cursor, out = self._cursor, []
+        if self._sample is not None:
+            out.append(self._sample[0] + self._stale)
+        if self._estimate is not None:
+            out.append(self._estimate[0] + self._estimate_hold)
+        out.extend(until for until, _ in self._graced)
+        out.extend(c.due_at for c in self._allowance.curtailments.values())
+        return [t for t in out if t > cursor]
+
+    def _integrate(self, a: datetime, b: datetime) -> None:
+        dt = (b - a).total_seconds()
+        if dt <= 0:
+            return
+        sums = self._open
+        self._graced = [(u, g) for u, g in self._graced if u > a]
+        allowance = _merge(self._allowance, [g for _, g in self._graced])
+        granted_w = float(sum(allowance.grants.values()))
+        sums.allowed += allowance.allowed_w * dt
+        sums.granted += granted_w * dt
+        for gid, w in allowance.grants.items():
+            sums.by_grant.setdefault(gid, [0.0, 0.0, 0.0])[1] += w * dt
+        power, exempt = self._power(a, dt)
+        if power is None:
+            return
+        excess = max(0.0, power - allowance.allowed_w)
+        within = power - excess
+        base_cap = within if allowance.base_w is None else min(within, float(allowance.base_w))
+        in_grants = min(within - base_cap, granted_w)
+        e_grid, e_excess, e_grants = power * dt, excess * dt, in_grants * dt
+        sums.grid += e_grid
+        sums.excess += e_excess
+        sums.grants += e_grants
+        sums.base += e_grid - e_excess - e_grants  # so the parts add up to the draw
+        sums.exempt += exempt * dt
+        if granted_w > 0:
+            for gid, w in allowance.grants.items():
+                use = sums.by_grant[gid]
+                use[0] += e_grants * (w / granted_w)
+                use[2] += e_excess * (w / granted_w)
+        for sid, c in self._allowance.curtailments.items():
+            if a >= c.due_at:
+                limit, joules = sums.by_curtailment.get((sid, c.revision), (c.limit_w, 0.0))
+                over = max(0.0, power - c.limit_w) * dt
+                sums.by_curtailment[(sid, c.revision)] = (limit, joules + over)
+
+    def _power(self, a: datetime, dt: float) -> tuple[float | None, float]:
+        """(draw W, exempt generation W) held from `a` for `dt` seconds, counted in the
+        open interval's coverage: the meter's reading while fresh, else the fleet's
+        estimate while it stands, else nothing (None)."""
+        sums, sample = self._open, self._sample
+        if self._metered and sample is not None and sample[0] <= a < sample[0] + self._stale:
+            sums.meter_s += dt
+            return sample[1], sample[2]
+        if self._metered:
+            sums.gap_s += dt
+        est = self._estimate
+        if est is not None and a < est[0] + self._estimate_hold:
+            sums.estimated_s += dt
+            return est[1], 0.0
+        if not self._metered:
+            sums.gap_s += dt
+        return None, 0.0
+
+
+def _grace_until(
+    deadlines: Sequence[tuple[datetime, datetime]], seen_at: datetime, at: datetime
+) -> datetime | None:
+    """The deadline of the change that lowered the allowance between `seen_at` and `at`:
+    the latest one of those that started in between, else of any running now."""
+    running = [(s, d) for s, d in deadlines if s <= at < d]
+    started = [d for s, d in running if s > seen_at]
+    pool = started or [d for _, d in running]
+    return max(pool, default=None)

@@ -1,0 +1,179 @@
+"""The energy account in the daemon: fed every meter poll and, each cycle, the allowance
+in force and the fleet's own estimate; journals each interval as it closes (one small
+write a minute). The account itself is controller/core/energy.py.
+
+A restart loses the minute in progress at a kill (it was in memory) and journals the time
+since the last journaled interval as a gap; a graceful stop journals the part-minute."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+import structlog
+
+from controller.clock import Clock
+from controller.core import energy
+from controller.core.model import MinerView, measured_w
+from controller.core.signals import (
+    Curtailment,
+    Grant,
+    GridMode,
+    GridPolicy,
+    ObligationStatus,
+    arbitrate,
+    curtailment_active,
+)
+from controller.intake.inbox import Inbox
+from controller.loop.deadlines import Deadlines
+from controller.loop.measure import MeterSample
+from controller.record.journal import Journal, JournalError
+
+log = structlog.get_logger("curtaild.energy")
+
+# Intervals kept while the journal cannot take them: a week of minutes. Older ones are
+# dropped (and said so): the loop must not grow without bound behind a full disk.
+KEEP_UNJOURNALED = 7 * 24 * 60
+ESTIMATE_EVERY = timedelta(seconds=1)  # a fleet-wide sum, at most this often
+
+
+class EnergyAccount:
+    """The loop's energy account: see the module's docstring."""
+
+    def __init__(
+        self,
+        *,
+        journal: Journal,
+        clock: Clock,
+        policy: GridPolicy,
+        inbox: Inbox,
+        deadlines: Deadlines,
+        meter_stale_after_s: float | None,
+        generation_exempt: bool,
+        stale_after: timedelta,
+    ) -> None:
+        """`meter_stale_after_s`: None where the site has no meter (the account is then
+        the fleet's estimate from firmware and ratings). `stale_after`: how old a miner's
+        reading may be before its rating counts (the estimate, as the planner's)."""
+        self._journal = journal
+        self._policy = policy
+        self._inbox = inbox
+        self._deadlines = deadlines
+        self._exempt = generation_exempt
+        self._stale_after = stale_after
+        self._unjournaled: deque[energy.Interval] = deque()
+        self._estimated: tuple[datetime, float] | None = None
+        now = clock.now()
+        start, first = now, None
+        last_end = _last_end(journal)
+        if last_end is not None:
+            if last_end > now:  # the clock is behind the journal: never count a minute twice
+                start = first = last_end
+            else:
+                first = max(last_end, energy.floor_minute(now))
+                self._keep(energy.gap_intervals(last_end, first))
+        self.account = energy.Account(
+            start=start,
+            interval_start=first,
+            allowance=self.allowance(start),
+            stale_after_s=meter_stale_after_s,
+        )
+
+    def on_meter(self, sample: MeterSample | None) -> None:
+        """Every meter poll (None: the read failed: the reading ages into a gap)."""
+        if sample is None:
+            return
+        r = sample.reading
+        draw_w, exempt_w = energy.metered(
+            r.import_w, r.generation_w, generation_exempt=self._exempt
+        )
+        self.account.sample(sample.at, draw_w, exempt_w)
+
+    def cycle(self, now: datetime, views: tuple[MinerView, ...]) -> None:
+        """The loop's cycle: what the grid allows now and the fleet's own figure; the
+        intervals that closed are journaled (kept and retried while it cannot be written)."""
+        self.account.cycle(now, self.allowance(now), self._estimate(now, views))
+        self._keep(self.account.take())
+        self._write()
+
+    def close(self, now: datetime) -> None:
+        """A graceful stop: the part-minute is journaled too."""
+        self._keep(self.account.close(now))
+        self._write()
+
+    def allowance(self, now: datetime) -> energy.Allowance:
+        """What the grid allows at `now`: arbitrated without operator overrides or the
+        local relay, and without the loop's look-ahead to grant boundaries (a grant
+        counts until its end); with the grid's running deadlines for grace."""
+        book = self._inbox.book
+        limit = arbitrate(
+            book, self._policy, now, last_heard=self._inbox.last_heard, lead=timedelta(0)
+        )
+        surplus = self._policy.mode is GridMode.SURPLUS_ONLY
+        grants: dict[str, int] = {}
+        curtailed: dict[str, energy.Curtailed] = {}
+        for held in book.held.values():
+            signal = held.signal
+            if not curtailment_active(held, now):
+                continue
+            if isinstance(signal, Grant) and surplus:
+                grants[signal.id] = signal.granted_w
+            elif isinstance(signal, Curtailment):
+                # Its deadline runs from receipt, or from its start (obligation_for).
+                due = max(held.starts_at, held.received_at) + timedelta(seconds=signal.deadline_s)
+                curtailed[signal.id] = energy.Curtailed(signal.revision, signal.limit_w, due)
+        running = tuple(
+            (o.starts_at, o.due_at)
+            for o in (*self._deadlines.pending, *self._deadlines.finished)
+            if o.status is not ObligationStatus.WITHDRAWN
+            and o.kind != "under-frequency"  # the local relay is not the grid's allowance
+            and o.starts_at <= now < o.due_at
+        )
+        base = self._policy.base_allowance_w if surplus else None
+        return energy.Allowance(limit.limit_w, base, grants, curtailed, running)
+
+    def _estimate(self, now: datetime, views: tuple[MinerView, ...]) -> float:
+        """The fleet's own figure (firmware, else ratings): a fleet-wide sum, so at most
+        once a second."""
+        last = self._estimated
+        if last is None or now - last[0] >= ESTIMATE_EVERY or now < last[0]:
+            last = self._estimated = (now, float(measured_w(views, now, self._stale_after)))
+        return last[1]
+
+    def _keep(self, intervals: list[energy.Interval]) -> None:
+        for iv in intervals:
+            if len(self._unjournaled) == KEEP_UNJOURNALED:
+                dropped = self._unjournaled.popleft()
+                log.warning("energy interval dropped: journal unwritable", start=dropped.start)
+            self._unjournaled.append(iv)
+
+    def _write(self) -> None:
+        if not self._unjournaled or self._journal.error is not None:
+            return  # the loop's probe finds the journal writable again
+        try:
+            self._journal.record_energy(list(self._unjournaled))
+        except JournalError:
+            return  # Journal.error says why, once; kept for the next cycle
+        self._unjournaled.clear()
+
+
+def _last_end(journal: Journal) -> datetime | None:
+    [(text,)] = journal.rows("SELECT max(end) FROM energy_intervals")
+    return None if text is None else datetime.fromisoformat(text)
+
+
+def tee(
+    first: Callable[[MeterSample | None], None] | None,
+    then: Callable[[MeterSample | None], None],
+) -> Callable[[MeterSample | None], None]:
+    """Measurements.on_meter is one callback: the relay's first (it acts at once), then
+    the account's."""
+    if first is None:
+        return then
+
+    def both(sample: MeterSample | None) -> None:
+        first(sample)
+        then(sample)
+
+    return both
