@@ -51,7 +51,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     report.add_argument("-c", "--config", type=Path, required=True, help="site config")
     report.add_argument("--from", dest="start", default=None, help="energy: from (ISO 8601)")
     report.add_argument("--to", dest="end", default=None, help="energy: to, exclusive")
-    report.add_argument("--format", choices=("json", "csv"), default="json")
+    report.add_argument(
+        "--format", choices=("json", "csv", "html"), default="json", help="html: energy only"
+    )
     report.add_argument(
         "--since", default=None, help="only from this instant on (ISO 8601, e.g. 2026-11-23)"
     )
@@ -213,28 +215,37 @@ def _report(args: argparse.Namespace) -> int:
     loaded = _load(args.config, resolve_secrets=False)
     if loaded is None:
         return EXIT_CONFIG
+    if args.format == "html" and args.kind != "energy":
+        print("--format html: only the energy report is rendered as HTML", file=sys.stderr)
+        return EXIT_CONFIG
     try:
         since = _instant("--since", args.since)
         if args.kind == "energy":
-            from controller.record import energy_report as energy  # noqa: PLC0415
-
-            end = _instant("--to", args.end) or datetime.now(UTC)
-            start = _instant("--from", args.start) or end.replace(
-                hour=0, minute=0, second=0, microsecond=0
-            )
-            report = energy.energy_report(
-                loaded.config.journal.path, start, end, site_id=loaded.config.site.id
-            )
-            sys.stdout.write(energy.render_energy(report, args.format))
-            return 0
-        history = signal_history(loaded.config.journal.path, since)
+            text = _energy(args, loaded)
+        else:
+            text = render(signal_history(loaded.config.journal.path, since), args.format)
     except ValueError as err:
         print(str(err), file=sys.stderr)
         return EXIT_CONFIG
     except ReportError as err:
         print(str(err), file=sys.stderr)
         return 1
-    return _emit(render(history, args.format), args, loaded)
+    return _emit(text, args, loaded)
+
+
+def _energy(args: argparse.Namespace, loaded: Loaded) -> str:
+    """The energy account from --from (default: today 00:00 UTC) to --to (default: now)."""
+    from controller.record import energy_report as energy  # noqa: PLC0415
+    from controller.record.energy_html import render_energy_html  # noqa: PLC0415
+
+    end = _instant("--to", args.end) or datetime.now(UTC)
+    start = _instant("--from", args.start) or end.replace(hour=0, minute=0, second=0, microsecond=0)
+    report = energy.energy_report(
+        loaded.config.journal.path, start, end, site_id=loaded.config.site.id
+    )
+    if args.format == "html":
+        return render_energy_html(report)
+    return energy.render_energy(report, args.format)
 
 
 def _emit(text: str, args: argparse.Namespace, loaded: Loaded) -> int:

@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from controller.record import chain
 from controller.record.journal import BUSY_TIMEOUT_S
 from controller.record.report import ReportError
 
@@ -70,6 +71,7 @@ def energy_report(
             "SELECT at, subject, detail FROM events WHERE kind = 'pools' AND at < ? ORDER BY seq",
             (hi,),
         ).fetchall()
+        head = chain.read_head(db)  # the same snapshot as the figures above
     intervals = [_interval(r) for r in rows]
     history = _revisions(signals)
     return {
@@ -101,7 +103,8 @@ def energy_report(
         "grants": _grants(history, {g: (u, x) for g, u, x in grant_use}, start, end),
         "curtailments": _curtailments(obligations, history, curtailed, start),
         "pools": _pools(pools, start),
-        "chain": {"head": None, "rows": 0},  # filled by the CLI (the journal's chain)
+        # The journal's chain head when this was read: `curtaild verify` recomputes it.
+        "chain": {"head": head.hash.hex() if head.seq else None, "rows": head.seq},
     }
 
 

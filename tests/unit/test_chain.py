@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from controller.clock import FakeClock
+from controller.core.energy import CurtailmentExcess, GrantUse, Interval
 from controller.core.model import Action, ActionKind, Limit, Plan
 from controller.core.signals import Grant, Held, Obligation, ObligationStatus
 from controller.record import chain
@@ -61,8 +62,20 @@ def write(journal: Journal, kind: int, i: int) -> None:
         journal.record_obligations([done], "meter")
     elif kind == 3:
         journal.record_event(at, "alarm", f"m{i}", {"why": "cold", "n": i})
-    else:
+    elif kind == 4:
         journal.record_operator(at, "hold", {"who": "ops"}, key=f"hold:{i}", state={"n": i})
+    elif kind == 5:  # an energy minute with a grant's use and a curtailment's excess
+        minute = Interval(
+            at, at + timedelta(minutes=1), 0.5, 0.3, 0.1, 0.1, 0.0, 0.4, 0.3, 0.0, 0.0, "meter",
+            {f"g{i}": GrantUse(0.3, 0.3, 0.0)}, (CurtailmentExcess(f"c{i}", 1, 20_000, 0.1),),
+        )  # fmt: skip
+        journal.record_energy([minute])
+    else:  # an uploaded auction schedule: its grants and the upload's event
+        grant = Grant(f"auction-{i}", 1, at, 2_000_000, at, at + timedelta(hours=1))
+        held = Held(grant, "schedule:ops", at)
+        journal.record_schedule(
+            at, [(held, "row 1", b'{"kw":2000}')], (f"schedule:{i}", {"by": "ops"})
+        )
 
 
 def chained_rows(db: sqlite3.Connection) -> list[tuple[str, int, int, str]]:
@@ -84,20 +97,24 @@ def build(path: Path, kinds: list[int]) -> Journal:
 
 def test_every_write_method_is_chained_and_verifies(tmp_path: Path) -> None:
     path = tmp_path / "j.db"
-    journal = build(path, [0, 1, 2, 3, 4, 1])
+    journal = build(path, [0, 1, 2, 3, 4, 1, 5, 6])
     with sqlite3.connect(path) as db:
         rows = chained_rows(db)
         counts = {t: db.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in REGISTRY}
-    # one signal, 2 decisions + 4 commands, 2 obligation changes, an alarm and an operator event
-    assert counts == {"signals": 1, "decisions": 2, "commands": 4, "events": 2, "obligation_log": 2}
-    assert [r[2] for r in rows] == list(range(1, 12))
-    assert journal.head.seq == 11
+    # two signals (one uploaded), 2 decisions + 4 commands, 2 obligation changes, an alarm,
+    # an operator event and the upload's, an energy minute with its grant and curtailment
+    assert counts == {
+        "signals": 2, "decisions": 2, "commands": 4, "events": 3, "obligation_log": 2,
+        "energy_intervals": 1, "energy_grants": 1, "energy_curtailments": 1,
+    }  # fmt: skip
+    assert [r[2] for r in rows] == list(range(1, 17))
+    assert journal.head.seq == 16
     assert journal.head.hex == rows[-1][3]
     assert journal.obligations()[0].status is ObligationStatus.REACHED  # the state table too
     journal.close()
     verdict = verify(path)
     assert verdict.ok, verdict.problem
-    assert (verdict.rows, verdict.head.seq, verdict.legacy) == (11, 11, 0)
+    assert (verdict.rows, verdict.head.seq, verdict.legacy) == (16, 16, 0)
     assert Journal(path).head.hex == rows[-1][3]  # the head is read back from meta
 
 
@@ -110,7 +127,7 @@ MUTATIONS = st.sampled_from(["edit", "edit-hash", "delete", "insert-bare", "inse
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
 @given(
-    kinds=st.lists(st.integers(0, 4), min_size=3, max_size=9),
+    kinds=st.lists(st.integers(0, 6), min_size=3, max_size=9),
     cut_after=st.none() | st.integers(0, 9),
     mutation=MUTATIONS,
     pick=st.integers(0, 10_000),
