@@ -37,6 +37,7 @@ from controller.loop.recovery import Recovery
 from controller.loop.report import HISTORY_INTERVAL, Reporter, Staleness
 from controller.loop.supervisor import Parts, Supervisor
 from controller.loop.telemetry import Activity, Poller, Readings
+from controller.record.compliance_source import JournalCompliance
 from controller.record.journal import Journal
 from controller.record.publish import Fanout, Recorder
 from controller.record.site import SiteFeed
@@ -225,6 +226,12 @@ class Daemon:
                 tls=self.tls.get("api"),
                 inbox=self.inbox,
                 site_cap_w=loaded.grid_policy().cap_w,
+                compliance=JournalCompliance(
+                    config.journal.path,
+                    site_id=config.site.id,
+                    chain=lambda: self.evidence.chain,
+                    pools=lambda: self.feed.latest.pools if self.feed.latest else None,
+                ),
             )
         self._task: asyncio.Task[None] | None = None
 
