@@ -19,6 +19,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
 import secrets
 import socket
@@ -27,6 +28,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -38,6 +40,7 @@ from controller.app import Daemon
 from controller.clock import SystemClock
 from controller.config import ConfigError, Loaded, parse
 from controller.core.signals import Obligation, ObligationStatus
+from controller.record import chain
 from demo import day
 from demo import winter as demo_winter
 from demo.farm import farm_from_config
@@ -186,6 +189,10 @@ async def _scenario(
             key=lambda o: (o.starts_at, o.key),
         )
         summary = _summary(loaded, obligations, farm, operator.kinds, daemon)
+        summary.update(await _evidence(daemon, clock.now()))
+        summary["ok"] = (
+            summary["ok"] and summary["energy"]["adds_up"] and summary["journal"]["verified"]
+        )
         if watch is not None:
             summary["winter"] = demo_winter.summary(loaded, farm, daemon, watch)
             summary["ok"] = summary["ok"] and demo_winter.passed(summary["winter"])
@@ -262,6 +269,42 @@ def _summary(
     }
 
 
+async def _evidence(daemon: Daemon, now: datetime) -> dict[str, Any]:
+    """What the farm could hand over after the run: the energy account (the minute in
+    progress closed and journaled, as a graceful stop does), the approved-pools check and
+    the journal's hash chain, walked as `curtaild verify` walks it."""
+    if daemon.supervisor.energy is not None:
+        daemon.supervisor.energy.close(now)
+    (grid, within, base, excess, exempt, minutes, how), *_ = daemon.journal.rows(
+        "SELECT coalesce(sum(grid_kwh), 0), coalesce(sum(within_grants_kwh), 0),"
+        " coalesce(sum(base_allowance_kwh), 0), coalesce(sum(excess_kwh), 0),"
+        " coalesce(sum(exempt_generation_kwh), 0), count(*), group_concat(DISTINCT measured_by)"
+        " FROM energy_intervals"
+    )
+    verdict = await asyncio.to_thread(chain.verify, daemon.loaded.config.journal.path)
+    view = daemon.feed.latest
+    pools = view.pools.summary() if view is not None and view.pools is not None else None
+    return {
+        "energy": {
+            "grid_kwh": round(grid, 3),
+            "within_grants_kwh": round(within, 3),
+            "base_allowance_kwh": round(base, 3),
+            "excess_kwh": round(excess, 3),
+            "exempt_generation_kwh": round(exempt, 3),
+            "intervals": minutes,
+            "measured_by": sorted((how or "").split(",")) if how else [],
+            # The parts are computed to add up; this checks the journal says so.
+            "adds_up": minutes > 0 and math.isclose(grid, within + base + excess, abs_tol=1e-6),
+        },
+        "pools": pools,
+        "journal": {
+            "verified": verdict.ok,
+            "rows": verdict.rows,
+            "problem": verdict.problem.text if verdict.problem is not None else None,
+        },
+    }
+
+
 def _print_summary(summary: dict[str, Any], out: TextIO) -> None:
     farm = summary["farm"]
     print(
@@ -302,6 +345,28 @@ def _print_summary(summary: dict[str, Any], out: TextIO) -> None:
             f"{winter['wake_limit_kw_per_s']:g} kW/s)",
             file=out,
         )
+    energy = summary["energy"]
+    print(
+        f"energy from the grid: {energy['grid_kwh']:.2f} kWh = "
+        f"{energy['within_grants_kwh']:.2f} inside grants + "
+        f"{energy['base_allowance_kwh']:.2f} base allowance + {energy['excess_kwh']:.2f} excess "
+        f"({energy['intervals']} journaled intervals; "
+        f"adds up: {'yes' if energy['adds_up'] else 'NO'})",
+        file=out,
+    )
+    pools = summary["pools"]
+    if pools is not None:
+        print(
+            f"pools: {pools['checked']} miners checked, {pools['unapproved']} on an "
+            f"unapproved pool (action: {pools['action']})",
+            file=out,
+        )
+    journal = summary["journal"]
+    print(
+        f"journal: {journal['rows']} chained rows, hash chain "
+        + ("verified" if journal["verified"] else f"BROKEN: {journal['problem']}"),
+        file=out,
+    )
     print(
         f"time to target measured by: the {summary['measured_by']}; every deadline met: "
         f"{'yes' if summary['ok'] else 'NO'}",
