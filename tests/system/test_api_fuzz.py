@@ -23,7 +23,6 @@ from controller.app import Daemon
 from controller.clock import FakeClock
 from demo.farm import farm_from_config
 from tests.conftest import API_TOKENS, KEY, KEY_ENV, api_section, load_site, site_dict
-from tests.energy_samples import FixedCompliance
 
 pytestmark = pytest.mark.system
 
@@ -74,8 +73,6 @@ class LiveDaemon:
         farm = farm_from_config(self.loaded, clock.time)
         async with farm, Daemon(self.loaded, clock) as daemon:
             assert daemon.api is not None
-            # The energy account's stand-in: without one /api/v1/compliance is a 503.
-            daemon.api.compliance = FixedCompliance()
             self.port = daemon.api.port
             self._up.set()
             await self._stop.wait()

@@ -26,11 +26,6 @@ pytestmark = pytest.mark.system
 WAIT_MS = 30_000  # generous: the machine is shared; every wait is on content, not on time
 # Chromium logs a failed resource load as a console error; a refused token is one, on purpose.
 REFUSED_LOAD = re.compile(r"console: Failed to load resource: .* status of 401 \(Unauthorized\)")
-# Until the daemon is given the energy account, /api/v1/compliance answers 503 (and the page
-# says so); Chromium logs that load as an error too.
-NO_COMPLIANCE = re.compile(
-    r"console: Failed to load resource: .* status of 503 .*/api/v1/compliance"
-)
 
 
 @asynccontextmanager
@@ -107,7 +102,7 @@ async def test_system_dashboard_shows_a_curtailment_as_it_lands(
         after = await page.screenshot(path=tmp_path / "dashboard-after.png")
 
         assert before != after, f"the page looks the same: {tmp_path}/dashboard-*.png"
-        assert [e for e in errors if not NO_COMPLIANCE.match(e)] == []
+        assert errors == []
 
 
 async def test_system_dashboard_refuses_a_wrong_token(tmp_path: Path, browser: Browser) -> None:
@@ -212,4 +207,4 @@ async def test_system_dashboard_miners_pools_column(tmp_path: Path, browser: Bro
         await expect(cells).to_have_text(["ok", f"unapproved: {rogue}", "ok"], timeout=WAIT_MS)
         await expect(cells.nth(1)).to_have_class("alarm wrap")
         await expect(cells.nth(0)).to_have_class("ok")
-        assert [e for e in errors if not NO_COMPLIANCE.match(e)] == []
+        assert errors == []

@@ -89,7 +89,6 @@ async def test_system_every_route_answers_by_role(tmp_path: Path) -> None:
     nothing; the right role gets through (a 400 for an empty body is past the door)."""
     async with api_rig(tmp_path, miners=4) as (r, api):
         assert r.daemon.api is not None
-        r.daemon.api.compliance = FixedCompliance()  # without one: 503 (tested below)
         for route in ROUTES:
             path = route.path.replace("{id}", "m000").replace("{name}", "app.js")
             if route.path == "/api/v1/overrides/{id}":
@@ -470,9 +469,13 @@ class Failing(FixedCompliance):
 async def test_system_compliance_from_the_source_it_is_given(tmp_path: Path) -> None:
     """GET /api/v1/compliance answers the injected source's figures as of the daemon's
     time; without a source, or one that cannot read, a 503 problem; a malformed answer is
-    the account's bug, a 500 naming the field."""
+    the account's bug, a 500 naming the field. (The daemon's own source, its journal, is
+    tested in test_compliance.py.)"""
     async with api_rig(tmp_path, miners=2) as (r, api):
         assert r.daemon.api is not None
+        status, _, _ = await api.call("GET", "/api/v1/compliance")
+        assert status == 200  # the daemon's own, from its journal
+        r.daemon.api.compliance = None
         status, body, reply = await api.call("GET", "/api/v1/compliance")
         assert status == 503
         assert reply.headers["Content-Type"].startswith("application/problem+json")
