@@ -23,11 +23,6 @@ import structlog
 from openleadr import objects
 
 from controller.adapters.openadr_link import (
-    R_ESTIMATE,
-    R_LIMIT,
-    R_METER,
-    R_ONLINE,
-    R_OVERRIDE,
     STATUS_SPECIFIER,
     USAGE_SPECIFIER,
     OpenAdrError,
@@ -35,6 +30,7 @@ from controller.adapters.openadr_link import (
     VtnLink,
     VtnReplyError,
     report_catalogue,
+    telemetry_values,
     xml_text,
 )
 from controller.clock import Clock
@@ -53,7 +49,7 @@ from controller.intake.openadr_events import (
     translate,
 )
 from controller.record.publish import Ack, Fanout
-from controller.record.site import SiteFeed, SiteView
+from controller.record.site import SiteFeed
 from controller.tls import TlsFiles, client_context
 
 log = structlog.get_logger("curtaild.openadr")
@@ -529,21 +525,6 @@ class OpenAdrVen:
             created_date_time=now,
             dtstart=now,
         )
-
-
-def telemetry_values(view: SiteView) -> dict[str, float]:
-    """The r_ids this VEN reports and their values now. Usage goes under the meter's r_id
-    only when the site meter measured it; otherwise under the estimate's."""
-    values: dict[str, float] = {
-        R_ONLINE: 1.0 if view.ready else 0.0,
-        R_OVERRIDE: 1.0 if (view.overrides or view.holds or view.automation.paused) else 0.0,
-    }
-    if view.limit is not None:
-        values[R_LIMIT] = view.limit.limit_w / 1000
-    if view.measured_w is not None:
-        usage = R_METER if view.measured_by == "meter" else R_ESTIMATE
-        values[usage] = view.measured_w / 1000
-    return values
 
 
 def _request_id() -> str:

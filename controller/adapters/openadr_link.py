@@ -21,6 +21,8 @@ from lxml.etree import XMLSyntaxError
 from openleadr import objects
 from openleadr.messaging import create_message, parse_message, validate_xml_schema
 
+from controller.record.site import SiteView
+
 log = structlog.get_logger("curtaild.openadr")
 
 MAX_REPLY_BYTES = 1024 * 1024  # an oadrDistributeEvent of many events stays well below
@@ -191,3 +193,18 @@ def report_catalogue(resource: str, sampling_s: float, now: datetime) -> list[ob
         dtstart=now,
     )
     return [usage, status]
+
+
+def telemetry_values(view: SiteView) -> dict[str, float]:
+    """The r_ids this VEN reports and their values now. Usage goes under the meter's r_id
+    only when the site meter measured it; otherwise under the estimate's."""
+    values: dict[str, float] = {
+        R_ONLINE: 1.0 if view.ready else 0.0,
+        R_OVERRIDE: 1.0 if (view.overrides or view.holds or view.automation.paused) else 0.0,
+    }
+    if view.limit is not None:
+        values[R_LIMIT] = view.limit.limit_w / 1000
+    if view.measured_w is not None:
+        usage = R_METER if view.measured_by == "meter" else R_ESTIMATE
+        values[usage] = view.measured_w / 1000
+    return values
