@@ -16,6 +16,7 @@ import structlog
 from controller.adapters.grid_http import GridHttp
 from controller.adapters.metrics import Metrics
 from controller.adapters.mqtt_signals import MqttSignals
+from controller.adapters.openadr import openadr_ven
 from controller.adapters.operator_api.server import OperatorApi
 from controller.adapters.systemd import Notifier
 from controller.clock import Clock
@@ -204,6 +205,8 @@ class Daemon:
         if config.api is not None:
             points = round(config.api.history_s / HISTORY_INTERVAL.total_seconds())
             self.feed.history = deque(maxlen=points)
+        # grid.openadr: the site as an OpenADR 2.0b VEN, hearing its events' acks.
+        self.openadr = openadr_ven(loaded, self.inbox, self.feed, clock, self.publisher)
         self.supervisor = self._loop(loaded, clock, registry, obligations, tune_gc=tune_gc)
         self.desk.on_change = self.supervisor.nudge
         self.metrics: Metrics | None = None
@@ -477,6 +480,8 @@ class Daemon:
                     tg.create_task(self.http.run(), name="curtaild.grid_http")
                 if self.api is not None:
                     tg.create_task(self.api.run(), name="curtaild.operator_api")
+                if self.openadr is not None:
+                    tg.create_task(self.openadr.run(), name="curtaild.openadr")
         finally:
             await asyncio.gather(
                 *(d.close() for d in self.drivers.values()),

@@ -71,9 +71,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument("--json", action="store_true", help="print one JSON summary")
     demo.add_argument(
         "--scenario",
-        choices=("day", "winter"),
+        choices=("day", "winter", "openadr"),
         default="day",
-        help="day: a Kazakhstan surplus day; winter: the same farm at -35 °C",
+        help="day: a Kazakhstan surplus day; winter: the same farm at -35 °C; openadr: "
+        "dispatched by an OpenADR 2.0b VTN",
     )
     demo.add_argument("--mqtt-url", default=None, help="use this broker instead of an embedded one")
     demo.add_argument(

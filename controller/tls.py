@@ -134,6 +134,46 @@ def server_context(files: TlsFiles) -> tuple[ssl.SSLContext, CertInfo]:
     return context, info
 
 
+def client_context(
+    files: TlsFiles, ca: Path, *, check_hostname: bool = True
+) -> tuple[ssl.SSLContext, CertInfo]:
+    """A client context that presents `files` (cert, key) and trusts only `ca`: the
+    OpenADR VEN's mutual TLS. Raises TlsError naming every problem, as server_context."""
+    problems: list[tuple[str, str]] = []
+    password = None
+    chain = _certificates(files.cert, "cert", problems)
+    key = None
+    try:
+        password = files.password() if files.password is not None else None
+    except ValueError as err:
+        problems.append(("key_password", str(err)))
+    else:
+        key = _private_key(files.key, password, problems)
+    cas = _certificates(ca, "vtn_ca", problems)
+    if chain and key is not None and not _matches(chain[0], key):
+        problems.append(("key", f"{files.key} does not match the certificate in {files.cert}"))
+    if problems:
+        raise TlsError(problems)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.check_hostname = check_hostname
+    try:
+        context.load_cert_chain(files.cert, files.key, password)
+        context.load_verify_locations(cafile=ca)
+    except (OSError, ssl.SSLError) as err:  # the files changed since they were read
+        raise TlsError([("cert", f"cannot be loaded: {err}")]) from None
+    leaf = chain[0]
+    info = CertInfo(
+        subject=leaf.subject.rfc4514_string(),
+        serial=leaf.serial_number,
+        not_before=leaf.not_valid_before_utc,
+        not_after=leaf.not_valid_after_utc,
+        sha256=hashlib.sha256(leaf.public_bytes(serialization.Encoding.DER)).hexdigest(),
+        client_cas=len(cas),
+    )
+    return context, info
+
+
 class ServerTls:
     """A listener's TLS. `context` goes to the server once. `reload()` re-reads the files,
     and new handshakes use them. If they fail, the listener keeps what it had."""

@@ -42,6 +42,7 @@ from controller.config import ConfigError, Loaded, parse
 from controller.core.signals import Obligation, ObligationStatus
 from controller.record import chain
 from demo import day
+from demo import openadr as demo_openadr
 from demo import winter as demo_winter
 from demo.farm import farm_from_config
 from demo.grid import GridOperator
@@ -64,7 +65,7 @@ async def run_demo(
 ) -> int:
     out = sys.stderr if as_json else sys.stdout
     logs.configure("WARNING", "console", stream=sys.stderr)
-    for noisy in ("amqtt", "transitions", "aiohttp"):
+    for noisy in ("amqtt", "transitions", "aiohttp", "openleadr"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory(prefix="curtaild-demo-") as tmp:
         try:
@@ -75,14 +76,17 @@ async def run_demo(
         except ConfigError as err:
             print(str(err), file=sys.stderr)
             return 2
-        summary = await _scenario(
-            loaded,
-            key,
-            out,
-            embed_broker=mqtt_url is None,
-            winter=scenario == "winter",
-            token=token,
-        )
+        if scenario == "openadr":
+            summary = await demo_openadr.scenario(loaded, Path(tmp), out, _summary)
+        else:
+            summary = await _scenario(
+                loaded,
+                key,
+                out,
+                embed_broker=mqtt_url is None,
+                winter=scenario == "winter",
+                token=token,
+            )
     if as_json:
         print(json.dumps(summary, indent=2))
     else:
@@ -125,6 +129,8 @@ def _demo_config(
         # --api on a non-loopback address asks for it on the network; the daemon warns.
         "allow_plaintext": True,
     }
+    if scenario == "openadr":
+        data = demo_openadr.overlay(data, tmp)
     loaded = parse(yaml.safe_dump(data), origin=str(path))
     return loaded, loaded.source_keys[source["id"]]
 

@@ -12,7 +12,7 @@ from controller.config.loaded import MinerConfig
 from controller.config.protection import container_rules
 from controller.config.site import SiteConfig
 from controller.core.signals import GridMode
-from controller.tls import TlsError, server_context
+from controller.tls import TlsError, TlsFiles, client_context, server_context
 from drivers.modbus_map import MapError, RegisterMap, load_map
 from drivers.registry import default_registry
 
@@ -173,4 +173,34 @@ def listener_tls(config: SiteConfig) -> list[str]:
             server_context(listener.tls.files())
         except TlsError as err:
             problems.extend(f"{name}.tls.{key}: {detail}" for key, detail in err.problems)
+    return problems
+
+
+def openadr_checks(config: SiteConfig, *, resolve_secrets: bool) -> list[str]:
+    """grid.openadr names a configured source, only its source may go without a key, and
+    (when secrets are resolved) the VEN's certificate, key and the VTN's CA load."""
+    problems: list[str] = []
+    openadr = config.grid.openadr
+    ids = [s.id for s in config.signals.sources]
+    if openadr is not None and openadr.source not in ids:
+        problems.append(
+            f"grid.openadr.source: {openadr.source!r} is not one of signals.sources "
+            f"({', '.join(ids)})"
+        )
+    for i, source in enumerate(config.signals.sources):
+        if source.key is None and (openadr is None or source.id != openadr.source):
+            problems.append(
+                f"signals.sources[{i}].key: required (only grid.openadr's source, whose VTN "
+                "is authenticated by TLS, may go without)"
+            )
+    if openadr is not None and resolve_secrets:
+        password = openadr.key_password.resolve if openadr.key_password is not None else None
+        try:
+            client_context(
+                TlsFiles(openadr.cert, openadr.key, password),
+                openadr.vtn_ca,
+                check_hostname=openadr.check_hostname,
+            )
+        except TlsError as err:
+            problems.extend(f"grid.openadr.{key}: {detail}" for key, detail in err.problems)
     return problems

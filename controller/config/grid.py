@@ -9,6 +9,7 @@ from pydantic import Field, field_validator, model_validator
 
 from controller.config.fields import ConfigModel, Ident, Kilowatts, Seconds, SecretRef
 from controller.config.listeners import HttpCfg
+from controller.config.openadr import OpenAdrCfg
 from controller.core.signals import GridMode, StalePolicy
 
 
@@ -19,6 +20,7 @@ class GridCfg(ConfigModel):
     margin_kw: Kilowatts = 0.0
     grant_end_lead_s: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 15.0
     response_deadline_s: Seconds = 10.0
+    openadr: OpenAdrCfg | None = None  # the site as an OpenADR 2.0b VEN
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -31,7 +33,9 @@ class GridCfg(ConfigModel):
 
 class SourceCfg(ConfigModel):
     id: Ident
-    key: SecretRef
+    # The HMAC key of signed signals; only grid.openadr's source may go without (its VTN
+    # is authenticated by TLS).
+    key: SecretRef | None = None
     heartbeat_timeout_s: Seconds | None = None
     on_stale: StalePolicy = StalePolicy.HOLD
     stale_limit_kw: Kilowatts | None = None

@@ -8,7 +8,7 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
-from controller.config.checks import cross_checks, listener_tls, modbus_devices
+from controller.config.checks import cross_checks, listener_tls, modbus_devices, openadr_checks
 from controller.config.errors import ConfigError, describe
 from controller.config.fields import expand_hosts
 from controller.config.loaded import Loaded, MinerConfig
@@ -50,8 +50,11 @@ def parse(text: str, *, origin: str = "<config>", resolve_secrets: bool = True) 
     if resolve_secrets:  # the key files are secrets too
         problems.extend(listener_tls(config))
     problems.extend(cross_checks(config, miners))
-    if config.signals.mqtt is None and config.signals.http is None:
-        problems.append("signals: configure mqtt, http or both; otherwise no signal can arrive")
+    problems.extend(openadr_checks(config, resolve_secrets=resolve_secrets))
+    if config.signals.mqtt is None and config.signals.http is None and config.grid.openadr is None:
+        problems.append(
+            "signals: configure mqtt, http or grid.openadr; otherwise no signal can arrive"
+        )
     maps, outlets = modbus_devices(config, miners, origin, problems)
     if problems:
         raise ConfigError(origin, problems)
@@ -67,6 +70,8 @@ def _signal_secrets(
     if not resolve:
         return keys, password
     for i, source in enumerate(config.signals.sources):
+        if source.key is None:  # openadr_checks says whether it may go without
+            continue
         try:
             keys[source.id] = source.key.resolve().encode()
         except ValueError as err:

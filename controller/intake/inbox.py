@@ -156,6 +156,69 @@ class Inbox:
         except Exception as err:  # noqa: BLE001 - no input may stop the daemon
             return self._contain("mqtt", source, payload, err)
 
+    def submit_signal(
+        self, transport: str, source: str, signal: Curtailment | Cancel, body: bytes
+    ) -> Outcome:
+        """A signal an adapter has already authenticated and translated from its own
+        protocol (OpenADR: the VTN over mutual TLS): admitted, journaled with `body` as it
+        arrived, acknowledged and woken on like every other signal. Liveness is the
+        adapter's to report (`heard`): an operator's opt-out is not the VTN speaking."""
+        try:
+            return self._admit(transport, source, body, signal, self._clock.now())
+        except Exception as err:  # noqa: BLE001 - no input may stop the daemon
+            return self._contain(transport, source, body, err)
+
+    def refuse_signal(
+        self,
+        transport: str,
+        source: str,
+        body: bytes,
+        reason: str,
+        *,
+        signal_id: str | None = None,
+        revision: int | None = None,
+    ) -> Outcome:
+        """Input an adapter could not translate: journaled and acknowledged `rejected`
+        with `reason`, as the wire's refusals are; nothing held changes."""
+        err = InvalidSignalError(reason, signal_id=signal_id, revision=revision)
+        return self._refuse(transport, source, body, err)
+
+    def note_signal(
+        self,
+        transport: str,
+        source: str,
+        body: bytes,
+        *,
+        signal_id: str | None,
+        revision: int | None,
+        kind: str | None,
+        verdict: str,
+        detail: str,
+    ) -> bool:
+        """A signal kept as evidence but not admitted (a test event, an opt-out): one
+        journal row with `verdict`; False if the journal could not take it."""
+        try:
+            self._journal.record_signal(
+                at=self._clock.now(),
+                transport=transport,
+                source=source,
+                signal_id=signal_id,
+                revision=revision,
+                kind=kind,
+                verdict=verdict,
+                detail=detail,
+                body=body[:4096],
+            )
+        except JournalError as err:
+            log.warning("journal unavailable; signal not noted", signal=signal_id, error=str(err))
+            return False
+        log.info("signal noted", signal=signal_id, verdict=verdict, detail=detail)
+        return True
+
+    def heard(self, source: str) -> None:
+        """Proof of life from a source that has no heartbeat signal (an OpenADR poll)."""
+        self.last_heard[source] = self._clock.now()
+
     def submit_oversized(self, size: int | None) -> Outcome:
         """An HTTP body refused for its size before it was read: answered, and journaled
         or counted like any unauthenticated refusal."""
@@ -276,6 +339,16 @@ class Inbox:
         if isinstance(signal, Heartbeat):
             self.heartbeats += 1  # liveness, not evidence: counted, not journaled
             return Outcome("received", "heartbeat", 202, kind="heartbeat")
+        return self._admit(transport, source, body, signal, now)
+
+    def _admit(
+        self,
+        transport: str,
+        source: str,
+        body: bytes,
+        signal: Curtailment | Grant | Cancel,
+        now: datetime,
+    ) -> Outcome:
         end = getattr(signal, "end", None)
         if end is not None and end <= now:
             # Never in force here: holding it would only earn a "missed" for nothing.

@@ -141,7 +141,7 @@ def test_config_cross_field_rules(
 
 def test_config_no_signal_transport_is_an_error(tmp_path: Path) -> None:
     data = site_dict(tmp_path, http=False)
-    expected = "signals: configure mqtt, http or both; otherwise no signal can arrive"
+    expected = "signals: configure mqtt, http or grid.openadr; otherwise no signal can arrive"
     assert problems(data) == [expected]
 
 
