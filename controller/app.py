@@ -7,9 +7,10 @@ import contextlib
 import gc
 import resource
 from collections import deque
+from collections.abc import Callable, Coroutine
 from datetime import timedelta
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 import structlog
 
@@ -454,34 +455,35 @@ class Daemon:
             sensor_interval_s=min((s.interval_s for s in config.sensors), default=10.0),
         )
 
+    def _parts(self) -> list[tuple[str, Coroutine[Any, Any, None]]]:
+        """Every background part this site's config asks for, by task name."""
+        wanted: list[tuple[str, Callable[[], Coroutine[Any, Any, None]] | None]] = [
+            ("telemetry", self.poller.run),
+            ("meter", self.measurements.run_meter if self.meter is not None else None),
+            ("pdus", self.measurements.run_pdus if self.pdus else None),
+            ("sensors", self.measurements.run_sensors if self.sensors else None),
+            ("supervisor", self.supervisor.run),
+            ("chain", self.evidence.run_checks),
+            (
+                "retention",
+                self.evidence.run_retention if self.evidence.retention_days is not None else None,
+            ),
+            ("pools", self.pools.run if self.pools is not None else None),
+            ("systemd", self._ready),
+            ("gc", self._tune_gc if self.tune_gc else None),
+            ("mqtt_signals", self.mqtt.run if self.mqtt is not None else None),
+            ("grid_http", self.http.run if self.http is not None else None),
+            ("operator_api", self.api.run if self.api is not None else None),
+            ("openadr", self.openadr.run if self.openadr is not None else None),
+        ]
+        return [(f"curtaild.{name}", start()) for name, start in wanted if start is not None]
+
     async def run(self) -> None:
         """Run until cancelled; any part failing stops the whole daemon."""
         try:
             async with asyncio.TaskGroup() as tg:
-                tg.create_task(self.poller.run(), name="curtaild.telemetry")
-                if self.meter is not None:
-                    tg.create_task(self.measurements.run_meter(), name="curtaild.meter")
-                if self.pdus:
-                    tg.create_task(self.measurements.run_pdus(), name="curtaild.pdus")
-                if self.sensors:
-                    tg.create_task(self.measurements.run_sensors(), name="curtaild.sensors")
-                tg.create_task(self.supervisor.run(), name="curtaild.supervisor")
-                tg.create_task(self.evidence.run_checks(), name="curtaild.chain")
-                if self.evidence.retention_days is not None:
-                    tg.create_task(self.evidence.run_retention(), name="curtaild.retention")
-                if self.pools is not None:
-                    tg.create_task(self.pools.run(), name="curtaild.pools")
-                tg.create_task(self._ready(), name="curtaild.systemd")
-                if self.tune_gc:
-                    tg.create_task(self._tune_gc(), name="curtaild.gc")
-                if self.mqtt is not None:
-                    tg.create_task(self.mqtt.run(), name="curtaild.mqtt_signals")
-                if self.http is not None:
-                    tg.create_task(self.http.run(), name="curtaild.grid_http")
-                if self.api is not None:
-                    tg.create_task(self.api.run(), name="curtaild.operator_api")
-                if self.openadr is not None:
-                    tg.create_task(self.openadr.run(), name="curtaild.openadr")
+                for name, part in self._parts():
+                    tg.create_task(part, name=name)
         finally:
             await asyncio.gather(
                 *(d.close() for d in self.drivers.values()),
