@@ -221,6 +221,15 @@ def test_only_the_mqtt_adapter_imports_aiomqtt() -> None:
     assert users_of("aiomqtt") == {"controller/adapters/mqtt_signals.py"}
 
 
+def test_only_the_openadr_adapter_and_its_demo_import_openleadr() -> None:
+    # openleadr pulls lxml, signxml and APScheduler: kept at the VEN's edge and the demo's VTN.
+    assert users_of("openleadr") == {
+        "controller/adapters/openadr.py",
+        "controller/adapters/openadr_link.py",
+        "demo/openadr.py",
+    }
+
+
 def test_grpclib_lives_in_the_simulator_alone() -> None:
     users = users_of("grpclib")
     assert users, "the Braiins OS+ simulator serves gRPC with grpclib"
