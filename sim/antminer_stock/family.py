@@ -10,14 +10,16 @@ from sim.antminer_stock.rpc import StockRpcServer
 from sim.families import BuildContext, Built, Family, SimMinerSpec
 from sim.faults import FaultState
 from sim.missing import http_missing
-from sim.physics import MinerModel, Profile, antminer_class
+from sim.physics import MinerModel, Profile, antminer_class, hashrate_fraction
 
 DEFAULT_PASSWORD = "root"  # noqa: S105 - the firmware's published default
 DEFAULT_WEB_PORT = 80
 SLEEP_POWER_W = 55  # (inferred) control board, PSU standby, four fans at ~960 rpm
 RAMP_DOWN_S = 20.0  # the restart stops hashing; the PSU winds down over tens of seconds
 RAMP_UP_S = 75.0  # the new process re-initialises every board before hashing fully
-LOW_POWER = (0.7, 0.67)  # mode 3: power and hashrate scale (hass-miner #525: 90 -> 60 TH)
+# Mode 3 (low power) at 70 % of rated, hashing as the shared curve says (sim.physics).
+# hass-miner #525 reports one unit at 90 -> 60 TH/s but not its watts; the 70 % is inferred.
+LOW_POWER = (0.7, hashrate_fraction(0.7))
 
 
 def _build(spec: SimMinerSpec, ctx: BuildContext) -> Built:

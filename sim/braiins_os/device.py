@@ -15,7 +15,7 @@ from typing import Any
 
 from drivers.types import Mode
 from sim.faults import FaultState
-from sim.physics import MinerModel, MinerPhysics, Profile
+from sim.physics import MinerModel, MinerPhysics, Profile, hashrate_fraction
 from sim.pools import SimPools, default_pools
 
 USERNAME = "root"
@@ -33,7 +33,6 @@ QUICK_RAMP_LIMITS_S = (0, 300)  # (assumption) per-device from hashboards_constr
 RETUNE_S = 120.0
 TARGET_MIN_FRACTION = 0.4  # power target range per model (assumption); rejected outside
 TARGET_MAX_FRACTION = 1.3
-HASHRATE_EXPONENT = 0.8  # hashrate ~ power^0.8: lower clocks are more efficient (assumption)
 AUTO_FAN_DECAY_S = 300.0  # auto pause mode: last mining speed "slowly" down to 0 (assumption)
 LIMITED_FAN_RUNTIME_S = 600  # fan_pause_runtime_limited_duration_s (assumption)
 FAN_MAX_RPM = 6000
@@ -310,7 +309,7 @@ class BraiinsDevice:
 def target_profile(model: MinerModel, watt: int) -> Profile:
     """The steady state the tuner settles at for a power target."""
     scale = watt / max(model.rated_power_w, 1)
-    return Profile(f"{watt}W", watt, round(model.hashrate_ths * scale**HASHRATE_EXPONENT, 1))
+    return Profile(f"{watt}W", watt, round(model.hashrate_ths * hashrate_fraction(scale), 1))
 
 
 def _pause_mode_problem(value: object) -> str | None:

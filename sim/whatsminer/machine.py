@@ -19,7 +19,7 @@ from typing import Any
 from drivers.types import Mode
 from sim.faults import FaultState
 from sim.missing import Missing
-from sim.physics import MinerPhysics, Profile
+from sim.physics import MinerPhysics, Profile, hashrate_fraction
 from sim.pools import SimPools, default_pools
 from sim.whatsminer.crypto import crypt_body
 
@@ -175,7 +175,9 @@ class WhatsminerMachine:
         model = self.physics.model
         full_w = min(model.rated_power_w, self.power_limit_w)
         power_w = round(full_w * self.power_pct / FULL_PCT)
-        hashrate = round(model.hashrate_ths * power_w / model.rated_power_w, 1)
+        # btminer lowers frequency and voltage to hold a limit: the shared concave curve
+        share = hashrate_fraction(power_w / max(model.rated_power_w, 1))
+        hashrate = round(model.hashrate_ths * share, 1)
         name = "normal" if power_w == model.rated_power_w else f"{power_w}W"
         self.physics.set_profile(Profile(name, power_w, hashrate), now)
 
