@@ -86,8 +86,9 @@ def upper_hull(
                 continue  # same draw: the first (best hashrate) was kept
         while len(hull) >= 2:  # noqa: PLR2004 - a turn needs two points
             a, b = settings[hull[-2]], settings[hull[-1]]
-            # b lies on or under the chord a -> i: drop it (the slope must fall)
-            if (b.hashrate_ths - a.hashrate_ths) * (p - a.power_w) <= (h - a.hashrate_ths) * (
+            # b lies under the chord a -> i: drop it (the slope must not rise). A point on
+            # the chord stays: it splits a long upgrade into two that fit more budgets.
+            if (b.hashrate_ths - a.hashrate_ths) * (p - a.power_w) < (h - a.hashrate_ths) * (
                 b.power_w - a.power_w
             ):
                 hull.pop()
