@@ -9,6 +9,7 @@ they cannot take the hashrate.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from typing import Any
 
 from drivers.errors import ProtocolError
@@ -22,6 +23,11 @@ def text(value: object) -> str:
     """A miner's string as we keep it: a lone surrogate (a JSON escape can carry one) is
     written escaped, so the journal, the API and the reports can always encode it."""
     return str(value).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def cleaned(pools: Iterable[PoolConfig]) -> tuple[PoolConfig, ...]:
+    """`pools` with their texts as `text` keeps them (for a driver that built its own)."""
+    return tuple(replace(p, url=text(p.url), user=text(p.user)) for p in pools)
 
 
 def _no_url_field(rows: list[Any], key: str, *, device: str, op: str) -> None:

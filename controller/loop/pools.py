@@ -30,6 +30,7 @@ from controller.loop.telemetry import Activity
 from controller.record.journal import Journal, JournalError
 from controller.record.site import NOT_CHECKED, MinerPools, PoolsView
 from drivers.errors import DeviceTimeoutError, DriverError, UnsupportedError, driver_bug
+from drivers.pools import cleaned
 from drivers.types import MinerDriver
 
 log = structlog.get_logger("curtaild.pools")
@@ -141,7 +142,7 @@ class PoolCheck:
         timeout_s = self._timeouts[miner_id]
         try:
             async with asyncio.timeout(timeout_s):
-                pools = await self._drivers[miner_id].pools()
+                pools = cleaned(await self._drivers[miner_id].pools())
         except DriverError as err:
             self._failed(miner_id, err)
         except TimeoutError:
