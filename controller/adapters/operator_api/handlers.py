@@ -345,7 +345,8 @@ async def post_schedule(api: OperatorApi, request: web.Request) -> web.StreamRes
     try:
         data = await api.raw(request, schedule.MAX_BYTES)
     except ProblemError as err:  # too large, or too slow: refused unread, and journaled
-        kind = schedule.ScheduleTooLargeError if err.status == 413 else schedule.ScheduleError
+        too_large = err.status == schedule.ScheduleTooLargeError.status
+        kind = schedule.ScheduleTooLargeError if too_large else schedule.ScheduleError
         inbox.refuse_schedule(b"", by.name, kind(err.detail, field="body"))
         raise
     uploaded = inbox.upload_schedule(
