@@ -9,6 +9,7 @@ they cannot take the hashrate.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from typing import Any
 
 from drivers.errors import ProtocolError
@@ -18,13 +19,32 @@ from drivers.types import PoolConfig
 NO_POOLS = "the pools are not checked (nothing else changes)"
 
 
+def text(value: object) -> str:
+    """A miner's string as we keep it: a lone surrogate (a JSON escape can carry one) is
+    written escaped, so the journal, the API and the reports can always encode it."""
+    return str(value).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def cleaned(pools: Iterable[PoolConfig]) -> tuple[PoolConfig, ...]:
+    """`pools` with their texts as `text` keeps them (for a driver that built its own)."""
+    return tuple(replace(p, url=text(p.url), user=text(p.user)) for p in pools)
+
+
+def _no_url_field(rows: list[Any], key: str, *, device: str, op: str) -> None:
+    """Rows, none of which has the URL field at all: another layout than the one we read,
+    not a miner without pools."""
+    if rows and not any(isinstance(r, Mapping) and key in r for r in rows):
+        raise ProtocolError(device, op, f"no pool row has a {key!r} field: unexpected layout")
+
+
 def cgminer_pools(reply: cgminer_tcp.Reply, *, device: str) -> tuple[PoolConfig, ...]:
     """The configured pools of a cgminer-style `pools` reply, in failover order."""
     rows = cgminer_tcp.section(reply, "POOLS", device=device, op="pools")
+    _no_url_field(list(rows), "URL", device=device, op="pools")
     pools = []
     try:
         for index, row in enumerate(rows):
-            url = str(row.get("URL") or "").strip()
+            url = text(row.get("URL") or "").strip()
             if not url:
                 continue
             status = str(row.get("Status", "")).strip().lower()
@@ -32,7 +52,7 @@ def cgminer_pools(reply: cgminer_tcp.Reply, *, device: str) -> tuple[PoolConfig,
             pools.append(
                 PoolConfig(
                     url=url,
-                    user=str(row.get("User") or ""),
+                    user=text(row.get("User") or ""),
                     priority=int(priority),
                     enabled=status != "disabled",
                     active=_truthy(row.get("Stratum Active")),
@@ -58,19 +78,21 @@ def rows_pools(
 ) -> tuple[PoolConfig, ...]:
     """Pools from JSON objects whose keys a family names (Braiins OS+ REST, Whatsminer
     API v3); their position is their priority."""
+    rows = list(rows)
+    _no_url_field(rows, url, device=device, op=op)
     pools = []
     try:
         for index, row in enumerate(rows):
             if not isinstance(row, Mapping):
                 raise ProtocolError(device, op, f"a pool is {type(row).__name__}, not an object")
-            address = str(row.get(url) or "").strip()
+            address = text(row.get(url) or "").strip()
             if not address:
                 continue
             said = str(row.get(status, "")).strip().lower() if status else ""
             pools.append(
                 PoolConfig(
                     url=address,
-                    user=str(row.get(user) or ""),
+                    user=text(row.get(user) or ""),
                     priority=index,
                     enabled=row.get(enabled) is not False if enabled else said != "disabled",
                     active=active is not None and _truthy(row.get(active)),

@@ -112,9 +112,8 @@ def operator_steps(
     for view in views if holds or kept_asleep else ():
         if not view.held_asleep:
             continue
-        hold = holds.get(view.spec.id)
-        rule = kept_asleep.get(view.spec.id) if hold is None else None
-        if hold is None and rule is None:
+        why = _why_asleep(view.spec.id, holds, kept_asleep)
+        if why is None:
             continue
         if planned is None:
             planned = {a.miner_id for a in actions}
@@ -127,12 +126,20 @@ def operator_steps(
             or (view.retry_after is not None and now < view.retry_after)
         ):
             continue
-        if hold is not None:
-            why = f"sleep: held asleep by {hold.by} until {hold.expires_at:%H:%M:%S}: {hold.reason}"
-        else:
-            why = f"sleep: {rule}"
         actions.append(Action(view.spec.id, ActionKind.SLEEP, why))
         slept.add(view.spec.id)
     if len(actions) == len(plan.actions) and notes == list(plan.notes):
         return plan, frozenset(slept)
     return replace(plan, actions=tuple(actions), notes=tuple(notes)), frozenset(slept)
+
+
+def _why_asleep(
+    miner_id: str, holds: Mapping[str, Hold], kept_asleep: Mapping[str, str]
+) -> str | None:
+    """Why a miner is put to sleep: a sleep hold in its own words; else the site's rule
+    (a run hold cannot keep running a miner a rule keeps asleep, so it is not the why)."""
+    hold = holds.get(miner_id)
+    if hold is not None and hold.mode is HoldMode.SLEEP:
+        return f"sleep: held asleep by {hold.by} until {hold.expires_at:%H:%M:%S}: {hold.reason}"
+    rule = kept_asleep.get(miner_id)
+    return None if rule is None else f"sleep: {rule}"

@@ -82,7 +82,13 @@ def parse_url(text: str, *, approved: bool = False) -> Endpoint:
     if not host or any(c.isspace() for c in host):
         raise UrlError("no host")
     if port_text:
-        if not port_text.isdigit() or not 1 <= int(port_text) <= MAX_PORT:
+        # ASCII digits only: "³".isdigit() is true but int() refuses it; five at most
+        # (leading zeros aside), so int() never meets a string too long to convert.
+        if (
+            not (port_text.isascii() and port_text.isdigit())
+            or len(port_text.lstrip("0")) > len(str(MAX_PORT))
+            or not 1 <= int(port_text) <= MAX_PORT
+        ):
             raise UrlError(f"port {port_text!r} is not a number from 1 to {MAX_PORT}")
         port: int | None = int(port_text)
     else:
@@ -154,6 +160,15 @@ def judge(pools: Sequence[PoolConfig], approved: Sequence[ApprovedPool]) -> Verd
         if pool.enabled and not ok and pool.url not in unapproved:
             unapproved.append(pool.url)
     return Verdict(tuple(pools), tuple(unapproved), flags)
+
+
+def unknown(pools: Sequence[PoolConfig]) -> str | None:
+    """Why a read that answered still proves nothing (None: it can be judged). A miner
+    that lists no pool is not on an approved one: its reply is a layout we do not read,
+    or a slot table with nothing in it; either way its pools are unknown."""
+    if not pools:
+        return "the miner reported no pool (an empty list proves nothing)"
+    return None
 
 
 def kept_asleep(verdicts: Mapping[str, Verdict], enforce: Enforce) -> dict[str, str]:

@@ -37,8 +37,10 @@ from controller.intake.schedule import (
     check_held,
     parse,
     sha256,
+    shown,
 )
 from controller.intake.wire import (
+    AUCTION,
     MAX_BODY_BYTES,
     InvalidSignalError,
     TooLargeError,
@@ -91,6 +93,22 @@ class Uploaded:
     sha256: str
     by: str
     held: tuple[Held, ...]
+
+
+def bare_cancel(book: SignalBook, cancel: Cancel) -> Cancel | None:
+    """A grid cancel naming an uploaded grant by its bare auction reference, aimed at the
+    grant (`auction:<reference>`); None when it names a grid signal. The grid knows the
+    award by its reference, so a cancel of it must reach the grant; but a grid signal
+    holding that id always comes first. Safe either way: a cancel only lowers what may be
+    drawn, and the grid namespace is left untouched, so a later grid curtailment with that
+    id is still admitted."""
+    if cancel.id.startswith(AUCTION) or cancel.id in book.held:
+        return None
+    target = AUCTION + cancel.id
+    known = book.revisions.get(target)
+    if known is None or known[1] != "grant":  # never uploaded (a cancel alone names none)
+        return None
+    return replace(cancel, id=target)
 
 
 class Inbox:
@@ -305,7 +323,8 @@ class Inbox:
         """A refused upload, journaled as any refused signal is (an operator's: each one;
         the caller answers it). `data`: what was read of it."""
         digest = sha256(data)
-        log.warning("schedule refused", by=by, sha256=digest, reason=err.detail)
+        reason = shown(err.detail)  # parse escapes what it echoes; this is the backstop
+        log.warning("schedule refused", by=by, sha256=digest, reason=reason)
         try:
             self._journal.record_signal(
                 at=self._clock.now(),
@@ -315,7 +334,7 @@ class Inbox:
                 revision=None,
                 kind=None,
                 verdict="rejected",
-                detail=f"{err.detail} (file sha256 {digest}, {len(data)} bytes)",
+                detail=f"{reason} (file sha256 {digest}, {len(data)} bytes)",
                 body=data[:4096],
             )
         except JournalError as jerr:
@@ -358,7 +377,16 @@ class Inbox:
                 revision=signal.revision,
             )
             return self._refuse(transport, source, body, ended)
+        named = signal.id  # as the grid named it: its ack and answer say this id
+        if isinstance(signal, Cancel) and (aimed := bare_cancel(self.book, signal)) is not None:
+            signal = aimed
         admission = self.book.admit(signal, source, now)
+        if signal.id != named:
+            admission = replace(
+                admission,
+                detail=f"{admission.detail} of uploaded grant {signal.id}, named by its bare "
+                f"reference {named} (no grid signal holds {named})",
+            )
         verdict = admission.verdict
         change = None
         if verdict is Verdict.RECEIVED:
@@ -383,8 +411,8 @@ class Inbox:
             )
             detail = "journal unavailable; nothing was changed: retry"
             # Over MQTT the broker already has our PUBACK: the ack is the only answer.
-            self._publisher.ack(Ack(signal.id, signal.revision, "rejected", now, detail))
-            return Outcome("unavailable", detail, 503, signal.id, signal.revision, signal.kind)
+            self._publisher.ack(Ack(named, signal.revision, "rejected", now, detail))
+            return Outcome("unavailable", detail, 503, named, signal.revision, signal.kind)
         if verdict is Verdict.RECEIVED:
             self.book = admission.book
             self.admitted.append(Admitted(signal, admission, source, now))
@@ -399,12 +427,12 @@ class Inbox:
                 detail=admission.detail,
             )
         ack_status = "rejected" if verdict in (Verdict.STALE, Verdict.REJECTED) else verdict.value
-        self._publisher.ack(Ack(signal.id, signal.revision, ack_status, now, admission.detail))
+        self._publisher.ack(Ack(named, signal.revision, ack_status, now, admission.detail))
         return Outcome(
             verdict.value,
             admission.detail,
             HTTP_STATUS[verdict],
-            signal.id,
+            named,
             signal.revision,
             signal.kind,
         )

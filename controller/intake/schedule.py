@@ -1,9 +1,11 @@
 """Auction schedules: the surplus a farm won, uploaded by an operator as CSV or JSON.
 
 Pure: bytes in, rows out (or a ScheduleError naming the row and the field). Each row
-becomes a Grant with exactly a pushed grant's semantics, under the auction's own
-reference as its id, so the grid can cancel it by the id it knows. The inbox admits the
-rows (see Inbox.submit_schedule); here they are only read and judged.
+becomes a Grant with exactly a pushed grant's semantics, under the id `auction:<the
+auction's reference>`: a namespace of its own, which no grid curtailment or grant may use
+(wire.RESERVED), so an operator's reference can never shadow a grid signal. A grid cancel
+withdraws it by that id, or by the bare reference (Inbox: see `bare_cancel`). The inbox
+admits the rows (see Inbox.submit_schedule); here they are only read and judged.
 
 CSV: a header `start,end,kw,auction` (or `reference`), in any order, any case. JSON: a
 list of objects with the same fields, or `{"rows": [...]}`. Instants are ISO 8601 with
@@ -12,6 +14,7 @@ an offset.
 
 from __future__ import annotations
 
+import bisect
 import csv
 import hashlib
 import io
@@ -25,6 +28,7 @@ from typing import Literal
 
 from controller.core.signals import Grant, SignalBook
 from controller.intake.wire import (
+    AUCTION,
     EARLIEST,
     LATEST,
     MAX_BODY_BYTES,
@@ -34,6 +38,10 @@ from controller.intake.wire import (
 
 MAX_BYTES = MAX_BODY_BYTES  # as the grid's own signals: 64 KiB
 MAX_ROWS = 744  # a month of hourly awards
+MAX_REFERENCE = MAX_SIGNAL_ID - len(AUCTION)  # the grant's id must still be a signal id
+# Grants held at once after an upload: a year of hourly awards. Beyond it the book is a
+# mistake (or an attack), and every cycle's arbitration walks it.
+MAX_HELD_GRANTS = 9_000
 MAX_INSTANT = 64  # characters in a start or end
 MAX_NUMBER = 32  # characters in a kW figure
 REVISION = 1  # an uploaded grant's revision: a grid cancel needs 2 or more
@@ -95,6 +103,12 @@ class ScheduleOverlapError(ScheduleError):
     status = 422
 
 
+class ScheduleCapacityError(ScheduleError):
+    """More grants than the book may hold (MAX_HELD_GRANTS)."""
+
+    status = 422
+
+
 class ScheduleIdTakenError(ScheduleError):
     """A reference already names a grant here (held, or cancelled): an id names one
     grant, so it cannot be given to another; as the grid endpoint answers a conflict
@@ -116,8 +130,12 @@ class ScheduleRow:
     kw: float
     granted_w: int
 
+    @property
+    def grant_id(self) -> str:
+        return grant_id(self.reference)
+
     def grant(self, issued_at: datetime) -> Grant:
-        return Grant(self.reference, REVISION, issued_at, self.granted_w, self.start, self.end)
+        return Grant(self.grant_id, REVISION, issued_at, self.granted_w, self.start, self.end)
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -134,6 +152,17 @@ class Schedule:
     rows: tuple[ScheduleRow, ...]
     sha256: str  # of the bytes uploaded: the evidence names the file
     format: Literal["csv", "json"]
+
+
+def grant_id(reference: str) -> str:
+    """The id an uploaded award is held under: its own namespace, not the grid's."""
+    return AUCTION + reference
+
+
+def shown(text: object) -> str:
+    """`text` safe to answer and journal: JSON's escapes can carry a lone surrogate
+    ("\\ud800"), which no UTF-8 encoder (SQLite's included) takes; it is written escaped."""
+    return str(text).encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def sha256(data: bytes) -> str:
@@ -187,13 +216,15 @@ def parse(data: bytes, content_type: str | None, *, now: datetime, cap_w: int) -
 
 
 def check_held(schedule: Schedule, book: SignalBook) -> None:
-    """Refuse rows whose id is already known to the book (409) or whose hours overlap a
-    held grant's (422). Pure: the book is not changed."""
+    """Refuse rows whose id is already known to the book (409), whose hours overlap a
+    held grant's (422), or that would hold more than MAX_HELD_GRANTS grants (422). Pure:
+    the book is not changed. The file's rows never overlap each other (parse), so each
+    held grant finds the rows it meets by bisection: one sort, not one per row."""
     for row in schedule.rows:
-        seen = book.revisions.get(row.reference)
+        seen = book.revisions.get(row.grant_id)
         if seen is None:
             continue
-        held = book.held.get(row.reference)
+        held = book.held.get(row.grant_id)
         what = (
             f"held: a {seen[1]} from {held.source}, revision {held.signal.revision}"
             if held is not None
@@ -204,29 +235,39 @@ def check_held(schedule: Schedule, book: SignalBook) -> None:
             f"a new award needs a reference of its own",
             row=row.number,
             field=row.reference_field,
-            signal_id=row.reference,
+            signal_id=row.grant_id,
         )
-    clashes = []
-    for row in schedule.rows:
-        for held in sorted(book.held.values(), key=lambda h: h.signal.id):
-            signal = held.signal
-            if not isinstance(signal, Grant):
-                continue
-            start, end = held.starts_at, signal.end
-            if row.start < (end or LATEST) and start < row.end:
-                until = end.isoformat() if end is not None else "until cancelled"
-                clashes.append(
+    grants = [h for h in book.held.values() if isinstance(h.signal, Grant)]
+    if len(grants) + len(schedule.rows) > MAX_HELD_GRANTS:
+        raise ScheduleCapacityError(
+            f"{len(schedule.rows)} more grant(s) would make {len(grants) + len(schedule.rows)} "
+            f"held; the limit is {MAX_HELD_GRANTS} (ended grants are forgotten a few "
+            f"minutes after their end)",
+            field="rows",
+        )
+    rows = sorted(schedule.rows, key=lambda r: r.start)
+    ends = [r.end for r in rows]  # increasing too: the rows do not overlap
+    clashes: list[tuple[int, str, str]] = []
+    for held in grants:
+        signal = held.signal
+        start, end = held.starts_at, signal.end
+        until = end.isoformat() if end is not None else "until cancelled"
+        for row in rows[bisect.bisect_right(ends, start) :]:
+            if row.start >= (end or LATEST):
+                break
+            clashes.append(
+                (
+                    row.number,
+                    signal.id,
                     (
-                        row.number,
-                        signal.id,
-                        (
-                            f"{row.where} ({_window(row.start, row.end)}) overlaps "
-                            f"held grant {signal.id} ({start.isoformat()} to {until}, "
-                            f"from {held.source})"
-                        ),
-                    )
+                        f"{row.where} ({_window(row.start, row.end)}) overlaps "
+                        f"held grant {signal.id} ({start.isoformat()} to {until}, "
+                        f"from {held.source})"
+                    ),
                 )
+            )
     if clashes:
+        clashes.sort()
         raise ScheduleOverlapError(
             _listed(
                 [text for _, _, text in clashes],
@@ -300,7 +341,7 @@ def _json_rows(text: str) -> list[Raw]:
         )
         raise ScheduleError(f"not JSON{where}", field="body") from None
     if isinstance(doc, dict):
-        extra = sorted(str(k) for k in doc if k != "rows")
+        extra = sorted(shown(k) for k in doc if k != "rows")
         if extra or "rows" not in doc:
             name = extra[0][:40] if extra else "rows"
             raise ScheduleError(
@@ -346,7 +387,13 @@ def _row(  # noqa: PLR0917 - one row and what it is judged against
     if end <= now:
         raise bad("end", f"{end.isoformat()} has already passed")
     kw = _kw(fields["kw"], bad, from_text=kind == "csv")
-    granted_w = round(kw * 1000)
+    # Judged against the cap before any arithmetic: 1e306 kW in watts is no float.
+    if kw > cap_w / 1000:
+        raise bad("kw", f"{kw:g} kW is above the site cap of {cap_w / 1000:g} kW")
+    try:
+        granted_w = round(kw * 1000)
+    except (OverflowError, ValueError):  # unreachable below the cap; kept as a backstop
+        raise bad("kw", f"{kw:g} kW is not a power this site can hold") from None
     if granted_w < 1:
         raise bad("kw", f"must be at least 0.001 kW (got {kw:g})")
     if granted_w > cap_w:
@@ -359,7 +406,8 @@ def _present(fields: Mapping[str, object], bad: Bad) -> str:
     """Every field there, none unknown; which of auction and reference the row gives."""
     for name in fields:
         if name not in FIELDS:
-            raise bad(str(name)[:40], "not a schedule field (start, end, kw, auction or reference)")
+            why = "not a schedule field (start, end, kw, auction or reference)"
+            raise bad(shown(name)[:40], why)
     refs = [n for n in REFERENCES if n in fields]
     if len(refs) > 1:
         raise bad("reference", "give auction or reference, not both")
@@ -372,13 +420,13 @@ def _present(fields: Mapping[str, object], bad: Bad) -> str:
 def _reference(value: object, field: str, bad: Bad) -> str:
     if not isinstance(value, str) or not value:
         raise bad(field, "must be a non-empty text")
-    if len(value) > MAX_SIGNAL_ID:
-        raise bad(field, f"longer than {MAX_SIGNAL_ID} characters")
+    if len(value) > MAX_REFERENCE:
+        raise bad(field, f"longer than {MAX_REFERENCE} characters")
     if not _ID.fullmatch(value):
         raise bad(
             field,
             "letters, digits and . _ : - only, starting with a letter or digit "
-            "(it becomes the grant's id, which the grid cancels it by)",
+            "(the grant is held as auction:<it>, which the grid cancels it by)",
         )
     return value
 

@@ -70,6 +70,10 @@ class TooLargeError(WireError):
 
 SIGNAL_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]*$"  # an uploaded schedule's ids too
 MAX_SIGNAL_ID = 128
+# Uploaded auction grants are held as `auction:<reference>` (intake/schedule.py): the grid
+# may cancel one by that id, but no grid curtailment or grant may take one, so an
+# operator's upload can never shadow what the grid says.
+AUCTION = "auction:"
 SignalId = Annotated[str, Field(min_length=1, max_length=MAX_SIGNAL_ID, pattern=SIGNAL_ID_PATTERN)]
 Revision = Annotated[int, Field(ge=1, le=MAX_REVISION)]
 Kilowatts = Annotated[float, Field(ge=0, le=10_000_000, allow_inf_nan=False)]
@@ -151,6 +155,13 @@ def parse_signal(body: bytes) -> GridSignal:
     except ValidationError as err:
         ident, revision = _identify(body)
         raise InvalidSignalError(describe(err), signal_id=ident, revision=revision) from None
+    if not isinstance(parsed, CancelIn | HeartbeatIn) and parsed.id.startswith(AUCTION):
+        raise InvalidSignalError(
+            f"id: the prefix {AUCTION!r} is reserved for uploaded auction grants "
+            f"(a cancel may name one)",
+            signal_id=parsed.id,
+            revision=parsed.revision,
+        )
     return _to_core(parsed)
 
 

@@ -3,16 +3,21 @@ measured draw, journaled before they are kept or acknowledged."""
 
 from __future__ import annotations
 
-from collections import deque
+import bisect
+from collections import Counter, deque
 from collections.abc import Sequence
-from datetime import datetime
+from dataclasses import replace
+from datetime import datetime, timedelta
 
 import structlog
 
 from controller.core.signals import (
+    Admission,
+    Grant,
     GridPolicy,
     Obligation,
     ObligationStatus,
+    SignalBook,
     grant_end_obligations,
     obligation_for,
     track,
@@ -26,6 +31,42 @@ from controller.record.publish import Ack, Publisher
 log = structlog.get_logger("curtaild.deadlines")
 
 KEEP_FINISHED = 200  # finished deadlines kept in memory for status and the demo
+SHORT = timedelta(days=1)  # signals no longer than this are found by their start alone
+
+
+class Window:
+    """One book's standing signals indexed by start, so that many admissions sharing it
+    (an uploaded schedule's rows) each arbitrate only what can bind near their own start:
+    one sort, not one whole-book arbitration per row. Exact: arbitrate() at `t` looking
+    `lead` ahead reads only signals in force somewhere in [t, t + lead]."""
+
+    def __init__(self, book: SignalBook) -> None:
+        self._book = book
+        spans = [(h.starts_at, key, h) for key, h in book.held.items()]
+        short = sorted(
+            (s for s in spans if s[2].signal.end is not None and s[2].signal.end - s[0] <= SHORT),
+            key=lambda s: s[0],
+        )
+        self._short = short
+        self._starts = [s[0] for s in short]
+        self._long = [s for s in spans if s[2].signal.end is None or s[2].signal.end - s[0] > SHORT]
+
+    def around(
+        self, admission: Admission, grant: Grant, now: datetime, policy: GridPolicy
+    ) -> Admission:
+        """`admission` with a book of only the signals that can bind where `grant`'s
+        obligation is judged (obligation_for: at max(its start, now))."""
+        at = max(self._book.held[grant.id].starts_at, now)
+        ahead = at + policy.grant_end_lead
+        lo = bisect.bisect_left(self._starts, at - SHORT)
+        hi = bisect.bisect_right(self._starts, ahead)
+        near = {
+            key: held
+            for start, key, held in (*self._short[lo:hi], *self._long)
+            if start <= ahead and (held.signal.end is None or held.signal.end > at)
+        }
+        near[grant.id] = self._book.held[grant.id]
+        return replace(admission, book=SignalBook(near, self._book.revisions))
 
 
 class Deadlines:
@@ -73,17 +114,23 @@ class Deadlines:
         """The deadlines admitted signals carry, and the ones they withdraw. Journaled
         first: if that fails (JournalError), nothing is kept and the caller offers the
         same signals again."""
-        pending = self.pending
+        pending = list(self.pending)
         known: set[str] = set()
         changed: list[Obligation] = []
+        shared = Counter(id(item.admission.book) for item in admitted)
+        windows: dict[int, Window] = {}  # per book several admissions share (a schedule's)
         for item in admitted:
             admission = item.admission
             if admission.replaced is not None or admission.withdrawn is not None:
                 # The revision this one replaces (or cancels) no longer binds the farm.
                 pending, gone = withdraw(pending, item.signal.id)
                 changed.extend(gone)
+            book = id(admission.book)
+            if shared[book] > 1 and isinstance(item.signal, Grant):
+                window = windows.get(book) or windows.setdefault(book, Window(admission.book))
+                admission = window.around(admission, item.signal, item.received_at, self._policy)
             ob = obligation_for(
-                item.admission,
+                admission,
                 item.signal,
                 self._policy,
                 item.received_at,
@@ -91,7 +138,7 @@ class Deadlines:
             )  # the grid's promise: judged against the grid's limits, not an operator's
             if ob is not None and ob.key not in self._known and ob.key not in known:
                 known.add(ob.key)
-                pending = [*pending, ob]
+                pending.append(ob)
                 changed.append(ob)
         self._journal.record_obligations(changed, measured_by)
         self._known |= known

@@ -2,18 +2,21 @@
 `pools.check_interval_s`, judged against the approved list (controller/core/pools.py).
 
 A verdict that changes (a miner's first, a miner moved to another pool, one fixed) is
-journaled as a `pools` event, raises or clears an `unapproved-pool` alarm, and, under
-`enforce: sleep`, has the loop plan again: the miner is kept asleep through the
-operator's hold mechanism (core/operator.py) until its pools are fixed. A read that
-fails leaves the verdict before it standing (a stock Antminer restarting its mining
-process cannot answer for tens of seconds); a firmware without a pools read is said
-once and the miner stays unchecked.
+journaled as a `pools` event (a sweep's events in one transaction), raises or clears an
+`unapproved-pool` alarm, and, under `enforce: sleep`, has the loop plan again: the miner
+is kept asleep through the operator's hold mechanism (core/operator.py) until its pools
+are fixed. A read that fails leaves the verdict before it standing for a while (a stock
+Antminer restarting its mining process cannot answer for tens of seconds), but not for
+ever: a verdict older than STALE_CHECKS intervals becomes unknown, with a
+`pools-unchecked` alarm, and a miner kept asleep for it is released to the normal plan
+(a firmware that cannot answer while asleep is read again once it runs). A reply that
+lists no pool is unknown too, never approved. A firmware without a pools read is said
+once and the miner stays unchecked. Nothing a miner replies can raise out of a sweep.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
 from typing import Any
@@ -21,17 +24,24 @@ from typing import Any
 import structlog
 
 from controller.clock import Clock
-from controller.core.pools import ApprovedPool, Enforce, Verdict, judge, kept_asleep
+from controller.core.pools import ApprovedPool, Enforce, Verdict, judge, kept_asleep, unknown
 from controller.loop.alarms import Alarms
 from controller.loop.telemetry import Activity
 from controller.record.journal import Journal, JournalError
 from controller.record.site import NOT_CHECKED, MinerPools, PoolsView
 from drivers.errors import DeviceTimeoutError, DriverError, UnsupportedError, driver_bug
+from drivers.pools import cleaned
 from drivers.types import MinerDriver
 
 log = structlog.get_logger("curtaild.pools")
 
 ALARM = "unapproved-pool"
+UNCHECKED = "pools-unchecked"
+# A verdict stands this many check intervals without a read. One failed read is routine (a
+# restart, a busy controller); three intervals is two sweeps in a row missed and a verdict
+# older than the operator's "periodically", and a firmware that cannot answer while asleep
+# keeps a miner asleep for at most that long.
+STALE_CHECKS = 3
 
 
 class PoolCheck:
@@ -65,7 +75,7 @@ class PoolCheck:
         self._kept: dict[str, str] = {}
         self._view: PoolsView | None = None  # built once per change, for readers
         self.on_change: Callable[[], None] | None = None  # the loop plans again
-        self.kick = asyncio.Event()  # check every miner now
+        self._events: list[tuple[datetime, str, str | None, dict[str, Any] | str | None]] = []
         self.sweeps = 0
 
     async def run(self) -> None:
@@ -76,18 +86,31 @@ class PoolCheck:
             finally:
                 self._activity.end()
             self.sweeps += 1
-            self.kick.clear()
-            await self._clock.wait(self.kick, self._interval_s)
+            await self._clock.sleep(self._interval_s)
 
     async def sweep(self) -> None:
-        """One read of every miner's pools by a bounded pool of workers."""
+        """One read of every miner's pools by a bounded pool of workers; the verdicts'
+        events journaled together at its end (one transaction, not one per miner)."""
         queue = iter(list(self._drivers))
         kept = dict(self._kept)
-        async with asyncio.TaskGroup() as tg:
-            for _ in range(min(self._concurrency, len(self._drivers))):
-                tg.create_task(self._worker(queue))
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for _ in range(min(self._concurrency, len(self._drivers))):
+                    tg.create_task(self._worker(queue))
+        finally:
+            self.flush()
         if self._kept != kept and self.on_change is not None:
             self.on_change()
+
+    def flush(self) -> None:
+        """Journal the events gathered since the last flush, in one transaction."""
+        events, self._events = self._events, []
+        try:
+            self._journal.record_events(events)
+        except JournalError:
+            pass  # reported anyway; Journal.error says why
+        except Exception:  # a miner's text must not stop the check
+            log.exception("pools events not journaled", events=len(events))
 
     def kept_asleep(self) -> Mapping[str, str]:
         """Miners to keep asleep, and why (empty unless `enforce: sleep`)."""
@@ -108,14 +131,18 @@ class PoolCheck:
 
     async def _worker(self, queue: Iterator[str]) -> None:
         for miner_id in queue:
-            await self.check(miner_id)
+            try:
+                await self.check(miner_id)
+            except Exception:  # the last guard: the next miner is still checked
+                log.exception("pools check failed", miner=miner_id)
 
     async def check(self, miner_id: str) -> None:
-        """Read one miner's pools and judge them."""
+        """Read one miner's pools and judge them. Whatever the reply holds, the outcome is
+        a verdict, unknown, or a failed read: never an exception out of the sweep."""
         timeout_s = self._timeouts[miner_id]
         try:
             async with asyncio.timeout(timeout_s):
-                pools = await self._drivers[miner_id].pools()
+                pools = cleaned(await self._drivers[miner_id].pools())
         except DriverError as err:
             self._failed(miner_id, err)
         except TimeoutError:
@@ -125,7 +152,15 @@ class PoolCheck:
         except Exception as err:  # noqa: BLE001 - one broken driver must not stop the check
             self._failed(miner_id, driver_bug(miner_id, "pools", err))
         else:
-            self._judged(miner_id, judge(pools, self._approved), self._clock.now())
+            try:
+                now = self._clock.now()
+                why = unknown(pools)
+                if why is not None:
+                    self._unknown(miner_id, why, now)
+                else:
+                    self._judged(miner_id, judge(pools, self._approved), now)
+            except Exception as err:  # noqa: BLE001 - as the driver call: one reply, one miner
+                self._failed(miner_id, driver_bug(miner_id, "pools", err))
 
     def _judged(self, miner_id: str, verdict: Verdict, now: datetime) -> None:
         before = self.state[miner_id]
@@ -135,6 +170,7 @@ class PoolCheck:
         self.state[miner_id] = MinerPools(verdict, now, since, None)
         if before.error is not None:
             log.info("pools read again", miner=miner_id)
+        self._alarms.clear_alarm(now, UNCHECKED, miner_id)
         if changed or old is None or old.pools != verdict.pools or before.error is not None:
             self._view = None
         if not changed:
@@ -166,6 +202,40 @@ class PoolCheck:
         if before.error != reason:
             self._view = None
         self.state[miner_id] = MinerPools(before.verdict, before.checked_at, before.since, reason)
+        now = self._clock.now()
+        at = before.checked_at
+        if before.verdict is not None and at is not None:
+            age = (now - at).total_seconds()
+            if age >= STALE_CHECKS * self._interval_s:
+                self._unknown(miner_id, f"no pools read for {age:.0f} s ({reason})", now)
+
+    def _unknown(self, miner_id: str, why: str, now: datetime) -> None:
+        """The pools are not known (a stale verdict, a reply listing none): not approved,
+        not unapproved; counted as unchecked, alarmed, and no rule keeps the miner asleep
+        for what is not known (it is read again once it runs)."""
+        before = self.state[miner_id]
+        old = before.verdict
+        released = self._kept.pop(miner_id, None) is not None
+        self.state[miner_id] = MinerPools(None, before.checked_at, now, why)
+        self._view = None
+        if old is None and before.error == why:
+            return  # said already
+        last = (
+            ""
+            if old is None
+            else "; last seen approved"
+            if old.approved
+            else f"; last seen on an unapproved pool ({', '.join(old.unapproved)})"
+        )
+        action = "released to the normal plan" if released else "none"
+        self._alarms.clear_alarm(now, ALARM, miner_id)
+        self._alarms.raise_alarm(
+            now, UNCHECKED, miner_id, f"pools unknown: {why}{last} (action: {action})"
+        )
+        self._events.append(
+            (now, "pools", miner_id, {"approved": None, "reason": why, "pools": [],
+                                      "unapproved": [], "action": action})
+        )  # fmt: skip
 
     def _event(self, now: datetime, miner_id: str, verdict: Verdict, action: str) -> None:
         detail: dict[str, Any] = {
@@ -174,5 +244,4 @@ class PoolCheck:
             "unapproved": list(verdict.unapproved),
             "action": action,
         }
-        with contextlib.suppress(JournalError):  # reported anyway; Journal.error says why
-            self._journal.record_event(now, "pools", miner_id, detail)
+        self._events.append((now, "pools", miner_id, detail))

@@ -353,6 +353,20 @@ class Journal:
         with self._tx():
             self._append("events", [(_ts(at), kind, subject, text)])
 
+    def record_events(
+        self, events: Sequence[tuple[datetime, str, str | None, dict[str, Any] | str | None]]
+    ) -> None:
+        """Many events (at, kind, subject, detail) in one transaction: a pools sweep's
+        verdicts cost one fsync, not one per miner."""
+        if not events:
+            return
+        rows = [
+            (_ts(at), kind, subject, json.dumps(detail) if isinstance(detail, dict) else detail)
+            for at, kind, subject, detail in events
+        ]
+        with self._tx():
+            self._append("events", rows)
+
     def record_energy(self, intervals: Sequence[Interval]) -> None:
         """Closed energy intervals (the account's minutes, or a restart's gap), with each
         one's use per grant and excess per curtailment, in one transaction."""

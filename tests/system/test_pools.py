@@ -167,3 +167,35 @@ async def test_system_enforce_sleep_keeps_a_miner_asleep_until_its_pools_are_fix
         assert pools_events(r)[-1]["approved"] is True
         assert unapproved_metric(r) == {"sleep": 0}
         assert (await miners(api))["m002"]["pools_ok"] is True
+
+
+async def test_system_hostile_pool_urls_do_not_stop_the_check(tmp_path: Path) -> None:
+    """Miners reporting a superscript port, Arabic-Indic digits, a lone surrogate or no
+    pool at all: each ends in a verdict (or unknown), the check goes on sweeping, and the
+    daemon keeps answering."""
+    async with pools_rig(tmp_path, "alarm") as (r, api):
+        await r.step(1.5)
+        r.farm.set_pools("m000", [SimPool("stratum+tcp://pool.example:³", "farm.0")])
+        r.farm.set_pools("m001", [SimPool("stratum+tcp://pool.example:٣٣٣٣", "farm.1")])
+        r.farm.set_pools("m002", [SimPool("stratum+tcp://evil\ud800:3333", "farm.\udfff")])
+        r.farm.set_pools("m003", [])
+        await next_check(r)
+        await next_check(r)  # and the sweep after it
+        found = await miners(api)
+        assert [found[m]["pools_ok"] for m in ("m000", "m001", "m002", "m003")] == [
+            False,
+            False,
+            False,
+            None,  # no pool reported: unknown, not approved
+        ]
+        _, status, _ = await api.call("GET", "/api/v1/status")
+        assert (status["pools"]["checked"], status["pools"]["unapproved"]) == (3, 3)
+        assert {(a["kind"], a["subject"]) for a in status["alarms"]} == {
+            ("unapproved-pool", "m000"),
+            ("unapproved-pool", "m001"),
+            ("unapproved-pool", "m002"),
+            ("pools-unchecked", "m003"),
+        }
+        events = {e["miner"]: e for e in pools_events(r)[4:]}
+        assert events["m002"]["unapproved"] == ["stratum+tcp://evil\\ud800:3333"]
+        assert events["m003"]["approved"] is None

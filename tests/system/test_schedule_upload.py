@@ -118,7 +118,7 @@ async def test_system_uploaded_grants_raise_the_limit_when_their_hour_comes(
         assert answer["uploaded_by"] == "operator-1"
         [grant] = answer["grants"]
         assert (grant["id"], grant["revision"], grant["type"], grant["granted_kw"]) == (
-            "korem-a",
+            "auction:korem-a",
             1,
             "grant",
             10.0,
@@ -134,7 +134,7 @@ async def test_system_uploaded_grants_raise_the_limit_when_their_hour_comes(
         json_data = json.dumps(json_rows).encode()
         status, answer, _ = await up.send(json_data, "application/json", role="admin")
         assert status == 201, answer
-        assert [g["id"] for g in answer["grants"]] == ["korem-b"]
+        assert [g["id"] for g in answer["grants"]] == ["auction:korem-b"]
         assert answer["uploaded_by"] == "admin-1"
         await r.step(5)
         assert limit_kw(r) == 1.0  # not before their hour
@@ -143,7 +143,7 @@ async def test_system_uploaded_grants_raise_the_limit_when_their_hour_comes(
         view = r.daemon.feed.latest
         assert view is not None
         assert view.limit is not None
-        assert any("grants korem-a r1" in why for why in view.limit.reasons)
+        assert any("grants auction:korem-a r1" in why for why in view.limit.reasons)
         # No miner runs in the 1 kW base allowance; one does inside the grant.
         await r.run_until(lambda: r.farm.total_power_w() > 2_000, within_s=60)
         assert r.farm.total_power_w() <= 11_000
@@ -151,17 +151,17 @@ async def test_system_uploaded_grants_raise_the_limit_when_their_hour_comes(
         await r.run_until(lambda: limit_kw(r) == 21.0, within_s=100, dt=0.5)
         state = await up.status()
         shown = {s["id"]: s for s in state["signals"]}
-        assert set(shown) == {"korem-a", "korem-b"}  # korem-a ended, kept a while
-        assert shown["korem-b"]["active"] is True
-        assert (shown["korem-b"]["via"], shown["korem-b"]["uploaded_by"]) == (
+        assert set(shown) == {"auction:korem-a", "auction:korem-b"}  # a ended, kept a while
+        assert shown["auction:korem-b"]["active"] is True
+        assert (shown["auction:korem-b"]["via"], shown["auction:korem-b"]["uploaded_by"]) == (
             "schedule",
             "admin-1",
         )
         # Journaled: each grant a signal of transport "schedule", with who and the hash.
         rows = schedule_signals(r)
         assert [(s, i, rev, k, v) for s, i, rev, k, v, _, _ in rows] == [
-            ("schedule:operator-1", "korem-a", 1, "grant", "received"),
-            ("schedule:admin-1", "korem-b", 1, "grant", "received"),
+            ("schedule:operator-1", "auction:korem-a", 1, "grant", "received"),
+            ("schedule:admin-1", "auction:korem-b", 1, "grant", "received"),
         ]
         assert hashlib.sha256(csv_data).hexdigest() in rows[0][5]
         body = json.loads(rows[1][6])
@@ -179,7 +179,7 @@ async def test_system_uploaded_grants_raise_the_limit_when_their_hour_comes(
         ]
         # The deadlines are the pushed grant's: a grant's own and its end's.
         keys = {o.key for o in [*r.sup.deadlines.finished, *r.sup.deadlines.pending]}
-        assert {"korem-a#r1", "korem-a#r1#end", "korem-b#r1"} <= keys
+        assert {"auction:korem-a#r1", "auction:korem-a#r1#end", "auction:korem-b#r1"} <= keys
 
 
 def refused_rows(r: Rig) -> list[tuple[Any, ...]]:
@@ -276,7 +276,7 @@ async def test_system_bad_rows_and_files_are_refused_whole_and_change_nothing(
             assert words in problem["detail"], problem
         await r.step(2)
         state = await up.status()
-        assert [s["id"] for s in state["signals"]] == ["korem-held"]
+        assert [s["id"] for s in state["signals"]] == ["auction:korem-held"]
 
 
 async def test_system_overlaps_a_used_reference_and_roles_are_refused(tmp_path: Path) -> None:
@@ -287,7 +287,7 @@ async def test_system_overlaps_a_used_reference_and_roles_are_refused(tmp_path: 
         # With the held grant: 422, naming it and the row.
         late = csv_file(ok, (at(r, 1100), at(r, 1300), 5, "late-1"))
         problem = await refused(r, up, late, "text/csv", status=422, row=2, field="start")
-        assert (problem["rows"], problem["held"]) == ([2], ["korem-held"])
+        assert (problem["rows"], problem["held"]) == ([2], ["auction:korem-held"])
         assert "row 2 (line 3)" in problem["detail"]
         assert "korem-held" in problem["detail"]
         # Within one file: 422, naming both rows.
@@ -309,23 +309,61 @@ async def test_system_overlaps_a_used_reference_and_roles_are_refused(tmp_path: 
         assert len(refused_rows(r)) == journaled
         # And a good upload still goes in afterwards.
         assert (await up.send(csv_file(ok)))[0] == 201
-        assert set(r.daemon.inbox.book.held) == {"korem-held", "fine-1"}
+        assert set(r.daemon.inbox.book.held) == {"auction:korem-held", "auction:fine-1"}
 
 
-async def test_system_a_grid_cancel_withdraws_an_uploaded_grant(tmp_path: Path) -> None:
+@pytest.mark.parametrize("named", ["korem-c", "auction:korem-c"])
+async def test_system_a_grid_cancel_withdraws_an_uploaded_grant(tmp_path: Path, named: str) -> None:
+    """By the grant's full id, or by the bare reference the grid knows (no grid signal
+    holds it): journaled as aimed at the uploaded grant."""
     async with schedule_rig(tmp_path) as (r, up):
         data = csv_file((at(r, -60), at(r, 3600), FULL_KW, "korem-c"))
         assert (await up.send(data))[0] == 201
         await r.run_until(lambda: r.farm.total_power_w() > 10_000, within_s=40)
-        cancel = {"type": "cancel", "id": "korem-c", "revision": 2, "issued_at": iso(r.clock)}
+        cancel = {"type": "cancel", "id": named, "revision": 2, "issued_at": iso(r.clock)}
         status, answer = await r.post(*r.signed(cancel))
         assert status == 202, answer
+        assert answer["id"] == named
         assert "cancels revision 1" in answer["detail"]
         await r.run_until(lambda: r.farm.total_power_w() <= 1_000, within_s=40)
         assert limit_kw(r) == 1.0
         state = await up.status()
         assert state["signals"] == []
-        assert "korem-c" not in r.daemon.journal.restore_book().held
+        assert "auction:korem-c" not in r.daemon.journal.restore_book().held
+        [(sid, detail)] = r.daemon.journal.rows(
+            "SELECT signal_id, detail FROM signals WHERE kind='cancel'"
+        )
+        assert sid == "auction:korem-c"
+        assert ("named by its bare reference korem-c" in detail) == (named == "korem-c")
+
+
+async def test_system_a_grid_curtailment_with_an_uploaded_reference_limits_the_draw(
+    tmp_path: Path,
+) -> None:
+    """An operator's reference can never shadow the grid: a signed curtailment with the
+    same id is admitted (both revisions) and binds; a grid cancel still withdraws the
+    uploaded grant by its full id."""
+    async with schedule_rig(tmp_path) as (r, up):
+        data = csv_file((at(r, -60), at(r, 3600), FULL_KW, "KOREM-2026-001"))
+        assert (await up.send(data))[0] == 201
+        await r.run_until(lambda: r.farm.total_power_w() > 10_000, within_s=40)
+        for revision, limit in ((1, 6.0), (2, 4.0)):
+            cut = {"type": "curtailment", "id": "KOREM-2026-001", "revision": revision,
+                   "issued_at": iso(r.clock), "limit_kw": limit, "deadline_s": 30}  # fmt: skip
+            status, answer = await r.post(*r.signed(cut))
+            assert (status, answer["status"]) == (202, "received"), answer
+        await r.run_until(lambda: limit_kw(r) == 4.0, within_s=20)
+        await r.run_until(lambda: r.farm.total_power_w() <= 4_000, within_s=40)
+        held = r.daemon.inbox.book.held
+        assert held["KOREM-2026-001"].signal.kind == "curtailment"
+        assert held["auction:KOREM-2026-001"].uploaded_by == "operator-1"
+        # The grid's bare cancel is its curtailment's; the full id reaches the upload.
+        cancel = {"type": "cancel", "id": "auction:KOREM-2026-001", "revision": 2,
+                  "issued_at": iso(r.clock)}  # fmt: skip
+        status, answer = await r.post(*r.signed(cancel))
+        assert status == 202, answer
+        await r.run_until(lambda: limit_kw(r) == 1.0, within_s=20)
+        assert set(r.daemon.inbox.book.held) == {"KOREM-2026-001"}
 
 
 def cli_config(tmp_path: Path, port: int) -> Path:
@@ -365,7 +403,7 @@ async def test_system_grants_import_from_the_command_line(tmp_path: Path) -> Non
         assert code == 0, err
         assert "1 grant(s) imported" in out
         assert "korem-cli-1: 12.5 kW" in out
-        held = r.daemon.inbox.book.held["korem-cli-1"]
+        held = r.daemon.inbox.book.held["auction:korem-cli-1"]
         assert held.uploaded_by == "operator-1"
         # JSON, sniffed from the content; the token from a file.
         json_path = tmp_path / "award"
@@ -376,7 +414,7 @@ async def test_system_grants_import_from_the_command_line(tmp_path: Path) -> Non
         code, out, err = await curtaild("grants", "import", str(json_path), "-c", str(config),
                                         "--token-file", str(token_file), env={})  # fmt: skip
         assert code == 0, err
-        assert r.daemon.inbox.book.held["korem-cli-2"].uploaded_by == "admin-1"
+        assert r.daemon.inbox.book.held["auction:korem-cli-2"].uploaded_by == "admin-1"
         # Refused: the problem's detail, and a failing exit.
         code, out, err = await curtaild("grants", "import", str(csv_path), "-c", str(config),
                                         env=token)  # fmt: skip
@@ -403,7 +441,7 @@ async def test_system_grants_import_from_the_command_line(tmp_path: Path) -> Non
         assert code == 1
         assert f"cannot reach the operator API at http://127.0.0.1:{closed}" in err
         assert "is curtaild running" in err
-        assert set(r.daemon.inbox.book.held) == {"korem-cli-1", "korem-cli-2"}
+        assert set(r.daemon.inbox.book.held) == {"auction:korem-cli-1", "auction:korem-cli-2"}
 
 
 async def test_system_grants_import_over_tls_trusts_only_the_configured_certificate(
@@ -435,4 +473,4 @@ async def test_system_grants_import_over_tls_trusts_only_the_configured_certific
                                       env=token)  # fmt: skip
         assert code == 1
         assert "a certificate other than api.tls.cert's" in err
-        assert set(r.daemon.inbox.book.held) == {"korem-tls"}
+        assert set(r.daemon.inbox.book.held) == {"auction:korem-tls"}

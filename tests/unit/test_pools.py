@@ -25,6 +25,7 @@ from controller.core.pools import (
     judge,
     kept_asleep,
     parse_url,
+    unknown,
 )
 from drivers.types import Mode, PoolConfig
 from tests.conftest import load_site, site_dict
@@ -313,3 +314,72 @@ def test_the_heater_floor_does_not_count_a_miner_kept_asleep_when_waking() -> No
     kept_wakes = [a for a in kept.actions if "heater floor" in a.reason]
     assert len(kept_wakes) == len(floor_wakes) + 1 == 3
     assert {a.miner_id: a.kind for a in kept.actions}["m00"] is ActionKind.SLEEP
+
+
+def test_a_run_hold_on_a_miner_kept_asleep_journals_the_rule_not_the_hold() -> None:
+    warm = {"c1": (5.0, NOW), "c2": (5.0, NOW)}
+    views = [miner(i, 25.0) for i in range(3)]
+    until = NOW + timedelta(hours=1)
+    kept = {"m01": "mines for an unapproved pool (x)"}
+    for mode, why in (
+        (operator.HoldMode.RUN, "sleep: mines for an unapproved pool (x)"),
+        (operator.HoldMode.SLEEP, "sleep: held asleep by alice until 11:00:00: quiet"),
+    ):
+        holds = {"m01": operator.Hold("m01", mode, "quiet", "alice", NOW, until)}
+        marked = operator.mark_held_asleep(tuple(views), holds, kept)
+        planned = run(list(marked), 100_000, ambient=warm)
+        plan, slept = operator.operator_steps(
+            planned, marked, holds, operator.Automation(), NOW, kept_asleep=kept
+        )
+        assert [(a.miner_id, a.kind, a.reason) for a in plan.actions] == [
+            ("m01", ActionKind.SLEEP, why)
+        ]
+        assert slept == {"m01"}
+
+
+# -- any text a miner sends ends in a verdict ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "stratum+tcp://evil:³",
+        "stratum+tcp://evil:٣٣٣٣",  # Arabic-Indic digits: isdigit(), and int() takes them
+        "stratum+tcp://evil:" + "9" * 5000,  # longer than int() converts
+        "stratum+tcp://evil\ud800:3333",
+    ],
+)
+def test_hostile_urls_are_not_approved_and_raise_nothing_else(url: str) -> None:
+    entry = [approved_pool("stratum+tcp://evil:3333")]
+    verdict = judge([pool(url)], entry)
+    assert verdict.unapproved == (url,)
+    if "\ud800" not in url:
+        with pytest.raises(UrlError):
+            parse_url(url)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    text=st.one_of(
+        st.text(),
+        st.text(alphabet=st.characters(codec=None)),  # lone surrogates included
+        st.builds(
+            lambda host, port: f"stratum+tcp://{host}:{port}",
+            st.text(max_size=10),
+            st.text(alphabet=st.characters(categories=["Nd", "No", "Nl"]), max_size=6),
+        ),
+    )
+)
+def test_any_url_text_ends_in_a_verdict(text: str) -> None:
+    try:
+        endpoint = parse_url(text)
+    except UrlError:
+        return
+    assert endpoint.port is None or 1 <= endpoint.port <= 65_535
+    assert admitted(pool(text), [approved_pool("stratum+tcp://pool.kz:3333")]) in (True, False)
+
+
+def test_a_reply_with_no_pool_is_unknown_never_approved() -> None:
+    assert judge([], [approved_pool("stratum+tcp://pool.kz:3333")]).approved  # vacuous
+    assert unknown([]) is not None
+    assert unknown([pool("stratum+tcp://pool.kz:3333")]) is None

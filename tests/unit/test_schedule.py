@@ -76,7 +76,7 @@ def test_schedule_csv_rows_become_grants_under_their_auction_reference() -> None
         (2, "korem-h12", 750_500),
     ]
     grant = got.rows[0].grant(NOW)
-    assert grant == Grant("korem-h11", 1, NOW, 500_000, got.rows[0].start, got.rows[0].end)
+    assert grant == Grant("auction:korem-h11", 1, NOW, 500_000, got.rows[0].start, got.rows[0].end)
     assert grant.start == NOW + timedelta(hours=1)
 
 
@@ -119,7 +119,7 @@ def test_schedule_json_list_and_rows_object_read_the_same() -> None:
         ((hour(1), hour(2), 500, ""), "auction", "non-empty"),
         ((hour(1), hour(2), 500, "-lead"), "auction", "letters, digits"),
         ((hour(1), hour(2), 500, "a b"), "auction", "letters, digits"),
-        ((hour(1), hour(2), 500, "x" * 129), "auction", "longer than 128"),
+        ((hour(1), hour(2), 500, "x" * 121), "auction", "longer than 120"),
     ],
 )
 def test_schedule_csv_each_bad_field_is_named_with_its_row(
@@ -256,11 +256,13 @@ def test_schedule_against_the_book_overlap_is_422_naming_the_held_grant() -> Non
 
 def test_schedule_against_the_book_a_known_id_is_409() -> None:
     got = read(csv_of((hour(8), hour(9), 5, "korem-x")))
+    # The grid's own korem-x is another namespace: it does not take the reference.
+    check_held(got, held_grant("korem-x", 1, 2))
     with pytest.raises(ScheduleIdTakenError) as caught:
-        check_held(got, held_grant("korem-x", 1, 2))
+        check_held(got, held_grant("auction:korem-x", 1, 2))
     assert (caught.value.status, caught.value.row, caught.value.field) == (409, 1, "auction")
     assert "already held" in caught.value.detail
-    cancelled = SignalBook({}, {"korem-x": (2, "grant")})
+    cancelled = SignalBook({}, {"auction:korem-x": (2, "grant")})
     with pytest.raises(ScheduleIdTakenError) as caught:
         check_held(got, cancelled)
     assert "no longer held" in caught.value.detail
@@ -353,7 +355,7 @@ def test_schedule_inbox_admits_every_row_in_one_transaction_and_restores(tmp_pat
     inbox, journal = inbox_on(tmp_path)
     data = csv_of((hour(1), hour(2), 500, "a"), (hour(2), hour(3), 400, "b"))
     got = inbox.upload_schedule(data, CSV, by="alice", role="operator", cap_w=CAP_W)
-    assert [h.signal.id for h in got.held] == ["a", "b"]
+    assert [h.signal.id for h in got.held] == ["auction:a", "auction:b"]
     assert inbox.wake.is_set()
     # Each admission carries the whole schedule's book (a row's deadline sees the next).
     assert [a.admission.book for a in inbox.admitted] == [inbox.book, inbox.book]
@@ -366,8 +368,8 @@ def test_schedule_inbox_admits_every_row_in_one_transaction_and_restores(tmp_pat
     )
     digest = hashlib.sha256(data).hexdigest()
     assert [r[:4] for r in rows] == [
-        ("schedule", "schedule:alice", "a", "received"),
-        ("schedule", "schedule:alice", "b", "received"),
+        ("schedule", "schedule:alice", "auction:a", "received"),
+        ("schedule", "schedule:alice", "auction:b", "received"),
     ]
     assert all(digest in r[4] for r in rows)
 
@@ -376,7 +378,7 @@ def test_schedule_a_journal_failure_midway_leaves_nothing_written_or_held(tmp_pa
     inbox, journal = inbox_on(tmp_path)
     with closing(sqlite3.connect(tmp_path / "journal.db")) as other:  # full at the 2nd row
         other.execute(
-            "CREATE TRIGGER fail_b BEFORE INSERT ON held WHEN NEW.signal_id = 'b'"
+            "CREATE TRIGGER fail_b BEFORE INSERT ON held WHEN NEW.signal_id = 'auction:b'"
             " BEGIN SELECT RAISE(ABORT, 'disk full'); END"
         )
     book = inbox.book

@@ -10,7 +10,7 @@ import sqlite3
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import structlog
 from aiohttp import web
@@ -143,11 +143,22 @@ async def get_compliance(api: OperatorApi, _: web.Request) -> web.StreamResponse
     if source is None:
         raise ProblemError(503, "compliance not available")
     now = api.now()
+    stuck = api.compliance_stuck
+    if stuck is not None and not stuck.done():
+        # A thread cannot be cancelled: while one that timed out still reads, no other
+        # starts, so a stuck journal holds one worker thread, not one per request.
+        raise ProblemError(503, "compliance not available: an earlier read is still running")
     try:
         # In a worker thread, one at a time: a slow journal read never holds up the loop,
         # and many dashboards do not pile reads up.
         async with asyncio.timeout(COMPLIANCE_TIMEOUT_S), api.compliance_lock:
-            raw = await asyncio.to_thread(source.compliance, now)
+            reading = asyncio.ensure_future(asyncio.to_thread(source.compliance, now))
+            try:
+                raw = await asyncio.shield(reading)
+            except asyncio.CancelledError:
+                api.compliance_stuck = reading
+                reading.add_done_callback(_retrieved)
+                raise
     except TimeoutError:
         log.warning("compliance figures timed out", timeout_s=COMPLIANCE_TIMEOUT_S)
         raise ProblemError(503, "compliance not available: the energy account is slow") from None
@@ -162,6 +173,12 @@ async def get_compliance(api: OperatorApi, _: web.Request) -> web.StreamResponse
         log.exception("compliance figures malformed", field=where, error=first["msg"])
         raise ProblemError(500, f"the energy account's figures are malformed at {where}") from None
     return api.json(body)
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    """A read nobody waits for any more: its outcome is taken, so none is reported lost."""
+    if not future.cancelled():
+        future.exception()
 
 
 async def get_health(api: OperatorApi, _: web.Request) -> web.StreamResponse:
@@ -327,8 +344,10 @@ async def post_schedule(api: OperatorApi, request: web.Request) -> web.StreamRes
     by = api.principal(request)
     try:
         data = await api.raw(request, schedule.MAX_BYTES)
-    except ProblemError as err:  # too large: refused unread, and journaled as refused
-        inbox.refuse_schedule(b"", by.name, schedule.ScheduleTooLargeError(err.detail))
+    except ProblemError as err:  # too large, or too slow: refused unread, and journaled
+        too_large = err.status == schedule.ScheduleTooLargeError.status
+        kind = schedule.ScheduleTooLargeError if too_large else schedule.ScheduleError
+        inbox.refuse_schedule(b"", by.name, kind(err.detail, field="body"))
         raise
     uploaded = inbox.upload_schedule(
         data,

@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, RootModel, StringConstraints
 
 from controller.intake.schedule import MAX_ROWS as MAX_SCHEDULE_ROWS
-from controller.intake.wire import MAX_SIGNAL_ID, SIGNAL_ID_PATTERN
+from controller.intake.wire import AUCTION, MAX_SIGNAL_ID, SIGNAL_ID_PATTERN
 
 # At least one letter or digit: the same rule in pydantic, JSON Schema and the fuzzer.
 REASON_PATTERN = "[A-Za-z0-9]"
@@ -21,6 +21,13 @@ Reason = Annotated[
 Kw = Annotated[float, Field(ge=0, le=10_000_000, allow_inf_nan=False)]
 SignalIdText = Annotated[
     str, StringConstraints(min_length=1, max_length=MAX_SIGNAL_ID, pattern=SIGNAL_ID_PATTERN)
+]
+# An auction reference: held as `auction:<it>`, which must still be a signal id.
+ReferenceText = Annotated[
+    str,
+    StringConstraints(
+        min_length=1, max_length=MAX_SIGNAL_ID - len(AUCTION), pattern=SIGNAL_ID_PATTERN
+    ),
 ]
 
 
@@ -62,14 +69,15 @@ class AutomationIn(_In):
 
 
 class ScheduleRowIn(_In):
-    """One award: `kw` from `start` to `end`. The auction's reference becomes the grant's
-    id (a grid cancel names it); give `auction` or `reference`, not both."""
+    """One award: `kw` from `start` to `end`. The grant is held as `auction:<reference>`
+    (a grid cancel names it so, or by the bare reference); give `auction` or `reference`,
+    not both."""
 
     start: AwareDatetime
     end: AwareDatetime = Field(description="After start, and not yet passed")
     kw: float = Field(gt=0, le=10_000_000, allow_inf_nan=False, description="At most the cap")
-    auction: SignalIdText | None = None
-    reference: SignalIdText | None = None
+    auction: ReferenceText | None = None
+    reference: ReferenceText | None = None
 
 
 ScheduleList = Annotated[list[ScheduleRowIn], Field(min_length=1, max_length=MAX_SCHEDULE_ROWS)]

@@ -79,7 +79,7 @@ ROUTES: tuple[Route, ...] = (
           query=(_q("reason", "Why (journaled)", REASON.json_schema(), required=True),)),
     Route("POST", "/api/v1/grants/schedule", h.post_schedule, "Upload an auction "
           "schedule (CSV or JSON): each row becomes a grant, as if the grid had pushed it, "
-          "under its auction reference (a grid cancel names it); all rows or none. 400 "
+          "as auction:<reference> (a grid cancel names it); all rows or none. 400 "
           "names the row and field, 409 a reference already used, 422 overlapping hours",
           Role.OPERATOR, body=m.ScheduleIn, also=("text/csv",),
           answers={201: m.ScheduleOut, 409: m.Problem, 415: m.Problem, 422: m.Problem},

@@ -14,7 +14,7 @@ import hashlib
 import hmac
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime, timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import structlog
 from aiohttp import web
@@ -42,6 +42,7 @@ log = structlog.get_logger("curtaild.api")
 
 MAX_BODY_BYTES = 16 * 1024
 STREAM_WRITE_TIMEOUT_S = 5.0
+BODY_TIMEOUT_S = 30.0  # 64 KiB on the slowest link a farm has is seconds; this is a stall
 PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal", Principal)
 
 _M = TypeVar("_M", bound=BaseModel)
@@ -85,6 +86,7 @@ class OperatorApi:
         self.history_interval_s = history_interval_s
         self.compliance = compliance
         self.compliance_lock = asyncio.Lock()
+        self.compliance_stuck: asyncio.Future[Any] | None = None  # a read that timed out
         self._clock = clock
         self._grid_limit = grid_limit
         self._cfg = cfg
@@ -223,11 +225,18 @@ class OperatorApi:
             raise ProblemError(413, f"the body is {size} bytes; the limit is {limit}", "body")
         chunks: list[bytes] = []
         total = 0
-        async for chunk in request.content.iter_any():
-            total += len(chunk)
-            if total > limit:
-                raise ProblemError(413, f"the body exceeds {limit} bytes", "body")
-            chunks.append(chunk)
+        try:
+            # A client that stops sending is dropped, not waited on (a slowloris).
+            async with asyncio.timeout(BODY_TIMEOUT_S):
+                async for chunk in request.content.iter_any():
+                    total += len(chunk)
+                    if total > limit:
+                        raise ProblemError(413, f"the body exceeds {limit} bytes", "body")
+                    chunks.append(chunk)
+        except TimeoutError:
+            raise ProblemError(
+                408, f"the body did not arrive within {BODY_TIMEOUT_S:g} s", "body"
+            ) from None
         return b"".join(chunks)
 
     @staticmethod

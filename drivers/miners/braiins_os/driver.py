@@ -279,8 +279,8 @@ class BraiinsOsMiner:
             raise ProtocolError(self.miner_id, "pools", "the pool groups are not a list")
         rows = []
         for group in groups:
-            members = group.get("pools") or []
-            if not isinstance(members, list):
+            members = group.get("pools")
+            if not isinstance(members, list):  # absent too: another layout, not no pools
                 raise ProtocolError(self.miner_id, "pools", "a group's pools are not a list")
             rows.extend(members)
         return rows_pools(rows, device=self.miner_id, op="pools")
