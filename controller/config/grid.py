@@ -87,4 +87,8 @@ class SignalsCfg(ConfigModel):
         dupes = sorted({i for i in ids if ids.count(i) > 1})
         if dupes:
             raise ValueError(f"source ids must be unique: {', '.join(dupes)}")
+        # An OpenADR source's events are held as "<source>:<event>": uploaded grants own
+        # the "auction:" ids (so no grid signal can collide with one).
+        if "auction" in ids:
+            raise ValueError("source id 'auction' is reserved for uploaded auction schedules")
         return sources

@@ -280,3 +280,13 @@ def test_cli_refuses_a_bad_simulation_section_before_anything_starts(
     bad.write_text(yaml.safe_dump(data))
     assert cli.main([command, "-c", str(bad)]) == 2
     assert "no-such-miner" in capsys.readouterr().err
+
+
+def test_the_auction_source_id_is_reserved(tmp_path: Path) -> None:
+    """Uploaded grants are held as auction:<reference>; an OpenADR source named `auction`
+    would hold its events under the same ids."""
+    data = site_dict(tmp_path)
+    data["signals"]["sources"][0]["id"] = "auction"
+    with pytest.raises(ConfigError) as caught:
+        load_site(data)
+    assert any("reserved for uploaded auction schedules" in p for p in caught.value.problems)
