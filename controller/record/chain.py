@@ -220,6 +220,8 @@ class Verdict:
     start: str  # from where the evidence is chained, in words
     legacy: int  # rows written before the chain began (not chained)
     problem: Problem | None
+    cut: Head | None = None  # the journal's archive cut (None: nothing archived)
+    whole: bool = True  # False: the rows before the cut were not checked (no archive given)
 
     @property
     def ok(self) -> bool:
@@ -260,15 +262,21 @@ def _where(item: Row) -> str:
 
 
 def walk(
-    db: sqlite3.Connection, start: Head, end: Head | None = None
+    db: sqlite3.Connection, start: Head, end: Head | None = None, stop: int | None = None
 ) -> tuple[Head, int, Problem | None]:
     """Walk the chained rows after `start` in chain order: how far they verify, how many,
     and the first that does not follow. Each table is read in its own order (`seq`) and
-    the tables merged on the chain sequence. `end`: the head the file records."""
+    the tables merged on the chain sequence. `end`: the head the file records. `stop`:
+    walk no further than this chain row (an archive read while retention runs may hold
+    rows past the journal's cut: the journal still has them, they are walked there)."""
     streams = [_tagged(db, c, start.rowids.get(c.table, 0)) for c in REGISTRY.values()]
     prev, seq, rows = start.hash, start.seq, 0
     rowids = dict(start.rowids)
+    if stop is not None and end is not None and end.seq > stop:
+        end = None  # what lies past `stop` is not this walk's to judge
     for key, group in itertools.groupby(heapq.merge(*streams, key=chain_key), key=chain_key):
+        if stop is not None and key > stop:
+            break
         members = list(group)
         problem = judge(members, key, prev, seq, end)
         if problem is not None:
@@ -337,12 +345,17 @@ def heads(db: sqlite3.Connection, path: Path) -> tuple[Head, Head | None, Head]:
 
 def verify(journal: Path, archives: Sequence[Path] = ()) -> Verdict:
     """Check the journal's chain (from its archive cut, or from the archives given, end to
-    end). ChainError if a file cannot be read."""
-    parts = [(p, connect_ro(p)) for p in archives]
+    end) and every row below it. ChainError if a file cannot be read."""
     main = connect_ro(journal)
+    parts: list[tuple[Path, sqlite3.Connection]] = []
     try:
-        for _, db in [*parts, (journal, main)]:
-            db.execute("BEGIN")  # one snapshot per file, while the daemon writes on
+        # The journal's snapshot first: retention copies into the archive before it
+        # deletes from the journal, so archives read after it reach at least its cut.
+        main.execute("BEGIN")
+        heads(main, journal)
+        for p in archives:
+            parts.append((p, connect_ro(p)))
+            parts[-1][1].execute("BEGIN")
         return _verify(journal, main, parts)
     except sqlite3.Error as err:
         raise ChainError(f"{journal}: cannot read the chain: {err}") from None
@@ -354,26 +367,19 @@ def verify(journal: Path, archives: Sequence[Path] = ()) -> Verdict:
 def _verify(
     journal: Path, main: sqlite3.Connection, parts: list[tuple[Path, sqlite3.Connection]]
 ) -> Verdict:
+    from controller.record import floor  # noqa: PLC0415 - it builds on this module
+
     chain_from, cut, head = heads(main, journal)
-    legacy = _legacy(main, chain_from)
-    pos, rows = chain_from, 0
-    ordered = sorted(((heads(db, p), p, db) for p, db in parts), key=lambda x: x[0][0].seq)
-    for (start, _, end), path, db in ordered:
-        legacy += _legacy(db, start) if start.seq == 0 else 0
-        if start.seq != pos.seq or start.hash != pos.hash:
-            text = f"{path} starts after chain row {start.seq}, the part before ends at {pos.seq}"
-            kind = "removed" if start.seq > pos.seq else "inserted"
-            return Verdict(rows, pos, "", legacy, Problem(kind, text, chain_seq=pos.seq + 1))
-        pos, n, problem = walk(db, floor_at(start, chain_from), end)
-        rows += n
-        if problem is not None:
-            problem = replace(problem, text=f"{path}: {problem.text}")
-            return Verdict(rows, pos, "", legacy, problem)
-    if ordered:
-        if cut is None or cut.seq != pos.seq or cut.hash != pos.hash:
+    edge = cut or chain_from  # where the journal's own chain begins
+    pos, rows, problem = _walk_archives(parts, chain_from, edge.seq)
+    if problem is not None:
+        return Verdict(rows, pos, "", 0, problem, cut)
+    whole = bool(parts) or (cut is None and not floor.archived(main))
+    if parts:
+        if edge.seq != pos.seq or edge.hash != pos.hash:
             at = "no cut" if cut is None else f"its cut at chain row {cut.seq}"
             text = f"the archives end at chain row {pos.seq}; the journal has {at}"
-            return Verdict(rows, pos, "", legacy, Problem("changed", text, chain_seq=pos.seq))
+            return Verdict(rows, pos, "", 0, Problem("changed", text, chain_seq=pos.seq), cut)
         start_text = f"from chain row {chain_from.seq + 1}, archive and journal end to end"
     elif cut is not None:
         pos = cut
@@ -383,25 +389,42 @@ def _verify(
         )
     else:
         start_text = f"from chain row {chain_from.seq + 1}"
-    if cut is not None:
-        stray = _stray(main, chain_from, cut)
-        if stray is not None:
-            return Verdict(rows, pos, start_text, legacy, stray)
+    problem = _stray(main, chain_from, cut) if cut is not None else None
+    if problem is None:
+        problem = floor.beyond_cut(main, parts, floor_at(edge, chain_from))
+    if problem is not None:
+        return Verdict(rows, pos, start_text, 0, problem, cut, whole)
     pos, n, problem = walk(main, floor_at(pos, chain_from), head)
-    return Verdict(rows + n, pos, start_text, legacy, problem)
+    legacy = 0
+    if problem is None:
+        files = [(journal, main), *parts]
+        legacy, problem = floor.account(journal, files, chain_from, whole=whole)
+    if problem is None:
+        problem = floor.cut_stated(main, cut)
+    return Verdict(rows + n, pos, start_text, legacy, problem, cut, whole)
+
+
+def _walk_archives(
+    parts: list[tuple[Path, sqlite3.Connection]], chain_from: Head, stop: int
+) -> tuple[Head, int, Problem | None]:
+    """The archives end to end in chain order, up to chain row `stop` (the journal's cut)."""
+    pos, rows = chain_from, 0
+    ordered = sorted(((heads(db, p), p, db) for p, db in parts), key=lambda x: x[0][0].seq)
+    for (start, _, end), path, db in ordered:
+        if start.seq != pos.seq or start.hash != pos.hash:
+            text = f"{path} starts after chain row {start.seq}, the part before ends at {pos.seq}"
+            kind = "removed" if start.seq > pos.seq else "inserted"
+            return pos, rows, Problem(kind, text, chain_seq=pos.seq + 1)
+        pos, n, problem = walk(db, floor_at(start, chain_from), end, stop=stop)
+        rows += n
+        if problem is not None:
+            return pos, rows, replace(problem, text=f"{path}: {problem.text}")
+    return pos, rows, None
 
 
 def floor_at(pos: Head, chain_from: Head) -> Head:
     rowids = {t: max(pos.rowids.get(t, 0), r) for t, r in chain_from.rowids.items()}
     return Head(pos.seq, pos.hash, {**pos.rowids, **rowids})
-
-
-def _legacy(db: sqlite3.Connection, start: Head) -> int:
-    return sum(
-        int(db.execute(f"SELECT count(*) FROM {t} WHERE seq <= ?", (r,)).fetchone()[0])  # noqa: S608
-        for t, r in start.rowids.items()
-        if t in REGISTRY
-    )
 
 
 def _stray(db: sqlite3.Connection, chain_from: Head, cut: Head) -> Problem | None:
@@ -467,12 +490,24 @@ class ChainWatch:
         return self.status
 
     def _check(self, db: sqlite3.Connection, now: datetime) -> ChainStatus:
+        from controller.record import floor  # noqa: PLC0415 - it builds on this module
+
         chain_from, cut, head = heads(db, self.path)
         rows = self.status.rows
-        pos = self._pos
+        pos, whole = self._pos, False
         if pos is None or (cut is not None and pos.seq < cut.seq):
-            pos, rows = floor_at(cut or chain_from, chain_from), 0
-        reached, n, problem = walk(db, pos, head)
+            pos, rows, whole = floor_at(cut or chain_from, chain_from), 0, True
+        # A row below every sequence each time (cheap: the key's first entry); the older
+        # rows' count and the cut's statement on a whole check.
+        problem = floor.below_one(self.path, db)
+        if problem is None and whole and cut is not None:
+            problem = _stray(db, chain_from, cut)
+        reached, n = pos, 0
+        if problem is None:
+            reached, n, problem = walk(db, pos, head)
+        if problem is None and whole:
+            problem = floor.account(self.path, [(self.path, db)], chain_from, whole=False)[1]
+            problem = problem or floor.cut_stated(db, cut)
         rows += n
         if problem is not None:
             self._pos = None  # checked again from the start next time

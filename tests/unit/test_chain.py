@@ -233,15 +233,15 @@ def test_a_schema_2_journal_is_upgraded_and_chained_from_the_upgrade(tmp_path: P
     db.close()
     journal = Journal(path)
     assert journal.rows("SELECT value FROM meta WHERE key='schema'") == [("3",)]
-    assert journal.head.seq == 0
-    assert journal.events()[0][2] == "old"  # the old rows are kept as they were
+    assert journal.head.seq == 1  # the chain's first row counts the older ones
+    assert [e[2] for e in journal.events()] == ["old", "old", "old", "chain"]
     write(journal, 3, 1)
     write(journal, 1, 2)
     new_event = journal.events()[-1][0]
     journal.close()
     verdict = verify(path)
     assert verdict.ok, verdict.problem
-    assert (verdict.rows, verdict.legacy) == (1 + 1 + 2, 4)
+    assert (verdict.rows, verdict.legacy) == (1 + 1 + 1 + 2, 4)
     assert verdict.start == "from chain row 1"
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT count(*) FROM events WHERE chain_seq IS NULL").fetchone() == (3,)
@@ -269,7 +269,7 @@ def test_the_journal_numbers_on_after_a_table_is_archived_whole(tmp_path: Path) 
     assert "archive cut after chain row" in verify(path).start
     both = verify(path, [archive])
     assert both.ok, both.problem
-    assert both.rows == 3 + 3 + 1 + 3
+    assert both.rows == 3 + 3 + 1 + 1 + 3  # and the cut's event
 
 
 def test_the_daemons_check_is_incremental_and_sees_tampering(tmp_path: Path) -> None:
@@ -344,5 +344,5 @@ async def test_the_daemons_retention_archives_old_rows_and_journals_it(tmp_path:
     journal.close()
     both = verify(path, [upkeep.archive_path])
     assert both.ok, both.problem
-    assert both.rows == 3 + 1 + 1 + 2 + 1 + 3 + 1  # and the archive event itself
+    assert both.rows == 3 + 1 + 1 + 2 + 1 + 3 + 1 + 1  # the cut's event and the summary
     assert await Upkeep(Journal(path), FakeClock(T0)).retain() == 0  # no window: keep all
