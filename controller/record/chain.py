@@ -161,6 +161,16 @@ def start_chain(db: sqlite3.Connection, at: str) -> None:
     set_meta(db, "chain_head", start.as_json())
 
 
+def vouched(db: sqlite3.Connection, table: str, alias: str = "") -> str:
+    """An SQL condition for the rows of `table` the chain vouches for: chained ones, and
+    the older ones counted at its start (`curtaild verify` checks both). A report reads
+    only these, so a row slipped in beside the chain is not counted."""
+    start = Head.parse(meta(db, "chain_from")) or Head()
+    p = f"{alias}." if alias else ""
+    older = int(start.rowids.get(table, 0))
+    return f"({p}seq >= 1 AND ({p}chain_seq IS NOT NULL OR {p}seq <= {older}))"
+
+
 def read_head(db: sqlite3.Connection) -> Head:
     return Head.parse(meta(db, "chain_head")) or Head()
 
