@@ -48,8 +48,8 @@ def energy_report(
     lo, hi = _ts(start), _ts(end)
     with _ReadOnly(journal_path) as db:
         vouched = functools.partial(chain.vouched, db)  # rows the chain vouches for
-        rows = db.execute(_INTERVALS.format(vouched=vouched("energy_intervals")), (lo, hi))
-        rows = rows.fetchall()
+        intervals_sql = _INTERVALS.format(vouched=vouched("energy_intervals"))
+        rows = db.execute(intervals_sql, (lo, hi)).fetchall()
         grant_use = db.execute(
             "SELECT grant_id, sum(used_kwh), sum(excess_kwh) FROM energy_grants"  # noqa: S608 - vouched() is ours
             f" WHERE start >= ? AND start < ? AND {vouched('energy_grants')} GROUP BY grant_id",
