@@ -223,8 +223,8 @@ def write_export(text: str, out: Path, loaded: Loaded, *, unverified: bool = Fal
     it was read at is at or before the signed one (the statement says that too)."""
     from controller.record.signing import SigningError, sign_export  # noqa: PLC0415
 
-    # Text the journal held that is not valid Unicode (a lone surrogate) is written as
-    # U+FFFD: the file is UTF-8, and its SHA-256 is of these bytes.
+    # Text the journal held that UTF-8 cannot encode (a lone surrogate) is written as "?":
+    # the file is UTF-8, and its SHA-256 is of these bytes.
     data = text.encode("utf-8", "replace")
     key = None
     if loaded.config.evidence.signing is not None:
