@@ -118,7 +118,9 @@ def test_every_write_method_is_chained_and_verifies(tmp_path: Path) -> None:
     assert Journal(path).head.hex == rows[-1][3]  # the head is read back from meta
 
 
-MUTATIONS = st.sampled_from(["edit", "edit-hash", "delete", "insert-bare", "insert-dup", "append"])
+MUTATIONS = st.sampled_from(
+    ["edit", "edit-hash", "delete", "insert-bare", "insert-dup", "append", "insert-low"]
+)
 
 
 @settings(
@@ -203,6 +205,13 @@ def mutate(
     rowid = int(last) + 1
     names = ", ".join(columns[1:])
     copy = f"INSERT INTO {table} (seq, {names}, chain_seq, chain_hash) SELECT ?, {names}, ?, ?"
+    if mutation == "insert-low":  # below 1, or a free place at or below the archive cut
+        cut = chain.Head.parse(chain.meta(db, "chain_cut"))
+        held = {int(r[0]) for r in db.execute(f"SELECT seq FROM {table}")}
+        free = [r for r in range(1, (cut.rowids.get(table, 0) if cut else 0) + 1) if r not in held]
+        rowid = [-1 - pick % 50, 0, *free][pick % (2 + len(free))]
+        db.execute(f"{copy} FROM {table} WHERE seq=?", (rowid, None, None, seq))
+        return {"kind": "inserted", "table": table, "rowid": rowid}
     if mutation == "insert-bare":
         db.execute(f"{copy} FROM {table} WHERE seq=?", (rowid, None, None, seq))
     elif mutation == "insert-dup":  # another row's place in the chain, and its hash
