@@ -19,8 +19,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from controller.record import chain
-from controller.record.chain import REGISTRY, ZERO, Head, Problem, encode, meta
+from controller.record import chain_links as chain
+from controller.record.chain_links import REGISTRY, ZERO, Head, Problem, encode, meta
 
 CUT_EVENT = "archive_cut"
 START_EVENT = "chain"

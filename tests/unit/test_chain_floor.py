@@ -134,8 +134,10 @@ def test_older_rows_are_counted_and_digested_at_the_chains_start(tmp_path: Path)
         start = db.execute("SELECT value FROM meta WHERE key='chain_from'").fetchone()[0]
         older = list(db.execute("SELECT * FROM events WHERE seq <= 9 ORDER BY seq"))
         older = [tuple(r[:5]) for r in older]  # seq, at, kind, subject, detail
+        recorded = floor.summary(db)
+        assert recorded is not None
         forged = start.replace('"rows": 3', '"rows": 4').replace(
-            floor.summary(db)["events"]["digest"], floor.digest("events", older)
+            recorded["events"]["digest"], floor.digest("events", older)
         )
         db.execute("UPDATE meta SET value=? WHERE key='chain_from'", (forged,))
     problem = verify(copy).problem
