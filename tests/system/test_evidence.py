@@ -192,7 +192,14 @@ def test_a_recipient_checks_an_export_with_openssl_alone(
             text=True,
             check=True,
         ).stdout.split()[0]
-        return mac == signature.read_bytes().hex()
+        key_id = subprocess.run(
+            ["openssl", "dgst", "-sha256", "-r", "-hmac", secret],
+            input="curtaild key id",
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout[:16]
+        return mac == signature.read_bytes().hex() and f" {key_id}\n" in text.decode()
 
     assert openssl_accepts(sig["statement"].encode())
     assert not openssl_accepts(sig["statement"].replace("site: ", "site: x").encode())
