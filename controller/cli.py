@@ -60,6 +60,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     report.add_argument(
         "--out", type=Path, default=None, help="write FILE (and FILE.sig with a site key)"
     )
+    report.add_argument(
+        "--unverified",
+        action="store_true",
+        help="--out: sign even if the journal's chain does not verify (the statement says so)",
+    )
     demo = sub.add_parser("demo", help="simulated farm + broker + daemon + scripted grid")
     demo.add_argument(
         "-c",
@@ -255,7 +260,7 @@ def _emit(text: str, args: argparse.Namespace, loaded: Loaded) -> int:
     if out is None:
         sys.stdout.write(text)
         return 0
-    return cli_evidence.write_export(text, out, loaded)
+    return cli_evidence.write_export(text, out, loaded, unverified=args.unverified)
 
 
 def _instant(flag: str, text: str | None) -> datetime | None:

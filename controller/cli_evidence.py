@@ -9,6 +9,7 @@ import argparse
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING
 from controller.config import ConfigError, Loaded, load
 
 if TYPE_CHECKING:
+    from controller.record.chain import Head, Verdict
     from controller.record.signing import SiteKey
 
 EXIT_BROKEN = 1
@@ -34,6 +36,12 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> di
         default=[],
         metavar="FILE",
         help="check this archive too, end to end with the journal (repeatable)",
+    )
+    verify.add_argument(
+        "--archive-absent",
+        action="store_true",
+        help="the journal's archive is elsewhere or gone: check the journal from its cut alone"
+        " (default: journal.archive_path, or the file beside the journal, is checked too)",
     )
     check = sub.add_parser("check-export", help="check a signed export (FILE and FILE.sig)")
     check.add_argument("file", type=Path)
@@ -60,32 +68,83 @@ def _load(path: Path) -> Loaded | None:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from controller.record.chain import ChainError, verify  # noqa: PLC0415
+    from controller.record.chain import ChainError  # noqa: PLC0415
 
     loaded = _load(args.config)
     if loaded is None:
         return EXIT_CONFIG
     journal = loaded.config.journal.path
     try:
-        verdict = verify(journal, args.archive)
+        verdict, notes = checked(loaded, args.archive, archive_absent=args.archive_absent)
     except ChainError as err:
         print(f"cannot verify: {err}", file=sys.stderr)
         return EXIT_BROKEN
-    if verdict.problem is None:
+    p = verdict.problem
+    if p is None:
         head = f"row {verdict.head.seq} {verdict.head.hex}" if verdict.head.seq else "none"
         print(f"{journal}: intact: {verdict.rows} chained rows verify, {verdict.start}")
         print(f"  head: {head}")
+    elif p.kind == UNCHECKED:
+        print(f"{journal}: NOT VERIFIED: {p.text}")
     else:
-        p = verdict.problem
         print(f"{journal}: BROKEN: {p.kind}: {p.text}")
         if verdict.rows:
             print(
                 f"  the {verdict.rows} chained rows before it verify (up to chain row"
                 f" {verdict.head.seq})"
             )
+    for note in notes:
+        print(f"  {note}")
     if verdict.legacy:
-        print(f"  {verdict.legacy} older rows, written before the chain began, are not chained")
-    return 0 if verdict.problem is None else EXIT_BROKEN
+        print(
+            f"  {verdict.legacy} older rows, written before the chain began, are not chained"
+            " (their count and digest, taken at its start, are checked)"
+        )
+    return 0 if p is None else EXIT_BROKEN
+
+
+UNCHECKED = "unchecked"  # a Problem kind: evidence the chain says exists was not at hand
+
+
+def checked(
+    loaded: Loaded, archives: list[Path], *, archive_absent: bool = False
+) -> tuple[Verdict, list[str]]:
+    """Verify the configured journal with its archive (those given, else journal.archive_path
+    or the file beside the journal, if there). A journal cut for an archive that was not
+    checked is a problem (kind UNCHECKED) unless `archive_absent` says so; the notes say
+    plainly what was and was not checked. ChainError if a file cannot be read."""
+    from controller.record.chain import Problem, verify  # noqa: PLC0415
+    from controller.record.retention import default_archive  # noqa: PLC0415
+
+    cfg = loaded.config.journal
+    archive = cfg.archive_path or default_archive(cfg.path)
+    notes: list[str] = []
+    if not archives and not archive_absent and archive.exists():
+        archives = [archive]
+        notes.append(f"with the archive {archive}")
+    verdict = verify(cfg.path, archives)
+    if verdict.problem is not None or (verdict.whole and verdict.cut is None):
+        return verdict, notes
+    cut = f"chain row {verdict.cut.seq}" if verdict.cut else "its older rows"
+    if archive_absent:
+        notes.append(
+            f"--archive-absent: the journal was cut ({cut}); the rows before the cut are in an"
+            " archive NOT checked here"
+        )
+        return verdict, notes
+    if not verdict.whole:
+        text = (
+            f"the journal was cut ({cut}) but its archive is not at {archive}: the rows before"
+            " the cut cannot be checked (give --archive FILE, or --archive-absent to check"
+            " the journal from its cut alone)"
+        )
+        return replace(verdict, problem=Problem(UNCHECKED, text)), notes
+    if cfg.retention_days is None:
+        notes.append(
+            f"the journal was cut ({cut}) though retention is off (journal.retention_days):"
+            " archive and journal were checked end to end"
+        )
+    return verdict, notes
 
 
 def _check_export(args: argparse.Namespace) -> int:
@@ -156,12 +215,17 @@ def configured_key(loaded: Loaded) -> SiteKey:
     return site_key(signing.algorithm, secret)
 
 
-def write_export(text: str, out: Path, loaded: Loaded) -> int:
+def write_export(text: str, out: Path, loaded: Loaded, *, unverified: bool = False) -> int:
     """Write an export to `out` and, with a site key configured, `out`.sig carrying the
-    journal's chain head as it is now."""
-    from controller.record.chain import ChainError, connect_ro, heads  # noqa: PLC0415
+    journal's chain head. The chain is verified first and the head it reached is signed;
+    a journal that does not verify is refused (nothing written) unless `unverified`, and
+    then the statement says `chain: unverified`. The report was read before, so the head
+    it was read at is at or before the signed one (the statement says that too)."""
     from controller.record.signing import SigningError, sign_export  # noqa: PLC0415
 
+    # Text the journal held that UTF-8 cannot encode (a lone surrogate) is written as "?":
+    # the file is UTF-8, and its SHA-256 is of these bytes.
+    data = text.encode("utf-8", "replace")
     key = None
     if loaded.config.evidence.signing is not None:
         try:
@@ -169,30 +233,60 @@ def write_export(text: str, out: Path, loaded: Loaded) -> int:
         except SigningError as err:
             print(f"evidence.signing: {err}", file=sys.stderr)
             return EXIT_CONFIG
-    try:
-        out.write_text(text)
-    except OSError as err:
-        print(f"{out}: {err.strerror}", file=sys.stderr)
-        return EXIT_BROKEN
     if key is None:
+        if _write(out, data):
+            return EXIT_BROKEN
         print(f"wrote {out} (unsigned: no evidence.signing key configured)", file=sys.stderr)
         return 0
-    journal = loaded.config.journal.path
-    try:
-        db = connect_ro(journal)
-        try:
-            _, _, head = heads(db, journal)
-        finally:
-            db.close()
-    except ChainError as err:
-        print(f"cannot read the chain head: {err}", file=sys.stderr)
+    signed = _head_to_sign(loaded, unverified=unverified)
+    if signed is None:
+        return EXIT_BROKEN
+    head, verified = signed
+    if _write(out, data):
         return EXIT_BROKEN
     sig = sign_export(
         out,
         key,
         site=loaded.config.site.id,
         head=(head.seq, head.hex) if head.seq else None,
+        verified=verified,
         now=datetime.now(UTC),
     )
-    print(f"wrote {out} and {sig} ({key.algorithm} key {key.key_id})", file=sys.stderr)
+    chain = "chain verified" if verified else "chain UNVERIFIED"
+    print(f"wrote {out} and {sig} ({key.algorithm} key {key.key_id}, {chain})", file=sys.stderr)
     return 0
+
+
+def _head_to_sign(loaded: Loaded, *, unverified: bool) -> tuple[Head, bool] | None:
+    """The head to sign and whether the chain verified up to it; None (said on stderr) if
+    it cannot be read, or does not verify and `unverified` was not given."""
+    from controller.record.chain import ChainError, connect_ro, heads  # noqa: PLC0415
+
+    journal = loaded.config.journal.path
+    try:
+        verdict, _ = checked(loaded, [])
+        if verdict.problem is None:
+            return verdict.head, True
+        db = connect_ro(journal)
+        try:
+            _, _, head = heads(db, journal)
+        finally:
+            db.close()
+    except ChainError as err:
+        print(f"cannot verify the chain: {err}", file=sys.stderr)
+        return None
+    print(f"{journal}: the chain does not verify: {verdict.problem.text}", file=sys.stderr)
+    if not unverified:
+        print("  not exported (--unverified signs it, saying so)", file=sys.stderr)
+        return None
+    return head, False
+
+
+def _write(out: Path, data: bytes) -> bool:
+    """Write the export; True if it failed (said on stderr)."""
+    try:
+        out.write_bytes(data)
+    except OSError as err:
+        print(f"{out}: {err.strerror}", file=sys.stderr)
+        return True
+    return False

@@ -9,6 +9,7 @@ the intervals that start in [from, to)."""
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import sqlite3
@@ -35,7 +36,7 @@ HOURLY_FIELDS = ("start", "end", *TOTALS, "measured_by")
 _INTERVALS = (
     "SELECT start, end, grid_kwh, within_grants_kwh, base_allowance_kwh, excess_kwh,"
     " exempt_generation_kwh, allowed_kwh, gap_s, estimated_s, measured_by, granted_kwh"
-    " FROM energy_intervals WHERE start >= ? AND start < ? ORDER BY start"
+    " FROM energy_intervals WHERE start >= ? AND start < ? AND {vouched} ORDER BY start"
 )
 
 
@@ -46,21 +47,24 @@ def energy_report(
     their 1-minute series, grants, curtailments, pools, chain)."""
     lo, hi = _ts(start), _ts(end)
     with _ReadOnly(journal_path) as db:
-        rows = db.execute(_INTERVALS, (lo, hi)).fetchall()
+        vouched = functools.partial(chain.vouched, db)  # rows the chain vouches for
+        intervals_sql = _INTERVALS.format(vouched=vouched("energy_intervals"))
+        rows = db.execute(intervals_sql, (lo, hi)).fetchall()
         grant_use = db.execute(
-            "SELECT grant_id, sum(used_kwh), sum(excess_kwh) FROM energy_grants"
-            " WHERE start >= ? AND start < ? GROUP BY grant_id",
+            "SELECT grant_id, sum(used_kwh), sum(excess_kwh) FROM energy_grants"  # noqa: S608 - vouched() is ours
+            f" WHERE start >= ? AND start < ? AND {vouched('energy_grants')} GROUP BY grant_id",
             (lo, hi),
         ).fetchall()
         curtailed = db.execute(
-            "SELECT signal_id, revision, sum(excess_kwh) FROM energy_curtailments"
-            " WHERE start >= ? AND start < ? GROUP BY signal_id, revision",
+            "SELECT signal_id, revision, sum(excess_kwh) FROM energy_curtailments"  # noqa: S608 - vouched() is ours
+            f" WHERE start >= ? AND start < ? AND {vouched('energy_curtailments')}"
+            " GROUP BY signal_id, revision",
             (lo, hi),
         ).fetchall()
         signals = db.execute(
-            "SELECT at, source, signal_id, revision, kind, body FROM signals"
+            "SELECT at, source, signal_id, revision, kind, body FROM signals"  # noqa: S608 - vouched() is ours
             " WHERE verdict = 'received' AND kind IN ('grant', 'curtailment', 'cancel')"
-            " ORDER BY seq"
+            f" AND {vouched('signals')} ORDER BY seq"
         ).fetchall()
         obligations = db.execute(
             "SELECT signal_id, revision, limit_w, starts_at, due_at FROM obligations"
@@ -68,7 +72,8 @@ def energy_report(
             (hi,),
         ).fetchall()
         pools = db.execute(
-            "SELECT at, subject, detail FROM events WHERE kind = 'pools' AND at < ? ORDER BY seq",
+            "SELECT at, subject, detail FROM events WHERE kind = 'pools' AND at < ?"  # noqa: S608 - vouched() is ours
+            f" AND {vouched('events')} ORDER BY seq",
             (hi,),
         ).fetchall()
         head = chain.read_head(db)  # the same snapshot as the figures above

@@ -29,7 +29,7 @@ from controller.core.signals import (
     ObligationStatus,
     SignalBook,
 )
-from controller.record import chain
+from controller.record import chain, floor
 from controller.record.chain import Head
 from controller.record.schema import SCHEMA
 from controller.record.standing import StandingError, standing_from, standing_json
@@ -84,7 +84,7 @@ class Journal:
             now = _ts(datetime.now(UTC))  # when the chain starts: said, never computed on
             if version is None:
                 self._db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
-                chain.start_chain(self._db, now)
+                floor.start_chain(self._db, now)
             elif int(version[0]) in MIGRATIONS:
                 # One way: an older curtaild refuses the upgraded journal (keep a copy to
                 # roll back). The new tables start empty.
@@ -97,11 +97,12 @@ class Journal:
                 self._db.execute(
                     "UPDATE meta SET value=? WHERE key='schema'", (str(SCHEMA_VERSION),)
                 )
-                chain.start_chain(self._db, now)
+                floor.start_chain(self._db, now)
             elif int(version[0]) != SCHEMA_VERSION:
                 raise JournalError(  # noqa: TRY301 - the connection is closed below
                     f"{path}: schema {version[0]}, expected {SCHEMA_VERSION}"
                 )
+            floor.ensure_summary(self._db)
             self._db.execute("COMMIT")
             self.head = chain.read_head(self._db)  # the chain's last row (kept up to date)
         except (sqlite3.Error, OSError) as err:
@@ -141,6 +142,11 @@ class Journal:
                 log.exception("journal unwritable: nothing is commanded until it is")
             self.error = str(err)
             raise JournalError(f"{self.path}: write failed: {err}") from err
+        except (UnicodeError, ValueError) as err:
+            # A value SQLite cannot bind (text that is not UTF-8, an integer too large):
+            # that row is refused, typed like every journal failure; the journal itself
+            # is fine, so the loop is not stopped for it (self.error stays as it was).
+            raise JournalError(f"{self.path}: cannot journal this row: {err}") from err
         if self.error is not None:
             log.warning("journal writable again", was=self.error)
             self.error = None
@@ -158,6 +164,7 @@ class Journal:
         first = chain.next_rowid(self._db, table)
         if not rows:
             return first
+        rows = [_clean(row) for row in rows]  # hashed and bound alike
         if self._tx_head is None:
             self._tx_head = chain.read_head(self._db)
         linked, self._tx_head = chain.link_rows(table, self._tx_head, first, rows)
@@ -430,13 +437,13 @@ class Journal:
     ) -> list[tuple[int, str, str, str | None, str | None]]:
         """Journal events (seq, at, kind, subject, detail) after `after` and from `since`,
         oldest first, at most `limit`."""
-        floor = _ts(since) if since is not None else ""
+        since_at = _ts(since) if since is not None else ""
         return [
             (int(r[0]), r[1], r[2], r[3], r[4])
             for r in self._db.execute(
                 "SELECT seq, at, kind, subject, detail FROM events"
                 " WHERE seq > ? AND at >= ? ORDER BY seq LIMIT ?",
-                (after, floor, limit),
+                (after, since_at, limit),
             )
         ]
 
@@ -568,6 +575,23 @@ class Journal:
     def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Read-only query helper for reports and tests."""
         return list(self._db.execute(sql, params))
+
+
+def _clean(row: Sequence[Any]) -> Sequence[Any]:
+    """The row with any text SQLite cannot store as UTF-8 (a lone surrogate a JSON body
+    carried, say) written with backslash escapes, so the chain covers what is stored."""
+    for value in row:
+        if isinstance(value, str) and not value.isascii():
+            return tuple(_utf8(v) if isinstance(v, str) else v for v in row)
+    return row
+
+
+def _utf8(text: str) -> str:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode()
+    return text
 
 
 def _ts(value: datetime) -> str:

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from controller.record import chain
 from controller.record.journal import BUSY_TIMEOUT_S
 
 FIELDS = (
@@ -47,7 +48,7 @@ SELECT s.at, s.transport, s.source, s.signal_id, s.revision, s.kind, s.verdict, 
 FROM signals s
 LEFT JOIN obligations o ON o.signal_id = s.signal_id AND o.revision = s.revision
     AND s.verdict = 'received'
-WHERE s.at >= :since
+WHERE s.at >= :since AND {vouched}
 UNION ALL
 SELECT NULL, 'local', NULL, o.signal_id, o.revision, NULL, NULL, NULL,
        o.kind, o.limit_w, o.starts_at, o.due_at, o.status, o.reached_at, o.measured_w,
@@ -74,7 +75,8 @@ def signal_history(journal: Path, since: datetime | None = None) -> list[dict[st
     floor = since.astimezone(UTC).isoformat(timespec="microseconds") if since else ""
     try:
         with db:
-            rows = db.execute(_QUERY, {"since": floor}).fetchall()
+            query = _QUERY.format(vouched=chain.vouched(db, "signals", "s"))
+            rows = db.execute(query, {"since": floor}).fetchall()
     except sqlite3.Error as err:
         raise ReportError(f"{journal}: cannot read the journal: {err}") from None
     finally:

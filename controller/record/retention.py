@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import json
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from controller.record import chain
+from controller.record import chain, floor
 from controller.record.chain import REGISTRY, ChainError, Head
 
 BATCH_ROWS = 2000  # per transaction: the daemon's writer waits at most this long
@@ -40,10 +41,19 @@ class _Batch:
     cut: Head | None = None  # the last chained row moved
 
 
-def archive_batch(journal: Path, archive: Path, before: datetime, limit: int = BATCH_ROWS) -> int:
+def archive_batch(
+    journal: Path,
+    archive: Path,
+    before: datetime,
+    limit: int = BATCH_ROWS,
+    *,
+    now: datetime | None = None,
+) -> int:
     """Move up to `limit` rows written before `before` into `archive`; how many moved (0:
     none left). ChainError if the rows to move do not verify: nothing moves then (the
-    archive holds only evidence that checks)."""
+    archive holds only evidence that checks). Each batch journals its cut as a chained
+    event (`archive_cut`, at `now`), so a cut no chained row states is found."""
+    stamp = now or datetime.now(UTC)
     db = sqlite3.connect(journal, timeout=TIMEOUT_S, isolation_level=None)
     try:
         chain_from, cut, _ = chain.heads(db, journal)
@@ -54,7 +64,7 @@ def archive_batch(journal: Path, archive: Path, before: datetime, limit: int = B
         _copy(db, archive, batch, cut or chain_from)
         db.execute("BEGIN IMMEDIATE")
         try:
-            _release(db, journal, batch, cut)
+            _release(db, journal, batch, cut, stamp)
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:
@@ -65,8 +75,11 @@ def archive_batch(journal: Path, archive: Path, before: datetime, limit: int = B
         db.close()
 
 
-def _release(db: sqlite3.Connection, journal: Path, batch: _Batch, cut: Head | None) -> None:
-    """Delete the archived rows from the journal and move its cut (in its transaction)."""
+def _release(
+    db: sqlite3.Connection, journal: Path, batch: _Batch, cut: Head | None, now: datetime
+) -> None:
+    """Delete the archived rows from the journal, move its cut and journal it (one
+    transaction)."""
     if chain.meta(db, "chain_cut") != (cut.as_json() if cut else None):
         raise ChainError(f"{journal}: another archiver moved the cut; try again")
     rows = sorted([*batch.legacy, *batch.chained], key=lambda r: r[0])
@@ -75,8 +88,22 @@ def _release(db: sqlite3.Connection, journal: Path, batch: _Batch, cut: Head | N
             f"DELETE FROM {table} WHERE seq=?",  # noqa: S608 - a REGISTRY name
             [(r[1][0],) for r in group],
         )
+    moved = floor.archived(db)
+    for table, _ in batch.legacy:
+        moved[table] = moved.get(table, 0) + 1
+    if batch.legacy:
+        chain.set_meta(db, "legacy_archived", json.dumps(moved, sort_keys=True))
     if batch.cut is not None:
         chain.set_meta(db, "chain_cut", batch.cut.as_json())
+    # The cut, stated by a chained row after it (numbered after the cut's rows).
+    detail = json.dumps(floor.cut_detail(batch.cut or cut, moved))
+    head = chain.read_head(db)
+    first = chain.next_rowid(db, "events")
+    linked, head = chain.link_rows(
+        "events", head, first, [(_ts(now), floor.CUT_EVENT, None, detail)]
+    )
+    db.executemany(chain.INSERT["events"], linked)
+    chain.set_meta(db, "chain_head", head.as_json())
 
 
 def _ts(value: datetime) -> str:
@@ -108,12 +135,21 @@ def _select(
         if limit <= 0:
             return batch
     start = chain.floor_at(cut or chain_from, chain_from)
+    # The event stating the current cut stays: moving it would only state a new one.
+    stating = db.execute(
+        "SELECT seq FROM events WHERE kind = ? AND chain_seq IS NOT NULL"
+        " ORDER BY chain_seq DESC LIMIT 1",
+        (floor.CUT_EVENT,),
+    ).fetchone()
+    keep = ("events", int(stating[0])) if stating else None
     streams = [_old(db, c, start.rowids.get(c.table, 0), limit) for c in REGISTRY.values()]
     prev, seq, rowids = start.hash, start.seq, dict(start.rowids)
     merged = heapq.merge(*streams, key=lambda r: chain.chain_key(r[0]))
     for key, group in itertools.groupby(merged, key=lambda r: chain.chain_key(r[0])):
         members = list(group)
         if any(at is None or at >= before for _, at in members) or len(batch.chained) >= limit:
+            break
+        if (members[0][0][0], members[0][0][1][0]) == keep:
             break
         problem = chain.judge([m for m, _ in members], key, prev, seq, None)
         if problem is not None:

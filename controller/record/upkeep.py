@@ -71,11 +71,12 @@ class Upkeep:
         (the daemon's writes go in between); how many moved."""
         if self.retention_days is None:
             return 0
-        before = self._clock.now() - timedelta(days=self.retention_days)
+        now = self._clock.now()
+        before = now - timedelta(days=self.retention_days)
         moved = 0
         try:
             while n := await asyncio.to_thread(
-                archive_batch, self._journal.path, self.archive_path, before
+                archive_batch, self._journal.path, self.archive_path, before, now=now
             ):
                 moved += n
         except (ChainError, sqlite3.Error, OSError) as err:

@@ -12,6 +12,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -191,7 +192,123 @@ def test_a_recipient_checks_an_export_with_openssl_alone(
             text=True,
             check=True,
         ).stdout.split()[0]
-        return mac == signature.read_bytes().hex()
+        key_id = subprocess.run(
+            ["openssl", "dgst", "-sha256", "-r", "-hmac", secret],
+            input="curtaild key id",
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout[:16]
+        return mac == signature.read_bytes().hex() and f" {key_id}\n" in text.decode()
 
     assert openssl_accepts(sig["statement"].encode())
     assert not openssl_accepts(sig["statement"].replace("site: ", "site: x").encode())
+
+
+def copied(journaled: dict[str, Any], tmp_path: Path, name: str = "journal.db") -> Path:
+    copy = tmp_path / name
+    with sqlite3.connect(journaled["data"]["journal"]["path"]) as src, sqlite3.connect(copy) as dst:
+        src.backup(dst)
+    return copy
+
+
+def test_verify_checks_the_archive_itself_and_calls_a_cut_without_one_a_problem(
+    journaled: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from controller.record.retention import archive_batch  # noqa: PLC0415
+
+    journal = copied(journaled, tmp_path)
+    archive = tmp_path / "journal.archive.db"  # the default: beside the journal
+    assert archive_batch(journal, archive, datetime.now(UTC), limit=5) == 5
+    config = site(journaled, "cut.yaml", journal={"path": str(journal), "retention_days": 400})
+    assert cli.main(["verify", "-c", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "intact" in out
+    assert "archive and journal end to end" in out
+    assert f"with the archive {archive}" in out
+    archive.rename(tmp_path / "elsewhere.db")
+    assert cli.main(["verify", "-c", str(config)]) == 1
+    out = capsys.readouterr().out
+    assert "NOT VERIFIED: the journal was cut (chain row 5) but its archive is not at" in out
+    assert cli.main(["verify", "-c", str(config), "--archive-absent"]) == 0
+    out = capsys.readouterr().out
+    assert "intact" in out
+    assert "--archive-absent: the journal was cut (chain row 5)" in out
+    assert "NOT checked here" in out
+    given = ["--archive", str(tmp_path / "elsewhere.db")]
+    assert cli.main(["verify", "-c", str(config), *given]) == 0
+    capsys.readouterr()
+    # Retention off in the config, the archive where it is configured: said, and checked.
+    moved = {"path": str(journal), "archive_path": str(tmp_path / "elsewhere.db")}
+    config = site(journaled, "no-retention.yaml", journal=moved)
+    assert cli.main(["verify", "-c", str(config)]) == 0
+    assert "though retention is off" in capsys.readouterr().out
+
+
+def test_an_export_of_a_journal_that_does_not_verify_is_refused_or_says_unverified(
+    journaled: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    journal = copied(journaled, tmp_path)
+    with sqlite3.connect(journal) as db:
+        (seq,) = db.execute("SELECT max(seq) FROM commands").fetchone()
+        db.execute("UPDATE commands SET outcome=outcome || '!' WHERE seq=?", (seq,))
+    key = tmp_path / "site-key"
+    key.write_text("k" * 32)
+    signing = {"signing": {"algorithm": "hmac-sha256", "key": {"file": str(key)}}}
+    config = site(journaled, "bad.yaml", journal={"path": str(journal)}, evidence=signing)
+    out = tmp_path / "signals.json"
+    capsys.readouterr()
+    assert cli.main(["report", "-c", str(config), "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert f"commands row {seq}" in err
+    assert "not exported" in err
+    assert not out.exists()
+    assert cli.main(["report", "-c", str(config), "--out", str(out), "--unverified"]) == 0
+    sig = json.loads((tmp_path / "signals.json.sig").read_text())
+    assert sig["statement"].startswith("curtaild-export-v2\n")
+    assert "chain: unverified\n" in sig["statement"]
+    assert "report-read: at or before chain-head\n" in sig["statement"]
+    assert sig["verified"] is False
+    assert cli.main(["check-export", str(out), "--hmac-key-file", str(key)]) == 0
+
+
+def test_an_hmac_key_id_says_nothing_of_the_key_and_a_short_key_is_refused(
+    journaled: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import hmac  # noqa: PLC0415
+
+    key = tmp_path / "site-key"
+    secret = b"a shared secret the site and its grid operator hold"
+    key.write_bytes(secret + b"\n")
+    signing = {"signing": {"algorithm": "hmac-sha256", "key": {"file": str(key)}}}
+    config = site(journaled, "hmac.yaml", evidence=signing)
+    out = tmp_path / "signals.json"
+    assert cli.main(["report", "-c", str(config), "--out", str(out)]) == 0
+    sig = json.loads((tmp_path / "signals.json.sig").read_text())
+    assert sig["key_id"] == hmac.new(secret, b"curtaild key id", "sha256").digest()[:8].hex()
+    assert sig["key_id"] != hashlib.sha256(secret).hexdigest()[:16]
+    assert "chain: verified\n" in sig["statement"]
+    key.write_text("short secret\n")
+    capsys.readouterr()
+    assert cli.main(["report", "-c", str(config), "--out", str(tmp_path / "x.json")]) == 2
+    err = capsys.readouterr().err
+    assert "evidence.signing.key" in err
+    assert "at least 32 bytes" in err
+
+
+def test_an_export_of_text_that_is_not_utf8_is_written(
+    journaled: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The review's t16: a lone surrogate in a pools event, an HTML report with --out."""
+    from controller import cli_evidence  # noqa: PLC0415
+    from controller.config import load  # noqa: PLC0415
+
+    key = tmp_path / "site-key"
+    key.write_text("k" * 40)
+    signing = {"signing": {"algorithm": "hmac-sha256", "key": {"file": str(key)}}}
+    config = site(journaled, "utf8.yaml", evidence=signing)
+    out = tmp_path / "energy.html"
+    loaded = load(config, resolve_secrets=False)
+    assert cli_evidence.write_export("<p>evil\ud800:3333</p>", out, loaded) == 0
+    assert out.read_bytes() == b"<p>evil?:3333</p>"  # encoded with replacement
+    assert cli.main(["check-export", str(out), "--hmac-key-file", str(key)]) == 0

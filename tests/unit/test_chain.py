@@ -118,7 +118,9 @@ def test_every_write_method_is_chained_and_verifies(tmp_path: Path) -> None:
     assert Journal(path).head.hex == rows[-1][3]  # the head is read back from meta
 
 
-MUTATIONS = st.sampled_from(["edit", "edit-hash", "delete", "insert-bare", "insert-dup", "append"])
+MUTATIONS = st.sampled_from(
+    ["edit", "edit-hash", "delete", "insert-bare", "insert-dup", "append", "insert-low"]
+)
 
 
 @settings(
@@ -203,6 +205,13 @@ def mutate(
     rowid = int(last) + 1
     names = ", ".join(columns[1:])
     copy = f"INSERT INTO {table} (seq, {names}, chain_seq, chain_hash) SELECT ?, {names}, ?, ?"
+    if mutation == "insert-low":  # below 1, or a free place at or below the archive cut
+        cut = chain.Head.parse(chain.meta(db, "chain_cut"))
+        held = {int(r[0]) for r in db.execute(f"SELECT seq FROM {table}")}
+        free = [r for r in range(1, (cut.rowids.get(table, 0) if cut else 0) + 1) if r not in held]
+        rowid = [-1 - pick % 50, 0, *free][pick % (2 + len(free))]
+        db.execute(f"{copy} FROM {table} WHERE seq=?", (rowid, None, None, seq))
+        return {"kind": "inserted", "table": table, "rowid": rowid}
     if mutation == "insert-bare":
         db.execute(f"{copy} FROM {table} WHERE seq=?", (rowid, None, None, seq))
     elif mutation == "insert-dup":  # another row's place in the chain, and its hash
@@ -233,15 +242,15 @@ def test_a_schema_2_journal_is_upgraded_and_chained_from_the_upgrade(tmp_path: P
     db.close()
     journal = Journal(path)
     assert journal.rows("SELECT value FROM meta WHERE key='schema'") == [("3",)]
-    assert journal.head.seq == 0
-    assert journal.events()[0][2] == "old"  # the old rows are kept as they were
+    assert journal.head.seq == 1  # the chain's first row counts the older ones
+    assert [e[2] for e in journal.events()] == ["old", "old", "old", "chain"]
     write(journal, 3, 1)
     write(journal, 1, 2)
     new_event = journal.events()[-1][0]
     journal.close()
     verdict = verify(path)
     assert verdict.ok, verdict.problem
-    assert (verdict.rows, verdict.legacy) == (1 + 1 + 2, 4)
+    assert (verdict.rows, verdict.legacy) == (1 + 1 + 1 + 2, 4)
     assert verdict.start == "from chain row 1"
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT count(*) FROM events WHERE chain_seq IS NULL").fetchone() == (3,)
@@ -269,7 +278,7 @@ def test_the_journal_numbers_on_after_a_table_is_archived_whole(tmp_path: Path) 
     assert "archive cut after chain row" in verify(path).start
     both = verify(path, [archive])
     assert both.ok, both.problem
-    assert both.rows == 3 + 3 + 1 + 3
+    assert both.rows == 3 + 3 + 1 + 1 + 3  # and the cut's event
 
 
 def test_the_daemons_check_is_incremental_and_sees_tampering(tmp_path: Path) -> None:
@@ -344,5 +353,5 @@ async def test_the_daemons_retention_archives_old_rows_and_journals_it(tmp_path:
     journal.close()
     both = verify(path, [upkeep.archive_path])
     assert both.ok, both.problem
-    assert both.rows == 3 + 1 + 1 + 2 + 1 + 3 + 1  # and the archive event itself
+    assert both.rows == 3 + 1 + 1 + 2 + 1 + 3 + 1 + 1  # the cut's event and the summary
     assert await Upkeep(Journal(path), FakeClock(T0)).retain() == 0  # no window: keep all
