@@ -402,3 +402,19 @@ async def test_an_operator_opt_out_outlives_a_restart(tmp_path: Path) -> None:
                 assert g.held("shallow") is None
     finally:
         await vtn.stop()
+
+
+async def test_a_completed_event_seen_late_is_acknowledged_with_nothing_to_do(
+    tmp_path: Path,
+) -> None:
+    async with grid(tmp_path) as g:
+        g.vtn.add_event("over", start=g.at(-1200), minutes=10, payload=2)
+        assert g.vtn.event("over").event_descriptor.event_status == "completed"
+        # With a lone event openleadr's VTN pops a completed one from the very list it
+        # sends; beside another it is sent once, completed, then dropped.
+        g.vtn.add_event("next", start=g.at(300), payload=1)
+        await g.until(lambda: bool(g.vtn.opt("over")) and bool(g.vtn.opt("next")))
+        [response] = [r for r in g.vtn.recorded.responses if r["event_id"] == "over"]
+        assert (response["opt_type"], response["response_code"]) == ("optIn", 200)
+        assert g.rows("over") == []  # nothing held changed, nothing to journal
+        assert g.held("over") is None
