@@ -1,6 +1,8 @@
 """openleadr's own VTN (OpenADRServer) over HTTPS with client certificates on loopback: the
 grid side of the OpenADR tests and of `curtaild demo --scenario openadr`'s tests. It
-records what the VEN tells it: registrations, opt responses, report values."""
+records what the VEN tells it: registrations, opt responses, report values. It can forget
+a venID (a VTN that lost its records: it answers 463) and drop or cancel events the ways
+a VTN may."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from openleadr import OpenADRServer, objects, utils
+from openleadr import OpenADRServer, errors, objects, utils
 
 VTN_ID = "TEST-VTN"
 
@@ -39,6 +41,7 @@ class Vtn:
     ) -> None:
         self.recorded = recorded or Recorded()
         self.vens: dict[str, dict[str, Any]] = {}
+        self.forgotten: set[str] = set()
         self.report_s = report_s
         self.server = OpenADRServer(
             vtn_id=VTN_ID,
@@ -64,9 +67,32 @@ class Vtn:
         self.url = f"https://127.0.0.1:{port}/OpenADR2/Simple/2.0b"
 
     def lookup(self, ven_id: str) -> dict[str, Any] | None:
+        if ven_id in self.forgotten:
+            # Registered once, its certificate no longer known: openleadr answers 463.
+            return {"ven_id": ven_id, "registration_id": "lost", "fingerprint": None}
         return self.vens.get(ven_id)
 
+    def enrol(self, ven_id: str, ven_name: str, cert: Path) -> None:
+        """Enrol a VEN out of band (its venID and certificate fingerprint), as programmes
+        do for a VEN configured with its own venID."""
+        fingerprint = utils.certificate_fingerprint(cert.read_text())
+        self.vens[ven_id] = {
+            "ven_id": ven_id,
+            "ven_name": ven_name,
+            "fingerprint": fingerprint,
+            "registration_id": "enrolled",
+        }
+
+    def forget(self, ven_id: str) -> None:
+        """Lose every record of `ven_id` (and its events): its polls and a registration
+        under it are answered 463 (not registered or authorized)."""
+        self.vens.pop(ven_id)
+        self.server.events.pop(ven_id, None)
+        self.forgotten.add(ven_id)
+
     def _register(self, payload: dict[str, Any]) -> tuple[str, str]:
+        if payload.get("ven_id") in self.forgotten:
+            raise errors.NotRegisteredOrAuthorizedError(f"venID {payload['ven_id']} unknown")
         ven_id = payload.get("ven_id") or f"ven-{uuid.uuid4().hex[:8]}"
         registration_id = f"reg-{uuid.uuid4().hex[:8]}"
         self.vens[ven_id] = {
@@ -144,8 +170,21 @@ class Vtn:
         utils.increment_event_modification_number(event)
         self.server.events_updated[self.ven_id] = True
 
-    def cancel(self, event_id: str) -> None:
-        self.server.cancel_event(self.ven_id, event_id)
+    def cancel(self, event_id: str, *, same_modification: bool = False) -> None:
+        """openleadr's cancel (the next modification number), or a status change to
+        cancelled under the same one, as some VTNs send it."""
+        if not same_modification:
+            self.server.cancel_event(self.ven_id, event_id)
+            return
+        self.event(event_id).event_descriptor.event_status = "cancelled"
+        self.server.events_updated[self.ven_id] = True
+
+    def drop(self, event_id: str) -> None:
+        """The event disappears from the VTN's list (an operator deleted it): 2.0b's
+        implied cancel, seen only as its absence from the next distribution."""
+        events = self.server.events[self.ven_id]
+        events.remove(self.event(event_id))
+        self.server.events_updated[self.ven_id] = True
 
     def opt(self, event_id: str) -> list[str]:
         """The opt types the VEN sent for `event_id`, in order."""

@@ -1,20 +1,22 @@
 """The site as an OpenADR 2.0b VEN (`grid.openadr`): registers with its VTN, polls it,
 turns its events into signals through the inbox (the same door, journal, deadlines and
-meter verification as every other source), answers each event with an opt response, and
-reports the site's telemetry back at the interval the VTN asks for.
+meter verification as every other source; the events desk, openadr_desk.py, decides what
+each event does), answers each event with an opt response, and reports the site's
+telemetry back at the interval the VTN asks for.
 
-One named task in the daemon's TaskGroup. A VTN that goes away is retried with backoff
-and registered with again when it answers (a restarted VTN has forgotten us); a VTN that
-asks for re-registration gets it at once. Every reply from the VTN counts as the source's
-heartbeat, so its configured stale policy applies when the VTN falls silent.
+One named task in the daemon's TaskGroup. A VTN that fails, refuses (any responseCode
+other than 200) or asks for re-registration is retried with doubling backoff up to
+`reregister_max_s`, which resets only after a successful poll; 452/463 (the VTN no longer
+knows our venID) and oadrRequestReregistration / oadrCancelPartyRegistration register
+again. A bug of ours met in one cycle is logged loudly and backed off from, never
+propagated: nothing a VTN sends may stop the daemon. Every poll answered counts as the
+source's heartbeat, so its configured stale policy applies when the VTN falls silent.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
-from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -22,6 +24,13 @@ from typing import Any
 import structlog
 from openleadr import objects
 
+from controller.adapters.openadr_desk import (
+    OK,
+    OPT_OUT,
+    Answer,
+    EventDesk,
+    OptOutError,
+)
 from controller.adapters.openadr_link import (
     STATUS_SPECIFIER,
     USAGE_SPECIFIER,
@@ -29,44 +38,30 @@ from controller.adapters.openadr_link import (
     Signing,
     VtnLink,
     VtnReplyError,
+    plain_id,
     report_catalogue,
     telemetry_values,
     xml_text,
 )
 from controller.clock import Clock
 from controller.config import Loaded
-from controller.core.signals import Cancel
 from controller.intake.inbox import Inbox, Outcome
-from controller.intake.openadr_events import (
-    EventKey,
-    EventRules,
-    OptOutRule,
-    Refused,
-    Translated,
-    event_json,
-    opt_out_revision,
-    signal_id,
-    translate,
-)
+from controller.intake.openadr_events import EventRules, OptOutRule
 from controller.record.publish import Ack, Fanout
+from controller.record.report import ReportError, signal_history
 from controller.record.site import SiteFeed
 from controller.tls import TlsFiles, client_context
 
 log = structlog.get_logger("curtaild.openadr")
 
-TRANSPORT = "openadr"
-OPT_IN, OPT_OUT = "optIn", "optOut"
-OK = 200
-INVALID_DATA = 454  # OpenADR status codes (openleadr.enums.STATUS_CODES)
-SIGNAL_NOT_SUPPORTED = 460
+__all__ = ["OPT_OUT", "OpenAdrVen", "OptOutError", "VenSettings", "openadr_ven"]
+
+INVALID_ID = 452  # OpenADR status codes (openleadr.enums.STATUS_CODES)
 NOT_REGISTERED = 463
-OTHER_ERROR = 469
-ANSWERS_KEPT = 1000  # (event, modification) answers remembered to re-send, not re-journal
+REGISTER_AGAIN = (INVALID_ID, NOT_REGISTERED)  # the VTN does not know this venID
 BACKOFF_FIRST_S = 1.0
-
-
-class OptOutError(Exception):
-    """An operator's opt-out that names no event held from this VTN."""
+MIN_REPORT_S = 1.0  # a report request asks for no faster than this (1 signature each)
+OPT_OUTS_LOOKBACK = timedelta(days=30)  # operator opt-outs older than this are not restored
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,28 +86,9 @@ class ReportRequest:
     due: datetime
 
 
-@dataclass(frozen=True, slots=True)
-class Answer:
-    """The opt response to one (event, modification)."""
-
-    key: EventKey
-    opt: str
-    code: int
-    detail: str
-
-    def as_payload(self, request_id: str | None) -> dict[str, Any]:
-        return {
-            "response_code": self.code,
-            "response_description": xml_text(self.detail),
-            "request_id": xml_text(request_id or ""),
-            "event_id": xml_text(self.key.event_id),
-            "modification_number": self.key.modification,
-            "opt_type": self.opt,
-        }
-
-
 class _ReregisterError(Exception):
-    """The VTN asked us to register again (or cancelled our registration)."""
+    """The VTN asked us to register again, cancelled our registration, or no longer
+    knows our venID."""
 
 
 class OpenAdrVen:
@@ -126,6 +102,9 @@ class OpenAdrVen:
         self._clock = clock
         self._link = link
         self.settings = settings
+        self.desk = EventDesk(
+            inbox=inbox, clock=clock, source=settings.source, rules=settings.rules
+        )
         self.ven_id = settings.ven_id
         self.registration_id: str | None = None
         self.poll_s = settings.poll_interval_s
@@ -133,14 +112,17 @@ class OpenAdrVen:
         self.registrations = 0
         self.polls = 0
         self.reports_sent = 0
+        self.internal_errors = 0  # cycles that met a bug of ours (logged at ERROR)
+        self.backoff_s = BACKOFF_FIRST_S
         self.requests: dict[str, ReportRequest] = {}
-        self.opted_out: dict[str, str] = {}  # signal id -> the operator's reason
         self.outcomes: dict[str, str] = {}  # signal id -> reached | missed, from the acks
-        self._answers: OrderedDict[tuple[str, int], Answer] = OrderedDict()
-        self._outbox: list[Answer] = []  # opt responses not tied to a distribute (opt-outs)
         self._wake = asyncio.Event()
         self._failing: str | None = None
         inbox.heard(settings.source)  # silent from start-up on, as a keyed source is
+
+    @property
+    def opted_out(self) -> dict[str, str]:
+        return self.desk.opted_out
 
     # -- Publisher: the inbox's and the deadlines' acks ------------------------------------
 
@@ -158,52 +140,39 @@ class OpenAdrVen:
     # -- the operator's opt-out -------------------------------------------------------------
 
     def opt_out(self, event_id: str, reason: str, *, by: str) -> Outcome:
-        """Stop honouring an event: journaled with the reason, the held signal withdrawn
-        (a cancel on the revision between the VTN's modifications), and optOut sent to
-        the VTN on the next poll. Later modifications of it are answered optOut too."""
-        sid = signal_id(self.settings.source, event_id)
-        held = self._inbox.book.held.get(sid)
-        if held is None:
-            raise OptOutError(f"no event {event_id!r} from the VTN is held")
-        modification = (held.signal.revision - 1) // 2
-        body = json.dumps({"opt_out": event_id, "by": by, "reason": reason}).encode()
-        self._inbox.note_signal(
-            TRANSPORT,
-            self.settings.source,
-            body,
-            signal_id=sid,
-            revision=held.signal.revision,
-            kind=held.signal.kind,
-            verdict="opted-out",
-            detail=f"opted out by {by}: {reason}",
-        )
-        cancel = Cancel(sid, opt_out_revision(modification), self._clock.now())
-        outcome = self._inbox.submit_signal(TRANSPORT, self.settings.source, cancel, body)
-        self.opted_out[sid] = reason
-        key = EventKey(event_id, modification, sid, held.signal.revision)
-        self._outbox.append(Answer(key, OPT_OUT, OK, f"opted out: {reason}"))
+        """Stop honouring an event (see EventDesk.opt_out): optOut goes to the VTN on the
+        next turn, once the withdrawal is journaled. Raises OptOutError."""
+        outcome = self.desk.opt_out(event_id, reason, by=by)
         self._wake.set()
         return outcome
 
     # -- the task ---------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Register, poll and report until cancelled; a VTN that fails is retried with
-        backoff, and registered with again once it answers."""
-        backoff = BACKOFF_FIRST_S
+        """Register, poll and report until cancelled. Whatever ends a cycle (the VTN
+        failing or refusing, a request to re-register, a bug of ours) is followed by the
+        backoff; nothing but cancellation leaves this loop."""
         try:
             while True:
                 try:
                     await self._register()
-                    backoff = BACKOFF_FIRST_S
                     await self._serve()
                 except _ReregisterError as err:
-                    log.info("openadr re-registering", why=str(err))
+                    self.registered.clear()
+                    log.info("openadr re-registering", why=str(err), after_s=self.backoff_s)
                 except OpenAdrError as err:
                     self.registered.clear()
                     self._note_failure(str(err))
-                    await self._clock.sleep(backoff)
-                    backoff = min(backoff * 2, self.settings.reregister_max_s)
+                except Exception:  # a bug of ours must not stop the daemon
+                    self.registered.clear()
+                    self.internal_errors += 1
+                    log.exception(
+                        "openadr VEN: internal error in one cycle; backing off and "
+                        "registering again (a bug: please report it)",
+                        after_s=self.backoff_s,
+                    )
+                await self._clock.sleep(self.backoff_s)
+                self.backoff_s = min(self.backoff_s * 2, self.settings.reregister_max_s)
         finally:
             await self._link.close()
 
@@ -215,12 +184,30 @@ class OpenAdrVen:
             log.debug("openadr VTN still unavailable", problem=problem)
         self._failing = problem
 
+    async def _request(
+        self, service: str, message_type: str, **payload: object
+    ) -> tuple[str, dict[str, Any]]:
+        """One exchange whose reply's responseCode must be 200: 452/463 mean register
+        again, any other is the VTN refusing."""
+        kind, reply = await self._link.request(service, message_type, **payload)
+        response = reply.get("response")
+        code = response.get("response_code") if isinstance(response, dict) else None
+        if code is None or code == OK or str(code).strip() == str(OK):
+            return kind, reply
+        description = str((response or {}).get("response_description"))[:200]
+        if str(code).strip() in {str(c) for c in REGISTER_AGAIN}:
+            raise _ReregisterError(f"{message_type}: the VTN answered {code} {description}")
+        raise VtnReplyError(
+            f"{message_type}: the VTN answered {kind} {code} {description}",
+            code=code if isinstance(code, int) else None,
+        )
+
     async def _register(self) -> None:
         self.registered.clear()
         try:
             await self._create_registration()
         except VtnReplyError as err:
-            if err.code != NOT_REGISTERED or self.ven_id == self.settings.ven_id:
+            if err.code not in REGISTER_AGAIN or self.ven_id == self.settings.ven_id:
                 raise
             # A restarted VTN forgot the venID it gave us: register as a new VEN.
             log.info("openadr VTN does not know our venID; registering afresh", was=self.ven_id)
@@ -229,7 +216,7 @@ class OpenAdrVen:
         self._inbox.heard(self.settings.source)
         self.requests.clear()
         await self._register_reports()
-        kind, reply = await self._link.request(
+        kind, reply = await self._request(
             "EiEvent", "oadrRequestEvent", request_id=_request_id(), ven_id=self.ven_id
         )
         if kind == "oadrDistributeEvent":
@@ -247,14 +234,12 @@ class OpenAdrVen:
         )
 
     async def _create_registration(self) -> None:
-        await self._link.request(
-            "EiRegisterParty", "oadrQueryRegistration", request_id=_request_id()
-        )
+        await self._request("EiRegisterParty", "oadrQueryRegistration", request_id=_request_id())
         kind, reply = await self._link.request(
             "EiRegisterParty",
             "oadrCreatePartyRegistration",
             request_id=_request_id(),
-            ven_name=self.settings.ven_name,
+            ven_name=xml_text(self.settings.ven_name),
             ven_id=self.ven_id,
             http_pull_model=True,
             xml_signature=True,
@@ -273,8 +258,8 @@ class OpenAdrVen:
             )
         if not reply.get("registration_id"):
             raise VtnReplyError("registration refused: the VTN gave no registrationID")
-        self.ven_id = str(reply["ven_id"])
-        self.registration_id = str(reply["registration_id"])
+        self.ven_id = plain_id(reply["ven_id"], "venID")
+        self.registration_id = plain_id(reply["registration_id"], "registrationID")
         asked = reply.get("requested_oadr_poll_freq")
         self.poll_s = self.settings.poll_interval_s
         if isinstance(asked, timedelta) and asked.total_seconds() > 0:
@@ -285,21 +270,26 @@ class OpenAdrVen:
         next_poll = self._clock.now()
         while True:
             now = self._clock.now()
-            if self._outbox:
-                await self._send_answers(self._outbox[:], None)
-                self._outbox.clear()
+            if self.desk.has_outbox:
+                answers = self.desk.take_outbox()  # swapped before the await: none lost
+                try:
+                    await self._send_answers(answers, None)
+                except BaseException:
+                    self.desk.requeue(answers)
+                    raise
             if now >= next_poll:
                 await self._poll()
+                self.backoff_s = BACKOFF_FIRST_S  # the VTN answers us as a registered VEN
                 next_poll = now + timedelta(seconds=self.poll_s)
             await self._send_due_reports(self._clock.now())
             dues = [next_poll, *(r.due for r in self.requests.values())]
             wait_s = max(0.0, (min(dues) - self._clock.now()).total_seconds())
             self._wake.clear()
-            if wait_s > 0 and not self._outbox:
+            if wait_s > 0 and not self.desk.has_outbox:
                 await self._clock.wait(self._wake, wait_s)
 
     async def _poll(self) -> None:
-        kind, reply = await self._link.request("OadrPoll", "oadrPoll", ven_id=self.ven_id)
+        kind, reply = await self._request("OadrPoll", "oadrPoll", ven_id=self.ven_id)
         self.polls += 1
         self._inbox.heard(self.settings.source)
         if kind in ("", "oadrResponse"):
@@ -310,7 +300,7 @@ class OpenAdrVen:
             await self._accept_report_requests(reply)
         elif kind == "oadrCancelReport":
             self.requests.pop(str(reply.get("report_request_id")), None)
-            await self._link.request(
+            await self._request(
                 "EiReport",
                 "oadrCanceledReport",
                 response=_ok(reply.get("request_id")),
@@ -338,102 +328,20 @@ class OpenAdrVen:
     # -- events -----------------------------------------------------------------------------
 
     async def _on_events(self, reply: dict[str, Any]) -> None:
-        answers = []
-        for event in reply.get("events") or []:
-            answer = self._answer(event)
-            if answer is not None and answer.key.response_required:
-                answers.append(answer)
+        """A full distribute (the poll's, or the oadrRequestEvent reply at registration)."""
+        events = [e for e in reply.get("events") or [] if isinstance(e, dict)]
+        refused = [r for r in reply.get("refused_events") or [] if isinstance(r, dict)]
+        answers = self.desk.distribute(events, refused)
         if answers:
             await self._send_answers(answers, reply.get("request_id"))
 
-    def _answer(self, event: dict[str, Any]) -> Answer | None:
-        """Translate and admit one event; the same (event, modification) again is
-        answered as before without a second journal row (VTNs re-send every event)."""
-        translation = translate(
-            event, self.settings.rules, source=self.settings.source, now=self._clock.now()
-        )
-        key = translation.key
-        seen = self._answers.get((key.event_id, key.modification))
-        if seen is not None:
-            return seen
-        answer = self._decide(translation, event_json(event))
-        if answer is not None and answer.code != OTHER_ERROR:  # a failed journal: try again
-            self._answers[(key.event_id, key.modification)] = answer
-            while len(self._answers) > ANSWERS_KEPT:
-                self._answers.popitem(last=False)
-        return answer
-
-    def _decide(self, translation: Refused | Translated, body: bytes) -> Answer | None:
-        source = self.settings.source
-        key = translation.key
-        if isinstance(translation, Refused):
-            self._inbox.refuse_signal(
-                TRANSPORT,
-                source,
-                body,
-                translation.reason,
-                signal_id=key.signal_id,
-                revision=key.revision,
-            )
-            code = SIGNAL_NOT_SUPPORTED if "acts on" in translation.reason else INVALID_DATA
-            return Answer(key, OPT_OUT, code, translation.reason)
-        signal = translation.signal
-        if translation.test:
-            self._inbox.note_signal(
-                TRANSPORT,
-                source,
-                body,
-                signal_id=signal.id,
-                revision=signal.revision,
-                kind=signal.kind,
-                verdict="test",
-                detail="test event: journaled, not acted on",
-            )
-            return Answer(key, OPT_IN, OK, "test event: not acted on")
-        if isinstance(signal, Cancel):
-            self.opted_out.pop(signal.id, None)
-            outcome = self._inbox.submit_signal(TRANSPORT, source, signal, body)
-            return self._from_outcome(key, outcome, OPT_IN)
-        reason = self.opted_out.get(signal.id) or translation.opt_out
-        if reason is not None:
-            return self._decline(key, signal.id, signal.kind, reason, body)
-        outcome = self._inbox.submit_signal(TRANSPORT, source, signal, body)
-        return self._from_outcome(key, outcome, OPT_IN)
-
-    def _decline(self, key: EventKey, sid: str, kind: str, reason: str, body: bytes) -> Answer:
-        """Opted out (a config rule, or the operator earlier): journaled with the reason;
-        a modification of an event held so far withdraws it."""
-        source = self.settings.source
-        self._inbox.note_signal(
-            TRANSPORT,
-            source,
-            body,
-            signal_id=sid,
-            revision=key.revision,
-            kind=kind,
-            verdict="opted-out",
-            detail=f"opted out: {reason}",
-        )
-        if sid in self._inbox.book.held:
-            cancel = Cancel(sid, opt_out_revision(key.modification), self._clock.now())
-            self._inbox.submit_signal(TRANSPORT, source, cancel, body)
-        return Answer(key, OPT_OUT, OK, f"opted out: {reason}")
-
-    @staticmethod
-    def _from_outcome(key: EventKey, outcome: Outcome, opt: str) -> Answer:
-        if outcome.status in ("received", "duplicate"):
-            return Answer(key, opt, OK, outcome.detail)
-        if outcome.status == "unavailable":
-            return Answer(key, OPT_OUT, OTHER_ERROR, outcome.detail)
-        return Answer(key, OPT_OUT, INVALID_DATA, outcome.detail)
-
     async def _send_answers(self, answers: list[Answer], request_id: object) -> None:
-        rid = str(request_id) if request_id else None
-        await self._link.request(
+        rid = xml_text(request_id) if request_id else None
+        await self._request(
             "EiEvent",
             "oadrCreatedEvent",
             response={"response_code": OK, "response_description": "OK", "request_id": rid},
-            event_responses=[a.as_payload(rid) for a in answers],
+            event_responses=[_as_payload(a, rid) for a in answers],
             ven_id=self.ven_id,
         )
 
@@ -441,7 +349,7 @@ class OpenAdrVen:
 
     async def _register_reports(self) -> None:
         catalogue = report_catalogue(self.settings.resource, 1.0, self._clock.now())
-        kind, reply = await self._link.request(
+        kind, reply = await self._request(
             "EiReport",
             "oadrRegisterReport",
             request_id=_request_id(),
@@ -464,16 +372,24 @@ class OpenAdrVen:
             granularity = spec.get("granularity") or timedelta(0)
             back = spec.get("report_back_duration") or timedelta(0)
             every = back if back > timedelta(0) else granularity
-            r_ids = tuple(str(p.get("r_id")) for p in spec.get("specifier_payloads") or [])
-            rid = str(request.get("report_request_id"))
+            payloads = spec.get("specifier_payloads") or []
+            if isinstance(payloads, dict):  # one payload parses as a mapping
+                payloads = [payloads]
+            r_ids = tuple(str(p.get("r_id")) for p in payloads if isinstance(p, dict))
+            rid = str(request.get("report_request_id"))[:100]
             seconds = every.total_seconds() if isinstance(every, timedelta) else 0.0
+            # One request per report: a newer one replaces the older (each report costs a
+            # signature, so neither their number nor their rate is the VTN's to choose).
+            for old in [r for r in self.requests.values() if r.specifier == specifier]:
+                del self.requests[old.request_id]
             self.requests[rid] = ReportRequest(
-                rid, str(specifier), r_ids, seconds if seconds > 0 else None, now
+                rid, str(specifier), r_ids, max(seconds, MIN_REPORT_S) if seconds > 0 else None, now
             )
             accepted.append(rid)
+        accepted = [r for r in accepted if r in self.requests]
         if not accepted:
             return
-        await self._link.request(
+        await self._request(
             "EiReport",
             "oadrCreatedReport",
             response=_ok(reply.get("request_id")),
@@ -493,7 +409,7 @@ class OpenAdrVen:
             report = self._report(request, now)
             if report is None:
                 continue
-            await self._link.request(
+            await self._request(
                 "EiReport",
                 "oadrUpdateReport",
                 request_id=_request_id(),
@@ -525,6 +441,17 @@ class OpenAdrVen:
             created_date_time=now,
             dtstart=now,
         )
+
+
+def _as_payload(answer: Answer, request_id: str | None) -> dict[str, Any]:
+    return {
+        "response_code": answer.code,
+        "response_description": xml_text(answer.detail),
+        "request_id": request_id or "",
+        "event_id": xml_text(answer.key.event_id),
+        "modification_number": answer.key.modification,
+        "opt_type": answer.opt,
+    }
 
 
 def _request_id() -> str:
@@ -579,5 +506,10 @@ def openadr_ven(
     )
     link = VtnLink(cfg.vtn_url, context, timeout_s=cfg.request_timeout_s, signing=signing)
     ven = OpenAdrVen(inbox=inbox, feed=feed, clock=clock, link=link, settings=settings)
+    try:  # the operator's opt-outs outlive a restart
+        since = clock.now() - OPT_OUTS_LOOKBACK
+        ven.desk.restore(signal_history(loaded.config.journal.path, since))
+    except ReportError as err:
+        log.info("openadr: no opt-outs to restore", why=str(err))
     publisher.add(ven)
     return ven

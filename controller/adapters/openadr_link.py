@@ -9,6 +9,7 @@ has a deadline and every failure is a typed error the VEN's backoff can act on.
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -17,15 +18,22 @@ from xml.sax.saxutils import escape
 
 import aiohttp
 import structlog
-from lxml.etree import XMLSyntaxError
+from lxml import etree
 from openleadr import objects
-from openleadr.messaging import create_message, parse_message, validate_xml_schema
+from openleadr.messaging import XML_SCHEMA, create_message, parse_message
 
 from controller.record.site import SiteView
 
 log = structlog.get_logger("curtaild.openadr")
 
-MAX_REPLY_BYTES = 1024 * 1024  # an oadrDistributeEvent of many events stays well below
+# ~600 single-interval events, or a day of 15-minute intervals for many events; parsed in
+# a worker thread (about 0.5 s of CPU at the cap), never on the event loop.
+MAX_REPLY_BYTES = 1024 * 1024
+_OADR = "{http://openadr.org/oadr-2.0b/2012/07}"
+_EI = "{http://docs.oasis-open.org/ns/energyinterop/201110}"
+# What a VTN-assigned venID or registrationID may be: it goes back into every message,
+# whose templates do not escape.
+_PLAIN_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
 
 
 class OpenAdrError(Exception):
@@ -43,6 +51,10 @@ class VtnReplyError(OpenAdrError):
     def __init__(self, message: str, *, code: int | None = None) -> None:
         super().__init__(message)
         self.code = code
+
+
+class VenMessageError(OpenAdrError):
+    """Our own message could not be built (openleadr's preflight or signing failed)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,8 +86,12 @@ class VtnLink:
     async def request(
         self, service: str, message_type: str, **payload: object
     ) -> tuple[str, dict[str, Any]]:
-        """(reply type, reply payload); an empty HTTP reply is ("", {})."""
-        message = self._message(message_type, payload)
+        """(reply type, reply payload); an empty HTTP reply is ("", {}). An
+        oadrDistributeEvent's events that cannot be read are under "refused_events"."""
+        try:
+            message = self._message(message_type, payload)
+        except Exception as err:  # noqa: BLE001 - openleadr's preflight and signxml raise anything
+            raise VenMessageError(f"{message_type}: cannot be built: {err!r}") from None
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(ssl=self._context, limit=4),
@@ -86,25 +102,17 @@ class VtnLink:
                 asyncio.timeout(self._timeout_s),
                 self._session.post(f"{self._url}/{service}", data=message) as reply,
             ):
-                content = await reply.content.read(MAX_REPLY_BYTES + 1)
                 status = reply.status
+                content = await _read_capped(reply, service)
         except (aiohttp.ClientError, OSError, TimeoutError) as err:
             raise VtnUnreachableError(f"{service}: {type(err).__name__}: {err}") from None
         if status != 200:  # noqa: PLR2004
             text = content[:200].decode("utf-8", errors="replace")
             raise VtnReplyError(f"{service}: HTTP {status}: {text}")
-        if len(content) > MAX_REPLY_BYTES:
-            raise VtnReplyError(f"{service}: reply larger than {MAX_REPLY_BYTES} bytes")
         if not content.strip():
             return "", {}
-        try:
-            validate_xml_schema(content)
-            kind, parsed = parse_message(content)
-        except XMLSyntaxError as err:
-            raise VtnReplyError(f"{service}: reply fails the 2.0b schema: {err}") from None
-        except Exception as err:  # noqa: BLE001 - openleadr's parser raises anything
-            raise VtnReplyError(f"{service}: reply cannot be parsed: {err!r}") from None
-        return str(kind), parsed
+        # lxml and xmltodict hold the GIL for much of it, but the loop gets its turns.
+        return await asyncio.to_thread(parse_reply, content, service)
 
     def _message(self, message_type: str, payload: dict[str, object]) -> str:
         signing = self._signing
@@ -122,6 +130,111 @@ class VtnLink:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+async def _read_capped(reply: aiohttp.ClientResponse, service: str) -> bytes:
+    """The whole body (content.read(n) returns only what is buffered), refused above
+    MAX_REPLY_BYTES, by its Content-Length before reading when it gives one."""
+    too_big = f"{service}: reply larger than {MAX_REPLY_BYTES} bytes; refused"
+    if reply.content_length is not None and reply.content_length > MAX_REPLY_BYTES:
+        raise VtnReplyError(too_big)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in reply.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > MAX_REPLY_BYTES:
+            raise VtnReplyError(too_big)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_reply(content: bytes, service: str = "reply") -> tuple[str, dict[str, Any]]:
+    """A VTN's reply as (type, payload), read safely: no DTD, no entities, no network, no
+    huge trees (a DOCTYPE is refused outright: one entity in openleadr's validating parser
+    crashed the process), then the 2.0b schema, then openleadr's parser. In an
+    oadrDistributeEvent an event that fails the schema or the parser is refused alone:
+    the others are read, and it is listed under "refused_events" (event_id,
+    modification_number, reason) so that it is answered, not dropped."""
+    if b"<!DOCTYPE" in content or b"<!ENTITY" in content:
+        raise VtnReplyError(f"{service}: reply has a DOCTYPE; refused")
+    parser = etree.XMLParser(
+        resolve_entities=False, load_dtd=False, no_network=True, huge_tree=False
+    )
+    try:
+        root = etree.fromstring(content, parser)
+    except etree.XMLSyntaxError as err:
+        raise VtnReplyError(f"{service}: reply is not well-formed XML: {err}") from None
+    docinfo = root.getroottree().docinfo
+    if docinfo.internalDTD is not None or docinfo.doctype:  # e.g. a UTF-16 DOCTYPE
+        raise VtnReplyError(f"{service}: reply has a DOCTYPE; refused")
+    try:
+        return _validated(root)
+    except _UnreadableError as err:
+        distribute = root.find(f".//{_OADR}oadrDistributeEvent")
+        if distribute is None:
+            raise VtnReplyError(f"{service}: {err}") from None
+    return _event_by_event(root, distribute, service)
+
+
+class _UnreadableError(Exception):
+    pass
+
+
+def _validated(root: etree._Element) -> tuple[str, dict[str, Any]]:
+    try:
+        XML_SCHEMA.assertValid(root)
+    except etree.DocumentInvalid as err:
+        raise _UnreadableError(f"fails the 2.0b schema: {err}") from None
+    try:
+        kind, payload = parse_message(etree.tostring(root))
+    except Exception as err:  # noqa: BLE001 - openleadr's parser raises anything
+        raise _UnreadableError(f"cannot be parsed: {err!r}") from None
+    if not isinstance(payload, dict):
+        raise _UnreadableError("cannot be parsed: not a message")
+    return str(kind), payload
+
+
+def _event_by_event(
+    root: etree._Element, distribute: etree._Element, service: str
+) -> tuple[str, dict[str, Any]]:
+    events = distribute.findall(f"{_OADR}oadrEvent")
+    for event in events:
+        distribute.remove(event)
+    try:
+        kind, payload = _validated(root)  # the envelope alone
+    except _UnreadableError as err:
+        raise VtnReplyError(f"{service}: {err}") from None
+    payload["events"] = []
+    refused: list[dict[str, Any]] = []
+    for event in events:
+        distribute.append(event)
+        try:
+            _, one = _validated(root)
+            payload["events"].extend(one.get("events") or [])
+        except _UnreadableError as err:
+            refused.append(
+                {
+                    "event_id": event.findtext(f".//{_EI}eventDescriptor/{_EI}eventID"),
+                    "modification_number": event.findtext(
+                        f".//{_EI}eventDescriptor/{_EI}modificationNumber"
+                    ),
+                    "reason": f"the event {err}"[:500],
+                }
+            )
+        distribute.remove(event)
+    payload["refused_events"] = refused
+    return kind, payload
+
+
+def plain_id(value: object, what: str) -> str:
+    """A VTN-assigned id we send back in every message: refused unless a plain token."""
+    text = str(value)
+    if not _PLAIN_ID.fullmatch(text):
+        raise VtnReplyError(
+            f"registration refused: the VTN's {what} {text[:60]!r} is not a "
+            "plain id (1-128 of A-Z a-z 0-9 . _ : @ / + = -)"
+        )
+    return text
 
 
 def xml_text(value: object, limit: int = 200) -> str:

@@ -177,8 +177,9 @@ def listener_tls(config: SiteConfig) -> list[str]:
 
 
 def openadr_checks(config: SiteConfig, *, resolve_secrets: bool) -> list[str]:
-    """grid.openadr names a configured source, only its source may go without a key, and
-    (when secrets are resolved) the VEN's certificate, key and the VTN's CA load."""
+    """grid.openadr names a configured source, polls faster than that source's heartbeat
+    timeout, only its source may go without a key, and (when secrets are resolved) the
+    VEN's certificate, key and the VTN's CA load."""
     problems: list[str] = []
     openadr = config.grid.openadr
     ids = [s.id for s in config.signals.sources]
@@ -188,6 +189,18 @@ def openadr_checks(config: SiteConfig, *, resolve_secrets: bool) -> list[str]:
             f"({', '.join(ids)})"
         )
     for i, source in enumerate(config.signals.sources):
+        timeout = source.heartbeat_timeout_s
+        if (
+            openadr is not None
+            and source.id == openadr.source
+            and timeout is not None
+            and openadr.poll_interval_s >= timeout
+        ):
+            problems.append(
+                f"grid.openadr.poll_interval_s: {openadr.poll_interval_s:g} s must be "
+                f"below signals.sources[{i}].heartbeat_timeout_s ({timeout:g} s): each "
+                "poll is the VTN's heartbeat, so a slower poll makes it stale between polls"
+            )
         if source.key is None and (openadr is None or source.id != openadr.source):
             problems.append(
                 f"signals.sources[{i}].key: required (only grid.openadr's source, whose VTN "

@@ -3,7 +3,7 @@
 2.0b requires TLS with client certificates, so the VEN's certificate and key and the VTN's
 CA are required. Events become signals of `source`, one of `signals.sources`, so that
 source's heartbeat timeout and stale policy apply to the VTN (each successful poll is a
-heartbeat).
+heartbeat; checks.py wants poll_interval_s below its heartbeat_timeout_s).
 """
 
 from __future__ import annotations
@@ -66,6 +66,7 @@ class OpenAdrCfg(ConfigModel):
     key: Path  # its private key (PEM)
     key_password: SecretRef | None = None
     vtn_ca: Path  # the CA bundle the VTN's server certificate must chain to
+    # False accepts any certificate vtn_ca signed, whatever host it names.
     check_hostname: bool = True
     # Poll at least this often, more often if the VTN asks (requested_oadr_poll_freq).
     poll_interval_s: Seconds = 10.0

@@ -7,20 +7,27 @@ the VTN's source, which the inbox then admits like any other signal:
   is a newer revision, and the even revision between two modifications is left for the
   VEN's own opt-out (a cancel of that event) so that neither side's revision collides.
 - Limit: SIMPLE levels 1-3 map to configured limits (level 0 is normal operation: the
-  site cap); LOAD_DISPATCH `setpoint` is a draw in kW (or in the unit its itemBase
-  gives); LOAD_CONTROL `x-loadControlCapacity` is a fraction of the site cap. An event
+  site cap); LOAD_DISPATCH `setpoint` is a draw in the unit of the signal's itemBase
+  (openleadr's `measurement`: a power in W with its SI scale; kW when there is none);
+  LOAD_CONTROL `x-loadControlCapacity` is a fraction of the site cap. An event
   with several intervals or signals is held at the tightest of them for its whole active
   period: never above what any interval allows.
 - Time: the limit applies from `dtstart - rampUp` and must be met by
   `dtstart + startafter` (the randomisation the VTN tolerates); with neither, `deadline_s`
   after `dtstart`. `duration` 0 is open-ended (until cancelled).
-- `eventStatus` cancelled is a cancel; `testEvent` is journaled but never acted on.
+- `eventStatus` cancelled is a cancel, completed a cancel flagged `completed` (the VEN
+  acknowledges it; nothing to do unless it still holds the event); `testEvent` is
+  journaled but never acted on.
 - Anything else (an unknown signal name or type, a level outside 0-3, a fraction outside
-  0-1, a negative setpoint) refuses the whole event with a reason naming the field.
+  0-1, a negative setpoint, an itemBase that is not a power) refuses the whole event with
+  a reason naming the field; so does a signal outside the wire contract's own bounds (a
+  limit over 10 GW, a deadline over a day, a time outside 2000-2100), which the signed
+  path refuses too: no VTN gets past what an HMAC-signed signal cannot.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -29,12 +36,31 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from pydantic import ValidationError
+
 from controller.core.signals import Cancel, Curtailment
+from controller.intake.wire import MAX_BODY_BYTES, CurtailmentIn, describe
 
 SUPPORTED = "SIMPLE level, LOAD_DISPATCH setpoint, LOAD_CONTROL x-loadControlCapacity"
 _EVENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,99}")
-_SCALES = {"none": 1.0, "k": 1e3, "M": 1e6, "G": 1e9, "m": 1e-3}
+# OpenADR's SiScaleCodeType (openleadr.enums.SI_SCALE_CODE)
+_SCALES = {
+    "p": 1e-12,
+    "n": 1e-9,
+    "micro": 1e-6,
+    "m": 1e-3,
+    "c": 1e-2,
+    "d": 1e-1,
+    "none": 1.0,
+    "k": 1e3,
+    "M": 1e6,
+    "G": 1e9,
+    "T": 1e12,
+}
+_POWER_UNITS = ("W",)  # powerReal; VA and VAR (apparent, reactive) are not a grid draw
 MAX_MODIFICATION = 2**30 - 2  # revisions stay within the wire's 2**31 - 1
+_MAX_W = 10e9  # the wire's limit_kw bound (10 GW), checked before any int conversion
+MAX_JOURNALED_BYTES = MAX_BODY_BYTES  # an event's JSON above this is journaled as a digest
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +112,7 @@ class Translated:
     signal: Curtailment | Cancel
     test: bool = False
     opt_out: str | None = None  # the matching rule's reason
+    completed: bool = False  # eventStatus completed: over by the VTN's account
 
 
 Translation = Refused | Translated
@@ -111,7 +138,22 @@ def opt_out_revision(modification: int) -> int:
 def translate(
     event: Mapping[str, Any], rules: EventRules, *, source: str, now: datetime
 ) -> Translation:
-    """One event of an oadrDistributeEvent, as openleadr parsed it."""
+    """One event of an oadrDistributeEvent, as openleadr parsed it. Never raises: any
+    value that cannot become a signal is a Refused naming the field."""
+    try:
+        return _translate(event, rules, source=source, now=now)
+    except (ArithmeticError, ValueError, TypeError, AttributeError) as err:
+        # Date arithmetic that overflows, a payload of an unexpected shape: refused, not
+        # raised (no VTN input may stop the daemon).
+        descriptor = event.get("event_descriptor") if isinstance(event, Mapping) else None
+        raw_id = (descriptor or {}).get("event_id") if isinstance(descriptor, Mapping) else None
+        key = EventKey(str(raw_id)[:100], 0, None, None)
+        return Refused(key, f"the event cannot be read as a signal: {type(err).__name__}: {err}")
+
+
+def _translate(
+    event: Mapping[str, Any], rules: EventRules, *, source: str, now: datetime
+) -> Translation:
     descriptor = event.get("event_descriptor") or {}
     raw_id = descriptor.get("event_id")
     raw_mod = descriptor.get("modification_number", 0)
@@ -125,26 +167,70 @@ def translate(
     key = EventKey(raw_id, raw_mod, signal_id(source, raw_id), revision(raw_mod), required)
     sid = signal_id(source, raw_id)
     rev = revision(raw_mod)
-    if descriptor.get("event_status") == "cancelled":
-        return Translated(key, Cancel(sid, rev, now), test=_test(descriptor))
+    status = descriptor.get("event_status")
+    if status in ("cancelled", "completed"):
+        cancel = Cancel(sid, rev, now)
+        return Translated(key, cancel, test=_test(descriptor), completed=status == "completed")
     try:
         limit_w, names, top_level = _limit(event.get("event_signals"), rules)
         start, deadline_s, end = _timing(event.get("active_period"), rules)
+        issued = descriptor.get("created_date_time")
+        curtailment = Curtailment(
+            sid,
+            rev,
+            issued if isinstance(issued, datetime) and issued.tzinfo else now,
+            limit_w,
+            deadline_s,
+            start,
+            end,
+        )
+        curtailment = _within_contract(curtailment)
     except _RefusedError as err:
         return Refused(key, str(err))
-    issued = descriptor.get("created_date_time")
-    curtailment = Curtailment(
-        sid,
-        rev,
-        issued.astimezone(UTC) if isinstance(issued, datetime) and issued.tzinfo else now,
-        limit_w,
-        deadline_s,
-        start,
-        end,
-    )
     context = descriptor.get("market_context")
     reason = _opt_out(rules.opt_out, context, names, top_level, start - now)
     return Translated(key, curtailment, test=_test(descriptor), opt_out=reason)
+
+
+# The wire contract's field names, as an event's fields.
+_FIELDS = {
+    "id": "eventID (as <source>:<eventID>)",
+    "issued_at": "eventDescriptor.createdDateTime",
+    "limit_kw": "the limit (level, setpoint or capacity)",
+    "deadline_s": "the deadline (x-eiRampUp + tolerance.startafter, or deadline_s)",
+    "start": "dtstart - x-eiRampUp",
+    "end": "dtstart + duration",
+}
+
+
+def _within_contract(signal: Curtailment) -> Curtailment:
+    """The signal judged by the signed wire's own model (its limit, deadline and time
+    bounds); issued_at in UTC."""
+    try:
+        CurtailmentIn(
+            type="curtailment",
+            id=signal.id,
+            revision=signal.revision,
+            issued_at=signal.issued_at,
+            limit_kw=signal.limit_w / 1000,
+            deadline_s=signal.deadline_s,
+            start=signal.start,
+            end=signal.end,
+        )
+    except ValidationError as err:
+        reason = describe(err)
+        for name, field_name in _FIELDS.items():
+            reason = re.sub(rf"(^|; ){name}:", rf"\1{field_name}:", reason)
+        raise _RefusedError(f"outside the signal contract's bounds: {reason}") from None
+    return Curtailment(
+        signal.id,
+        signal.revision,
+        signal.issued_at.astimezone(UTC),
+        signal.limit_w,
+        signal.deadline_s,
+        signal.start,
+        signal.end,
+    )
 
 
 def _test(descriptor: Mapping[str, Any]) -> bool:
@@ -202,7 +288,10 @@ def _interval_limit(
     if name == "LOAD_DISPATCH" and kind == "setpoint":
         if value < 0:
             raise _RefusedError(f"{at}: setpoint {value:g} is negative")
-        return math.floor(value * _watts_per_unit(signal, at)), 0
+        watts = value * _watts_per_unit(signal, at)
+        if not watts <= _MAX_W:  # also catches an infinite product
+            raise _RefusedError(f"{at}: setpoint {value:g} is above {_MAX_W / 1e9:g} GW")
+        return math.floor(watts), 0
     if name == "LOAD_CONTROL" and kind == "x-loadControlCapacity":
         if not 0 <= value <= 1:
             raise _RefusedError(f"{at}: capacity {value:g} is not a fraction 0-1")
@@ -217,14 +306,17 @@ def _level(value: float, at: str) -> int:
 
 
 def _watts_per_unit(signal: Mapping[str, Any], where: str) -> float:
-    """A setpoint's itemBase (powerReal, ...) gives its unit and scale; none: kW."""
-    bases = [v for v in signal.values() if isinstance(v, Mapping) and "item_units" in v]
-    if not bases:
+    """A setpoint's itemBase (openleadr parses it as `measurement`: {name, unit, scale})
+    gives its unit and SI scale; a signal without one is in kW."""
+    base = signal.get("measurement")
+    if base is None:
         return 1e3
-    base = bases[0]
-    unit, scale = base.get("item_units"), base.get("si_scale_code", "none")
-    if unit != "W" or scale not in _SCALES:
-        raise _RefusedError(f"{where}: itemBase unit {scale} {unit} is not a power in W")
+    if not isinstance(base, Mapping):
+        raise _RefusedError(f"{where}: itemBase is not readable")
+    unit, scale = base.get("unit"), base.get("scale", "none")
+    if unit not in _POWER_UNITS or scale not in _SCALES:
+        name = base.get("name")
+        raise _RefusedError(f"{where}: itemBase {name} in {scale} {unit} is not a power in W")
     return _SCALES[str(scale)]
 
 
@@ -244,10 +336,17 @@ def _timing(raw: object, rules: EventRules) -> tuple[datetime, float, datetime |
         raise _RefusedError("eiActivePeriod.x-eiRampUp: not a non-negative duration")
     if not isinstance(start_after, timedelta) or start_after < timedelta(0):
         raise _RefusedError("eiActivePeriod.tolerance.startafter: not a non-negative duration")
-    dtstart = dtstart.astimezone(UTC)
-    allowed = (ramp_up + start_after).total_seconds()
-    end = dtstart + duration if duration > timedelta(0) else None
-    return dtstart - ramp_up, allowed if allowed > 0 else rules.deadline_s, end
+    try:
+        dtstart = dtstart.astimezone(UTC)
+        allowed = (ramp_up + start_after).total_seconds()
+        end = dtstart + duration if duration > timedelta(0) else None
+        start = dtstart - ramp_up
+    except OverflowError:
+        raise _RefusedError(
+            "eiActivePeriod: dtstart with its duration, x-eiRampUp or startafter "
+            "lies outside any representable time"
+        ) from None
+    return start, allowed if allowed > 0 else rules.deadline_s, end
 
 
 def _opt_out(
@@ -280,4 +379,18 @@ def event_json(event: Mapping[str, Any]) -> bytes:
             return value.total_seconds()
         return str(value)
 
-    return json.dumps(event, default=plain, sort_keys=True).encode()
+    body = json.dumps(event, default=plain, sort_keys=True).encode()
+    if len(body) <= MAX_JOURNALED_BYTES:
+        return body
+    # A huge event (thousands of intervals) is not fsynced whole with every row.
+    descriptor = event.get("event_descriptor")
+    ids = descriptor if isinstance(descriptor, Mapping) else {}
+    summary = {
+        "event_id": str(ids.get("event_id"))[:100],
+        "modification_number": str(ids.get("modification_number"))[:20],
+        "bytes": len(body),
+        "sha256": hashlib.sha256(body).hexdigest(),
+        "head": body[:4096].decode("utf-8", errors="replace"),
+        "truncated": True,
+    }
+    return json.dumps(summary, sort_keys=True).encode()

@@ -20,11 +20,12 @@ from controller.adapters.openadr import OpenAdrVen
 from controller.clock import FakeClock
 from controller.core.signals import ObligationStatus
 from controller.record.report import signal_history
+from demo.farm import farm_from_config
 from sim.modbus import SimMeter
 from tests.conftest import free_port, load_site, site_dict
 from tests.openadr_vtn import Recorded, Vtn
 from tests.pki import CLIENT, Pki
-from tests.system.harness import Rig, rig
+from tests.system.harness import Rig, daemon_on, rig
 
 pytestmark = pytest.mark.system
 
@@ -104,15 +105,19 @@ async def grid(tmp_path: Path, **openadr: Any) -> AsyncIterator[Grid]:
     server_cert = pki.issue("vtn", serial=2001)
     vtn = Vtn(port=port, cert=server_cert, ca=pki.ca_file)
     await vtn.start()
-    loaded = openadr_site(tmp_path, pki, port, **openadr)
-    clock = FakeClock(datetime.now(UTC).replace(microsecond=0))
+    holder: list[Vtn] = [vtn]  # the test may replace the VTN (a restart): stop the last one
     try:
+        loaded = openadr_site(tmp_path, pki, port, **openadr)
+        clock = FakeClock(datetime.now(UTC).replace(microsecond=0))
         async with rig(loaded, clock) as r:
             g = Grid(r, vtn, pki, port, server_cert)
-            await g.until(lambda: g.ven.registered.is_set() and bool(vtn.vens))
-            yield g
+            try:
+                await g.until(lambda: g.ven.registered.is_set() and bool(vtn.vens))
+                yield g
+            finally:
+                holder.append(g.vtn)
     finally:
-        await g.vtn.stop()
+        await holder[-1].stop()
 
 
 async def test_an_event_is_a_meter_verified_deadline_modified_then_cancelled(
@@ -242,3 +247,174 @@ async def test_telemetry_reaches_the_vtn_and_a_restarted_vtn_is_registered_with_
         assert recorded.registrations == ["test-site-ven"]
         g.vtn.add_event("after", start=g.at(30), payload=1)
         await g.until(lambda: g.held("after") is not None)
+
+
+async def test_an_event_the_vtn_no_longer_lists_is_cancelled(tmp_path: Path) -> None:
+    async with grid(tmp_path) as g:
+        g.vtn.add_event("gone", start=g.at(5), minutes=600, payload=3)
+        g.vtn.add_event("kept", start=g.at(300), payload=1)
+        await g.until(lambda: g.held("gone") is not None and g.held("kept") is not None)
+        g.vtn.drop("gone")  # the next distribution lists "kept" only
+        await g.until(lambda: g.held("gone") is None)
+        assert g.held("kept") is not None
+        rows = [(row["type"], row["verdict"]) for row in g.rows("gone")]
+        assert rows == [
+            ("curtailment", "received"),
+            ("cancel", "implied-cancel"),
+            ("cancel", "received"),
+        ]
+        assert g.ven.desk.implied_cancels == 1
+
+
+async def test_a_cancel_under_the_same_modification_is_obeyed(tmp_path: Path) -> None:
+    async with grid(tmp_path) as g:
+        g.vtn.add_event("ev", start=g.at(30), payload=2)
+        await g.until(lambda: g.vtn.opt("ev") == ["optIn"])
+        g.vtn.cancel("ev", same_modification=True)
+        await g.until(lambda: g.held("ev") is None)
+        await g.until(lambda: g.vtn.opt("ev") == ["optIn", "optIn"])
+        verdicts = [(row["revision"], row["type"], row["verdict"]) for row in g.rows("ev")]
+        assert verdicts == [(1, "curtailment", "received"), (2, "cancel", "received")]
+
+
+async def test_a_distribution_far_above_64_kb_is_read_and_each_event_answered(
+    tmp_path: Path,
+) -> None:
+    async with grid(tmp_path) as g:
+        n = 60  # about 100 KB of XML in one oadrDistributeEvent
+        for i in range(n):
+            g.vtn.add_event(f"e{i}", start=g.at(300), payload=1)
+        await g.until(lambda: all(g.vtn.opt(f"e{i}") == ["optIn"] for i in range(n)))
+        assert all(g.held(f"e{i}") is not None for i in range(n))
+        assert g.ven.registrations == 1  # read whole: no parse failure, no re-registration
+
+
+async def test_a_vtn_that_forgets_the_ven_answers_463_and_gets_a_fresh_registration(
+    tmp_path: Path,
+) -> None:
+    async with grid(tmp_path) as g:
+        old = g.vtn.ven_id
+        registrations = g.ven.registrations
+        g.vtn.forget(old)  # its polls now get 463; so does a registration under `old`
+        await g.until(lambda: g.ven.registrations > registrations and bool(g.vtn.vens))
+        assert g.vtn.ven_id != old
+        assert g.ven.ven_id == g.vtn.ven_id
+        g.vtn.add_event("after", start=g.at(30), payload=1)
+        await g.until(lambda: g.held("after") is not None)
+
+
+async def test_re_registration_requests_are_backed_off(tmp_path: Path) -> None:
+    async with grid(tmp_path) as g:
+        service = g.vtn.server.services["poll_service"]
+
+        async def reregister(payload: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+            return "oadrRequestReregistration", {"ven_id": payload["ven_id"]}
+
+        service.handlers["oadrPoll"] = reregister
+        before = g.ven.registrations
+        await g.until(lambda: g.ven.registrations > before)
+        settled = g.ven.registrations
+        for _ in range(40):  # real loopback I/O but no logical time: the backoff holds
+            await asyncio.sleep(0.02)
+        assert g.ven.registrations == settled
+        # Logical time decides: 1 s, then 2 s (reregister_max_s) between registrations.
+        start = g.r.clock.now()
+        while (g.r.clock.now() - start).total_seconds() < 15:
+            await g.r.step(0.25)
+            await asyncio.sleep(0.01)
+        assert 1 <= g.ven.registrations - settled <= 9
+        assert g.ven.backoff_s == 2
+
+
+async def test_a_failing_poll_backs_off_even_though_registration_succeeds(
+    tmp_path: Path,
+) -> None:
+    async with grid(tmp_path) as g:
+        service = g.vtn.server.services["poll_service"]
+
+        async def broken(payload: dict[str, Any]) -> Any:
+            raise RuntimeError("a VTN bug: HTTP 500")
+
+        service.handlers["oadrPoll"] = broken
+        before = g.ven.registrations
+        start = g.r.clock.now()
+        while (g.r.clock.now() - start).total_seconds() < 30:
+            await g.r.step(0.25)
+            await asyncio.sleep(0.01)
+        # 1 + 2 (reregister_max_s) + 2 + ...: about 15 in 30 s, not 30 at 1 s each.
+        assert 1 <= g.ven.registrations - before <= 17
+        assert g.ven.backoff_s == 2  # at the ceiling: no poll has succeeded
+
+
+async def test_a_vtn_input_that_used_to_stop_the_daemon_is_refused(tmp_path: Path) -> None:
+    async with grid(tmp_path) as g:
+        g.vtn.add_event(
+            "huge",
+            start=g.at(30),
+            signal_name="LOAD_DISPATCH",
+            signal_type="setpoint",
+            payload=1e306,
+        )
+        g.vtn.add_event("late", start=g.at(30), payload=1)
+        period = g.vtn.event("late").active_period
+        period["tolerance"] = {"startafter": timedelta(days=3_000_000)}
+        await g.until(lambda: bool(g.vtn.opt("huge")) and bool(g.vtn.opt("late")))
+        assert (g.vtn.opt("huge"), g.vtn.opt("late")) == (["optOut"], ["optOut"])
+        assert (g.held("huge"), g.held("late")) == (None, None)
+        [late] = g.rows("late")
+        assert "outside the signal contract's bounds" in late["detail"]
+        assert "less than or equal to 86400" in late["detail"]
+        assert g.ven.internal_errors == 0
+        task = g.r.daemon._task
+        assert task is not None
+        assert not task.done()
+
+
+async def test_an_operator_opt_out_outlives_a_restart(tmp_path: Path) -> None:
+    pki = Pki(tmp_path, "grid")
+    port = free_port()
+    server_cert = pki.issue("vtn", serial=2001)
+    vtn = Vtn(port=port, cert=server_cert, ca=pki.ca_file)
+    await vtn.start()
+    try:
+        loaded = openadr_site(tmp_path, pki, port, ven_id="site-ven-1")
+        cfg = loaded.config.grid.openadr
+        assert cfg is not None
+        vtn.enrol("site-ven-1", cfg.ven_name, cfg.cert)
+        clock = FakeClock(datetime.now(UTC).replace(microsecond=0))
+        farm = farm_from_config(loaded, clock.time)
+        async with farm:
+            async with daemon_on(loaded, clock, farm) as first:
+                g = Grid(first, vtn, pki, port, server_cert)
+                await g.until(lambda: g.ven.registered.is_set() and bool(vtn.vens))
+                vtn.add_event("shallow", start=g.at(60), payload=1)
+                await g.until(lambda: vtn.opt("shallow") == ["optIn"])
+                g.ven.opt_out("shallow", "maintenance window", by="alice")
+                await g.until(lambda: vtn.opt("shallow") == ["optIn", "optOut"])
+            async with daemon_on(loaded, clock, farm) as second:
+                g = Grid(second, vtn, pki, port, server_cert)
+                assert g.ven.opted_out == {f"{SOURCE}:shallow": "maintenance window"}
+                await g.until(g.ven.registered.is_set)
+                # The VTN re-sends the event at registration, then modifies it: declined.
+                vtn.modify("shallow", payload=2)
+                await g.until(lambda: len(vtn.opt("shallow")) >= 4)
+                assert vtn.opt("shallow")[2:] == ["optOut", "optOut"]
+                assert g.held("shallow") is None
+    finally:
+        await vtn.stop()
+
+
+async def test_a_completed_event_seen_late_is_acknowledged_with_nothing_to_do(
+    tmp_path: Path,
+) -> None:
+    async with grid(tmp_path) as g:
+        g.vtn.add_event("over", start=g.at(-1200), minutes=10, payload=2)
+        assert g.vtn.event("over").event_descriptor.event_status == "completed"
+        # With a lone event openleadr's VTN pops a completed one from the very list it
+        # sends; beside another it is sent once, completed, then dropped.
+        g.vtn.add_event("next", start=g.at(300), payload=1)
+        await g.until(lambda: bool(g.vtn.opt("over")) and bool(g.vtn.opt("next")))
+        [response] = [r for r in g.vtn.recorded.responses if r["event_id"] == "over"]
+        assert (response["opt_type"], response["response_code"]) == ("optIn", 200)
+        assert g.rows("over") == []  # nothing held changed, nothing to journal
+        assert g.held("over") is None

@@ -3,12 +3,17 @@ on events as openleadr parses them."""
 
 from __future__ import annotations
 
+import json
+import math
+from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from openleadr import objects
+from openleadr.messaging import create_message, parse_message
 
 from controller.core.signals import Cancel, Curtailment
 from controller.intake.openadr_events import (
@@ -16,6 +21,7 @@ from controller.intake.openadr_events import (
     OptOutRule,
     Refused,
     Translated,
+    event_json,
     opt_out_revision,
     translate,
 )
@@ -83,15 +89,114 @@ def test_the_tightest_interval_of_any_signal_binds_the_whole_event() -> None:
     assert held.limit_w == 20_000
 
 
-def test_setpoints_are_kw_unless_their_item_base_says_otherwise() -> None:
-    assert curtailment(event(signals=[signal("LOAD_DISPATCH", "setpoint", 12.5)])).limit_w == 12_500
-    watts = {"item_units": "W", "si_scale_code": "none"}
-    in_w = signal("LOAD_DISPATCH", "setpoint", 700, powerReal=watts)
-    assert curtailment(event(signals=[in_w])).limit_w == 700
-    volts = {"item_units": "V", "si_scale_code": "none"}
-    assert "not a power in W" in refusal(
-        event(signals=[signal("LOAD_DISPATCH", "setpoint", 7, voltage=volts)])
+def parsed(signal: objects.EventSignal, **period: Any) -> dict[str, Any]:
+    """One event as openleadr's own parser gives it: rendered by create_message, read by
+    parse_message (the VEN's path), so the test sees openleadr's real field names."""
+    start = NOW + timedelta(seconds=60)
+    raw = objects.Event(
+        event_descriptor=objects.EventDescriptor(
+            event_id="ev-1",
+            modification_number=0,
+            market_context="http://programme",
+            event_status="far",
+            created_date_time=NOW,
+        ),
+        active_period=objects.ActivePeriod(dtstart=start, duration=timedelta(minutes=10)),
+        event_signals=[signal],
+        targets=[objects.Target(ven_id="ven")],
     )
+    message = create_message(
+        "oadrDistributeEvent", request_id="r", vtn_id="vtn", events=[asdict(raw)]
+    )
+    kind, payload = parse_message(message)
+    assert kind == "oadrDistributeEvent"
+    [one] = payload["events"]
+    # openleadr sets eventStatus from the wall clock; the translation runs at NOW.
+    assert one["event_descriptor"]["event_status"] in ("far", "near", "active", "completed")
+    one["event_descriptor"]["event_status"] = "far"
+    one["active_period"].update(period)
+    return dict(one)
+
+
+def setpoint(value: float, unit: str | None = None, scale: str = "none") -> objects.EventSignal:
+    measurement = None
+    if unit is not None:
+        name = {"W": "powerReal", "VA": "powerApparent", "Wh": "energyReal"}[unit]
+        measurement = objects.Measurement(
+            name=name,
+            description="RealPower" if unit == "W" else name,
+            unit=unit,
+            scale=scale,
+            power_attributes=objects.PowerAttributes(hertz=50, voltage=230, ac=True),
+        )
+    interval = objects.Interval(
+        dtstart=NOW + timedelta(seconds=60), duration=timedelta(minutes=10), signal_payload=value
+    )
+    return objects.EventSignal(
+        intervals=[interval],
+        signal_name="LOAD_DISPATCH",
+        signal_type="setpoint",
+        signal_id="s",
+        measurement=measurement,
+    )
+
+
+def test_setpoints_are_in_their_item_base_unit_and_kw_without_one() -> None:
+    assert curtailment(parsed(setpoint(12.5))).limit_w == 12_500
+    assert curtailment(parsed(setpoint(700, "W"))).limit_w == 700
+    assert curtailment(parsed(setpoint(700, "W", "k"))).limit_w == 700_000
+    assert curtailment(parsed(setpoint(1.5, "W", "M"))).limit_w == 1_500_000
+    assert "powerApparent in none VA is not a power in W" in refusal(parsed(setpoint(7, "VA")))
+    assert "is not a power in W" in refusal(parsed(setpoint(7, "Wh", "k")))
+
+
+@given(
+    st.floats(allow_nan=True, allow_infinity=True) | st.integers(-(10**20), 10**20),
+    st.sampled_from([None, "none", "k", "M", "G", "T", "m", "micro"]),
+)
+def test_any_setpoint_is_translated_within_the_contract_or_refused(
+    value: float, scale: str | None
+) -> None:
+    measurement = None if scale is None else {"name": "powerReal", "unit": "W", "scale": scale}
+    extra = {} if measurement is None else {"measurement": measurement}
+    raw = event(signals=[signal("LOAD_DISPATCH", "setpoint", value, **extra)])
+    result = translate(raw, RULES, source="vtn", now=NOW)
+    if isinstance(result, Translated):
+        assert isinstance(result.signal, Curtailment)
+        assert 0 <= result.signal.limit_w <= 10_000_000_000  # the wire's 10 GW
+        watts = value * (1e3 if scale is None else SCALES[scale])
+        assert result.signal.limit_w == math.floor(watts)
+    else:
+        assert "setpoint" in result.reason
+
+
+SCALES = {"none": 1.0, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "m": 1e-3, "micro": 1e-6}
+
+
+def test_a_huge_setpoint_is_refused_not_raised() -> None:
+    assert "above 10 GW" in refusal(event(signals=[signal("LOAD_DISPATCH", "setpoint", 1e306)]))
+
+
+@pytest.mark.parametrize(
+    ("period", "reason"),
+    [
+        ({"ramp_up": timedelta(days=3_000_000)}, "outside any representable time"),
+        ({"tolerance": {"tolerate": {"startafter": timedelta(days=3_000_000)}}}, "deadline"),
+        ({"tolerance": {"tolerate": {"startafter": timedelta(days=2)}}}, "less than or equal"),
+        ({"dtstart": datetime(9999, 12, 31, tzinfo=UTC), "duration": timedelta(days=2)}, "time"),
+        ({"dtstart": datetime(2150, 1, 1, tzinfo=UTC)}, "timestamp must lie between"),
+        ({"dtstart": datetime(1990, 1, 1, tzinfo=UTC)}, "timestamp must lie between"),
+    ],
+)
+def test_times_and_deadlines_outside_the_wire_contract_are_refused(
+    period: dict[str, Any], reason: str
+) -> None:
+    assert reason in refusal(event(**period))
+
+
+def test_the_contract_bounds_are_checked_on_a_parsed_event_too() -> None:
+    far = parsed(setpoint(5), tolerance={"tolerate": {"startafter": timedelta(days=3_000_000)}})
+    assert "the deadline" in refusal(far)
 
 
 def test_ramp_up_and_start_after_become_the_start_and_the_deadline() -> None:
@@ -127,6 +232,22 @@ def test_bad_signals_refuse_the_whole_event_naming_the_field(
     signals: list[dict[str, Any]], reason: str
 ) -> None:
     assert reason in refusal(event(signals=signals))
+
+
+def test_a_completed_event_is_a_cancel_flagged_completed() -> None:
+    result = translate(event(status="completed"), RULES, source="vtn", now=NOW)
+    assert isinstance(result, Translated)
+    assert (result.signal, result.completed) == (Cancel("vtn:ev-1", 1, NOW), True)
+
+
+def test_a_huge_event_is_journaled_as_a_digest() -> None:
+    raw = event(signals=[simple(*([1] * 5000))])
+    body = json.loads(event_json(raw))
+    assert body["truncated"] is True
+    assert body["event_id"] == "ev-1"
+    assert body["bytes"] > 64 * 1024
+    assert len(event_json(raw)) < 64 * 1024
+    assert json.loads(event_json(event()))["event_descriptor"]["event_id"] == "ev-1"
 
 
 def test_modifications_are_odd_revisions_and_cancels_are_revisions_too() -> None:
