@@ -236,6 +236,7 @@ class Daemon:
                     chain=lambda: self.evidence.chain,
                     pools=lambda: self.feed.latest.pools if self.feed.latest else None,
                 ),
+                openadr=self.openadr,  # an operator's opt-out of a VTN's event
             )
         self._task: asyncio.Task[None] | None = None
 

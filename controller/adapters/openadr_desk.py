@@ -54,6 +54,11 @@ class OptOutError(Exception):
     """An operator's opt-out that could not be done: no such event held from this VTN,
     or the journal could not take it (nothing changed, nothing sent)."""
 
+    def __init__(self, detail: str, *, status: int = 409) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.status = status  # the operator API's answer: 404 no such event, 503 retry
+
 
 @dataclass(frozen=True, slots=True)
 class Answer:
@@ -104,7 +109,7 @@ class EventDesk:
         sid = signal_id(self.source, event_id)
         held = self._inbox.book.held.get(sid)
         if held is None:
-            raise OptOutError(f"no event {event_id!r} from the VTN is held")
+            raise OptOutError(f"no event {event_id!r} from the VTN is held", status=404)
         modification = (held.signal.revision - 1) // 2
         body = json.dumps({"opt_out": event_id, "by": by, "reason": reason}).encode()
         noted = self._inbox.note_signal(
@@ -118,7 +123,7 @@ class EventDesk:
             detail=f"{_OPERATOR}{by}: {reason}",
         )
         if not noted:
-            raise OptOutError("the journal is unavailable; nothing changed: retry")
+            raise OptOutError("the journal is unavailable; nothing changed: retry", status=503)
         cancel = Cancel(sid, opt_out_revision(modification), self._clock.now())
         outcome = self._inbox.submit_signal(TRANSPORT, self.source, cancel, body)
         if outcome.status != "received":

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from controller.adapters.openadr import OpenAdrVen
@@ -22,10 +23,11 @@ from controller.core.signals import ObligationStatus
 from controller.record.report import signal_history
 from demo.farm import farm_from_config
 from sim.modbus import SimMeter
-from tests.conftest import free_port, load_site, site_dict
+from tests.conftest import api_section, free_port, load_site, site_dict
 from tests.openadr_vtn import Recorded, Vtn
 from tests.pki import CLIENT, Pki
 from tests.system.harness import Rig, daemon_on, rig
+from tests.system.test_operator_api import Api
 
 pytestmark = pytest.mark.system
 
@@ -70,7 +72,7 @@ class Grid:
 
 def openadr_site(tmp_path: Path, pki: Pki, port: int, **openadr: Any) -> Any:
     client = pki.issue("ven", usage=CLIENT)
-    data = site_dict(tmp_path, miners=12, http=False, margin_kw=1.0)
+    data = site_dict(tmp_path, miners=12, http=False, margin_kw=1.0, api=api_section())
     net = data["miners"][0]["host"].rsplit(".", 2)[0]
     data["signals"] = {"sources": [{"id": SOURCE}]}
     data["grid"]["openadr"] = {
@@ -174,11 +176,32 @@ async def test_opt_outs_by_rule_and_by_the_operator_reach_the_vtn(tmp_path: Path
 
         g.vtn.add_event("shallow", start=g.at(30), payload=1)
         await g.until(lambda: g.held("shallow") is not None)
-        g.ven.opt_out("shallow", "maintenance window", by="alice")
+        # The operator opts out through the API, as a site would.
+        api = g.r.daemon.api
+        assert api is not None
+        assert api.port is not None
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+            client = Api(session, api.port)
+            status, out, _ = await client.call(
+                "POST", "/api/v1/openadr/events/shallow/opt-out", role="viewer",
+                body={"reason": "maintenance window"},
+            )  # fmt: skip
+            assert status == 403, out  # a viewer may not
+            status, out, _ = await client.call(
+                "POST", "/api/v1/openadr/events/nowhere/opt-out", role="operator",
+                body={"reason": "maintenance window"},
+            )  # fmt: skip
+            assert (status, out["detail"]) == (404, "no event 'nowhere' from the VTN is held")
+            status, out, _ = await client.call(
+                "POST", "/api/v1/openadr/events/shallow/opt-out", role="operator",
+                body={"reason": "maintenance window"},
+            )  # fmt: skip
+            assert status == 202, out
+            assert (out["event_id"], out["status"]) == ("shallow", "received")
         assert g.held("shallow") is None  # withdrawn at once
         await g.until(lambda: g.vtn.opt("shallow") == ["optIn", "optOut"])
         details = [row["detail"] for row in g.rows("shallow") if row["verdict"] == "opted-out"]
-        assert details == ["opted out by alice: maintenance window"]
+        assert details == ["opted out by operator-1: maintenance window"]
         # A later modification of it is declined too, not admitted again.
         g.vtn.modify("shallow", payload=2)
         await g.until(lambda: g.vtn.opt("shallow") == ["optIn", "optOut", "optOut"])

@@ -16,6 +16,7 @@ import structlog
 from aiohttp import web
 from pydantic import ValidationError
 
+from controller.adapters.openadr_desk import OptOutError
 from controller.adapters.operator_api import models as m
 from controller.adapters.operator_api import views
 from controller.adapters.operator_api.common import (
@@ -30,6 +31,8 @@ from controller.core.operator import HoldMode
 from controller.intake import schedule
 from controller.record.compliance import ComplianceError
 from controller.record.report import ReportError, render, signal_history
+
+MAX_EVENT_ID = 128  # an OpenADR eventID, as a signal id holds it
 
 if TYPE_CHECKING:
     from controller.adapters.operator_api.server import OperatorApi
@@ -327,6 +330,26 @@ async def post_mode(api: OperatorApi, request: web.Request) -> web.StreamRespons
         now=api.now(),
     )
     return api.json(api.miner(miner_id))
+
+
+async def post_opt_out(api: OperatorApi, request: web.Request) -> web.StreamResponse:
+    """An operator's opt-out of an event the site's VTN sent (the VEN journals it)."""
+    event_id = request.match_info["id"]
+    if api.openadr is None:
+        # No VTN: no event of it can be held (a 404, like any event not held).
+        raise ProblemError(404, "no OpenADR VTN is configured (grid.openadr)")
+    if not 0 < len(event_id) <= MAX_EVENT_ID:
+        raise ProblemError(404, f"no event of that id (1-{MAX_EVENT_ID} characters)")
+    body = await api.body(request, m.OptOutIn)
+    try:
+        outcome = api.openadr.opt_out(event_id, body.reason, by=api.principal(request).name)
+    except OptOutError as err:
+        raise ProblemError(err.status, err.detail) from None
+    out = m.OptOutOut(
+        event_id=event_id, signal_id=outcome.signal_id, status=outcome.status,
+        detail=outcome.detail,
+    )  # fmt: skip
+    return api.json(out, status=202)
 
 
 async def put_automation(api: OperatorApi, request: web.Request) -> web.StreamResponse:

@@ -50,6 +50,19 @@ class OverrideIn(_In):
     reason: Reason
 
 
+class OptOutIn(_In):
+    """Stop honouring one OpenADR event: the VTN is told optOut, the limit is withdrawn."""
+
+    reason: Reason
+
+
+class OptOutOut(_Out):
+    event_id: str
+    signal_id: str | None = Field(description="The event as the journal holds it")
+    status: str = Field(description="What the withdrawal did: received")
+    detail: str
+
+
 class HoldIn(_In):
     """Hold one miner asleep or running until `until`; `auto` hands it back."""
 

@@ -84,6 +84,11 @@ ROUTES: tuple[Route, ...] = (
           Role.OPERATOR, body=m.ScheduleIn, also=("text/csv",),
           answers={201: m.ScheduleOut, 409: m.Problem, 415: m.Problem, 422: m.Problem},
           tag="grants"),
+    Route("POST", "/api/v1/openadr/events/{id}/opt-out", h.post_opt_out, "Opt out of "
+          "an OpenADR event: journaled with the reason, the event's limit withdrawn, optOut "
+          "sent to the VTN (later modifications are declined too)", Role.OPERATOR,
+          body=m.OptOutIn, answers={202: m.OptOutOut, 404: m.Problem, 409: m.Problem,
+                                    503: m.Problem}, tag="grants"),
     Route("GET", "/api/v1/automation", h.get_automation, "Automation state",
           Role.VIEWER, answers={200: m.AutomationOut}, tag="automation"),
     Route("PUT", "/api/v1/automation", h.put_automation, "Pause or resume: "

@@ -14,7 +14,7 @@ import hashlib
 import hmac
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import structlog
 from aiohttp import web
@@ -31,7 +31,7 @@ from controller.clock import Clock
 from controller.config import ApiCfg
 from controller.core.model import Limit
 from controller.intake.desk import Desk, OperatorError, Principal, Role
-from controller.intake.inbox import Inbox
+from controller.intake.inbox import Inbox, Outcome
 from controller.intake.schedule import ScheduleError
 from controller.record.compliance import ComplianceSource
 from controller.record.journal import Journal, JournalError
@@ -39,6 +39,13 @@ from controller.record.site import MinerViews, SiteFeed, SiteView
 from controller.tls import ServerTls
 
 log = structlog.get_logger("curtaild.api")
+
+
+class OptOutDoor(Protocol):
+    """The VEN's opt-out, as the API needs it (raises openadr_desk.OptOutError)."""
+
+    def opt_out(self, event_id: str, reason: str, *, by: str) -> Outcome: ...
+
 
 MAX_BODY_BYTES = 16 * 1024
 STREAM_WRITE_TIMEOUT_S = 5.0
@@ -68,6 +75,7 @@ class OperatorApi:
         history_interval_s: float,
         tls: ServerTls | None = None,
         compliance: ComplianceSource | None = None,
+        openadr: OptOutDoor | None = None,
         inbox: Inbox | None = None,
         site_cap_w: int | None = None,
     ) -> None:
@@ -85,6 +93,7 @@ class OperatorApi:
         self.stall_after_s = stall_after_s  # no cycle finished this long: the loop is stuck
         self.history_interval_s = history_interval_s
         self.compliance = compliance
+        self.openadr = openadr  # the OpenADR VEN, for an operator's opt-out (None: not a VEN)
         self.compliance_lock = asyncio.Lock()
         self.compliance_stuck: asyncio.Future[Any] | None = None  # a read that timed out
         self._clock = clock
