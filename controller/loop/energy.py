@@ -36,6 +36,9 @@ log = structlog.get_logger("curtaild.energy")
 # dropped (and said so): the loop must not grow without bound behind a full disk.
 KEEP_UNJOURNALED = 7 * 24 * 60
 ESTIMATE_EVERY = timedelta(seconds=1)  # a fleet-wide sum, at most this often
+# Deadlines that grace no fall: the local relay's is not the grid's allowance; a grant's
+# end is a hard boundary the loop judged ahead.
+UNGRACED = frozenset({"under-frequency", "grant-end"})
 
 
 class EnergyAccount:
@@ -105,13 +108,16 @@ class EnergyAccount:
     def allowance(self, now: datetime) -> energy.Allowance:
         """What the grid allows at `now`: arbitrated without operator overrides or the
         local relay, and without the loop's look-ahead to grant boundaries (a grant
-        counts until its end); with the grid's running deadlines for grace."""
+        counts until its end); with the grid's running deadlines for grace. A grant's own
+        end makes no deadline here: the loop judged it ahead (grant_end_lead), so the
+        fall at the end is not graced."""
         book = self._inbox.book
         limit = arbitrate(
             book, self._policy, now, last_heard=self._inbox.last_heard, lead=timedelta(0)
         )
         surplus = self._policy.mode is GridMode.SURPLUS_ONLY
-        grants: dict[str, int] = {}
+        grants: dict[str, float] = {}
+        ends: dict[str, datetime] = {}
         curtailed: dict[str, energy.Curtailed] = {}
         for held in book.held.values():
             signal = held.signal
@@ -119,19 +125,21 @@ class EnergyAccount:
                 continue
             if isinstance(signal, Grant) and surplus:
                 grants[signal.id] = signal.granted_w
+                if signal.end is not None:
+                    ends[signal.id] = signal.end
             elif isinstance(signal, Curtailment):
                 # Its deadline runs from receipt, or from its start (obligation_for).
                 due = max(held.starts_at, held.received_at) + timedelta(seconds=signal.deadline_s)
                 curtailed[signal.id] = energy.Curtailed(signal.revision, signal.limit_w, due)
         running = tuple(
-            (o.starts_at, o.due_at)
+            energy.Deadline(o.key, o.starts_at, o.due_at)
             for o in (*self._deadlines.pending, *self._deadlines.finished)
             if o.status is not ObligationStatus.WITHDRAWN
-            and o.kind != "under-frequency"  # the local relay is not the grid's allowance
+            and o.kind not in UNGRACED
             and o.starts_at <= now < o.due_at
         )
         base = self._policy.base_allowance_w if surplus else None
-        return energy.Allowance(limit.limit_w, base, grants, curtailed, running)
+        return energy.Allowance(limit.limit_w, base, grants, curtailed, running, ends)
 
     def _estimate(self, now: datetime, views: tuple[MinerView, ...]) -> float:
         """The fleet's own figure (firmware, else ratings): a fleet-wide sum, so at most
