@@ -281,7 +281,8 @@ class Account:
             self._estimate = (at, max(0.0, estimate_w))
         if allowance == self._allowance:
             return
-        previous = self._in_force(at)
+        # A fall from the allowance given before (a grace still running holds its own).
+        previous = _until_ends(self._allowance, at)
         if allowance.allowed_w < previous.allowed_w:
             until = _grace_until(allowance.deadlines, self._allowance.deadlines, at)
             if until is not None:
