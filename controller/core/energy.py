@@ -8,15 +8,22 @@ what was known until then, then takes the new value: power and allowance are hel
 the instant they are learnt until the next one (a meter reading counts from when it was
 read on, for at most `stale_after_s`; a longer silence is a gap, not one rectangle).
 
-Each piece of time is split so that the parts always add up to the draw:
+Each piece of time is split by three rules, each on its own: the parts add up to the draw
+whenever the allowance's parts cover it (tests check that against the integral):
   excess          the draw above the allowance in force (after a change's grace, below);
-  base allowance  the rest, up to the base allowance (always-on: all of it);
-  within grants   the rest after that, shared between the grants in force in proportion
-                  to their kW; what fits in neither (only with inconsistent inputs) counts
-                  as base allowance, so nothing is lost.
-Grace: when the allowance falls while a grid deadline is running, the allowance before
-the fall (its kW and its grants) still applies until that deadline; only then does a draw
-above the new one count as excess.
+  base allowance  the draw inside the allowance, up to the base allowance in force (always-
+                  on: all of it; where the allowance is more than its base and grants, only
+                  with inconsistent inputs, the part that is neither counts as base);
+  within grants   the draw inside the allowance above that, up to the grants in force,
+                  shared between them in proportion to their kW.
+Grace: when the allowance falls at a cycle that brings a new grid deadline (the one the
+change created: a curtailment, a cancel, a revision), the allowance before the fall (its
+kW and its grants) still applies until that deadline; only then does a draw above the new
+one count as excess. A deadline that was already running causes no grace, and a grant's
+own end is a hard boundary (the loop looked ahead to it): no allowance, graced or not,
+carries a grant past its end. While graced, a grant the grace keeps is credited only with
+what the grace adds above the allowance in force, so a grant given since is never counted
+twice.
 """
 
 from __future__ import annotations
@@ -43,20 +50,30 @@ class Curtailed:
 
 
 @dataclass(frozen=True, slots=True)
+class Deadline:
+    """A running grid deadline: the obligation's key, when it started, when it is due."""
+
+    key: str
+    starts_at: datetime
+    due_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class Allowance:
     """What the grid allows from the instant it is given until the next one.
 
     `allowed_w`: the grid's arbitrated limit, without operator overrides or the local
     relay. `base_w`: the base allowance (None: always-on, where all the connection allows
-    is base). `grants`: grants in force, id -> W. `curtailments`: id -> its terms.
-    `deadlines`: (starts_at, due_at) of the grid's running deadlines: a fall of the
-    allowance is graced until the deadline of the change that caused it."""
+    is base). `grants`: grants in force, id -> W; `grant_ends`: id -> its end, for those
+    that have one. `curtailments`: id -> its terms. `deadlines`: the grid's running
+    deadlines: a fall of the allowance is graced until the one that is new with it."""
 
     allowed_w: int
     base_w: int | None = None
-    grants: Mapping[str, int] = field(default_factory=dict)
+    grants: Mapping[str, float] = field(default_factory=dict)
     curtailments: Mapping[str, Curtailed] = field(default_factory=dict)
-    deadlines: tuple[tuple[datetime, datetime], ...] = ()
+    deadlines: tuple[Deadline, ...] = ()
+    grant_ends: Mapping[str, datetime] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,17 +182,46 @@ class _Sums:
         )
 
 
+def _until_ends(allowance: Allowance, at: datetime) -> Allowance:
+    """`allowance` at `at`: a grant past its own end no longer counts, nor does the
+    allowance it made (at most the base and the grants left)."""
+    ends = allowance.grant_ends
+    left = {g: w for g, w in allowance.grants.items() if g not in ends or ends[g] > at}
+    if len(left) == len(allowance.grants):
+        return allowance
+    cap = (allowance.base_w or 0) + sum(left.values())
+    return Allowance(
+        int(min(allowance.allowed_w, cap)),
+        allowance.base_w,
+        left,
+        allowance.curtailments,
+        allowance.deadlines,
+        allowance.grant_ends,
+    )
+
+
 def _merge(current: Allowance, held: Sequence[Allowance]) -> Allowance:
-    """The allowance in force with the graced ones before it: the larger of each."""
+    """The allowance in force with the graced ones before it: the larger allowance and
+    base. The grants in force count in full; a graced grant only with its share of what
+    the grace adds above the allowance in force (never a grant counted twice)."""
     if not held:
         return current
     allowed = max(current.allowed_w, *(a.allowed_w for a in held))
     bases = [current.base_w, *(a.base_w for a in held)]
     base = None if any(b is None for b in bases) else max(b for b in bases if b is not None)
-    grants = dict(current.grants)
+    extra: dict[str, float] = {}
     for a in held:
         for gid, w in a.grants.items():
-            grants[gid] = max(w, grants.get(gid, 0))
+            more = w - current.grants.get(gid, 0)
+            if more > 0:
+                extra[gid] = max(more, extra.get(gid, 0.0))
+    room = float(allowed - current.allowed_w)
+    wanted = sum(extra.values())
+    scale = 1.0 if wanted <= room else room / wanted
+    grants = dict(current.grants)
+    for gid, more in extra.items():
+        if more * scale > 0:
+            grants[gid] = grants.get(gid, 0) + more * scale
     return Allowance(allowed, base, grants, current.curtailments, current.deadlines)
 
 
@@ -191,11 +237,14 @@ class Account:
         stale_after_s: float | None,
         interval_start: datetime | None = None,
         estimate_hold_s: float = ESTIMATE_HOLD_S,
+        graced: Allowance | None = None,
     ) -> None:
         """`stale_after_s`: how long a meter reading stands (None: there is no meter, the
         fleet's estimate is the measure). The first interval begins at the minute `start`
         falls in, or later at `interval_start` (where the journal's last interval ended);
-        the time before `start` in it was not covered (a gap)."""
+        the time before `start` in it was not covered (a gap). `graced`: the allowance
+        before the fall that `allowance`'s running deadlines are gracing (a restart
+        during a grace): it applies until the last of them is due."""
         first = floor_minute(start)
         if interval_start is not None:
             first = min(max(interval_start, first), start)
@@ -208,8 +257,10 @@ class Account:
         self._sample: tuple[datetime, float, float] | None = None  # at, draw W, exempt W
         self._estimate: tuple[datetime, float] | None = None
         self._allowance = allowance
-        self._seen_at = start  # when the allowance was last given
         self._graced: list[tuple[datetime, Allowance]] = []  # (until, the allowance before)
+        running = [d.due_at for d in allowance.deadlines if d.starts_at <= start < d.due_at]
+        if graced is not None and running:
+            self._graced.append((max(running), graced))
         self._closed: list[Interval] = []
 
     @property
@@ -229,14 +280,14 @@ class Account:
         if estimate_w is not None:
             self._estimate = (at, max(0.0, estimate_w))
         if allowance == self._allowance:
-            self._seen_at = at
             return
-        previous = _merge(self._allowance, [a for _, a in self._graced])
+        # A fall from the allowance given before (a grace still running holds its own).
+        previous = _until_ends(self._allowance, at)
         if allowance.allowed_w < previous.allowed_w:
-            until = _grace_until(allowance.deadlines, self._seen_at, at)
+            until = _grace_until(allowance.deadlines, self._allowance.deadlines, at)
             if until is not None:
                 self._graced.append((until, self._allowance))
-        self._allowance, self._seen_at = allowance, at
+        self._allowance = allowance
 
     def advance(self, at: datetime) -> None:
         """Integrate up to `at` (an earlier instant changes nothing)."""
@@ -276,15 +327,23 @@ class Account:
             out.append(self._estimate[0] + self._estimate_hold)
         out.extend(until for until, _ in self._graced)
         out.extend(c.due_at for c in self._allowance.curtailments.values())
+        for held in (self._allowance, *(g for _, g in self._graced)):
+            out.extend(held.grant_ends.values())
         return [t for t in out if t > cursor]
+
+    def _in_force(self, a: datetime) -> Allowance:
+        """The allowance in force from `a`: the one given, with the graced ones still
+        running, each without the grants past their end."""
+        self._graced = [(u, g) for u, g in self._graced if u > a]
+        held = [_until_ends(g, a) for _, g in self._graced]
+        return _merge(_until_ends(self._allowance, a), held)
 
     def _integrate(self, a: datetime, b: datetime) -> None:
         dt = (b - a).total_seconds()
         if dt <= 0:
             return
         sums = self._open
-        self._graced = [(u, g) for u, g in self._graced if u > a]
-        allowance = _merge(self._allowance, [g for _, g in self._graced])
+        allowance = self._in_force(a)
         granted_w = float(sum(allowance.grants.values()))
         sums.allowed += allowance.allowed_w * dt
         sums.granted += granted_w * dt
@@ -293,15 +352,19 @@ class Account:
         power, exempt = self._power(a, dt)
         if power is None:
             return
-        excess = max(0.0, power - allowance.allowed_w)
-        within = power - excess
-        base_cap = within if allowance.base_w is None else min(within, float(allowance.base_w))
-        in_grants = min(within - base_cap, granted_w)
-        e_grid, e_excess, e_grants = power * dt, excess * dt, in_grants * dt
-        sums.grid += e_grid
+        allowed = float(allowance.allowed_w)
+        inside = min(power, allowed)
+        excess = power - inside
+        # The base allowance in force: all of the allowance where it is always-on; else its
+        # base, or what of the allowance is not grants, where that is more (bad inputs).
+        base_w = allowed if allowance.base_w is None else max(allowance.base_w, allowed - granted_w)
+        in_base = min(inside, base_w)
+        in_grants = min(inside - in_base, granted_w)
+        e_excess, e_grants = excess * dt, in_grants * dt
+        sums.grid += power * dt
         sums.excess += e_excess
         sums.grants += e_grants
-        sums.base += e_grid - e_excess - e_grants  # so the parts add up to the draw
+        sums.base += in_base * dt
         sums.exempt += exempt * dt
         if granted_w > 0:
             for gid, w in allowance.grants.items():
@@ -334,11 +397,11 @@ class Account:
 
 
 def _grace_until(
-    deadlines: Sequence[tuple[datetime, datetime]], seen_at: datetime, at: datetime
+    deadlines: Sequence[Deadline], before: Sequence[Deadline], at: datetime
 ) -> datetime | None:
-    """The deadline of the change that lowered the allowance between `seen_at` and `at`:
-    the latest one of those that started in between, else of any running now."""
-    running = [(s, d) for s, d in deadlines if s <= at < d]
-    started = [d for s, d in running if s > seen_at]
-    pool = started or [d for _, d in running]
-    return max(pool, default=None)
+    """The deadline of the change that lowered the allowance at `at`: the latest of the
+    running ones that are new since the allowance `before` (none: the fall made no
+    deadline, as a grant's own end, so it is not graced)."""
+    known = {d.key for d in before}
+    new = [d.due_at for d in deadlines if d.key not in known and d.starts_at <= at < d.due_at]
+    return max(new, default=None)

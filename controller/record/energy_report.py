@@ -4,7 +4,9 @@ its hourly table (CSV). Hours and days are rolled up here, by query of the journ
 when asked cannot disagree with them. Read-only, beside the running daemon.
 
 An interval belongs to the hour and day its start falls in (UTC); a report from..to holds
-the intervals that start in [from, to)."""
+the intervals that start in [from, to), and the part in it of a gap row (an outage, up to
+an hour) that starts before `from`. Every query runs in one read transaction: the figures
+and the chain head reported are one snapshot, whatever the daemon writes meanwhile."""
 
 from __future__ import annotations
 
@@ -38,6 +40,14 @@ _INTERVALS = (
     " exempt_generation_kwh, allowed_kwh, gap_s, estimated_s, measured_by, granted_kwh"
     " FROM energy_intervals WHERE start >= ? AND start < ? AND {vouched} ORDER BY start"
 )
+# Gap rows (nothing measured) that began before the window and run into it: their part
+# inside is reported, so an outage across `from` is not left out.
+_GAPS_INTO = (
+    "SELECT start, end, grid_kwh, within_grants_kwh, base_allowance_kwh, excess_kwh,"
+    " exempt_generation_kwh, allowed_kwh, gap_s, estimated_s, measured_by, granted_kwh"
+    " FROM energy_intervals WHERE measured_by = 'none' AND start < ? AND end > ?"
+    " AND {vouched} ORDER BY start"
+)
 
 
 def energy_report(
@@ -48,6 +58,8 @@ def energy_report(
     lo, hi = _ts(start), _ts(end)
     with _ReadOnly(journal_path) as db:
         vouched = functools.partial(chain.vouched, db)  # rows the chain vouches for
+        gaps_sql = _GAPS_INTO.format(vouched=vouched("energy_intervals"))
+        gaps_into = db.execute(gaps_sql, (lo, lo)).fetchall()
         intervals_sql = _INTERVALS.format(vouched=vouched("energy_intervals"))
         rows = db.execute(intervals_sql, (lo, hi)).fetchall()
         grant_use = db.execute(
@@ -77,7 +89,10 @@ def energy_report(
             (hi,),
         ).fetchall()
         head = chain.read_head(db)  # the same snapshot as the figures above
-    intervals = [_interval(r) for r in rows]
+    intervals = [
+        *(_clipped(_interval(r), start, end) for r in gaps_into),
+        *(_interval(r) for r in rows),
+    ]
     history = _revisions(signals)
     return {
         "site": site_id,
@@ -125,18 +140,28 @@ def render_energy(report: dict[str, Any], fmt: str) -> str:
 
 
 class _ReadOnly:
-    """The journal, read-only (the daemon may be writing: SQLite's WAL lets us in)."""
+    """The journal, read-only (the daemon may be writing: SQLite's WAL lets us in), in
+    one read transaction: Python's sqlite3 opens none for SELECTs, so each query would
+    see the journal as it is then. BEGIN (deferred) takes the snapshot at the first read;
+    every later query reads the same one (WAL keeps it while the daemon writes)."""
 
     def __init__(self, path: Path) -> None:
         if not path.exists():
             raise ReportError(f"{path}: no journal there (has the daemon run with this config?)")
         try:
-            self.db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S)
+            self.db = sqlite3.connect(
+                f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None
+            )
         except sqlite3.Error as err:
             raise ReportError(f"{path}: cannot open the journal: {err}") from None
         self.path = path
 
     def __enter__(self) -> sqlite3.Connection:
+        try:
+            self.db.execute("BEGIN DEFERRED")
+        except sqlite3.Error as err:
+            self.db.close()
+            raise ReportError(f"{self.path}: cannot read the journal: {err}") from None
         return self.db
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
@@ -153,6 +178,16 @@ def _interval(r: tuple[Any, ...]) -> dict[str, Any]:
         "measured_by": r[10],
         "granted_kwh": float(r[11]),
     }
+
+
+def _clipped(iv: dict[str, Any], start: datetime, end: datetime) -> dict[str, Any]:
+    """A row that began before `start`: its part in [start, end), each figure in
+    proportion to the time (a gap row's are its seconds; its kWh are nothing)."""
+    whole = (iv["end"] - iv["start"]).total_seconds()
+    a, b = max(iv["start"], start), min(iv["end"], end)
+    share = (b - a).total_seconds() / whole if whole > 0 else 0.0
+    figures = {k: iv[k] * share for k in (*TOTALS, "granted_kwh")}
+    return {**iv, **figures, "start": a, "end": b}
 
 
 def _sum(intervals: list[dict[str, Any]]) -> dict[str, float]:

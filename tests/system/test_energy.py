@@ -10,7 +10,8 @@ import io
 import itertools
 import json
 import math
-from collections.abc import Callable
+import sqlite3
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -20,9 +21,19 @@ import yaml
 
 from controller import cli
 from controller.clock import FakeClock
-from controller.core.signals import ObligationStatus
+from controller.core import energy
+from controller.core.signals import GridMode, GridPolicy, Obligation, ObligationStatus, SignalBook
+from controller.intake.inbox import Inbox
+from controller.loop import energy as loop_energy
+from controller.loop.deadlines import Deadlines
+from controller.loop.energy import EnergyAccount
+from controller.loop.measure import MeterSample
+from controller.record import journal as journal_module
 from controller.record.energy_report import HOURLY_FIELDS
+from controller.record.journal import Journal
+from controller.record.publish import Recorder
 from demo.farm import farm_from_config
+from drivers.types import MeterReading
 from tests.conftest import load_site, site_dict
 from tests.system.harness import Rig, daemon_on, rig
 
@@ -228,3 +239,153 @@ async def test_a_restart_journals_the_outage_as_a_gap_and_loses_only_the_minute_
     assert restarted[2] == "meter"
     assert restarted[3] >= 40
     assert {s[2] for s in spans} == {"meter", "none"}
+
+
+# -- the loop's account on a real journal file, on a fake clock ----------------------------
+
+BASE_W = 1_000_000  # surplus-only, no grant held: the grid allows the base
+
+
+def loop_account(
+    journal: Journal, clock: FakeClock, pending: Sequence[Obligation] = ()
+) -> EnergyAccount:
+    policy = GridPolicy(GridMode.SURPLUS_ONLY, cap_w=10_000_000, base_allowance_w=BASE_W)
+    recorder = Recorder()
+    inbox = Inbox(
+        journal=journal,
+        clock=clock,
+        keys={"kegoc": b"k"},
+        replay_window_s=30,
+        book=SignalBook(),
+        publisher=recorder,
+    )
+    deadlines = Deadlines(
+        inbox=inbox,
+        journal=journal,
+        publisher=recorder,
+        policy=policy,
+        pending=pending,
+        known_keys=set(),
+    )
+    return EnergyAccount(
+        journal=journal,
+        clock=clock,
+        policy=policy,
+        inbox=inbox,
+        deadlines=deadlines,
+        meter_stale_after_s=5.0,
+        generation_exempt=False,
+        stale_after=timedelta(seconds=30),
+    )
+
+
+def draw_for(account: EnergyAccount, clock: FakeClock, seconds: int, draw_w: float) -> None:
+    """`seconds` of 1 s meter polls and cycles at `draw_w`."""
+    for _ in range(seconds):
+        account.on_meter(MeterSample(MeterReading(draw_w, 0.0, 50.0, None), clock.now()))
+        account.cycle(clock.now(), ())
+        clock.advance(1)
+
+
+def journaled(journal: Journal) -> list[tuple[datetime, datetime, float, float, str]]:
+    return [
+        (datetime.fromisoformat(a), datetime.fromisoformat(b), grid, excess, how)
+        for a, b, grid, excess, how in journal.rows(
+            "SELECT start, end, grid_kwh, excess_kwh, measured_by FROM energy_intervals"
+            " ORDER BY seq"
+        )
+    ]
+
+
+def test_a_clock_behind_the_journal_is_said_and_the_account_counts_from_now(
+    tmp_path: Path,
+) -> None:
+    clock = FakeClock()
+    now = clock.now()
+    journal = Journal(tmp_path / "journal.db")
+    ahead = now + timedelta(days=1)  # the last run's clock was a day ahead
+    journal.record_energy(energy.gap_intervals(ahead - timedelta(minutes=5), ahead))
+    before = len(journaled(journal))
+
+    account = loop_account(journal, clock)
+    draw_for(account, clock, 10 * 60, 2 * BASE_W)
+    account.close(clock.now())
+
+    events = journal.rows("SELECT subject, detail FROM events WHERE kind = 'energy'")
+    [(subject, detail)] = [(subject, json.loads(text)) for subject, text in events]
+    assert subject == "clock-behind-journal"
+    assert detail["overlap_s"] == 24 * 3600
+    rows = journaled(journal)[before:]
+    assert [r[0] for r in rows] == [now + timedelta(minutes=i) for i in range(10)]
+    assert {r[4] for r in rows} == {"meter"}
+    # The minutes drawn are all there: 2 MW for 10 minutes, 1 MW of it above the base.
+    assert math.isclose(sum(r[2] for r in rows), 2 * BASE_W * 600 / 3_600_000, rel_tol=1e-9)
+    assert math.isclose(sum(r[3] for r in rows), BASE_W * 600 / 3_600_000, rel_tol=1e-9)
+
+
+def test_minutes_dropped_behind_an_unwritable_journal_are_journaled_as_a_gap(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(loop_energy, "KEEP_UNJOURNALED", 3)
+    monkeypatch.setattr(journal_module, "BUSY_TIMEOUT_S", 0.01)  # a locked write fails at once
+    clock = FakeClock()
+    start = clock.now()
+    journal = Journal(tmp_path / "journal.db")
+    account = loop_account(journal, clock)
+    draw_for(account, clock, 2 * 60, BASE_W)
+    other = sqlite3.connect(tmp_path / "journal.db", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another writer holds the journal: writes fail
+    draw_for(account, clock, 10 * 60, BASE_W)
+    assert journal.error is not None
+    other.execute("ROLLBACK")
+    other.close()
+    journal.probe(clock.now())  # the loop's probe: writable again
+    draw_for(account, clock, 2, BASE_W)
+
+    rows = journaled(journal)
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(rows))  # no minute vanished
+    assert rows[0][0] == start
+    assert rows[-1][1] == start + timedelta(minutes=12)
+    # 10:00 was written; 10:01 closed behind the lock, and of the eleven minutes closed
+    # before the journal took them (10:01..10:11) the cap kept the last three.
+    lost = [(a, b) for a, b, _, _, how in rows if how == "none"]
+    assert lost == [(start + timedelta(minutes=1), start + timedelta(minutes=9))]
+    kept = [a for a, _, _, _, how in rows if how == "meter"]
+    assert kept == [start + timedelta(minutes=m) for m in (0, 9, 10, 11)]
+
+
+def test_a_restart_inside_a_grace_keeps_the_allowance_from_before_the_fall(
+    tmp_path: Path,
+) -> None:
+    clock = FakeClock()
+    t0 = clock.now()
+    journal = Journal(tmp_path / "journal.db")
+    # The first run: a 3 MW grant beside the base, the farm drawing 4 MW, to 10:04.
+    first = energy.Account(
+        start=t0,
+        allowance=energy.Allowance(4 * BASE_W, BASE_W, {"g1": 3 * BASE_W}),
+        stale_after_s=5,
+    )
+    for s in range(4 * 60):
+        first.sample(t0 + timedelta(seconds=s), 4 * BASE_W)
+    first.advance(t0 + timedelta(minutes=4))
+    journal.record_energy(first.take())
+    # The grant was cancelled at 10:03:30 (to be met by 10:05:30); restarted at 10:04:10,
+    # the farm still draws 4 MW until 10:05:20.
+    cancel = Obligation(
+        "g1#r2", "g1", 2, "cancel", BASE_W, t0 + timedelta(seconds=210), t0 + timedelta(seconds=330)
+    )
+    clock.advance(250)
+    account = loop_account(journal, clock, pending=[cancel])
+    draw_for(account, clock, 70, 4 * BASE_W)
+    draw_for(account, clock, 100, BASE_W)
+    account.close(clock.now())
+
+    after = [r for r in journaled(journal) if r[0] >= t0 + timedelta(minutes=4)]
+    assert after
+    assert sum(r[3] for r in after) == 0  # graced until the deadline, obeyed before it
+    used = journal.rows(
+        "SELECT sum(used_kwh) FROM energy_grants WHERE grant_id = 'g1' AND start >= ?",
+        ((t0 + timedelta(minutes=4)).isoformat(timespec="microseconds"),),
+    )
+    assert math.isclose(used[0][0], 3 * BASE_W * 70 / 3_600_000, rel_tol=1e-9)

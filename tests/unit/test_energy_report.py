@@ -1,14 +1,20 @@
 """controller/record/energy_report.py on a real journal file: a grant cut short by a
 cancel is granted only while it was in force, hours and days roll up the minutes, a
-restart's gap row becomes a minute of no draw per minute on the chart, and a miner's time
-on an unapproved pool is one period from its verdicts."""
+restart's gap row becomes a minute of no draw per minute on the chart (an outage across
+the window's start counts for its part inside), a miner's time on an unapproved pool is
+one period from its verdicts, and a write landing mid-report changes none of it."""
 
 from __future__ import annotations
 
 import json
 import math
+import sqlite3
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from controller.core.energy import Account, Allowance, gap_intervals
 from controller.record.energy_report import energy_report
@@ -77,3 +83,77 @@ def test_the_report_rolls_up_the_journal(tmp_path: Path) -> None:
     # The chain head read in the report's own snapshot: what `curtaild verify` recomputes.
     assert report["chain"] == {"head": journal.head.hex, "rows": journal.head.seq}
     assert journal.head.seq > 0
+
+
+def test_an_outage_across_from_is_reported_for_its_part_inside(tmp_path: Path) -> None:
+    path = tmp_path / "journal.db"
+    journal = Journal(path)
+    journal.record_energy(gap_intervals(at(6), at(16)))  # down 10:04..10:14, one row
+    journal.close()
+
+    report = energy_report(path, at(10), at(20), site_id="kz-1")
+
+    assert report["totals"]["gap_s"] == 6 * 60  # 10:08..10:14, not the whole outage
+    assert report["measured_by"] == "none"
+    [hour] = report["hours"]
+    assert hour["gap_s"] == 6 * 60
+    [day] = report["days"]
+    assert [p["start"] for p in day["series"]] == [
+        f"2026-11-23T10:{m:02d}:00Z" for m in range(8, 14)
+    ]
+    assert all(p["grid_kw"] is None for p in day["series"])
+    # A window that ends inside the outage holds only its part before the end.
+    assert energy_report(path, at(10), at(12), site_id="kz-1")["totals"]["gap_s"] == 2 * 60
+
+
+class Writes:
+    """The report's connection, with the daemon writing a minute after the first query."""
+
+    def __init__(self, db: sqlite3.Connection, write: Callable[[], None]) -> None:
+        self.db, self.write, self.queries = db, write, 0
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
+        cursor = self.db.execute(sql, params)
+        if sql.lstrip().upper().startswith("SELECT"):
+            self.queries += 1
+            if self.queries == 1:
+                self.write()
+        return cursor
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def test_the_figures_and_the_chain_head_are_one_snapshot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "journal.db"
+    journal = Journal(path)
+    minute = Allowance(70_000, 10_000, {})
+    first = Account(start=at(2), allowance=minute, stale_after_s=5.0)
+    for s in range(2 * 60):
+        first.sample(at(2) + timedelta(seconds=s), 40_000)
+    first.advance(at(4))
+    journal.record_energy(first.take())
+    head = journal.head
+    late = Account(start=at(4), allowance=minute, stale_after_s=5.0)
+    for s in range(60):
+        late.sample(at(4) + timedelta(seconds=s), 40_000)
+    late.advance(at(5))
+
+    connect = sqlite3.connect
+
+    def connect_writing(*args: Any, **kwargs: Any) -> Writes:
+        return Writes(connect(*args, **kwargs), lambda: journal.record_energy(late.take()))
+
+    monkeypatch.setattr(sqlite3, "connect", connect_writing)
+    report = energy_report(path, at(2), at(9), site_id="kz-1")
+    monkeypatch.undo()
+
+    assert journal.head.seq > head.seq  # the daemon's minute landed mid-report
+    assert report["chain"] == {"head": head.hex, "rows": head.seq}
+    assert math.isclose(report["totals"]["grid_kwh"], 40 * 2 / 60, abs_tol=1e-6)
+    after = energy_report(path, at(2), at(9), site_id="kz-1")  # the next report sees it
+    assert after["chain"] == {"head": journal.head.hex, "rows": journal.head.seq}
+    assert math.isclose(after["totals"]["grid_kwh"], 40 * 3 / 60, abs_tol=1e-6)
+    journal.close()
