@@ -258,7 +258,9 @@ def _emit(text: str, args: argparse.Namespace, loaded: Loaded) -> int:
     """A report to stdout, or to --out FILE, signed (FILE.sig) with the site's key."""
     out: Path | None = getattr(args, "out", None)  # a report without --out prints
     if out is None:
-        sys.stdout.write(text)
+        # Journaled text may hold what UTF-8 cannot (escaped lone surrogates): replaced.
+        sys.stdout.buffer.write(text.encode("utf-8", "replace"))
+        sys.stdout.flush()
         return 0
     return cli_evidence.write_export(text, out, loaded, unverified=args.unverified)
 

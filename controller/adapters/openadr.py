@@ -38,6 +38,7 @@ from controller.adapters.openadr_link import (
     Signing,
     VtnLink,
     VtnReplyError,
+    VtnUnreachableError,
     plain_id,
     report_catalogue,
     telemetry_values,
@@ -274,6 +275,13 @@ class OpenAdrVen:
                 answers = self.desk.take_outbox()  # swapped before the await: none lost
                 try:
                     await self._send_answers(answers, None)
+                except VtnUnreachableError:
+                    self.desk.requeue(answers)  # the wire failed: the same answers again
+                    raise
+                except OpenAdrError as err:
+                    # They cannot be built, or the VTN refused them: sent again they would
+                    # fail again and stop every poll behind them. Dropped, said loudly.
+                    log.exception("openadr answers dropped", error=str(err), count=len(answers))
                 except BaseException:
                     self.desk.requeue(answers)
                     raise

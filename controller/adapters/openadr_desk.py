@@ -108,7 +108,7 @@ class EventDesk:
         queued for the VTN. Later modifications of it are answered optOut too."""
         sid = signal_id(self.source, event_id)
         held = self._inbox.book.held.get(sid)
-        if held is None:
+        if held is None or held.source != self.source:  # only what this VTN sent
             raise OptOutError(f"no event {event_id!r} from the VTN is held", status=404)
         modification = (held.signal.revision - 1) // 2
         body = json.dumps({"opt_out": event_id, "by": by, "reason": reason}).encode()

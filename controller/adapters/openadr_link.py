@@ -237,9 +237,14 @@ def plain_id(value: object, what: str) -> str:
     return text
 
 
+# Characters XML 1.0 cannot carry at all (escaping does not help): C0 controls but tab,
+# newline and return; lone surrogates; U+FFFE/U+FFFF.
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
 def xml_text(value: object, limit: int = 200) -> str:
     """Text for openleadr's templates, which do not escape: reasons, echoed ids."""
-    return escape(str(value)[:limit])
+    return escape(_NOT_XML.sub("?", str(value)[:limit]))
 
 
 # The VEN's reports (r_ids are stable so a VTN can keep its requests across restarts).

@@ -102,7 +102,9 @@ def bare_cancel(book: SignalBook, cancel: Cancel) -> Cancel | None:
     holding that id always comes first. Safe either way: a cancel only lowers what may be
     drawn, and the grid namespace is left untouched, so a later grid curtailment with that
     id is still admitted."""
-    if cancel.id.startswith(AUCTION) or cancel.id in book.held:
+    # An id the grid has ever used is the grid's, held or not (a repeated cancel of a
+    # grid signal must not reach an award uploaded under the same reference).
+    if cancel.id.startswith(AUCTION) or cancel.id in book.revisions:
         return None
     target = AUCTION + cancel.id
     known = book.revisions.get(target)

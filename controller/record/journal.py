@@ -142,7 +142,7 @@ class Journal:
                 log.exception("journal unwritable: nothing is commanded until it is")
             self.error = str(err)
             raise JournalError(f"{self.path}: write failed: {err}") from err
-        except (UnicodeError, ValueError) as err:
+        except (UnicodeError, ValueError, OverflowError) as err:
             # A value SQLite cannot bind (text that is not UTF-8, an integer too large):
             # that row is refused, typed like every journal failure; the journal itself
             # is fine, so the loop is not stopped for it (self.error stays as it was).

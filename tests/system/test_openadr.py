@@ -19,7 +19,7 @@ import pytest
 
 from controller.adapters.openadr import OpenAdrVen
 from controller.clock import FakeClock
-from controller.core.signals import ObligationStatus
+from controller.core.signals import Curtailment, ObligationStatus
 from controller.record.report import signal_history
 from demo.farm import farm_from_config
 from sim.modbus import SimMeter
@@ -192,6 +192,22 @@ async def test_opt_outs_by_rule_and_by_the_operator_reach_the_vtn(tmp_path: Path
                 body={"reason": "maintenance window"},
             )  # fmt: skip
             assert (status, out["detail"]) == (404, "no event 'nowhere' from the VTN is held")
+            # A signal held under a VTN-looking id that another source sent is not the
+            # VTN's to opt out of.
+            other = Curtailment(f"{SOURCE}:pushed", 1, g.r.clock.now(), 50_000, 30.0)
+            g.r.daemon.inbox.submit_signal("http", "elsewhere", other, b"{}")
+            status, out, _ = await client.call(
+                "POST", "/api/v1/openadr/events/pushed/opt-out", role="operator",
+                body={"reason": "not ours"},
+            )  # fmt: skip
+            assert status == 404, out
+            assert g.held("pushed") is not None
+            # A reason must be text: control characters are refused before anything is done.
+            status, out, _ = await client.call(
+                "POST", "/api/v1/openadr/events/shallow/opt-out", role="operator",
+                body={"reason": "bad\u0001reason"},
+            )  # fmt: skip
+            assert status == 400, out
             status, out, _ = await client.call(
                 "POST", "/api/v1/openadr/events/shallow/opt-out", role="operator",
                 body={"reason": "maintenance window"},

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 from aiohttp import web
+from lxml import etree
 from openleadr import objects
 from openleadr.messaging import create_message
 
@@ -27,6 +28,7 @@ from controller.adapters.openadr_link import (
     VtnLink,
     VtnReplyError,
     parse_reply,
+    xml_text,
 )
 from controller.config import ConfigError, parse
 from controller.tls import TlsFiles, client_context
@@ -239,3 +241,12 @@ def test_config_polls_faster_than_the_vtn_source_times_out(tmp_path: Path) -> No
     ]
     data["grid"]["openadr"]["poll_interval_s"] = 4
     assert parse(yaml.safe_dump(data)).config.grid.openadr is not None
+
+
+def test_text_for_the_templates_is_escaped_and_xml_safe() -> None:
+    """An operator's reason goes into an oadrCreatedEvent: markup is escaped, and what XML
+    cannot carry at all (C0 controls, lone surrogates) is replaced, so the answer can be
+    built (one that cannot be built would be retried before every poll)."""
+    text = xml_text("a<b>&c\x01d\ud800e\tf")
+    assert text == "a&lt;b&gt;&amp;c?d?e\tf"
+    etree.fromstring(f"<r>{text}</r>".encode())  # parses

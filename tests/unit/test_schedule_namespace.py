@@ -131,6 +131,10 @@ def test_namespace_bare_cancel_aims_only_at_uploaded_grants() -> None:
     assert bare_cancel(uploaded, Cancel("r", 2, NOW)) == Cancel("auction:r", 2, NOW)
     assert bare_cancel(uploaded, Cancel("auction:r", 2, NOW)) is None  # already full
     assert bare_cancel(uploaded, Cancel("s", 2, NOW)) is None
+    # An id the grid has used is the grid's, held or not: a repeated grid cancel of its own
+    # curtailment r (already withdrawn) must not reach the award uploaded as auction:r.
+    used = SignalBook(held, {"auction:r": (1, "grant"), "r": (2, "cancel")})
+    assert bare_cancel(used, Cancel("r", 2, NOW)) is None
     # A cancel of auction:s that named nothing made no grant of it.
     assert bare_cancel(SignalBook({}, {"auction:s": (2, "cancel")}), Cancel("s", 3, NOW)) is None
 

@@ -12,7 +12,9 @@ from controller.intake.schedule import MAX_ROWS as MAX_SCHEDULE_ROWS
 from controller.intake.wire import AUCTION, MAX_SIGNAL_ID, SIGNAL_ID_PATTERN
 
 # At least one letter or digit: the same rule in pydantic, JSON Schema and the fuzzer.
-REASON_PATTERN = "[A-Za-z0-9]"
+# Some letter or digit, and no control characters (a reason is shown, logged and sent on:
+# an OpenADR opt-out puts it into XML, which cannot carry them).
+REASON_PATTERN = "^[^\\x00-\\x1f\\x7f]*[A-Za-z0-9][^\\x00-\\x1f\\x7f]*$"
 Reason = Annotated[
     str,
     StringConstraints(min_length=3, max_length=500, pattern=REASON_PATTERN),
