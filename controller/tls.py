@@ -93,21 +93,7 @@ def is_loopback(host: str) -> bool:
 
 def server_context(files: TlsFiles) -> tuple[ssl.SSLContext, CertInfo]:
     """A new server context for `files`. Raises TlsError, which lists every problem."""
-    problems: list[tuple[str, str]] = []
-    password = None
-    chain = _certificates(files.cert, "cert", problems)
-    key = None
-    try:
-        password = files.password() if files.password is not None else None
-    except ValueError as err:  # a missing secret: the key cannot be judged without it
-        problems.append(("key_password", str(err)))
-    else:
-        key = _private_key(files.key, password, problems)
-    cas = _certificates(files.client_ca, "client_ca", problems) if files.client_ca else []
-    if chain and key is not None and not _matches(chain[0], key):
-        problems.append(("key", f"{files.key} does not match the certificate in {files.cert}"))
-    if problems:
-        raise TlsError(problems)
+    chain, password, cas = _checked(files, files.client_ca, "client_ca")
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
@@ -122,8 +108,34 @@ def server_context(files: TlsFiles) -> tuple[ssl.SSLContext, CertInfo]:
         # With a CA but no requirement, a client may omit its certificate. One that sends
         # a certificate must still chain to the CA.
         context.verify_mode = ssl.CERT_REQUIRED if files.require_client_cert else ssl.CERT_OPTIONAL
-    leaf = chain[0]
-    info = CertInfo(
+    return context, _info(chain[0], cas)
+
+
+def _checked(
+    files: TlsFiles, ca: Path | None, ca_field: str
+) -> tuple[list[x509.Certificate], str | None, list[x509.Certificate]]:
+    """The certificate chain, the key's password and the CA certificates, each checked
+    before any context is made: a TlsError lists every problem at once."""
+    problems: list[tuple[str, str]] = []
+    password = None
+    chain = _certificates(files.cert, "cert", problems)
+    key = None
+    try:
+        password = files.password() if files.password is not None else None
+    except ValueError as err:  # a missing secret: the key cannot be judged without it
+        problems.append(("key_password", str(err)))
+    else:
+        key = _private_key(files.key, password, problems)
+    cas = _certificates(ca, ca_field, problems) if ca else []
+    if chain and key is not None and not _matches(chain[0], key):
+        problems.append(("key", f"{files.key} does not match the certificate in {files.cert}"))
+    if problems:
+        raise TlsError(problems)
+    return chain, password, cas
+
+
+def _info(leaf: x509.Certificate, cas: list[x509.Certificate]) -> CertInfo:
+    return CertInfo(
         subject=leaf.subject.rfc4514_string(),
         serial=leaf.serial_number,
         not_before=leaf.not_valid_before_utc,
@@ -131,7 +143,6 @@ def server_context(files: TlsFiles) -> tuple[ssl.SSLContext, CertInfo]:
         sha256=hashlib.sha256(leaf.public_bytes(serialization.Encoding.DER)).hexdigest(),
         client_cas=len(cas),
     )
-    return context, info
 
 
 def client_context(
@@ -139,21 +150,7 @@ def client_context(
 ) -> tuple[ssl.SSLContext, CertInfo]:
     """A client context that presents `files` (cert, key) and trusts only `ca`: the
     OpenADR VEN's mutual TLS. Raises TlsError naming every problem, as server_context."""
-    problems: list[tuple[str, str]] = []
-    password = None
-    chain = _certificates(files.cert, "cert", problems)
-    key = None
-    try:
-        password = files.password() if files.password is not None else None
-    except ValueError as err:
-        problems.append(("key_password", str(err)))
-    else:
-        key = _private_key(files.key, password, problems)
-    cas = _certificates(ca, "vtn_ca", problems)
-    if chain and key is not None and not _matches(chain[0], key):
-        problems.append(("key", f"{files.key} does not match the certificate in {files.cert}"))
-    if problems:
-        raise TlsError(problems)
+    chain, password, cas = _checked(files, ca, "vtn_ca")
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.check_hostname = check_hostname
@@ -162,16 +159,7 @@ def client_context(
         context.load_verify_locations(cafile=ca)
     except (OSError, ssl.SSLError) as err:  # the files changed since they were read
         raise TlsError([("cert", f"cannot be loaded: {err}")]) from None
-    leaf = chain[0]
-    info = CertInfo(
-        subject=leaf.subject.rfc4514_string(),
-        serial=leaf.serial_number,
-        not_before=leaf.not_valid_before_utc,
-        not_after=leaf.not_valid_after_utc,
-        sha256=hashlib.sha256(leaf.public_bytes(serialization.Encoding.DER)).hexdigest(),
-        client_cas=len(cas),
-    )
-    return context, info
+    return context, _info(chain[0], cas)
 
 
 class ServerTls:
