@@ -35,6 +35,7 @@ keepers, pools-kept-asleep, miners within their dwell time or still changing.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -170,10 +171,15 @@ def _walk(all_groups: list[_Group], budget: float) -> None:
     for g, group in enumerate(all_groups):
         group.counts = {group.hull[0]: len(group.members)}
         s = group.curve.settings
+        key = -math.inf
         for level in range(1, len(group.hull)):
             a, b = s[group.hull[level - 1]], s[group.hull[level]]
-            steps.append(((a.hashrate_ths - b.hashrate_ths) / (b.power_w - a.power_w), g, level))
-    steps.sort()  # steepest first; a group's levels stay in order (their slopes fall)
+            # A hull's slopes fall; where rounding makes one rise by a hair, it is taken as
+            # equal, so the group's levels are walked in order (a level reached early would
+            # find no miner waiting below it and be skipped for good).
+            key = max(key, (a.hashrate_ths - b.hashrate_ths) / (b.power_w - a.power_w))
+            steps.append((key, g, level))
+    steps.sort()  # steepest first; a group's levels in order
     for _, g, level in steps:
         group = all_groups[g]
         s = group.curve.settings

@@ -66,6 +66,9 @@ class Curve:
         )
 
 
+ON_CHORD = 1e-9  # relative: closer to a hull's chord than this is on it
+
+
 def upper_hull(
     settings: Sequence[Setting], allowed: Iterable[int] | None = None
 ) -> tuple[int, ...]:
@@ -87,10 +90,11 @@ def upper_hull(
         while len(hull) >= 2:  # noqa: PLR2004 - a turn needs two points
             a, b = settings[hull[-2]], settings[hull[-1]]
             # b lies under the chord a -> i: drop it (the slope must not rise). A point on
-            # the chord stays: it splits a long upgrade into two that fit more budgets.
-            if (b.hashrate_ths - a.hashrate_ths) * (p - a.power_w) < (h - a.hashrate_ths) * (
-                b.power_w - a.power_w
-            ):
+            # the chord stays: it splits a long upgrade into two that fit more budgets. "On"
+            # within rounding: sums of float gains put a collinear point 1e-14 off it.
+            under = (b.hashrate_ths - a.hashrate_ths) * (p - a.power_w)
+            chord = (h - a.hashrate_ths) * (b.power_w - a.power_w)
+            if under < chord - ON_CHORD * max(abs(under), abs(chord)):
                 hull.pop()
             else:
                 break

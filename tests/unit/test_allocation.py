@@ -213,3 +213,23 @@ def test_bad_indices_are_named() -> None:
         allocate([MinerChoice("m7", curve, 9)], 1000)
     with pytest.raises(ValueError, match="m7: allowed settings"):
         allocate([MinerChoice("m7", curve, 0, (5,))], 1000)
+
+
+def test_a_point_on_the_chord_by_rounding_stays_on_the_hull() -> None:
+    """Found by the brute-force property: gains of 50 summed in floats leave B's s1 a hair
+    under its chord. Dropped from the hull, B's last 50 TH/s came as one 2-unit upgrade
+    that no longer fit, and A's 1 TH/s step took the unit instead."""
+    unit = 261
+    a = Curve((Setting(ASLEEP, 0, 0.0), *(
+        Setting(f"s{j}", unit * (j + 1), h) for j, h in enumerate((100.0, 150.0, 200.0, 201.0))
+    )))  # fmt: skip
+    b_ths = list(itertools.accumulate((96.98496898509582, 50.0, 50.0, 1.0)))
+    b = Curve((Setting(ASLEEP, 0, 0.0), *(
+        Setting(f"s{j}", unit * (j + 1), h) for j, h in enumerate(b_ths)
+    )))  # fmt: skip
+    miners = [MinerChoice("a", a, 4), MinerChoice("b", b, 0)]
+    plan = allocate(miners, 5 * unit, hysteresis=0.0)
+    best = brute(miners, 5 * unit)
+    assert best is not None
+    assert plan.target_ths == pytest.approx(best, abs=1e-6)
+    assert plan.target_w <= 5 * unit
