@@ -56,7 +56,9 @@ async def family_farm(make_farm: MakeFarm, family: Family) -> tuple[SimFarm, Min
         1, 3250, 29.5, driver=family.driver, port=family.port, web_port=family.web_port
     )
     spec = farm.miners["m0"].spec
-    endpoint = MinerEndpoint("m0", spec.host, spec.port, 0.5, web_port=spec.web_port)
+    # A generous timeout: these tests are about what is read, and a shared CI machine can
+    # take more than half a second over a first login.
+    endpoint = MinerEndpoint("m0", spec.host, spec.port, 5.0, web_port=spec.web_port)
     return farm, family.factory(endpoint)
 
 
