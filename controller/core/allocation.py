@@ -43,6 +43,9 @@ from typing import NamedTuple
 from controller.core.curves import Curve, upper_hull
 
 
+SLACK_W = 1e-9
+
+
 class MinerChoice(NamedTuple):
     """One miner as the allocator sees it. `allowed`: the settings (indices into its
     curve) it may take; one index pins it; None: every setting."""
@@ -88,7 +91,10 @@ def allocate(
     """Choose each miner's setting for the most hashrate within `allowed_w` (the limit
     after margin and unexplained draw), and the first changes toward it."""
     groups: dict[tuple[int, tuple[int, ...] | None], _Group] = {}
-    budget = float(allowed_w)
+    # A nanowatt of slack: draws summed in another order differ in the last bits, and an
+    # upgrade that fits exactly must not be refused for it (CI found 99.99999999999999 W
+    # refusing a 100 W wake).
+    budget = float(allowed_w) + SLACK_W
     current_w = current_ths = 0.0
     misplaced = False  # a miner sits where it may not stay (a new pin): it must move
     for pos, m in enumerate(miners):

@@ -7,7 +7,7 @@ import itertools
 from collections.abc import Sequence
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from controller.core.allocation import Allocation, MinerChoice, allocate
@@ -108,6 +108,12 @@ def unit_fleets(draw: st.DrawFn) -> tuple[list[MinerChoice], float]:
 
 @settings(max_examples=300, deadline=None)
 @given(unit_fleets())
+@example(  # a budget a rounding short of a wake's draw: the wake still fits
+    (
+        [MinerChoice("m0", Curve((Setting(ASLEEP, 0, 0.0), Setting("s0", 100, 1.0))), 0)],
+        99.99999999999999,
+    )
+)
 def test_greedy_equals_brute_force_on_concave_unit_curves(
     fleet: tuple[list[MinerChoice], float],
 ) -> None:
