@@ -50,6 +50,7 @@ from controller.config.site import (
     SiteCfg,
     SiteConfig,
     TelemetryCfg,
+    TuningCfg,
 )
 
 __all__ = [
@@ -94,6 +95,7 @@ __all__ = [
     "SourceCfg",
     "TelemetryCfg",
     "TlsCfg",
+    "TuningCfg",
     "check_listen",
     "describe",
     "expand_hosts",

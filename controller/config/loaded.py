@@ -10,7 +10,7 @@ from datetime import timedelta
 from controller.config.protection import ContainerSafetyCfg, container_rules
 from controller.config.site import SiteConfig
 from controller.core.frequency import FrequencyRules
-from controller.core.model import PlanRules
+from controller.core.model import PlanRules, Tuning
 from controller.core.safety import ColdRules, Safety
 from controller.core.signals import GridPolicy, SourcePolicy
 from drivers.modbus_map import RegisterMap
@@ -83,6 +83,17 @@ class Loaded:
             restore_min_off=timedelta(seconds=self.config.escalation.restore_min_off_s),
             restore_boot=timedelta(seconds=self.config.escalation.restore_boot_s),
             safety=self.safety(),
+            tuning=self.tuning(),
+        )
+
+    def tuning(self) -> Tuning | None:
+        cfg = self.config.tuning
+        if not cfg.enabled:
+            return None
+        return Tuning(
+            hysteresis=cfg.hysteresis,
+            max_changes=cfg.max_changes,
+            dwell=timedelta(seconds=cfg.dwell_s),
         )
 
     def safety(self) -> Safety | None:

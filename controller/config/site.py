@@ -45,6 +45,20 @@ class ControlCfg(ConfigModel):
     wake_hold_after_shed_s: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 30.0
 
 
+class TuningCfg(ConfigModel):
+    """The most hashrate under the limit (controller/core/tuning.py): once no deadline
+    runs, power-target miners are moved along their efficiency curves, a bounded number
+    per plan; off, the ladder alone holds a limit (lower to the floor, sleep the least
+    efficient), as before."""
+
+    enabled: bool = True
+    hysteresis: Annotated[float, Field(ge=0, le=0.5)] = 0.01  # a smaller gain starts nothing
+    max_changes: Annotated[int, Field(ge=1, le=100_000)] = 200  # settings changed per plan
+    # A retuned, woken or slept miner stays where it is this long (plus its family's
+    # retarget time), so nothing flaps.
+    dwell_s: Annotated[float, Field(ge=0, le=86_400, allow_inf_nan=False)] = 300.0
+
+
 class JournalCfg(ConfigModel):
     path: Path
     # Evidence rows older than this move to the archive (None: kept in the journal forever).
@@ -84,6 +98,7 @@ class SiteConfig(BaseSettings):
     journal: JournalCfg
     telemetry: TelemetryCfg = TelemetryCfg()
     control: ControlCfg = ControlCfg()
+    tuning: TuningCfg = TuningCfg()
     pdus: list[PduCfg] = Field(default_factory=list)
     meter: MeterCfg | None = None
     sensors: list[SensorCfg] = Field(default_factory=list)

@@ -42,7 +42,6 @@ from typing import NamedTuple
 
 from controller.core.curves import Curve, upper_hull
 
-
 SLACK_W = 1e-9
 
 

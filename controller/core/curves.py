@@ -102,6 +102,15 @@ def upper_hull(
     return tuple(hull)
 
 
+def nominal_w(setting: Setting) -> int:
+    """The power target a setting asks the firmware for: the watts in its name ("2600W",
+    as seeded), else its measured draw."""
+    name = setting.name
+    if name.endswith("W") and name[:-1].isdigit():
+        return int(name[:-1])
+    return round(setting.power_w)
+
+
 def seed_curve(
     spec: MinerSpec,
     *,

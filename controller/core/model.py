@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Literal, NamedTuple
 from drivers.types import DriverTraits, MinerReading, Mode
 
 if TYPE_CHECKING:
+    from controller.core.curves import Curve
     from controller.core.safety import Safety
 
 
@@ -47,6 +48,9 @@ class ActionKind(enum.StrEnum):
     WAKE = "wake"
     WARM = "warm"  # a wake with cold boards: at the gentle level or after pre-heat
     RESTORE = "restore"  # the PDU outlet on: the miner boots for minutes
+    # A power target chosen by the allocation (core.tuning), on a miner that runs, or set
+    # before it wakes (a sleeper woken straight at its target): Action.target_w says which.
+    TUNE = "tune"
 
 
 SHEDS = frozenset({ActionKind.LOWER, ActionKind.SLEEP, ActionKind.CUT})
@@ -99,6 +103,11 @@ class MinerView:
     # The outlet's latest reading when the firmware was last read: a lie is judged on the
     # two in that order, never on an outlet that changed after the firmware spoke.
     outlet_at_read: OutletReading | None = None
+    # The power target the allocation set (core.tuning; None: the ladder's, by
+    # `lowered_at`), and when it landed (None: still on the wire). A firmware keeps its
+    # target across a sleep, so a tuned sleeper wakes at it.
+    target_w: int | None = None
+    tuned_at: datetime | None = None
 
     def fresh(self, now: datetime, stale_after: timedelta) -> bool:
         return (
@@ -122,6 +131,9 @@ class Snapshot:
     # Container ambient temperatures: container -> (degC, read at). The cold-weather rules
     # judge their age; a container without one counts as cold.
     ambient: Mapping[str, tuple[float, datetime]] = field(default_factory=dict)
+    # Each miner's efficiency curve by id (core.curves; the loop's CurveBook learns them):
+    # with PlanRules.tuning, the allocation picks settings on them. None: no curves.
+    curves: Mapping[str, Curve] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,18 +165,34 @@ class PlanRules:
     restore_boot: timedelta = timedelta(minutes=10)
     # Cold-weather protection, dwell times and warm restarts per container (None: none).
     safety: Safety | None = None
+    # The most hashrate under the limit (core.tuning): settings chosen on each miner's
+    # curve once no deadline is running (None: off; today's ladder alone).
+    tuning: Tuning | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Tuning:
+    """How the allocation moves settings. Each value is a wear or noise trade-off."""
+
+    hysteresis: float = 0.01  # a target under this share more hashrate is not started
+    max_changes: int = 200  # settings changed per plan: the fleet converges over cycles
+    # A retuned (or woken, or slept) miner stays where it is this long, plus its family's
+    # own retarget time (a Braiins autotuner walks ~2 minutes): nothing flaps.
+    dwell: timedelta = timedelta(minutes=5)
 
 
 class Action(NamedTuple):
     """One command for one miner, with the reason the planner chose it.
 
     A NamedTuple, not a frozen dataclass: a fleet-wide shed builds one per miner between
-    a signal and its first command, and tuples are several times cheaper to build.
+    a signal and its first command, and tuples are several times cheaper to build (built
+    with tuple.__new__, every field must be given: a default is not filled in there).
     """
 
     miner_id: str
     kind: ActionKind
     reason: str
+    target_w: int | None = None  # a TUNE's power target (its reason says it too)
 
 
 class Alarm(NamedTuple):
@@ -187,6 +215,9 @@ class Plan:
     # What an operator must hear about: a heater floor the limit cannot carry, an outlet
     # cut in a container below its hard-off temperature. Journaled and logged as alarms.
     alarms: tuple[Alarm, ...] = field(default=())
+    # The hashrate the fleet should hold once the actions have landed, on the curves
+    # (None: planned without curves).
+    expected_ths: float | None = None
 
 
 FleetMode = Literal["mining", "sleeping", "unknown", "cut"]
@@ -255,6 +286,9 @@ class Horizon:
         if pending is ActionKind.LOWER and fresh:
             floor = spec.floor_w()
             return spec.rated_power_w if floor is None else floor
+        if pending is ActionKind.TUNE and fresh and view.reading is not None:
+            # Counted at the higher of where it is and where it goes, until it lands.
+            return max(_firmware_w(spec, view.reading), view.target_w or spec.rated_power_w)
         # Booting after a restore: standby draw now, full draw once it mines.
         if pending is not None or not fresh or view.reading is None or self.booting(view):
             return spec.rated_power_w
@@ -290,6 +324,15 @@ class Horizon:
         spec = view.spec
         if view.lowered_at is not None and reading.mode is Mode.MINING:
             power = _lowering(spec, view.lowered_at, power, seen_at)
+        tuned_at = view.tuned_at
+        if (
+            tuned_at is not None
+            and reading.mode is Mode.MINING
+            and seen_at < tuned_at + timedelta(seconds=spec.traits.retarget_s)
+        ):
+            # Read before a new target could land: at the higher of the two (a retune up
+            # spends the power at once; one down is counted as freed once it shows).
+            power = max(power, view.target_w or 0)
         since = view.mode_since
         if since is None:
             return power
@@ -308,7 +351,7 @@ class Horizon:
             return traits.sleep_power_w if seen_at < since + ramps[0] else power
         if seen_at < since + ramps[1]:
             # Ramping up: to its lowered target (a gentle wake) if it has one, else rated.
-            top = spec.floor_w() if view.lowered_at is not None else None
+            top = spec.floor_w() if view.lowered_at is not None else view.target_w
             return max(power, top or spec.rated_power_w)
         return power
 

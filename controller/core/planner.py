@@ -20,7 +20,7 @@ from controller.core.model import Horizon, Limit, MinerSpec, MinerView, Plan, Pl
 from controller.core.planning import FLOOR_WAKE, UNKNOWN_REASON, Fleet, survey
 from controller.core.safety import Climate
 from controller.core.shed import shed
-from controller.core.wake import wake
+from controller.core.tuning import tune
 
 __all__ = ["FLOOR_WAKE", "UNKNOWN_REASON", "plan", "shed_key", "shed_order"]
 
@@ -49,7 +49,7 @@ def plan(snapshot: Snapshot, limit: Limit, rules: PlanRules) -> Plan:
         climate = Climate(rules.safety, snapshot.ambient, snapshot.taken_at, containers)
     fleet = Fleet(snapshot, horizon, costs, order, climate, seen.specs, seen.obeying, seen.ready)
     if total <= budget:
-        return wake(fleet, total, budget, rules)
+        return tune(fleet, total, budget, limit, rules)  # wake.py alone unless tuning
     first = shed(fleet, total, budget, limit, rules, cold_ok=False)
     if climate is None or not limit.emergency or not first.cold_refused or first.in_time <= budget:
         return first.plan

@@ -73,7 +73,7 @@ def shed(
             slow = late[spec.traits.ramp_down_s]
             if not slow or spec.outlet is None:  # the common case: sleep it
                 reason = ladder.sleep_reason(spec.efficiency_j_th, slow)
-                actions.append(tuple_new(Action, (spec.id, sleep_kind, reason)))
+                actions.append(tuple_new(Action, (spec.id, sleep_kind, reason, None)))
                 counts[sleep_kind] += 1
                 saving = costs[i] - spec.traits.sleep_power_w
                 total -= saving
@@ -235,7 +235,7 @@ class _Ladder:
         if not fresh:  # counts at rated power until it answers; try its API first
             if cut_ok:
                 return self._cut(view, cost, "no answer, and no time to try", stuck=False)
-            return tuple_new(Action, (spec.id, ActionKind.SLEEP, UNKNOWN_REASON)), 0
+            return tuple_new(Action, (spec.id, ActionKind.SLEEP, UNKNOWN_REASON, None)), 0
         if lower:
             return Action(spec.id, ActionKind.LOWER, f"lower: {spec.efficiency_j_th:g} J/TH"), lower
         if cut_ok:
@@ -243,7 +243,7 @@ class _Ladder:
         reason = self.sleep_reason(spec.efficiency_j_th, slow)
         saving = cost - spec.traits.sleep_power_w
         self.late_w += saving if slow else 0
-        return tuple_new(Action, (spec.id, ActionKind.SLEEP, reason)), saving
+        return tuple_new(Action, (spec.id, ActionKind.SLEEP, reason, None)), saving
 
     def sleep_reason(self, efficiency: float, slow: bool) -> str:
         """One reason string per class, built once; counts sleeps that land late."""

@@ -19,6 +19,7 @@ from drivers.deadline import within
 from drivers.errors import (
     DeviceTimeoutError,
     DriverError,
+    RejectedError,
     SessionBusyError,
     UnreachableError,
     driver_bug,
@@ -37,6 +38,8 @@ DISPATCH_MAX_BATCH = 4096
 # A resumed sleep (sent before a restart) reads the miner again this often while it
 # cannot answer (a stock Antminer restarting its mining process).
 RESUME_POLL_S = 1.0
+# Commands that set a power target: one that fails leaves the miner to the ladder's sleep.
+_TARGETS = frozenset({ActionKind.LOWER, ActionKind.RAISE, ActionKind.TUNE})
 
 
 class Dispatch:
@@ -119,6 +122,10 @@ class Dispatch:
                 batch = min(batch * 8, DISPATCH_MAX_BATCH)
                 left = batch
 
+    def _asleep(self, miner_id: str) -> bool:
+        reading = self._readings.view(miner_id).reading
+        return reading is not None and reading.mode is Mode.SLEEPING
+
     def trim_wakes(self, now: datetime) -> None:
         while self.recent_wakes and now - self.recent_wakes[0][0] >= self._rules.wake_window:
             self.recent_wakes.popleft()
@@ -128,7 +135,16 @@ class Dispatch:
         kind = action.kind
         if kind is ActionKind.SLEEP and action.miner_id in self._preheats:
             self._withdraw_preheat(action.miner_id)
-        self._readings.set_pending(action.miner_id, kind, resumed=action.miner_id in self._resumed)
+        self._readings.set_pending(
+            action.miner_id,
+            kind,
+            resumed=action.miner_id in self._resumed,
+            target_w=action.target_w,
+        )
+        if kind is ActionKind.TUNE:
+            if action.target_w is not None and self._asleep(action.miner_id):
+                self.recent_wakes.append((now, action.target_w))  # woken at its target
+            return
         if kind in SHEDS and action.miner_id in self.hold_sleeps:
             self.hold_sleeps.discard(action.miner_id)
         elif kind in SHEDS:
@@ -162,8 +178,10 @@ class Dispatch:
         except DriverError as err:
             finished = self._clock.now()
             outcome, detail = err.kind, err.detail
-            if action.kind is ActionKind.LOWER or action.kind is ActionKind.RAISE:
+            if action.kind in _TARGETS:
                 self._ledger.target_failed(miner_id, err, finished)
+                if action.kind is ActionKind.TUNE:  # where it ended is for readings to say
+                    self._readings.set_ladder(miner_id, target_w=None)
             else:
                 aimed = Mode.SLEEPING if action.kind is ActionKind.SLEEP else Mode.MINING
                 self._ledger.command_failed(miner_id, err, finished, aimed)
@@ -235,12 +253,26 @@ class Dispatch:
             return await driver.wake(), True
         if kind is ActionKind.WARM:
             return await driver.wake(gentle=True), True
+        if kind is ActionKind.TUNE:
+            return await _tune(driver, action), True
         if kind is ActionKind.RAISE and Capability.POWER_TARGET not in driver.capabilities:
             return await driver.wake(step_up=True), True  # from a gentle start's low mode
         watts = (spec.floor_w() if kind is ActionKind.LOWER else None) or spec.rated_power_w
         if resumed:
             return await _until_taken(lambda: driver.set_power_target(watts), driver), True
         return await driver.set_power_target(watts), True
+
+
+async def _tune(driver: MinerDriver, action: Action) -> MinerReading:
+    """The allocation's setting: the power target, and for a sleeper a wake after it (the
+    firmware keeps its target asleep, so the miner comes up at it, as a gentle wake does).
+    A miner found asleep or awake against what was planned is handled as it is found."""
+    if action.target_w is None:
+        raise RejectedError(action.miner_id, "tune", "a tune without a power target")
+    reading = await driver.set_power_target(action.target_w)
+    if reading.mode is Mode.SLEEPING:
+        reading = await driver.wake()
+    return reading
 
 
 def _changed_at(

@@ -130,6 +130,8 @@ class Readings:
             view.held_asleep,
             view.resumed if not command else False,
             view.outlet,
+            view.target_w,
+            view.tuned_at,
         )
         if view.lowered_at is not None and not command:
             self._judge_target(miner_id)
@@ -179,7 +181,14 @@ class Readings:
         self._views[miner_id] = self._health(view)
         return count
 
-    def set_pending(self, miner_id: str, kind: ActionKind | None, *, resumed: bool = False) -> None:
+    def set_pending(
+        self,
+        miner_id: str,
+        kind: ActionKind | None,
+        *,
+        resumed: bool = False,
+        target_w: int | None = None,
+    ) -> None:
         """A command is in flight (None: no longer). `resumed`: it resumes one sent before a
         restart, and counts as landed even while the miner cannot be read. Built field by
         field, as record() does: dataclasses.replace costs twice as much, and the dispatch
@@ -204,6 +213,8 @@ class Readings:
             view.held_asleep,
             resumed,
             view.outlet_at_read,
+            target_w if kind is ActionKind.TUNE else view.target_w,
+            view.tuned_at,
         )
 
     def set_retry_after(self, miner_id: str, at: datetime | None) -> None:
@@ -229,14 +240,18 @@ class Readings:
             at,
             command=True,
             since=since,
-            transition=kind is not ActionKind.LOWER,
+            transition=kind is not ActionKind.LOWER and kind is not ActionKind.TUNE,
         )
         if kind is ActionKind.LOWER:
-            self.set_ladder(miner_id, lowered_at=since)
+            self.set_ladder(miner_id, lowered_at=since, target_w=None)
         elif kind is ActionKind.RAISE:
-            self.set_ladder(miner_id, lowered_at=None, warming_until=None)
+            self.set_ladder(miner_id, lowered_at=None, warming_until=None, target_w=None)
+        elif kind is ActionKind.TUNE:  # its target was set when it was sent
+            self.set_ladder(miner_id, lowered_at=None, tuned_at=since)
         elif warm_up is not None:
-            self.set_ladder(miner_id, lowered_at=since, warming_until=since + warm_up)
+            self.set_ladder(
+                miner_id, lowered_at=since, warming_until=since + warm_up, target_w=None
+            )
 
     def switched(self, miner_id: str, outlet: OutletReading) -> None:
         """An outlet we switched: its read-back, where the ladder now has the miner (cut, or
@@ -277,9 +292,15 @@ class Readings:
         restored_at: datetime | _Keep | None = KEEP,
         no_lower: bool | None = None,
         warming_until: datetime | _Keep | None = KEEP,
+        target_w: int | _Keep | None = KEEP,
+        tuned_at: datetime | _Keep | None = KEEP,
     ) -> None:
-        """Where the escalation ladder left this miner."""
+        """Where the escalation ladder (or the allocation) left this miner."""
         view = self._views[miner_id]
+        if not isinstance(target_w, _Keep):
+            view = replace(view, target_w=target_w, tuned_at=None)
+        if not isinstance(tuned_at, _Keep):
+            view = replace(view, tuned_at=tuned_at)
         if not isinstance(warming_until, _Keep):
             view = replace(view, warming_until=warming_until)
         if not isinstance(restored_at, _Keep):
@@ -389,6 +410,8 @@ class Readings:
                 warming_until=until(row.get("warming_until")),
                 no_lower=no_lower,
                 lying=str(lying) if lying is not None else None,
+                target_w=_watts(row.get("target_w")),
+                tuned_at=when(row.get("tuned_at")),
             )
             since = when(row.get("mode_since"))
             mode = row.get("mode")
@@ -402,10 +425,12 @@ class Readings:
 
     def _ladder_row(self, view: MinerView) -> dict[str, Any] | None:
         row: dict[str, Any] = {}
-        for name in ("lowered_at", "cut_at", "restored_at", "warming_until"):
+        for name in ("lowered_at", "cut_at", "restored_at", "warming_until", "tuned_at"):
             value = getattr(view, name)
             if value is not None:
                 row[name] = value.isoformat()
+        if view.target_w is not None:
+            row["target_w"] = view.target_w
         if view.no_lower:
             row["no_lower"] = True
         if view.lying is not None:
@@ -583,3 +608,11 @@ class Poller:
                 self._readings.fail(miner_id, driver_bug(miner_id, "read", err))
             else:
                 self._readings.record(miner_id, reading, self._clock.now())
+
+
+def _watts(value: object) -> int | None:
+    """A journaled power target: a positive whole number of watts, else none (a row from
+    an older run, or one edited by hand, is not trusted with a target)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    return None

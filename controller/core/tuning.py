@@ -1,0 +1,264 @@
+"""The allocation in the plan: the most hashrate under the limit once no deadline runs.
+Pure; planner.plan calls it in place of the within-budget phase alone when the site tunes.
+
+Deadlines come first: while one runs, or the fleet is over its budget, the plan is the
+ladder's (shed.py), exactly as without tuning. Once the fleet is within its budget and
+nothing is due, the miners the allocation manages are moved toward core.allocation's
+target, at most `Tuning.max_changes` per plan, each move journaled with its reason
+(`retune to 2600 W: +37.3 TH/s per kW`); the within-budget phase (wake.py) walks back
+every other miner as before.
+
+Managed: a miner with a curve whose family has a power target the ladder uses (LuxOS
+profiles, Braiins power targets), in a container the cold rules do not hold (there the
+ladder and the heater floors rule, unchanged), not cut, lying, unable to take a power
+target, or held asleep. Of those, a miner is free to move once it is read fresh, nothing
+is in flight or backing off, and it has sat where it is for its dwell (Tuning.dwell plus
+its family's retarget time since a retune, Tuning.dwell since it woke or slept). The
+rest of the managed miners hold their setting.
+
+The allocation never sleeps a running miner: sleeping is the ladder's, for a deadline.
+It may wake a sleeper straight at a setting (its target is set before the wake, as a
+gentle wake does), within the wake rate limits. Its budget is the plan's budget less the
+wake headroom and everything it does not move, where the free miners' estimated draw
+above (or below) their curves' figures counts as draw it does not move: a curve that
+reads low costs budget, never the limit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import timedelta
+
+from controller.core.allocation import Allocation, MinerChoice, allocate
+from controller.core.curves import ASLEEP, Curve, nominal_w
+from controller.core.model import (
+    Action,
+    ActionKind,
+    Limit,
+    MinerView,
+    Plan,
+    PlanRules,
+    Snapshot,
+    Tuning,
+)
+from controller.core.planning import Fleet
+from controller.core.wake import wake
+from drivers.types import Mode
+
+HELD_AFTER_SHED = "retune held after a shed: the draw settles first"
+
+
+def managed(view: MinerView, curve: Curve | None, cold: Mapping[str, bool]) -> bool:
+    """Whether the allocation, not the ladder, walks this miner within the budget."""
+    spec = view.spec
+    return (
+        curve is not None
+        and len(curve.settings) > 2  # noqa: PLR2004 - asleep and at least two steps
+        and spec.traits.power_floor_fraction is not None
+        and not cold.get(spec.container, False)
+        and view.cut_at is None
+        and view.lying is None
+        and not view.no_lower
+        and not view.held_asleep
+    )
+
+
+def tune(fleet: Fleet, total: int, budget: int, limit: Limit, rules: PlanRules) -> Plan:
+    """The within-budget plan with the allocation: wake.py for the miners it does not
+    manage, the allocation's first moves for those it does."""
+    snapshot, tuning, curves = fleet.snapshot, rules.tuning, fleet.snapshot.curves
+    if tuning is None or curves is None or limit.due_at is not None:
+        return wake(fleet, total, budget, rules)
+    cold = fleet.climate.cold if fleet.climate is not None else {}
+    ours = [managed(view, curves.get(view.spec.id), cold) for view in snapshot.miners]
+    base = wake(fleet._replace(order=[i for i in fleet.order if not ours[i]]), total, budget, rules)
+    shed_at = snapshot.last_shed_at
+    if shed_at is not None and snapshot.taken_at - shed_at < rules.wake_hold_after_shed:
+        return base if base.notes else _with_note(base, HELD_AFTER_SHED)
+    choices, free_cost, free_curve_w = _choices(fleet, ours, curves, tuning)
+    if not choices:
+        return base
+    # What the allocation does not move: everything else as the base plan leaves it, and
+    # the free miners' draw beyond what their curves say.
+    allowed_w = float(budget - rules.wake_headroom_w - (base.expected_w - free_cost))
+    allowed_w -= free_cost - free_curve_w
+    found = allocate(
+        choices, allowed_w, hysteresis=tuning.hysteresis, max_changes=tuning.max_changes
+    )
+    moves = _taken(found, choices, allowed_w, _wake_room(snapshot, base, rules))
+    if not moves:
+        return base
+    note = f"retune: {len(moves)} of {len(found.moves)} moves toward {found.target_ths:.1f} TH/s"
+    return Plan(
+        (*base.actions, *(action for action, _ in moves)),
+        budget,
+        base.expected_w + round(sum(delta for _, delta in moves)),
+        feasible=True,
+        notes=(*base.notes, note),
+        alarms=base.alarms,
+    )
+
+
+def _choices(
+    fleet: Fleet, ours: list[bool], curves: Mapping[str, Curve], tuning: Tuning
+) -> tuple[list[MinerChoice], int, float]:
+    """The free managed miners as the allocator sees them; their estimated draw, and
+    what their curves say they draw."""
+    choices: list[MinerChoice] = []
+    # A running miner's allowed settings: every step, not asleep (sleeping is the
+    # ladder's). One tuple per curve, so the allocator walks its miners as one group.
+    running: dict[int, tuple[int, ...]] = {}
+    free_cost = 0
+    free_curve_w = 0.0
+    for i, view in enumerate(fleet.snapshot.miners):
+        if not ours[i] or not _free(view, fleet, tuning):
+            continue
+        curve = curves[view.spec.id]
+        here = current_index(view, curve)
+        steps = running.get(id(curve))
+        if steps is None:
+            steps = running[id(curve)] = tuple(range(1, len(curve.settings)))
+        choices.append(MinerChoice(view.spec.id, curve, here, None if here == 0 else steps))
+        free_cost += fleet.costs[i]
+        free_curve_w += curve.settings[here].power_w
+    return choices, free_cost, free_curve_w
+
+
+def _taken(
+    found: Allocation,
+    choices: Sequence[MinerChoice],
+    allowed_w: float,
+    room: tuple[int, int],
+) -> list[tuple[Action, float]]:
+    """The allocation's moves this plan makes, each with its change of draw: a raise that
+    the spare power or the wake rate limit cannot take now is left to a later plan (only
+    raises are left, so every prefix still keeps the draw within the budget)."""
+    slots, watts = room
+    spare = allowed_w - found.current_w
+    by_id = {c.miner_id: c for c in choices}
+    taken: list[tuple[Action, float]] = []
+    for move in found.moves:
+        setting = by_id[move.miner_id].curve.settings[move.to_index]
+        waking = move.from_index == 0
+        if move.delta_w > 0 and (
+            move.delta_w > spare or (waking and (slots <= 0 or watts < setting.power_w))
+        ):
+            continue
+        target = nominal_w(setting)
+        reason = move.reason.replace("retune:", f"retune to {target} W:", 1)
+        if waking:
+            reason = f"{reason} (woken at it)"
+            slots -= 1
+            watts -= round(setting.power_w)
+        taken.append((Action(move.miner_id, ActionKind.TUNE, reason, target), move.delta_w))
+        spare -= move.delta_w
+    return taken
+
+
+def current_index(view: MinerView, curve: Curve) -> int:
+    """Where a miner sits on its curve: asleep; the target the allocation set; the
+    ladder's floor (lowered); else its default, rated power."""
+    reading = view.reading
+    if reading is not None and reading.mode is Mode.SLEEPING:
+        return 0
+    spec = view.spec
+    if view.target_w is not None:
+        return nearest(curve, view.target_w)
+    if view.lowered_at is not None:
+        return nearest(curve, spec.floor_w() or spec.rated_power_w)
+    return nearest(curve, spec.rated_power_w)
+
+
+def nearest(curve: Curve, watts: int) -> int:
+    """The running setting whose target is nearest `watts` (the higher of two as near)."""
+    best, gap = 1, float("inf")
+    for i in range(1, len(curve.settings)):
+        d = abs(nominal_w(curve.settings[i]) - watts)
+        if d <= gap:
+            best, gap = i, d
+    return best
+
+
+def expected_ths(snapshot: Snapshot, actions: Sequence[Action]) -> float | None:
+    """The hashrate the fleet holds once `actions` have landed, on the curves (None: no
+    curves). Off the path to the first command: the loop asks after sending."""
+    curves = snapshot.curves
+    if curves is None:
+        return None
+    after = {a.miner_id: a for a in actions}
+    total = 0.0
+    for view in snapshot.miners:
+        curve = curves.get(view.spec.id)
+        if curve is None:
+            continue
+        action = after.get(view.spec.id)
+        here = current_index(view, curve) if view.cut_at is None else 0
+        if action is not None:
+            here = _index_after(view, curve, action, here)
+        total += curve.settings[here].hashrate_ths
+    return total
+
+
+def _index_after(view: MinerView, curve: Curve, action: Action, here: int) -> int:
+    kind, spec = action.kind, view.spec
+    if kind in {ActionKind.SLEEP, ActionKind.CUT}:
+        return 0
+    if kind is ActionKind.TUNE and action.target_w is not None:
+        return nearest(curve, action.target_w)
+    if kind is ActionKind.LOWER:
+        return nearest(curve, spec.floor_w() or spec.rated_power_w)
+    if kind is ActionKind.WARM:
+        return nearest(curve, spec.gentle_w())
+    if kind is ActionKind.RAISE or here == 0:  # a wake or restore comes back at its default
+        target = view.target_w if kind is ActionKind.WAKE and view.target_w else None
+        return nearest(curve, target or spec.rated_power_w)
+    return here
+
+
+def _free(view: MinerView, fleet: Fleet, tuning: Tuning) -> bool:
+    """Read fresh, nothing in flight or backing off, booted, warmed up, and settled where
+    it is for its dwell."""
+    now, horizon = fleet.snapshot.taken_at, fleet.horizon
+    reading = view.reading
+    if (
+        reading is None
+        or view.pending is not None
+        or (view.retry_after is not None and now < view.retry_after)
+        or not horizon.fresh(view)
+        or horizon.booting(view)
+        or (view.warming_until is not None and now < view.warming_until)
+    ):
+        return False
+    traits = view.spec.traits
+    retarget = timedelta(seconds=traits.retarget_s)
+    if view.mode_since is not None and now - view.mode_since < tuning.dwell:
+        return False
+    if view.tuned_at is not None and now - view.tuned_at < tuning.dwell + retarget:
+        return False
+    return view.lowered_at is None or now - view.lowered_at >= retarget
+
+
+def _wake_room(snapshot: Snapshot, base: Plan, rules: PlanRules) -> tuple[int, int]:
+    """Wakes and watts the rate limit leaves this plan after the base plan's wakes."""
+    now = snapshot.taken_at
+    recent = [(t, w) for t, w in snapshot.recent_wakes if now - t < rules.wake_window]
+    woken = [a for a in base.actions if a.kind is not ActionKind.SLEEP]
+    slots = rules.wake_max_per_window - len(recent) - len(woken)
+    watts = rules.wake_max_w_per_window - sum(w for _, w in recent)
+    by_id = {v.spec.id: v.spec for v in snapshot.miners} if woken else {}
+    watts -= sum(by_id[a.miner_id].rated_power_w for a in woken)
+    return slots, watts
+
+
+def _with_note(plan: Plan, note: str) -> Plan:
+    return Plan(
+        plan.actions,
+        plan.budget_w,
+        plan.expected_w,
+        plan.feasible,
+        notes=(*plan.notes, note),
+        alarms=plan.alarms,
+    )
+
+
+__all__ = ["ASLEEP", "HELD_AFTER_SHED", "current_index", "expected_ths", "managed", "tune"]
