@@ -27,6 +27,7 @@ from controller.core.signals import Obligation
 from controller.intake.desk import Desk
 from controller.intake.inbox import Inbox
 from controller.loop.alarms import Alarms
+from controller.loop.curves import CurveBook
 from controller.loop.deadlines import Deadlines
 from controller.loop.dispatch import Dispatch
 from controller.loop.draw import Draw, MeasureSettings
@@ -368,6 +369,7 @@ class Daemon:
             interval_s=settings.status_interval_s,
             pools=self.pools,
         )
+        curves = CurveBook(self.specs, stale_after=rules.stale_after, boot=rules.restore_boot)
         recovery = Recovery(
             specs=self.specs,
             readings=self.readings,
@@ -376,6 +378,7 @@ class Daemon:
             rules=rules,
             settings=settings,
             draw=draw,
+            curves=curves,
         )
         account = EnergyAccount(
             journal=self.journal,
@@ -403,6 +406,7 @@ class Daemon:
             measurements=self.measurements,
             desk=self.desk,
             pools=self.pools,
+            curves=curves,
         )
         if self.pools is not None:
             self.pools.on_change = lambda: supervisor.replan("pools")

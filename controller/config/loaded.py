@@ -94,6 +94,7 @@ class Loaded:
             hysteresis=cfg.hysteresis,
             max_changes=cfg.max_changes,
             dwell=timedelta(seconds=cfg.dwell_s),
+            headroom=cfg.headroom,
         )
 
     def safety(self) -> Safety | None:

@@ -57,6 +57,9 @@ class TuningCfg(ConfigModel):
     # A retuned, woken or slept miner stays where it is this long (plus its family's
     # retarget time), so nothing flaps.
     dwell_s: Annotated[float, Field(ge=0, le=86_400, allow_inf_nan=False)] = 300.0
+    # The share of the budget left unspent, so the readings' noise cannot push a fully
+    # allocated fleet into a shed.
+    headroom: Annotated[float, Field(ge=0, le=0.5)] = 0.02
 
 
 class JournalCfg(ConfigModel):

@@ -271,3 +271,19 @@ def _reason(mv: Move) -> str:
     if mv.delta_w < 0:
         return f"retune: frees {-mv.delta_w:.0f} W for {-mv.delta_ths:.1f} TH/s"
     return f"retune: +{mv.delta_ths:.1f} TH/s at the same draw"
+
+
+def sleep_only(curves: Sequence[Curve], allowed_w: float) -> tuple[float, float]:
+    """What a sleep-only plan holds within `allowed_w` on the same curves, as (W, TH/s):
+    every miner at its top setting (its default, rated), the least efficient asleep until
+    the draw fits. The yardstick the allocation's gain is measured against."""
+    draw = sum(c.settings[-1].power_w for c in curves)
+    ths = sum(c.settings[-1].hashrate_ths for c in curves)
+    order = sorted(curves, key=lambda c: c.settings[-1].hashrate_ths / c.settings[-1].power_w)
+    for curve in order:
+        if draw <= allowed_w:
+            break
+        top, asleep = curve.settings[-1], curve.settings[0]
+        draw -= top.power_w - asleep.power_w
+        ths -= top.hashrate_ths - asleep.hashrate_ths
+    return draw, ths

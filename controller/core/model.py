@@ -176,9 +176,12 @@ class Tuning:
 
     hysteresis: float = 0.01  # a target under this share more hashrate is not started
     max_changes: int = 200  # settings changed per plan: the fleet converges over cycles
-    # A retuned (or woken, or slept) miner stays where it is this long, plus its family's
-    # own retarget time (a Braiins autotuner walks ~2 minutes): nothing flaps.
+    # A retuned or woken miner stays where it is this long, plus its family's own
+    # retarget time (a Braiins autotuner walks ~2 minutes): nothing flaps.
     dwell: timedelta = timedelta(minutes=5)
+    # The share of the budget the allocation leaves unspent, so that the readings' noise
+    # does not take a full fleet over its budget and into a shed.
+    headroom: float = 0.02
 
 
 class Action(NamedTuple):

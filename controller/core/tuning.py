@@ -13,13 +13,15 @@ profiles, Braiins power targets), in a container the cold rules do not hold (the
 ladder and the heater floors rule, unchanged), not cut, lying, unable to take a power
 target, or held asleep. Of those, a miner is free to move once it is read fresh, nothing
 is in flight or backing off, and it has sat where it is for its dwell (Tuning.dwell plus
-its family's retarget time since a retune, Tuning.dwell since it woke or slept). The
+its family's retarget time since a retune, Tuning.dwell since it woke); a sleeper once its
+ramp down is over (a grant must bring the farm back at once, as the ladder would). The
 rest of the managed miners hold their setting.
 
 The allocation never sleeps a running miner: sleeping is the ladder's, for a deadline.
 It may wake a sleeper straight at a setting (its target is set before the wake, as a
-gentle wake does), within the wake rate limits. Its budget is the plan's budget less the
-wake headroom and everything it does not move, where the free miners' estimated draw
+gentle wake does), within the wake rate limits. Its budget is the plan's budget less a headroom (Tuning.headroom, a
+share of it: the readings' noise must not push a full fleet into a shed) and everything
+it does not move, where the free miners' estimated draw
 above (or below) their curves' figures counts as draw it does not move: a curve that
 reads low costs budget, never the limit.
 """
@@ -80,11 +82,16 @@ def tune(fleet: Fleet, total: int, budget: int, limit: Limit, rules: PlanRules) 
         return base
     # What the allocation does not move: everything else as the base plan leaves it, and
     # the free miners' draw beyond what their curves say.
-    allowed_w = float(budget - rules.wake_headroom_w - (base.expected_w - free_cost))
+    allowed_w = budget * (1 - tuning.headroom) - (base.expected_w - free_cost)
     allowed_w -= free_cost - free_curve_w
     found = allocate(
         choices, allowed_w, hysteresis=tuning.hysteresis, max_changes=tuning.max_changes
     )
+    if found.target_ths - found.current_ths <= tuning.hysteresis * found.current_ths:
+        # Within the budget (over it, the ladder would have planned) and too little to
+        # gain: a fleet between the headroom and the budget is left where it is, so the
+        # readings' noise moving the estimate does not retune anything.
+        return base
     moves = _taken(found, choices, allowed_w, _wake_room(snapshot, base, rules))
     if not moves:
         return base
@@ -229,9 +236,23 @@ def _free(view: MinerView, fleet: Fleet, tuning: Tuning) -> bool:
         or (view.warming_until is not None and now < view.warming_until)
     ):
         return False
+    climate = fleet.climate
+    if reading.mode is Mode.SLEEPING and climate is not None:
+        # Cold boards wake gently, and a shed miner rests its minimum off-time: the
+        # ladder's wake (wake.py) knows how; the allocation leaves such a sleeper be.
+        if climate.boards_cold(view, fresh=True) is not None:
+            return False
+        if not climate.rested(view, view.mode_since):
+            return False
     traits = view.spec.traits
     retarget = timedelta(seconds=traits.retarget_s)
-    if view.mode_since is not None and now - view.mode_since < tuning.dwell:
+    since = view.mode_since
+    if reading.mode is Mode.SLEEPING:
+        # A sleeper wakes as soon as it fits, as the ladder would wake it (after the hold
+        # after a shed, and its rest in the cold): a grant must bring the farm back now.
+        # Only the ladder sleeps a miner, for a deadline: waking it back cannot flap.
+        return since is None or now - since >= timedelta(seconds=traits.ramp_down_s)
+    if since is not None and now - since < tuning.dwell:
         return False
     if view.tuned_at is not None and now - view.tuned_at < tuning.dwell + retarget:
         return False

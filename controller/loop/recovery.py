@@ -13,6 +13,7 @@ import structlog
 from controller.clock import Clock
 from controller.core import closed_loop, frequency
 from controller.core.model import Action, ActionKind, MinerSpec, MinerView, PlanRules
+from controller.loop.curves import CurveBook
 from controller.loop.dispatch import Dispatch
 from controller.loop.draw import Draw
 from controller.loop.ledger import Ledger, LoopSettings
@@ -42,8 +43,10 @@ class Recovery:
         rules: PlanRules,
         settings: LoopSettings,
         draw: Draw,
+        curves: CurveBook | None = None,
     ) -> None:
         self._specs = specs
+        self._curves = curves
         self._readings = readings
         self._journal = journal
         self._clock = clock
@@ -76,13 +79,7 @@ class Recovery:
         self._readings.restore_ladder(self._journal.ladder_state(), now, window, shift)
         draw = self._draw
         draw.lying_detected = {v.spec.id for v in self._readings.views() if v.lying is not None}
-        offset = site.get("offset", {})
-        learned = parse_time(offset.get("at"))
-        if learned is not None and now - (learned + shift) < OFFSET_TRUSTED_FOR:
-            # It decays from now, not from a share of the downtime.
-            draw.offset = closed_loop.Offset(int(offset.get("w", 0)), now)
-        if "frequency" in site:
-            draw.freq = frequency.from_json(site["frequency"], shift)
+        self._restore_learned(site, now, shift)
         latest: dict[str, Unsettled] = {}
         for seq, at, miner, kind, reason in self._journal.unsettled(
             now - window - shift, now - shift
@@ -104,6 +101,22 @@ class Recovery:
                 lying=len(draw.lying_detected),
             )
         self._unsettled = list(latest.values())
+
+    def _restore_learned(self, site: Mapping[str, Any], now: datetime, shift: timedelta) -> None:
+        """What the loop had learned about the site: the unexplained draw (while still
+        trusted), the frequency relay, each model's curve."""
+        draw = self._draw
+        offset = site.get("offset", {})
+        learned = parse_time(offset.get("at"))
+        if learned is not None and now - (learned + shift) < OFFSET_TRUSTED_FOR:
+            # It decays from now, not from a share of the downtime.
+            draw.offset = closed_loop.Offset(int(offset.get("w", 0)), now)
+        if "frequency" in site:
+            draw.freq = frequency.from_json(site["frequency"], shift)
+        if self._curves is not None:
+            refused = self._curves.restore(site.get("curves"))
+            if refused:
+                log.warning("learned curves not restored; their seeds are used", refused=refused)
 
     async def resume(self, dispatch: Dispatch, ledger: Ledger) -> None:
         """After a restart, the commands that were on the wire: sheds are carried through
@@ -159,6 +172,8 @@ class Recovery:
             "offset": {"w": round(self._draw.offset.w, -2), "at": now.isoformat()},
             "frequency": frequency.to_json(self._draw.freq),
         }
+        if self._curves is not None:
+            state["curves"] = self._curves.to_json()
         changed = dict(self._pending)
         for key, value in state.items():
             saved = self._saved.get(key)

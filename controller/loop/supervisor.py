@@ -22,13 +22,14 @@ from datetime import datetime, timedelta
 import structlog
 
 from controller.clock import Clock
-from controller.core import operator, planner
+from controller.core import operator, planner, tuning
 from controller.core.model import SHEDS, ActionKind, Limit, MinerView, Plan, PlanRules, Snapshot
 from controller.core.operator import HoldMode
 from controller.core.signals import GridPolicy, arbitrate, emergency_in_force
 from controller.intake.desk import Desk
 from controller.intake.inbox import Inbox
 from controller.loop.alarms import Alarms
+from controller.loop.curves import CurveBook
 from controller.loop.deadlines import Deadlines
 from controller.loop.dispatch import Dispatch
 from controller.loop.draw import Draw
@@ -46,6 +47,8 @@ log = structlog.get_logger("curtaild.supervisor")
 
 # Command results are journaled in batches (the decision before them is write-ahead).
 FLUSH_INTERVAL = timedelta(seconds=1)
+# A plan without actions expects what the last one did: worked out again this often.
+EXPECT_EVERY = timedelta(seconds=10)
 # The wall clock more than this from the daemon's steady time is a step worth saying.
 CLOCK_STEP_S = 2.0
 # A step that the system calls synchronized and that lasts this long is adopted: curtaild
@@ -87,6 +90,7 @@ class Supervisor:
         measurements: Measurements | None = None,
         desk: Desk | None = None,
         pools: PoolCheck | None = None,
+        curves: CurveBook | None = None,
     ) -> None:
         self._readings = readings
         self._poller = poller
@@ -100,6 +104,9 @@ class Supervisor:
         self._measurements = measurements
         self._desk = desk
         self._pools = pools
+        self.curves = curves
+        self._expected_at: datetime | None = None
+        self._expected: float | None = None
         self.ledger = parts.ledger
         self.commands = parts.dispatch
         self.outlets = parts.outlets
@@ -272,11 +279,7 @@ class Supervisor:
             except JournalError as err:
                 failed.append(err)
         # After the decision: a fleet-wide sum is not on the path to the first command.
-        draw = self.draw
-        draw.measure(now, views)
-        draw.learn(
-            now, views, quiet=self.ledger.in_flight == 0, last_switch=self.outlets.last_switched()
-        )
+        draw = self._measure(now, views)
         attempt(lambda: self.deadlines.judge(now, draw.measured_w, draw.measured_by))
         self._poller.set_fast(self.pending_deadlines())
         if self.ledger.in_flight == 0 or now - self._flushed_at >= FLUSH_INTERVAL:
@@ -284,6 +287,18 @@ class Supervisor:
         if failed:
             raise failed[0]
         return views
+
+    def _measure(self, now: datetime, views: tuple[MinerView, ...]) -> Draw:
+        """The draw measured, and what the readings teach: the unexplained draw, and each
+        model's curve."""
+        draw = self.draw
+        draw.measure(now, views)
+        draw.learn(
+            now, views, quiet=self.ledger.in_flight == 0, last_switch=self.outlets.last_switched()
+        )
+        if self.curves is not None:
+            self.curves.observe(now, views)
+        return draw
 
     async def drain(self, grace_s: float) -> bool:
         """Stop planning, let the commands in flight finish (restores still queued are
@@ -428,7 +443,13 @@ class Supervisor:
         commands.trim_wakes(now)
         ambient = self._measurements.ambient if self._measurements is not None else {}
         snapshot = Snapshot(
-            now, views, tuple(commands.recent_wakes), commands.last_shed_at, self._order, ambient
+            now,
+            views,
+            tuple(commands.recent_wakes),
+            commands.last_shed_at,
+            self._order,
+            ambient,
+            self.curves.curves if self.curves is not None else None,
         )
         offset_w = self.draw.offset_w
         budget = replace(limit, limit_w=limit.limit_w - offset_w) if offset_w else limit
@@ -460,7 +481,20 @@ class Supervisor:
         self.limit, self.plan = limit, plan
         if plan.actions:
             await commands.send(plan.actions, seq, now)
+        self._expect(now, snapshot, plan)
         self.alarms.judge(now, plan)  # after the commands: an alarm's journal row never holds them
+
+    def _expect(self, now: datetime, snapshot: Snapshot, plan: Plan) -> None:
+        """The hashrate the plan expects, on the curves: after its commands are sent (a walk
+        over the fleet is not on the path to the first command); for a plan without
+        actions, again only every EXPECT_EVERY (nothing it expects changed)."""
+        if snapshot.curves is None:
+            return
+        before = self._expected_at
+        if plan.actions or before is None or now - before >= EXPECT_EVERY:
+            self._expected = tuning.expected_ths(snapshot, plan.actions)
+            self._expected_at = now
+        self.plan = replace(plan, expected_ths=self._expected)
 
     def _log(self, limit: Limit, plan: Plan) -> None:
         before = self.limit

@@ -1,0 +1,100 @@
+"""The allocation on the simulated farm, over real LuxOS and Braiins OS+ protocols, on
+logical time: a cap's deadline is met by the ladder as before, then the farm is retuned
+toward the most hashrate that fits, never over the limit; what it set and learned
+survives a restart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from controller.clock import FakeClock
+from controller.core.signals import ObligationStatus
+from demo.farm import farm_from_config
+from tests.conftest import load_site, site_dict
+from tests.system.harness import daemon_on, rig
+
+pytestmark = pytest.mark.system
+
+
+def capped_site(tmp_path: Path, **tuning: Any) -> dict[str, Any]:
+    data = site_dict(tmp_path, miners=16, margin_kw=1.0, efficiencies=(21.5, 29.5))
+    for i, entry in enumerate(data["miners"]):
+        if i % 2:
+            entry["driver"] = "braiins-os"
+    data["tuning"] = {"dwell_s": 30, **tuning}
+    return data
+
+
+async def test_a_cap_is_held_with_more_hashrate_once_its_deadline_is_met(tmp_path: Path) -> None:
+    loaded = load_site(capped_site(tmp_path))
+    async with rig(loaded) as r:
+        limit_w = round(r.farm.total_power_w() * 0.6, -2)
+        status, _ = await r.post(*r.signed(r.curtailment(limit_w / 1000, deadline_s=30)))
+        assert status == 202
+        ob = await r.settled("evt-0017#r1", within_s=40)
+        assert ob.status is ObligationStatus.REACHED
+        await r.step(5)
+        ladder_ths = r.farm.hashrate_ths()  # what the ladder alone holds
+        assert ladder_ths > 0
+        peak_w = 0.0
+        for _ in range(72):  # six minutes: Braiins retargets over two
+            await r.step(5, dt=0.5)
+            peak_w = max(peak_w, r.farm.total_power_w())
+        assert peak_w <= limit_w  # the simulator's truth, after the deadline
+        held_ths = r.farm.hashrate_ths()
+        assert held_ths > ladder_ths * 1.03
+        journal = r.daemon.journal
+        tunes = journal.rows("SELECT outcome FROM commands WHERE kind='tune'")
+        assert tunes
+        assert {outcome for (outcome,) in tunes} == {"ok"}
+        retunes = [
+            reason
+            for (seq,) in journal.rows("SELECT seq FROM decisions")
+            for _, kind, reason in journal.decision_actions(seq)
+            if kind == "tune"
+        ]
+        assert retunes
+        assert all(reason.startswith("retune to ") for reason in retunes)
+        expected = r.sup.plan.expected_ths
+        assert expected == pytest.approx(held_ths, rel=0.1)
+        targets = {v.spec.id: v.target_w for v in r.daemon.readings.views() if v.target_w}
+        assert targets
+
+
+async def test_tuning_off_holds_the_cap_with_the_ladder_alone(tmp_path: Path) -> None:
+    loaded = load_site(capped_site(tmp_path, enabled=False))
+    async with rig(loaded) as r:
+        limit_w = round(r.farm.total_power_w() * 0.6, -2)
+        await r.post(*r.signed(r.curtailment(limit_w / 1000, deadline_s=30)))
+        ob = await r.settled("evt-0017#r1", within_s=40)
+        assert ob.status is ObligationStatus.REACHED
+        await r.step(120, dt=0.5)
+        assert r.farm.total_power_w() <= limit_w
+        assert not r.daemon.journal.rows("SELECT seq FROM commands WHERE kind='tune'")
+
+
+async def test_targets_and_learned_curves_survive_a_restart(tmp_path: Path) -> None:
+    loaded = load_site(capped_site(tmp_path))
+    clock = FakeClock()
+    farm = farm_from_config(loaded, clock.time)
+    async with farm:
+        async with daemon_on(loaded, clock, farm) as first:
+            limit_w = round(farm.total_power_w() * 0.6, -2)
+            await first.post(*first.signed(first.curtailment(limit_w / 1000, deadline_s=30)))
+            await first.settled("evt-0017#r1", within_s=40)
+            await first.step(240, dt=0.5)
+            book = first.sup.curves
+            assert book.learned > 0
+            learned = book.to_json()
+            assert learned
+            targets = {v.spec.id: v.target_w for v in first.daemon.readings.views() if v.target_w}
+            assert targets
+        async with daemon_on(loaded, clock, farm) as second:
+            assert second.sup.curves.to_json() == learned
+            restored = {v.spec.id: v.target_w for v in second.daemon.readings.views() if v.target_w}
+            assert restored == targets
+            await second.step(30, dt=0.5)
+            assert farm.total_power_w() <= limit_w

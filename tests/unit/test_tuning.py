@@ -1,0 +1,282 @@
+"""The allocation in the plan (core/tuning.py): deadlines first, then moves toward the most
+hashrate the budget holds, bounded, within the wake rate limits, never over the budget,
+and only for the miners it manages."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from controller.core.allocation import sleep_only
+from controller.core.curves import Curve, nominal_w, seed_curve
+from controller.core.model import (
+    ActionKind,
+    Limit,
+    MinerSpec,
+    MinerView,
+    Plan,
+    PlanRules,
+    Snapshot,
+    Tuning,
+    estimate_w,
+)
+from controller.core.planner import plan
+from controller.core.safety import ColdRules, Safety
+from controller.core.tuning import HELD_AFTER_SHED, current_index, expected_ths
+from drivers.miners.braiins_os.driver import TRAITS as BRAIINS
+from drivers.miners.luxos import TRAITS as LUXOS
+from drivers.miners.whatsminer.dialect import TRAITS as WHATSMINER
+from drivers.types import DriverTraits, MinerReading, Mode
+
+NOW = datetime(2026, 12, 7, 10, 0, tzinfo=UTC)
+LONG_AGO = NOW - timedelta(hours=1)
+TUNING = Tuning(hysteresis=0.01, max_changes=1000, dwell=timedelta(minutes=5))
+RULES = PlanRules(
+    margin_w=0,
+    wake_headroom_w=0,
+    wake_max_per_window=1000,
+    wake_max_w_per_window=10_000_000,
+    tuning=TUNING,
+)
+STALE = timedelta(seconds=15)
+
+
+def spec(
+    i: int, traits: DriverTraits = LUXOS, eff: float = 21.5, container: str = "c1"
+) -> MinerSpec:
+    driver = {id(LUXOS): "luxos", id(BRAIINS): "braiins-os"}.get(id(traits), "whatsminer")
+    return MinerSpec(f"m{i:03d}", driver, container, 3250, eff, traits)
+
+
+def seeded(specs: list[MinerSpec]) -> dict[str, Curve]:
+    """One curve per model, shared, as the loop's CurveBook keeps them."""
+    by_model: dict[tuple[str, float], Curve] = {}
+    found = {}
+    for s in specs:
+        key = (s.driver, s.efficiency_j_th)
+        if key not in by_model:
+            by_model[key] = seed_curve(s)
+        found[s.id] = by_model[key]
+    return found
+
+
+def at_setting(s: MinerSpec, curve: Curve, index: int, *, since: datetime = LONG_AGO) -> MinerView:
+    """A miner read just now at one of its curve's settings, settled there."""
+    setting = curve.settings[index]
+    mode = Mode.SLEEPING if index == 0 else Mode.MINING
+    reading = MinerReading(mode, round(setting.power_w), setting.hashrate_ths, (60.0,))
+    top = len(curve.settings) - 1
+    target = None if index in (0, top) else nominal_w(setting)
+    return MinerView(
+        s, reading, NOW - timedelta(seconds=1), mode_since=since, target_w=target, tuned_at=None
+    )
+
+
+def fleet_at(specs: list[MinerSpec], curves: dict[str, Curve], index: int) -> list[MinerView]:
+    return [at_setting(s, curves[s.id], index) for s in specs]
+
+
+def snapshot(views: list[MinerView], curves: dict[str, Curve] | None, **kw: object) -> Snapshot:
+    return Snapshot(NOW, tuple(views), curves=curves, **kw)  # type: ignore[arg-type]
+
+
+def land(views: list[MinerView], result: Plan, curves: dict[str, Curve]) -> list[MinerView]:
+    """Every action landed and settled: each miner read at its new setting."""
+    by_id = {a.miner_id: a for a in result.actions}
+    landed = []
+    for view in views:
+        action = by_id.get(view.spec.id)
+        if action is None:
+            landed.append(view)
+            continue
+        curve = curves[view.spec.id]
+        assert action.kind is ActionKind.TUNE
+        assert action.target_w is not None
+        index = next(i for i, s in enumerate(curve.settings) if nominal_w(s) == action.target_w)
+        moved = at_setting(view.spec, curve, index)
+        landed.append(replace(moved, target_w=action.target_w))
+    return landed
+
+
+def total_ths(views: list[MinerView], curves: dict[str, Curve]) -> float:
+    return sum(curves[v.spec.id].settings[current_index(v, curves[v.spec.id])].hashrate_ths
+               for v in views)  # fmt: skip
+
+
+def test_a_capped_fleet_is_retuned_below_rated_for_more_hashrate_than_sleeping() -> None:
+    """After a shed left some asleep and the rest at rated, the allocation wakes sleepers
+    at lower targets and lowers the rest; converged, it holds more than sleep-only."""
+    specs = [spec(i) for i in range(20)]
+    curves = seeded(specs)
+    rated = sum(s.rated_power_w for s in specs)
+    limit_w = round(rated * 0.6)
+    top = len(curves["m000"].settings) - 1
+    # Sleep-only: the least efficient asleep, the rest at rated, within the cap.
+    views = [at_setting(s, curves[s.id], 0 if i < 9 else top) for i, s in enumerate(specs)]
+    sleep_w = sum(estimate_w(v, NOW, STALE) for v in views)
+    assert sleep_w <= limit_w
+    start_ths = total_ths(views, curves)
+    for _ in range(10):
+        result = plan(snapshot(views, curves), Limit(limit_w, ("cap",)), RULES)
+        assert result.expected_w <= limit_w
+        if not result.actions:
+            break
+        assert {a.kind for a in result.actions} == {ActionKind.TUNE}
+        assert all(a.reason.startswith(f"retune to {a.target_w} W: ") for a in result.actions)
+        views = land(views, result, curves)
+        assert sum(estimate_w(v, NOW, STALE) for v in views) <= limit_w
+    else:
+        raise AssertionError("did not converge in 10 plans")
+    held = total_ths(views, curves)
+    assert held > start_ths * 1.05
+    _, only_ths = sleep_only([curves[s.id] for s in specs], limit_w)
+    assert held > only_ths
+    awake = sum(current_index(v, curves[v.spec.id]) > 0 for v in views)
+    assert awake > 11  # more miners mining, each below rated
+
+
+def test_deadlines_come_first_no_retune_while_one_runs() -> None:
+    specs = [spec(i) for i in range(6)]
+    curves = seeded(specs)
+    views = [at_setting(s, curves[s.id], 0 if i < 2 else 5) for i, s in enumerate(specs)]
+    limit = Limit(15_000, ("cap",), due_at=NOW + timedelta(seconds=30))
+    assert not plan(snapshot(views, curves), limit, RULES).actions
+    free = plan(snapshot(views, curves), replace(limit, due_at=None), RULES)
+    assert free.actions
+    assert {a.kind for a in free.actions} == {ActionKind.TUNE}
+
+
+def test_without_tuning_or_curves_the_plan_is_the_ladders() -> None:
+    specs = [spec(i) for i in range(6)]
+    curves = seeded(specs)
+    views = [at_setting(s, curves[s.id], 0 if i < 2 else 5) for i, s in enumerate(specs)]
+    limit = Limit(15_000, ("cap",))
+    off = replace(RULES, tuning=None)
+    ladder = plan(snapshot(views, None), limit, off)
+    assert plan(snapshot(views, curves), limit, off) == ladder
+    assert plan(snapshot(views, None), limit, RULES) == ladder
+    assert all(a.kind is not ActionKind.TUNE for a in ladder.actions)
+
+
+def test_over_budget_the_ladder_sheds_tuned_miners_as_before() -> None:
+    specs = [spec(i) for i in range(6)]
+    curves = seeded(specs)
+    views = fleet_at(specs, curves, 3)  # all tuned to the middle step
+    result = plan(snapshot(views, curves), Limit(8_000, ("cap",)), RULES)
+    kinds = {a.kind for a in result.actions}
+    assert ActionKind.TUNE not in kinds
+    assert kinds <= {ActionKind.LOWER, ActionKind.SLEEP}
+    assert result.expected_w <= 8_000
+
+
+def test_a_miner_within_its_dwell_or_busy_is_not_moved() -> None:
+    """A sleeper that fits only if the others make room: free, they do; each held by its
+    dwell, its ramp or a command in flight, they cannot, and nothing moves."""
+    specs = [spec(i) for i in range(4)]
+    curves = seeded(specs)
+    views = [*fleet_at(specs[:3], curves, 3), at_setting(specs[3], curves["m003"], 0)]
+    views[0] = replace(views[0], tuned_at=NOW - timedelta(minutes=2))
+    views[1] = replace(views[1], mode_since=NOW - timedelta(minutes=1))
+    views[2] = replace(views[2], pending=ActionKind.LOWER)
+    free = [replace(v, tuned_at=None, mode_since=LONG_AGO, pending=None) for v in views]
+    limit = Limit(sum(estimate_w(v, NOW, STALE) for v in free) + 1_500, ("cap",))
+    # Too little room to wake the sleeper at any step: free, the others make room for it.
+    moved = plan(snapshot(free, curves), limit, RULES)
+    assert "m003" in {a.miner_id for a in moved.actions}
+    assert len(moved.actions) > 1
+    # Held, they cannot: nothing fits, nothing moves.
+    assert not plan(snapshot(views, curves), limit, RULES).actions
+
+
+def test_after_a_shed_retunes_wait_for_the_draw_to_settle() -> None:
+    specs = [spec(i) for i in range(6)]
+    curves = seeded(specs)
+    views = [at_setting(s, curves[s.id], 0 if i < 2 else 5) for i, s in enumerate(specs)]
+    shed = NOW - timedelta(seconds=5)
+    result = plan(snapshot(views, curves, last_shed_at=shed), Limit(15_000, ("cap",)), RULES)
+    assert not result.actions
+    assert HELD_AFTER_SHED in result.notes
+
+
+def test_cold_containers_held_asleep_and_other_families_stay_with_the_ladder() -> None:
+    specs = [spec(0, container="cold"), spec(1), spec(2, WHATSMINER), spec(3), spec(4)]
+    curves = seeded(specs)
+    curves[specs[2].id] = Curve(seed_curve(specs[2], fractions=(0.6, 0.8, 1.0)).settings)
+    views = [at_setting(s, curves[s.id], 5 if s.driver != "whatsminer" else 3) for s in specs]
+    views[1] = at_setting(specs[1], curves["m001"], 0)
+    views[4] = at_setting(specs[4], curves["m004"], 0)
+    views[3] = replace(views[3], held_asleep=True)
+    safety = Safety(ColdRules(), {"cold": ColdRules(floor_below_c=50.0)})
+    rules = replace(RULES, safety=safety)
+    ambient = {"cold": (-30.0, NOW), "c1": (5.0, NOW)}
+    here = sum(estimate_w(v, NOW, STALE) for v in views)
+    limit = Limit(here + 5_000, ("cap",))
+    result = plan(snapshot(views, curves, ambient=ambient), limit, rules)
+    assert {a.miner_id for a in result.actions} == {"m001", "m004"}
+    assert {a.kind for a in result.actions} == {ActionKind.TUNE}
+    assert result.expected_w <= limit.limit_w
+
+
+def test_the_wake_rate_limit_bounds_wakes_at_a_target() -> None:
+    specs = [spec(i) for i in range(12)]
+    curves = seeded(specs)
+    views = fleet_at(specs, curves, 0)
+    rules = replace(RULES, wake_max_per_window=3)
+    result = plan(snapshot(views, curves), Limit(30_000, ("cap",)), rules)
+    assert len(result.actions) == 3
+    assert all(a.reason.endswith("(woken at it)") for a in result.actions)
+
+
+def test_a_small_change_of_budget_moves_nothing() -> None:
+    specs = [spec(i) for i in range(10)]
+    curves = seeded(specs)
+    views = fleet_at(specs, curves, 1)
+    here = sum(estimate_w(v, NOW, STALE) for v in views)
+    for extra in (0, 100, 250):
+        assert not plan(snapshot(views, curves), Limit(here + extra, ("cap",)), RULES).actions
+
+
+def test_expected_hashrate_follows_the_actions() -> None:
+    specs = [spec(i) for i in range(4)]
+    curves = seeded(specs)
+    views = fleet_at(specs, curves, 5)
+    snap = snapshot(views, curves)
+    rated = expected_ths(snap, ())
+    assert rated == sum(curves[s.id].settings[5].hashrate_ths for s in specs)
+    result = plan(snap, Limit(9_000, ("cap",)), RULES)  # over: the ladder sheds
+    after = expected_ths(snap, result.actions)
+    assert after is not None
+    assert after < rated
+    assert expected_ths(snapshot(views, None), ()) is None
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(st.integers(0, 5), min_size=1, max_size=12),
+    st.floats(0.3, 1.05),
+    st.sampled_from([LUXOS, BRAIINS]),
+)
+def test_a_retune_never_plans_above_the_budget_nor_sleeps_a_runner(
+    settings_at: list[int], cap: float, traits: DriverTraits
+) -> None:
+    specs = [spec(i, traits) for i in range(len(settings_at))]
+    curves = seeded(specs)
+    views = [at_setting(s, curves[s.id], k) for s, k in zip(specs, settings_at, strict=True)]
+    here = sum(estimate_w(v, NOW, STALE) for v in views)
+    limit_w = round(sum(s.rated_power_w for s in specs) * cap)
+    result = plan(snapshot(views, curves), Limit(limit_w, ("cap",)), RULES)
+    if here > limit_w:
+        assert all(a.kind is not ActionKind.TUNE for a in result.actions)
+        return
+    assert result.expected_w <= limit_w
+    running = {v.spec.id for v in views if v.reading and v.reading.mode is Mode.MINING}
+    for action in result.actions:
+        assert action.kind is ActionKind.TUNE
+        assert action.target_w is not None
+        if action.miner_id in running:
+            assert action.target_w > 0
+    # Landed, the fleet is where the plan expected it, within the budget.
+    assert sum(estimate_w(v, NOW, STALE) for v in land(views, result, curves)) <= limit_w
