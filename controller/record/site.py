@@ -169,8 +169,12 @@ class SiteView:
 
     @property
     def efficiency_j_th(self) -> float | None:
-        """J/TH: W per TH/s (None while nothing hashes)."""
-        return self.fresh_draw_w / self.hashrate_ths if self.hashrate_ths > 0 else None
+        return efficiency_j_th(self.fresh_draw_w, self.hashrate_ths)
+
+
+def efficiency_j_th(draw_w: float, hashrate_ths: float) -> float | None:
+    """J/TH: W per TH/s (None while nothing hashes: no figure, rather than an infinite one)."""
+    return draw_w / hashrate_ths if hashrate_ths > 0 else None
 
 
 class MinerViews(Protocol):
