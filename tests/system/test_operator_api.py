@@ -551,7 +551,7 @@ async def test_system_api_shows_the_hashrate_and_each_miners_setting(tmp_path: P
         assert state["miners"]["tuned"] == sum(m["setting"] == "tuned" for m in miners)
 
         # A target the allocation chose, shown as it is set (before a cycle acts on it).
-        chosen = next(m for m in mining if m["setting"] == "default")
+        chosen = mining[0]
         r.daemon.readings.set_ladder(chosen["id"], target_w=2345)
         _, one, _ = await api.call("GET", f"/api/v1/miners/{chosen['id']}")
         assert (one["setting"], one["target_w"]) == ("tuned", 2345)
