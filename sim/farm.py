@@ -131,6 +131,11 @@ class SimFarm:
         now = self._time()
         return sum(m.physics.true_power_w(now) for m in self.miners.values())
 
+    def hashrate_ths(self) -> float:
+        """The farm's true hashrate, as its pools would see it."""
+        now = self._time()
+        return sum(m.physics.hashrate_ths(now) for m in self.miners.values())
+
     def power_by_container_w(self) -> dict[str, float]:
         now = self._time()
         out: dict[str, float] = {}

@@ -101,6 +101,7 @@ class StateCollector(Collector):
         if view is None:
             return  # nothing to say before the first report
         yield from _power(view)
+        yield from _hashrate(view)
         yield from _miners(view)
         yield _gauge(
             "curtaild_device_up",
@@ -190,6 +191,27 @@ def _power(view: SiteView) -> Iterator[Metric]:
     )
 
 
+def _hashrate(view: SiteView) -> Iterator[Metric]:
+    yield _value(
+        "curtaild_hashrate_ths",
+        "The hashrate the miners read fresh report, in TH/s (asleep, unknown and cut miners "
+        "add none).",
+        view.hashrate_ths,
+    )
+    yield _value(
+        "curtaild_plan_expected_hashrate_ths",
+        "The hashrate the current plan expects once its commands land, on the miners' "
+        "curves, in TH/s; absent when planned without curves.",
+        view.expected_ths,
+    )
+    yield _value(
+        "curtaild_efficiency_j_per_th",
+        "The miners' own draw (those read fresh) over their hashrate, in J/TH; absent while "
+        "nothing hashes.",
+        view.efficiency_j_th,
+    )
+
+
 def _miners(view: SiteView) -> Iterator[Metric]:
     fleet = view.fleet
     yield _gauge(
@@ -210,6 +232,11 @@ def _miners(view: SiteView) -> Iterator[Metric]:
     )
     yield _value(
         "curtaild_miners_unhealthy", "Miners whose last read or command failed.", fleet.unhealthy
+    )
+    yield _value(
+        "curtaild_miners_tuned",
+        "Miners mining at a power target the allocation chose.",
+        fleet.tuned,
     )
 
 

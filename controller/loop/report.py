@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import NamedTuple
 
 from controller.core.model import Horizon, Limit, MinerView, Plan
 from controller.core.operator import Automation
@@ -126,7 +127,8 @@ class Reporter:
 
     def build(self, now: datetime, views: tuple[MinerView, ...], decision: Decision) -> SiteView:
         draw, desk = self._draw, self._desk
-        fleet, containers, lying, outlets_seen = self._fleet(now, views)
+        fleet = self._fleet(now, views)
+        plan = decision.plan
         return SiteView(
             at=now,
             site=self._site_id,
@@ -137,9 +139,9 @@ class Reporter:
             measured_by=draw.measured_by,
             meter=draw.meter_status(now),
             unexplained_w=draw.offset_w,
-            expected_w=decision.plan.expected_w if decision.plan is not None else None,
-            fleet=fleet,
-            containers=containers,
+            expected_w=plan.expected_w if plan is not None else None,
+            fleet=fleet.modes,
+            containers=fleet.containers,
             held=tuple(self._inbox.book.held.values()),
             pending=tuple(self._deadlines.pending),
             finished=tuple(self._deadlines.finished)[-RECENT_FINISHED:],
@@ -153,86 +155,23 @@ class Reporter:
             ),
             cold_cuts=self._alarms.cold_cut_count,
             escalations={k: len(v) for k, v in self._dispatch.escalations.items()},
-            lying=tuple(sorted(lying | draw.lying_detected)),
+            lying=tuple(sorted(fleet.lying | draw.lying_detected)),
             journal_error=self._journal.error,
             wall_clock_offset_s=decision.wall_clock_offset_s,
             commands_sent=self._ledger.sent,
             commands_failed=self._ledger.failed,
-            devices=self._devices(now, outlets_seen),
+            devices=self._devices(now, fleet.outlets),
             signals_contained=self._inbox.internal_errors,
             signals_unjournaled=self._inbox.unjournaled,
             pools=self._pools.view() if self._pools is not None else None,
+            hashrate_ths=fleet.hashrate_ths,
+            fresh_draw_w=fleet.fresh_draw_w,
+            expected_ths=plan.expected_ths if plan is not None else None,
         )
 
-    def _fleet(
-        self, now: datetime, views: tuple[MinerView, ...]
-    ) -> tuple[ModeCounts, tuple[ContainerState, ...], set[str], dict[str, datetime]]:
-        """One walk over the fleet: counts by mode overall and per container, each
-        container's estimated draw and hottest board, miners caught lying by a command's
-        read-back, and each PDU's newest outlet reading.
-
-        This runs at least once per status interval and blocks the event loop while it
-        does (every API request waits for it): at 10,000 miners, per miner it compares
-        instants computed once (fleet_mode's test, inline) and counts into plain lists."""
-        stale = self._stale.miners
-        horizon = Horizon(now, stale, self._stale.restore_boot)
-        estimate, fresh_from = horizon.estimate, horizon.fresh_from
-        # Per container: [total, mining, sleeping, unknown, cut, pending, lowered, unhealthy]
-        counts: dict[str, list[int]] = {}
-        draws: dict[str, int] = {}
-        hottest: dict[str, float] = {}
-        lying: set[str] = set()
-        outlets: dict[str, datetime] = {}
-        sleeping = Mode.SLEEPING
-        for view in views:
-            spec = view.spec
-            container = spec.container
-            bucket = counts.get(container)
-            if bucket is None:
-                bucket = counts[container] = [0] * 8
-                draws[container] = 0
-            bucket[_TOTAL] += 1
-            reading, read_at = view.reading, view.read_at
-            fresh = reading is not None and read_at is not None and read_at >= fresh_from
-            if view.cut_at is not None:  # fleet_mode, inline
-                bucket[_CUT] += 1
-            else:
-                if not fresh:
-                    bucket[_UNKNOWN] += 1
-                elif reading is not None and reading.mode is sleeping:
-                    bucket[_SLEEPING] += 1
-                else:
-                    bucket[_MINING] += 1
-                bucket[_PENDING] += view.pending is not None
-                bucket[_UNHEALTHY] += not view.healthy
-            bucket[_LOWERED] += view.lowered_at is not None
-            draws[container] += estimate(view)
-            if fresh and reading is not None and reading.board_temps_c:
-                hottest[container] = max(hottest.get(container, -273.0), *reading.board_temps_c)
-            reason = view.health_reason
-            if reason is not None and reason.startswith("lying"):
-                lying.add(spec.id)
-            if spec.outlet is not None and view.outlet is not None:
-                pdu = spec.outlet.rpartition("#")[0]
-                seen = view.outlet.read_at
-                if pdu not in outlets or seen > outlets[pdu]:
-                    outlets[pdu] = seen
+    def _fleet(self, now: datetime, views: tuple[MinerView, ...]) -> Fleet:
         ambient = self._measurements.ambient if self._measurements is not None else {}
-        containers = tuple(
-            ContainerState(
-                name=name,
-                miners=_mode_counts(counts[name]),
-                draw_w=draws.get(name, 0),
-                board_temp_max_c=hottest.get(name),
-                ambient_c=ambient[name][0] if name in ambient else None,
-                ambient_age_s=round((now - ambient[name][1]).total_seconds(), 1)
-                if name in ambient
-                else None,
-            )
-            for name in sorted(counts)
-        )
-        total = _mode_counts([sum(column) for column in zip(*counts.values(), strict=True)])
-        return total, containers, lying, outlets
+        return walk(now, views, self._stale, ambient)
 
     def _devices(self, now: datetime, outlets_seen: Mapping[str, datetime]) -> tuple[Device, ...]:
         """The meter by its own staleness; a PDU by its newest outlet reading, judged as
@@ -258,8 +197,97 @@ class Reporter:
 
 
 _RUNNING = Automation()  # no desk: the automation runs
-_TOTAL, _MINING, _SLEEPING, _UNKNOWN, _CUT, _PENDING, _LOWERED, _UNHEALTHY = range(8)
+_TOTAL, _MINING, _SLEEPING, _UNKNOWN, _CUT, _PENDING, _LOWERED, _UNHEALTHY, _TUNED = range(9)
+
+
+class Fleet(NamedTuple):
+    """One walk's findings (walk)."""
+
+    modes: ModeCounts
+    containers: tuple[ContainerState, ...]
+    lying: set[str]  # caught by a command's read-back
+    outlets: dict[str, datetime]  # each PDU's newest outlet reading
+    hashrate_ths: float  # of the miners read fresh and mining
+    fresh_draw_w: int  # the estimated draw of the miners read fresh (not cut)
+
+
+def walk(
+    now: datetime,
+    views: tuple[MinerView, ...],
+    stale: Staleness,
+    ambient: Mapping[str, tuple[float, datetime]],
+) -> Fleet:
+    """One walk over the fleet: counts by mode overall and per container, each container's
+    estimated draw and hottest board, miners caught lying by a command's read-back, each
+    PDU's newest outlet reading, and the hashrate the fleet holds and what it costs.
+
+    This runs at least once per status interval and blocks the event loop while it does
+    (every API request waits for it): at 10,000 miners, per miner it compares instants
+    computed once (fleet_mode's test, inline) and counts into plain lists."""
+    horizon = Horizon(now, stale.miners, stale.restore_boot)
+    estimate, fresh_from = horizon.estimate, horizon.fresh_from
+    # Per container: [total, mining, sleeping, unknown, cut, pending, lowered, unhealthy, tuned]
+    counts: dict[str, list[int]] = {}
+    draws: dict[str, int] = {}
+    hottest: dict[str, float] = {}
+    lying: set[str] = set()
+    outlets: dict[str, datetime] = {}
+    hashrate, fresh_w = 0.0, 0
+    sleeping = Mode.SLEEPING
+    for view in views:
+        spec = view.spec
+        container = spec.container
+        bucket = counts.get(container)
+        if bucket is None:
+            bucket = counts[container] = [0] * 9
+            draws[container] = 0
+        bucket[_TOTAL] += 1
+        reading, read_at = view.reading, view.read_at
+        fresh = reading is not None and read_at is not None and read_at >= fresh_from
+        draw = estimate(view)
+        if view.cut_at is not None:  # fleet_mode, inline; and record.site.setting's order
+            bucket[_CUT] += 1
+        else:
+            if not fresh or reading is None:
+                bucket[_UNKNOWN] += 1
+            elif reading.mode is sleeping:
+                bucket[_SLEEPING] += 1
+                fresh_w += draw
+            else:
+                bucket[_MINING] += 1
+                bucket[_TUNED] += view.target_w is not None
+                hashrate += reading.hashrate_ths
+                fresh_w += draw
+            bucket[_PENDING] += view.pending is not None
+            bucket[_UNHEALTHY] += not view.healthy
+        bucket[_LOWERED] += view.lowered_at is not None
+        draws[container] += draw
+        if fresh and reading is not None and reading.board_temps_c:
+            hottest[container] = max(hottest.get(container, -273.0), *reading.board_temps_c)
+        reason = view.health_reason
+        if reason is not None and reason.startswith("lying"):
+            lying.add(spec.id)
+        if spec.outlet is not None and view.outlet is not None:
+            pdu = spec.outlet.rpartition("#")[0]
+            seen = view.outlet.read_at
+            if pdu not in outlets or seen > outlets[pdu]:
+                outlets[pdu] = seen
+    containers = tuple(
+        ContainerState(
+            name=name,
+            miners=_mode_counts(counts[name]),
+            draw_w=draws.get(name, 0),
+            board_temp_max_c=hottest.get(name),
+            ambient_c=ambient[name][0] if name in ambient else None,
+            ambient_age_s=round((now - ambient[name][1]).total_seconds(), 1)
+            if name in ambient
+            else None,
+        )
+        for name in sorted(counts)
+    )
+    total = _mode_counts([sum(column) for column in zip(*counts.values(), strict=True)])
+    return Fleet(total, containers, lying, outlets, hashrate, fresh_w)
 
 
 def _mode_counts(tally: list[int]) -> ModeCounts:
-    return ModeCounts(*tally)  # the fields, in _TOTAL .. _UNHEALTHY order
+    return ModeCounts(*tally)  # the fields, in _TOTAL .. _TUNED order

@@ -8,12 +8,13 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from controller.core.model import FLEET_MODES, Limit, MinerView
 from controller.core.operator import Automation, Hold
 from controller.core.pools import Verdict
 from controller.core.signals import Held, Obligation, Override
+from drivers.types import Mode
 
 # The draw against the limit, for the dashboard's last hour (720 points at 5 s).
 HISTORY_POINTS = 720
@@ -33,6 +34,7 @@ class ModeCounts:
     pending: int = 0
     lowered: int = 0
     unhealthy: int = 0
+    tuned: int = 0  # mining at a power target the allocation chose
 
     def as_dict(self) -> dict[str, int]:
         return {
@@ -41,7 +43,32 @@ class ModeCounts:
             "pending": self.pending,
             "lowered": self.lowered,
             "unhealthy": self.unhealthy,
+            "tuned": self.tuned,
         }
+
+
+# A miner's current setting, as readers show it: what it does, and for a miner that mines,
+# at which power target (tuned: one the allocation chose; lowered: the ladder's floor;
+# default: its firmware's own, rated).
+Setting = Literal["cut", "unknown", "asleep", "tuned", "lowered", "default"]
+SETTINGS: tuple[Setting, ...] = ("cut", "unknown", "asleep", "tuned", "lowered", "default")
+
+
+def setting(view: MinerView, fresh: bool) -> tuple[Setting, int | None]:
+    """The miner's setting and its target's watts where it has one. `fresh`: its reading is
+    fresh by the reader's rule. In fleet_mode's order, so the two never disagree."""
+    reading = view.reading
+    if view.cut_at is not None:
+        return "cut", None
+    if not fresh or reading is None:
+        return "unknown", None
+    if reading.mode is Mode.SLEEPING:
+        return "asleep", None
+    if view.target_w is not None:
+        return "tuned", view.target_w  # the allocation's (perhaps still on the wire)
+    if view.lowered_at is not None:
+        return "lowered", view.spec.floor_w()
+    return "default", None
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +159,22 @@ class SiteView:
     signals_contained: int
     signals_unjournaled: int
     pools: PoolsView | None = None  # None: no `pools:` section, nothing is checked
+    # The hashrate the miners read fresh report, mining (asleep, unknown, cut: none), and
+    # the draw of the miners read fresh: what that hashrate costs, from the miners
+    # themselves (the site meter counts other loads too; an unknown miner's draw is a
+    # worst-case guess, and it adds no hashrate).
+    hashrate_ths: float = 0.0
+    fresh_draw_w: int = 0
+    expected_ths: float | None = None  # the plan's, on the curves (None: no curves)
+
+    @property
+    def efficiency_j_th(self) -> float | None:
+        return efficiency_j_th(self.fresh_draw_w, self.hashrate_ths)
+
+
+def efficiency_j_th(draw_w: float, hashrate_ths: float) -> float | None:
+    """J/TH: W per TH/s (None while nothing hashes: no figure, rather than an infinite one)."""
+    return draw_w / hashrate_ths if hashrate_ths > 0 else None
 
 
 class MinerViews(Protocol):

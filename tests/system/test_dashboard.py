@@ -1,8 +1,8 @@
 """The operator dashboard in a real headless Chromium against the daemon's own API: a signed
 curtailment sent to the grid endpoint shows on the page (signal, limit, reasons, chart); the
 compliance view shows the energy account's figures and the journal's chain state; the miners'
-pools column; and a refused token shows a message and no data. Any console error or page
-error fails."""
+pools column; the site's hashrate and each miner's setting as the API says them; and a
+refused token shows a message and no data. Any console error or page error fails."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from playwright.async_api import Browser, Page, expect
@@ -49,9 +50,28 @@ async def sign_in(page: Page, token: str) -> None:
     await page.click("#connect")
 
 
-def kw(value: float) -> str:
-    """As the page writes kW: one decimal, thousands grouped."""
-    return f"{value:,.1f}"
+def kw(value: float | None) -> str:
+    """As the page writes kW (and TH/s, J/TH): one decimal, thousands grouped; a dash for
+    none."""
+    return "—" if value is None else f"{value:,.1f}"
+
+
+def setting(miner: dict[str, Any]) -> str:
+    """As the page writes a miner's setting: a power target's watts and why it has it."""
+    if miner["setting"] in ("tuned", "lowered") and miner["target_w"] is not None:
+        return f"{miner['target_w']:,} W {miner['setting']}"
+    return str(miner["setting"])
+
+
+async def api_get(page: Page, r: Rig, path: str) -> Any:
+    """What the operator API answers a viewer, beside the page."""
+    assert r.daemon.api is not None
+    reply = await page.request.get(
+        f"http://127.0.0.1:{r.daemon.api.port}/api/v1/{path}",
+        headers={"Authorization": f"Bearer {API_TOKENS['viewer']}"},
+    )
+    assert reply.ok, await reply.text()
+    return await reply.json()
 
 
 async def test_system_dashboard_shows_a_curtailment_as_it_lands(
@@ -203,8 +223,48 @@ async def test_system_dashboard_miners_pools_column(tmp_path: Path, browser: Bro
         await sign_in(page, API_TOKENS["viewer"])
         await expect(page.locator("#connection")).to_have_text("Live", timeout=WAIT_MS)
         await page.click("#miners-load")
-        cells = page.locator("#miners tbody td:nth-child(9)")
+        cells = page.locator("#miners tbody td:nth-child(11)")
         await expect(cells).to_have_text(["ok", f"unapproved: {rogue}", "ok"], timeout=WAIT_MS)
         await expect(cells.nth(1)).to_have_class("alarm wrap")
         await expect(cells.nth(0)).to_have_class("ok")
+        assert errors == []
+
+
+async def test_system_dashboard_shows_the_hashrate_and_each_miners_setting(
+    tmp_path: Path, browser: Browser
+) -> None:
+    """The site's hashrate, the plan's expected hashrate, J/TH and the miners' draw as the
+    status says them; per miner its hashrate and setting as /api/v1/miners says them, with
+    a target the allocation set among them."""
+    loaded = load_site(site_dict(tmp_path, miners=4, api=api_section()))
+    async with rig(loaded) as r, dashboard(browser, r) as (page, errors):
+        r.daemon.readings.set_ladder("m002", target_w=2345)
+        await r.step(1.5)  # a report with it
+        await sign_in(page, API_TOKENS["viewer"])
+        await expect(page.locator("#connection")).to_have_text("Live", timeout=WAIT_MS)
+        state = await api_get(page, r, "status")
+        assert state["hashrate_ths"] > 0
+        assert state["miners"]["tuned"] == 1
+        shown = {
+            "hashrate-ths": kw(state["hashrate_ths"]),
+            "expected-ths": kw(state["expected_hashrate_ths"]),
+            "efficiency-j-th": kw(state["efficiency_j_th"]),
+            "fresh-draw-kw": kw(state["fresh_draw_kw"]),
+        }
+        for testid, figure in shown.items():
+            await expect(page.get_by_test_id(testid)).to_have_text(figure, timeout=WAIT_MS)
+        await expect(page.locator("#mode-tuned")).to_have_text("1", timeout=WAIT_MS)
+
+        await page.click("#miners-load")
+        await expect(page.locator("#miners-note")).to_contain_text("4 shown of 4", timeout=WAIT_MS)
+        miners = (await api_get(page, r, "miners"))["miners"]
+        assert [m["setting"] for m in miners].count("tuned") == 1
+        ths = page.locator("#miners tbody td:nth-child(7)")
+        await expect(ths).to_have_text([kw(m["hashrate_ths"]) for m in miners])
+        settings = page.locator("#miners tbody td:nth-child(8)")
+        await expect(settings).to_have_text([setting(m) for m in miners])
+        await expect(page.locator("#miners tr[data-key=m002] td:nth-child(8)")).to_have_text(
+            "2,345 W tuned"
+        )
+        await page.screenshot(path=tmp_path / "dashboard-hashrate.png", full_page=True)
         assert errors == []

@@ -16,6 +16,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from controller.adapters.metrics import Metrics
+from controller.core.model import fleet_mode
 from controller.core.operator import HoldMode
 from controller.core.signals import ObligationStatus
 from controller.intake.desk import Desk, Principal, Role
@@ -81,6 +82,13 @@ def scrape(m: Metrics) -> Samples:
     return out
 
 
+def declared(m: Metrics) -> set[str]:
+    """The families an exposition declares (HELP and TYPE), with or without a sample: a
+    gauge that is unknown for now (a stale meter, a plan without curves) is still one."""
+    body, _ = m.exposition()
+    return {family.name for family in text_string_to_metric_families(body.decode())}
+
+
 def value(samples: Samples, name: str, **labels: str) -> float:
     [found] = [v for ls, v in samples[name] if all(ls.get(k) == w for k, w in labels.items())]
     return found
@@ -136,6 +144,21 @@ async def test_metrics_follow_a_curtailment_to_its_deadline(tmp_path: Path) -> N
         assert value(s, "curtaild_grid_draw_watts") == r.sup.draw.measured_w <= limit_kw * 1000
         assert value(s, "curtaild_expected_draw_watts") == r.sup.plan.expected_w
         assert value(s, "curtaild_unexplained_draw_watts") == r.sup.draw.offset_w
+        # The hashrate the simulated farm holds, and what it costs per TH/s (its outlets
+        # measure the miners' draw; the meter's base load is not theirs).
+        hashrate = r.farm.hashrate_ths()
+        assert 0 < value(s, "curtaild_hashrate_ths") == pytest.approx(hashrate, rel=1e-6)
+        assert value(s, "curtaild_efficiency_j_per_th") == pytest.approx(
+            r.farm.total_power_w() / hashrate, rel=0.02
+        )
+        expected = r.sup.plan.expected_ths  # None: planned without curves, and no sample
+        shown = [v for _, v in s.get("curtaild_plan_expected_hashrate_ths", [])]
+        assert shown == ([] if expected is None else [pytest.approx(expected)])
+        tuned = [v for v in r.daemon.readings.views() if v.target_w is not None]
+        assert value(s, "curtaild_miners_tuned") == sum(
+            fleet_mode(v, r.clock.now(), r.loaded.plan_rules().stale_after) == "mining"
+            for v in tuned
+        )
         assert value(s, "curtaild_pending_deadlines") == 0
         assert value(s, "curtaild_ready") == 1
         assert value(s, "curtaild_automation_paused") == 0
@@ -223,7 +246,7 @@ def dashboard_metrics() -> set[str]:
 async def test_metrics_dashboard_queries_only_exported_metrics(tmp_path: Path) -> None:
     async with rig(metered_site(tmp_path)) as r:
         m, _ = await curtailed(r)
-        exported = {name for name, samples in scrape(m).items() if samples}
+        exported = {name for name, samples in scrape(m).items() if samples} | declared(m)
         wanted = dashboard_metrics()
         missing = sorted(wanted - exported)
         assert not missing, f"the dashboard asks for what curtaild does not export: {missing}"

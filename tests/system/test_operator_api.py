@@ -513,3 +513,46 @@ async def test_system_compliance_from_the_source_it_is_given(tmp_path: Path) -> 
         # The daemon goes on.
         status, _, _ = await api.call("GET", "/api/v1/status")
         assert status == 200
+
+
+async def test_system_api_shows_the_hashrate_and_each_miners_setting(tmp_path: Path) -> None:
+    """Under an override that sheds half the farm: the status's hashrate is the simulated
+    farm's, and the sum of the miners' own; J/TH is the miners' draw over it; each miner's
+    setting agrees with its mode, and a target the allocation set shows as tuned."""
+    async with api_rig(tmp_path, miners=8) as (r, api):
+        limit_kw = round(r.sup.draw.measured_w / 1000 * 0.5, 1)
+        body = {"limit_kw": limit_kw, "expires_at": later(r, 600), "reason": "half the farm"}
+        status, _, _ = await api.call("POST", "/api/v1/overrides", role="operator", body=body)
+        assert status == 201
+        await r.step(8)
+        _, state, _ = await api.call("GET", "/api/v1/status")
+        _, listed, _ = await api.call("GET", "/api/v1/miners?limit=1000")
+        miners = listed["miners"]
+        assert state["hashrate_ths"] == pytest.approx(r.farm.hashrate_ths(), abs=1e-3)
+        mining = [m for m in miners if m["mode"] == "mining"]
+        assert 0 < len(mining) < len(miners)
+        assert state["hashrate_ths"] == pytest.approx(sum(m["hashrate_ths"] for m in mining))
+        assert state["efficiency_j_th"] == pytest.approx(
+            state["fresh_draw_kw"] * 1000 / state["hashrate_ths"], abs=0.01
+        )
+        expected = r.sup.plan.expected_ths
+        assert state["expected_hashrate_ths"] == (
+            None if expected is None else pytest.approx(expected, abs=1e-3)
+        )
+        floor = {s.id: s.floor_w() for s in r.daemon.specs.values()}
+        for m in miners:
+            if m["mode"] == "sleeping":
+                assert (m["setting"], m["target_w"]) == ("asleep", None), m
+            elif m["lowered"]:
+                assert (m["setting"], m["target_w"]) == ("lowered", floor[m["id"]]), m
+            else:
+                assert m["setting"] in {"default", "tuned"}, m
+                assert (m["target_w"] is None) == (m["setting"] == "default"), m
+        assert state["miners"]["tuned"] == sum(m["setting"] == "tuned" for m in miners)
+
+        # A target the allocation chose, shown as it is set (before a cycle acts on it).
+        chosen = mining[0]
+        r.daemon.readings.set_ladder(chosen["id"], target_w=2345)
+        _, one, _ = await api.call("GET", f"/api/v1/miners/{chosen['id']}")
+        assert (one["setting"], one["target_w"]) == ("tuned", 2345)
+        r.daemon.readings.set_ladder(chosen["id"], target_w=None)

@@ -236,6 +236,18 @@ function kw(value) {
   return value === null || value === undefined ? "—" : kwFormat.format(value);
 }
 
+// TH/s and J/TH as kW: one decimal, grouped.
+const decimal = kw;
+
+// What a miner runs at: asleep, cut, unknown, or its power target (tuned: the allocation's).
+function setting(m) {
+  if (m.setting === "tuned" || m.setting === "lowered") {
+    const watts = m.target_w === null || m.target_w === undefined ? "" : `${m.target_w.toLocaleString("en-US")} W `;
+    return `${watts}${m.setting}`;
+  }
+  return m.setting || "—";
+}
+
 function celsius(value) {
   return value === null || value === undefined ? "—" : value.toFixed(1);
 }
@@ -356,6 +368,11 @@ function showPower(s) {
   if (!limit) due.append("no plan yet");
   text("grid-limit-kw", kw(s.grid_limit_kw));
   text("expected-kw", kw(s.expected_kw));
+  text("hashrate-ths", decimal(s.hashrate_ths));
+  text("expected-ths", decimal(s.expected_hashrate_ths));
+  text("expected-ths-note", s.expected_hashrate_ths === null ? "no efficiency curves" : "");
+  text("efficiency-j-th", decimal(s.efficiency_j_th));
+  text("fresh-draw-kw", kw(s.fresh_draw_kw));
   const reasons = limit ? limit.reasons : [];
   $("limit-reasons").replaceChildren(
     ...(reasons.length ? reasons.map((r) => el("li", r)) : [el("li", "—", "muted")]),
@@ -363,7 +380,7 @@ function showPower(s) {
 }
 
 function showModes(m) {
-  for (const name of ["total", "mining", "sleeping", "lowered", "pending", "unknown", "unhealthy", "cut"]) {
+  for (const name of ["total", "mining", "sleeping", "lowered", "tuned", "pending", "unknown", "unhealthy", "cut"]) {
     text(`mode-${name}`, String(m[name] ?? 0));
     const worrying = ["unknown", "unhealthy", "cut"].includes(name) && m[name] > 0;
     $(`mode-${name}`).parentElement.classList.toggle("alert", worrying);
@@ -511,6 +528,8 @@ async function loadMiners(event) {
           m.mode,
           { text: m.health_reason ? `${m.health}: ${m.health_reason}` : m.health, cls: "wrap" },
           { text: kw(m.power_kw), cls: "num" },
+          { text: decimal(m.hashrate_ths), cls: "num" },
+          { text: setting(m), cls: `setting-${m.setting}` },
           { text: kw(m.rated_kw), cls: "num" },
           { text: m.board_temps_c.length ? celsius(Math.max(...m.board_temps_c)) : "—", cls: "num" },
           minerPools(m),
@@ -530,7 +549,6 @@ async function loadMiners(event) {
 function minerNow(m) {
   const parts = [];
   if (m.pending) parts.push(`command: ${m.pending}`);
-  if (m.lowered) parts.push("lowered");
   if (m.warming_until) parts.push(`warming until ${when(m.warming_until)}`);
   if (m.hold) parts.push(`held ${m.hold.mode} by ${m.hold.by} until ${when(m.hold.until)}`);
   if (m.lying) parts.push(`lying: ${m.lying}`);
@@ -662,8 +680,8 @@ function setConnection(state, label) {
 function clearData() {
   points = [];
   lastStatus = null;
-  for (const id of ["site", "as-of", "measured-by", "limit-due", "miners-note"]) text(id, "");
-  for (const id of ["measured-kw", "limit-kw", "grid-limit-kw", "expected-kw"]) text(id, "—");
+  for (const id of ["site", "as-of", "measured-by", "limit-due", "miners-note", "expected-ths-note"]) text(id, "");
+  for (const id of ["measured-kw", "limit-kw", "grid-limit-kw", "expected-kw", "hashrate-ths", "expected-ths", "efficiency-j-th", "fresh-draw-kw"]) text(id, "—");
   for (const id of ["limit-reasons", "alarms", "automation", "lying"]) $(id).replaceChildren();
   for (const table of document.querySelectorAll("main table")) table.tBodies[0].replaceChildren();
   fillTable("miners", [], "Choose filters and press Show");

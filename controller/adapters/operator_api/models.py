@@ -174,6 +174,9 @@ class ModeCounts(_Out):
     pending: int = Field(default=0, description="A command is on the wire")
     lowered: int = 0
     cut: int = Field(default=0, description="Its PDU outlet was cut by curtaild")
+    tuned: int = Field(
+        default=0, description="Mining at a power target the allocation chose (see setting)"
+    )
 
 
 Health = Literal["ok", "unhealthy", "stale"]
@@ -271,6 +274,21 @@ class StatusOut(_Out):
     measured_kw: float | None = Field(description="Grid draw; None: the meter is stale")
     measured_by: Literal["meter", "firmware"]
     expected_kw: float | None
+    hashrate_ths: float = Field(
+        description="The hashrate the miners read fresh report, mining (asleep, unknown and "
+        "cut miners add none)"
+    )
+    expected_hashrate_ths: float | None = Field(
+        description="The hashrate the plan expects once its commands land, on the miners' "
+        "curves (None: planned without curves)"
+    )
+    fresh_draw_kw: float = Field(
+        description="The miners' own estimate of the draw of those read fresh: what "
+        "hashrate_ths costs (not the site meter, which counts other loads too)"
+    )
+    efficiency_j_th: float | None = Field(
+        description="fresh_draw_kw over hashrate_ths, in J/TH (None: nothing hashes)"
+    )
     miners: ModeCounts
     containers: list[ContainerOut]
     signals: list[SignalOut]
@@ -309,6 +327,14 @@ class MinerOut(_Out):
     read_age_s: float | None
     pending: str | None = Field(description="The command on the wire, if any")
     lowered: bool
+    setting: Literal["cut", "unknown", "asleep", "tuned", "lowered", "default"] = Field(
+        description="What it runs at: asleep, cut, unknown (no fresh reading), or mining at "
+        "a power target: tuned (the allocation chose target_w; perhaps still on the wire), "
+        "lowered (the ladder's floor), default (its firmware's own, rated)"
+    )
+    target_w: int | None = Field(
+        description="The power target's watts, tuned or lowered (None: default, or not mining)"
+    )
     warming_until: datetime | None
     lying: str | None
     hold: HoldOut | None

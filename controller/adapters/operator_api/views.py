@@ -17,11 +17,11 @@ from controller.core.signals import (
     Override,
     curtailment_active,
 )
-from controller.record.site import NOT_CHECKED, ModeCounts, PoolsView, SiteView
+from controller.record.site import NOT_CHECKED, ModeCounts, PoolsView, SiteView, setting
 
 
 def status(view: SiteView) -> m.StatusOut:
-    limit = view.limit
+    limit, efficiency = view.limit, view.efficiency_j_th
     return m.StatusOut(
         site=view.site,
         at=view.at,
@@ -38,6 +38,10 @@ def status(view: SiteView) -> m.StatusOut:
         measured_kw=kw(view.measured_w),
         measured_by="meter" if view.measured_by == "meter" else "firmware",
         expected_kw=kw(view.expected_w),
+        hashrate_ths=round(view.hashrate_ths, 3),
+        expected_hashrate_ths=None if view.expected_ths is None else round(view.expected_ths, 3),
+        fresh_draw_kw=round(view.fresh_draw_w / 1000, 3),
+        efficiency_j_th=None if efficiency is None else round(efficiency, 2),
         miners=counts(view.fleet),
         containers=[
             m.ContainerOut(
@@ -183,6 +187,7 @@ def miner(
     spec, reading = view.spec, view.reading
     verdict = None if pools is None else pools.miners.get(spec.id, NOT_CHECKED).verdict
     fresh = reading is not None and view.fresh(now, stale_after)
+    runs_at, target_w = setting(view, fresh)
     return m.MinerOut(
         id=spec.id,
         family=spec.driver,
@@ -199,6 +204,8 @@ def miner(
         read_age_s=None if view.read_at is None else round((now - view.read_at).total_seconds(), 3),
         pending=None if view.pending is None else view.pending.value,
         lowered=view.lowered_at is not None,
+        setting=runs_at,
+        target_w=target_w,
         warming_until=view.warming_until,
         lying=view.lying,
         hold=None if held is None else hold(held),
