@@ -19,11 +19,11 @@ rest of the managed miners hold their setting.
 
 The allocation never sleeps a running miner: sleeping is the ladder's, for a deadline.
 It may wake a sleeper straight at a setting (its target is set before the wake, as a
-gentle wake does), within the wake rate limits. Its budget is the plan's budget less a headroom (Tuning.headroom, a
-share of it: the readings' noise must not push a full fleet into a shed) and everything
-it does not move, where the free miners' estimated draw
-above (or below) their curves' figures counts as draw it does not move: a curve that
-reads low costs budget, never the limit.
+gentle wake does), within the wake rate limits. Its budget is the plan's budget less a
+headroom (Tuning.headroom, a share of it: the readings' noise must not push a full fleet
+into a shed) and less everything it does not move, where the free miners' estimated
+draw above (or below) their curves' figures counts as draw it does not move: a curve
+that reads low costs budget, never the limit. A gain under the hysteresis moves nothing.
 """
 
 from __future__ import annotations
@@ -237,13 +237,17 @@ def _free(view: MinerView, fleet: Fleet, tuning: Tuning) -> bool:
     ):
         return False
     climate = fleet.climate
-    if reading.mode is Mode.SLEEPING and climate is not None:
+    if (
+        reading.mode is Mode.SLEEPING
+        and climate is not None
+        and (
+            climate.boards_cold(view, fresh=True) is not None
+            or not climate.rested(view, view.mode_since)
+        )
+    ):
         # Cold boards wake gently, and a shed miner rests its minimum off-time: the
         # ladder's wake (wake.py) knows how; the allocation leaves such a sleeper be.
-        if climate.boards_cold(view, fresh=True) is not None:
-            return False
-        if not climate.rested(view, view.mode_since):
-            return False
+        return False
     traits = view.spec.traits
     retarget = timedelta(seconds=traits.retarget_s)
     since = view.mode_since

@@ -47,7 +47,7 @@ async def test_a_cap_is_held_with_more_hashrate_once_its_deadline_is_met(tmp_pat
         held_ths = r.farm.hashrate_ths()
         assert held_ths > ladder_ths * 1.03
         journal = r.daemon.journal
-        tunes = journal.rows("SELECT outcome FROM commands WHERE kind='tune'")
+        tunes = journal.rows("SELECT outcome FROM commands WHERE action='tune'")
         assert tunes
         assert {outcome for (outcome,) in tunes} == {"ok"}
         retunes = [
@@ -73,7 +73,7 @@ async def test_tuning_off_holds_the_cap_with_the_ladder_alone(tmp_path: Path) ->
         assert ob.status is ObligationStatus.REACHED
         await r.step(120, dt=0.5)
         assert r.farm.total_power_w() <= limit_w
-        assert not r.daemon.journal.rows("SELECT seq FROM commands WHERE kind='tune'")
+        assert not r.daemon.journal.rows("SELECT seq FROM commands WHERE action='tune'")
 
 
 async def test_targets_and_learned_curves_survive_a_restart(tmp_path: Path) -> None:
