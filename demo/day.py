@@ -3,25 +3,35 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from demo.grid import GridOperator, until
 
 if TYPE_CHECKING:
     from controller.app import Daemon
 
-GRANT_LENGTH_S = 90.0  # the curtailment episode, a restore, then the 40 s lead to the end
+GRANT_LENGTH_S = 112.0  # the curtailment episode, a restore, then the 40 s lead to the end
 CURTAIL_FRACTION = 0.40
 TIGHTER_FRACTION = 0.30  # what the fast-shedding families can carry within 10 s
 DEADLINE_S = 10.0
 SETTLE_TIMEOUT_S = 30.0
-HOLD_S = 8.0  # how long the tighter revision holds before the cancel
+# How long the tighter revision holds before the cancel: long enough for the farm's two
+# deceiving units to be caught by their outlets, and for the allocation to retune the
+# farm toward the most hashrate under the limit (the demo config's dwell is seconds).
+HOLD_S = 30.0
 
 
-async def play(grid: GridOperator, daemon: Daemon, rated_kw: float) -> None:
+async def play(
+    grid: GridOperator,
+    daemon: Daemon,
+    rated_kw: float,
+    held: Callable[[], dict[str, Any]] | None = None,
+) -> dict[str, Any] | None:
     """A Kazakhstan-style day: a grant wakes the farm, a curtailment to 40 % within 10 s,
-    a tighter revision over HTTP, a hold, a cancel, and the grant's end."""
+    a tighter revision over HTTP, a hold, a cancel, and the grant's end. Returns what
+    `held` found at the end of the hold (the hashrate the farm held under the limit)."""
     sup = daemon.supervisor
     now = grid.clock.now()
     grant_end = now + timedelta(seconds=GRANT_LENGTH_S)
@@ -50,8 +60,10 @@ async def play(grid: GridOperator, daemon: Daemon, rated_kw: float) -> None:
     # The grid holds the curtailment long enough for the farm's two deceiving units to
     # be caught by their outlets' measurements (their firmware says they sleep).
     await asyncio.sleep(HOLD_S)
+    found = held() if held is not None else None
     await grid.mqtt(grid.cancel("evt-demo-1", 3), "cancel evt-demo-1")
     remaining = (grant_end - grid.clock.now()).total_seconds()
     grid.say(f"waiting for the grant to end in {remaining:.0f} s")
     await asyncio.sleep(max(0.0, remaining))
     await until(lambda: not sup.pending_deadlines(), SETTLE_TIMEOUT_S)
+    return found

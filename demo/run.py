@@ -39,6 +39,7 @@ from controller.adapters.mqtt_signals import GridSide
 from controller.app import Daemon
 from controller.clock import SystemClock
 from controller.config import ConfigError, Loaded, parse
+from controller.core import allocation
 from controller.core.signals import Obligation, ObligationStatus
 from controller.record import chain
 from demo import day
@@ -181,11 +182,12 @@ async def _scenario(
         watch = demo_winter.FloorWatch(loaded, farm, daemon) if winter else None
         try:
             operator = GridOperator(grid, key, clock, daemon.http.port, say)
+            hashrate: dict[str, Any] | None = None
             if watch is not None:
                 async with demo_winter.watching(watch, clock.time):
                     await demo_winter.play(operator, daemon, rated_kw)
             else:
-                await day.play(operator, daemon, rated_kw)
+                hashrate = await day.play(operator, daemon, rated_kw, lambda: _held(daemon))
         finally:
             progress.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -195,6 +197,7 @@ async def _scenario(
             key=lambda o: (o.starts_at, o.key),
         )
         summary = _summary(loaded, obligations, farm, operator.kinds, daemon)
+        summary["hashrate"] = hashrate
         summary.update(await _evidence(daemon, clock.now()))
         summary["ok"] = (
             summary["ok"] and summary["energy"]["adds_up"] and summary["journal"]["verified"]
@@ -275,6 +278,29 @@ def _summary(
     }
 
 
+def _held(daemon: Daemon) -> dict[str, Any]:
+    """The hashrate the farm holds under the limit now, as its read model measures it,
+    beside what a sleep-only plan would hold under the same budget on the same curves
+    (every miner at its default, the least efficient asleep until the draw fits)."""
+    sup = daemon.supervisor
+    view = daemon.feed.latest
+    plan = sup.plan
+    if view is None or plan is None or sup.curves is None or sup.limit is None:
+        return {"held_ths": None, "sleep_only_ths": None}
+    _, only = allocation.sleep_only(list(sup.curves.curves.values()), plan.budget_w)
+    return {
+        "limit_kw": sup.limit.limit_w / 1000,
+        "held_ths": round(view.hashrate_ths, 1),
+        "sleep_only_ths": round(only, 1),
+        "expected_ths": round(plan.expected_ths, 1) if plan.expected_ths is not None else None,
+        "gain": round(view.hashrate_ths / only - 1, 4) if only > 0 else None,
+        "tuned_miners": view.fleet.tuned,
+        "efficiency_j_th": (
+            round(view.efficiency_j_th, 2) if view.efficiency_j_th is not None else None
+        ),
+    }
+
+
 async def _evidence(daemon: Daemon, now: datetime) -> dict[str, Any]:
     """What the farm could hand over after the run: the energy account (the minute in
     progress closed and journaled, as a graceful stop does), the approved-pools check and
@@ -349,6 +375,16 @@ def _print_summary(summary: dict[str, Any], out: TextIO) -> None:
             f"draw while the limit allowed the floor: {lowest}); {winter['warm_wakes']} warm "
             f"wakes; peak restart {winter['peak_wake_kw_per_s']:g} kW/s (planned limit "
             f"{winter['wake_limit_kw_per_s']:g} kW/s)",
+            file=out,
+        )
+    hashrate = summary.get("hashrate")
+    if hashrate is not None and hashrate.get("held_ths") is not None:
+        gain = hashrate["gain"]
+        print(
+            f"hashrate under the {hashrate['limit_kw']:g} kW limit: held "
+            f"{hashrate['held_ths']:,.0f} TH/s ({hashrate['tuned_miners']} miners retuned) "
+            f"against {hashrate['sleep_only_ths']:,.0f} TH/s sleeping alone"
+            + (f" ({gain:+.1%})" if gain is not None else ""),
             file=out,
         )
     energy = summary["energy"]
