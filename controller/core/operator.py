@@ -17,8 +17,11 @@ from controller.core.model import Action, ActionKind, MinerView, Plan
 from controller.core.planner import FLOOR_WAKE
 from drivers.types import Mode
 
-# The steps that bring a miner back: a pause withholds them.
-COMING_BACK = frozenset({ActionKind.WAKE, ActionKind.WARM, ActionKind.RAISE, ActionKind.RESTORE})
+# The steps that bring a miner back, and the allocation's retunes (a raise or a wake at a
+# target, or a lowering that makes room for one): a pause withholds them.
+COMING_BACK = frozenset(
+    {ActionKind.WAKE, ActionKind.WARM, ActionKind.RAISE, ActionKind.RESTORE, ActionKind.TUNE}
+)
 
 
 class HoldMode(enum.StrEnum):

@@ -23,6 +23,7 @@ from controller.core.model import (
     Tuning,
     estimate_w,
 )
+from controller.core.operator import Automation, operator_steps
 from controller.core.planner import plan
 from controller.core.safety import ColdRules, Safety
 from controller.core.tuning import HELD_AFTER_SHED, current_index, expected_ths
@@ -280,3 +281,16 @@ def test_a_retune_never_plans_above_the_budget_nor_sleeps_a_runner(
             assert action.target_w > 0
     # Landed, the fleet is where the plan expected it, within the budget.
     assert sum(estimate_w(v, NOW, STALE) for v in land(views, result, curves)) <= limit_w
+
+
+def test_a_paused_automation_withholds_every_retune() -> None:
+    """A pause holds the fleet where it is: no wake at a target, no retune either way."""
+    specs = [spec(i) for i in range(6)]
+    curves = seeded(specs)
+    views = [at_setting(s, curves[s.id], 0 if i < 2 else 5) for i, s in enumerate(specs)]
+    result = plan(snapshot(views, curves), Limit(15_000, ("cap",)), RULES)
+    assert result.actions
+    paused = Automation(paused=True, by="operator-1")
+    held, _ = operator_steps(result, tuple(views), {}, paused, NOW)
+    assert not held.actions
+    assert any("automation paused by operator-1" in n for n in held.notes)
