@@ -75,6 +75,10 @@ def target_lost(view: MinerView) -> str | None:
     own watts: an estimate cannot tell."""
     spec, reading, lowered_at = view.spec, view.reading, view.lowered_at
     floor = spec.floor_w()
+    what = "lowered"
+    if lowered_at is None and view.target_w is not None and view.tuned_at is not None:
+        # A target the allocation chose (core.tuning) is lost the same way.
+        lowered_at, floor, what = view.tuned_at, view.target_w, "retuned"
     if lowered_at is None or floor is None or reading is None or view.read_at is None:
         return None
     if view.pending is not None or reading.mode is not Mode.MINING:
@@ -86,7 +90,7 @@ def target_lost(view: MinerView) -> str | None:
     slack = max(LIE_MIN_EXCESS_W, LIE_EXCESS_FRACTION * spec.rated_power_w)
     if reading.power_w <= floor + slack:
         return None
-    return f"reports {reading.power_w} W, above the {floor} W power target it was lowered to"
+    return f"reports {reading.power_w} W, above the {floor} W power target it was {what} to"
 
 
 def cut_refusal(view: MinerView) -> str | None:

@@ -221,6 +221,9 @@ class Plan:
     # The hashrate the fleet should hold once the actions have landed, on the curves
     # (None: planned without curves).
     expected_ths: float | None = None
+    # The miners whose actions the allocation chose (core.tuning): a sleep among them is
+    # no grid shed, and a paused automation withholds them all.
+    tuned: frozenset[str] = field(default=frozenset())
 
 
 FleetMode = Literal["mining", "sleeping", "unknown", "cut"]

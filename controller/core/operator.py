@@ -18,7 +18,8 @@ from controller.core.planner import FLOOR_WAKE
 from drivers.types import Mode
 
 # The steps that bring a miner back, and the allocation's retunes (a raise or a wake at a
-# target, or a lowering that makes room for one): a pause withholds them.
+# target, or a lowering that makes room for one): a pause withholds them, and every other
+# step the allocation chose (Plan.tuned).
 COMING_BACK = frozenset(
     {ActionKind.WAKE, ActionKind.WARM, ActionKind.RAISE, ActionKind.RESTORE, ActionKind.TUNE}
 )
@@ -100,7 +101,8 @@ def operator_steps(
         kept = [
             a
             for a in actions
-            if a.kind not in COMING_BACK or a.miner_id in run or FLOOR_WAKE in a.reason
+            if a.miner_id not in plan.tuned
+            and (a.kind not in COMING_BACK or a.miner_id in run or FLOOR_WAKE in a.reason)
         ]
         if len(kept) < len(actions):
             notes.append(

@@ -2,28 +2,37 @@
 Pure; planner.plan calls it in place of the within-budget phase alone when the site tunes.
 
 Deadlines come first: while one runs, or the fleet is over its budget, the plan is the
-ladder's (shed.py), exactly as without tuning. Once the fleet is within its budget and
-nothing is due, the miners the allocation manages are moved toward core.allocation's
-target, at most `Tuning.max_changes` per plan, each move journaled with its reason
-(`retune to 2600 W: +37.3 TH/s per kW`); the within-budget phase (wake.py) walks back
-every other miner as before.
+ladder's (shed.py), exactly as without tuning: the fast steps meet the deadline, whatever
+they cost in hashrate (a 10 s deadline sleeps fast LuxOS units and keeps slow, less
+efficient ones running). Once the fleet is within its budget and nothing is due, the
+miners the allocation manages are moved toward core.allocation's target, at most
+`Tuning.max_changes` per plan, each move journaled with its reason (`retune to 2600 W:
++37.3 TH/s per kW`); the within-budget phase (wake.py) walks back every other miner.
 
-Managed: a miner with a curve whose family has a power target the ladder uses (LuxOS
-profiles, Braiins power targets), in a container the cold rules do not hold (there the
+Managed: a miner with a curve, in a container the cold rules do not hold (there the
 ladder and the heater floors rule, unchanged), not cut, lying, unable to take a power
-target, or held asleep. Of those, a miner is free to move once it is read fresh, nothing
-is in flight or backing off, and it has sat where it is for its dwell (Tuning.dwell plus
-its family's retarget time since a retune, Tuning.dwell since it woke); a sleeper once its
-ramp down is over (a grant must bring the farm back at once, as the ladder would). The
-rest of the managed miners hold their setting.
+target, or held asleep. A family whose power target the ladder uses (LuxOS profiles,
+Braiins power targets) may take any setting on its curve; any other family is on or
+asleep only (a stock Antminer still in its gentle low mode is the ladder's to raise).
+Of those, a miner is free to move once it is read fresh, nothing is in flight or backing
+off, and it has sat where it is for its dwell (Tuning.dwell since it woke, plus its
+family's retarget time since a retune); a sleeper once its ramp down is over and, in
+the cold, its boards are warm and its rest is done (a grant must bring the farm back at
+once, as the ladder would). The rest of the managed miners hold their setting.
 
-The allocation never sleeps a running miner: sleeping is the ladder's, for a deadline.
-It may wake a sleeper straight at a setting (its target is set before the wake, as a
-gentle wake does), within the wake rate limits. Its budget is the plan's budget less a
-headroom (Tuning.headroom, a share of it: the readings' noise must not push a full fleet
-into a shed) and less everything it does not move, where the free miners' estimated
-draw above (or below) their curves' figures counts as draw it does not move: a curve
-that reads low costs budget, never the limit. A gain under the hysteresis moves nothing.
+The moves: a power-target miner is retuned (TUNE), a sleeper of such a family woken
+straight at its target (the target is set before the wake, as a gentle wake does); an
+on-off miner is woken (WAKE); a running miner the allocation would rather not run is put
+to sleep (SLEEP, not a grid shed: it holds no wake and withdraws no restore). Raises are
+paid only from power spare now: what a lowering or a sleep frees is spent by a later
+plan, once the readings show it (a Braiins unit retargets over two minutes; a woken
+LuxOS unit is up in seconds). Wakes stay within the wake rate limits.
+
+The budget is the plan's budget less a headroom (Tuning.headroom, a share of it: the
+readings' noise must not push a full fleet into a shed) and less everything it does not
+move, where the free miners' estimated draw above (or below) their curves' figures
+counts as draw it does not move: a curve that reads low costs budget, never the limit.
+A target that gains less than the hysteresis moves nothing.
 """
 
 from __future__ import annotations
@@ -31,17 +40,19 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 
-from controller.core.allocation import Allocation, MinerChoice, allocate
+from controller.core.allocation import Allocation, MinerChoice, Move, allocate
 from controller.core.curves import ASLEEP, Curve, nominal_w
 from controller.core.model import (
     Action,
     ActionKind,
     Limit,
+    MinerSpec,
     MinerView,
     Plan,
     PlanRules,
     Snapshot,
     Tuning,
+    coming_back_w,
 )
 from controller.core.planning import Fleet
 from controller.core.wake import wake
@@ -50,18 +61,70 @@ from drivers.types import Mode
 HELD_AFTER_SHED = "retune held after a shed: the draw settles first"
 
 
+class Steps:
+    """What the allocation needs of one curve, worked out once per plan: each setting's
+    target watts, and the settings a miner may take (None: any; on-off families: asleep
+    or their top setting)."""
+
+    __slots__ = ("allowed", "curve", "nominal", "tunable")
+
+    def __init__(self, curve: Curve, tunable: bool) -> None:
+        self.curve = curve
+        self.tunable = tunable
+        self.nominal = tuple(nominal_w(s) for s in curve.settings)
+        self.allowed: tuple[int, ...] | None = None if tunable else (0, len(curve.settings) - 1)
+
+    def nearest(self, watts: int) -> int:
+        """The running setting whose target is nearest `watts` (the higher of two as near)."""
+        nominal = self.nominal
+        best, gap = 1, abs(nominal[1] - watts)
+        for i in range(2, len(nominal)):
+            d = abs(nominal[i] - watts)
+            if d <= gap:
+                best, gap = i, d
+        return best
+
+    def index(self, view: MinerView) -> int:
+        """Where a miner sits on this curve: asleep; the target the allocation set; the
+        ladder's low level (lowered, or a gentle start); else its default, rated."""
+        reading = view.reading
+        if reading is not None and reading.mode is Mode.SLEEPING:
+            return 0
+        spec = view.spec
+        if view.target_w is not None:
+            return self.nearest(view.target_w)
+        if view.lowered_at is not None:
+            return self.nearest(spec.floor_w() or spec.gentle_w())
+        return (
+            len(self.nominal) - 1
+            if spec.rated_power_w >= self.nominal[-1]
+            else (self.nearest(spec.rated_power_w))
+        )
+
+
+class Shapes(dict[int, Steps]):
+    """Steps by curve identity, built on first use: curves are shared per model."""
+
+    def of(self, curve: Curve, spec: MinerSpec) -> Steps:
+        found = self.get(id(curve))
+        if found is None or found.curve is not curve:
+            found = self[id(curve)] = Steps(curve, spec.traits.power_floor_fraction is not None)
+        return found
+
+
 def managed(view: MinerView, curve: Curve | None, cold: Mapping[str, bool]) -> bool:
     """Whether the allocation, not the ladder, walks this miner within the budget."""
     spec = view.spec
     return (
         curve is not None
-        and len(curve.settings) > 2  # noqa: PLR2004 - asleep and at least two steps
-        and spec.traits.power_floor_fraction is not None
+        and len(curve.settings) >= 2  # noqa: PLR2004 - asleep and a step at least
         and not cold.get(spec.container, False)
         and view.cut_at is None
         and view.lying is None
         and not view.no_lower
         and not view.held_asleep
+        # A gentle start's low mode without a power target: the ladder raises it.
+        and (spec.traits.power_floor_fraction is not None or view.lowered_at is None)
     )
 
 
@@ -77,7 +140,8 @@ def tune(fleet: Fleet, total: int, budget: int, limit: Limit, rules: PlanRules) 
     shed_at = snapshot.last_shed_at
     if shed_at is not None and snapshot.taken_at - shed_at < rules.wake_hold_after_shed:
         return base if base.notes else _with_note(base, HELD_AFTER_SHED)
-    choices, free_cost, free_curve_w = _choices(fleet, ours, curves, tuning)
+    shapes = Shapes()
+    choices, free_cost, free_curve_w = _choices(fleet, ours, curves, tuning, shapes)
     if not choices:
         return base
     # What the allocation does not move: everything else as the base plan leaves it, and
@@ -92,7 +156,9 @@ def tune(fleet: Fleet, total: int, budget: int, limit: Limit, rules: PlanRules) 
         # gain: a fleet between the headroom and the budget is left where it is, so the
         # readings' noise moving the estimate does not retune anything.
         return base
-    moves = _taken(found, choices, allowed_w, _wake_room(snapshot, base, rules))
+    by_id = {v.spec.id: v.spec for v in snapshot.miners}
+    room = _wake_room(snapshot, base, rules, by_id)
+    moves = _taken(found, choices, allowed_w, room, by_id, shapes)
     if not moves:
         return base
     note = f"retune: {len(moves)} of {len(found.moves)} moves toward {found.target_ths:.1f} TH/s"
@@ -103,87 +169,81 @@ def tune(fleet: Fleet, total: int, budget: int, limit: Limit, rules: PlanRules) 
         feasible=True,
         notes=(*base.notes, note),
         alarms=base.alarms,
+        tuned=frozenset(action.miner_id for action, _ in moves),
     )
 
 
 def _choices(
-    fleet: Fleet, ours: list[bool], curves: Mapping[str, Curve], tuning: Tuning
+    fleet: Fleet, ours: list[bool], curves: Mapping[str, Curve], tuning: Tuning, shapes: Shapes
 ) -> tuple[list[MinerChoice], int, float]:
     """The free managed miners as the allocator sees them; their estimated draw, and
     what their curves say they draw."""
     choices: list[MinerChoice] = []
-    # A running miner's allowed settings: every step, not asleep (sleeping is the
-    # ladder's). One tuple per curve, so the allocator walks its miners as one group.
-    running: dict[int, tuple[int, ...]] = {}
     free_cost = 0
     free_curve_w = 0.0
+    costs = fleet.costs
     for i, view in enumerate(fleet.snapshot.miners):
         if not ours[i] or not _free(view, fleet, tuning):
             continue
         curve = curves[view.spec.id]
-        here = current_index(view, curve)
-        steps = running.get(id(curve))
-        if steps is None:
-            steps = running[id(curve)] = tuple(range(1, len(curve.settings)))
-        choices.append(MinerChoice(view.spec.id, curve, here, None if here == 0 else steps))
-        free_cost += fleet.costs[i]
+        steps = shapes.of(curve, view.spec)
+        here = steps.index(view)
+        choices.append(MinerChoice(view.spec.id, curve, here, steps.allowed))
+        free_cost += costs[i]
         free_curve_w += curve.settings[here].power_w
     return choices, free_cost, free_curve_w
 
 
-def _taken(
+def _taken(  # noqa: PLR0917 - the plan's state, handed over once
     found: Allocation,
     choices: Sequence[MinerChoice],
     allowed_w: float,
     room: tuple[int, int],
+    specs: Mapping[str, MinerSpec],
+    shapes: Shapes,
 ) -> list[tuple[Action, float]]:
-    """The allocation's moves this plan makes, each with its change of draw: a raise that
-    the spare power or the wake rate limit cannot take now is left to a later plan (only
-    raises are left, so every prefix still keeps the draw within the budget)."""
+    """The allocation's moves this plan makes, each with its change of draw. A raise is
+    paid only from power spare now (what this plan's lowerings free lands later: a
+    Braiins unit retargets for two minutes) and within the wake rate limit; one that
+    cannot be paid is left to a later plan."""
     slots, watts = room
     spare = allowed_w - found.current_w
     by_id = {c.miner_id: c for c in choices}
     taken: list[tuple[Action, float]] = []
     for move in found.moves:
-        setting = by_id[move.miner_id].curve.settings[move.to_index]
-        waking = move.from_index == 0
-        if move.delta_w > 0 and (
-            move.delta_w > spare or (waking and (slots <= 0 or watts < setting.power_w))
-        ):
-            continue
-        target = nominal_w(setting)
-        reason = move.reason.replace("retune:", f"retune to {target} W:", 1)
-        if waking:
-            reason = f"{reason} (woken at it)"
-            slots -= 1
-            watts -= round(setting.power_w)
-        taken.append((Action(move.miner_id, ActionKind.TUNE, reason, target), move.delta_w))
-        spare -= move.delta_w
+        choice = by_id[move.miner_id]
+        spec = specs[move.miner_id]
+        action, coming = _action(move, spec, shapes.of(choice.curve, spec))
+        if move.delta_w > 0:
+            waking = move.from_index == 0
+            if move.delta_w > spare or (waking and (slots <= 0 or watts < coming)):
+                continue
+            spare -= move.delta_w
+            if waking:
+                slots -= 1
+                watts -= coming
+        taken.append((action, move.delta_w))
     return taken
 
 
+def _action(move: Move, spec: MinerSpec, steps: Steps) -> tuple[Action, int]:
+    """The command a move is, and the draw it brings back if it wakes the miner."""
+    if move.to_index == 0:
+        return Action(move.miner_id, ActionKind.SLEEP, move.reason, None), 0
+    if steps.tunable:
+        target = steps.nominal[move.to_index]
+        reason = move.reason.replace("retune:", f"retune to {target} W:", 1)
+        if move.from_index == 0:
+            reason = f"{reason} (woken at it)"
+        return Action(move.miner_id, ActionKind.TUNE, reason, target), target
+    return Action(move.miner_id, ActionKind.WAKE, f"{move.reason} (woken)", None), (
+        spec.rated_power_w
+    )
+
+
 def current_index(view: MinerView, curve: Curve) -> int:
-    """Where a miner sits on its curve: asleep; the target the allocation set; the
-    ladder's floor (lowered); else its default, rated power."""
-    reading = view.reading
-    if reading is not None and reading.mode is Mode.SLEEPING:
-        return 0
-    spec = view.spec
-    if view.target_w is not None:
-        return nearest(curve, view.target_w)
-    if view.lowered_at is not None:
-        return nearest(curve, spec.floor_w() or spec.rated_power_w)
-    return nearest(curve, spec.rated_power_w)
-
-
-def nearest(curve: Curve, watts: int) -> int:
-    """The running setting whose target is nearest `watts` (the higher of two as near)."""
-    best, gap = 1, float("inf")
-    for i in range(1, len(curve.settings)):
-        d = abs(nominal_w(curve.settings[i]) - watts)
-        if d <= gap:
-            best, gap = i, d
-    return best
+    """Where a miner sits on its curve (Steps.index, for one miner)."""
+    return Steps(curve, view.spec.traits.power_floor_fraction is not None).index(view)
 
 
 def expected_ths(snapshot: Snapshot, actions: Sequence[Action]) -> float | None:
@@ -193,32 +253,34 @@ def expected_ths(snapshot: Snapshot, actions: Sequence[Action]) -> float | None:
     if curves is None:
         return None
     after = {a.miner_id: a for a in actions}
+    shapes = Shapes()
     total = 0.0
     for view in snapshot.miners:
         curve = curves.get(view.spec.id)
         if curve is None:
             continue
+        steps = shapes.of(curve, view.spec)
+        here = steps.index(view) if view.cut_at is None else 0
         action = after.get(view.spec.id)
-        here = current_index(view, curve) if view.cut_at is None else 0
         if action is not None:
-            here = _index_after(view, curve, action, here)
+            here = _index_after(view, steps, action, here)
         total += curve.settings[here].hashrate_ths
     return total
 
 
-def _index_after(view: MinerView, curve: Curve, action: Action, here: int) -> int:
+def _index_after(view: MinerView, steps: Steps, action: Action, here: int) -> int:
     kind, spec = action.kind, view.spec
     if kind in {ActionKind.SLEEP, ActionKind.CUT}:
         return 0
     if kind is ActionKind.TUNE and action.target_w is not None:
-        return nearest(curve, action.target_w)
+        return steps.nearest(action.target_w)
     if kind is ActionKind.LOWER:
-        return nearest(curve, spec.floor_w() or spec.rated_power_w)
+        return steps.nearest(spec.floor_w() or spec.rated_power_w)
     if kind is ActionKind.WARM:
-        return nearest(curve, spec.gentle_w())
+        return steps.nearest(spec.gentle_w())
     if kind is ActionKind.RAISE or here == 0:  # a wake or restore comes back at its default
         target = view.target_w if kind is ActionKind.WAKE and view.target_w else None
-        return nearest(curve, target or spec.rated_power_w)
+        return steps.nearest(target or spec.rated_power_w)
     return here
 
 
@@ -249,29 +311,33 @@ def _free(view: MinerView, fleet: Fleet, tuning: Tuning) -> bool:
         # ladder's wake (wake.py) knows how; the allocation leaves such a sleeper be.
         return False
     traits = view.spec.traits
-    retarget = timedelta(seconds=traits.retarget_s)
     since = view.mode_since
     if reading.mode is Mode.SLEEPING:
-        # A sleeper wakes as soon as it fits, as the ladder would wake it (after the hold
-        # after a shed, and its rest in the cold): a grant must bring the farm back now.
-        # Only the ladder sleeps a miner, for a deadline: waking it back cannot flap.
+        # A sleeper wakes as soon as it fits, as the ladder would wake it: a grant must
+        # bring the farm back now. (A sleep the allocation chose is no flap: it swapped a
+        # less efficient miner out for more hashrate, and only a change of budget or
+        # curves, under the hysteresis, brings it back.)
         return since is None or now - since >= timedelta(seconds=traits.ramp_down_s)
-    if since is not None and now - since < tuning.dwell:
+    if (since is not None and now - since < tuning.dwell) or (
+        climate is not None and climate.young(view)  # its minimum on-time in the cold
+    ):
         return False
+    retarget = timedelta(seconds=traits.retarget_s)
     if view.tuned_at is not None and now - view.tuned_at < tuning.dwell + retarget:
         return False
     return view.lowered_at is None or now - view.lowered_at >= retarget
 
 
-def _wake_room(snapshot: Snapshot, base: Plan, rules: PlanRules) -> tuple[int, int]:
+def _wake_room(
+    snapshot: Snapshot, base: Plan, rules: PlanRules, specs: Mapping[str, MinerSpec]
+) -> tuple[int, int]:
     """Wakes and watts the rate limit leaves this plan after the base plan's wakes."""
     now = snapshot.taken_at
     recent = [(t, w) for t, w in snapshot.recent_wakes if now - t < rules.wake_window]
     woken = [a for a in base.actions if a.kind is not ActionKind.SLEEP]
     slots = rules.wake_max_per_window - len(recent) - len(woken)
     watts = rules.wake_max_w_per_window - sum(w for _, w in recent)
-    by_id = {v.spec.id: v.spec for v in snapshot.miners} if woken else {}
-    watts -= sum(by_id[a.miner_id].rated_power_w for a in woken)
+    watts -= sum(coming_back_w(specs[a.miner_id], a.kind) for a in woken)
     return slots, watts
 
 
@@ -286,4 +352,13 @@ def _with_note(plan: Plan, note: str) -> Plan:
     )
 
 
-__all__ = ["ASLEEP", "HELD_AFTER_SHED", "current_index", "expected_ths", "managed", "tune"]
+__all__ = [
+    "ASLEEP",
+    "HELD_AFTER_SHED",
+    "Shapes",
+    "Steps",
+    "current_index",
+    "expected_ths",
+    "managed",
+    "tune",
+]

@@ -21,7 +21,7 @@ import structlog
 
 from controller.core.curves import Curve, curve_from_dict, curve_to_dict, learn, seed_curve
 from controller.core.model import MinerSpec, MinerView
-from controller.core.tuning import current_index
+from controller.core.tuning import Shapes
 from drivers.types import Mode
 
 log = structlog.get_logger("curtaild.curves")
@@ -78,12 +78,13 @@ class CurveBook:
         if self._folded_at is None:
             self._folded_at = now
         fresh_from = now - self._stale_after
+        shapes = Shapes()
         for view in views:
             if not _settled(view, now, fresh_from, now - self._boot):
                 continue
             key = self._keys[view.spec.id]
             curve = self._by_model[key]
-            here = current_index(view, curve)
+            here = shapes.of(curve, view.spec).index(view)
             reading = view.reading
             assert reading is not None  # _settled
             outlet = view.outlet

@@ -477,7 +477,7 @@ class Supervisor:
                 raise
             self._log(limit, plan)
         self.ledger.replan = False
-        commands.hold_sleeps |= hold_sleeps
+        commands.hold_sleeps |= hold_sleeps | _retune_sleeps(plan)
         self.limit, self.plan = limit, plan
         if plan.actions:
             await commands.send(plan.actions, seq, now)
@@ -517,7 +517,8 @@ class Supervisor:
         """The decision cannot be journaled. Sheds toward a limit the journal already holds
         still go out (the limit is kept; each is journaled once the journal takes writes);
         nothing that loosens does."""
-        sheds = tuple(a for a in plan.actions if a.kind in SHEDS)
+        # Grid sheds only: a sleep the allocation chose waits for the journal like a wake.
+        sheds = tuple(a for a in plan.actions if a.kind in SHEDS and a.miner_id not in plan.tuned)
         if not sheds:
             return
         log.warning(
@@ -557,3 +558,13 @@ class Supervisor:
             raise
         self._recovery.saved(site)
         self._flushed_at = now
+
+
+def _retune_sleeps(plan: Plan) -> frozenset[str]:
+    """The sleeps the allocation chose: no grid sheds (they hold no wakes and withdraw no
+    queued restores), as an operator's hold sleeps are not."""
+    if not plan.tuned:
+        return frozenset()
+    return frozenset(
+        a.miner_id for a in plan.actions if a.kind is ActionKind.SLEEP and a.miner_id in plan.tuned
+    )

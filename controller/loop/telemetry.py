@@ -133,7 +133,7 @@ class Readings:
             view.target_w,
             view.tuned_at,
         )
-        if view.lowered_at is not None and not command:
+        if (view.lowered_at is not None or view.tuned_at is not None) and not command:
             self._judge_target(miner_id)
 
     def _judge_target(self, miner_id: str) -> None:
@@ -148,7 +148,9 @@ class Readings:
             self._over_target.add(miner_id)
         else:
             self._over_target.discard(miner_id)
-            self._views[miner_id] = replace(view, lowered_at=None, warming_until=None)
+            self._views[miner_id] = replace(
+                view, lowered_at=None, warming_until=None, target_w=None, tuned_at=None
+            )
             self._dirty.add(miner_id)
             self.targets_lost.append((miner_id, why))
 

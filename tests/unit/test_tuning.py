@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from controller.core.allocation import sleep_only
 from controller.core.curves import Curve, nominal_w, seed_curve
+from controller.core.escalation import target_lost
 from controller.core.model import (
     ActionKind,
     Limit,
@@ -94,6 +95,12 @@ def land(views: list[MinerView], result: Plan, curves: dict[str, Curve]) -> list
             landed.append(view)
             continue
         curve = curves[view.spec.id]
+        if action.kind is ActionKind.SLEEP:
+            landed.append(replace(at_setting(view.spec, curve, 0), target_w=view.target_w))
+            continue
+        if action.kind is ActionKind.WAKE:
+            landed.append(at_setting(view.spec, curve, len(curve.settings) - 1))
+            continue
         assert action.kind is ActionKind.TUNE
         assert action.target_w is not None
         index = next(i for i, s in enumerate(curve.settings) if nominal_w(s) == action.target_w)
@@ -125,8 +132,10 @@ def test_a_capped_fleet_is_retuned_below_rated_for_more_hashrate_than_sleeping()
         assert result.expected_w <= limit_w
         if not result.actions:
             break
-        assert {a.kind for a in result.actions} == {ActionKind.TUNE}
-        assert all(a.reason.startswith(f"retune to {a.target_w} W: ") for a in result.actions)
+        assert {a.kind for a in result.actions} <= {ActionKind.TUNE, ActionKind.SLEEP}
+        tunes = [a for a in result.actions if a.kind is ActionKind.TUNE]
+        assert all(a.reason.startswith(f"retune to {a.target_w} W: ") for a in tunes)
+        assert result.tuned == {a.miner_id for a in result.actions}
         views = land(views, result, curves)
         assert sum(estimate_w(v, NOW, STALE) for v in views) <= limit_w
     else:
@@ -184,10 +193,14 @@ def test_a_miner_within_its_dwell_or_busy_is_not_moved() -> None:
     views[2] = replace(views[2], pending=ActionKind.LOWER)
     free = [replace(v, tuned_at=None, mode_since=LONG_AGO, pending=None) for v in views]
     limit = Limit(sum(estimate_w(v, NOW, STALE) for v in free) + 1_500, ("cap",))
-    # Too little room to wake the sleeper at any step: free, the others make room for it.
+    # Too little room to wake the sleeper at any step: free, the others make room for it
+    # first, and once that shows, it is woken (a raise is paid from power spare now).
     moved = plan(snapshot(free, curves), limit, RULES)
-    assert "m003" in {a.miner_id for a in moved.actions}
-    assert len(moved.actions) > 1
+    assert moved.actions
+    assert "m003" not in {a.miner_id for a in moved.actions}
+    assert {a.kind for a in moved.actions} == {ActionKind.TUNE}
+    then = plan(snapshot(land(free, moved, curves), curves), limit, RULES)
+    assert "m003" in {a.miner_id for a in then.actions}
     # Held, they cannot: nothing fits, nothing moves.
     assert not plan(snapshot(views, curves), limit, RULES).actions
 
@@ -260,7 +273,7 @@ def test_expected_hashrate_follows_the_actions() -> None:
     st.floats(0.3, 1.05),
     st.sampled_from([LUXOS, BRAIINS]),
 )
-def test_a_retune_never_plans_above_the_budget_nor_sleeps_a_runner(
+def test_a_retune_never_plans_above_the_budget_even_before_its_lowerings_land(
     settings_at: list[int], cap: float, traits: DriverTraits
 ) -> None:
     specs = [spec(i, traits) for i in range(len(settings_at))]
@@ -275,10 +288,17 @@ def test_a_retune_never_plans_above_the_budget_nor_sleeps_a_runner(
     assert result.expected_w <= limit_w
     running = {v.spec.id for v in views if v.reading and v.reading.mode is Mode.MINING}
     for action in result.actions:
-        assert action.kind is ActionKind.TUNE
-        assert action.target_w is not None
-        if action.miner_id in running:
-            assert action.target_w > 0
+        assert action.kind in {ActionKind.TUNE, ActionKind.SLEEP}
+        if action.kind is ActionKind.SLEEP:
+            assert action.miner_id in running
+        else:
+            assert action.target_w is not None
+    # Raises are paid from what is spare now: the plan's raises alone fit.
+    raised = sum(
+        max(0, estimate_w(v, NOW, STALE) - estimate_w(w, NOW, STALE))
+        for v, w in zip(land(views, result, curves), views, strict=True)
+    )
+    assert here + raised <= limit_w
     # Landed, the fleet is where the plan expected it, within the budget.
     assert sum(estimate_w(v, NOW, STALE) for v in land(views, result, curves)) <= limit_w
 
@@ -294,3 +314,74 @@ def test_a_paused_automation_withholds_every_retune() -> None:
     held, _ = operator_steps(result, tuple(views), {}, paused, NOW)
     assert not held.actions
     assert any("automation paused by operator-1" in n for n in held.notes)
+
+
+def test_a_raise_is_never_paid_with_watts_a_slow_retarget_frees_later() -> None:
+    """Braiins units retarget over two minutes; a woken one is up in seconds. Found by the
+    soak bench: the wakes were paid with the lowerings' watts at once, and the next plan,
+    seeing the lowered units still at their old draw, was over budget and shed."""
+    specs = [spec(i, BRAIINS) for i in range(30)]
+    curves = seeded(specs)
+    top = len(curves["m000"].settings) - 1
+    views = [at_setting(s, curves[s.id], top if i < 20 else 0) for i, s in enumerate(specs)]
+    limit_w = sum(estimate_w(v, NOW, STALE) for v in views) + 5_010
+    first = plan(snapshot(views, curves), Limit(limit_w, ("cap",)), RULES)
+    assert first.actions
+    # The wakes land at once; the lowerings are sent, landed, and not yet shown.
+    by_id = {a.miner_id: a for a in first.actions}
+    after = []
+    for v in views:
+        action = by_id.get(v.spec.id)
+        if action is None:
+            after.append(v)
+        elif v.reading is not None and v.reading.mode is Mode.SLEEPING:
+            after.extend(land([v], replace(first, actions=(action,)), curves))
+        else:
+            after.append(replace(v, target_w=action.target_w, tuned_at=NOW))
+    assert sum(estimate_w(v, NOW, STALE) for v in after) <= limit_w
+    second = plan(snapshot(after, curves), Limit(limit_w, ("cap",)), RULES)
+    assert not [a for a in second.actions if a.kind in {ActionKind.LOWER, ActionKind.SLEEP}]
+
+
+def test_after_a_fast_deadline_efficient_sleepers_are_swapped_in_for_slow_runners() -> None:
+    """A 10 s deadline slept the fast LuxOS units and kept slow, less efficient ones
+    running (on-off Whatsminers). With the deadline met, the allocation sleeps the slow
+    ones and, once that shows, wakes the efficient ones: more hashrate, same budget."""
+    fast = [spec(i, LUXOS, eff=17.5) for i in range(4)]
+    slow = [spec(i, WHATSMINER, eff=34.0) for i in range(4, 8)]
+    curves = seeded([*fast, *slow])
+    views = [
+        *(at_setting(s, curves[s.id], 0) for s in fast),
+        *(at_setting(s, curves[s.id], len(curves[s.id].settings) - 1) for s in slow),
+    ]
+    limit = Limit(sum(estimate_w(v, NOW, STALE) for v in views) + 500, ("cap",))
+    before = total_ths(views, curves)
+    first = plan(snapshot(views, curves), limit, RULES)
+    slept = {a.miner_id for a in first.actions if a.kind is ActionKind.SLEEP}
+    assert slept
+    assert slept <= {s.id for s in slow}
+    assert first.tuned >= slept  # not grid sheds
+    now = land(views, first, curves)
+    for _ in range(5):
+        result = plan(snapshot(now, curves), limit, RULES)
+        if not result.actions:
+            break
+        now = land(now, result, curves)
+        assert sum(estimate_w(v, NOW, STALE) for v in now) <= limit.limit_w
+    assert total_ths(now, curves) > before * 1.2
+    assert all(current_index(v, curves[v.spec.id]) > 0 for v in now[:4])  # fast ones run
+
+
+def test_a_retuned_miner_read_well_above_its_target_has_lost_it() -> None:
+    """A hand on the web UI puts a retuned unit back at its default: the loop must not
+    go on believing the target (the meter-loop test found it believed one)."""
+    s = spec(0)
+    curve = seeded([s])[s.id]
+    view = replace(at_setting(s, curve, 5), target_w=2519, tuned_at=LONG_AGO)
+    why = target_lost(view)
+    assert why is not None
+    assert "2519 W power target it was retuned to" in why
+    settled = replace(at_setting(s, curve, 2), target_w=2519, tuned_at=LONG_AGO)
+    assert target_lost(settled) is None
+    landing = replace(view, tuned_at=NOW - timedelta(seconds=1))
+    assert target_lost(landing) is None  # not yet landed
