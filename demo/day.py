@@ -12,7 +12,7 @@ from demo.grid import GridOperator, until
 if TYPE_CHECKING:
     from controller.app import Daemon
 
-GRANT_LENGTH_S = 112.0  # the curtailment episode, a restore, then the 40 s lead to the end
+GRANT_LENGTH_S = 122.0  # the curtailment episode, a restore, then the 40 s lead to the end
 CURTAIL_FRACTION = 0.40
 TIGHTER_FRACTION = 0.30  # what the fast-shedding families can carry within 10 s
 DEADLINE_S = 10.0
@@ -20,7 +20,7 @@ SETTLE_TIMEOUT_S = 30.0
 # How long the tighter revision holds before the cancel: long enough for the farm's two
 # deceiving units to be caught by their outlets, and for the allocation to retune the
 # farm toward the most hashrate under the limit (the demo config's dwell is seconds).
-HOLD_S = 30.0
+HOLD_S = 40.0
 
 
 async def play(

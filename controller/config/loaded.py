@@ -95,6 +95,7 @@ class Loaded:
             max_changes=cfg.max_changes,
             dwell=timedelta(seconds=cfg.dwell_s),
             headroom=cfg.headroom,
+            max_drop=cfg.max_drop,
         )
 
     def safety(self) -> Safety | None:

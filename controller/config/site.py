@@ -60,6 +60,9 @@ class TuningCfg(ConfigModel):
     # The share of the budget left unspent, so the readings' noise cannot push a fully
     # allocated fleet into a shed.
     headroom: Annotated[float, Field(ge=0, le=0.5)] = 0.02
+    # The share of the moving miners' hashrate one plan may take away to make room: a
+    # swap of miners goes in rounds rather than emptying the farm at once.
+    max_drop: Annotated[float, Field(gt=0, le=1)] = 0.25
 
 
 class JournalCfg(ConfigModel):

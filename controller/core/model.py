@@ -182,6 +182,9 @@ class Tuning:
     # The share of the budget the allocation leaves unspent, so that the readings' noise
     # does not take a full fleet over its budget and into a shed.
     headroom: float = 0.02
+    # The share of the moving miners' hashrate one plan's lowerings and sleeps may take
+    # away: the raises they make room for come a plan later (a swap goes in rounds).
+    max_drop: float = 0.25
 
 
 class Action(NamedTuple):

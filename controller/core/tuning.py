@@ -26,7 +26,9 @@ on-off miner is woken (WAKE); a running miner the allocation would rather not ru
 to sleep (SLEEP, not a grid shed: it holds no wake and withdraws no restore). Raises are
 paid only from power spare now: what a lowering or a sleep frees is spent by a later
 plan, once the readings show it (a Braiins unit retargets over two minutes; a woken
-LuxOS unit is up in seconds). Wakes stay within the wake rate limits.
+LuxOS unit is up in seconds). So a swap goes in rounds, each taking away at most
+Tuning.max_drop of the moving miners' hashrate, rather than emptying the farm at once.
+Wakes stay within the wake rate limits.
 
 The budget is the plan's budget less a headroom (Tuning.headroom, a share of it: the
 readings' noise must not push a full fleet into a shed) and less everything it does not
@@ -158,7 +160,7 @@ def tune(fleet: Fleet, total: int, budget: int, limit: Limit, rules: PlanRules) 
         return base
     by_id = {v.spec.id: v.spec for v in snapshot.miners}
     room = _wake_room(snapshot, base, rules, by_id)
-    moves = _taken(found, choices, allowed_w, room, by_id, shapes)
+    moves = _taken(found, choices, allowed_w, room, by_id, shapes, tuning.max_drop)
     if not moves:
         return base
     note = f"retune: {len(moves)} of {len(found.moves)} moves toward {found.target_ths:.1f} TH/s"
@@ -201,6 +203,7 @@ def _taken(  # noqa: PLR0917 - the plan's state, handed over once
     room: tuple[int, int],
     specs: Mapping[str, MinerSpec],
     shapes: Shapes,
+    max_drop: float,
 ) -> list[tuple[Action, float]]:
     """The allocation's moves this plan makes, each with its change of draw. A raise is
     paid only from power spare now (what this plan's lowerings free lands later: a
@@ -208,12 +211,19 @@ def _taken(  # noqa: PLR0917 - the plan's state, handed over once
     cannot be paid is left to a later plan."""
     slots, watts = room
     spare = allowed_w - found.current_w
+    # What this plan's lowerings and sleeps may take away: the raises they make room for
+    # come a plan later, so a swap goes in rounds rather than emptying the farm at once.
+    droppable = max_drop * found.current_ths
     by_id = {c.miner_id: c for c in choices}
     taken: list[tuple[Action, float]] = []
     for move in found.moves:
         choice = by_id[move.miner_id]
         spec = specs[move.miner_id]
         action, coming = _action(move, spec, shapes.of(choice.curve, spec))
+        if move.delta_ths < 0:
+            if -move.delta_ths > droppable and taken:
+                continue
+            droppable += move.delta_ths
         if move.delta_w > 0:
             waking = move.from_index == 0
             if move.delta_w > spare or (waking and (slots <= 0 or watts < coming)):
