@@ -231,12 +231,14 @@ def soak(  # noqa: C901, PLR0912, PLR0915 - one loop, in one place so its order 
     noise: float = 0.005,
     seed: int = 7,
     curves: Mapping[str, Curve] | None = None,
+    rules: PlanRules = RULES,
 ) -> Result:
-    """One soak: the fleet at rated, the cap at CAP_AT_S, held for `minutes`."""
+    """One soak: the fleet at rated, the cap at CAP_AT_S, held for `minutes`; `rules` as
+    the site's (its tuning is set by `tuned`)."""
     plant = Plant(f.units, noise=noise, rng=random.Random(seed))
     readings = Readings({s.id: s for s in f.specs})
     index = {s.id: i for i, s in enumerate(f.specs)}
-    rules = replace(RULES, tuning=TUNING if tuned else None)
+    rules = replace(rules, tuning=TUNING if tuned else None)
     curves = f.curves if curves is None else curves
     limit_w = round(cap * plant.rating_w)
     site = Limit(round(plant.rating_w * 1.1), ("site cap",))
