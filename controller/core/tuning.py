@@ -40,7 +40,7 @@ A target that gains less than the hysteresis moves nothing.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from controller.core.allocation import Allocation, MinerChoice, Move, allocate
 from controller.core.curves import ASLEEP, Curve, nominal_w
@@ -58,7 +58,7 @@ from controller.core.model import (
 )
 from controller.core.planning import Fleet
 from controller.core.wake import wake
-from drivers.types import Mode
+from drivers.types import DriverTraits, Mode
 
 HELD_AFTER_SHED = "retune held after a shed: the draw settles first"
 
@@ -136,14 +136,12 @@ def tune(fleet: Fleet, total: int, budget: int, limit: Limit, rules: PlanRules) 
     snapshot, tuning, curves = fleet.snapshot, rules.tuning, fleet.snapshot.curves
     if tuning is None or curves is None or limit.due_at is not None:
         return wake(fleet, total, budget, rules)
-    cold = fleet.climate.cold if fleet.climate is not None else {}
-    ours = [managed(view, curves.get(view.spec.id), cold) for view in snapshot.miners]
+    shapes = Shapes()
+    ours, choices, free_cost, free_curve_w = _choices(fleet, curves, tuning, shapes)
     base = wake(fleet._replace(order=[i for i in fleet.order if not ours[i]]), total, budget, rules)
     shed_at = snapshot.last_shed_at
     if shed_at is not None and snapshot.taken_at - shed_at < rules.wake_hold_after_shed:
         return base if base.notes else _with_note(base, HELD_AFTER_SHED)
-    shapes = Shapes()
-    choices, free_cost, free_curve_w = _choices(fleet, ours, curves, tuning, shapes)
     if not choices:
         return base
     # What the allocation does not move: everything else as the base plan leaves it, and
@@ -176,24 +174,29 @@ def tune(fleet: Fleet, total: int, budget: int, limit: Limit, rules: PlanRules) 
 
 
 def _choices(
-    fleet: Fleet, ours: list[bool], curves: Mapping[str, Curve], tuning: Tuning, shapes: Shapes
-) -> tuple[list[MinerChoice], int, float]:
-    """The free managed miners as the allocator sees them; their estimated draw, and
-    what their curves say they draw."""
+    fleet: Fleet, curves: Mapping[str, Curve], tuning: Tuning, shapes: Shapes
+) -> tuple[list[bool], list[MinerChoice], int, float]:
+    """One pass over the fleet: which miners the allocation manages; the free ones as
+    the allocator sees them; their estimated draw, and what their curves say they draw."""
+    cold = fleet.climate.cold if fleet.climate is not None else {}
+    judge = _Judge(fleet, tuning)
+    ours: list[bool] = []
     choices: list[MinerChoice] = []
     free_cost = 0
     free_curve_w = 0.0
     costs = fleet.costs
     for i, view in enumerate(fleet.snapshot.miners):
-        if not ours[i] or not _free(view, fleet, tuning):
+        curve = curves.get(view.spec.id)
+        mine = managed(view, curve, cold)
+        ours.append(mine)
+        if not mine or curve is None or not judge.free(view):
             continue
-        curve = curves[view.spec.id]
         steps = shapes.of(curve, view.spec)
         here = steps.index(view)
         choices.append(MinerChoice(view.spec.id, curve, here, steps.allowed))
         free_cost += costs[i]
         free_curve_w += curve.settings[here].power_w
-    return choices, free_cost, free_curve_w
+    return ours, choices, free_cost, free_curve_w
 
 
 def _taken(  # noqa: PLR0917 - the plan's state, handed over once
@@ -294,48 +297,69 @@ def _index_after(view: MinerView, steps: Steps, action: Action, here: int) -> in
     return here
 
 
-def _free(view: MinerView, fleet: Fleet, tuning: Tuning) -> bool:
-    """Read fresh, nothing in flight or backing off, booted, warmed up, and settled where
-    it is for its dwell."""
-    now, horizon = fleet.snapshot.taken_at, fleet.horizon
-    reading = view.reading
-    if (
-        reading is None
-        or view.pending is not None
-        or (view.retry_after is not None and now < view.retry_after)
-        or not horizon.fresh(view)
-        or horizon.booting(view)
-        or (view.warming_until is not None and now < view.warming_until)
-    ):
-        return False
-    climate = fleet.climate
-    if (
-        reading.mode is Mode.SLEEPING
-        and climate is not None
-        and (
-            climate.boards_cold(view, fresh=True) is not None
-            or not climate.rested(view, view.mode_since)
-        )
-    ):
-        # Cold boards wake gently, and a shed miner rests its minimum off-time: the
-        # ladder's wake (wake.py) knows how; the allocation leaves such a sleeper be.
-        return False
-    traits = view.spec.traits
-    since = view.mode_since
-    if reading.mode is Mode.SLEEPING:
-        # A sleeper wakes as soon as it fits, as the ladder would wake it: a grant must
-        # bring the farm back now. (A sleep the allocation chose is no flap: it swapped a
-        # less efficient miner out for more hashrate, and only a change of budget or
-        # curves, under the hysteresis, brings it back.)
-        return since is None or now - since >= timedelta(seconds=traits.ramp_down_s)
-    if (since is not None and now - since < tuning.dwell) or (
-        climate is not None and climate.young(view)  # its minimum on-time in the cold
-    ):
-        return False
-    retarget = timedelta(seconds=traits.retarget_s)
-    if view.tuned_at is not None and now - view.tuned_at < tuning.dwell + retarget:
-        return False
-    return view.lowered_at is None or now - view.lowered_at >= retarget
+class _Judge:
+    """Whether a managed miner is free to move: read fresh, nothing in flight or backing
+    off, booted, warmed up, and settled where it is for its dwell. Its instants are
+    worked out once per plan and family (this runs for every miner of the fleet)."""
+
+    __slots__ = ("_marks", "booted_by", "climate", "dwell_from", "fresh_from", "now", "tuning")
+
+    def __init__(self, fleet: Fleet, tuning: Tuning) -> None:
+        self.now = fleet.snapshot.taken_at
+        self.fresh_from = fleet.horizon.fresh_from
+        self.booted_by = fleet.horizon.booted_by
+        self.climate = fleet.climate
+        self.dwell_from = self.now - tuning.dwell
+        self.tuning = tuning
+        self._marks: dict[int, tuple[datetime, datetime, datetime]] = {}
+
+    def marks(self, traits: DriverTraits) -> tuple[datetime, datetime, datetime]:
+        """Asleep since before the first, its ramp down is over; retuned before the
+        second, its dwell and retarget are; lowered before the third, its retarget is."""
+        found = self._marks.get(id(traits))
+        if found is None:
+            retarget = timedelta(seconds=traits.retarget_s)
+            found = self._marks[id(traits)] = (
+                self.now - timedelta(seconds=traits.ramp_down_s),
+                self.dwell_from - retarget,
+                self.now - retarget,
+            )
+        return found
+
+    def free(self, view: MinerView) -> bool:
+        reading, now = view.reading, self.now
+        read_at = view.read_at
+        if (
+            reading is None
+            or read_at is None
+            or read_at < self.fresh_from
+            or view.pending is not None
+            or (view.retry_after is not None and now < view.retry_after)
+            or (view.restored_at is not None and view.restored_at > self.booted_by)
+            or (view.warming_until is not None and now < view.warming_until)
+        ):
+            return False
+        rested_by, tuned_by, retargeted_by = self.marks(view.spec.traits)
+        since = view.mode_since
+        climate = self.climate
+        if reading.mode is Mode.SLEEPING:
+            # A sleeper wakes as soon as it fits, as the ladder would wake it: a grant must
+            # bring the farm back now. (A sleep the allocation chose is no flap: it swapped a
+            # less efficient miner out for more hashrate, and only a change of budget or
+            # curves, beyond the hysteresis, brings it back.) In the cold, cold boards wake
+            # gently and a shed miner rests its minimum off-time: the ladder's wake knows how.
+            if climate is not None and (
+                climate.boards_cold(view, fresh=True) is not None or not climate.rested(view, since)
+            ):
+                return False
+            return since is None or since <= rested_by
+        if (since is not None and since > self.dwell_from) or (
+            climate is not None and climate.young(view)  # its minimum on-time in the cold
+        ):
+            return False
+        if view.tuned_at is not None and view.tuned_at > tuned_by:
+            return False
+        return view.lowered_at is None or view.lowered_at <= retargeted_by
 
 
 def _wake_room(
