@@ -82,11 +82,15 @@ def _model_key(driver: str, rated: int, eff: float) -> str:
     return f"{driver}-{rated}-{eff}"
 
 
-def farm(n: int, *, prior: bool = False) -> Farm:
+ONE_MODEL = ("luxos", 3250, 29.5)  # an S19j Pro-class LuxOS farm: the ladder's own source
+
+
+def farm(n: int, *, prior: bool = False, one_model: bool = False) -> Farm:
     """`n` miners in MIX's proportions over bench.allocate's nine models per family, each
     sharing its model's seeded curve: LuxOS from the profiles its firmware lists; Braiins
     OS+ on the simulator's physics at its power targets (what learning converges to), or
-    with `prior`, as core.curves seeds them before anything is measured."""
+    with `prior`, as core.curves seeds them before anything is measured. `one_model`: a
+    farm of one model (ONE_MODEL), where only the settings can win hashrate."""
     seeded = {spec.id: (spec, curve) for spec, curve in model_curves()}
     if prior:
         seeded = {
@@ -99,6 +103,8 @@ def farm(n: int, *, prior: bool = False) -> Farm:
         driver = MIX[i % len(MIX)]
         rated = RATED_W[(i // len(MIX)) % len(RATED_W)]
         eff = EFFICIENCY[(i // (len(MIX) * len(RATED_W))) % len(EFFICIENCY)]
+        if one_model:
+            driver, rated, eff = ONE_MODEL
         key = _model_key(driver, rated, eff)
         model_spec, curve = seeded[key]
         spec = MinerSpec(f"m{i:05d}", driver, f"c{i // 500}", rated, eff, model_spec.traits)
@@ -474,8 +480,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--profile", action="store_true", help="cProfile the retuning plan")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--fleet",
+        choices=("mixed", "one-model"),
+        default="mixed",
+        help="the mixed fleet, or one LuxOS model throughout",
+    )
     args = parser.parse_args(argv)
-    f = farm(args.miners, prior=args.prior)
+    f = farm(args.miners, prior=args.prior, one_model=args.fleet == "one-model")
     curves = distinct_curves(f, args.seed) if args.distinct else None
     runs: dict[str, Result] = {}
     wall: dict[str, float] = {}

@@ -179,8 +179,8 @@ class Tuning:
     # A retuned or woken miner stays where it is this long, plus its family's own
     # retarget time (a Braiins autotuner walks ~2 minutes): nothing flaps.
     dwell: timedelta = timedelta(minutes=5)
-    # The share of the budget the allocation leaves unspent, so that the readings' noise
-    # does not take a full fleet over its budget and into a shed.
+    # The share of the budget the allocation leaves unspent, at most (the wake headroom
+    # where that is less), so the readings' noise does not take a full fleet into a shed.
     headroom: float = 0.02
     # The share of the moving miners' hashrate one plan's lowerings and sleeps may take
     # away: the raises they make room for come a plan later (a swap goes in rounds).

@@ -30,8 +30,9 @@ LuxOS unit is up in seconds). So a swap goes in rounds, each taking away at most
 Tuning.max_drop of the moving miners' hashrate, rather than emptying the farm at once.
 Wakes stay within the wake rate limits.
 
-The budget is the plan's budget less a headroom (Tuning.headroom, a share of it: the
-readings' noise must not push a full fleet into a shed) and less everything it does not
+The budget is the plan's budget less a headroom (the wake headroom, or Tuning.headroom
+of the budget where that is less: the readings' noise must not push a full fleet into a
+shed) and less everything it does not
 move, where the free miners' estimated draw above (or below) their curves' figures
 counts as draw it does not move: a curve that reads low costs budget, never the limit.
 A target that gains less than the hysteresis moves nothing.
@@ -56,7 +57,7 @@ from controller.core.model import (
     Tuning,
     coming_back_w,
 )
-from controller.core.planning import Fleet
+from controller.core.planning import Fleet, tuple_new
 from controller.core.wake import wake
 from drivers.types import DriverTraits, Mode
 
@@ -114,22 +115,6 @@ class Shapes(dict[int, Steps]):
         return found
 
 
-def managed(view: MinerView, curve: Curve | None, cold: Mapping[str, bool]) -> bool:
-    """Whether the allocation, not the ladder, walks this miner within the budget."""
-    spec = view.spec
-    return (
-        curve is not None
-        and len(curve.settings) >= 2  # noqa: PLR2004 - asleep and a step at least
-        and not cold.get(spec.container, False)
-        and view.cut_at is None
-        and view.lying is None
-        and not view.no_lower
-        and not view.held_asleep
-        # A gentle start's low mode without a power target: the ladder raises it.
-        and (spec.traits.power_floor_fraction is not None or view.lowered_at is None)
-    )
-
-
 def tune(fleet: Fleet, total: int, budget: int, limit: Limit, rules: PlanRules) -> Plan:
     """The within-budget plan with the allocation: wake.py for the miners it does not
     manage, the allocation's first moves for those it does."""
@@ -146,7 +131,10 @@ def tune(fleet: Fleet, total: int, budget: int, limit: Limit, rules: PlanRules) 
         return base
     # What the allocation does not move: everything else as the base plan leaves it, and
     # the free miners' draw beyond what their curves say.
-    allowed_w = budget * (1 - tuning.headroom) - (base.expected_w - free_cost)
+    # The noise the headroom covers grows with the root of the fleet, not with it: the
+    # wake headroom where that is the smaller (a large farm), the share where not.
+    headroom = min(float(rules.wake_headroom_w), tuning.headroom * budget)
+    allowed_w = budget - headroom - (base.expected_w - free_cost)
     allowed_w -= free_cost - free_curve_w
     found = allocate(
         choices, allowed_w, hysteresis=tuning.hysteresis, max_changes=tuning.max_changes
@@ -176,24 +164,43 @@ def tune(fleet: Fleet, total: int, budget: int, limit: Limit, rules: PlanRules) 
 def _choices(
     fleet: Fleet, curves: Mapping[str, Curve], tuning: Tuning, shapes: Shapes
 ) -> tuple[list[bool], list[MinerChoice], int, float]:
-    """One pass over the fleet: which miners the allocation manages; the free ones as
-    the allocator sees them; their estimated draw, and what their curves say they draw."""
+    """One pass over the fleet: which miners the allocation manages (module docstring);
+    the free ones as the allocator sees them; their estimated draw, and what their curves
+    say they draw. It runs for every miner each plan, so what depends on a curve is
+    looked up once per curve."""
     cold = fleet.climate.cold if fleet.climate is not None else {}
-    judge = _Judge(fleet, tuning)
-    ours: list[bool] = []
+    free = _Judge(fleet, tuning).free
+    miners = fleet.snapshot.miners
+    ours = [False] * len(miners)
     choices: list[MinerChoice] = []
+    append = choices.append
     free_cost = 0
     free_curve_w = 0.0
     costs = fleet.costs
-    for i, view in enumerate(fleet.snapshot.miners):
-        curve = curves.get(view.spec.id)
-        mine = managed(view, curve, cold)
-        ours.append(mine)
-        if not mine or curve is None or not judge.free(view):
+    get_curve, get_steps = curves.get, shapes.get
+    for i, view in enumerate(miners):
+        spec = view.spec
+        curve = get_curve(spec.id)
+        if curve is None:
             continue
-        steps = shapes.of(curve, view.spec)
+        steps = get_steps(id(curve))
+        if steps is None or steps.curve is not curve:
+            steps = shapes.of(curve, spec)
+        if (
+            len(steps.nominal) < 2  # noqa: PLR2004 - asleep and a step at least
+            or view.cut_at is not None
+            or view.lying is not None
+            or view.no_lower
+            or view.held_asleep
+            or (not steps.tunable and view.lowered_at is not None)
+            or (cold and cold.get(spec.container, False))
+        ):
+            continue
+        ours[i] = True
+        if not free(view):
+            continue
         here = steps.index(view)
-        choices.append(MinerChoice(view.spec.id, curve, here, steps.allowed))
+        append(tuple_new(MinerChoice, (spec.id, curve, here, steps.allowed)))
         free_cost += costs[i]
         free_curve_w += curve.settings[here].power_w
     return ours, choices, free_cost, free_curve_w
@@ -393,6 +400,5 @@ __all__ = [
     "Steps",
     "current_index",
     "expected_ths",
-    "managed",
     "tune",
 ]
