@@ -206,8 +206,9 @@ def _hashrate(view: SiteView) -> Iterator[Metric]:
     )
     yield _value(
         "curtaild_efficiency_j_per_th",
-        "The miners' own draw (those read fresh) over their hashrate, in J/TH; absent while "
-        "nothing hashes.",
+        "The planner's estimate of the draw of the miners read fresh (from their own figures; "
+        "a unit changing counts where its change ends) over their hashrate, in J/TH; absent "
+        "while nothing hashes.",
         view.efficiency_j_th,
     )
 

@@ -54,8 +54,9 @@ class TuningCfg(ConfigModel):
     enabled: bool = True
     hysteresis: Annotated[float, Field(ge=0, le=0.5)] = 0.01  # a smaller gain starts nothing
     max_changes: Annotated[int, Field(ge=1, le=100_000)] = 200  # settings changed per plan
-    # A retuned, woken or slept miner stays where it is this long (plus its family's
-    # retarget time), so nothing flaps.
+    # A retuned or woken miner stays where it is this long (plus its family's retarget
+    # time after a retune), so nothing flaps. A sleeper may be woken once its ramp down
+    # is over: a grant must bring the farm back at once.
     dwell_s: Annotated[float, Field(ge=0, le=86_400, allow_inf_nan=False)] = 300.0
     # The share of the budget left unspent, so the readings' noise cannot push a fully
     # allocated fleet into a shed.

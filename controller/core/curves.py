@@ -202,6 +202,11 @@ def curve_from_dict(data: Mapping[str, Any]) -> Curve:
             and len(row) == 4  # noqa: PLR2004 - name, power, hashrate, samples
             and isinstance(row[0], str)
             and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in row[1:])
+            # A count of samples: a whole number >= 0 (Infinity or -1 from a hand-edited
+            # journal would stop the fold that divides by it).
+            and math.isfinite(row[3])
+            and row[3] >= 0
+            and float(row[3]).is_integer()
         )
         if not ok:
             raise ValueError(f"curve: settings row {n} is not [name, watts, TH/s, samples]")

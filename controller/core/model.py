@@ -134,6 +134,9 @@ class Snapshot:
     # Each miner's efficiency curve by id (core.curves; the loop's CurveBook learns them):
     # with PlanRules.tuning, the allocation picks settings on them. None: no curves.
     curves: Mapping[str, Curve] | None = None
+    # Miners an operator holds running: the allocation keeps them where they run, and
+    # leaves a sleeping one to the ladder (which wakes it first).
+    held_running: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)

@@ -62,6 +62,7 @@ from controller.core.wake import wake
 from drivers.types import DriverTraits, Mode
 
 HELD_AFTER_SHED = "retune held after a shed: the draw settles first"
+FREE, HOLD, LADDER = "free", "hold", "ladder"  # _Judge.free's verdicts
 
 
 class Steps:
@@ -122,7 +123,8 @@ def tune(fleet: Fleet, total: int, budget: int, limit: Limit, rules: PlanRules) 
     if tuning is None or curves is None or limit.due_at is not None:
         return wake(fleet, total, budget, rules)
     shapes = Shapes()
-    ours, choices, free_cost, free_curve_w = _choices(fleet, curves, tuning, shapes)
+    ours, choices, cost_of, free_curve_w = _choices(fleet, curves, tuning, shapes)
+    free_cost = sum(cost_of.values())
     base = wake(fleet._replace(order=[i for i in fleet.order if not ours[i]]), total, budget, rules)
     shed_at = snapshot.last_shed_at
     if shed_at is not None and snapshot.taken_at - shed_at < rules.wake_hold_after_shed:
@@ -146,7 +148,7 @@ def tune(fleet: Fleet, total: int, budget: int, limit: Limit, rules: PlanRules) 
         return base
     by_id = {v.spec.id: v.spec for v in snapshot.miners}
     room = _wake_room(snapshot, base, rules, by_id)
-    moves = _taken(found, choices, allowed_w, room, by_id, shapes, tuning.max_drop)
+    moves = _taken(found, choices, allowed_w, room, by_id, shapes, tuning.max_drop, cost_of)
     if not moves:
         return base
     note = f"retune: {len(moves)} of {len(found.moves)} moves toward {found.target_ths:.1f} TH/s"
@@ -163,10 +165,10 @@ def tune(fleet: Fleet, total: int, budget: int, limit: Limit, rules: PlanRules) 
 
 def _choices(
     fleet: Fleet, curves: Mapping[str, Curve], tuning: Tuning, shapes: Shapes
-) -> tuple[list[bool], list[MinerChoice], int, float]:
+) -> tuple[list[bool], list[MinerChoice], dict[str, int], float]:
     """One pass over the fleet: which miners the allocation manages (module docstring);
-    the free ones as the allocator sees them; their estimated draw, and what their curves
-    say they draw. It runs for every miner each plan, so what depends on a curve is
+    the free ones as the allocator sees them; each one's estimated draw, and what their
+    curves say they draw. It runs for every miner each plan, so what depends on a curve is
     looked up once per curve."""
     cold = fleet.climate.cold if fleet.climate is not None else {}
     free = _Judge(fleet, tuning).free
@@ -174,7 +176,7 @@ def _choices(
     ours = [False] * len(miners)
     choices: list[MinerChoice] = []
     append = choices.append
-    free_cost = 0
+    cost_of: dict[str, int] = {}
     free_curve_w = 0.0
     costs = fleet.costs
     get_curve, get_steps = curves.get, shapes.get
@@ -196,14 +198,17 @@ def _choices(
             or (cold and cold.get(spec.container, False))
         ):
             continue
+        verdict = free(view)
+        if verdict is LADDER:
+            continue  # only the ladder knows how to move it now (a warm wake, say)
         ours[i] = True
-        if not free(view):
+        if verdict is not FREE:
             continue
         here = steps.index(view)
         append(tuple_new(MinerChoice, (spec.id, curve, here, steps.allowed)))
-        free_cost += costs[i]
+        cost_of[spec.id] = costs[i]
         free_curve_w += curve.settings[here].power_w
-    return ours, choices, free_cost, free_curve_w
+    return ours, choices, cost_of, free_curve_w
 
 
 def _taken(  # noqa: PLR0917 - the plan's state, handed over once
@@ -214,6 +219,7 @@ def _taken(  # noqa: PLR0917 - the plan's state, handed over once
     specs: Mapping[str, MinerSpec],
     shapes: Shapes,
     max_drop: float,
+    costs: Mapping[str, int],
 ) -> list[tuple[Action, float]]:
     """The allocation's moves this plan makes, each with its change of draw. A raise is
     paid only from power spare now (what this plan's lowerings free lands later: a
@@ -229,25 +235,29 @@ def _taken(  # noqa: PLR0917 - the plan's state, handed over once
     for move in found.moves:
         choice = by_id[move.miner_id]
         spec = specs[move.miner_id]
-        action, coming = _action(move, spec, shapes.of(choice.curve, spec))
+        action, counted = _action(move, spec, shapes.of(choice.curve, spec))
         if move.delta_ths < 0:
             if -move.delta_ths > droppable and taken:
                 continue
             droppable += move.delta_ths
         if move.delta_w > 0:
+            # Paid at the more of the curve's step and what the estimate will count while
+            # it lands (the target, or rated for a wake): a LuxOS unit runs the largest
+            # profile under its target, so its learned step is less than the estimate's.
+            cost = max(move.delta_w, counted - costs[move.miner_id])
             waking = move.from_index == 0
-            if move.delta_w > spare or (waking and (slots <= 0 or watts < coming)):
-                continue
-            spare -= move.delta_w
-            if waking:
-                slots -= 1
-                watts -= coming
+            if cost > spare or (waking and slots <= 0) or watts < cost:
+                continue  # the spare power or the rate limit (kW per window): a later plan
+            spare -= cost
+            watts -= round(cost)
+            slots -= waking
         taken.append((action, move.delta_w))
     return taken
 
 
 def _action(move: Move, spec: MinerSpec, steps: Steps) -> tuple[Action, int]:
-    """The command a move is, and the draw it brings back if it wakes the miner."""
+    """The command a move is, and the draw the estimate counts the miner at while it
+    lands (core.model.Horizon: a tune at its target, a wake at rated)."""
     if move.to_index == 0:
         return Action(move.miner_id, ActionKind.SLEEP, move.reason, None), 0
     if steps.tunable:
@@ -309,10 +319,20 @@ class _Judge:
     off, booted, warmed up, and settled where it is for its dwell. Its instants are
     worked out once per plan and family (this runs for every miner of the fleet)."""
 
-    __slots__ = ("_marks", "booted_by", "climate", "dwell_from", "fresh_from", "now", "tuning")
+    __slots__ = (
+        "_marks",
+        "booted_by",
+        "climate",
+        "dwell_from",
+        "fresh_from",
+        "now",
+        "running",
+        "tuning",
+    )
 
     def __init__(self, fleet: Fleet, tuning: Tuning) -> None:
         self.now = fleet.snapshot.taken_at
+        self.running = fleet.snapshot.held_running
         self.fresh_from = fleet.horizon.fresh_from
         self.booted_by = fleet.horizon.booted_by
         self.climate = fleet.climate
@@ -333,9 +353,16 @@ class _Judge:
             )
         return found
 
-    def free(self, view: MinerView) -> bool:
+    def free(self, view: MinerView) -> str:
+        """FREE to move; HOLD where it is (the allocation counts it as fixed draw); or
+        LADDER: the allocation leaves it to wake.py, which knows how to move it (a
+        sleeper with cold boards wakes gently, after its rest; a miner an operator holds
+        running is woken first)."""
         reading, now = view.reading, self.now
         read_at = view.read_at
+        asleep = reading is not None and reading.mode is Mode.SLEEPING
+        if view.spec.id in self.running:
+            return LADDER if asleep else HOLD
         if (
             reading is None
             or read_at is None
@@ -345,28 +372,28 @@ class _Judge:
             or (view.restored_at is not None and view.restored_at > self.booted_by)
             or (view.warming_until is not None and now < view.warming_until)
         ):
-            return False
+            return HOLD
         rested_by, tuned_by, retargeted_by = self.marks(view.spec.traits)
         since = view.mode_since
         climate = self.climate
-        if reading.mode is Mode.SLEEPING:
+        if asleep:
             # A sleeper wakes as soon as it fits, as the ladder would wake it: a grant must
             # bring the farm back now. (A sleep the allocation chose is no flap: it swapped a
             # less efficient miner out for more hashrate, and only a change of budget or
-            # curves, beyond the hysteresis, brings it back.) In the cold, cold boards wake
-            # gently and a shed miner rests its minimum off-time: the ladder's wake knows how.
+            # curves, beyond the hysteresis, brings it back.)
             if climate is not None and (
                 climate.boards_cold(view, fresh=True) is not None or not climate.rested(view, since)
             ):
-                return False
-            return since is None or since <= rested_by
-        if (since is not None and since > self.dwell_from) or (
-            climate is not None and climate.young(view)  # its minimum on-time in the cold
+                return LADDER
+            return FREE if since is None or since <= rested_by else HOLD
+        if (
+            (since is not None and since > self.dwell_from)
+            or (climate is not None and climate.young(view))  # its minimum on-time
+            or (view.tuned_at is not None and view.tuned_at > tuned_by)
+            or (view.lowered_at is not None and view.lowered_at > retargeted_by)
         ):
-            return False
-        if view.tuned_at is not None and view.tuned_at > tuned_by:
-            return False
-        return view.lowered_at is None or view.lowered_at <= retargeted_by
+            return HOLD
+        return FREE
 
 
 def _wake_room(

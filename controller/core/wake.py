@@ -180,7 +180,7 @@ def _step_back(
         if climate is not None and not climate.rested(view, view.mode_since):
             return None
         return ActionKind.WAKE
-    if view.lowered_at is None:
-        return None
+    if view.lowered_at is None and view.target_w is None:
+        return None  # at its default; a target the allocation chose is walked back too
     warming = view.warming_until
     return ActionKind.RAISE if warming is None or now >= warming else None

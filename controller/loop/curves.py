@@ -4,11 +4,11 @@ what was learned.
 
 Per model, not per miner: miners of one model (family, rated power, efficiency) share one
 curve object, learned from all of their settled readings. The allocator walks the miners
-of one curve as a group, so planning 10,000 miners costs 13 ms on shared curves and 188 ms
-on a curve per miner (bench/README.md, "Allocation under a cap"); and one model's readings
-pooled are far less noisy than one unit's. A unit that draws more than its model's curve
-says costs budget, never the limit: the allocation counts the difference as draw it does
-not move (core/tuning.py).
+of one curve as a group: on the soak bench a plan of 10,000 miners costs several times
+less on shared curves than on a curve per miner (bench/README.md, "Tuning soak"); and one
+model's readings pooled are far less noisy than one unit's. A unit that draws more than
+its model's curve says costs budget, never the limit: the allocation counts the
+difference as draw it does not move (core/tuning.py).
 """
 
 from __future__ import annotations

@@ -80,6 +80,7 @@ class Dispatch:
         self._preheats: dict[str, asyncio.Task[None]] = {}  # gentle wakes still pre-heating
         self._withdrawn: set[str] = set()
         self._resumed: dict[str, datetime] = {}  # commands resumed after a restart: sent at
+        self._waking_tunes: set[str] = set()  # retunes on the wire that wake a sleeper
 
     def start(self, tg: asyncio.TaskGroup) -> None:
         """Every command task lives in the loop's task group."""
@@ -122,9 +123,17 @@ class Dispatch:
                 batch = min(batch * 8, DISPATCH_MAX_BATCH)
                 left = batch
 
-    def _asleep(self, miner_id: str) -> bool:
-        reading = self._readings.view(miner_id).reading
-        return reading is not None and reading.mode is Mode.SLEEPING
+    def _coming_back(self, action: Action, spec: MinerSpec) -> int:
+        """The draw a step back brings on, for the restart rate: a retune its rise (a
+        sleeper woken at its target all of it), anything else as coming_back_w says."""
+        if action.kind is not ActionKind.TUNE:
+            return coming_back_w(spec, action.kind)
+        target = action.target_w or spec.rated_power_w
+        reading = self._readings.view(action.miner_id).reading
+        if reading is None or reading.mode is Mode.SLEEPING:
+            self._waking_tunes.add(action.miner_id)
+            return target
+        return max(0, target - reading.power_w)
 
     def trim_wakes(self, now: datetime) -> None:
         while self.recent_wakes and now - self.recent_wakes[0][0] >= self._rules.wake_window:
@@ -141,10 +150,6 @@ class Dispatch:
             resumed=action.miner_id in self._resumed,
             target_w=action.target_w,
         )
-        if kind is ActionKind.TUNE:
-            if action.target_w is not None and self._asleep(action.miner_id):
-                self.recent_wakes.append((now, action.target_w))  # woken at its target
-            return
         if kind in SHEDS and action.miner_id in self.hold_sleeps:
             self.hold_sleeps.discard(action.miner_id)
         elif kind in SHEDS:
@@ -153,7 +158,7 @@ class Dispatch:
             self.last_shed_at = now
             self.escalations[kind.value].add(action.miner_id)
         else:
-            self.recent_wakes.append((now, coming_back_w(spec, kind)))
+            self.recent_wakes.append((now, self._coming_back(action, spec)))
             window = self._rules.wake_window
             sent = sum(w for t, w in self.recent_wakes if now - t < window)
             self.peak_wake_w = max(self.peak_wake_w, round(sent / window.total_seconds()))
@@ -178,10 +183,10 @@ class Dispatch:
         except DriverError as err:
             finished = self._clock.now()
             outcome, detail = err.kind, err.detail
-            if action.kind in _TARGETS:
+            if action.kind is ActionKind.TUNE:
+                self._tune_failed(action, err, finished)
+            elif action.kind in _TARGETS:
                 self._ledger.target_failed(miner_id, err, finished)
-                if action.kind is ActionKind.TUNE:  # where it ended is for readings to say
-                    self._readings.set_ladder(miner_id, target_w=None)
             else:
                 aimed = Mode.SLEEPING if action.kind is ActionKind.SLEEP else Mode.MINING
                 self._ledger.command_failed(miner_id, err, finished, aimed)
@@ -198,9 +203,25 @@ class Dispatch:
                 warm_up=self.warm_up(miner_id) if action.kind is ActionKind.WARM else None,
             )
         finally:
+            self._waking_tunes.discard(miner_id)
             if self._preheats.get(miner_id) is asyncio.current_task():
                 del self._preheats[miner_id]
             self._ledger.finish(seq, action, started, finished, outcome, detail)
+
+    def _tune_failed(self, action: Action, err: DriverError, finished: datetime) -> None:
+        """A retune that failed. One that was waking a sleeper, or that timed out, may
+        have landed (the miner ramping up, the target taken): the miner counts at rated
+        until it is read again, as any failed wake does, and a timed-out target is kept,
+        so the estimate counts it at the higher of its reading and the target until its
+        retarget time (a target not taken shows as lost then). A refusal on a running
+        miner leaves it to the ladder's sleep, as a failed lower does."""
+        miner_id = action.miner_id
+        if miner_id in self._waking_tunes or isinstance(err, DeviceTimeoutError):
+            self._ledger.command_failed(miner_id, err, finished, Mode.MINING)
+            self._readings.set_ladder(miner_id, tuned_at=finished)
+            return
+        self._ledger.target_failed(miner_id, err, finished)
+        self._readings.set_ladder(miner_id, target_w=None)
 
     def warm_up(self, miner_id: str) -> timedelta | None:
         """How long a gently woken miner runs at its family's low level (a power target or
@@ -225,7 +246,7 @@ class Dispatch:
         run's command)."""
         spec = self._specs[action.miner_id]
         timeout = self._settings.timeout_for(action.miner_id)
-        if action.kind is ActionKind.WARM:
+        if action.kind is ActionKind.WARM or action.miner_id in self._waking_tunes:
             timeout += spec.traits.gentle_extra_s  # a pre-heat, a profile set first
         try:
             with within(timeout):

@@ -26,6 +26,8 @@ log = structlog.get_logger("curtaild.recovery")
 # The unexplained draw learned before a restart is trusted this long after it was learned.
 OFFSET_TRUSTED_FOR = timedelta(minutes=10)
 
+# The reason every move of the allocation starts with (core/allocation.py).
+RETUNE = "retune"
 Unsettled = tuple[int, datetime, str, ActionKind, str]  # (seq, decided at, miner, kind, why)
 
 
@@ -89,7 +91,7 @@ class Recovery:
         for _, at, miner, kind, _ in latest.values():
             if kind in (ActionKind.SLEEP, ActionKind.CUT):
                 self._readings.hint(miner, Mode.SLEEPING, at)
-            elif kind in (ActionKind.WAKE, ActionKind.WARM, ActionKind.RESTORE):
+            elif kind in (ActionKind.WAKE, ActionKind.WARM, ActionKind.RESTORE, ActionKind.TUNE):
                 self._readings.hint(miner, Mode.MINING, at)
         views = self._readings.views()
         if latest or any(v.lowered_at or v.cut_at or v.lying or v.no_lower for v in views):
@@ -131,6 +133,8 @@ class Recovery:
             view = self._readings.view(miner)
             action = Action(miner, kind, reason)
             if self._carry_on(view, kind, now):
+                if kind is ActionKind.SLEEP and reason.startswith(RETUNE):
+                    dispatch.hold_sleeps.add(miner)  # the allocation's sleep: no grid shed
                 resumed.append((seq, action, at))
                 continue
             reading = view.reading

@@ -450,6 +450,7 @@ class Supervisor:
             self._order,
             ambient,
             self.curves.curves if self.curves is not None else None,
+            self._desk.held(HoldMode.RUN) if self._desk is not None else frozenset(),
         )
         offset_w = self.draw.offset_w
         budget = replace(limit, limit_w=limit.limit_w - offset_w) if offset_w else limit

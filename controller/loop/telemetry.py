@@ -196,6 +196,8 @@ class Readings:
         field, as record() does: dataclasses.replace costs twice as much, and the dispatch
         does this once per command, between its batches."""
         view = self._views[miner_id]
+        if kind is ActionKind.TUNE:
+            self._dirty.add(miner_id)  # its target reaches the journal with the next flush
         self._views[miner_id] = MinerView(
             view.spec,
             view.reading,

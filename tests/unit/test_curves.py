@@ -140,3 +140,14 @@ def test_hull_is_concave_rising_and_starts_lowest(points: list[tuple[float, floa
                     (b.hashrate_ths - a.hashrate_ths) / (b.power_w - a.power_w)
                 )
                 assert s.hashrate_ths <= line + 1e-6
+
+
+def test_a_journaled_curve_with_a_bad_sample_count_is_refused_not_fatal() -> None:
+    """Found in review: Infinity stopped the restore with OverflowError, and -1 the first
+    fold with ZeroDivisionError; each is now a ValueError naming the row."""
+    good = curve_to_dict(seed_curve(spec(LUXOS)))
+    for bad in (float("inf"), -1, 2.5, float("nan")):
+        rows = [list(r) for r in good["settings"]]
+        rows[1][3] = bad
+        with pytest.raises(ValueError, match="settings row 1"):
+            curve_from_dict({"settings": rows})

@@ -388,3 +388,82 @@ def test_a_retuned_miner_read_well_above_its_target_has_lost_it() -> None:
     assert target_lost(settled) is None
     landing = replace(view, tuned_at=NOW - timedelta(seconds=1))
     assert target_lost(landing) is None  # not yet landed
+
+
+def test_a_sleeper_with_cold_boards_is_left_to_the_ladders_warm_wake() -> None:
+    """Found in review: managed but never free, a cold sleeper was woken by no one."""
+    specs = [spec(i) for i in range(3)]
+    curves = seeded(specs)
+    views = [
+        replace(
+            at_setting(s, curves[s.id], 0), reading=MinerReading(Mode.SLEEPING, 25, 0.0, (5.0,))
+        )
+        for s in specs
+    ]
+    safety = Safety(ColdRules(floor_below_c=0.0, warm_below_c=10.0))
+    rules = replace(RULES, safety=safety)
+    snap = snapshot(views, curves, ambient={"c1": (5.0, NOW)})
+    result = plan(snap, Limit(30_000, ("grant",)), rules)
+    assert [a.kind for a in result.actions] == [ActionKind.WARM] * 3
+
+
+def test_raises_are_charged_at_what_the_estimate_counts_not_the_learned_step() -> None:
+    """Found in review: a LuxOS unit runs the largest profile under its target, so its
+    learned steps draw less than their targets; raises paid at the learned watts put the
+    in-flight estimate over the budget, and the ladder shed."""
+    specs = [spec(i) for i in range(40)]
+    seed = seed_curve(specs[0])
+    learned = Curve(
+        (seed.settings[0], *(st._replace(power_w=st.power_w * 0.97) for st in seed.settings[1:]))
+    )
+    curves = dict.fromkeys((s.id for s in specs), learned)
+    views = [at_setting(s, learned, 1) for s in specs]
+    limit_w = round(sum(estimate_w(v, NOW, STALE) for v in views) * 1.1)
+    result = plan(snapshot(views, curves), Limit(limit_w, ("cap",)), RULES)
+    assert result.actions
+    by_id = {a.miner_id: a for a in result.actions}
+    in_flight = [
+        replace(v, pending=ActionKind.TUNE, target_w=by_id[v.spec.id].target_w)
+        if v.spec.id in by_id
+        else v
+        for v in views
+    ]
+    assert sum(estimate_w(v, NOW, STALE) for v in in_flight) <= limit_w
+
+
+def test_retuned_miners_go_back_to_default_when_tuning_is_off() -> None:
+    """Found in review: a target restored from the journal, with tuning now off, held the
+    miners below rated for good: the ladder walks a retuned target back like a lowered one."""
+    specs = [spec(i) for i in range(3)]
+    curves = seeded(specs)
+    views = [replace(at_setting(s, curves[s.id], 2), tuned_at=LONG_AGO) for s in specs]
+    off = replace(RULES, tuning=None)
+    result = plan(snapshot(views, None), Limit(100_000, ("cap",)), off)
+    assert [a.kind for a in result.actions] == [ActionKind.RAISE] * 3
+
+
+def test_miners_held_running_are_neither_slept_nor_retuned() -> None:
+    """Found in review: the allocation's swap put a miner held running to sleep."""
+    fast = [spec(i, LUXOS, eff=17.5) for i in range(4)]
+    slow = [spec(i, WHATSMINER, eff=34.0) for i in range(4, 8)]
+    curves = seeded([*fast, *slow])
+    views = [
+        *(at_setting(s, curves[s.id], 0) for s in fast),
+        *(at_setting(s, curves[s.id], 1) for s in slow),
+    ]
+    limit = Limit(sum(estimate_w(v, NOW, STALE) for v in views) + 500, ("cap",))
+    held = frozenset(s.id for s in slow)
+    result = plan(snapshot(views, curves, held_running=held), limit, RULES)
+    assert not {a.miner_id for a in result.actions} & held
+
+
+def test_retunes_up_stay_within_the_restart_rate() -> None:
+    """Found in review: raises of running miners bypassed the kW-per-window limit."""
+    specs = [spec(i) for i in range(100)]
+    curves = seeded(specs)
+    views = fleet_at(specs, curves, 1)
+    rules = replace(RULES, wake_max_w_per_window=20_000)
+    result = plan(snapshot(views, curves), Limit(1_000_000, ("grant",)), rules)
+    assert result.actions
+    rise = sum((a.target_w or 0) - 2275 for a in result.actions)
+    assert rise <= 20_000
