@@ -171,7 +171,12 @@ def _choices(
     curves say they draw. It runs for every miner each plan, so what depends on a curve is
     looked up once per curve."""
     cold = fleet.climate.cold if fleet.climate is not None else {}
-    free = _Judge(fleet, tuning).free
+    judge = _Judge(fleet, tuning)
+    free = judge.free
+    # The case of nearly every miner, judged inline (as planning.survey does): running,
+    # read fresh, nothing in flight, no mark, settled long since; else _Judge.free says.
+    fresh_from, settled_by = judge.fresh_from, judge.settled_by
+    held, mining = judge.running, Mode.MINING
     miners = fleet.snapshot.miners
     ours = [False] * len(miners)
     choices: list[MinerChoice] = []
@@ -198,7 +203,25 @@ def _choices(
             or (cold and cold.get(spec.container, False))
         ):
             continue
-        verdict = free(view)
+        reading, read_at, since = view.reading, view.read_at, view.mode_since
+        if (
+            reading is not None
+            and reading.mode is mining
+            and read_at is not None
+            and read_at >= fresh_from
+            and view.pending is None
+            and view.retry_after is None
+            and view.restored_at is None
+            and view.warming_until is None
+            and view.lowered_at is None
+            and (since is None or since <= settled_by)
+            and (view.tuned_at is None or view.tuned_at <= settled_by)
+            and judge.climate is None
+            and spec.id not in held
+        ):
+            verdict = FREE
+        else:
+            verdict = free(view)
         if verdict is LADDER:
             continue  # only the ladder knows how to move it now (a warm wake, say)
         ours[i] = True
@@ -327,6 +350,7 @@ class _Judge:
         "fresh_from",
         "now",
         "running",
+        "settled_by",
         "tuning",
     )
 
@@ -337,6 +361,9 @@ class _Judge:
         self.booted_by = fleet.horizon.booted_by
         self.climate = fleet.climate
         self.dwell_from = self.now - tuning.dwell
+        # Changed before this, a miner is settled whatever its family's retarget time.
+        slowest = max((s.traits.retarget_s for s in fleet.specs), default=0.0)
+        self.settled_by = self.dwell_from - timedelta(seconds=slowest)
         self.tuning = tuning
         self._marks: dict[int, tuple[datetime, datetime, datetime]] = {}
 

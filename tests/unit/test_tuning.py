@@ -15,6 +15,7 @@ from controller.core.curves import Curve, nominal_w, seed_curve
 from controller.core.escalation import target_lost
 from controller.core.model import (
     ActionKind,
+    Horizon,
     Limit,
     MinerSpec,
     MinerView,
@@ -26,8 +27,17 @@ from controller.core.model import (
 )
 from controller.core.operator import Automation, operator_steps
 from controller.core.planner import plan
+from controller.core.planning import Fleet
 from controller.core.safety import ColdRules, Safety
-from controller.core.tuning import HELD_AFTER_SHED, current_index, expected_ths
+from controller.core.tuning import (
+    FREE,
+    HELD_AFTER_SHED,
+    Shapes,
+    _choices,
+    _Judge,
+    current_index,
+    expected_ths,
+)
 from drivers.miners.braiins_os.driver import TRAITS as BRAIINS
 from drivers.miners.luxos import TRAITS as LUXOS
 from drivers.miners.whatsminer.dialect import TRAITS as WHATSMINER
@@ -467,3 +477,50 @@ def test_retunes_up_stay_within_the_restart_rate() -> None:
     assert result.actions
     rise = sum((a.target_w or 0) - 2275 for a in result.actions)
     assert rise <= 20_000
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 5),
+            st.sampled_from([None, 1, 30, 200, 400, 3600]),  # mode changed, seconds ago
+            st.sampled_from([None, 1, 100, 300, 450, 3600]),  # retuned, seconds ago
+            st.sampled_from([None, 1, 200, 3600]),  # lowered, seconds ago
+            st.booleans(),  # a command in flight
+        ),
+        min_size=1,
+        max_size=8,
+    ),
+    st.sampled_from([LUXOS, BRAIINS]),
+)
+def test_the_inline_judgement_of_a_free_miner_agrees_with_the_full_one(
+    states: list[tuple[int, int | None, int | None, int | None, bool]], traits: DriverTraits
+) -> None:
+    """_choices judges the common case inline for speed; it must free exactly the miners
+    _Judge.free would."""
+    specs = [spec(i, traits) for i in range(len(states))]
+    curves = seeded(specs)
+
+    def ago(s: int | None) -> datetime | None:
+        return None if s is None else NOW - timedelta(seconds=s)
+
+    views = [
+        replace(
+            at_setting(sp, curves[sp.id], k),
+            mode_since=ago(since),
+            tuned_at=ago(tuned),
+            lowered_at=ago(lowered),
+            pending=ActionKind.TUNE if busy else None,
+        )
+        for sp, (k, since, tuned, lowered, busy) in zip(specs, states, strict=True)
+    ]
+    snap = snapshot(views, curves)
+    costs = [estimate_w(v, NOW, STALE) for v in views]
+    fleet = Fleet(
+        snap, Horizon(NOW, STALE), costs, list(range(len(views))), None, specs,
+        [True] * len(views), [True] * len(views),
+    )  # fmt: skip
+    judge = _Judge(fleet, TUNING)
+    _, choices, _, _ = _choices(fleet, curves, TUNING, Shapes())
+    assert {c.miner_id for c in choices} == {v.spec.id for v in views if judge.free(v) == FREE}
