@@ -98,3 +98,41 @@ async def test_targets_and_learned_curves_survive_a_restart(tmp_path: Path) -> N
             assert restored == targets
             await second.step(30, dt=0.5)
             assert farm.total_power_w() <= limit_w
+
+
+async def test_a_kill_in_the_middle_of_a_retune_keeps_the_limit(tmp_path: Path) -> None:
+    """The daemon is stopped dead (its tasks cancelled, nothing flushed that was not
+    already: what the journal holds after a kill -9) while retunes are on the wire; the
+    next run holds the limit at every step and goes on retuning."""
+    loaded = load_site(capped_site(tmp_path))
+    clock = FakeClock()
+    farm = farm_from_config(loaded, clock.time)
+    async with farm:
+        async with daemon_on(loaded, clock, farm) as first:
+            limit_w = round(farm.total_power_w() * 0.6, -2)
+            await first.post(*first.signed(first.curtailment(limit_w / 1000, deadline_s=30)))
+            await first.settled("evt-0017#r1", within_s=40)
+
+            journal = first.daemon.journal
+            decided = len(journal.rows("SELECT seq FROM decisions"))
+
+            def retuning() -> bool:
+                rows = journal.rows("SELECT seq FROM decisions")[decided:]
+                return any(
+                    kind == "tune"
+                    for (seq,) in rows
+                    for _, kind, _ in journal.decision_actions(seq)
+                )
+
+            await first.run_until(retuning, within_s=60, dt=0.25, wait_idle=False)
+        clock.advance(2)
+        async with daemon_on(loaded, clock, farm, settle=False) as second:
+            peak_w = 0.0
+            for _ in range(120):
+                await second.step(0.5, wait_idle=False)
+                peak_w = max(peak_w, farm.total_power_w())
+            assert peak_w <= limit_w
+            assert second.sup.limit.limit_w == limit_w
+            assert farm.hashrate_ths() > 0
+            tunes = second.daemon.journal.rows("SELECT outcome FROM commands WHERE action='tune'")
+            assert tunes  # the first run's retunes, seen after the restart, and its own
