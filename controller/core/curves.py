@@ -66,6 +66,7 @@ class Curve:
         )
 
 
+MAX_FIGURE = 1e15  # no watts, TH/s or count of samples is larger
 ON_CHORD = 1e-9  # relative: closer to a hull's chord than this is on it
 
 
@@ -202,8 +203,10 @@ def curve_from_dict(data: Mapping[str, Any]) -> Curve:
             and len(row) == 4  # noqa: PLR2004 - name, power, hashrate, samples
             and isinstance(row[0], str)
             and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in row[1:])
-            # A count of samples: a whole number >= 0 (Infinity or -1 from a hand-edited
-            # journal would stop the fold that divides by it).
+            # Numbers a float holds, and a count of samples that is a whole number >= 0:
+            # Infinity, -1 or 10**400 from a hand-edited journal would stop the restore,
+            # or the fold that divides by the count.
+            and all(abs(v) < MAX_FIGURE for v in row[1:])
             and math.isfinite(row[3])
             and row[3] >= 0
             and float(row[3]).is_integer()

@@ -116,12 +116,20 @@ class Shapes(dict[int, Steps]):
         return found
 
 
-def tune(fleet: Fleet, total: int, budget: int, limit: Limit, rules: PlanRules) -> Plan:
+def tune(  # noqa: PLR0911 - each early return is the ladder's plan, for its own reason
+    fleet: Fleet, total: int, budget: int, limit: Limit, rules: PlanRules
+) -> Plan:
     """The within-budget plan with the allocation: wake.py for the miners it does not
     manage, the allocation's first moves for those it does."""
     snapshot, tuning, curves = fleet.snapshot, rules.tuning, fleet.snapshot.curves
-    if tuning is None or curves is None or limit.due_at is not None:
-        return wake(fleet, total, budget, rules)
+    if tuning is None or curves is None:
+        return wake(fleet, total, budget, rules)  # retuned targets walked back too
+    if limit.due_at is not None:
+        # A deadline runs: the ladder's way back, as ever, except that a target the
+        # allocation chose is its to move, once the deadline is met.
+        miners = snapshot.miners
+        kept = [i for i in fleet.order if not _retuned(miners[i])]
+        return wake(fleet._replace(order=kept), total, budget, rules)
     shapes = Shapes()
     ours, choices, cost_of, free_curve_w = _choices(fleet, curves, tuning, shapes)
     free_cost = sum(cost_of.values())
@@ -160,6 +168,17 @@ def tune(fleet: Fleet, total: int, budget: int, limit: Limit, rules: PlanRules) 
         notes=(*base.notes, note),
         alarms=base.alarms,
         tuned=frozenset(action.miner_id for action, _ in moves),
+    )
+
+
+def _retuned(view: MinerView) -> bool:
+    """Running at a target the allocation chose (wake.py would raise it to rated)."""
+    reading = view.reading
+    return (
+        view.target_w is not None
+        and view.lowered_at is None
+        and reading is not None
+        and reading.mode is not Mode.SLEEPING
     )
 
 
@@ -389,7 +408,10 @@ class _Judge:
         read_at = view.read_at
         asleep = reading is not None and reading.mode is Mode.SLEEPING
         if view.spec.id in self.running:
-            return LADDER if asleep else HOLD
+            # Held running: kept where it runs, unless below its default (lowered by a
+            # shed, retuned), which the ladder raises, as it wakes a held sleeper first.
+            below = view.lowered_at is not None or view.target_w is not None
+            return LADDER if asleep or below else HOLD
         if (
             reading is None
             or read_at is None

@@ -141,7 +141,7 @@ class CurveBook:
                 continue
             try:
                 curve = curve_from_dict(data)
-            except ValueError as err:
+            except (ValueError, OverflowError) as err:  # whatever the row holds: refused
                 refused.append(f"{key}: {err}")
                 continue
             if [s.name for s in curve.settings] != [s.name for s in seed.settings]:

@@ -81,6 +81,7 @@ class Dispatch:
         self._withdrawn: set[str] = set()
         self._resumed: dict[str, datetime] = {}  # commands resumed after a restart: sent at
         self._waking_tunes: set[str] = set()  # retunes on the wire that wake a sleeper
+        self._targets_taken: set[str] = set()  # retunes whose target was taken, not done
 
     def start(self, tg: asyncio.TaskGroup) -> None:
         """Every command task lives in the loop's task group."""
@@ -123,17 +124,20 @@ class Dispatch:
                 batch = min(batch * 8, DISPATCH_MAX_BATCH)
                 left = batch
 
-    def _coming_back(self, action: Action, spec: MinerSpec) -> int:
-        """The draw a step back brings on, for the restart rate: a retune its rise (a
-        sleeper woken at its target all of it), anything else as coming_back_w says."""
-        if action.kind is not ActionKind.TUNE:
-            return coming_back_w(spec, action.kind)
-        target = action.target_w or spec.rated_power_w
+    def _wakes_at_target(self, action: Action) -> bool:
+        """A retune of a sleeper: a restart at its target (marked for its longer time)."""
         reading = self._readings.view(action.miner_id).reading
         if reading is None or reading.mode is Mode.SLEEPING:
             self._waking_tunes.add(action.miner_id)
-            return target
-        return max(0, target - reading.power_w)
+            return True
+        return False
+
+    def _coming_back(self, action: Action, spec: MinerSpec) -> int:
+        """The draw a step back brings on, for the restart rate: a sleeper woken at its
+        target that target, anything else as coming_back_w says."""
+        if action.kind is ActionKind.TUNE:
+            return action.target_w or spec.rated_power_w
+        return coming_back_w(spec, action.kind)
 
     def trim_wakes(self, now: datetime) -> None:
         while self.recent_wakes and now - self.recent_wakes[0][0] >= self._rules.wake_window:
@@ -150,6 +154,8 @@ class Dispatch:
             resumed=action.miner_id in self._resumed,
             target_w=action.target_w,
         )
+        if kind is ActionKind.TUNE and not self._wakes_at_target(action):
+            return  # a running retune is no restart: the plan paced its rise (core.tuning)
         if kind in SHEDS and action.miner_id in self.hold_sleeps:
             self.hold_sleeps.discard(action.miner_id)
         elif kind in SHEDS:
@@ -204,19 +210,33 @@ class Dispatch:
             )
         finally:
             self._waking_tunes.discard(miner_id)
+            self._targets_taken.discard(miner_id)
             if self._preheats.get(miner_id) is asyncio.current_task():
                 del self._preheats[miner_id]
             self._ledger.finish(seq, action, started, finished, outcome, detail)
 
+    async def _tune(self, driver: MinerDriver, action: Action) -> MinerReading:
+        """The allocation's setting: the power target, and for a sleeper a wake after it
+        (the firmware keeps its target asleep, so the miner comes up at it, as a gentle
+        wake does). A miner found asleep or awake against the plan is handled as found."""
+        if action.target_w is None:
+            raise RejectedError(action.miner_id, "tune", "a tune without a power target")
+        reading = await driver.set_power_target(action.target_w)
+        if reading.mode is Mode.SLEEPING:
+            self._targets_taken.add(action.miner_id)
+            reading = await driver.wake()
+        return reading
+
     def _tune_failed(self, action: Action, err: DriverError, finished: datetime) -> None:
-        """A retune that failed. One that was waking a sleeper, or that timed out, may
-        have landed (the miner ramping up, the target taken): the miner counts at rated
-        until it is read again, as any failed wake does, and a timed-out target is kept,
-        so the estimate counts it at the higher of its reading and the target until its
-        retarget time (a target not taken shows as lost then). A refusal on a running
-        miner leaves it to the ladder's sleep, as a failed lower does."""
+        """A retune that failed. One that timed out, or whose wake failed after its target
+        was taken, may have landed (the miner ramping up, the target taken): the miner
+        counts at rated until it is read again, as any failed wake does, and the target
+        is kept, so the estimate counts it at the higher of its reading and the target
+        until its retarget time (a target not taken shows as lost then). A target refused
+        leaves the miner to the ladder (its sleep, or a plain wake), as a failed lower
+        does."""
         miner_id = action.miner_id
-        if miner_id in self._waking_tunes or isinstance(err, DeviceTimeoutError):
+        if miner_id in self._targets_taken or isinstance(err, DeviceTimeoutError):
             self._ledger.command_failed(miner_id, err, finished, Mode.MINING)
             self._readings.set_ladder(miner_id, tuned_at=finished)
             return
@@ -275,25 +295,13 @@ class Dispatch:
         if kind is ActionKind.WARM:
             return await driver.wake(gentle=True), True
         if kind is ActionKind.TUNE:
-            return await _tune(driver, action), True
+            return await self._tune(driver, action), True
         if kind is ActionKind.RAISE and Capability.POWER_TARGET not in driver.capabilities:
             return await driver.wake(step_up=True), True  # from a gentle start's low mode
         watts = (spec.floor_w() if kind is ActionKind.LOWER else None) or spec.rated_power_w
         if resumed:
             return await _until_taken(lambda: driver.set_power_target(watts), driver), True
         return await driver.set_power_target(watts), True
-
-
-async def _tune(driver: MinerDriver, action: Action) -> MinerReading:
-    """The allocation's setting: the power target, and for a sleeper a wake after it (the
-    firmware keeps its target asleep, so the miner comes up at it, as a gentle wake does).
-    A miner found asleep or awake against what was planned is handled as it is found."""
-    if action.target_w is None:
-        raise RejectedError(action.miner_id, "tune", "a tune without a power target")
-    reading = await driver.set_power_target(action.target_w)
-    if reading.mode is Mode.SLEEPING:
-        reading = await driver.wake()
-    return reading
 
 
 def _changed_at(

@@ -146,7 +146,7 @@ def test_a_journaled_curve_with_a_bad_sample_count_is_refused_not_fatal() -> Non
     """Found in review: Infinity stopped the restore with OverflowError, and -1 the first
     fold with ZeroDivisionError; each is now a ValueError naming the row."""
     good = curve_to_dict(seed_curve(spec(LUXOS)))
-    for bad in (float("inf"), -1, 2.5, float("nan")):
+    for bad in (float("inf"), -1, 2.5, float("nan"), 10**400):
         rows = [list(r) for r in good["settings"]]
         rows[1][3] = bad
         with pytest.raises(ValueError, match="settings row 1"):

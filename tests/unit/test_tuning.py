@@ -475,7 +475,8 @@ def test_retunes_up_stay_within_the_restart_rate() -> None:
     rules = replace(RULES, wake_max_w_per_window=20_000)
     result = plan(snapshot(views, curves), Limit(1_000_000, ("grant",)), rules)
     assert result.actions
-    rise = sum((a.target_w or 0) - 2275 for a in result.actions)
+    floor = nominal_w(curves["m000"].settings[1])
+    rise = sum((a.target_w or 0) - floor for a in result.actions)
     assert rise <= 20_000
 
 
@@ -492,14 +493,15 @@ def test_retunes_up_stay_within_the_restart_rate() -> None:
         min_size=1,
         max_size=8,
     ),
-    st.sampled_from([LUXOS, BRAIINS]),
+    st.lists(st.sampled_from([LUXOS, BRAIINS]), min_size=8, max_size=8),
 )
 def test_the_inline_judgement_of_a_free_miner_agrees_with_the_full_one(
-    states: list[tuple[int, int | None, int | None, int | None, bool]], traits: DriverTraits
+    states: list[tuple[int, int | None, int | None, int | None, bool]],
+    families: list[DriverTraits],
 ) -> None:
     """_choices judges the common case inline for speed; it must free exactly the miners
-    _Judge.free would."""
-    specs = [spec(i, traits) for i in range(len(states))]
+    _Judge.free would, in a fleet of families with different retarget times."""
+    specs = [spec(i, families[i]) for i in range(len(states))]
     curves = seeded(specs)
 
     def ago(s: int | None) -> datetime | None:
@@ -524,3 +526,31 @@ def test_the_inline_judgement_of_a_free_miner_agrees_with_the_full_one(
     judge = _Judge(fleet, TUNING)
     _, choices, _, _ = _choices(fleet, curves, TUNING, Shapes())
     assert {c.miner_id for c in choices} == {v.spec.id for v in views if judge.free(v) == FREE}
+
+
+def test_while_a_deadline_runs_retuned_miners_are_not_raised_to_rated() -> None:
+    """Found in re-review: walking retuned targets back (for tuning off) raised every
+    retuned miner while a met deadline's window still ran, for the allocation to retune
+    them down again after it."""
+    specs = [spec(i) for i in range(6)]
+    curves = seeded(specs)
+    views = [replace(at_setting(s, curves[s.id], 3), tuned_at=LONG_AGO) for s in specs]
+    limit = Limit(100_000, ("cap",), due_at=NOW + timedelta(seconds=5))
+    assert not plan(snapshot(views, curves), limit, RULES).actions
+
+
+def test_a_miner_held_running_below_its_default_is_raised_by_the_ladder() -> None:
+    """Found in re-review: held running and lowered (or retuned), it was moved by no one."""
+    specs = [spec(i) for i in range(3)]
+    curves = seeded(specs)
+    views = [
+        replace(at_setting(specs[0], curves["m000"], 1), lowered_at=LONG_AGO, target_w=None),
+        replace(at_setting(specs[1], curves["m001"], 2), tuned_at=LONG_AGO),
+        at_setting(specs[2], curves["m002"], 5),
+    ]
+    held = frozenset({"m000", "m001", "m002"})
+    result = plan(snapshot(views, curves, held_running=held), Limit(100_000, ("cap",)), RULES)
+    assert sorted((a.miner_id, a.kind) for a in result.actions) == [
+        ("m000", ActionKind.RAISE),
+        ("m001", ActionKind.RAISE),
+    ]
