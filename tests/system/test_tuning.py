@@ -13,6 +13,7 @@ import pytest
 from controller.clock import FakeClock
 from controller.core.signals import ObligationStatus
 from demo.farm import farm_from_config
+from sim.faults import Fault
 from tests.conftest import load_site, site_dict
 from tests.system.harness import daemon_on, rig
 
@@ -112,6 +113,10 @@ async def test_a_kill_in_the_middle_of_a_retune_keeps_the_limit(tmp_path: Path) 
             limit_w = round(farm.total_power_w() * 0.6, -2)
             await first.post(*first.signed(first.curtailment(limit_w / 1000, deadline_s=30)))
             await first.settled("evt-0017#r1", within_s=40)
+            # Every request slow in real time, so the retunes are surely on the wire when
+            # the daemon dies (each takes several requests).
+            for miner in farm.miners:
+                await farm.set_fault(miner, Fault.SLOW, slow_s=0.3)
 
             journal = first.daemon.journal
             decided = len(journal.rows("SELECT seq FROM decisions"))
@@ -126,6 +131,8 @@ async def test_a_kill_in_the_middle_of_a_retune_keeps_the_limit(tmp_path: Path) 
 
             await first.run_until(retuning, within_s=60, dt=0.25, wait_idle=False)
         clock.advance(2)
+        for miner in farm.miners:
+            await farm.set_fault(miner, Fault.NONE)
         async with daemon_on(loaded, clock, farm, settle=False) as second:
             peak_w = 0.0
             for _ in range(120):
