@@ -12,7 +12,7 @@ from demo.grid import GridOperator, until
 if TYPE_CHECKING:
     from controller.app import Daemon
 
-GRANT_LENGTH_S = 122.0  # the curtailment episode, a restore, then the 40 s lead to the end
+GRANT_LENGTH_S = 160.0  # the curtailment episode, a restore, then the 40 s lead to the end
 CURTAIL_FRACTION = 0.40
 TIGHTER_FRACTION = 0.30  # what the fast-shedding families can carry within 10 s
 DEADLINE_S = 10.0
@@ -20,7 +20,10 @@ SETTLE_TIMEOUT_S = 30.0
 # How long the tighter revision holds before the cancel: long enough for the farm's two
 # deceiving units to be caught by their outlets, and for the allocation to retune the
 # farm toward the most hashrate under the limit (the demo config's dwell is seconds).
-HOLD_S = 40.0
+HOLD_S = 30.0
+# ... and then until the farm's retuning has settled (the allocation has nothing left to
+# move and the hashrate it expects is measured), at most this much longer.
+SETTLE_HOLD_S = 45.0
 
 
 async def play(
@@ -60,6 +63,8 @@ async def play(
     # The grid holds the curtailment long enough for the farm's two deceiving units to
     # be caught by their outlets' measurements (their firmware says they sleep).
     await asyncio.sleep(HOLD_S)
+    if held is not None:
+        await settled(daemon, SETTLE_HOLD_S)
     found = held() if held is not None else None
     await grid.mqtt(grid.cancel("evt-demo-1", 3), "cancel evt-demo-1")
     remaining = (grant_end - grid.clock.now()).total_seconds()
@@ -67,3 +72,24 @@ async def play(
     await asyncio.sleep(max(0.0, remaining))
     await until(lambda: not sup.pending_deadlines(), SETTLE_TIMEOUT_S)
     return found
+
+
+async def settled(daemon: Daemon, timeout_s: float, quiet_s: float = 3.0) -> None:
+    """Until the farm's retuning has settled, or `timeout_s`: nothing on the wire, the
+    plan moving nothing, and the hashrate it expects measured (within 3 %), for
+    `quiet_s` on end."""
+    sup = daemon.supervisor
+
+    def still() -> bool:
+        plan, view = sup.plan, daemon.feed.latest
+        if plan is None or view is None or sup.ledger.in_flight or plan.actions:
+            return False
+        expected = plan.expected_ths
+        return expected is None or view.hashrate_ths >= 0.97 * expected
+
+    quiet = 0.0
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while quiet < quiet_s and loop.time() < deadline:
+        await asyncio.sleep(0.5)
+        quiet = quiet + 0.5 if still() else 0.0
