@@ -77,6 +77,7 @@ class Dispatch:
         # Sleeps an operator's hold forces: not grid sheds, so they neither hold the
         # fleet's wakes nor withdraw queued restores.
         self.hold_sleeps: set[str] = set()
+        self.retune_sleeps: set[str] = set()  # sleeps the allocation chose (Plan.tuned)
         self._preheats: dict[str, asyncio.Task[None]] = {}  # gentle wakes still pre-heating
         self._withdrawn: set[str] = set()
         self._resumed: dict[str, datetime] = {}  # commands resumed after a restart: sent at
@@ -156,7 +157,14 @@ class Dispatch:
         )
         if kind is ActionKind.TUNE and not self._wakes_at_target(action):
             return  # a running retune is no restart: the plan paced its rise (core.tuning)
-        if kind in SHEDS and action.miner_id in self.hold_sleeps:
+        if kind in SHEDS and action.miner_id in self.retune_sleeps:
+            # The allocation's sleep: no grid shed (not counted on the ladder, no restore
+            # withdrawn), but wakes and raises wait for its draw to settle, as after a
+            # shed: the estimate counts a sleep as landed at once, and a deceiving unit's
+            # draw shows only on its outlet, later (chaos "liars" went over the limit).
+            self.retune_sleeps.discard(action.miner_id)
+            self.last_shed_at = now
+        elif kind in SHEDS and action.miner_id in self.hold_sleeps:
             self.hold_sleeps.discard(action.miner_id)
         elif kind in SHEDS:
             if self.last_shed_at != now:

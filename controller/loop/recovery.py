@@ -134,7 +134,7 @@ class Recovery:
             action = Action(miner, kind, reason)
             if self._carry_on(view, kind, now):
                 if kind is ActionKind.SLEEP and reason.startswith(RETUNE):
-                    dispatch.hold_sleeps.add(miner)  # the allocation's sleep: no grid shed
+                    dispatch.retune_sleeps.add(miner)  # the allocation's: no grid shed
                 resumed.append((seq, action, at))
                 continue
             reading = view.reading

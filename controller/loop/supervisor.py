@@ -478,7 +478,8 @@ class Supervisor:
                 raise
             self._log(limit, plan)
         self.ledger.replan = False
-        commands.hold_sleeps |= hold_sleeps | _retune_sleeps(plan)
+        commands.hold_sleeps |= hold_sleeps
+        commands.retune_sleeps |= _retune_sleeps(plan)
         self.limit, self.plan = limit, plan
         if plan.actions:
             await commands.send(plan.actions, seq, now)
@@ -562,8 +563,8 @@ class Supervisor:
 
 
 def _retune_sleeps(plan: Plan) -> frozenset[str]:
-    """The sleeps the allocation chose: no grid sheds (they hold no wakes and withdraw no
-    queued restores), as an operator's hold sleeps are not."""
+    """The sleeps the allocation chose: no grid sheds (not counted on the ladder, and they
+    withdraw no queued restore), though wakes wait for their draw to settle."""
     if not plan.tuned:
         return frozenset()
     return frozenset(
