@@ -9,7 +9,7 @@ import json
 import os
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -337,19 +337,26 @@ async def judge_flood(
 # -- 2. kill -9 mid-curtailment ----------------------------------------------------------------
 
 
-async def kills(rig: Rig, plan: Plan, r: Result) -> None:
-    # The ladder alone: these rounds judge that a restart wakes nothing the held limit put
-    # to sleep, and the allocation (on by default) rightly re-allocates under a held limit
-    # once its deadline is met, restart or not (tests/system/test_tuning.py kills that).
+@contextlib.contextmanager
+def ladder_alone(rig: Rig) -> Iterator[None]:
+    """The daemons started inside run the ladder alone (`tuning: enabled: false`)."""
     tuning = rig.farm.get("tuning")
     rig.farm["tuning"] = {"enabled": False}
     try:
-        await _kill_rounds(rig, plan, r)
+        yield
     finally:
         if tuning is None:
             rig.farm.pop("tuning", None)
         else:
             rig.farm["tuning"] = tuning
+
+
+async def kills(rig: Rig, plan: Plan, r: Result) -> None:
+    # The ladder alone: these rounds judge that a restart wakes nothing the held limit put
+    # to sleep, and the allocation (on by default) rightly re-allocates under a held limit
+    # once its deadline is met, restart or not (tests/system/test_tuning.py kills that).
+    with ladder_alone(rig):
+        await _kill_rounds(rig, plan, r)
 
 
 async def _kill_rounds(rig: Rig, plan: Plan, r: Result) -> None:
@@ -1404,6 +1411,16 @@ def faulty_miners(rig: Rig) -> dict[str, str]:
 
 
 async def liars(rig: Rig, plan: Plan, r: Result) -> None:
+    # The ladder alone: its criteria are the ladder's (every deceiver it sleeps is caught
+    # by its outlet). With the allocation on, this scenario found the true draw 36 kW over
+    # the limit (its swaps' raises followed a deceiver's sleep at once: fixed, the sleep
+    # now holds wakes as a shed does), and two deceivers the allocation never slept stay
+    # uncaught within its 100 s.
+    with ladder_alone(rig):
+        await _liars(rig, plan, r)
+
+
+async def _liars(rig: Rig, plan: Plan, r: Result) -> None:
     del plan
     await rig.api.reset("mining")
     faulty = faulty_miners(rig)
