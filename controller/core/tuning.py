@@ -41,6 +41,7 @@ A target that gains less than the hysteresis moves nothing.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta
 
 from controller.core.allocation import Allocation, MinerChoice, Move, allocate
@@ -459,14 +460,7 @@ def _wake_room(
 
 
 def _with_note(plan: Plan, note: str) -> Plan:
-    return Plan(
-        plan.actions,
-        plan.budget_w,
-        plan.expected_w,
-        plan.feasible,
-        notes=(*plan.notes, note),
-        alarms=plan.alarms,
-    )
+    return replace(plan, notes=(*plan.notes, note))
 
 
 __all__ = [
