@@ -273,7 +273,7 @@ class Supervisor:
         attempt(lambda: self.draw.forgive(now))
         self._watch_clock(now)
         views = self._views()
-        if not self.draining and self._must_plan(cause, limit):
+        if not self.draining and self._must_plan(cause, limit, now):
             try:
                 await self._decide(cause, now, limit, views)
             except JournalError as err:
@@ -420,7 +420,7 @@ class Supervisor:
         with contextlib.suppress(JournalError):  # reported anyway; Journal.error says why
             self._journal.record_event(now, kind, subject, detail)
 
-    def _must_plan(self, cause: str, limit: Limit) -> bool:
+    def _must_plan(self, cause: str, limit: Limit, now: datetime) -> bool:
         """Re-planning a large fleet is not free. While a fan-out is on the wire, plan again
         only when something the plan depends on changed: a signal, the limit, a failed
         command; commands that succeed land exactly where the plan counted them, and
@@ -434,7 +434,17 @@ class Supervisor:
             # Staggered wakes go out a window at a time while the slow ones (a pre-heat, a
             # bmminer restart) are still on the wire; only a shed's fan-out waits for quiet.
             or (self.plan is not None and not any(a.kind in SHEDS for a in self.plan.actions))
+            or self._excursion(limit, now)
         )
+
+    def _excursion(self, limit: Limit, now: datetime) -> bool:
+        """The draw measured over the limit with no deadline running: nothing in flight is
+        on its way to meeting one, so waiting for the wire to go quiet only waits. A site
+        power blip in the middle of a fan-out (an allocation's swap, whose stock Antminer
+        sleeps verify for up to a minute) brought every unit back mining, and the loop sat
+        ~55 s over the limit until those sleeps timed out (chaos 'blip')."""
+        measured = self.draw.measured_w
+        return measured is not None and measured > limit.limit_w and not self.deadlines.running(now)
 
     async def _decide(
         self, cause: str, now: datetime, limit: Limit, views: tuple[MinerView, ...]

@@ -23,9 +23,18 @@ METER = "site-meter"
 PDU = "pdu-1"
 
 
-def metered_site(tmp_path: Path, *, faults: dict[str, str] | None = None, **extra: Any) -> Any:
+def metered_site(
+    tmp_path: Path,
+    *,
+    faults: dict[str, str] | None = None,
+    timeout_s: float | None = None,
+    **extra: Any,
+) -> Any:
     """Twelve LuxOS miners; all on one switched PDU; a site meter with a base load."""
     data = site_dict(tmp_path, miners=12, faults=faults, margin_kw=1.0)
+    if timeout_s is not None:
+        for entry in data["miners"]:
+            entry["timeout_s"] = timeout_s
     net = data["miners"][0]["host"].rsplit(".", 2)[0]
     data["pdus"] = [
         {
@@ -264,3 +273,36 @@ async def test_a_miner_raised_by_hand_is_lowered_again_not_judged_a_liar(
         events = r.daemon.journal.rows("SELECT kind, subject FROM events")
         assert not [s for k, s in events if k == "lying"]
         assert r.farm.total_power_w() + 2000 <= limit_kw * 1000 + 200
+
+
+async def test_a_blip_while_a_shed_is_on_the_wire_is_planned_for_at_once(tmp_path: Path) -> None:
+    # Chaos 'blip' found it: with no deadline running, a shed's sleeps were still on the
+    # wire (there, an allocation's swap of stock Antminers, which verify for up to a
+    # minute) when a site power blip brought every unit back mining. The loop waited for
+    # the wire to go quiet and sat ~55 s over the limit. A measured excursion is planned
+    # for at once.
+    slow_s = 8.0  # wall time per request: a sleep stays on the wire for tens of seconds
+    site = metered_site(tmp_path, timeout_s=3 * slow_s, tuning={"enabled": False})
+    async with rig(site) as r:
+        await r.step(2)
+        limit_kw = round((r.sup.draw.measured_w or 0) / 1000 * 0.5, 1)
+        await r.post(*r.signed(r.curtailment(limit_kw, deadline_s=10)))
+        ob = await r.settled("evt-0017#r1", within_s=20)
+        assert ob.status is ObligationStatus.REACHED, ob
+        await r.step(5)
+        for miner in r.farm.miners:  # every API answers slowly from now on
+            await r.farm.set_fault(miner, Fault.SLOW, slow_s=slow_s)
+        r.farm.miners[min(r.asleep())].physics.wake(r.farm._time())  # a hand wakes one
+        # The tick's shed is on the wire, with no deadline running.
+        await r.run_until(lambda: r.sup.ledger.in_flight > 0, within_s=30, wait_idle=False)
+        assert not r.sup.pending_deadlines()
+
+        def decisions() -> int:
+            return len(r.daemon.journal.rows("SELECT seq FROM decisions"))
+
+        before = decisions()
+        r.farm.reset(Mode.MINING)  # the blip
+        await r.run_until(lambda: decisions() > before, within_s=10, wait_idle=False)
+        assert r.sup.ledger.in_flight > 0, "planned again before the wire went quiet"
+        [(notes,)] = r.daemon.journal.rows("SELECT notes FROM decisions ORDER BY seq DESC LIMIT 1")
+        assert "over budget" in notes
