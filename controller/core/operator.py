@@ -79,6 +79,23 @@ def mark_held_asleep(
     return tuple(replace(v, held_asleep=True) if v.spec.id in asleep else v for v in views)
 
 
+def over_the_limit(plan: Plan, measured_w: int, limit_w: int) -> Plan:
+    """While the draw is measured over the limit, nothing comes back: wakes, raises,
+    restores and every move the allocation chose (Plan.tuned) wait, as under a pause.
+    The plan's estimates disagree with the meter then, most often because readings lag a
+    change (a site power blip: chaos 'blip' found the allocation waking 30 units at a
+    target in the second after one). Sheds stand."""
+    actions = plan.actions
+    kept = tuple(a for a in actions if a.kind not in COMING_BACK and a.miner_id not in plan.tuned)
+    if len(kept) == len(actions):
+        return plan
+    note = (
+        f"draw measured {measured_w / 1000:g} kW, over the {limit_w / 1000:g} kW limit: "
+        f"{len(actions) - len(kept)} steps back withheld"
+    )
+    return replace(plan, actions=kept, notes=(*plan.notes, note), tuned=frozenset())
+
+
 def operator_steps(
     plan: Plan,
     views: tuple[MinerView, ...],

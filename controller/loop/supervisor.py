@@ -54,6 +54,23 @@ CLOCK_STEP_S = 2.0
 # A step that the system calls synchronized and that lasts this long is adopted: curtaild
 # restarts (the journal resumes the ladder) on the wall clock.
 CLOCK_ADOPT_AFTER = timedelta(seconds=60)
+# While a shed is on the wire, a draw that rose this far (a share of the limit; at least
+# the plan's margin and 1 kW) over the draw its plan saw is a new excursion, not the shed
+# landing: a shed's ramps only bring the draw down, and meter noise stays well inside.
+EXCURSION_RISE_FRACTION = 0.01
+EXCURSION_RISE_MIN_W = 1000
+
+
+@dataclass(slots=True)
+class _LastPlan:
+    """What the wire gating needs of the plans made: when the last was made, the last that
+    sent commands and the lowest metered draw since it did, and whether the loop is in
+    an excursion (Supervisor._watch_excursion)."""
+
+    at: datetime | None = None
+    draw_w: int | None = None
+    sent: Plan | None = None
+    excursion: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +140,7 @@ class Supervisor:
         self.ready = asyncio.Event()
         self.on_cycle: Callable[[], None] | None = None  # a healthy cycle ended (watchdog)
         self.draining = False  # stopping: no new commands
-        self._planned_at: datetime | None = None
+        self._last = _LastPlan()
         self._flushed_at = clock.now()
         self._nudged: str | None = None
         # The fleet never changes, so its shed order is computed once, not per plan; an
@@ -273,7 +290,8 @@ class Supervisor:
         attempt(lambda: self.draw.forgive(now))
         self._watch_clock(now)
         views = self._views()
-        if not self.draining and self._must_plan(cause, limit, now):
+        self._watch_excursion(limit)
+        if not self.draining and self._must_plan(cause, limit):
             try:
                 await self._decide(cause, now, limit, views)
             except JournalError as err:
@@ -420,31 +438,77 @@ class Supervisor:
         with contextlib.suppress(JournalError):  # reported anyway; Journal.error says why
             self._journal.record_event(now, kind, subject, detail)
 
-    def _must_plan(self, cause: str, limit: Limit, now: datetime) -> bool:
+    def _must_plan(self, cause: str, limit: Limit) -> bool:
         """Re-planning a large fleet is not free. While a fan-out is on the wire, plan again
         only when something the plan depends on changed: a signal, the limit, a failed
-        command; commands that succeed land exactly where the plan counted them, and
-        telemetry is paused until the wire is quiet."""
+        command, a draw that rose since the plan (`_watch_excursion`); commands that succeed land
+        exactly where the plan counted them, and telemetry is paused until the wire is
+        quiet."""
+        last = self._last
+        sent = last.sent
         return (
             cause != "tick"
             or limit != self.limit
             or self.ledger.in_flight == 0
             or self.ledger.replan
-            or self._planned_at is None
+            or last.at is None
             # Staggered wakes go out a window at a time while the slow ones (a pre-heat, a
             # bmminer restart) are still on the wire; only a shed's fan-out waits for quiet.
-            or (self.plan is not None and not any(a.kind in SHEDS for a in self.plan.actions))
-            or self._excursion(limit, now)
+            or sent is None
+            or not any(a.kind in SHEDS for a in sent.actions)
+            or last.excursion
         )
 
-    def _excursion(self, limit: Limit, now: datetime) -> bool:
-        """The draw measured over the limit with no deadline running: nothing in flight is
-        on its way to meeting one, so waiting for the wire to go quiet only waits. A site
-        power blip in the middle of a fan-out (an allocation's swap, whose stock Antminer
-        sleeps verify for up to a minute) brought every unit back mining, and the loop sat
-        ~55 s over the limit until those sleeps timed out (chaos 'blip')."""
-        measured = self.draw.measured_w
-        return measured is not None and measured > limit.limit_w and not self.deadlines.running(now)
+    def _watch_excursion(self, limit: Limit) -> None:
+        """Whether the loop is in an excursion: the site meter measuring the draw over the
+        limit, risen above the lowest it measured since the plan on the wire was sent,
+        while commands are out. That is something the shed on the wire does not answer (a
+        site power blip brought every unit back mining while an allocation's swap of stock
+        Antminers, which verify for up to a minute, was on the wire, and the loop sat ~55 s
+        over the limit: chaos 'blip').
+        From the rise until the draw is back under the limit or the wire is quiet, every
+        tick plans: readings arrive over seconds, and the in-flight sleeps the blip undid
+        count at rated power only once their readings age. A shed's own ramps only bring
+        the draw down, so an ordinary fan-out does not start one. Only the meter is judged:
+        without one the draw is the firmware's figures, in which in-flight units rise to
+        rated as their readings age, and an unknown draw (a stale meter) has no rise."""
+        measured, last = self.draw.measured_w, self._last
+        if measured is None or not self._metered():
+            last.excursion = False
+            return
+        before = last.draw_w
+        if before is None or measured < before:
+            # The lowest since the plan on the wire was sent (or since the meter was first
+            # read): a shed's ramps walk it down, a blip rises from it.
+            last.draw_w = before = measured
+        if measured <= limit.limit_w or self.ledger.in_flight == 0:
+            last.excursion = False
+            return
+        if last.excursion:
+            return
+        rise = max(
+            self._rules.margin_w,
+            EXCURSION_RISE_MIN_W,
+            round(EXCURSION_RISE_FRACTION * limit.limit_w),
+        )
+        last.excursion = measured > before + rise
+        if last.excursion:
+            log.warning(
+                "draw rose over the limit while a shed is on the wire: planning each tick",
+                measured_kw=measured / 1000,
+                lowest_kw=before / 1000,
+                limit_kw=limit.limit_w / 1000,
+            )
+
+    def _sent(self, plan: Plan) -> None:
+        """`plan` goes on the wire: the draw it is judged from is the meter's now."""
+        last = self._last
+        last.sent = plan
+        last.draw_w = self.draw.measured_w if self._metered() else None
+
+    def _metered(self) -> bool:
+        """The draw is the site meter's, read at least once (`measured_w` starts at 0)."""
+        return self.draw.measured_by == "meter" and self.draw.meter is not None
 
     async def _decide(
         self, cause: str, now: datetime, limit: Limit, views: tuple[MinerView, ...]
@@ -465,6 +529,9 @@ class Supervisor:
         offset_w = self.draw.offset_w
         budget = replace(limit, limit_w=limit.limit_w - offset_w) if offset_w else limit
         plan = planner.plan(snapshot, budget, self._rules)
+        measured = self.draw.measured_w
+        if measured is not None and measured > limit.limit_w and plan.actions and self._metered():
+            plan = operator.over_the_limit(plan, measured, limit.limit_w)
         hold_sleeps: frozenset[str] = frozenset()
         kept = self._pools.kept_asleep() if self._pools is not None else {}
         if self._desk is not None or kept:
@@ -477,7 +544,7 @@ class Supervisor:
                 now,
                 kept_asleep=kept,
             )
-        self._planned_at = now
+        self._last.at = now
         seq = None
         if plan.actions or limit != self.limit:
             # Write ahead: the decision is durable before any command leaves.
@@ -492,6 +559,7 @@ class Supervisor:
         commands.retune_sleeps |= _retune_sleeps(plan)
         self.limit, self.plan = limit, plan
         if plan.actions:
+            self._sent(plan)
             await commands.send(plan.actions, seq, now)
         self._expect(now, snapshot, plan)
         self.alarms.judge(now, plan)  # after the commands: an alarm's journal row never holds them
@@ -543,6 +611,7 @@ class Supervisor:
         self.ledger.replan = False
         self.commands.hold_sleeps |= hold_sleeps & {a.miner_id for a in sheds}
         self.plan = kept
+        self._sent(kept)
         await self.commands.send(sheds, None, now)
 
     def _catch_up(self, now: datetime) -> None:

@@ -14,6 +14,7 @@ from controller.core.allocation import sleep_only
 from controller.core.curves import Curve, nominal_w, seed_curve
 from controller.core.escalation import target_lost
 from controller.core.model import (
+    Action,
     ActionKind,
     Horizon,
     Limit,
@@ -25,7 +26,7 @@ from controller.core.model import (
     Tuning,
     estimate_w,
 )
-from controller.core.operator import Automation, operator_steps
+from controller.core.operator import Automation, operator_steps, over_the_limit
 from controller.core.planner import plan
 from controller.core.planning import Fleet
 from controller.core.safety import ColdRules, Safety
@@ -324,6 +325,40 @@ def test_a_paused_automation_withholds_every_retune() -> None:
     held, _ = operator_steps(result, tuple(views), {}, paused, NOW)
     assert not held.actions
     assert any("automation paused by operator-1" in n for n in held.notes)
+
+
+def test_nothing_comes_back_while_the_draw_is_measured_over_the_limit() -> None:
+    """Readings lag a site power blip: the allocation, still seeing the fleet as it was,
+    woke 30 units at a target in the second after one (chaos 'blip'). While the meter
+    says over, steps back and the allocation's moves wait; grid sheds stand."""
+    specs = [spec(i) for i in range(6)]
+    curves = seeded(specs)
+    views = [at_setting(s, curves[s.id], 0 if i < 2 else 5) for i, s in enumerate(specs)]
+    result = plan(snapshot(views, curves), Limit(15_000, ("cap",)), RULES)
+    assert result.actions
+    assert result.tuned
+    held = over_the_limit(result, 15_400, 15_000)
+    assert not held.actions
+    assert not held.tuned
+    assert any("15.4 kW, over the 15 kW limit" in n for n in held.notes)
+    ladder = Plan(
+        (
+            Action("m000", ActionKind.SLEEP, "shed"),
+            Action("m001", ActionKind.WAKE, "back"),
+            Action("m002", ActionKind.RAISE, "back"),
+            Action("m003", ActionKind.RESTORE, "back"),
+            Action("m004", ActionKind.LOWER, "shed"),
+        ),
+        budget_w=15_000,
+        expected_w=14_000,
+        feasible=True,
+    )
+    kept = over_the_limit(ladder, 15_400, 15_000)
+    assert [(a.miner_id, a.kind) for a in kept.actions] == [
+        ("m000", ActionKind.SLEEP),
+        ("m004", ActionKind.LOWER),
+    ]
+    assert over_the_limit(kept, 15_400, 15_000) is kept  # nothing to withhold: as it was
 
 
 def test_a_raise_is_never_paid_with_watts_a_slow_retarget_frees_later() -> None:
