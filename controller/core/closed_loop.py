@@ -58,3 +58,49 @@ def learn(offset: Offset, unexplained_w: int, now: datetime) -> Offset:
     since = (now - offset.learned_at).total_seconds() if offset.learned_at else 0.0
     share = min(1.0, OFFSET_DECAY * since)
     return Offset(max(0, round(offset.w + (unexplained_w - offset.w) * share)), now)
+
+
+# While a shed is on the wire, a draw this far (a share of the limit; at least the plan's
+# margin and 1 kW) above the lowest the meter measured since it was sent is a new
+# excursion, not the shed landing: a shed's ramps only bring the draw down, and meter noise
+# stays well inside.
+EXCURSION_RISE_FRACTION = 0.01
+EXCURSION_RISE_MIN_W = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Excursion:
+    """Whether the metered draw is in an excursion while commands are out (the supervisor
+    then plans every tick), and what a rise is judged from: the lowest draw the meter
+    measured since the plan on the wire was sent, each sample counted at the higher of it
+    and the one before, so one low glitch does not lower it."""
+
+    lowest_w: int | None = None
+    last_w: int | None = None
+    on: bool = False
+
+
+def sent(state: Excursion, measured_w: int | None) -> Excursion:
+    """A plan goes on the wire with the meter at `measured_w` (None: not metered, or
+    stale): a rise is judged from there. An excursion goes on through the plans it makes,
+    until the draw is back under the limit."""
+    return Excursion(measured_w, measured_w, on=state.on and measured_w is not None)
+
+
+def watch(
+    state: Excursion, measured_w: int | None, limit_w: int, *, margin_w: int, in_flight: bool
+) -> Excursion:
+    """The next state, on one metered sample (None: no meter, or a stale one: no rise can
+    be judged). An excursion starts when the draw is over the limit and has risen above
+    the lowest since the send, and lasts until the draw is back under the limit, unknown,
+    or nothing is in flight."""
+    if measured_w is None:
+        return Excursion(state.lowest_w, None)
+    floor = measured_w if state.last_w is None else max(measured_w, state.last_w)
+    lowest = floor if state.lowest_w is None else min(state.lowest_w, floor)
+    if measured_w <= limit_w or not in_flight:
+        return Excursion(lowest, measured_w)
+    if state.on:
+        return Excursion(lowest, measured_w, on=True)
+    rise = max(margin_w, EXCURSION_RISE_MIN_W, round(EXCURSION_RISE_FRACTION * limit_w))
+    return Excursion(lowest, measured_w, on=measured_w > lowest + rise)

@@ -16,13 +16,13 @@ import gc
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 import structlog
 
 from controller.clock import Clock
-from controller.core import operator, planner, tuning
+from controller.core import closed_loop, operator, planner, tuning
 from controller.core.model import SHEDS, ActionKind, Limit, MinerView, Plan, PlanRules, Snapshot
 from controller.core.operator import HoldMode
 from controller.core.signals import GridPolicy, arbitrate, emergency_in_force
@@ -54,23 +54,16 @@ CLOCK_STEP_S = 2.0
 # A step that the system calls synchronized and that lasts this long is adopted: curtaild
 # restarts (the journal resumes the ladder) on the wall clock.
 CLOCK_ADOPT_AFTER = timedelta(seconds=60)
-# While a shed is on the wire, a draw that rose this far (a share of the limit; at least
-# the plan's margin and 1 kW) over the draw its plan saw is a new excursion, not the shed
-# landing: a shed's ramps only bring the draw down, and meter noise stays well inside.
-EXCURSION_RISE_FRACTION = 0.01
-EXCURSION_RISE_MIN_W = 1000
 
 
 @dataclass(slots=True)
 class _LastPlan:
     """What the wire gating needs of the plans made: when the last was made, the last that
-    sent commands and the lowest metered draw since it did, and whether the loop is in
-    an excursion (Supervisor._watch_excursion)."""
+    sent commands, and whether the loop is in an excursion (Supervisor._watch_excursion)."""
 
     at: datetime | None = None
-    draw_w: int | None = None
     sent: Plan | None = None
-    excursion: bool = False
+    excursion: closed_loop.Excursion = field(default_factory=closed_loop.Excursion)
 
 
 @dataclass(frozen=True, slots=True)
@@ -456,7 +449,7 @@ class Supervisor:
             # bmminer restart) are still on the wire; only a shed's fan-out waits for quiet.
             or sent is None
             or not any(a.kind in SHEDS for a in sent.actions)
-            or last.excursion
+            or last.excursion.on
         )
 
     def _watch_excursion(self, limit: Limit) -> None:
@@ -472,31 +465,23 @@ class Supervisor:
         the draw down, so an ordinary fan-out does not start one. Only the meter is judged:
         without one the draw is the firmware's figures, in which in-flight units rise to
         rated as their readings age, and an unknown draw (a stale meter) has no rise."""
-        measured, last = self.draw.measured_w, self._last
-        if measured is None or not self._metered():
-            last.excursion = False
+        last = self._last
+        was = last.excursion
+        if self.draining:
+            last.excursion = closed_loop.Excursion()  # nothing plans while stopping
             return
-        before = last.draw_w
-        if before is None or measured < before:
-            # The lowest since the plan on the wire was sent (or since the meter was first
-            # read): a shed's ramps walk it down, a blip rises from it.
-            last.draw_w = before = measured
-        if measured <= limit.limit_w or self.ledger.in_flight == 0:
-            last.excursion = False
-            return
-        if last.excursion:
-            return
-        rise = max(
-            self._rules.margin_w,
-            EXCURSION_RISE_MIN_W,
-            round(EXCURSION_RISE_FRACTION * limit.limit_w),
+        state = last.excursion = closed_loop.watch(
+            was,
+            self.draw.measured_w if self._metered() else None,
+            limit.limit_w,
+            margin_w=self._rules.margin_w,
+            in_flight=self.ledger.in_flight > 0,
         )
-        last.excursion = measured > before + rise
-        if last.excursion:
+        if state.on and not was.on:
             log.warning(
-                "draw rose over the limit while a shed is on the wire: planning each tick",
-                measured_kw=measured / 1000,
-                lowest_kw=before / 1000,
+                "draw rose over the limit while commands are on the wire: planning each tick",
+                measured_kw=(state.last_w or 0) / 1000,
+                lowest_kw=(state.lowest_w or 0) / 1000,
                 limit_kw=limit.limit_w / 1000,
             )
 
@@ -504,7 +489,8 @@ class Supervisor:
         """`plan` goes on the wire: the draw it is judged from is the meter's now."""
         last = self._last
         last.sent = plan
-        last.draw_w = self.draw.measured_w if self._metered() else None
+        measured = self.draw.measured_w if self._metered() else None
+        last.excursion = closed_loop.sent(last.excursion, measured)
 
     def _metered(self) -> bool:
         """The draw is the site meter's, read at least once (`measured_w` starts at 0)."""

@@ -335,5 +335,6 @@ async def test_a_blip_while_a_shed_is_on_the_wire_is_planned_for_at_once(tmp_pat
         r.farm.reset(Mode.MINING)  # the blip
         await r.run_until(lambda: decisions() > before, within_s=3, wait_idle=False)
         assert r.sup.ledger.in_flight > 0, "planned again before the wire went quiet"
+        assert r.sup._last.excursion.on, "for the excursion, not for a failed command"
         [(notes,)] = r.daemon.journal.rows("SELECT notes FROM decisions ORDER BY seq DESC LIMIT 1")
         assert "over budget" in notes
