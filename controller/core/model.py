@@ -54,6 +54,12 @@ class ActionKind(enum.StrEnum):
 
 
 SHEDS = frozenset({ActionKind.LOWER, ActionKind.SLEEP, ActionKind.CUT})
+# The steps that bring a miner back, and the allocation's retunes (a raise or a wake at a
+# target, or a lowering that makes room for one): a pause withholds them, and every other
+# step the allocation chose (Plan.tuned); so does a meter that reads over the limit.
+COMING_BACK = frozenset(
+    {ActionKind.WAKE, ActionKind.WARM, ActionKind.RAISE, ActionKind.RESTORE, ActionKind.TUNE}
+)
 
 
 def coming_back_w(spec: MinerSpec, kind: ActionKind) -> int:

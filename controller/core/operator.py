@@ -13,16 +13,9 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 
-from controller.core.model import Action, ActionKind, MinerView, Plan
+from controller.core.model import COMING_BACK, Action, ActionKind, MinerView, Plan
 from controller.core.planner import FLOOR_WAKE
 from drivers.types import Mode
-
-# The steps that bring a miner back, and the allocation's retunes (a raise or a wake at a
-# target, or a lowering that makes room for one): a pause withholds them, and every other
-# step the allocation chose (Plan.tuned).
-COMING_BACK = frozenset(
-    {ActionKind.WAKE, ActionKind.WARM, ActionKind.RAISE, ActionKind.RESTORE, ActionKind.TUNE}
-)
 
 
 class HoldMode(enum.StrEnum):
@@ -77,23 +70,6 @@ def mark_held_asleep(
     if not asleep:
         return views
     return tuple(replace(v, held_asleep=True) if v.spec.id in asleep else v for v in views)
-
-
-def over_the_limit(plan: Plan, measured_w: int, limit_w: int) -> Plan:
-    """While the draw is measured over the limit, nothing comes back: wakes, raises,
-    restores and every move the allocation chose (Plan.tuned) wait, as under a pause.
-    The plan's estimates disagree with the meter then, most often because readings lag a
-    change (a site power blip: chaos 'blip' found the allocation waking 30 units at a
-    target in the second after one). Sheds stand."""
-    actions = plan.actions
-    kept = tuple(a for a in actions if a.kind not in COMING_BACK and a.miner_id not in plan.tuned)
-    if len(kept) == len(actions):
-        return plan
-    note = (
-        f"draw measured {measured_w / 1000:g} kW, over the {limit_w / 1000:g} kW limit: "
-        f"{len(actions) - len(kept)} steps back withheld"
-    )
-    return replace(plan, actions=kept, notes=(*plan.notes, note), tuned=frozenset())
 
 
 def operator_steps(

@@ -472,7 +472,7 @@ class Supervisor:
             return
         state = last.excursion = closed_loop.watch(
             was,
-            self.draw.measured_w if self._metered() else None,
+            self._metered_w(),
             limit.limit_w,
             margin_w=self._rules.margin_w,
             in_flight=self.ledger.in_flight > 0,
@@ -489,12 +489,13 @@ class Supervisor:
         """`plan` goes on the wire: the draw it is judged from is the meter's now."""
         last = self._last
         last.sent = plan
-        measured = self.draw.measured_w if self._metered() else None
-        last.excursion = closed_loop.sent(last.excursion, measured)
+        last.excursion = closed_loop.sent(last.excursion, self._metered_w())
 
-    def _metered(self) -> bool:
-        """The draw is the site meter's, read at least once (`measured_w` starts at 0)."""
-        return self.draw.measured_by == "meter" and self.draw.meter is not None
+    def _metered_w(self) -> int | None:
+        """The draw the site meter measures (None: no meter, a stale one, or not read
+        yet: `measured_w` starts at 0 and is the firmware's figures without one)."""
+        draw = self.draw
+        return draw.measured_w if draw.measured_by == "meter" and draw.meter is not None else None
 
     async def _decide(
         self, cause: str, now: datetime, limit: Limit, views: tuple[MinerView, ...]
@@ -514,10 +515,9 @@ class Supervisor:
         )
         offset_w = self.draw.offset_w
         budget = replace(limit, limit_w=limit.limit_w - offset_w) if offset_w else limit
-        plan = planner.plan(snapshot, budget, self._rules)
-        measured = self.draw.measured_w
-        if measured is not None and measured > limit.limit_w and plan.actions and self._metered():
-            plan = operator.over_the_limit(plan, measured, limit.limit_w)
+        metered = self._metered_w()
+        over = (metered, limit.limit_w) if metered is not None and metered > limit.limit_w else None
+        plan = planner.plan(snapshot, budget, self._rules, metered_over=over)
         hold_sleeps: frozenset[str] = frozenset()
         kept = self._pools.kept_asleep() if self._pools is not None else {}
         if self._desk is not None or kept:

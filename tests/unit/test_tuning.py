@@ -26,8 +26,8 @@ from controller.core.model import (
     Tuning,
     estimate_w,
 )
-from controller.core.operator import Automation, operator_steps, over_the_limit
-from controller.core.planner import plan
+from controller.core.operator import Automation, operator_steps
+from controller.core.planner import over_the_limit, plan
 from controller.core.planning import Fleet
 from controller.core.safety import ColdRules, Safety
 from controller.core.tuning import (
